@@ -1,0 +1,110 @@
+//! Worker configuration: command-line flags, each with an environment
+//! variable of the same meaning, so the worker runs the same way by hand, in
+//! a container or under a supervisor.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Everything the worker needs to start. Defaults suit the bundled
+/// SmolLM2-135M model on a small CPU machine.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "edge-worker", version, about)]
+pub struct Config {
+    /// Path to the GGUF model file (tokenizer and chat template are read from it).
+    /// Use `--hf-model` instead to fetch from a Hugging Face repository.
+    #[arg(long, env = "EDGE_MODEL_PATH", required_unless_present = "hf_model")]
+    pub model_path: Option<PathBuf>,
+
+    /// A Hugging Face repository id holding a GGUF file (needs network access);
+    /// the file inside it is named by `--hf-file`.
+    #[arg(long, env = "EDGE_HF_MODEL", requires = "hf_file")]
+    pub hf_model: Option<String>,
+
+    /// The GGUF file inside `--hf-model`.
+    #[arg(long, env = "EDGE_HF_FILE")]
+    pub hf_file: Option<String>,
+
+    /// The model id clients must send and `/v1/models` lists. Defaults to the
+    /// GGUF's `general.name`, lower-cased with spaces turned into dashes.
+    #[arg(long, env = "EDGE_MODEL_ID")]
+    pub model_id: Option<String>,
+
+    /// Address to listen on.
+    #[arg(long, env = "EDGE_LISTEN", default_value = "127.0.0.1:8081")]
+    pub listen: SocketAddr,
+
+    /// Sequences decoded together in one batch. On CPU batching helps little,
+    /// so a small number keeps per-request latency predictable.
+    #[arg(long, env = "EDGE_MAX_RUNNING", default_value_t = 4)]
+    pub max_running: usize,
+
+    /// Requests allowed to wait for a running slot; beyond this the worker
+    /// answers 429 with `Retry-After` instead of queueing without bound.
+    #[arg(long, env = "EDGE_MAX_WAITING", default_value_t = 16)]
+    pub max_waiting: usize,
+
+    /// Longest a request may wait in the queue before it gets 429.
+    #[arg(long, env = "EDGE_QUEUE_TIMEOUT_MS", default_value_t = 30_000)]
+    pub queue_timeout_ms: u64,
+
+    /// Largest accepted request body, in bytes (larger gets 413).
+    #[arg(long, env = "EDGE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Output tokens generated when a request names no `max_tokens`.
+    #[arg(long, env = "EDGE_DEFAULT_MAX_TOKENS", default_value_t = 256)]
+    pub default_max_tokens: usize,
+
+    /// Longest a whole request may take, in seconds, before it is ended.
+    #[arg(long, env = "EDGE_REQUEST_TIMEOUT_S", default_value_t = 300)]
+    pub request_timeout_s: u64,
+
+    /// On SIGTERM, how long in-flight requests may run before the worker exits.
+    #[arg(long, env = "EDGE_DRAIN_TIMEOUT_S", default_value_t = 30)]
+    pub drain_timeout_s: u64,
+
+    /// Compute threads for the model (candle's and rayon's pools). 0 means one
+    /// per available core.
+    #[arg(long, env = "EDGE_THREADS", default_value_t = 0)]
+    pub threads: usize,
+
+    /// Watts drawn by one fully busy core, used to turn CPU time into joules
+    /// where RAPL energy counters cannot be read.
+    #[arg(long, env = "EDGE_WATTS_PER_CORE", default_value_t = 7.5)]
+    pub watts_per_core: f64,
+
+    /// Directory of the Linux powercap (RAPL) interface.
+    #[arg(long, env = "EDGE_POWERCAP_DIR", default_value = "/sys/class/powercap")]
+    pub powercap_dir: PathBuf,
+
+    /// Re-quantize weights whose type has no SIMD kernels in candle (Q4_1,
+    /// Q5_0, Q5_1) before loading; see `requantize.rs`. `auto` converts them
+    /// to Q8_0, `off` loads the file as it is.
+    #[arg(long, env = "EDGE_REQUANTIZE", value_enum, default_value = "auto")]
+    pub requantize: crate::requantize::Requantize,
+
+    /// Where re-quantized copies of model files are cached.
+    #[arg(long, env = "EDGE_CACHE_DIR", default_value_os_t = std::env::temp_dir().join("edge-worker-cache"))]
+    pub cache_dir: PathBuf,
+
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, env = "EDGE_LOG_JSON")]
+    pub log_json: bool,
+}
+
+impl Config {
+    pub fn queue_timeout(&self) -> Duration {
+        Duration::from_millis(self.queue_timeout_ms)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_s)
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_s)
+    }
+}

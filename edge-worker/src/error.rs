@@ -1,0 +1,179 @@
+//! The HTTP boundary's one error type. Every failure a client can see is an
+//! [`ApiError`] rendered in OpenAI's shape,
+//! `{"error":{"message","type","param","code"}}`, so the official SDKs raise
+//! their typed exceptions. Internal details (paths, engine messages) are logged,
+//! never sent.
+
+use axum::extract::rejection::JsonRejection;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the body is not valid JSON.
+    #[error("could not parse the request body as JSON: {0}")]
+    InvalidJson(String),
+    /// 400: valid JSON of the wrong shape (a missing field, a wrong type).
+    #[error("invalid request body: {0}")]
+    InvalidBody(String),
+    /// 400: a parameter with a value the worker does not accept.
+    #[error("{message}")]
+    InvalidParam {
+        param: String,
+        code: &'static str,
+        message: String,
+    },
+    /// 400: prompt plus requested output do not fit the model's context.
+    #[error("{0}")]
+    ContextLength(String),
+    /// 404: the request names a model this worker does not serve.
+    #[error("the model `{0}` does not exist on this worker")]
+    ModelNotFound(String),
+    /// 404: no such route.
+    #[error("unknown route {0}")]
+    NotFound(String),
+    /// 405: the route exists with another method.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// 413: the body is larger than the configured limit.
+    #[error("request body exceeds the limit of {0} bytes")]
+    TooLarge(usize),
+    /// 415: the body was not sent as `application/json`.
+    #[error("expected a request with `Content-Type: application/json`")]
+    UnsupportedMediaType,
+    /// 429: every running slot and queue place is taken.
+    #[error("the worker is at capacity; retry after {0} s")]
+    Busy(u64),
+    /// 503: the model is still loading.
+    #[error("the model is still loading")]
+    NotReady,
+    /// 503: the worker is shutting down and takes no new work.
+    #[error("the worker is draining and accepts no new requests")]
+    Draining,
+    /// 504: the request ran past its time limit.
+    #[error("the request exceeded its time limit")]
+    Timeout,
+    /// 500: the engine failed; details are in the worker's log only.
+    #[error("internal error while generating")]
+    Internal,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Inner<'a>,
+}
+
+#[derive(Serialize)]
+struct Inner<'a> {
+    message: String,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    param: Option<&'a str>,
+    code: &'a str,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidJson(_)
+            | Self::InvalidBody(_)
+            | Self::InvalidParam { .. }
+            | Self::ContextLength(_) => StatusCode::BAD_REQUEST,
+            Self::ModelNotFound(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::NotReady | Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The machine-readable `error.code`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidJson(_) => "invalid_json",
+            Self::InvalidBody(_) => "invalid_request_body",
+            Self::InvalidParam { code, .. } => code,
+            Self::ContextLength(_) => "context_length_exceeded",
+            Self::ModelNotFound(_) => "model_not_found",
+            Self::NotFound(_) => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::TooLarge(_) => "request_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::Busy(_) => "worker_busy",
+            Self::NotReady => "model_loading",
+            Self::Draining => "worker_draining",
+            Self::Timeout => "timeout",
+            Self::Internal => "internal_error",
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self.status() {
+            StatusCode::NOT_FOUND if matches!(self, Self::ModelNotFound(_)) => {
+                "invalid_request_error"
+            }
+            StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT => "server_error",
+            StatusCode::INTERNAL_SERVER_ERROR => "internal_error",
+            _ => "invalid_request_error",
+        }
+    }
+
+    fn param(&self) -> Option<&str> {
+        match self {
+            Self::InvalidParam { param, .. } => Some(param),
+            Self::ModelNotFound(_) => Some("model"),
+            Self::ContextLength(_) => Some("messages"),
+            _ => None,
+        }
+    }
+
+    pub fn invalid(
+        param: impl Into<String>,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self::InvalidParam {
+            param: param.into(),
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Maps axum's JSON extractor rejection onto our error codes. A body
+    /// over the limit surfaces here as a buffering failure with status 413.
+    pub fn from_json_rejection(rejection: &JsonRejection, body_limit: usize) -> Self {
+        match rejection {
+            JsonRejection::JsonSyntaxError(e) => Self::InvalidJson(e.body_text()),
+            JsonRejection::JsonDataError(e) => Self::InvalidBody(e.body_text()),
+            JsonRejection::MissingJsonContentType(_) => Self::UnsupportedMediaType,
+            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => Self::TooLarge(body_limit),
+            other => Self::InvalidBody(other.body_text()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = Body {
+            error: Inner {
+                message: self.to_string(),
+                kind: self.kind(),
+                param: self.param(),
+                code: self.code(),
+            },
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        if let Self::Busy(secs) = self {
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        response
+    }
+}

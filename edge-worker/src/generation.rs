@@ -1,0 +1,202 @@
+//! One running generation: reads the engine's chunks, measures TTFT and
+//! per-token times, charges energy, and records everything exactly once —
+//! including when the client goes away and the generation is dropped
+//! half-way.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mistralrs_core::Response;
+use tokio::sync::mpsc;
+
+use crate::admission::Slot;
+use crate::energy::Accountant;
+use crate::stats::{LiveStats, Observation};
+
+/// What the handler sees of the engine's output.
+#[derive(Debug)]
+pub enum Event {
+    /// New text.
+    Delta(String),
+    /// The sequence ended; the last event.
+    Finished(Finish),
+    /// The engine failed or the deadline passed; the last event.
+    Failed(Failure),
+}
+
+#[derive(Debug, Clone)]
+pub struct Finish {
+    pub finish_reason: String,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub joules: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    Engine,
+    Timeout,
+}
+
+/// Shared services a generation reports to.
+#[derive(Clone)]
+pub struct Reporters {
+    pub energy: Arc<Accountant>,
+    pub stats: Arc<LiveStats>,
+}
+
+pub struct Generation {
+    rx: mpsc::Receiver<Response>,
+    reporters: Reporters,
+    energy_id: u64,
+    deadline: tokio::time::Instant,
+    received_at: Instant,
+    last_token_at: Option<Instant>,
+    /// Whether the outcome has been recorded; if not by drop time, the client
+    /// left and the generation counts as cancelled.
+    recorded: bool,
+    /// A finish that arrived together with the last text; returned by the
+    /// call after the one that returned that text.
+    pending_finish: Option<Finish>,
+    _slot: Slot,
+}
+
+impl Generation {
+    /// Takes over a started engine request. `received_at` is when the HTTP
+    /// request arrived, so TTFT includes queueing.
+    pub fn new(
+        rx: mpsc::Receiver<Response>,
+        slot: Slot,
+        reporters: Reporters,
+        energy_id: u64,
+        received_at: Instant,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            rx,
+            reporters,
+            energy_id,
+            deadline: tokio::time::Instant::from_std(received_at + timeout),
+            received_at,
+            last_token_at: None,
+            recorded: false,
+            pending_finish: None,
+            _slot: slot,
+        }
+    }
+
+    /// The next event; `None` after the last one.
+    pub async fn next(&mut self) -> Option<Event> {
+        if let Some(finish) = self.pending_finish.take() {
+            return Some(Event::Finished(finish));
+        }
+        if self.recorded {
+            return None;
+        }
+        loop {
+            let response = match tokio::time::timeout_at(self.deadline, self.rx.recv()).await {
+                Err(_) => return Some(self.fail(Failure::Timeout, "deadline passed")),
+                Ok(None) => return Some(self.fail(Failure::Engine, "engine closed the stream")),
+                Ok(Some(r)) => r,
+            };
+            match response {
+                Response::Chunk(chunk) => {
+                    let choice = chunk.choices.into_iter().next();
+                    let text = choice
+                        .as_ref()
+                        .and_then(|c| c.delta.content.clone())
+                        .filter(|t| !t.is_empty());
+                    if let Some(text) = &text {
+                        self.mark_token();
+                        if chunk.usage.is_none() {
+                            return Some(Event::Delta(text.clone()));
+                        }
+                    }
+                    if let Some(usage) = chunk.usage {
+                        let reason = choice
+                            .and_then(|c| c.finish_reason)
+                            .unwrap_or_else(|| "stop".to_string());
+                        let finish = self.finish(&reason, &usage);
+                        // A final chunk can carry the last piece of text too;
+                        // hand it out first and keep the finish for next call.
+                        if let Some(text) = text {
+                            self.pending_finish = Some(finish);
+                            return Some(Event::Delta(text));
+                        }
+                        return Some(Event::Finished(finish));
+                    }
+                }
+                Response::InternalError(e) | Response::ValidationError(e) => {
+                    return Some(self.fail(Failure::Engine, &e.to_string()));
+                }
+                Response::ModelError(e, _) => return Some(self.fail(Failure::Engine, &e)),
+                _ => return Some(self.fail(Failure::Engine, "unexpected engine response")),
+            }
+        }
+    }
+
+    fn mark_token(&mut self) {
+        let now = Instant::now();
+        match self.last_token_at {
+            None => {
+                metrics::histogram!("edge_ttft_seconds")
+                    .record(now.duration_since(self.received_at).as_secs_f64());
+            }
+            Some(prev) => {
+                metrics::histogram!("edge_decode_token_seconds")
+                    .record(now.duration_since(prev).as_secs_f64());
+            }
+        }
+        self.last_token_at = Some(now);
+    }
+
+    fn finish(&mut self, reason: &str, usage: &mistralrs_core::Usage) -> Finish {
+        self.recorded = true;
+        let joules = self.reporters.energy.end(self.energy_id);
+        self.reporters.stats.observe(&Observation {
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            prefill_seconds: f64::from(usage.total_prompt_time_sec),
+            decode_seconds: f64::from(usage.total_completion_time_sec),
+            joules,
+        });
+        metrics::counter!("edge_prompt_tokens_total").increment(usage.prompt_tokens as u64);
+        metrics::counter!("edge_completion_tokens_total").increment(usage.completion_tokens as u64);
+        // Counters are integers: millijoules keep small requests from rounding
+        // to zero.
+        metrics::counter!("edge_energy_millijoules_total")
+            .increment((joules * 1000.0).round() as u64);
+        metrics::histogram!("edge_request_joules").record(joules);
+        metrics::counter!("edge_generations_total", "outcome" => "completed").increment(1);
+        Finish {
+            finish_reason: reason.to_string(),
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            joules,
+        }
+    }
+
+    fn fail(&mut self, failure: Failure, detail: &str) -> Event {
+        self.recorded = true;
+        self.reporters.energy.end(self.energy_id);
+        let outcome = match failure {
+            Failure::Engine => "error",
+            Failure::Timeout => "timeout",
+        };
+        tracing::warn!(outcome, detail, "generation failed");
+        metrics::counter!("edge_generations_total", "outcome" => outcome).increment(1);
+        Event::Failed(failure)
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        if !self.recorded {
+            // The client went away: dropping `rx` makes mistralrs cancel the
+            // sequence at its next step, and the slot frees with `_slot`.
+            self.reporters.energy.end(self.energy_id);
+            metrics::counter!("edge_generations_total", "outcome" => "cancelled").increment(1);
+            tracing::info!("client disconnected; generation cancelled");
+        }
+    }
+}

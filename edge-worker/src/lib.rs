@@ -1,0 +1,103 @@
+//! Edge worker: a quantized GGUF model served with mistralrs behind the
+//! OpenAI chat-completions API, reporting its live load and energy so the
+//! gateway can route to it.
+//!
+//! # Layout
+//! - [`config`]: flags and environment.
+//! - [`gguf`]: checks a model file and reads its header before loading.
+//! - [`requantize`]: converts weights without SIMD kernels (Q4_1) to Q8_0, cached.
+//! - [`engine`]: loads the model with `mistralrs-core` and starts generations.
+//! - [`admission`]: running slots and a bounded queue (429 beyond it).
+//! - [`generation`]: drives one generation; TTFT, token timing, energy, cancel.
+//! - [`chat`]: `POST /v1/chat/completions`, JSON and SSE.
+//! - [`routes`]: models, health, readiness, load report, metrics, fallbacks.
+//! - [`energy`]: RAPL or CPU-time joules, split among concurrent requests.
+//! - [`stats`]: moving averages of speed and joules per token.
+//! - [`server`]: start-up, model loading in the background, SIGTERM drain.
+//! - [`error`]: the OpenAI-shaped error type of the HTTP boundary.
+//! - [`openai`]: wire types.
+
+pub mod admission;
+pub mod chat;
+pub mod config;
+pub mod energy;
+pub mod engine;
+pub mod error;
+pub mod generation;
+pub mod gguf;
+pub mod openai;
+pub mod requantize;
+pub mod routes;
+pub mod server;
+pub mod stats;
+
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, OnceLock};
+
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::admission::Admission;
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::generation::Reporters;
+
+pub use crate::routes::app;
+pub use crate::server::run;
+
+/// Static facts about the loaded model, published by the load report.
+#[derive(Debug, Clone)]
+pub struct ModelFacts {
+    /// The model file's quantization.
+    pub quantization: String,
+    /// The quantization the engine computes with, after re-quantization;
+    /// set once the model has loaded.
+    pub served_quantization: OnceLock<String>,
+}
+
+/// Shared state of all handlers; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
+    pub config: Config,
+    /// Set once the model has loaded; until then chat requests get 503 and
+    /// `/readyz` says not ready, while `/healthz` already answers.
+    pub engine: OnceLock<Arc<Engine>>,
+    pub facts: ModelFacts,
+    pub admission: Arc<Admission>,
+    pub reporters: Reporters,
+    /// Set on SIGTERM: readiness fails and new requests get 503 while
+    /// in-flight ones finish.
+    pub draining: AtomicBool,
+    /// Ids for the energy accountant's running set.
+    pub next_energy_id: AtomicU64,
+    pub metrics: PrometheusHandle,
+}
+
+impl AppState {
+    pub fn new(
+        config: Config,
+        facts: ModelFacts,
+        reporters: Reporters,
+        metrics: PrometheusHandle,
+    ) -> Self {
+        let admission = Admission::new(config.max_running, config.max_waiting);
+        Self(Arc::new(Shared {
+            config,
+            engine: OnceLock::new(),
+            facts,
+            admission,
+            reporters,
+            draining: AtomicBool::new(false),
+            next_energy_id: AtomicU64::new(1),
+            metrics,
+        }))
+    }
+}

@@ -1,0 +1,158 @@
+//! The router and the small read-only endpoints.
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{Request, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+use std::sync::atomic::Ordering;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
+
+use crate::error::ApiError;
+use crate::openai::{ModelCard, ModelList};
+use crate::AppState;
+
+/// The worker's HTTP surface.
+pub fn app(state: AppState) -> Router {
+    let body_limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/v1/chat/completions", post(crate::chat::completions))
+        .route("/v1/models", get(models))
+        .route("/v1/worker/load", get(load))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .fallback(|req: Request<axum::body::Body>| async move {
+            ApiError::NotFound(req.uri().path().to_string())
+        })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(middleware::from_fn(count_requests))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        // Handlers log their own failures with context; the trace layer's
+        // per-response error lines would repeat them (and flag every 503 of
+        // a readiness probe during start-up).
+        .layer(
+            TraceLayer::new_for_http()
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(state)
+}
+
+/// Counts every request by route and status, errors included.
+async fn count_requests(req: Request<axum::body::Body>, next: Next) -> Response {
+    // Only known routes become label values, so label cardinality stays fixed.
+    let path = [
+        "/v1/chat/completions",
+        "/v1/models",
+        "/v1/worker/load",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ]
+    .into_iter()
+    .find(|p| *p == req.uri().path())
+    .unwrap_or("other");
+    let response = next.run(req).await;
+    metrics::counter!("edge_requests_total", "path" => path, "status" => response.status().as_u16().to_string())
+        .increment(1);
+    response
+}
+
+async fn models(State(state): State<AppState>) -> Result<Json<ModelList>, ApiError> {
+    let engine = state.engine.get().ok_or(ApiError::NotReady)?;
+    Ok(Json(ModelList {
+        object: "list",
+        data: vec![ModelCard {
+            id: engine.model_id.clone(),
+            object: "model",
+            created: 0,
+            owned_by: "edge-worker",
+            context_length: engine.context_length,
+        }],
+    }))
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    if state.draining.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
+    }
+    if state.engine.get().is_none() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "loading").into_response();
+    }
+    "ready".into_response()
+}
+
+/// The load report the gateway polls.
+#[derive(Debug, Serialize)]
+pub struct LoadReport {
+    pub model: Option<String>,
+    pub quantization: String,
+    pub served_quantization: Option<String>,
+    pub context_length: Option<usize>,
+    pub active_sequences: usize,
+    pub waiting_sequences: usize,
+    pub max_running_sequences: usize,
+    pub max_waiting_sequences: usize,
+    pub prefill_tokens_per_s: Option<f64>,
+    pub decode_tokens_per_s: Option<f64>,
+    pub joules_per_prompt_token: Option<f64>,
+    pub joules_per_output_token: Option<f64>,
+    pub energy_method: &'static str,
+    pub ready: bool,
+    pub draining: bool,
+}
+
+async fn load(State(state): State<AppState>) -> Json<LoadReport> {
+    let engine = state.engine.get();
+    let rates = state.reporters.stats.snapshot();
+    let draining = state.draining.load(Ordering::Acquire);
+    Json(LoadReport {
+        model: engine.map(|e| e.model_id.clone()),
+        quantization: state.facts.quantization.clone(),
+        served_quantization: state.facts.served_quantization.get().cloned(),
+        context_length: engine.map(|e| e.context_length),
+        active_sequences: state.admission.running(),
+        waiting_sequences: state.admission.waiting(),
+        max_running_sequences: state.admission.max_running,
+        max_waiting_sequences: state.admission.max_waiting,
+        prefill_tokens_per_s: rates.prefill_tokens_per_s,
+        decode_tokens_per_s: rates.decode_tokens_per_s,
+        joules_per_prompt_token: rates.joules_per_prompt_token,
+        joules_per_output_token: rates.joules_per_output_token,
+        energy_method: state.reporters.energy.method().as_str(),
+        ready: engine.is_some() && !draining,
+        draining,
+    })
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let rates = state.reporters.stats.snapshot();
+    for (name, value) in [
+        ("edge_prefill_tokens_per_second", rates.prefill_tokens_per_s),
+        ("edge_decode_tokens_per_second", rates.decode_tokens_per_s),
+        (
+            "edge_joules_per_prompt_token",
+            rates.joules_per_prompt_token,
+        ),
+        (
+            "edge_joules_per_output_token",
+            rates.joules_per_output_token,
+        ),
+    ] {
+        if let Some(v) = value {
+            metrics::gauge!(name).set(v);
+        }
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        state.metrics.render(),
+    )
+}

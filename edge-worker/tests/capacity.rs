@@ -1,0 +1,125 @@
+//! Concurrency, the bounded queue, cancellation and draining, against the
+//! real model.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{greedy, wait_load, Worker};
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn eight_concurrent_requests_all_complete() {
+    let w = Worker::start(&["--max-running", "4", "--max-waiting", "8"]).await;
+    let requests = (0..8).map(|i| {
+        let body = greedy(&format!("Write a word about the number {i}."), 12);
+        let w = &w;
+        async move { w.chat(&body).await }
+    });
+    let responses = futures::future::join_all(requests).await;
+    for r in responses {
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        assert!(v["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+    }
+    let load = w.load().await;
+    assert_eq!(load["active_sequences"], 0);
+    assert_eq!(load["waiting_sequences"], 0);
+}
+
+#[tokio::test]
+async fn beyond_the_queue_bound_requests_get_429_and_nothing_else() {
+    let w = Worker::start(&["--max-running", "1", "--max-waiting", "1"]).await;
+    let requests = (0..6).map(|_| {
+        let body = greedy("Tell me a long story about a lighthouse.", 48);
+        let w = &w;
+        async move { w.chat(&body).await }
+    });
+    let responses = futures::future::join_all(requests).await;
+    let mut ok = 0;
+    let mut busy = 0;
+    for r in responses {
+        match r.status().as_u16() {
+            200 => ok += 1,
+            429 => {
+                assert_eq!(r.headers()["retry-after"], "1");
+                let v: Value = r.json().await.unwrap();
+                assert_eq!(v["error"]["code"], "worker_busy");
+                assert_eq!(v["error"]["type"], "rate_limit_error");
+                busy += 1;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    // One runs and one waits; the other four are refused at once.
+    assert_eq!((ok, busy), (2, 4));
+}
+
+#[tokio::test]
+async fn a_dropped_stream_frees_its_slot_promptly() {
+    let w = Worker::start(&[]).await;
+    let mut body = greedy("Write a very long essay about the sea.", 2000);
+    body["stream"] = json!(true);
+    let resp = w.chat(&body).await;
+    assert_eq!(resp.status(), 200);
+    let mut stream = resp.bytes_stream();
+    let mut chunks = 0;
+    while chunks < 3 {
+        let bytes = stream.next().await.unwrap().unwrap();
+        chunks += bytes.windows(5).filter(|w| w == b"data:").count();
+    }
+    assert_eq!(w.load().await["active_sequences"], 1);
+    drop(stream);
+    let load = wait_load(&w, Duration::from_secs(2), |l| l["active_sequences"] == 0).await;
+    assert_eq!(
+        load["active_sequences"], 0,
+        "slot not freed within 2 s: {load}"
+    );
+
+    // The engine really stopped: the next request gets the model at once,
+    // and the cancelled generation is counted as such.
+    let r = w.chat(&greedy("Hi", 4)).await;
+    assert_eq!(r.status(), 200);
+    let metrics = w
+        .client
+        .get(w.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("edge_generations_total{outcome=\"cancelled\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    let w = Worker::start(&["--drain-timeout-s", "60"]).await;
+    let mut body = greedy("Describe a mountain.", 40);
+    body["stream"] = json!(true);
+    let resp = w.chat(&body).await;
+    assert_eq!(resp.status(), 200);
+    let mut stream = resp.bytes_stream();
+    stream.next().await.unwrap().unwrap();
+
+    let pid = w.pid();
+    let waiter = tokio::task::spawn_blocking(move || w.terminate());
+    // The in-flight stream still runs to its end.
+    let mut tail = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        tail.extend_from_slice(&chunk.unwrap());
+    }
+    let tail = String::from_utf8(tail).unwrap();
+    assert!(
+        tail.trim_end().ends_with("data: [DONE]"),
+        "stream cut short: {tail}"
+    );
+    let status = waiter.await.unwrap();
+    assert!(status.success(), "worker {pid} exited with {status}");
+}

@@ -1,0 +1,166 @@
+//! Test harness: runs the real `edge-worker` binary on a loopback port with
+//! the real bundled model, and talks to it over HTTP.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// The bundled model, fetched by `scripts/fetch-model.sh`. Tests fail (never
+/// skip) without it.
+pub fn model_path() -> PathBuf {
+    let path = std::env::var_os("EDGE_TEST_MODEL").map_or_else(
+        || {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        },
+        PathBuf::from,
+    );
+    assert!(
+        path.exists(),
+        "model file {} missing: run scripts/fetch-model.sh (the test command does)",
+        path.display()
+    );
+    path
+}
+
+pub const MODEL: &str = "smollm2-135m-instruct";
+
+pub struct Worker {
+    child: Child,
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+impl Worker {
+    /// Starts a worker with extra flags and waits until it is ready.
+    pub async fn start(extra: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_edge-worker"))
+            .arg("--model-path")
+            .arg(model_path())
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn edge-worker");
+        let stdout = child.stdout.take().unwrap();
+        // The worker prints its bound address as its first stdout line.
+        let line = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            BufReader::new(stdout).read_line(&mut line).unwrap();
+            line
+        })
+        .await
+        .unwrap();
+        let base = line
+            .trim()
+            .strip_prefix("edge-worker listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .to_string();
+        let worker = Self {
+            child,
+            base,
+            client: reqwest::Client::new(),
+        };
+        worker.wait_ready().await;
+        worker
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(r) = self.client.get(self.url("/readyz")).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "worker not ready within 120 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub async fn chat(&self, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url("/v1/chat/completions"))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn load(&self) -> Value {
+        self.client
+            .get(self.url("/v1/worker/load"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let status = self.child.wait().unwrap();
+        std::mem::forget(self);
+        status
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A bounded greedy chat request.
+pub fn greedy(prompt: &str, max_tokens: u32) -> Value {
+    json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": prompt}],
+        "temperature": 0,
+        "max_tokens": max_tokens,
+    })
+}
+
+/// Reads a whole SSE response into its `data:` payloads.
+pub async fn sse_events(response: reqwest::Response) -> Vec<String> {
+    let text = response.text().await.unwrap();
+    text.split("\n\n")
+        .filter_map(|block| {
+            block
+                .lines()
+                .find_map(|l| l.strip_prefix("data:").map(|d| d.trim().to_string()))
+        })
+        .collect()
+}
+
+/// Polls the load report until `pred` holds or `within` passes.
+pub async fn wait_load(worker: &Worker, within: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let load = worker.load().await;
+        if pred(&load) || Instant::now() >= deadline {
+            return load;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

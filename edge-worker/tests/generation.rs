@@ -1,0 +1,196 @@
+//! The real model generates, deterministically when greedy, identically
+//! whether streamed or not, with honest usage and energy figures.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{greedy, sse_events, Worker, MODEL};
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn greedy_generation_is_deterministic_and_streaming_matches() {
+    let w = Worker::start(&[]).await;
+    let body = greedy("Name three colours of the rainbow.", 24);
+
+    let first: Value = w.chat(&body).await.json().await.unwrap();
+    let second: Value = w.chat(&body).await.json().await.unwrap();
+    let text = first["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(!text.trim().is_empty(), "empty completion: {first}");
+    assert_eq!(
+        text,
+        second["choices"][0]["message"]["content"].as_str().unwrap()
+    );
+    assert_eq!(first["object"], "chat.completion");
+    assert_eq!(first["model"], MODEL);
+    assert_eq!(first["choices"][0]["message"]["role"], "assistant");
+
+    // Usage: finish by length means exactly max_tokens were generated.
+    let usage = &first["usage"];
+    let finish = first["choices"][0]["finish_reason"].as_str().unwrap();
+    let completion = usage["completion_tokens"].as_u64().unwrap();
+    if finish == "length" {
+        assert_eq!(completion, 24);
+    } else {
+        assert_eq!(finish, "stop");
+        assert!(completion <= 24);
+    }
+    assert_eq!(
+        usage["total_tokens"].as_u64().unwrap(),
+        usage["prompt_tokens"].as_u64().unwrap() + completion
+    );
+    assert!(usage["energy_joules"].as_f64().unwrap() > 0.0, "{usage}");
+
+    // Streaming with usage: chunks concatenate to the same text.
+    let mut stream_body = body.clone();
+    stream_body["stream"] = json!(true);
+    stream_body["stream_options"] = json!({"include_usage": true});
+    let response = w.chat(&stream_body).await;
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let events = sse_events(response).await;
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let streamed: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(streamed, text);
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let finish_chunk = &chunks[chunks.len() - 2];
+    assert_eq!(finish_chunk["choices"][0]["finish_reason"], finish);
+    let usage_chunk = chunks.last().unwrap();
+    assert_eq!(usage_chunk["choices"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        usage_chunk["usage"]["completion_tokens"],
+        usage["completion_tokens"]
+    );
+    assert_eq!(
+        usage_chunk["usage"]["prompt_tokens"],
+        usage["prompt_tokens"]
+    );
+
+    // Without include_usage no usage chunk is sent.
+    stream_body["stream_options"] = json!({"include_usage": false});
+    let events = sse_events(w.chat(&stream_body).await).await;
+    assert!(events.iter().all(|e| !e.contains("\"usage\"")));
+}
+
+#[tokio::test]
+async fn stop_sequences_and_max_tokens_are_honoured() {
+    let w = Worker::start(&[]).await;
+    let r: Value = w
+        .chat(&greedy("Count from 1 to 20.", 5))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["usage"]["completion_tokens"], 5);
+    assert_eq!(r["choices"][0]["finish_reason"], "length");
+
+    // Learn the greedy text, then stop on a word inside it.
+    let full: Value = w
+        .chat(&greedy("Count from 1 to 20.", 40))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let text = full["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let word = text
+        .split_whitespace()
+        .nth(3)
+        .expect("at least four words")
+        .to_string();
+    let mut body = greedy("Count from 1 to 20.", 40);
+    body["stop"] = json!([word.clone()]);
+    let stopped: Value = w.chat(&body).await.json().await.unwrap();
+    let content = stopped["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap();
+    assert_eq!(stopped["choices"][0]["finish_reason"], "stop", "{stopped}");
+    assert!(
+        content.len() < text.len(),
+        "stop `{word}` did not shorten `{text}` → `{content}`"
+    );
+    assert!(
+        !content.contains(&word),
+        "`{content}` still contains the stop `{word}`"
+    );
+}
+
+#[tokio::test]
+async fn models_metrics_and_load_report() {
+    let w = Worker::start(&[]).await;
+    let models: Value = w
+        .client
+        .get(w.url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["object"], "list");
+    assert_eq!(models["data"][0]["id"], MODEL);
+
+    let resp = w.chat(&greedy("Hello!", 8)).await;
+    assert_eq!(resp.status(), 200);
+    let joules: f64 = resp.headers()["x-energy-joules"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(joules > 0.0);
+    assert_eq!(resp.headers()["x-energy-method"], "cpu_time");
+    assert!(resp.headers().contains_key("x-request-id"));
+
+    let load = w.load().await;
+    assert_eq!(load["model"], MODEL);
+    assert_eq!(load["quantization"], "Q4_1");
+    assert_eq!(load["context_length"], 8192);
+    assert_eq!(load["active_sequences"], 0);
+    assert_eq!(load["ready"], true);
+    for key in [
+        "prefill_tokens_per_s",
+        "decode_tokens_per_s",
+        "joules_per_prompt_token",
+        "joules_per_output_token",
+    ] {
+        assert!(load[key].as_f64().unwrap() > 0.0, "{key} in {load}");
+    }
+
+    let metrics = w
+        .client
+        .get(w.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "edge_requests_total{path=\"/v1/chat/completions\",status=\"200\"}",
+        "edge_prompt_tokens_total",
+        "edge_completion_tokens_total",
+        "edge_ttft_seconds_bucket",
+        "edge_decode_token_seconds_bucket",
+        "edge_active_sequences",
+        "edge_waiting_sequences",
+        "edge_energy_millijoules_total",
+        "edge_decode_tokens_per_second",
+    ] {
+        assert!(
+            metrics.contains(needle),
+            "missing {needle} in metrics:\n{metrics}"
+        );
+    }
+}
