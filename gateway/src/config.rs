@@ -1,0 +1,320 @@
+//! The gateway's configuration: one documented struct, read from an optional
+//! TOML file and then overridden field by field from `GATEWAY_<FIELD>`
+//! environment variables (`GATEWAY_LISTEN`, `GATEWAY_DATABASE_URL`, ...).
+//!
+//! Unknown keys in the file are rejected, so a typo fails at start-up rather
+//! than silently keeping a default. Environment variables are only read for
+//! the known field names: other `GATEWAY_*` variables (a test's
+//! `GATEWAY_BIN`, say) are not configuration and are left alone.
+//!
+//! The database URL may carry a password, so it is a [`SecretString`]: its
+//! `Debug` prints a placeholder and the config can be logged whole.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// Everything `gateway serve` needs. Every field has a default, so an empty
+/// file (or none) gives a working gateway on embedded SQLite.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the OpenAI-compatible API listens on; port 0 picks a free one
+    /// (the bound address is printed on stdout).
+    pub listen: SocketAddr,
+    /// Postgres URL (`postgres://user:pass@host/db`). When absent the
+    /// embedded SQLite file at `sqlite_path` is used.
+    pub database_url: Option<SecretString>,
+    /// SQLite file used when no `database_url` is set; created if missing.
+    pub sqlite_path: PathBuf,
+    /// Largest request body accepted, in bytes; larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// How long an API key lookup is cached. Revocation takes effect within
+    /// this time; shorter means more database reads.
+    pub key_cache_ms: u64,
+    /// How long backends, aliases, policies and privacy rules are cached
+    /// before being read from the store again.
+    pub settings_cache_ms: u64,
+    /// Interval between polls of each edge worker's `/v1/worker/load`.
+    pub poll_interval_ms: u64,
+    /// Timeout of one load poll; a slower answer counts as a failure.
+    pub poll_timeout_ms: u64,
+    /// Consecutive failures (polls or connection errors) after which a
+    /// backend is treated as unhealthy until a poll succeeds again.
+    pub unhealthy_after: u32,
+    /// Upstream TCP (and TLS) connect timeout.
+    pub upstream_connect_timeout_ms: u64,
+    /// Upstream time to response headers and, for streams, the first event;
+    /// past it the next candidate is tried.
+    pub upstream_first_byte_timeout_ms: u64,
+    /// Longest silence allowed between two chunks of an upstream stream.
+    pub upstream_idle_timeout_ms: u64,
+    /// Upper bound on one upstream request from send to last byte.
+    pub upstream_total_timeout_ms: u64,
+    /// Largest non-streaming upstream answer buffered, in bytes.
+    pub max_upstream_body_bytes: usize,
+    /// Capacity of the queue between request handlers and the ledger
+    /// writer; a full queue makes handlers wait rather than lose rows.
+    pub ledger_queue: usize,
+    /// Most rows the ledger writer stores in one batch.
+    pub ledger_batch: usize,
+    /// How long shutdown waits for in-flight requests before closing them.
+    pub shutdown_grace_ms: u64,
+    /// Log format: `text` or `json`.
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: None,
+            sqlite_path: PathBuf::from("gateway.db"),
+            max_body_bytes: 1 << 20,
+            key_cache_ms: 2_000,
+            settings_cache_ms: 2_000,
+            poll_interval_ms: 500,
+            poll_timeout_ms: 400,
+            unhealthy_after: 2,
+            upstream_connect_timeout_ms: 2_000,
+            upstream_first_byte_timeout_ms: 30_000,
+            upstream_idle_timeout_ms: 30_000,
+            upstream_total_timeout_ms: 600_000,
+            max_upstream_body_bytes: 16 << 20,
+            ledger_queue: 4_096,
+            ledger_batch: 256,
+            shutdown_grace_ms: 10_000,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// The field names, which are also the environment variable suffixes. A
+/// unit test keeps this list equal to the struct's fields.
+pub const FIELDS: &[&str] = &[
+    "listen",
+    "database_url",
+    "sqlite_path",
+    "max_body_bytes",
+    "key_cache_ms",
+    "settings_cache_ms",
+    "poll_interval_ms",
+    "poll_timeout_ms",
+    "unhealthy_after",
+    "upstream_connect_timeout_ms",
+    "upstream_first_byte_timeout_ms",
+    "upstream_idle_timeout_ms",
+    "upstream_total_timeout_ms",
+    "max_upstream_body_bytes",
+    "ledger_queue",
+    "ledger_batch",
+    "shutdown_grace_ms",
+    "log_format",
+];
+
+/// Why the configuration cannot be loaded. Messages name the file or the
+/// variable, never a value (which could be a secret).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads `path` (if any), then applies `GATEWAY_*` overrides from `env`.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                toml::from_str::<toml::Table>(&text)
+                    .map_err(|e| ConfigError::Invalid(format!("{}: {}", path.display(), e)))?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, value) in env {
+            let Some(field) = name.strip_prefix("GATEWAY_") else {
+                continue;
+            };
+            let field = field.to_ascii_lowercase();
+            if !FIELDS.contains(&field.as_str()) {
+                continue;
+            }
+            table.insert(field, env_value(&value));
+        }
+        let config: Config = table.try_into().map_err(|e: toml::de::Error| {
+            // The message names the field and the expected type; TOML's
+            // excerpt of the input is dropped because it may hold a secret.
+            ConfigError::Invalid(e.message().to_owned())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads `path` and the process environment.
+    pub fn from_env(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::load(path, std::env::vars())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("key_cache_ms", self.key_cache_ms),
+            ("poll_interval_ms", self.poll_interval_ms),
+            ("poll_timeout_ms", self.poll_timeout_ms),
+            (
+                "upstream_connect_timeout_ms",
+                self.upstream_connect_timeout_ms,
+            ),
+            (
+                "upstream_first_byte_timeout_ms",
+                self.upstream_first_byte_timeout_ms,
+            ),
+            ("upstream_idle_timeout_ms", self.upstream_idle_timeout_ms),
+            ("upstream_total_timeout_ms", self.upstream_total_timeout_ms),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(ConfigError::Invalid(format!("{name} must be > 0")));
+        }
+        if self.max_body_bytes == 0 || self.ledger_queue == 0 || self.ledger_batch == 0 {
+            return Err(ConfigError::Invalid(
+                "max_body_bytes, ledger_queue and ledger_batch must be > 0".to_owned(),
+            ));
+        }
+        if self.unhealthy_after == 0 {
+            return Err(ConfigError::Invalid(
+                "unhealthy_after must be > 0".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `ms` as a [`Duration`], for the `*_ms` fields.
+    #[must_use]
+    pub fn ms(ms: u64) -> Duration {
+        Duration::from_millis(ms)
+    }
+}
+
+/// An environment value as TOML: numbers and booleans as such, anything
+/// else (addresses, paths, URLs) as a string.
+fn env_value(raw: &str) -> toml::Value {
+    let wrapped = format!("v = {raw}");
+    match toml::from_str::<toml::Table>(&wrapped) {
+        Ok(mut t) => match t.remove("v") {
+            Some(
+                v @ (toml::Value::Integer(_) | toml::Value::Boolean(_) | toml::Value::Float(_)),
+            ) => v,
+            _ => toml::Value::String(raw.to_owned()),
+        },
+        Err(_) => toml::Value::String(raw.to_owned()),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use secrecy::ExposeSecret;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn field_list_matches_the_struct() {
+        // Every listed name must be accepted on its own and every struct
+        // field must be listed: a table with all names parses, and one with
+        // an unlisted name is refused.
+        let defaults = Config::default();
+        let mut table = toml::Table::new();
+        table.insert("listen".into(), defaults.listen.to_string().into());
+        for name in FIELDS {
+            let t: toml::Table = toml::from_str(&format!("{name} = 1")).unwrap();
+            let err = t.try_into::<Config>().err().map(|e| e.to_string());
+            assert!(
+                err.as_deref().is_none_or(|e| !e.contains("unknown field")),
+                "{name}: {err:?}"
+            );
+        }
+        let debug = format!("{defaults:?}");
+        let fields_in_debug = debug.matches(": ").count();
+        assert_eq!(fields_in_debug, FIELDS.len(), "{debug}");
+    }
+
+    #[test]
+    fn file_then_env_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gw.toml");
+        std::fs::write(&path, "listen = \"0.0.0.0:9000\"\nkey_cache_ms = 10\n").unwrap();
+        let c = Config::load(
+            Some(&path),
+            env(&[
+                ("GATEWAY_KEY_CACHE_MS", "20"),
+                ("GATEWAY_DATABASE_URL", "postgres://u:hunter2@h/db"),
+                ("GATEWAY_BIN", "/not/config"),
+                ("OTHER", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.listen, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(c.key_cache_ms, 20);
+        assert_eq!(
+            c.database_url.as_ref().unwrap().expose_secret(),
+            "postgres://u:hunter2@h/db"
+        );
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn the_example_file_is_the_defaults() {
+        let text = include_str!("../gateway.example.toml");
+        let table: toml::Table = toml::from_str(text).unwrap();
+        let parsed: Config = table.try_into().unwrap();
+        assert_eq!(format!("{parsed:?}"), format!("{:?}", Config::default()));
+        for name in FIELDS {
+            assert!(
+                text.contains(&format!("{name} = ")),
+                "{name} missing from the example"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_rejected_without_echoing_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gw.toml");
+        std::fs::write(&path, "lisen = \"x\"\n").unwrap();
+        let err = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("lisen"), "{err}");
+        let err = Config::load(None, env(&[("GATEWAY_LISTEN", "secret-ish")]))
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("secret-ish"), "{err}");
+        assert!(Config::load(None, env(&[("GATEWAY_POLL_INTERVAL_MS", "0")])).is_err());
+    }
+}

@@ -1,0 +1,115 @@
+//! The HTTP surface: the router, its middleware, and one module per
+//! endpoint group. Only this module (and the proxy's response building)
+//! knows axum.
+//!
+//! Middleware, outermost first: a panic catcher that still answers in
+//! OpenAI's shape, request ids (`x-request-id` kept when the client sends
+//! one, a UUID otherwise, returned on every answer), a trace span per
+//! request, and the body limit (a larger body gets 413 from the handler).
+
+mod chat;
+mod error;
+mod health;
+mod models;
+pub mod request;
+
+use std::any::Any;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
+
+pub use error::{error_body, ApiError};
+
+use crate::privacy::Class;
+use crate::state::AppState;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const BACKEND_HEADER: &str = "x-gateway-backend";
+pub const REASON_HEADER: &str = "x-gateway-route-reason";
+pub const CLASS_HEADER: &str = "x-gateway-privacy-class";
+/// The ledger row's id, to look a request up in the ledger.
+pub const LEDGER_HEADER: &str = "x-gateway-ledger-id";
+
+/// The gateway's routes over `state`.
+pub fn app(state: AppState) -> Router {
+    let body_limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/models", get(models::list))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(
+            ServiceBuilder::new()
+                .layer(CatchPanicLayer::custom(panic_response))
+                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+                // Handlers log failures with context; a 503 for "no private
+                // route" is an answer, not a gateway fault worth an error line.
+                .layer(
+                    TraceLayer::new_for_http()
+                        .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+                )
+                .layer(PropagateRequestIdLayer::new(REQUEST_ID)),
+        )
+        .with_state(state)
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(error_body(
+            "Unknown endpoint.",
+            "invalid_request_error",
+            None,
+            "unknown_url",
+        )),
+    )
+        .into_response()
+}
+
+fn panic_response(_: Box<dyn Any + Send + 'static>) -> Response {
+    tracing::error!("handler panicked");
+    ApiError::Internal.into_response()
+}
+
+/// Where a request ran and why, for the response headers.
+#[derive(Debug, Default)]
+pub struct RouteHeaders {
+    pub backend: Option<String>,
+    pub reason: Option<&'static str>,
+    pub class: Option<Class>,
+    pub ledger_id: Option<String>,
+}
+
+/// Adds the `x-gateway-*` headers to a response.
+#[must_use]
+pub fn with_gateway_headers(mut response: Response, route: &RouteHeaders) -> Response {
+    let headers = response.headers_mut();
+    let mut put = |name: &'static str, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            headers.insert(name, v);
+        }
+    };
+    if let Some(b) = &route.backend {
+        put(BACKEND_HEADER, b);
+    }
+    if let Some(r) = route.reason {
+        put(REASON_HEADER, r);
+    }
+    if let Some(c) = route.class {
+        put(CLASS_HEADER, c.as_str());
+    }
+    if let Some(id) = &route.ledger_id {
+        put(LEDGER_HEADER, id);
+    }
+    response
+}

@@ -1,0 +1,60 @@
+//! `GET /v1/models`: the model ids and aliases this key may use.
+//!
+//! "May use" follows the same rules as routing, minus live health: enabled
+//! backends, and cloud-zone ones only when the tenant's policy allows the
+//! cloud and the key's floor class is below confidential. An alias is
+//! listed when at least one of its targets is.
+
+use std::collections::BTreeSet;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use super::ApiError;
+use crate::auth::require_scope;
+use crate::privacy::Class;
+use crate::routing::{AliasTarget, Zone};
+use crate::state::AppState;
+
+pub async fn list(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    match models(&app, &headers).await {
+        Ok(ids) => {
+            let data: Vec<_> = ids
+                .iter()
+                .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "gateway"}))
+                .collect();
+            Json(json!({"object": "list", "data": data})).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn models(app: &AppState, headers: &HeaderMap) -> Result<BTreeSet<String>, ApiError> {
+    let key = app.keys.authenticate(headers).await?;
+    require_scope(&key, "models").or_else(|_| require_scope(&key, "chat"))?;
+    let tenant = app.catalog.tenant(&key.tenant_id).await?;
+    let snapshot = app.catalog.snapshot().await?;
+    let floor = key.default_class.max(tenant.policy.default_class);
+    let cloud_ok = tenant.policy.allow_cloud && floor < Class::Confidential;
+    let mut ids: BTreeSet<String> = snapshot
+        .backends
+        .iter()
+        .filter(|b| b.enabled && (b.zone == Zone::OnPrem || cloud_ok))
+        .flat_map(|b| b.models.iter().map(|m| m.public.clone()))
+        .collect();
+    let usable_any = !ids.is_empty();
+    let aliases: Vec<String> = snapshot
+        .aliases
+        .iter()
+        .filter(|a| match &a.target {
+            AliasTarget::Any => usable_any,
+            AliasTarget::Models(list) => list.iter().any(|m| ids.contains(m)),
+        })
+        .map(|a| a.name.clone())
+        .collect();
+    ids.extend(aliases);
+    Ok(ids)
+}

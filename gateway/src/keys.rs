@@ -1,0 +1,84 @@
+//! API key generation and hashing.
+//!
+//! A key is `gw-` followed by 32 random bytes in hex. Only its SHA-256 (hex)
+//! is stored, with a short display prefix so operators can tell keys apart
+//! in listings. Lookup is by hash, so no constant-time comparison is needed:
+//! the database index compares hashes, and a hash reveals nothing usable.
+//! The plaintext lives only in [`NewKey::plaintext`], a `SecretString` that
+//! cannot be printed by accident through `Debug` or `Display`.
+
+use rand::RngCore;
+use secrecy::SecretString;
+use sha2::{Digest, Sha256};
+
+/// Every key starts with this, which lets secret scanners (ours included)
+/// recognise leaked keys.
+pub const KEY_PREFIX: &str = "gw-";
+
+/// Characters of the plaintext kept as the display prefix (`gw-` plus 8 hex
+/// digits): enough to tell keys apart, far too few to guess the rest.
+const DISPLAY_PREFIX_LEN: usize = KEY_PREFIX.len() + 8;
+
+/// A freshly generated key. The plaintext is shown to the operator once and
+/// then dropped; only `hash` and `display_prefix` are stored.
+#[derive(Debug)]
+pub struct NewKey {
+    pub plaintext: SecretString,
+    pub hash: String,
+    pub display_prefix: String,
+}
+
+/// Generates a key from the thread-local CSPRNG.
+#[must_use]
+pub fn generate() -> NewKey {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let plaintext = format!("{KEY_PREFIX}{}", hex::encode(bytes));
+    NewKey {
+        hash: hash(&plaintext),
+        display_prefix: plaintext[..DISPLAY_PREFIX_LEN].to_owned(),
+        plaintext: SecretString::from(plaintext),
+    }
+}
+
+/// The stored form of a presented key: lowercase hex SHA-256.
+#[must_use]
+pub fn hash(plaintext: &str) -> String {
+    hex::encode(Sha256::digest(plaintext.as_bytes()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use secrecy::ExposeSecret;
+
+    use super::*;
+
+    #[test]
+    fn generated_keys_are_unique_prefixed_and_hash_to_stored_form() {
+        let a = generate();
+        let b = generate();
+        let plain = a.plaintext.expose_secret();
+        assert!(plain.starts_with(KEY_PREFIX));
+        assert_eq!(plain.len(), KEY_PREFIX.len() + 64);
+        assert_ne!(plain, b.plaintext.expose_secret());
+        assert_eq!(a.hash, hash(plain));
+        assert_eq!(a.hash.len(), 64);
+        assert!(plain.starts_with(&a.display_prefix));
+    }
+
+    #[test]
+    fn debug_output_hides_the_plaintext() {
+        let key = generate();
+        let debug = format!("{key:?}");
+        assert!(!debug.contains(key.plaintext.expose_secret()));
+    }
+
+    #[test]
+    fn known_hash() {
+        assert_eq!(
+            hash("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

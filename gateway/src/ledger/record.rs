@@ -1,0 +1,204 @@
+//! One admitted request's ledger row, as a guard.
+//!
+//! The handler fills the row in as the request proceeds (class, decision,
+//! backend, usage, first token) and calls [`Record::finish`] with the
+//! outcome. If the guard is dropped without `finish`, the client went away
+//! (axum drops the handler future or the response body), and the row is
+//! recorded as `cancelled` with what was known by then. Either way `Drop`
+//! sends the row exactly once and records the request's metrics.
+
+use std::time::Instant;
+
+use super::Sink;
+use crate::privacy::{Class, Classification};
+use crate::routing::{Decision, NoRoute, Scored};
+use crate::store::{LedgerEntry, LedgerStatus};
+
+/// What a row starts with, known at admission.
+#[derive(Debug, Clone)]
+pub struct RecordInit {
+    pub id: String,
+    pub tenant_id: String,
+    pub key_id: String,
+    pub requested_model: String,
+    pub stream: bool,
+    pub created_at: i64,
+}
+
+/// Prices and energy rates of the backend that served, to turn tokens into
+/// USD and joules.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pricing {
+    pub price_in_per_1k: f64,
+    pub price_out_per_1k: f64,
+    pub joules_per_prompt_token: f64,
+    pub joules_per_output_token: f64,
+}
+
+pub struct Record {
+    entry: LedgerEntry,
+    sink: Option<Sink>,
+    started: Instant,
+    pricing: Option<Pricing>,
+    /// The request's own prompt estimate, used when the upstream reported
+    /// no usage (a cancelled or broken stream).
+    prompt_estimate: Option<u32>,
+    /// Content chunks seen in a stream: one token each, the count used when
+    /// no usage chunk arrived.
+    chunks: u32,
+    energy_reported: Option<f64>,
+    finished: bool,
+}
+
+impl Record {
+    pub(crate) fn new(init: RecordInit, sink: Option<Sink>) -> Record {
+        Record {
+            entry: LedgerEntry {
+                id: init.id,
+                tenant_id: init.tenant_id,
+                key_id: init.key_id,
+                requested_model: init.requested_model,
+                resolved_model: None,
+                backend: None,
+                route_reason: None,
+                privacy_class: Class::Public,
+                detectors: Vec::new(),
+                predicted_latency_ms: None,
+                predicted_energy_j: None,
+                predicted_cost_usd: None,
+                latency_ms: None,
+                ttft_ms: None,
+                prompt_tokens: None,
+                completion_tokens: None,
+                joules: None,
+                usd: None,
+                status: LedgerStatus::Cancelled,
+                http_status: None,
+                error_code: None,
+                stream: init.stream,
+                decision: None,
+                created_at: init.created_at,
+            },
+            sink,
+            started: Instant::now(),
+            pricing: None,
+            prompt_estimate: None,
+            chunks: 0,
+            energy_reported: None,
+            finished: false,
+        }
+    }
+
+    #[must_use]
+    pub fn id(&self) -> &str {
+        &self.entry.id
+    }
+
+    pub fn set_class(&mut self, c: &Classification, prompt_estimate: u32) {
+        self.entry.privacy_class = c.class;
+        self.entry.detectors.clone_from(&c.fired);
+        self.prompt_estimate = Some(prompt_estimate);
+    }
+
+    #[must_use]
+    pub fn class(&self) -> Class {
+        self.entry.privacy_class
+    }
+
+    pub fn set_decision(&mut self, d: &Decision) {
+        self.entry.decision = Some(d.to_json());
+    }
+
+    /// Why no backend could take the request, in place of a decision.
+    pub fn set_no_route(&mut self, r: &NoRoute) {
+        self.entry.decision = serde_json::to_value(r).ok();
+    }
+
+    /// The candidate now being tried; a failover overwrites the previous.
+    pub fn set_backend(&mut self, s: &Scored, reason: &'static str, pricing: Pricing) {
+        self.entry.backend = Some(s.backend.clone());
+        self.entry.resolved_model = Some(s.model.clone());
+        self.entry.route_reason = Some(reason.to_owned());
+        self.entry.predicted_latency_ms = Some(s.prediction.latency_ms);
+        self.entry.predicted_energy_j = Some(s.prediction.energy_j);
+        self.entry.predicted_cost_usd = Some(s.prediction.cost_usd);
+        self.pricing = Some(pricing);
+    }
+
+    /// Marks the first token (or whole answer) reaching the gateway.
+    pub fn first_token(&mut self) {
+        if self.entry.ttft_ms.is_none() {
+            self.entry.ttft_ms = Some(self.started.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+
+    pub fn content_chunk(&mut self) {
+        self.first_token();
+        self.chunks = self.chunks.saturating_add(1);
+    }
+
+    pub fn set_usage(&mut self, prompt: u32, completion: u32, energy_j: Option<f64>) {
+        self.entry.prompt_tokens = Some(prompt);
+        self.entry.completion_tokens = Some(completion);
+        self.energy_reported = energy_j.filter(|j| j.is_finite() && *j >= 0.0);
+    }
+
+    /// Records the outcome; the row is sent when the guard drops.
+    pub fn finish(mut self, status: LedgerStatus, http_status: u16, error_code: Option<&str>) {
+        self.entry.status = status;
+        self.entry.http_status = Some(http_status);
+        self.entry.error_code = error_code.map(str::to_owned);
+        self.finished = true;
+    }
+
+    fn complete_numbers(&mut self) {
+        let e = &mut self.entry;
+        e.latency_ms = Some(self.started.elapsed().as_secs_f64() * 1000.0);
+        let Some(p) = self.pricing else {
+            return;
+        };
+        if e.prompt_tokens.is_none() && e.backend.is_some() && e.status != LedgerStatus::Error {
+            e.prompt_tokens = self.prompt_estimate;
+            e.completion_tokens = Some(self.chunks);
+        }
+        let (Some(prompt), Some(completion)) = (e.prompt_tokens, e.completion_tokens) else {
+            return;
+        };
+        let (prompt, completion) = (f64::from(prompt), f64::from(completion));
+        e.usd =
+            Some(prompt / 1000.0 * p.price_in_per_1k + completion / 1000.0 * p.price_out_per_1k);
+        e.joules = Some(self.energy_reported.unwrap_or(
+            prompt * p.joules_per_prompt_token + completion * p.joules_per_output_token,
+        ));
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        if !self.finished {
+            // Nginx's "client closed request": the client never saw a status.
+            self.entry.http_status = Some(499);
+            self.entry.status = LedgerStatus::Cancelled;
+        }
+        self.complete_numbers();
+        let e = &self.entry;
+        let backend = e.backend.clone().unwrap_or_else(|| "none".to_owned());
+        let reason = e.route_reason.clone().unwrap_or_else(|| "none".to_owned());
+        let status = e.status.as_str();
+        metrics::counter!("gateway_requests_total", "status" => status, "backend" => backend.clone(), "reason" => reason)
+            .increment(1);
+        if let Some(ms) = e.latency_ms {
+            metrics::histogram!("gateway_request_duration_seconds", "status" => status, "backend" => backend.clone())
+                .record(ms / 1000.0);
+        }
+        if let Some(ms) = e.ttft_ms {
+            metrics::histogram!("gateway_ttft_seconds", "backend" => backend).record(ms / 1000.0);
+        }
+        let entry = self.entry.clone();
+        if let Some(sink) = &self.sink {
+            sink.send(entry);
+        } else {
+            tracing::error!(id = %entry.id, "ledger closed; row not recorded");
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! The gateway library: everything the `gateway` binary does, as modules
+//! that tests can drive directly.
+//!
+//! # Layout
+//!
+//! - [`privacy`]: request classes (`public < internal < confidential`) and the
+//!   detectors that raise them. Pure.
+//! - [`routing`]: the cost model over latency, energy, money and privacy that
+//!   ranks backends for a request. Pure.
+//! - [`limits`]: per-key requests/min, tokens/min and budget checks behind the
+//!   [`limits::Limiter`] trait, with an in-process implementation.
+//! - [`keys`]: API key generation and hashing; only hashes are stored.
+//! - [`store`]: the repository over Postgres or an embedded SQLite file
+//!   (tenants, keys, backends, aliases, policies, privacy rules, ledger).
+//! - [`admin_cli`]: the `migrate` and administration subcommands, executed
+//!   against the store.
+//!
+//! Serving (`gateway serve`):
+//!
+//! - [`config`]: the one documented config struct (TOML file + `GATEWAY_*`).
+//! - [`server`]: start-up, graceful shutdown, ledger flush.
+//! - [`state`]: [`state::AppState`], the handlers' shared state, and the
+//!   background tasks it owns.
+//! - [`http`]: the router ([`http::app`]), the OpenAI error type, and one
+//!   module per endpoint (`chat`, `models`, `health`).
+//! - [`auth`]: bearer keys, looked up by hash through a short cache.
+//! - [`catalog`]: short-lived cache of backends, aliases, policies, rules.
+//! - [`live`]: live backend state (health, edge load, in-flight counts)
+//!   behind [`live::LiveView`], and the poller that feeds it.
+//! - [`proxy`]: executes a routing decision: failover, JSON and SSE relay.
+//! - [`upstream`]: the shared HTTP client and what an attempt's failure
+//!   means.
+//! - [`ledger`]: the per-request row guard and the batching writer task.
+//! - [`telemetry`]: logs and the Prometheus recorder.
+//!
+//! # Invariants
+//!
+//! - A request's path: `http::chat` (auth, parse, admit, classify, route)
+//!   → `proxy` (attempts, relay) → `ledger` (one row, always).
+//! - Only `http` and `proxy` know axum; only `upstream`, `proxy` and the
+//!   poller send upstream requests, to URLs from the store only.
+//! - The pure modules (`privacy`, `routing`, `limits`, `keys`) do no I/O.
+//! - Only `store` knows SQL; its errors never carry SQL or connection text in
+//!   their `Display`.
+//! - Plaintext API keys exist only in [`keys::NewKey`], wrapped in a
+//!   `SecretString`, and are shown once by the admin CLI.
+
+// Product names (SQLite, OpenAI, Postgres) read better without backticks.
+#![allow(clippy::doc_markdown)]
+
+pub mod admin_cli;
+pub mod auth;
+pub mod catalog;
+pub mod config;
+pub mod http;
+pub mod keys;
+pub mod ledger;
+pub mod limits;
+pub mod live;
+pub mod privacy;
+pub mod proxy;
+pub mod routing;
+pub mod server;
+pub mod state;
+pub mod store;
+pub mod telemetry;
+pub mod upstream;
+
+pub use http::app;
+pub use state::AppState;

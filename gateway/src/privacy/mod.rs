@@ -1,0 +1,196 @@
+//! Privacy classification of a request.
+//!
+//! A request's class is the maximum of three inputs: the default class of the
+//! key that sent it, an explicit tag the caller attached, and whatever the
+//! detectors find in its text. Taking the maximum is what makes the rule "a
+//! request may raise its class but never lower it below its key's default"
+//! hold by construction: no input can pull the result down.
+//!
+//! Detectors are data, not code paths: each one is a named pattern plus an
+//! optional validator (Luhn, mod-97, address parsing) and the class it raises
+//! a request to. The builtin table lives in [`builtin`]; operators can switch
+//! builtins off, change the class they raise to, and add their own regexes
+//! (rows in the store's `privacy_rules` table). [`RuleSet::compile`] turns
+//! those rows into precompiled regexes once, so classifying a request costs one
+//! `RegexSet` scan per text field plus validation of the few hits.
+//!
+//! Only detector *names* leave this module. The matched text is never
+//! returned, so it cannot end up in the ledger, logs or metrics.
+
+mod builtin;
+mod rules;
+
+use serde::{Deserialize, Serialize};
+
+pub use builtin::BUILTIN_NAMES;
+pub use rules::{PrivacyRule, RuleError, RuleSet, RuleSpec};
+
+/// Sensitivity of a request, ordered from least to most restricted.
+///
+/// The derived `Ord` follows declaration order, so `max` over classes is the
+/// combination rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Class {
+    /// May run anywhere the tenant's policy allows.
+    Public,
+    /// Organisation-internal; still allowed in the cloud unless policy says no.
+    Internal,
+    /// Must stay on premises: never routed to a cloud-zone backend.
+    Confidential,
+}
+
+impl Class {
+    /// The lowercase wire name (`public`, `internal`, `confidential`).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::Public => "public",
+            Class::Internal => "internal",
+            Class::Confidential => "confidential",
+        }
+    }
+}
+
+impl std::fmt::Display for Class {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Error for a class name that is not one of the three wire names.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown privacy class (expected public, internal or confidential)")]
+pub struct UnknownClass;
+
+impl std::str::FromStr for Class {
+    type Err = UnknownClass;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "public" => Ok(Class::Public),
+            "internal" => Ok(Class::Internal),
+            "confidential" => Ok(Class::Confidential),
+            _ => Err(UnknownClass),
+        }
+    }
+}
+
+/// The outcome of [`classify`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Classification {
+    /// The effective class: max of key default, explicit tag and detectors.
+    pub class: Class,
+    /// Names of the detectors that fired, sorted and deduplicated. Never the
+    /// matched text.
+    pub fired: Vec<String>,
+}
+
+/// Classifies a request from its text fields (message contents, tool
+/// arguments, ...).
+///
+/// `key_default` is the floor; `explicit` is the caller's tag, which can only
+/// raise the class.
+pub fn classify<'a>(
+    texts: impl IntoIterator<Item = &'a str>,
+    key_default: Class,
+    explicit: Option<Class>,
+    rules: &RuleSet,
+) -> Classification {
+    let mut class = key_default.max(explicit.unwrap_or(Class::Public));
+    let mut fired: Vec<String> = Vec::new();
+    for text in texts {
+        for (name, raised_to) in rules.scan(text) {
+            class = class.max(raised_to);
+            fired.push(name.to_owned());
+        }
+    }
+    fired.sort_unstable();
+    fired.dedup();
+    Classification { class, fired }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> RuleSet {
+        RuleSet::compile(&[]).unwrap()
+    }
+
+    #[test]
+    fn class_order_and_parse() {
+        assert!(Class::Public < Class::Internal);
+        assert!(Class::Internal < Class::Confidential);
+        assert_eq!("Confidential".parse::<Class>(), Ok(Class::Confidential));
+        assert_eq!("secret".parse::<Class>(), Err(UnknownClass));
+        assert_eq!(
+            serde_json::to_string(&Class::Internal).unwrap(),
+            "\"internal\""
+        );
+    }
+
+    #[test]
+    fn class_is_max_of_inputs() {
+        let rules = defaults();
+        let cases = [
+            // (text, key default, tag, expected)
+            ("hello", Class::Public, None, Class::Public),
+            ("hello", Class::Internal, None, Class::Internal),
+            (
+                "hello",
+                Class::Internal,
+                Some(Class::Public),
+                Class::Internal,
+            ),
+            (
+                "hello",
+                Class::Public,
+                Some(Class::Confidential),
+                Class::Confidential,
+            ),
+            ("mail bob@example.com", Class::Public, None, Class::Internal),
+            (
+                "mail bob@example.com",
+                Class::Confidential,
+                None,
+                Class::Confidential,
+            ),
+            (
+                "card 4111 1111 1111 1111",
+                Class::Public,
+                Some(Class::Internal),
+                Class::Confidential,
+            ),
+        ];
+        for (text, key, tag, expected) in cases {
+            let got = classify([text], key, tag, &rules);
+            assert_eq!(got.class, expected, "{text:?} key={key} tag={tag:?}");
+        }
+    }
+
+    #[test]
+    fn fired_names_are_sorted_unique_and_hold_no_text() {
+        let rules = defaults();
+        let got = classify(
+            ["a@b.io and c@d.io", "call +44 20 7946 0958", "x@y.org"],
+            Class::Public,
+            None,
+            &rules,
+        );
+        assert_eq!(got.fired, vec!["email".to_owned(), "phone".to_owned()]);
+        assert!(got.fired.iter().all(|f| !f.contains('@')));
+    }
+
+    #[test]
+    fn ordinary_prose_has_no_findings() {
+        let rules = defaults();
+        let prose = "The quarterly report is due on 2024-03-15. Version 1.2.3.4.5 of the \
+                     tool fixed 12 bugs; see section 4.2 and call std::fmt::Display at 10:30:00. \
+                     Order number 1234567890123456 was shipped.";
+        let got = classify([prose], Class::Public, None, &rules);
+        assert_eq!(got.fired, Vec::<String>::new());
+        assert_eq!(got.class, Class::Public);
+    }
+}

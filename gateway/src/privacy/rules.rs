@@ -1,0 +1,265 @@
+//! Operator rules and their compiled form.
+//!
+//! Rule rows come from the store (global ones with no tenant, then the
+//! tenant's own); [`RuleSet::compile`] folds them over the builtin table and
+//! compiles every pattern once. Later rows win, so a tenant row overrides a
+//! global row for the same builtin.
+
+use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
+use serde::{Deserialize, Serialize};
+
+use super::builtin::{Validator, BUILTINS, BUILTIN_NAMES};
+use super::Class;
+
+/// Operator regexes are compiled with this size limit so a pathological
+/// pattern is rejected at `rule add` time instead of eating memory. The
+/// `regex` crate already guarantees linear-time matching.
+const PATTERN_SIZE_LIMIT: usize = 1 << 20;
+
+/// What a privacy rule row does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RuleSpec {
+    /// Switches a builtin detector on or off, optionally changing the class
+    /// it raises to.
+    Builtin {
+        detector: String,
+        enabled: bool,
+        class: Option<Class>,
+    },
+    /// An operator regex: any match raises the request to `class`.
+    Regex {
+        name: String,
+        pattern: String,
+        class: Class,
+    },
+}
+
+/// A stored privacy rule: global when `tenant_id` is `None`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrivacyRule {
+    pub id: String,
+    pub tenant_id: Option<String>,
+    pub spec: RuleSpec,
+}
+
+/// Why a rule cannot be compiled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    #[error("unknown builtin detector `{0}`")]
+    UnknownBuiltin(String),
+    #[error("rule name `{0}` is reserved for a builtin detector")]
+    ReservedName(String),
+    #[error("rule `{name}` has an invalid pattern: {reason}")]
+    BadPattern { name: String, reason: String },
+}
+
+impl RuleSpec {
+    /// Checks a rule before it is stored, so a bad row never reaches the
+    /// request path.
+    pub fn validate(&self) -> Result<(), RuleError> {
+        match self {
+            RuleSpec::Builtin { detector, .. } if !BUILTIN_NAMES.contains(&detector.as_str()) => {
+                Err(RuleError::UnknownBuiltin(detector.clone()))
+            }
+            RuleSpec::Builtin { .. } => Ok(()),
+            RuleSpec::Regex { name, .. } if BUILTIN_NAMES.contains(&name.as_str()) => {
+                Err(RuleError::ReservedName(name.clone()))
+            }
+            RuleSpec::Regex { name, pattern, .. } => compile_one(name, pattern).map(|_| ()),
+        }
+    }
+}
+
+fn compile_one(name: &str, pattern: &str) -> Result<Regex, RuleError> {
+    RegexBuilder::new(pattern)
+        .size_limit(PATTERN_SIZE_LIMIT)
+        .build()
+        .map_err(|e| RuleError::BadPattern {
+            name: name.to_owned(),
+            reason: e.to_string(),
+        })
+}
+
+struct Detector {
+    name: String,
+    regex: Regex,
+    validate: Option<Validator>,
+    class: Class,
+}
+
+/// Precompiled detectors for one tenant. Cheap to share behind an `Arc`;
+/// rebuild it when the rule rows change.
+pub struct RuleSet {
+    /// Prefilter: one pass over the text says which detectors can match at
+    /// all, so the per-detector regexes only run on texts that need them.
+    set: RegexSet,
+    detectors: Vec<Detector>,
+}
+
+impl std::fmt::Debug for RuleSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.detectors.iter().map(|d| d.name.as_str()).collect();
+        f.debug_struct("RuleSet")
+            .field("detectors", &names)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RuleSet {
+    /// Builds the detector set: builtins with their default classes, then
+    /// each rule applied in order.
+    pub fn compile(rules: &[RuleSpec]) -> Result<RuleSet, RuleError> {
+        let mut builtin_state: Vec<(bool, Class)> =
+            BUILTINS.iter().map(|b| (true, b.class)).collect();
+        let mut custom: Vec<(&str, &str, Class)> = Vec::new();
+        for rule in rules {
+            rule.validate()?;
+            match rule {
+                RuleSpec::Builtin {
+                    detector,
+                    enabled,
+                    class,
+                } => {
+                    for (b, state) in BUILTINS.iter().zip(builtin_state.iter_mut()) {
+                        if b.name == detector {
+                            state.0 = *enabled;
+                            state.1 = class.unwrap_or(b.class);
+                        }
+                    }
+                }
+                RuleSpec::Regex {
+                    name,
+                    pattern,
+                    class,
+                } => {
+                    custom.retain(|(n, _, _)| n != name);
+                    custom.push((name, pattern, *class));
+                }
+            }
+        }
+        let mut detectors = Vec::new();
+        for (b, (enabled, class)) in BUILTINS.iter().zip(builtin_state) {
+            if enabled {
+                detectors.push(Detector {
+                    name: b.name.to_owned(),
+                    regex: compile_one(b.name, b.pattern)?,
+                    validate: b.validate,
+                    class,
+                });
+            }
+        }
+        for (name, pattern, class) in custom {
+            detectors.push(Detector {
+                name: name.to_owned(),
+                regex: compile_one(name, pattern)?,
+                validate: None,
+                class,
+            });
+        }
+        let set = RegexSetBuilder::new(detectors.iter().map(|d| d.regex.as_str()))
+            .size_limit(PATTERN_SIZE_LIMIT * 8)
+            .build()
+            .map_err(|e| RuleError::BadPattern {
+                name: "<set>".to_owned(),
+                reason: e.to_string(),
+            })?;
+        Ok(RuleSet { set, detectors })
+    }
+
+    /// Yields `(detector name, class)` for every detector with at least one
+    /// validated hit in `text`.
+    pub(super) fn scan<'s>(&'s self, text: &str) -> Vec<(&'s str, Class)> {
+        self.set
+            .matches(text)
+            .into_iter()
+            .filter_map(|i| self.detectors.get(i))
+            .filter(|d| {
+                d.regex.find_iter(text).any(|m| match d.validate {
+                    Some(validate) => validate(text, m.start(), m.end()),
+                    None => true,
+                })
+            })
+            .map(|d| (d.name.as_str(), d.class))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::super::{classify, Class};
+    use super::*;
+
+    #[test]
+    fn builtin_toggle_and_class_override() {
+        let off = RuleSet::compile(&[RuleSpec::Builtin {
+            detector: "email".into(),
+            enabled: false,
+            class: None,
+        }])
+        .unwrap();
+        assert!(classify(["a@b.io"], Class::Public, None, &off)
+            .fired
+            .is_empty());
+
+        let raised = RuleSet::compile(&[RuleSpec::Builtin {
+            detector: "email".into(),
+            enabled: true,
+            class: Some(Class::Confidential),
+        }])
+        .unwrap();
+        assert_eq!(
+            classify(["a@b.io"], Class::Public, None, &raised).class,
+            Class::Confidential
+        );
+    }
+
+    #[test]
+    fn operator_regex_fires_by_name_and_later_rows_win() {
+        let rules = RuleSet::compile(&[
+            RuleSpec::Regex {
+                name: "project_codename".into(),
+                pattern: r"(?i)\bproject\s+bluebird\b".into(),
+                class: Class::Internal,
+            },
+            RuleSpec::Regex {
+                name: "project_codename".into(),
+                pattern: r"(?i)\bproject\s+bluebird\b".into(),
+                class: Class::Confidential,
+            },
+        ])
+        .unwrap();
+        let got = classify(["status of Project Bluebird?"], Class::Public, None, &rules);
+        assert_eq!(got.fired, vec!["project_codename".to_owned()]);
+        assert_eq!(got.class, Class::Confidential);
+    }
+
+    #[test]
+    fn invalid_rules_are_rejected() {
+        let cases = [
+            RuleSpec::Builtin {
+                detector: "dna".into(),
+                enabled: true,
+                class: None,
+            },
+            RuleSpec::Regex {
+                name: "email".into(),
+                pattern: "x".into(),
+                class: Class::Internal,
+            },
+            RuleSpec::Regex {
+                name: "broken".into(),
+                pattern: "(unclosed".into(),
+                class: Class::Internal,
+            },
+        ];
+        for rule in cases {
+            assert!(rule.validate().is_err(), "{rule:?}");
+            assert!(
+                RuleSet::compile(std::slice::from_ref(&rule)).is_err(),
+                "{rule:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! Per-candidate predictions and the weighted score.
+
+use serde::{Deserialize, Serialize};
+
+use super::types::{Backend, Observed, Policy};
+
+/// Rates below this are treated as this, so a misconfigured zero rate gives
+/// a huge but finite latency (JSON has no infinity) instead of a division by
+/// zero.
+const MIN_RATE: f64 = 1e-3;
+
+/// What the model predicts for one request on one backend, plus the inputs
+/// it used, so the ledger can explain the choice later.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    pub latency_ms: f64,
+    /// The part of `latency_ms` spent waiting for a running slot.
+    pub queue_ms: f64,
+    pub energy_j: f64,
+    pub cost_usd: f64,
+    /// Rates used: live ones when a load report exists, nominal otherwise.
+    pub prefill_tps: f64,
+    pub decode_tps: f64,
+    /// Sequences running and waiting on the backend; `None` without a live
+    /// report.
+    pub active: Option<u32>,
+    pub waiting: Option<u32>,
+}
+
+/// Token counts the prediction is made for.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Tokens {
+    pub prompt: u32,
+    pub output: u32,
+}
+
+/// Predicts latency, energy and money for `tokens` on `obs`.
+///
+/// The worker's reported rates are taken as what a new sequence would get
+/// now; the worker measures them under its current load. Queue wait only
+/// starts once every running slot is busy: with `c` slots, one frees up
+/// every `service / c` on average, and the request waits for everyone
+/// queued ahead of it plus one slot.
+pub(super) fn predict(obs: &Observed<'_>, tokens: Tokens) -> Prediction {
+    let b: &Backend = obs.backend;
+    let (prefill, decode, j_prompt, j_output) = match obs.load {
+        Some(l) => (
+            positive_or(l.prefill_tokens_per_s, b.prefill_tps),
+            positive_or(l.decode_tokens_per_s, b.decode_tps),
+            l.joules_per_prompt_token,
+            l.joules_per_output_token,
+        ),
+        None => (
+            b.prefill_tps,
+            b.decode_tps,
+            b.joules_per_prompt_token,
+            b.joules_per_output_token,
+        ),
+    };
+    let (prefill, decode) = (prefill.max(MIN_RATE), decode.max(MIN_RATE));
+    let prompt = f64::from(tokens.prompt);
+    let output = f64::from(tokens.output);
+    let service_ms = prompt / prefill * 1000.0 + output / decode * 1000.0;
+    let queue_ms = obs.load.map_or(0.0, |l| {
+        let slots = l.max_running_sequences.max(1);
+        let ahead = l.active_sequences + l.waiting_sequences;
+        if ahead < slots {
+            0.0
+        } else {
+            f64::from(ahead - slots + 1) * service_ms / f64::from(slots)
+        }
+    });
+    Prediction {
+        latency_ms: b.rtt_ms.max(0.0) + queue_ms + service_ms,
+        queue_ms,
+        energy_j: prompt * j_prompt + output * j_output,
+        cost_usd: prompt / 1000.0 * b.price_in_per_1k + output / 1000.0 * b.price_out_per_1k,
+        prefill_tps: prefill,
+        decode_tps: decode,
+        active: obs.load.map(|l| l.active_sequences),
+        waiting: obs.load.map(|l| l.waiting_sequences),
+    }
+}
+
+fn positive_or(live: f64, nominal: f64) -> f64 {
+    if live.is_finite() && live > 0.0 {
+        live
+    } else {
+        nominal
+    }
+}
+
+/// `w_lat·latency/SLO + w_energy·energy/E_ref + w_cost·money/C_ref`.
+pub(super) fn score(p: &Prediction, policy: &Policy) -> f64 {
+    let norm = |v: f64, reference: f64| v / reference.max(f64::MIN_POSITIVE);
+    policy.w_latency * norm(p.latency_ms, policy.latency_slo_ms)
+        + policy.w_energy * norm(p.energy_j, policy.energy_ref_j)
+        + policy.w_cost * norm(p.cost_usd, policy.cost_ref_usd)
+}

@@ -1,0 +1,104 @@
+//! The serving state shared by every handler, and its background tasks.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::KeyCache;
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::ledger::Ledger;
+use crate::limits::{InProcessLimiter, Limiter};
+use crate::live::poller::Poller;
+use crate::live::{InProcessLive, LiveView};
+use crate::store::Store;
+use crate::upstream::Upstreams;
+
+/// Cheap to clone: one `Arc`.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+pub struct Inner {
+    pub config: Config,
+    pub store: Store,
+    pub keys: KeyCache,
+    pub catalog: Catalog,
+    pub live: Arc<dyn LiveView>,
+    pub limiter: Arc<dyn Limiter>,
+    pub upstreams: Upstreams,
+    pub ledger: Ledger,
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// The poller and the ledger writer (and its overflow sends) run here,
+    /// so shutdown can wait for every one of them.
+    tasks: TaskTracker,
+    /// Stops the poller; the ledger writer stops when its queue closes.
+    stop: CancellationToken,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+/// Why the state cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot build the upstream HTTP client")]
+    Client(#[source] reqwest::Error),
+}
+
+impl AppState {
+    /// Builds the state over an opened, migrated store and starts the load
+    /// poller and the ledger writer.
+    pub fn start(config: Config, store: Store) -> Result<AppState, StartError> {
+        let upstreams = Upstreams::new(&config).map_err(StartError::Client)?;
+        let tasks = TaskTracker::new();
+        let stop = CancellationToken::new();
+        let catalog = Catalog::new(store.clone(), Config::ms(config.settings_cache_ms));
+        let live: Arc<dyn LiveView> = Arc::new(InProcessLive::new());
+        let ledger = Ledger::start(
+            store.clone(),
+            config.ledger_queue,
+            config.ledger_batch,
+            &tasks,
+        );
+        let poller = Poller {
+            catalog: catalog.clone(),
+            live: Arc::clone(&live),
+            client: upstreams.client().clone(),
+            interval: Config::ms(config.poll_interval_ms),
+            timeout: Config::ms(config.poll_timeout_ms),
+        };
+        tasks.spawn(poller.run(stop.clone()));
+        Ok(AppState {
+            inner: Arc::new(Inner {
+                keys: KeyCache::new(store.clone(), Config::ms(config.key_cache_ms)),
+                catalog,
+                live,
+                limiter: Arc::new(InProcessLimiter::new()),
+                upstreams,
+                ledger,
+                metrics: crate::telemetry::metrics_handle(),
+                tasks,
+                stop,
+                store,
+                config,
+            }),
+        })
+    }
+
+    /// Stops the poller, closes the ledger queue and waits until every
+    /// queued row is stored. Call after the server stopped taking requests.
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        self.ledger.close();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}

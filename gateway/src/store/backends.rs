@@ -1,0 +1,193 @@
+//! Backends and the models each serves.
+
+use std::collections::HashMap;
+
+use sqlx::any::AnyRow;
+
+use super::rows::{flag, get, get_flag, get_u32};
+use super::{new_id, now_ms, Store, StoreError};
+use crate::routing::{Backend, BackendKind, ModelMapping, Zone};
+
+const BACKEND_COLUMNS: &str = "id, name, kind, base_url, zone, api_key_env, price_in_per_1k, \
+     price_out_per_1k, joules_per_prompt_token, joules_per_output_token, rtt_ms, prefill_tps, \
+     decode_tps, max_concurrency, context_length, enabled";
+
+fn backend_from_row(row: &AnyRow) -> Result<Backend, StoreError> {
+    Ok(Backend {
+        id: get(row, "id")?,
+        name: get(row, "name")?,
+        kind: BackendKind::parse(&get::<String>(row, "kind")?)
+            .ok_or(StoreError::Corrupt("kind"))?,
+        base_url: get(row, "base_url")?,
+        zone: Zone::parse(&get::<String>(row, "zone")?).ok_or(StoreError::Corrupt("zone"))?,
+        api_key_env: get(row, "api_key_env")?,
+        models: Vec::new(),
+        price_in_per_1k: get(row, "price_in_per_1k")?,
+        price_out_per_1k: get(row, "price_out_per_1k")?,
+        joules_per_prompt_token: get(row, "joules_per_prompt_token")?,
+        joules_per_output_token: get(row, "joules_per_output_token")?,
+        rtt_ms: get(row, "rtt_ms")?,
+        prefill_tps: get(row, "prefill_tps")?,
+        decode_tps: get(row, "decode_tps")?,
+        max_concurrency: get_u32(row, "max_concurrency")?,
+        context_length: get_u32(row, "context_length")?,
+        enabled: get_flag(row, "enabled")?,
+    })
+}
+
+fn validate(b: &Backend) -> Result<(), StoreError> {
+    if b.name.trim().is_empty() {
+        return Err(StoreError::Invalid("backend name is empty"));
+    }
+    if b.models.is_empty() {
+        return Err(StoreError::Invalid(
+            "a backend must serve at least one model",
+        ));
+    }
+    let numbers = [
+        b.price_in_per_1k,
+        b.price_out_per_1k,
+        b.joules_per_prompt_token,
+        b.joules_per_output_token,
+        b.rtt_ms,
+        b.prefill_tps,
+        b.decode_tps,
+    ];
+    if numbers.iter().any(|n| !n.is_finite() || *n < 0.0) {
+        return Err(StoreError::Invalid(
+            "prices, energies, rates and RTT must be >= 0",
+        ));
+    }
+    // An env var *name*, never a key: refuse anything that could be a secret.
+    if b.api_key_env.as_deref().is_some_and(|v| {
+        v.is_empty()
+            || !v
+                .bytes()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'_')
+    }) {
+        return Err(StoreError::Invalid(
+            "api_key_env must be an environment variable name like OPENAI_API_KEY",
+        ));
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Stores a backend and its models under a fresh id (`spec.id` is
+    /// ignored) and returns it as stored.
+    pub async fn add_backend(&self, spec: &Backend) -> Result<Backend, StoreError> {
+        validate(spec)?;
+        let backend = Backend {
+            id: new_id(),
+            ..spec.clone()
+        };
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "backend"))?;
+        sqlx::query(
+            "INSERT INTO backends (id, name, kind, base_url, zone, api_key_env, price_in_per_1k, \
+             price_out_per_1k, joules_per_prompt_token, joules_per_output_token, rtt_ms, prefill_tps, \
+             decode_tps, max_concurrency, context_length, enabled, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+        )
+        .bind(&backend.id)
+        .bind(&backend.name)
+        .bind(backend.kind.as_str())
+        .bind(&backend.base_url)
+        .bind(backend.zone.as_str())
+        .bind(backend.api_key_env.as_deref())
+        .bind(backend.price_in_per_1k)
+        .bind(backend.price_out_per_1k)
+        .bind(backend.joules_per_prompt_token)
+        .bind(backend.joules_per_output_token)
+        .bind(backend.rtt_ms)
+        .bind(backend.prefill_tps)
+        .bind(backend.decode_tps)
+        .bind(i64::from(backend.max_concurrency))
+        .bind(i64::from(backend.context_length))
+        .bind(flag(backend.enabled))
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| StoreError::from_sqlx(e, "backend"))?;
+        for (position, m) in (0_i64..).zip(&backend.models) {
+            sqlx::query(
+                "INSERT INTO backend_models (backend_id, public_model, upstream_model, position) \
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(&backend.id)
+            .bind(&m.public)
+            .bind(&m.upstream)
+            .bind(position)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "backend model"))?;
+        }
+        tx.commit()
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "backend"))?;
+        Ok(backend)
+    }
+
+    /// Removes a backend (and its model rows) by name.
+    pub async fn remove_backend(&self, name: &str) -> Result<(), StoreError> {
+        let done = sqlx::query("DELETE FROM backends WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "backend"))?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound("backend"));
+        }
+        Ok(())
+    }
+
+    pub async fn set_backend_enabled(&self, name: &str, enabled: bool) -> Result<(), StoreError> {
+        let done = sqlx::query("UPDATE backends SET enabled = $1 WHERE name = $2")
+            .bind(flag(enabled))
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "backend"))?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound("backend"));
+        }
+        Ok(())
+    }
+
+    /// All backends with their models, ordered by name (the routing
+    /// tie-break order), enabled or not.
+    pub async fn list_backends(&self) -> Result<Vec<Backend>, StoreError> {
+        let sql = format!("SELECT {BACKEND_COLUMNS} FROM backends ORDER BY name");
+        let rows = sqlx::query(&sql)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "backend"))?;
+        let mut backends: Vec<Backend> = rows
+            .iter()
+            .map(backend_from_row)
+            .collect::<Result<_, _>>()?;
+        let model_rows = sqlx::query(
+            "SELECT backend_id, public_model, upstream_model FROM backend_models ORDER BY backend_id, position",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| StoreError::from_sqlx(e, "backend model"))?;
+        let mut models: HashMap<String, Vec<ModelMapping>> = HashMap::new();
+        for row in &model_rows {
+            models
+                .entry(get(row, "backend_id")?)
+                .or_default()
+                .push(ModelMapping {
+                    public: get(row, "public_model")?,
+                    upstream: get(row, "upstream_model")?,
+                });
+        }
+        for b in &mut backends {
+            b.models = models.remove(&b.id).unwrap_or_default();
+        }
+        Ok(backends)
+    }
+}

@@ -1,0 +1,238 @@
+//! The request ledger: one row per admitted request, whatever its outcome.
+
+use serde::{Deserialize, Serialize};
+use sqlx::any::AnyRow;
+
+use super::rows::{flag, get, get_class, get_flag, get_json, get_opt_u32, AnyQuery, BindExt};
+use super::{Store, StoreError};
+use crate::privacy::Class;
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LedgerStatus {
+    Ok,
+    /// Failed before any byte reached the client.
+    Error,
+    /// The client went away; tokens used so far are recorded.
+    Cancelled,
+    /// The upstream failed mid-stream, after bytes reached the client.
+    Partial,
+    /// Refused at admission (limits, budget, no route).
+    Rejected,
+}
+
+impl LedgerStatus {
+    pub const ALL: [LedgerStatus; 5] = [
+        LedgerStatus::Ok,
+        LedgerStatus::Error,
+        LedgerStatus::Cancelled,
+        LedgerStatus::Partial,
+        LedgerStatus::Rejected,
+    ];
+
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LedgerStatus::Ok => "ok",
+            LedgerStatus::Error => "error",
+            LedgerStatus::Cancelled => "cancelled",
+            LedgerStatus::Partial => "partial",
+            LedgerStatus::Rejected => "rejected",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+/// One ledger row. Optional fields are unknown for requests that ended
+/// before the step that produces them (no route, no upstream answer).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    /// The request id. Must be unique: the HTTP layer should use its own
+    /// generated id here, not a client-supplied one verbatim.
+    pub id: String,
+    pub tenant_id: String,
+    pub key_id: String,
+    pub requested_model: String,
+    pub resolved_model: Option<String>,
+    pub backend: Option<String>,
+    pub route_reason: Option<String>,
+    pub privacy_class: Class,
+    /// Names of the privacy detectors that fired, never matched text.
+    pub detectors: Vec<String>,
+    pub predicted_latency_ms: Option<f64>,
+    pub predicted_energy_j: Option<f64>,
+    pub predicted_cost_usd: Option<f64>,
+    pub latency_ms: Option<f64>,
+    pub ttft_ms: Option<f64>,
+    pub prompt_tokens: Option<u32>,
+    pub completion_tokens: Option<u32>,
+    pub joules: Option<f64>,
+    pub usd: Option<f64>,
+    pub status: LedgerStatus,
+    pub http_status: Option<u16>,
+    pub error_code: Option<String>,
+    pub stream: bool,
+    /// The routing decision (`routing::Decision::to_json`): candidates,
+    /// predictions, scores and exclusions, to explain the choice later.
+    pub decision: Option<serde_json::Value>,
+    pub created_at: i64,
+}
+
+const LEDGER_COLUMNS: &str = "id, tenant_id, key_id, requested_model, resolved_model, backend, \
+     route_reason, privacy_class, detectors, predicted_latency_ms, predicted_energy_j, \
+     predicted_cost_usd, latency_ms, ttft_ms, prompt_tokens, completion_tokens, joules, usd, status, \
+     http_status, error_code, stream, decision, created_at";
+
+fn insert_sql() -> String {
+    format!(
+        "INSERT INTO request_ledger ({LEDGER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+         $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)"
+    )
+}
+
+fn insert_query<'q>(sql: &'q str, e: &'q LedgerEntry) -> AnyQuery<'q> {
+    sqlx::query(sql)
+        .bind(&e.id)
+        .bind(&e.tenant_id)
+        .bind(&e.key_id)
+        .bind(&e.requested_model)
+        .bind(e.resolved_model.as_deref())
+        .bind(e.backend.as_deref())
+        .bind(e.route_reason.as_deref())
+        .bind(e.privacy_class.as_str())
+        .bind(super::rows::to_json(&e.detectors))
+        .bind_opt_f64(e.predicted_latency_ms)
+        .bind_opt_f64(e.predicted_energy_j)
+        .bind_opt_f64(e.predicted_cost_usd)
+        .bind_opt_f64(e.latency_ms)
+        .bind_opt_f64(e.ttft_ms)
+        .bind(e.prompt_tokens.map(i64::from))
+        .bind(e.completion_tokens.map(i64::from))
+        .bind_opt_f64(e.joules)
+        .bind_opt_f64(e.usd)
+        .bind(e.status.as_str())
+        .bind(e.http_status.map(i64::from))
+        .bind(e.error_code.as_deref())
+        .bind(flag(e.stream))
+        .bind(e.decision.as_ref().map(serde_json::Value::to_string))
+        .bind(e.created_at)
+}
+
+fn entry_from_row(row: &AnyRow) -> Result<LedgerEntry, StoreError> {
+    let decision: Option<String> = get(row, "decision")?;
+    Ok(LedgerEntry {
+        id: get(row, "id")?,
+        tenant_id: get(row, "tenant_id")?,
+        key_id: get(row, "key_id")?,
+        requested_model: get(row, "requested_model")?,
+        resolved_model: get(row, "resolved_model")?,
+        backend: get(row, "backend")?,
+        route_reason: get(row, "route_reason")?,
+        privacy_class: get_class(row, "privacy_class")?,
+        detectors: get_json(row, "detectors")?,
+        predicted_latency_ms: get(row, "predicted_latency_ms")?,
+        predicted_energy_j: get(row, "predicted_energy_j")?,
+        predicted_cost_usd: get(row, "predicted_cost_usd")?,
+        latency_ms: get(row, "latency_ms")?,
+        ttft_ms: get(row, "ttft_ms")?,
+        prompt_tokens: get_opt_u32(row, "prompt_tokens")?,
+        completion_tokens: get_opt_u32(row, "completion_tokens")?,
+        joules: get(row, "joules")?,
+        usd: get(row, "usd")?,
+        status: LedgerStatus::parse(&get::<String>(row, "status")?)
+            .ok_or(StoreError::Corrupt("status"))?,
+        http_status: get_opt_u32(row, "http_status")?
+            .map(|s| u16::try_from(s).map_err(|_| StoreError::Corrupt("http_status")))
+            .transpose()?,
+        error_code: get(row, "error_code")?,
+        stream: get_flag(row, "stream")?,
+        decision: decision
+            .map(|d| serde_json::from_str(&d).map_err(|_| StoreError::Corrupt("decision")))
+            .transpose()?,
+        created_at: get(row, "created_at")?,
+    })
+}
+
+impl Store {
+    /// Appends one ledger row. A duplicate id is a conflict, never an
+    /// overwrite: the ledger is append-only.
+    pub async fn insert_ledger(&self, e: &LedgerEntry) -> Result<(), StoreError> {
+        let sql = insert_sql();
+        insert_query(&sql, e)
+            .execute(&self.pool)
+            .await
+            .map_err(|err| StoreError::from_sqlx(err, "ledger row"))?;
+        Ok(())
+    }
+
+    /// Appends rows in one transaction: all or none. One commit per batch
+    /// instead of per row is what makes a busy ledger cheap on SQLite.
+    pub async fn insert_ledger_batch(&self, rows: &[LedgerEntry]) -> Result<(), StoreError> {
+        let sql = insert_sql();
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "ledger row"))?;
+        for e in rows {
+            insert_query(&sql, e)
+                .execute(&mut *tx)
+                .await
+                .map_err(|err| StoreError::from_sqlx(err, "ledger row"))?;
+        }
+        tx.commit()
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "ledger row"))
+    }
+
+    /// The newest `limit` rows, optionally of one tenant, newest first.
+    pub async fn recent_ledger(
+        &self,
+        tenant_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
+        let sql = format!(
+            "SELECT {LEDGER_COLUMNS} FROM request_ledger WHERE $1 IS NULL OR tenant_id = $1 \
+             ORDER BY created_at DESC, id DESC LIMIT $2"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(tenant_id)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "ledger row"))?;
+        rows.iter().map(entry_from_row).collect()
+    }
+
+    pub async fn ledger_entry(&self, id: &str) -> Result<Option<LedgerEntry>, StoreError> {
+        let sql = format!("SELECT {LEDGER_COLUMNS} FROM request_ledger WHERE id = $1");
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "ledger row"))?;
+        row.as_ref().map(entry_from_row).transpose()
+    }
+
+    /// Row counts per status (statuses with no rows are omitted), in
+    /// [`LedgerStatus::ALL`] order.
+    pub async fn count_ledger_by_status(&self) -> Result<Vec<(LedgerStatus, u64)>, StoreError> {
+        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM request_ledger GROUP BY status")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "ledger row"))?;
+        let mut counts = Vec::new();
+        for row in &rows {
+            let status = LedgerStatus::parse(&get::<String>(row, "status")?)
+                .ok_or(StoreError::Corrupt("status"))?;
+            let n = u64::try_from(get::<i64>(row, "n")?).map_err(|_| StoreError::Corrupt("n"))?;
+            counts.push((status, n));
+        }
+        counts.sort_by_key(|(s, _)| LedgerStatus::ALL.iter().position(|x| x == s));
+        Ok(counts)
+    }
+}

@@ -1,0 +1,139 @@
+//! The repository: tenants, keys, backends, aliases, policies, privacy rules
+//! and the request ledger, over Postgres or an embedded SQLite file.
+//!
+//! # Why sqlx's `Any` driver
+//!
+//! One set of queries serves both databases. The schema sticks to types both
+//! dialects share and `Any` maps (TEXT, BIGINT/INTEGER, DOUBLE/REAL): ids are
+//! UUID text, timestamps are unix milliseconds, flags are 0/1 integers
+//! (`Any` decodes booleans only from a native boolean, which SQLite lacks).
+//! `$1` placeholders work on both. The dialects differ only in DDL, so there
+//! are two migration folders (`migrations/postgres`, `migrations/sqlite`)
+//! that must describe the same schema. The price is no compile-time checked
+//! `query!` macros, which would need a live database at build time anyway;
+//! the store tests run every query against both databases instead.
+//!
+//! # Errors
+//!
+//! [`StoreError`]'s `Display` never includes SQL, connection strings or
+//! driver text, so it is safe to put in an HTTP error body. The driver error
+//! stays reachable through `source()` for logs.
+
+mod backends;
+mod error;
+mod ledger;
+mod rows;
+mod settings;
+mod tenants;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{install_default_drivers, AnyPoolOptions};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{AnyPool, ConnectOptions, Executor};
+
+pub use error::StoreError;
+pub use ledger::{LedgerEntry, LedgerStatus};
+pub use tenants::{ApiKey, CreatedKey, NewKeySpec, Tenant};
+
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// Which database a [`Store`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Postgres,
+    Sqlite,
+}
+
+/// A cheap-to-clone handle on the connection pool.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+impl Store {
+    /// Connects to `url` (a `postgres://` URL) or, when it is `None`, to the
+    /// SQLite file at `sqlite_path`, creating it in WAL mode if missing. WAL
+    /// lets the ledger writer and readers (dashboard, admin) proceed at once.
+    pub async fn connect(url: Option<&str>, sqlite_path: &Path) -> Result<Store, StoreError> {
+        install_default_drivers();
+        let Some(url) = url else {
+            let options = SqliteConnectOptions::new()
+                .filename(sqlite_path)
+                .create_if_missing(true)
+                .busy_timeout(Duration::from_secs(5));
+            let url = options.to_url_lossy().to_string();
+            let pool = AnyPoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect(&url)
+                .await
+                .map_err(StoreError::Unavailable)?;
+            // journal_mode is persistent in the file, so setting it once
+            // through any connection covers the whole pool.
+            pool.execute("PRAGMA journal_mode=WAL")
+                .await
+                .map_err(StoreError::Unavailable)?;
+            return Ok(Store {
+                pool,
+                dialect: Dialect::Sqlite,
+            });
+        };
+        let dialect = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Dialect::Postgres
+        } else if url.starts_with("sqlite:") {
+            Dialect::Sqlite
+        } else {
+            return Err(StoreError::Invalid(
+                "database url must be postgres:// or sqlite:",
+            ));
+        };
+        if dialect == Dialect::Sqlite {
+            // Validate the URL with the SQLite parser so a typo fails here
+            // rather than at first query.
+            SqliteConnectOptions::from_str(url).map_err(StoreError::Unavailable)?;
+        }
+        let pool = AnyPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(StoreError::Unavailable)?;
+        Ok(Store { pool, dialect })
+    }
+
+    /// Applies pending migrations of this store's dialect.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let migrator = match self.dialect {
+            Dialect::Postgres => &POSTGRES_MIGRATIONS,
+            Dialect::Sqlite => &SQLITE_MIGRATIONS,
+        };
+        migrator.run(&self.pool).await.map_err(StoreError::Migrate)
+    }
+
+    #[must_use]
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Closes the pool, waiting for connections to be returned.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Current time as unix milliseconds, the store's timestamp unit.
+#[must_use]
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}

@@ -1,0 +1,82 @@
+//! Logs and metrics set-up.
+//!
+//! Metrics go through the `metrics` facade to one process-wide Prometheus
+//! recorder, rendered at `/metrics`. Labels are backend names, statuses,
+//! route reasons and error kinds: low cardinality, and never a key, a key id
+//! or request content.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::config::LogFormat;
+
+/// Buckets (seconds) for request duration and TTFT: from sub-millisecond
+/// gateway answers to minute-long generations.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+/// The process's Prometheus recorder, installed on first use. `None` when
+/// another recorder was installed first (then `/metrics` is empty).
+pub fn metrics_handle() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), LATENCY_BUCKETS)
+                .ok()?;
+            match builder.install_recorder() {
+                Ok(handle) => {
+                    describe();
+                    Some(handle)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics recorder not installed");
+                    None
+                }
+            }
+        })
+        .clone()
+}
+
+fn describe() {
+    metrics::describe_counter!(
+        "gateway_requests_total",
+        "Admitted chat requests by ledger status, backend and route reason"
+    );
+    metrics::describe_histogram!(
+        "gateway_request_duration_seconds",
+        "Admitted chat request duration, to the last byte"
+    );
+    metrics::describe_histogram!("gateway_ttft_seconds", "Time to the first upstream token");
+    metrics::describe_counter!(
+        "gateway_upstream_errors_total",
+        "Failed upstream attempts by backend and kind"
+    );
+    metrics::describe_counter!(
+        "gateway_failovers_total",
+        "Requests moved to the next candidate before the first byte"
+    );
+    metrics::describe_gauge!(
+        "gateway_ledger_queue_depth",
+        "Ledger rows queued, not yet stored"
+    );
+    metrics::describe_counter!(
+        "gateway_rejected_total",
+        "Requests refused before reaching a backend, by error code"
+    );
+}
+
+/// Installs the log subscriber (stderr, `RUST_LOG` filter, default `info`).
+pub fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}

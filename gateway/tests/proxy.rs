@@ -1,0 +1,175 @@
+//! The proxy against stand-in upstreams (no model needed): the client's
+//! body reaches the upstream untouched but for `model`, the usage chunk
+//! follows the client's `stream_options`, and failover between clouds ends
+//! in a 502 when every candidate fails.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::doc_markdown
+)]
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::routing::post;
+use axum::Json;
+use common::harness::{
+    chat_body, cloud_backend, error_of, header, mock_cloud, sse_data, tenant_and_key, test_config,
+    Gateway,
+};
+use gateway::routing::Policy;
+use gateway::store::LedgerStatus;
+use loadtest::mock_cloud::{Behaviour, MockCloud, MockConfig};
+use serde_json::{json, Value};
+
+/// A stand-in upstream that records the bodies it receives.
+async fn recording_upstream() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let store = Arc::clone(&seen);
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        post(move |Json(body): Json<Value>| {
+            let store = Arc::clone(&store);
+            async move {
+                store.lock().unwrap().push(body);
+                Json(json!({
+                    "id": "x", "object": "chat.completion", "created": 0, "model": "cloud-model",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                                 "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+                }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn unknown_fields_pass_through_and_usage_chunk_follows_the_client() {
+    let (url, seen) = recording_upstream().await;
+    let db = common::sqlite().await;
+    db.store
+        .add_backend(&cloud_backend("rec", &url))
+        .await
+        .unwrap();
+    let gw = Gateway::start(db, test_config()).await;
+    let (_, key) = tenant_and_key(gw.store(), |_| {}).await;
+    let mut body = chat_body("hi", 4);
+    body["logit_bias"] = json!({"50256": -100});
+    body["vendor_extension"] = json!({"nested": [1, {"a": null}]});
+    body["user"] = json!("u-1");
+    let r = gw.chat(&key, &body).await;
+    assert_eq!(r.status(), 200);
+    let got = seen.lock().unwrap().pop().unwrap();
+    assert_eq!(
+        got["model"], "cloud-model",
+        "model is rewritten to the upstream's name"
+    );
+    for field in [
+        "logit_bias",
+        "vendor_extension",
+        "user",
+        "messages",
+        "temperature",
+        "max_tokens",
+    ] {
+        assert_eq!(got[field], body[field], "{field} changed on the way");
+    }
+
+    // Streams: the gateway always asks the upstream for usage, and passes
+    // the usage chunk on only when the client asked for it.
+    let mock = mock_cloud().await;
+    gw.store().remove_backend("rec").await.unwrap();
+    gw.store()
+        .add_backend(&cloud_backend("cloud", &mock.base_url()))
+        .await
+        .unwrap();
+    // Settings are cached briefly; a fresh snapshot has the new backend.
+    tokio::time::sleep(Duration::from_millis(test_config().settings_cache_ms + 50)).await;
+    for include_usage in [false, true] {
+        let mut body = chat_body("hi", 5);
+        body["stream"] = json!(true);
+        if include_usage {
+            body["stream_options"] = json!({"include_usage": true});
+        }
+        let r = gw.chat(&key, &body).await;
+        assert_eq!(header(&r, "x-gateway-backend"), "cloud");
+        let id = header(&r, "x-gateway-ledger-id").to_owned();
+        let data = sse_data(r).await;
+        assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+        let usage_chunks = data
+            .iter()
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter(|v| v["choices"].as_array().is_some_and(Vec::is_empty))
+            .count();
+        assert_eq!(usage_chunks, usize::from(include_usage), "{data:?}");
+        let row = gw.row(&id).await;
+        assert_eq!(
+            (row.status, row.completion_tokens),
+            (LedgerStatus::Ok, Some(5))
+        );
+        assert!(row.ttft_ms.is_some());
+    }
+    gw.ledger_counts(3).await;
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn failover_between_clouds_then_502_when_all_fail() {
+    let failing = MockCloud::start(MockConfig {
+        behaviour: Behaviour {
+            fail_status: Some(503),
+            ..Behaviour::default()
+        },
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    let healthy = mock_cloud().await;
+    let db = common::sqlite().await;
+    let mut first = cloud_backend("a-failing", &failing.base_url());
+    first.price_in_per_1k = 0.0;
+    first.price_out_per_1k = 0.0;
+    db.store.add_backend(&first).await.unwrap();
+    db.store
+        .add_backend(&cloud_backend("b-healthy", &healthy.base_url()))
+        .await
+        .unwrap();
+    let gw = Gateway::start(db, test_config()).await;
+    let (tenant, key) = tenant_and_key(gw.store(), |_| {}).await;
+    gw.store()
+        .set_policy(&tenant, &Policy::default())
+        .await
+        .unwrap();
+
+    let r = gw.chat(&key, &chat_body("hi", 4)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-gateway-backend"), "b-healthy");
+    assert_eq!(header(&r, "x-gateway-route-reason"), "failover");
+    let row = gw.row(header(&r, "x-gateway-ledger-id")).await;
+    assert_eq!(row.backend.as_deref(), Some("b-healthy"));
+    assert_eq!(row.decision.unwrap()["chosen"]["backend"], "a-failing");
+    assert_eq!(failing.stats().requests_total, 1);
+
+    gw.store()
+        .set_backend_enabled("b-healthy", false)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(test_config().settings_cache_ms + 50)).await;
+    let (status, err) = error_of(gw.chat(&key, &chat_body("hi", 4)).await).await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (502, Some("upstream_error"))
+    );
+    let counts = gw.ledger_counts(2).await;
+    assert_eq!(counts.get(&LedgerStatus::Ok), Some(&1));
+    assert_eq!(counts.get(&LedgerStatus::Error), Some(&1));
+    gw.shutdown().await;
+}
