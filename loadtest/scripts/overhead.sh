@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Measures the gateway's added latency over calling the mock cloud directly,
+# at fixed open-loop rates, non-streaming and streaming, with A/B rounds
+# (A = mock direct, B = gateway in front of the same mock).
+#
+# The mock and the gateway must already be running, the gateway with the mock
+# as a backend for $MODEL. Reports are written as JSON to $OUT and summarised.
+#
+#   MOCK_URL=http://127.0.0.1:9000/v1 GATEWAY_URL=http://127.0.0.1:8080/v1 \
+#   LOADGEN_API_KEY=sk-... loadtest/scripts/overhead.sh
+set -euo pipefail
+
+MOCK_URL=${MOCK_URL:-http://127.0.0.1:9000/v1}
+GATEWAY_URL=${GATEWAY_URL:?set GATEWAY_URL to the gateway base URL}
+MODEL=${MODEL:-mock-model}
+RATES=${RATES:-500 1000 2000}
+DURATION=${DURATION:-20}
+OUT=${OUT:-target/overhead}
+LOADGEN=${LOADGEN:-target/release/loadgen}
+
+mkdir -p "$OUT"
+for mode in plain stream; do
+  for rate in $RATES; do
+    flags=()
+    [[ $mode == stream ]] && flags+=(--stream)
+    report="$OUT/$mode-$rate.json"
+    "$LOADGEN" --compare "$MOCK_URL" "$GATEWAY_URL" --model "$MODEL" \
+      --rate "$rate" --duration "$DURATION" "${flags[@]}" --json >"$report"
+    python3 - "$report" "$mode" "$rate" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+a, b, d = r["a"], r["b"], r["added"]
+errors = sum(a["errors"].values()) + sum(b["errors"].values()) + a["dropped"] + b["dropped"]
+print(f"{sys.argv[2]:>6} {sys.argv[3]:>5}/s  direct p50 {a['latency']['p50_us']:>6} p99 {a['latency']['p99_us']:>6}"
+      f"  gateway p50 {b['latency']['p50_us']:>6} p99 {b['latency']['p99_us']:>6}"
+      f"  added p50 {d['p50_us']:>+6} p99 {d['p99_us']:>+6} us  errors+drops {errors}")
+PY
+  done
+done
