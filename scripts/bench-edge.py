@@ -1,0 +1,181 @@
+#!/usr/bin/env python3
+"""Edge worker vs llama.cpp on the same GGUF, thread count and client.
+
+Both run as OpenAI-compatible HTTP servers on loopback (our edge worker, and
+llama.cpp through `llama_cpp.server`), driven by the same streaming client,
+in interleaved rounds so that machine noise hits both alike. Reports decode
+tokens/s and TTFT at concurrency 1, aggregate tokens/s at concurrency 8, and
+peak RSS, with ratios (edge worker / llama.cpp).
+
+Usage: .venv/bin/python scripts/bench-edge.py [--threads 2] [--rounds 3]
+"""
+
+import argparse
+import concurrent.futures as cf
+import json
+import os
+import pathlib
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+import httpx
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+MODEL = ROOT / ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+PROMPT = "Write a long, detailed story about a dragon who learns to bake bread."
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url, timeout=180):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    sys.exit(f"{url} not ready")
+
+
+def start_edge(threads):
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(ROOT / "target/release/edge-worker"), "--model-path", str(MODEL),
+         "--listen", f"127.0.0.1:{port}", "--threads", str(threads),
+         "--max-running", "8", "--max-waiting", "8"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    wait_ready(base + "/readyz")
+    return proc, base, "smollm2-135m-instruct"
+
+
+def start_llama(threads):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(MODEL),
+         "--host", "127.0.0.1", "--port", str(port), "--n_threads", str(threads),
+         "--n_threads_batch", str(threads), "--n_ctx", "2048", "--model_alias", "smol",
+         # By default a new request aborts the running one; queue instead.
+         "--interrupt_requests", "False"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    wait_ready(base + "/v1/models")
+    return proc, base, "smol"
+
+
+def one_request(base, model, max_tokens):
+    """Streams one greedy completion; returns (ttft_s, decode_tok_s, tokens, wall_s)."""
+    body = {"model": model, "messages": [{"role": "user", "content": PROMPT}],
+            "temperature": 0, "max_tokens": max_tokens, "stream": True}
+    start = time.perf_counter()
+    stamps = []
+    with httpx.stream("POST", base + "/v1/chat/completions", json=body, timeout=300) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line.startswith("data:") or line.endswith("[DONE]"):
+                continue
+            chunk = json.loads(line[5:])
+            if chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
+                stamps.append(time.perf_counter())
+    end = time.perf_counter()
+    ttft = stamps[0] - start
+    decode = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else 0.0
+    return ttft, decode, len(stamps), end - start
+
+
+def concurrent_run(base, model, n, max_tokens):
+    start = time.perf_counter()
+    with cf.ThreadPoolExecutor(n) as pool:
+        results = list(pool.map(lambda _: one_request(base, model, max_tokens), range(n)))
+    wall = time.perf_counter() - start
+    return sum(r[2] for r in results) / wall
+
+
+def in_process_llama(threads, max_tokens, runs=3):
+    """llama.cpp through its Python bindings, no HTTP: the floor of what
+    llama.cpp costs. Returns the median decode tokens/s."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(MODEL), n_threads=threads, n_threads_batch=threads,
+                n_ctx=2048, verbose=False)
+    rates = []
+    for _ in range(runs):
+        stamps = []
+        for chunk in llm.create_chat_completion(
+                messages=[{"role": "user", "content": PROMPT}], temperature=0,
+                max_tokens=max_tokens, stream=True):
+            if chunk["choices"][0]["delta"].get("content"):
+                stamps.append(time.perf_counter())
+        rates.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
+    return statistics.median(rates)
+
+
+def peak_rss_mib(pid):
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    servers = {"edge-worker": start_edge(args.threads), "llama.cpp": start_llama(args.threads)}
+    try:
+        samples = {k: {"ttft": [], "decode": [], "agg8": []} for k in servers}
+        for name, (_, base, model) in servers.items():
+            one_request(base, model, 8)  # warm-up, not measured
+        for _ in range(args.rounds):
+            for name, (_, base, model) in servers.items():
+                for _ in range(3):
+                    ttft, decode, _, _ = one_request(base, model, args.max_tokens)
+                    samples[name]["ttft"].append(ttft * 1000)
+                    samples[name]["decode"].append(decode)
+                samples[name]["agg8"].append(concurrent_run(base, model, 8, args.max_tokens))
+        report = {}
+        for name, (proc, _, _) in servers.items():
+            s = samples[name]
+            report[name] = {
+                "decode_tok_s_c1": statistics.median(s["decode"]),
+                "ttft_ms_c1": statistics.median(s["ttft"]),
+                "aggregate_tok_s_c8": statistics.median(s["agg8"]),
+                "peak_rss_mib": peak_rss_mib(proc.pid),
+            }
+    finally:
+        for proc, _, _ in servers.values():
+            proc.terminate()
+            proc.wait(timeout=60)
+
+    # After the servers stop, so it runs alone.
+    report["llama.cpp"]["decode_tok_s_c1_in_process"] = in_process_llama(args.threads, args.max_tokens)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    e, l = report["edge-worker"], report["llama.cpp"]
+    print(f"model {MODEL.name}, {args.threads} threads, greedy, max_tokens {args.max_tokens}, "
+          f"{args.rounds} interleaved rounds (medians)")
+    print(f"{'metric':<24}{'edge-worker':>14}{'llama.cpp':>14}{'ratio':>10}")
+    for key, label in [("decode_tok_s_c1", "decode tok/s (c=1)"), ("ttft_ms_c1", "TTFT ms (c=1)"),
+                       ("aggregate_tok_s_c8", "aggregate tok/s (c=8)"), ("peak_rss_mib", "peak RSS MiB")]:
+        print(f"{label:<24}{e[key]:>14.1f}{l[key]:>14.1f}{e[key] / l[key]:>10.2f}")
+    raw = l["decode_tok_s_c1_in_process"]
+    print(f"{'decode tok/s, llama.cpp in-process (no HTTP)':<44}{raw:>14.1f}"
+          f"{e['decode_tok_s_c1'] / raw:>10.2f}")
+
+
+if __name__ == "__main__":
+    main()

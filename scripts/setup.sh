@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Prepares a fresh machine for the project: system packages, the bundled
+# model, and the Python environment used by the SDK tests and benchmarks.
+# Idempotent and quiet when everything is already there.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+
+# Rust toolchain: the project builds with the stable toolchain on PATH.
+if ! command -v cargo >/dev/null; then
+  echo "error: cargo not found; install Rust (https://rustup.rs) first" >&2
+  exit 1
+fi
+
+# C toolchain and cmake for llama.cpp's build (llama-cpp-python) and -sys crates.
+need=()
+command -v cc >/dev/null || need+=(build-essential)
+command -v cmake >/dev/null || need+=(cmake)
+command -v pkg-config >/dev/null || need+=(pkg-config)
+command -v curl >/dev/null || need+=(curl)
+# Validators for the deployment files (tests/deploy): no container engine
+# is needed to check the compose file and the Prometheus config.
+command -v promtool >/dev/null || need+=(prometheus)
+command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || need+=(docker-compose)
+if ((${#need[@]})); then
+  echo "installing ${need[*]}..." >&2
+  as_root apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need[@]}" >&2
+fi
+
+# The bundled model.
+"$root/scripts/fetch-model.sh" >/dev/null
+
+# Python environment.
+venv="$root/.venv"
+if [[ ! -x "$venv/bin/python" ]]; then
+  python3 -m venv "$venv"
+fi
+stamp="$venv/.requirements.sha256"
+want=$(sha256sum tests/sdk/requirements.txt | cut -d' ' -f1)
+if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
+  echo "installing Python test dependencies (llama.cpp builds from source once, ~3 min)..." >&2
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt >&2
+  echo "$want" >"$stamp"
+fi
