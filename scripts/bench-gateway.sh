@@ -8,6 +8,10 @@
 #
 #   ./scripts/bench-gateway.sh                     # rates 500 1000 2000, 10 s each
 #   RATES="1000" DURATION=30 ./scripts/bench-gateway.sh
+#
+# With BASELINE_GATEWAY=<path to another gateway binary>, A is that gateway
+# instead of the bare mock (same mock, same settings, a copy of the same
+# database): the figures are then what this build adds over the baseline.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -41,19 +45,47 @@ gw tenant create bench
 gw backend add --name cloud --kind cloud --url "$mock" --model mock-model --rtt-ms 1
 key=$("$bin/gateway" key create --tenant bench | sed -n 's/.*"api_key":"\([^"]*\)".*/\1/p')
 
-RUST_LOG=warn "$bin/gateway" serve --listen 127.0.0.1:0 >"$work/gateway.out" 2>"$work/gateway.log" &
-pids+=($!)
-gateway=$(first_line "$work/gateway.out")
-for _ in $(seq 1 100); do curl -sf "$gateway/readyz" >/dev/null && break; sleep 0.1; done
+start_gateway() { # start_gateway <binary> <name>: sets $url and $pid
+  RUST_LOG=warn "$1" serve --listen 127.0.0.1:0 >"$work/$2.out" 2>"$work/$2.log" &
+  pid=$!
+  pids+=("$pid")
+  url=$(first_line "$work/$2.out")
+  for _ in $(seq 1 100); do curl -sf "$url/readyz" >/dev/null && break; sleep 0.1; done
+}
+baseline_url="$mock"
+if [[ -n "${BASELINE_GATEWAY:-}" ]]; then
+  for f in "$work"/gateway.db*; do cp "$f" "$work/baseline${f#"$work"/gateway}"; done
+  GATEWAY_SQLITE_PATH="$work/baseline.db" start_gateway "$BASELINE_GATEWAY" baseline
+  baseline_url="$url/v1"
+  baseline_pid=$pid
+fi
+start_gateway "$bin/gateway" gateway
+gateway="$url"
+gateway_pid=$pid
 
 # One request through the gateway must succeed before measuring anything.
 curl -sf "$gateway/v1/chat/completions" -H "authorization: Bearer $key" \
   -H 'content-type: application/json' \
   -d '{"model":"mock-model","messages":[{"role":"user","content":"hi"}]}' >/dev/null
 
-echo "mock $mock, gateway $gateway/v1 ($(nproc) cores, $(uptime | sed 's/.*load/load/'))"
-MOCK_URL="$mock" GATEWAY_URL="$gateway/v1" LOADGEN_API_KEY="$key" LOADGEN="$bin/loadgen" \
+echo "A $baseline_url, B (gateway) $gateway/v1 ($(nproc) cores, $(uptime | sed 's/.*load/load/'))"
+A_NAME=$([[ -n "${BASELINE_GATEWAY:-}" ]] && echo baseline || echo direct)
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user + system
+gateway_cpu0=$(cpu_ticks "$gateway_pid")
+[[ -n "${baseline_pid:-}" ]] && baseline_cpu0=$(cpu_ticks "$baseline_pid")
+A_NAME="$A_NAME" MOCK_URL="$baseline_url" GATEWAY_URL="$gateway/v1" LOADGEN_API_KEY="$key" LOADGEN="$bin/loadgen" \
   MODEL=mock-model OUT="$root/target/overhead" "$root/loadtest/scripts/overhead.sh"
+
+# CPU the gateway process spent per request it served (warm-ups included):
+# how much of a core the figures above cost.
+per_request() { # per_request <pid> <ticks before> <db>
+  local ticks n
+  ticks=$(( $(cpu_ticks "$1") - $2 ))
+  n=$(sqlite3 "$3" "select count(*) from request_ledger" 2>/dev/null || echo 0)
+  (( n > 0 )) && echo "$(( ticks * 1000000 / $(getconf CLK_TCK) / n )) us CPU/request over $n requests"
+}
+echo "gateway: $(per_request "$gateway_pid" "$gateway_cpu0" "$work/gateway.db")"
+[[ -n "${baseline_pid:-}" ]] && echo "baseline: $(per_request "$baseline_pid" "$baseline_cpu0" "$work/baseline.db")"
 
 rows=$(sqlite3 "$work/gateway.db" "select status, count(*) from request_ledger group by status" 2>/dev/null || true)
 [[ -n "$rows" ]] && echo "ledger rows by status: $(echo "$rows" | tr '\n' ' ')"

@@ -20,6 +20,8 @@ command -v cc >/dev/null || need+=(build-essential)
 command -v cmake >/dev/null || need+=(cmake)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v curl >/dev/null || need+=(curl)
+# The gateway benchmark reads its SQLite ledger with the sqlite3 shell.
+command -v sqlite3 >/dev/null || need+=(sqlite3)
 # Validators for the deployment files (tests/deploy): no container engine
 # is needed to check the compose file and the Prometheus config.
 command -v promtool >/dev/null || need+=(prometheus)

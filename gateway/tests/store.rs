@@ -23,6 +23,7 @@ on_both_databases!(
     aliases_and_policies,
     privacy_rules_scope_and_order,
     ledger_rows,
+    ledger_batches_are_all_or_none,
     errors_hide_driver_text,
 );
 
@@ -429,6 +430,47 @@ async fn ledger_rows(store: &Store) {
         store.count_ledger_by_status().await.unwrap(),
         vec![(LedgerStatus::Ok, 2), (LedgerStatus::Rejected, 1)]
     );
+}
+
+/// Batches span several multi-row statements (32 rows each); a batch is
+/// stored whole or not at all, however many statements it takes.
+async fn ledger_batches_are_all_or_none(store: &Store) {
+    let batch = |prefix: &str, n: usize| -> Vec<LedgerEntry> {
+        (0..n)
+            .map(|i| {
+                let mut e = ledger_entry(
+                    &format!("{prefix}{i:03}"),
+                    LedgerStatus::Ok,
+                    10_000 + i64::try_from(i).unwrap(),
+                );
+                if i % 3 == 0 {
+                    e.backend = None;
+                    e.latency_ms = None;
+                    e.decision = None;
+                }
+                e
+            })
+            .collect()
+    };
+    let big = batch("big", 70);
+    store.insert_ledger_batch(&big).await.unwrap();
+    let mut stored = store.recent_ledger(None, 100).await.unwrap();
+    stored.reverse();
+    assert_eq!(stored, big);
+
+    for n in [5, 40] {
+        // The last row repeats a stored id: nothing of the batch may land.
+        let mut bad = batch(&format!("bad{n}-"), n);
+        bad.last_mut().unwrap().id.clone_from(&big[0].id);
+        let err = store.insert_ledger_batch(&bad).await;
+        assert!(matches!(err, Err(StoreError::Conflict(_))), "{err:?}");
+        assert_eq!(store.ledger_entry(&bad[0].id).await.unwrap(), None);
+    }
+    assert_eq!(
+        store.count_ledger_by_status().await.unwrap(),
+        vec![(LedgerStatus::Ok, 70)]
+    );
+    store.insert_ledger_batch(&[]).await.unwrap();
 }
 
 async fn errors_hide_driver_text(store: &Store) {

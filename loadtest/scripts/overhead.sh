@@ -11,6 +11,7 @@
 set -euo pipefail
 
 MOCK_URL=${MOCK_URL:-http://127.0.0.1:9000/v1}
+A_NAME=${A_NAME:-direct}  # what A is called in the summary
 GATEWAY_URL=${GATEWAY_URL:?set GATEWAY_URL to the gateway base URL}
 MODEL=${MODEL:-mock-model}
 RATES=${RATES:-500 1000 2000}
@@ -26,12 +27,12 @@ for mode in plain stream; do
     report="$OUT/$mode-$rate.json"
     "$LOADGEN" --compare "$MOCK_URL" "$GATEWAY_URL" --model "$MODEL" \
       --rate "$rate" --duration "$DURATION" "${flags[@]}" --json >"$report"
-    python3 - "$report" "$mode" "$rate" <<'PY'
+    python3 - "$report" "$mode" "$rate" "$A_NAME" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 a, b, d = r["a"], r["b"], r["added"]
 errors = sum(a["errors"].values()) + sum(b["errors"].values()) + a["dropped"] + b["dropped"]
-print(f"{sys.argv[2]:>6} {sys.argv[3]:>5}/s  direct p50 {a['latency']['p50_us']:>6} p99 {a['latency']['p99_us']:>6}"
+print(f"{sys.argv[2]:>6} {sys.argv[3]:>5}/s  {sys.argv[4]} p50 {a['latency']['p50_us']:>6} p99 {a['latency']['p99_us']:>6}"
       f"  gateway p50 {b['latency']['p50_us']:>6} p99 {b['latency']['p99_us']:>6}"
       f"  added p50 {d['p50_us']:>+6} p99 {d['p99_us']:>+6} us  errors+drops {errors}")
 PY

@@ -31,6 +31,11 @@ use crate::store::{LedgerEntry, Store};
 /// Attempts per row before it is given up (and logged with its id).
 const MAX_ATTEMPTS: u32 = 5;
 
+/// How long the writer waits for a batch to fill once a row is waiting.
+/// Under load this turns hundreds of one-row writes a second into a few
+/// dozen batches; it delays when a row becomes visible, never an answer.
+const LINGER: Duration = Duration::from_millis(10);
+
 /// The sending side, shared by all handlers.
 #[derive(Clone)]
 pub struct Ledger {
@@ -150,6 +155,17 @@ async fn writer(
 ) {
     let mut buf = Vec::with_capacity(batch);
     while rx.recv_many(&mut buf, batch).await > 0 {
+        let deadline = tokio::time::Instant::now() + LINGER;
+        while buf.len() < batch {
+            let room = batch - buf.len();
+            match tokio::time::timeout_at(deadline, rx.recv_many(&mut buf, room)).await {
+                // More rows came; wait for the rest of the batch.
+                Ok(n) if n > 0 => {}
+                // Closed (the rows so far are stored, then the loop ends)
+                // or the linger is over.
+                _ => break,
+            }
+        }
         let mut spend: HashMap<String, f64> = HashMap::new();
         for entry in &buf {
             if let Some(usd) = entry.usd.filter(|u| *u > 0.0) {

@@ -87,15 +87,29 @@ const LEDGER_COLUMNS: &str = "id, tenant_id, key_id, requested_model, resolved_m
      predicted_cost_usd, latency_ms, ttft_ms, prompt_tokens, completion_tokens, joules, usd, status, \
      http_status, error_code, stream, decision, created_at";
 
-fn insert_sql() -> String {
-    format!(
-        "INSERT INTO request_ledger ({LEDGER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
-         $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)"
-    )
+/// Rows per `INSERT` statement: 24 parameters each stays far below SQLite's
+/// (32,766) and Postgres's (65,535) limits on bound parameters.
+const ROWS_PER_INSERT: usize = 32;
+
+/// `INSERT … VALUES (…), (…)` for `rows` rows, numbered `$1…` in order.
+fn insert_sql(rows: usize) -> String {
+    use std::fmt::Write as _;
+    let columns = LEDGER_COLUMNS.split(',').count();
+    let mut sql = format!("INSERT INTO request_ledger ({LEDGER_COLUMNS}) VALUES ");
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for column in 0..columns {
+            let sep = if column == 0 { "" } else { ", " };
+            let _ = write!(sql, "{sep}${}", row * columns + column + 1);
+        }
+        sql.push(')');
+    }
+    sql
 }
 
-fn insert_query<'q>(sql: &'q str, e: &'q LedgerEntry) -> AnyQuery<'q> {
-    sqlx::query(sql)
+/// Binds one row's values, in [`LEDGER_COLUMNS`] order.
+fn bind_entry<'q>(query: AnyQuery<'q>, e: &'q LedgerEntry) -> AnyQuery<'q> {
+    query
         .bind(&e.id)
         .bind(&e.tenant_id)
         .bind(&e.key_id)
@@ -161,32 +175,24 @@ impl Store {
     /// Appends one ledger row. A duplicate id is a conflict, never an
     /// overwrite: the ledger is append-only.
     pub async fn insert_ledger(&self, e: &LedgerEntry) -> Result<(), StoreError> {
-        let sql = insert_sql();
-        insert_query(&sql, e)
-            .execute(&self.pool)
-            .await
-            .map_err(|err| StoreError::from_sqlx(err, "ledger row"))?;
-        Ok(())
+        self.insert_ledger_batch(std::slice::from_ref(e)).await
     }
 
-    /// Appends rows in one transaction: all or none. One commit per batch
-    /// instead of per row is what makes a busy ledger cheap on SQLite.
+    /// Appends rows, all or none, with one multi-row `INSERT` per
+    /// [`ROWS_PER_INSERT`] rows: on SQLite every statement is a round trip to
+    /// the connection's thread and every commit a WAL write, so a busy ledger
+    /// is cheap only in batches.
     pub async fn insert_ledger_batch(&self, rows: &[LedgerEntry]) -> Result<(), StoreError> {
-        let sql = insert_sql();
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(|e| StoreError::from_sqlx(e, "ledger row"))?;
-        for e in rows {
-            insert_query(&sql, e)
-                .execute(&mut *tx)
-                .await
-                .map_err(|err| StoreError::from_sqlx(err, "ledger row"))?;
+        let err = |e| StoreError::from_sqlx(e, "ledger row");
+        if rows.len() <= ROWS_PER_INSERT {
+            // One statement is atomic on its own.
+            return insert_rows(&self.pool, rows).await;
         }
-        tx.commit()
-            .await
-            .map_err(|e| StoreError::from_sqlx(e, "ledger row"))
+        let mut tx = self.pool.begin().await.map_err(err)?;
+        for chunk in rows.chunks(ROWS_PER_INSERT) {
+            insert_rows(&mut *tx, chunk).await?;
+        }
+        tx.commit().await.map_err(err)
     }
 
     /// The newest `limit` rows, optionally of one tenant, newest first.
@@ -235,4 +241,20 @@ impl Store {
         counts.sort_by_key(|(s, _)| LedgerStatus::ALL.iter().position(|x| x == s));
         Ok(counts)
     }
+}
+
+async fn insert_rows<'c, E>(executor: E, rows: &[LedgerEntry]) -> Result<(), StoreError>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let sql = insert_sql(rows.len());
+    let query = rows.iter().fold(sqlx::query(&sql), |q, e| bind_entry(q, e));
+    query
+        .execute(executor)
+        .await
+        .map_err(|e| StoreError::from_sqlx(e, "ledger row"))?;
+    Ok(())
 }

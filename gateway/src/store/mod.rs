@@ -70,6 +70,16 @@ impl Store {
             let pool = AnyPoolOptions::new()
                 .max_connections(4)
                 .acquire_timeout(Duration::from_secs(5))
+                // In WAL mode, NORMAL syncs at checkpoints rather than at
+                // every commit: a committed row survives a crash of the
+                // process, and the file cannot corrupt; only an OS crash or
+                // power loss may take the last commits. Per connection.
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        conn.execute("PRAGMA synchronous=NORMAL").await?;
+                        Ok(())
+                    })
+                })
                 .connect(&url)
                 .await
                 .map_err(StoreError::Unavailable)?;
