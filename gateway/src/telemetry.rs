@@ -43,7 +43,15 @@ pub fn metrics_handle() -> Option<PrometheusHandle> {
 fn describe() {
     metrics::describe_counter!(
         "gateway_requests_total",
-        "Admitted chat requests by ledger status, backend and route reason"
+        "Admitted chat requests by ledger status, backend, route reason, privacy class and backend zone"
+    );
+    metrics::describe_counter!(
+        "gateway_energy_millijoules_total",
+        "Energy of served requests (reported by edge workers, else estimated), by backend and zone"
+    );
+    metrics::describe_counter!(
+        "gateway_cost_microusd_total",
+        "Cost of served requests at the backends' prices, in millionths of a US dollar"
     );
     metrics::describe_histogram!(
         "gateway_request_duration_seconds",

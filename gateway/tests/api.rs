@@ -303,15 +303,7 @@ async fn request_ids_health_and_metrics() {
         );
     }
     gw.ledger_counts(2).await;
-    let text = gw
-        .client
-        .get(gw.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw.metrics().await;
     for name in [
         "gateway_requests_total",
         "gateway_request_duration_seconds_bucket",

@@ -285,6 +285,7 @@ async fn confidential_stays_on_the_edge_and_gets_503_without_it() {
         1,
         "a confidential request reached the cloud"
     );
+    confidential_metrics_stay_on_prem(&gw).await;
 
     without_the_edge(&gw, &mut edge, &e.id, &key, &mock).await;
     let counts = gw.ledger_counts(12).await;
@@ -293,6 +294,39 @@ async fn confidential_stays_on_the_edge_and_gets_503_without_it() {
         + counts.get(&LedgerStatus::Rejected).unwrap_or(&0);
     assert_eq!(failed, 2);
     gw.shutdown().await;
+}
+
+/// What an operator sees from the outside: requests per privacy class and
+/// backend zone, none of them confidential in the cloud, and the edge's
+/// reported energy added up.
+async fn confidential_metrics_stay_on_prem(gw: &Gateway) {
+    let text = gw.metrics().await;
+    let confidential: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("gateway_requests_total{") && l.contains(r#"class="confidential""#)
+        })
+        .collect();
+    assert!(
+        confidential
+            .iter()
+            .any(|l| l.contains(r#"zone="on_prem""#) && l.contains(r#"backend="edge""#)),
+        "{confidential:?}"
+    );
+    assert!(
+        !confidential.iter().any(|l| l.contains(r#"zone="cloud""#)),
+        "{confidential:?}"
+    );
+    // The edge reports joules per answer; the gateway adds them up.
+    let edge_mj: f64 = text
+        .lines()
+        .find(|l| {
+            l.starts_with("gateway_energy_millijoules_total{") && l.contains(r#"backend="edge""#)
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(edge_mj > 0.0, "no edge energy in /metrics");
 }
 
 /// Without the edge there is no private route, and still nothing reaches

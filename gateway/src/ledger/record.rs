@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use super::Sink;
 use crate::privacy::{Class, Classification};
-use crate::routing::{Decision, NoRoute, Scored};
+use crate::routing::{Decision, NoRoute, Scored, Zone};
 use crate::store::{LedgerEntry, LedgerStatus};
 
 /// What a row starts with, known at admission.
@@ -40,6 +40,8 @@ pub struct Record {
     sink: Option<Sink>,
     started: Instant,
     pricing: Option<Pricing>,
+    /// Where the serving backend runs, for the metrics' `zone` label.
+    zone: Option<Zone>,
     /// The request's own prompt estimate, used when the upstream reported
     /// no usage (a cancelled or broken stream).
     prompt_estimate: Option<u32>,
@@ -82,6 +84,7 @@ impl Record {
             sink,
             started: Instant::now(),
             pricing: None,
+            zone: None,
             prompt_estimate: None,
             chunks: 0,
             energy_reported: None,
@@ -115,7 +118,7 @@ impl Record {
     }
 
     /// The candidate now being tried; a failover overwrites the previous.
-    pub fn set_backend(&mut self, s: &Scored, reason: &'static str, pricing: Pricing) {
+    pub fn set_backend(&mut self, s: &Scored, zone: Zone, reason: &'static str, pricing: Pricing) {
         self.entry.backend = Some(s.backend.clone());
         self.entry.resolved_model = Some(s.model.clone());
         self.entry.route_reason = Some(reason.to_owned());
@@ -123,6 +126,7 @@ impl Record {
         self.entry.predicted_energy_j = Some(s.prediction.energy_j);
         self.entry.predicted_cost_usd = Some(s.prediction.cost_usd);
         self.pricing = Some(pricing);
+        self.zone = Some(zone);
     }
 
     /// Marks the first token (or whole answer) reaching the gateway.
@@ -185,14 +189,30 @@ impl Drop for Record {
         let backend = e.backend.clone().unwrap_or_else(|| "none".to_owned());
         let reason = e.route_reason.clone().unwrap_or_else(|| "none".to_owned());
         let status = e.status.as_str();
-        metrics::counter!("gateway_requests_total", "status" => status, "backend" => backend.clone(), "reason" => reason)
-            .increment(1);
+        let class = e.privacy_class.as_str();
+        let zone = self.zone.map_or("none", Zone::as_str);
+        // class × zone is what shows, after the fact and from the outside,
+        // that confidential requests stayed on premises.
+        metrics::counter!("gateway_requests_total", "status" => status, "backend" => backend.clone(),
+            "reason" => reason, "class" => class, "zone" => zone)
+        .increment(1);
         if let Some(ms) = e.latency_ms {
             metrics::histogram!("gateway_request_duration_seconds", "status" => status, "backend" => backend.clone())
                 .record(ms / 1000.0);
         }
         if let Some(ms) = e.ttft_ms {
-            metrics::histogram!("gateway_ttft_seconds", "backend" => backend).record(ms / 1000.0);
+            metrics::histogram!("gateway_ttft_seconds", "backend" => backend.clone())
+                .record(ms / 1000.0);
+        }
+        // Integer counters in small units: the metrics facade's counters
+        // are u64, and a request's joules or dollars are fractions.
+        if let Some(j) = e.joules {
+            metrics::counter!("gateway_energy_millijoules_total", "backend" => backend.clone(), "zone" => zone)
+                .increment(to_units(j, 1e3));
+        }
+        if let Some(usd) = e.usd {
+            metrics::counter!("gateway_cost_microusd_total", "backend" => backend, "zone" => zone)
+                .increment(to_units(usd, 1e6));
         }
         let entry = self.entry.clone();
         if let Some(sink) = &self.sink {
@@ -201,4 +221,10 @@ impl Drop for Record {
             tracing::error!(id = %entry.id, "ledger closed; row not recorded");
         }
     }
+}
+
+/// `value × scale`, rounded, as a counter increment (0 for NaN or negative).
+fn to_units(value: f64, scale: f64) -> u64 {
+    // `as` saturates: NaN and negatives become 0, overflow u64::MAX.
+    (value * scale).round() as u64
 }

@@ -74,7 +74,7 @@ pub async fn execute(
             metrics::counter!("gateway_failovers_total", "to" => backend.name.clone()).increment(1);
             "failover"
         };
-        record.set_backend(cand, reason, pricing(app, backend));
+        record.set_backend(cand, backend.zone, reason, pricing(app, backend));
         let route = RouteHeaders {
             backend: Some(backend.name.clone()),
             reason: Some(reason),

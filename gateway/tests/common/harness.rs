@@ -180,6 +180,14 @@ impl Gateway {
         format!("{}{}", self.base, path)
     }
 
+    /// The Prometheus text of `/metrics`. The recorder is global to the
+    /// test process, so counters include other tests' requests.
+    pub async fn metrics(&self) -> String {
+        let r = self.client.get(self.url("/metrics")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap()
+    }
+
     pub async fn chat(&self, key: &str, body: &Value) -> reqwest::Response {
         self.chat_with(key, body, &[]).await
     }
