@@ -13,10 +13,10 @@ use candle_core::Device;
 use either::Either;
 use indexmap::IndexMap;
 use mistralrs_core::{
-    AutoDeviceMapParams, Constraint, DefaultSchedulerMethod, DeviceMapSetting, GGUFLoaderBuilder,
-    GGUFSpecificConfig, MessageContent, MistralRs, MistralRsBuilder, ModelDType, NormalRequest,
-    Request, RequestMessage, Response, SamplingParams, SchedulerConfig, StopTokens, TokenSource,
-    TokenizationRequest,
+    AutoDeviceMapParams, Constraint, CustomLogitsProcessor, DefaultSchedulerMethod,
+    DeviceMapSetting, GGUFLoaderBuilder, GGUFSpecificConfig, MessageContent, MistralRs,
+    MistralRsBuilder, ModelDType, NormalRequest, Request, RequestMessage, Response, SamplingParams,
+    SchedulerConfig, StopTokens, TokenSource, TokenizationRequest,
 };
 use tokio::sync::mpsc;
 
@@ -37,6 +37,8 @@ pub struct EngineOptions {
     pub source: ModelSource,
     pub model_id: String,
     pub max_running: usize,
+    /// Compute threads (at least 1); see [`crate::pool`].
+    pub threads: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +74,8 @@ pub struct Engine {
     pub model_id: String,
     /// Tokens of prompt plus output one sequence may hold.
     pub context_length: usize,
+    /// Carried by every request; see [`crate::pool`].
+    attach_pool: Option<Arc<dyn CustomLogitsProcessor>>,
 }
 
 impl Engine {
@@ -144,6 +148,7 @@ impl Engine {
             next_id: AtomicUsize::new(1),
             model_id: options.model_id,
             context_length,
+            attach_pool: crate::pool::attach_processor(options.threads),
         })
     }
 
@@ -210,7 +215,7 @@ impl Engine {
             suffix: None,
             tools: None,
             tool_choice: None,
-            logits_processors: None,
+            logits_processors: self.attach_pool.clone().map(|p| vec![p]),
             return_raw_logits: false,
             web_search_options: None,
             model_id: None,

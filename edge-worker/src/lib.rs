@@ -7,6 +7,7 @@
 //! - [`gguf`]: checks a model file and reads its header before loading.
 //! - [`requantize`]: converts weights without SIMD kernels (Q4_1) to Q8_0, cached.
 //! - [`engine`]: loads the model with `mistralrs-core` and starts generations.
+//! - [`pool`]: makes mistralrs's engine thread a rayon worker (decode speed).
 //! - [`admission`]: running slots and a bounded queue (429 beyond it).
 //! - [`generation`]: drives one generation; TTFT, token timing, energy, cancel.
 //! - [`chat`]: `POST /v1/chat/completions`, JSON and SSE.
@@ -26,6 +27,7 @@ pub mod error;
 pub mod generation;
 pub mod gguf;
 pub mod openai;
+pub mod pool;
 pub mod requantize;
 pub mod routes;
 pub mod server;

@@ -103,6 +103,9 @@ pub struct LoadReport {
     pub joules_per_prompt_token: Option<f64>,
     pub joules_per_output_token: Option<f64>,
     pub energy_method: &'static str,
+    /// Whether mistralrs's engine thread computes as a rayon worker (see
+    /// `pool`); false means the slow path, e.g. with one compute thread.
+    pub engine_in_compute_pool: bool,
     pub ready: bool,
     pub draining: bool,
 }
@@ -125,6 +128,7 @@ async fn load(State(state): State<AppState>) -> Json<LoadReport> {
         joules_per_prompt_token: rates.joules_per_prompt_token,
         joules_per_output_token: rates.joules_per_output_token,
         energy_method: state.reporters.energy.method().as_str(),
+        engine_in_compute_pool: crate::pool::engine_attached(),
         ready: engine.is_some() && !draining,
         draining,
     })

@@ -59,6 +59,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         source,
         model_id,
         max_running: config.max_running,
+        // The global pool's size: --threads, else RAYON_NUM_THREADS, else
+        // one per core (set by `configure_threads` before anything ran).
+        threads: rayon::current_num_threads(),
     };
     let drain_timeout = config.drain_timeout();
     let facts = ModelFacts {

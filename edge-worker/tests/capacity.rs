@@ -11,15 +11,25 @@ use common::{greedy, wait_load, Worker};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
+/// Also the batched path of the compute pool (`pool`): with two threads the
+/// engine thread computes as a rayon worker once warmed up, and sampling
+/// several sequences at once (which mistralrs hands to rayon from that
+/// thread) must still complete rather than wait on the engine thread.
 #[tokio::test]
 async fn eight_concurrent_requests_all_complete() {
-    let w = Worker::start(&["--max-running", "4", "--max-waiting", "8"]).await;
+    let w = Worker::start(&["--max-running", "4", "--max-waiting", "8", "--threads", "2"]).await;
+    assert_eq!(w.load().await["engine_in_compute_pool"], true);
     let requests = (0..8).map(|i| {
         let body = greedy(&format!("Write a word about the number {i}."), 12);
         let w = &w;
         async move { w.chat(&body).await }
     });
-    let responses = futures::future::join_all(requests).await;
+    let responses = tokio::time::timeout(
+        Duration::from_secs(120),
+        futures::future::join_all(requests),
+    )
+    .await
+    .expect("concurrent requests stalled");
     for r in responses {
         assert_eq!(r.status(), 200);
         let v: Value = r.json().await.unwrap();

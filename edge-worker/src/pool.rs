@@ -1,0 +1,107 @@
+//! Makes mistralrs's engine thread a rayon worker, which is most of the
+//! worker's decode speed on CPU.
+//!
+//! mistralrs runs the model on an engine thread of its own. candle splits
+//! each quantized matmul (several per layer, every layer, every token) over
+//! rayon's pool; called from a thread outside the pool, rayon injects the
+//! job and the caller sleeps on a latch until a worker has finished it, so
+//! each op costs two cross-thread wake-ups. For a 135M-parameter model those
+//! hand-offs, not the arithmetic, set the speed: about 2,800 context
+//! switches per token were counted, and decode ran at about 75 tokens/s on
+//! two cores. When the calling thread is itself a worker of a pool, rayon
+//! splits the op between it and the other workers and joins them without
+//! sleeping: about 130 tokens/s on the same machine (docs/benchmarks.md).
+//!
+//! Rayon can only enrol a thread it did not start from that thread
+//! ([`rayon::ThreadPoolBuilder::use_current_thread`]), and mistralrs starts
+//! its engine thread internally. The one piece of our code mistralrs runs on
+//! that thread is a request's logits processor (it samples a single running
+//! sequence inline, on the engine thread), so every request carries
+//! [`attach_processor`]: a processor that returns the logits unchanged and,
+//! the first time it runs outside any rayon pool, builds a pool of
+//! `threads` threads around the calling thread. The start-up warm-up request
+//! does this before any client request arrives. Samples that mistralrs sends
+//! to rayon (several sequences at once) already run on a rayon worker, where
+//! the processor does nothing.
+//!
+//! The pool needs a second thread: the engine thread does not run rayon's
+//! work loop while it waits for the next step, so a job that mistralrs
+//! spawns from it (batched sampling) must be taken by another worker.
+//! With one compute thread there is nothing to gain and that risk, so the
+//! processor is not attached.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use candle_core::Tensor;
+use mistralrs_core::CustomLogitsProcessor;
+
+/// The pool around the engine thread; kept for the life of the process
+/// (dropping it would stop its other workers).
+static ENGINE_POOL: OnceLock<rayon::ThreadPool> = OnceLock::new();
+/// Set once an attempt was made, so later tokens cost one atomic load.
+static TRIED: AtomicBool = AtomicBool::new(false);
+
+/// The logits processor every request carries, or `None` for one thread.
+pub fn attach_processor(threads: usize) -> Option<Arc<dyn CustomLogitsProcessor>> {
+    (threads >= 2).then(|| {
+        Arc::new(move |logits: &Tensor, _context: &[u32]| {
+            attach_current_thread(threads);
+            Ok(logits.clone())
+        }) as Arc<dyn CustomLogitsProcessor>
+    })
+}
+
+fn attach_current_thread(threads: usize) {
+    if TRIED.load(Ordering::Acquire) || rayon::current_thread_index().is_some() {
+        return;
+    }
+    if TRIED.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    match rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("edge-compute-{i}"))
+        .use_current_thread()
+        .build()
+    {
+        Ok(pool) => {
+            let _ = ENGINE_POOL.set(pool);
+            tracing::info!(threads, "engine thread joined its compute pool");
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "engine thread stays outside rayon's pool; decoding will be slower");
+        }
+    }
+}
+
+/// Whether the engine thread runs as a rayon worker (for the load report
+/// and tests).
+pub fn engine_attached() -> bool {
+    ENGINE_POOL.get().is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_thread_gets_no_processor() {
+        assert!(attach_processor(1).is_none());
+        assert!(attach_processor(0).is_none());
+    }
+
+    #[test]
+    fn the_processor_returns_the_logits_unchanged() {
+        let p = attach_processor(2).unwrap();
+        let logits = Tensor::new(&[0.5f32, -1.0, 2.0], &candle_core::Device::Cpu).unwrap();
+        // Run from a rayon worker, where it must not build a pool.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let out = pool.install(|| p.apply(&logits, &[1, 2])).unwrap();
+        assert_eq!(out.to_vec1::<f32>().unwrap(), vec![0.5, -1.0, 2.0]);
+        assert!(!engine_attached());
+    }
+}
