@@ -67,7 +67,8 @@ pub struct Config {
     pub drain_timeout_s: u64,
 
     /// Compute threads for the model (candle's and rayon's pools). 0 means one
-    /// per available core.
+    /// per available core. With two or more, mistralrs's engine thread is one
+    /// of them, which is what makes decoding fast on CPU.
     #[arg(long, env = "EDGE_THREADS", default_value_t = 0)]
     pub threads: usize,
 
