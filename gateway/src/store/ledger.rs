@@ -87,8 +87,10 @@ const LEDGER_COLUMNS: &str = "id, tenant_id, key_id, requested_model, resolved_m
      predicted_cost_usd, latency_ms, ttft_ms, prompt_tokens, completion_tokens, joules, usd, status, \
      http_status, error_code, stream, decision, created_at";
 
-/// Rows per `INSERT` statement: 24 parameters each stays far below SQLite's
-/// (32,766) and Postgres's (65,535) limits on bound parameters.
+/// Rows per `INSERT` statement (24 parameters each). Far below SQLite's
+/// (32,766) and Postgres's (65,535) limits on bound parameters, and small
+/// on purpose: binding on SQLite looks every parameter up by name, at a cost
+/// that grows with the statement's parameter count.
 const ROWS_PER_INSERT: usize = 32;
 
 /// `INSERT … VALUES (…), (…)` for `rows` rows, numbered `$1…` in order.
