@@ -4,8 +4,10 @@
 Both run as OpenAI-compatible HTTP servers on loopback (our edge worker, and
 llama.cpp through `llama_cpp.server`), driven by the same streaming client,
 in interleaved rounds so that machine noise hits both alike. Reports decode
-tokens/s and TTFT at concurrency 1, aggregate tokens/s at concurrency 8, and
-peak RSS, with ratios (edge worker / llama.cpp).
+tokens/s and TTFT at concurrency 1, aggregate tokens/s at concurrency 8, CPU
+time per output token at concurrency 1 (what energy per token follows when
+the watts per busy core are the same), and peak RSS, with ratios (edge
+worker / llama.cpp).
 
 Usage: .venv/bin/python scripts/bench-edge.py [--threads 2] [--rounds 3]
 """
@@ -119,6 +121,13 @@ def in_process_llama(threads, max_tokens, runs=3):
     return statistics.median(rates)
 
 
+def cpu_seconds(pid):
+    """User + system CPU time of a process, all threads."""
+    stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mib(pid):
     for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -136,15 +145,19 @@ def main():
 
     servers = {"edge-worker": start_edge(args.threads), "llama.cpp": start_llama(args.threads)}
     try:
-        samples = {k: {"ttft": [], "decode": [], "agg8": []} for k in servers}
+        samples = {k: {"ttft": [], "decode": [], "agg8": [], "cpu_ms": []} for k in servers}
         for name, (_, base, model) in servers.items():
             one_request(base, model, 8)  # warm-up, not measured
         for _ in range(args.rounds):
-            for name, (_, base, model) in servers.items():
+            for name, (proc, base, model) in servers.items():
+                cpu_before, tokens = cpu_seconds(proc.pid), 0
                 for _ in range(3):
-                    ttft, decode, _, _ = one_request(base, model, args.max_tokens)
+                    ttft, decode, n, _ = one_request(base, model, args.max_tokens)
                     samples[name]["ttft"].append(ttft * 1000)
                     samples[name]["decode"].append(decode)
+                    tokens += n
+                cpu = cpu_seconds(proc.pid) - cpu_before
+                samples[name]["cpu_ms"].append(cpu * 1000 / max(tokens, 1))
                 samples[name]["agg8"].append(concurrent_run(base, model, 8, args.max_tokens))
         report = {}
         for name, (proc, _, _) in servers.items():
@@ -153,6 +166,7 @@ def main():
                 "decode_tok_s_c1": statistics.median(s["decode"]),
                 "ttft_ms_c1": statistics.median(s["ttft"]),
                 "aggregate_tok_s_c8": statistics.median(s["agg8"]),
+                "cpu_ms_per_token_c1": statistics.median(s["cpu_ms"]),
                 "peak_rss_mib": peak_rss_mib(proc.pid),
             }
     finally:
@@ -170,7 +184,8 @@ def main():
           f"{args.rounds} interleaved rounds (medians)")
     print(f"{'metric':<24}{'edge-worker':>14}{'llama.cpp':>14}{'ratio':>10}")
     for key, label in [("decode_tok_s_c1", "decode tok/s (c=1)"), ("ttft_ms_c1", "TTFT ms (c=1)"),
-                       ("aggregate_tok_s_c8", "aggregate tok/s (c=8)"), ("peak_rss_mib", "peak RSS MiB")]:
+                       ("aggregate_tok_s_c8", "aggregate tok/s (c=8)"),
+                       ("cpu_ms_per_token_c1", "CPU ms/token (c=1)"), ("peak_rss_mib", "peak RSS MiB")]:
         print(f"{label:<24}{e[key]:>14.1f}{l[key]:>14.1f}{e[key] / l[key]:>10.2f}")
     raw = l["decode_tok_s_c1_in_process"]
     print(f"{'decode tok/s, llama.cpp in-process (no HTTP)':<44}{raw:>14.1f}"
