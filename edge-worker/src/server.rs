@@ -178,6 +178,7 @@ async fn load_model(
             }
         }
     }
+    let threads = options.threads;
     let engine = match Engine::load(options).await {
         Ok(e) => Arc::new(e),
         Err(e) => {
@@ -188,6 +189,14 @@ async fn load_model(
     if let Err(e) = warm_up(&engine, &state).await {
         let _ = failed.send(e);
         return;
+    }
+    if threads >= 2 && !crate::pool::engine_attached() {
+        // The warm-up sampled on the engine thread without enrolling it:
+        // mistralrs no longer runs logits processors there (see `pool`).
+        tracing::warn!(
+            threads,
+            "the engine thread is not in the compute pool; decoding will be slower"
+        );
     }
     tracing::info!(
         model = %engine.model_id,
