@@ -48,12 +48,12 @@ def wait_ready(url, timeout=180):
     sys.exit(f"{url} not ready")
 
 
-def start_edge(threads):
+def start_edge(threads, extra=()):
     port = free_port()
     proc = subprocess.Popen(
         [str(ROOT / "target/release/edge-worker"), "--model-path", str(MODEL),
          "--listen", f"127.0.0.1:{port}", "--threads", str(threads),
-         "--max-running", "8", "--max-waiting", "8"],
+         "--max-running", "8", "--max-waiting", "8", *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     wait_ready(base + "/readyz")
@@ -74,9 +74,10 @@ def start_llama(threads):
     return proc, base, "smol"
 
 
-def one_request(base, model, max_tokens):
+def one_request(base, model, max_tokens, messages=None):
     """Streams one greedy completion; returns (ttft_s, decode_tok_s, tokens, wall_s)."""
-    body = {"model": model, "messages": [{"role": "user", "content": PROMPT}],
+    messages = messages or [{"role": "user", "content": PROMPT}]
+    body = {"model": model, "messages": messages,
             "temperature": 0, "max_tokens": max_tokens, "stream": True}
     start = time.perf_counter()
     stamps = []

@@ -39,6 +39,8 @@ pub struct EngineOptions {
     pub max_running: usize,
     /// Compute threads (at least 1); see [`crate::pool`].
     pub threads: usize,
+    /// Finished sequences kept in the prefix cache; 0 turns it off.
+    pub prefix_cache_sequences: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,7 +137,8 @@ impl Engine {
         };
         let runner = MistralRsBuilder::new(pipeline, scheduler, false, None)
             .with_model_id(options.model_id.clone())
-            .with_no_prefix_cache(false)
+            .with_no_prefix_cache(options.prefix_cache_sequences == 0)
+            .with_prefix_cache_n(options.prefix_cache_sequences)
             .build()
             .await;
 

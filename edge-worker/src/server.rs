@@ -62,6 +62,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         // The global pool's size: --threads, else RAYON_NUM_THREADS, else
         // one per core (set by `configure_threads` before anything ran).
         threads: rayon::current_num_threads(),
+        prefix_cache_sequences: config.prefix_cache_sequences,
     };
     let drain_timeout = config.drain_timeout();
     let facts = ModelFacts {

@@ -127,6 +127,39 @@ async fn stop_sequences_and_max_tokens_are_honoured() {
     );
 }
 
+/// A prompt that shares a long prefix (a system prompt) with an earlier one
+/// is prefilled from the prefix cache; its greedy answer must be the one a
+/// worker without the cache computes from scratch.
+#[tokio::test]
+async fn prefix_cache_hits_answer_as_a_cold_prefill_does() {
+    let system = "You answer for a bakery. Be polite, answer briefly, and mention \
+                  fresh bread when it fits. Opening hours are seven to six.";
+    let body = |question: &str| {
+        let mut b = greedy(question, 24);
+        b["messages"] = json!([
+            {"role": "system", "content": system},
+            {"role": "user", "content": question},
+        ]);
+        b
+    };
+    let content = |v: Value| {
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let cached = Worker::start(&[]).await;
+    let cold = Worker::start(&["--prefix-cache-sequences", "0"]).await;
+    // Fills the cache with the system prompt's prefix.
+    assert_eq!(cached.chat(&body("What do you sell?")).await.status(), 200);
+    for question in ["What do you sell?", "When do you open?"] {
+        let hit = content(cached.chat(&body(question)).await.json().await.unwrap());
+        let fresh = content(cold.chat(&body(question)).await.json().await.unwrap());
+        assert!(!hit.is_empty());
+        assert_eq!(hit, fresh, "{question}");
+    }
+}
+
 #[tokio::test]
 async fn models_metrics_and_load_report() {
     let w = Worker::start(&[]).await;
