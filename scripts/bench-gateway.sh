@@ -12,6 +12,12 @@
 # With BASELINE_GATEWAY=<path to another gateway binary>, A is that gateway
 # instead of the bare mock (same mock, same settings, a copy of the same
 # database): the figures are then what this build adds over the baseline.
+#
+# With LITELLM=<path to the litellm executable> (pip install 'litellm[proxy]'),
+# A is LiteLLM's proxy (one worker) in front of the same mock, with the
+# gateway's key as its master key: the figures are then this gateway against
+# LiteLLM. LiteLLM saturates far below the default rates; use e.g.
+# RATES="25 50".
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -53,11 +59,29 @@ start_gateway() { # start_gateway <binary> <name>: sets $url and $pid
   for _ in $(seq 1 100); do curl -sf "$url/readyz" >/dev/null && break; sleep 0.1; done
 }
 baseline_url="$mock"
-if [[ -n "${BASELINE_GATEWAY:-}" ]]; then
+a_name=direct
+if [[ -n "${LITELLM:-}" ]]; then
+  cat >"$work/litellm.yaml" <<YAML
+model_list:
+  - model_name: mock-model
+    litellm_params:
+      model: openai/mock-model
+      api_base: $mock
+      api_key: unused
+YAML
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  (cd "$work" && LITELLM_MASTER_KEY="$key" exec "$LITELLM" --config "$work/litellm.yaml" \
+    --host 127.0.0.1 --port "$port" --num_workers 1 >"$work/litellm.log" 2>&1) &
+  pids+=($!)
+  for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$port/health/liveliness" >/dev/null && break; sleep 0.3; done
+  baseline_url="http://127.0.0.1:$port/v1"
+  a_name=litellm
+elif [[ -n "${BASELINE_GATEWAY:-}" ]]; then
   for f in "$work"/gateway.db*; do cp "$f" "$work/baseline${f#"$work"/gateway}"; done
   GATEWAY_SQLITE_PATH="$work/baseline.db" start_gateway "$BASELINE_GATEWAY" baseline
   baseline_url="$url/v1"
   baseline_pid=$pid
+  a_name=baseline
 fi
 start_gateway "$bin/gateway" gateway
 gateway="$url"
@@ -69,11 +93,10 @@ curl -sf "$gateway/v1/chat/completions" -H "authorization: Bearer $key" \
   -d '{"model":"mock-model","messages":[{"role":"user","content":"hi"}]}' >/dev/null
 
 echo "A $baseline_url, B (gateway) $gateway/v1 ($(nproc) cores, $(uptime | sed 's/.*load/load/'))"
-A_NAME=$([[ -n "${BASELINE_GATEWAY:-}" ]] && echo baseline || echo direct)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user + system
 gateway_cpu0=$(cpu_ticks "$gateway_pid")
 [[ -n "${baseline_pid:-}" ]] && baseline_cpu0=$(cpu_ticks "$baseline_pid")
-A_NAME="$A_NAME" MOCK_URL="$baseline_url" GATEWAY_URL="$gateway/v1" LOADGEN_API_KEY="$key" LOADGEN="$bin/loadgen" \
+A_NAME="$a_name" MOCK_URL="$baseline_url" GATEWAY_URL="$gateway/v1" LOADGEN_API_KEY="$key" LOADGEN="$bin/loadgen" \
   MODEL=mock-model OUT="$root/target/overhead" "$root/loadtest/scripts/overhead.sh"
 
 # CPU the gateway process spent per request it served (warm-ups included):
