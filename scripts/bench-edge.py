@@ -14,6 +14,7 @@ Usage: .venv/bin/python scripts/bench-edge.py [--threads 2] [--rounds 3]
 
 import argparse
 import concurrent.futures as cf
+import itertools
 import json
 import os
 import pathlib
@@ -28,6 +29,15 @@ import httpx
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MODEL = ROOT / ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPT = "Write a long, detailed story about a dragon who learns to bake bread."
+_SERIAL = itertools.count(1)
+
+
+def fresh_prompt():
+    """The prompt under a new serial number at its start. Both servers keep
+    the KV of earlier prompts (llama_cpp.server the previous prompt's, the
+    edge worker its prefix cache), so a repeated prompt would measure a cache
+    hit, not a prefill."""
+    return f"Story number {next(_SERIAL)}. {PROMPT}"
 
 
 def free_port():
@@ -76,7 +86,7 @@ def start_llama(threads):
 
 def one_request(base, model, max_tokens, messages=None):
     """Streams one greedy completion; returns (ttft_s, decode_tok_s, tokens, wall_s)."""
-    messages = messages or [{"role": "user", "content": PROMPT}]
+    messages = messages or [{"role": "user", "content": fresh_prompt()}]
     body = {"model": model, "messages": messages,
             "temperature": 0, "max_tokens": max_tokens, "stream": True}
     start = time.perf_counter()
@@ -114,7 +124,7 @@ def in_process_llama(threads, max_tokens, runs=3):
     for _ in range(runs):
         stamps = []
         for chunk in llm.create_chat_completion(
-                messages=[{"role": "user", "content": PROMPT}], temperature=0,
+                messages=[{"role": "user", "content": fresh_prompt()}], temperature=0,
                 max_tokens=max_tokens, stream=True):
             if chunk["choices"][0]["delta"].get("content"):
                 stamps.append(time.perf_counter())
