@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use sqlx::any::AnyRow;
 
-use super::rows::{flag, get, get_flag, get_u32};
+use super::rows::{execute_one, flag, get, get_flag, get_u32};
 use super::{new_id, now_ms, Store, StoreError};
 use crate::routing::{Backend, BackendKind, ModelMapping, Zone};
 
@@ -133,28 +133,15 @@ impl Store {
 
     /// Removes a backend (and its model rows) by name.
     pub async fn remove_backend(&self, name: &str) -> Result<(), StoreError> {
-        let done = sqlx::query("DELETE FROM backends WHERE name = $1")
-            .bind(name)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| StoreError::from_sqlx(e, "backend"))?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound("backend"));
-        }
-        Ok(())
+        let query = sqlx::query("DELETE FROM backends WHERE name = $1").bind(name);
+        execute_one(&self.pool, query, "backend").await
     }
 
     pub async fn set_backend_enabled(&self, name: &str, enabled: bool) -> Result<(), StoreError> {
-        let done = sqlx::query("UPDATE backends SET enabled = $1 WHERE name = $2")
+        let query = sqlx::query("UPDATE backends SET enabled = $1 WHERE name = $2")
             .bind(flag(enabled))
-            .bind(name)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| StoreError::from_sqlx(e, "backend"))?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound("backend"));
-        }
-        Ok(())
+            .bind(name);
+        execute_one(&self.pool, query, "backend").await
     }
 
     /// All backends with their models, ordered by name (the routing

@@ -1,4 +1,4 @@
-//! Small decoding helpers shared by the store's submodules.
+//! Small decoding and statement helpers shared by the store's submodules.
 
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -68,4 +68,21 @@ impl BindExt for AnyQuery<'_> {
             None => self.bind(None::<f32>),
         }
     }
+}
+
+/// Runs a statement that must touch at least one row (a delete or update by
+/// id or name): `NotFound(what)` when none matched.
+pub(super) async fn execute_one(
+    pool: &sqlx::AnyPool,
+    query: AnyQuery<'_>,
+    what: &'static str,
+) -> Result<(), StoreError> {
+    let done = query
+        .execute(pool)
+        .await
+        .map_err(|e| StoreError::from_sqlx(e, what))?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::NotFound(what));
+    }
+    Ok(())
 }

@@ -3,7 +3,7 @@
 
 use sqlx::any::AnyRow;
 
-use super::rows::{flag, get, get_class, get_flag, get_json, get_u32, to_json};
+use super::rows::{execute_one, flag, get, get_class, get_flag, get_json, get_u32, to_json};
 use super::{new_id, now_ms, Store, StoreError};
 use crate::privacy::{Class, PrivacyRule, RuleSpec};
 use crate::routing::{Alias, Policy};
@@ -54,15 +54,8 @@ impl Store {
     }
 
     pub async fn remove_alias(&self, name: &str) -> Result<(), StoreError> {
-        let done = sqlx::query("DELETE FROM model_aliases WHERE name = $1")
-            .bind(name)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| StoreError::from_sqlx(e, "alias"))?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound("alias"));
-        }
-        Ok(())
+        let query = sqlx::query("DELETE FROM model_aliases WHERE name = $1").bind(name);
+        execute_one(&self.pool, query, "alias").await
     }
 
     pub async fn list_aliases(&self) -> Result<Vec<Alias>, StoreError> {
@@ -185,15 +178,8 @@ impl Store {
     }
 
     pub async fn remove_privacy_rule(&self, id: &str) -> Result<(), StoreError> {
-        let done = sqlx::query("DELETE FROM privacy_rules WHERE id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| StoreError::from_sqlx(e, "privacy rule"))?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound("privacy rule"));
-        }
-        Ok(())
+        let query = sqlx::query("DELETE FROM privacy_rules WHERE id = $1").bind(id);
+        execute_one(&self.pool, query, "privacy rule").await
     }
 
     /// Rules in the order [`crate::privacy::RuleSet::compile`] expects:

@@ -4,7 +4,7 @@ use secrecy::SecretString;
 use serde::Serialize;
 use sqlx::any::AnyRow;
 
-use super::rows::{get, get_class, get_json, get_opt_u32, to_json, BindExt};
+use super::rows::{execute_one, get, get_class, get_json, get_opt_u32, to_json, BindExt};
 use super::{new_id, now_ms, Store, StoreError};
 use crate::keys;
 use crate::limits::KeyLimits;
@@ -189,17 +189,11 @@ impl Store {
 
     /// Marks a key revoked. Revoking twice keeps the first revocation time.
     pub async fn revoke_key(&self, id: &str) -> Result<(), StoreError> {
-        let done =
+        let query =
             sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2")
                 .bind(now_ms())
-                .bind(id)
-                .execute(&self.pool)
-                .await
-                .map_err(|e| StoreError::from_sqlx(e, "key"))?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound("key"));
-        }
-        Ok(())
+                .bind(id);
+        execute_one(&self.pool, query, "key").await
     }
 
     /// Keys of one tenant, or of all tenants, oldest first.
