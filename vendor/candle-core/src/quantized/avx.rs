@@ -1,5 +1,6 @@
 use super::k_quants::{
-    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ6K, BlockQ8K, BlockQ8_0, QK8_0, QK_K,
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ6K, BlockQ8K, BlockQ8_0,
+    BlockQ8_1, QK8_0, QK8_1, QK_K,
 };
 use byteorder::{ByteOrder, LittleEndian};
 use half::f16;
@@ -9,6 +10,7 @@ use core::arch::x86::*;
 #[cfg(target_arch = "x86_64")]
 use core::arch::x86_64::*;
 
+#[cfg(not(all(target_feature = "avx512vnni", target_feature = "avx512vl")))]
 #[inline(always)]
 pub(crate) unsafe fn sum_i16_pairs_float(x: __m256i) -> __m256 {
     let ones = _mm256_set1_epi16(1);
@@ -16,10 +18,20 @@ pub(crate) unsafe fn sum_i16_pairs_float(x: __m256i) -> __m256 {
     _mm256_cvtepi32_ps(summed_pairs)
 }
 
+#[cfg(not(all(target_feature = "avx512vnni", target_feature = "avx512vl")))]
 #[inline(always)]
 pub(crate) unsafe fn mul_sum_us8_pairs_float(ax: __m256i, sy: __m256i) -> __m256 {
     let dot = _mm256_maddubs_epi16(ax, sy);
     sum_i16_pairs_float(dot)
+}
+
+// With VNNI one instruction multiplies the u8 x i8 pairs and sums each four
+// into an i32 lane, where AVX2 needs maddubs (to i16) then madd (to i32).
+#[cfg(all(target_feature = "avx512vnni", target_feature = "avx512vl"))]
+#[inline(always)]
+pub(crate) unsafe fn mul_sum_us8_pairs_float(ax: __m256i, sy: __m256i) -> __m256 {
+    let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, sy);
+    _mm256_cvtepi32_ps(dot)
 }
 
 #[inline(always)]
@@ -64,6 +76,31 @@ pub(crate) fn vec_dot_q4_0_q8_0(n: usize, xs: &[BlockQ4_0], ys: &[BlockQ8_0]) ->
             acc = _mm256_fmadd_ps(d, q, acc);
         }
         hsum_float_8(acc)
+    }
+}
+
+// Q4_1 weights are unsigned nibbles q with a scale d and a minimum m
+// (w = d*q + m); Q8_1 activations carry s = d_y * sum(y). So
+// sum(w*y) = d*d_y * sum(q*y_q) + m*s: the nibbles go straight into
+// maddubs as its unsigned operand, no sign fix-up needed.
+#[inline(always)]
+pub(crate) fn vec_dot_q4_1_q8_1(n: usize, xs: &[BlockQ4_1], ys: &[BlockQ8_1]) -> f32 {
+    debug_assert!(
+        n.is_multiple_of(QK8_1),
+        "vec_dot_q4_1_q8_1: {n} is not divisible by {QK8_1}"
+    );
+    unsafe {
+        let mut acc = _mm256_setzero_ps();
+        let mut summs = 0f32;
+        for (x, y) in xs.iter().zip(ys.iter()) {
+            summs += f16::to_f32(x.m) * f16::to_f32(y.s);
+            let d = _mm256_set1_ps(f16::to_f32(x.d) * f16::to_f32(y.d));
+            let bx = bytes_from_nibbles_32(x.qs.as_ptr());
+            let by = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+            let q = mul_sum_us8_pairs_float(bx, by);
+            acc = _mm256_fmadd_ps(d, q, acc);
+        }
+        hsum_float_8(acc) + summs
     }
 }
 

@@ -276,6 +276,10 @@ impl GgmlType for BlockQ4_1 {
     type VecDotType = BlockQ8_1;
 
     fn vec_dot(n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32 {
+        #[cfg(target_feature = "avx2")]
+        return super::avx::vec_dot_q4_1_q8_1(n, xs, ys);
+
+        #[cfg(not(target_feature = "avx2"))]
         Self::vec_dot_unopt(n, xs, ys)
     }
 
@@ -736,7 +740,9 @@ impl GgmlType for BlockQ8_1 {
                 ys.qs[j + Self::BLCK_SIZE / 2] = f32::round(v1) as i8;
                 sum += ys.qs[j] as i32 + ys.qs[j + Self::BLCK_SIZE / 2] as i32;
             }
-            ys.s = f16::from_f32(sum as f32) * ys.d;
+            // Rounded once, from f32 (as ggml does): an f16 product of an
+            // f16 sum loses bits for sums beyond 2048.
+            ys.s = f16::from_f32(sum as f32 * d);
         }
     }
 
@@ -2289,27 +2295,59 @@ pub fn matmul<T: GgmlType>(
     // f32, f16, and bf16 support direct copy
     if T::DIRECT_COPY {
         T::VecDotType::direct_copy(lhs, &mut lhs_b);
+    } else if m == 1 {
+        T::VecDotType::from_float(lhs, &mut lhs_b)
     } else {
-        for row_idx in 0..m {
-            let lhs_b_mut = &mut lhs_b[row_idx * k_in_blocks..(row_idx + 1) * k_in_blocks];
-            let lhs = &lhs[row_idx * k..(row_idx + 1) * k];
-            T::VecDotType::from_float(lhs, lhs_b_mut)
-        }
+        lhs_b
+            .par_chunks_mut(k_in_blocks)
+            .zip(lhs.par_chunks(k))
+            .for_each(|(lhs_b, lhs)| T::VecDotType::from_float(lhs, lhs_b));
     }
 
-    for row_idx in 0..m {
-        let lhs_row = &lhs_b[row_idx * k_in_blocks..(row_idx + 1) * k_in_blocks];
-        let dst_row = &mut dst[row_idx * n..(row_idx + 1) * n];
-
-        dst_row
-            .into_par_iter()
+    if m == 1 {
+        dst.into_par_iter()
             .enumerate()
             .with_min_len(128)
             .with_max_len(512)
             .for_each(|(col_idx, dst)| {
                 let rhs_col = &rhs_t[col_idx * k_in_blocks..(col_idx + 1) * k_in_blocks];
-                *dst = T::vec_dot(k, rhs_col, lhs_row);
+                *dst = T::vec_dot(k, rhs_col, &lhs_b);
             });
+        return Ok(());
+    }
+
+    // Several lhs rows (a prompt): one parallel pass over the weights, not
+    // one per row. Each task takes a few weight rows and uses each of them,
+    // while it is in L1, against a tile of lhs rows small enough for L2, so
+    // the weights are read from memory once per call instead of m times.
+    // Results land transposed (column-major) so that every task writes one
+    // contiguous chunk.
+    const COLS_PER_TASK: usize = 16;
+    const ROWS_PER_TILE: usize = 64;
+    let mut dst_t = vec![0f32; m * n];
+    dst_t
+        .par_chunks_mut(m * COLS_PER_TASK)
+        .enumerate()
+        .for_each(|(chunk_idx, dst_t)| {
+            let col0 = chunk_idx * COLS_PER_TASK;
+            for (tile_idx, lhs_tile) in lhs_b.chunks(k_in_blocks * ROWS_PER_TILE).enumerate() {
+                let row0 = tile_idx * ROWS_PER_TILE;
+                for (i, dst_col) in dst_t.chunks_mut(m).enumerate() {
+                    let col_idx = col0 + i;
+                    let rhs_col = &rhs_t[col_idx * k_in_blocks..(col_idx + 1) * k_in_blocks];
+                    for (dst, lhs_row) in dst_col[row0..]
+                        .iter_mut()
+                        .zip(lhs_tile.chunks(k_in_blocks))
+                    {
+                        *dst = T::vec_dot(k, rhs_col, lhs_row);
+                    }
+                }
+            }
+        });
+    for (col_idx, col) in dst_t.chunks(m).enumerate() {
+        for (row_idx, &v) in col.iter().enumerate() {
+            dst[row_idx * n + col_idx] = v;
+        }
     }
     Ok(())
 }
