@@ -40,10 +40,19 @@ venv="$root/.venv"
 if [[ ! -x "$venv/bin/python" ]]; then
   python3 -m venv "$venv"
 fi
+# llama.cpp builds for the host CPU; on CPUs with AMX that includes its AMX
+# matmul, which crashes (SIGSEGV in ggml_backend_amx_mul_mat) on the virtual
+# machines we run on. Build without AMX; the AVX-512/VNNI kernels remain. The
+# flags are part of the stamp so that a changed build reinstalls, and pip's
+# wheel cache is bypassed because it does not key on them.
+llama_cflags="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 stamp="$venv/.requirements.sha256"
-want=$(sha256sum tests/sdk/requirements.txt | cut -d' ' -f1)
+want=$({ cat tests/sdk/requirements.txt; echo "$llama_cflags"; } | sha256sum | cut -d' ' -f1)
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   echo "installing Python test dependencies (llama.cpp builds from source once, ~3 min)..." >&2
+  CFLAGS="$llama_cflags" CXXFLAGS="$llama_cflags" "$venv/bin/pip" install --quiet \
+    --disable-pip-version-check --no-cache-dir --force-reinstall --no-deps \
+    "$(grep -m1 '^llama-cpp-python' tests/sdk/requirements.txt)" >&2
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt >&2
   echo "$want" >"$stamp"
 fi
