@@ -10,6 +10,11 @@ the watts per busy core are the same), and peak RSS, with ratios (edge
 worker / llama.cpp).
 
 Usage: .venv/bin/python scripts/bench-edge.py [--threads 2] [--rounds 3]
+           [--variant NAME="EDGE-WORKER ARGS"]...
+
+Each --variant adds another edge worker with extra arguments to the same
+interleaved rounds, e.g. --variant q8_0="--requantize q8_0", to compare
+settings of the worker against each other and against llama.cpp in one run.
 """
 
 import argparse
@@ -18,6 +23,7 @@ import itertools
 import json
 import os
 import pathlib
+import shlex
 import socket
 import statistics
 import subprocess
@@ -152,9 +158,15 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--variant", action="append", default=[], metavar='NAME="ARGS"',
+                    help="another edge worker with these extra arguments")
     args = ap.parse_args()
 
-    servers = {"edge-worker": start_edge(args.threads), "llama.cpp": start_llama(args.threads)}
+    servers = {"edge-worker": start_edge(args.threads)}
+    for variant in args.variant:
+        name, _, extra = variant.partition("=")
+        servers[name] = start_edge(args.threads, shlex.split(extra))
+    servers["llama.cpp"] = start_llama(args.threads)
     try:
         samples = {k: {"ttft": [], "decode": [], "agg8": [], "cpu_ms": []} for k in servers}
         for name, (_, base, model) in servers.items():
@@ -190,18 +202,22 @@ def main():
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    e, l = report["edge-worker"], report["llama.cpp"]
+    ours = [name for name in report if name != "llama.cpp"]
+    l = report["llama.cpp"]
     print(f"model {MODEL.name}, {args.threads} threads, greedy, max_tokens {args.max_tokens}, "
-          f"{args.rounds} interleaved rounds (medians)")
-    print(f"{'metric':<24}{'edge-worker':>14}{'llama.cpp':>14}{'ratio':>10}")
+          f"{args.rounds} interleaved rounds (medians); ratio = ours / llama.cpp")
+    head = "".join(f"{n:>14}" for n in ours) + f"{'llama.cpp':>14}"
+    head += "".join(f"{'ratio ' + n if len(ours) > 1 else 'ratio':>20}" for n in ours)
+    print(f"{'metric':<24}{head}")
     for key, label in [("decode_tok_s_c1", "decode tok/s (c=1)"), ("ttft_ms_c1", "TTFT ms (c=1)"),
                        ("aggregate_tok_s_c8", "aggregate tok/s (c=8)"),
                        ("cpu_ms_per_token_c1", "CPU ms/token (c=1)"), ("peak_rss_mib", "peak RSS MiB")]:
-        print(f"{label:<24}{e[key]:>14.1f}{l[key]:>14.1f}{e[key] / l[key]:>10.2f}")
+        row = "".join(f"{report[n][key]:>14.1f}" for n in ours) + f"{l[key]:>14.1f}"
+        row += "".join(f"{report[n][key] / l[key]:>20.2f}" for n in ours)
+        print(f"{label:<24}{row}")
     raw = l["decode_tok_s_c1_in_process"]
-    print(f"{'decode tok/s, llama.cpp in-process (no HTTP)':<44}{raw:>14.1f}"
-          f"{e['decode_tok_s_c1'] / raw:>10.2f}")
-
+    print(f"decode tok/s, llama.cpp in-process (no HTTP): {raw:.1f}; ratio "
+          + ", ".join(f"{n} {report[n]['decode_tok_s_c1'] / raw:.2f}" for n in ours))
 
 if __name__ == "__main__":
     main()
