@@ -104,6 +104,68 @@ pub(crate) fn vec_dot_q4_1_q8_1(n: usize, xs: &[BlockQ4_1], ys: &[BlockQ8_1]) ->
     }
 }
 
+/// `vec_dot_q4_1_q8_1` for several rows of weights against the same
+/// activations: each activation block is loaded once for all rows. Every
+/// row's arithmetic is in the same order as the single-row kernel's, so the
+/// results are bit-identical.
+#[inline(always)]
+pub(crate) fn vec_dot_q4_1_q8_1_rows<const R: usize>(
+    n: usize,
+    xs: [&[BlockQ4_1]; R],
+    ys: &[BlockQ8_1],
+) -> [f32; R] {
+    debug_assert!(
+        n.is_multiple_of(QK8_1),
+        "vec_dot_q4_1_q8_1: {n} is not divisible by {QK8_1}"
+    );
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut summs = [0f32; R];
+        for (i, y) in ys.iter().enumerate() {
+            let (yd, ys_) = (f16::to_f32(y.d), f16::to_f32(y.s));
+            let by = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+            for r in 0..R {
+                let x = &xs[r][i];
+                summs[r] += f16::to_f32(x.m) * ys_;
+                let d = _mm256_set1_ps(f16::to_f32(x.d) * yd);
+                let bx = bytes_from_nibbles_32(x.qs.as_ptr());
+                let q = mul_sum_us8_pairs_float(bx, by);
+                acc[r] = _mm256_fmadd_ps(d, q, acc[r]);
+            }
+        }
+        std::array::from_fn(|r| hsum_float_8(acc[r]) + summs[r])
+    }
+}
+
+/// `vec_dot_q8_0_q8_0` for several rows of weights against the same
+/// activations, bit-identical per row (see `vec_dot_q4_1_q8_1_rows`).
+#[inline(always)]
+pub(crate) fn vec_dot_q8_0_q8_0_rows<const R: usize>(
+    n: usize,
+    xs: [&[BlockQ8_0]; R],
+    ys: &[BlockQ8_0],
+) -> [f32; R] {
+    debug_assert!(
+        n.is_multiple_of(QK8_0),
+        "vec_dot_q8_0_q8_0: {n} is not divisible by {QK8_0}"
+    );
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); R];
+        for (i, y) in ys.iter().enumerate() {
+            let yd = f16::to_f32(y.d);
+            let by = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+            for r in 0..R {
+                let x = &xs[r][i];
+                let d = _mm256_set1_ps(f16::to_f32(x.d) * yd);
+                let bx = _mm256_loadu_si256(x.qs.as_ptr() as *const __m256i);
+                let q = mul_sum_i8_pairs_float(bx, by);
+                acc[r] = _mm256_fmadd_ps(d, q, acc[r]);
+            }
+        }
+        std::array::from_fn(|r| hsum_float_8(acc[r]))
+    }
+}
+
 #[inline(always)]
 pub(crate) fn vec_dot_q8_0_q8_0(n: usize, xs: &[BlockQ8_0], ys: &[BlockQ8_0]) -> f32 {
     debug_assert!(

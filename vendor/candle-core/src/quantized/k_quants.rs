@@ -52,6 +52,16 @@ pub trait GgmlType: Sized + Clone + Send + Sync {
 
     /// Generic implementation of the dot product without simd optimizations.
     fn vec_dot_unopt(n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32;
+
+    /// The dot products of `R` rows with one `ys`, each exactly what
+    /// `vec_dot` gives for its row; a kernel may share the loads of `ys`.
+    fn vec_dot_rows<const R: usize>(
+        n: usize,
+        xs: [&[Self]; R],
+        ys: &[Self::VecDotType],
+    ) -> [f32; R] {
+        xs.map(|xs| Self::vec_dot(n, xs, ys))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -281,6 +291,15 @@ impl GgmlType for BlockQ4_1 {
 
         #[cfg(not(target_feature = "avx2"))]
         Self::vec_dot_unopt(n, xs, ys)
+    }
+
+    #[cfg(target_feature = "avx2")]
+    fn vec_dot_rows<const R: usize>(
+        n: usize,
+        xs: [&[Self]; R],
+        ys: &[Self::VecDotType],
+    ) -> [f32; R] {
+        super::avx::vec_dot_q4_1_q8_1_rows(n, xs, ys)
     }
 
     fn vec_dot_unopt(n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32 {
@@ -661,6 +680,15 @@ impl GgmlType for BlockQ8_0 {
         return super::simd128::vec_dot_q8_0_q8_0(n, xs, ys);
 
         Self::vec_dot_unopt(n, xs, ys)
+    }
+
+    #[cfg(target_feature = "avx2")]
+    fn vec_dot_rows<const R: usize>(
+        n: usize,
+        xs: [&[Self]; R],
+        ys: &[Self::VecDotType],
+    ) -> [f32; R] {
+        super::avx::vec_dot_q8_0_q8_0_rows(n, xs, ys)
     }
 
     fn vec_dot_unopt(n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32 {
@@ -2304,14 +2332,24 @@ pub fn matmul<T: GgmlType>(
             .for_each(|(lhs_b, lhs)| T::VecDotType::from_float(lhs, lhs_b));
     }
 
+    let rhs_col = |col_idx: usize| &rhs_t[col_idx * k_in_blocks..(col_idx + 1) * k_in_blocks];
     if m == 1 {
-        dst.into_par_iter()
+        // Decode: weight rows four at a time, sharing the activation loads.
+        const ROWS: usize = 4;
+        dst.par_chunks_mut(ROWS)
             .enumerate()
-            .with_min_len(128)
-            .with_max_len(512)
-            .for_each(|(col_idx, dst)| {
-                let rhs_col = &rhs_t[col_idx * k_in_blocks..(col_idx + 1) * k_in_blocks];
-                *dst = T::vec_dot(k, rhs_col, &lhs_b);
+            .with_min_len(128 / ROWS)
+            .with_max_len(512 / ROWS)
+            .for_each(|(chunk_idx, dst)| {
+                let col0 = chunk_idx * ROWS;
+                if let Ok(full) = <&mut [f32; ROWS]>::try_from(&mut *dst) {
+                    let cols = std::array::from_fn(|i| rhs_col(col0 + i));
+                    *full = T::vec_dot_rows(k, cols, &lhs_b);
+                } else {
+                    for (i, dst) in dst.iter_mut().enumerate() {
+                        *dst = T::vec_dot(k, rhs_col(col0 + i), &lhs_b);
+                    }
+                }
             });
         return Ok(());
     }
@@ -2333,8 +2371,7 @@ pub fn matmul<T: GgmlType>(
             for (tile_idx, lhs_tile) in lhs_b.chunks(k_in_blocks * ROWS_PER_TILE).enumerate() {
                 let row0 = tile_idx * ROWS_PER_TILE;
                 for (i, dst_col) in dst_t.chunks_mut(m).enumerate() {
-                    let col_idx = col0 + i;
-                    let rhs_col = &rhs_t[col_idx * k_in_blocks..(col_idx + 1) * k_in_blocks];
+                    let rhs_col = rhs_col(col0 + i);
                     for (dst, lhs_row) in dst_col[row0..]
                         .iter_mut()
                         .zip(lhs_tile.chunks(k_in_blocks))

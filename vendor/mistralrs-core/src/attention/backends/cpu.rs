@@ -5,9 +5,7 @@ use candle_core::{Context, Device, Result, Storage, Tensor, WithDType};
 use half::bf16;
 use half::f16;
 use rayon::prelude::*;
-use rayon::ThreadPool;
 
-use std::sync::LazyLock;
 use std::{f32, iter::Sum};
 
 // Optional hardware prefetch for ping‑pong style scheduling.
@@ -38,32 +36,12 @@ unsafe fn prefetch(_addr: *const u8) {}
 
 use crate::attention::SdpaParams;
 
-#[cfg(target_os = "macos")]
-/// Elevate the thread QoS so macOS prefers running it on Performance (P) cores.
-unsafe fn set_thread_affinity() {
-    // USER_INTERACTIVE has the highest scheduling priority that user code
-    // can request and is most likely to be scheduled on P‑cores.
-    use libc::{pthread_set_qos_class_self_np, qos_class_t::QOS_CLASS_USER_INTERACTIVE};
-    // The second argument is a relative priority within the QoS class (0 = default).
-    pthread_set_qos_class_self_np(QOS_CLASS_USER_INTERACTIVE, 0);
-}
-
-#[cfg(not(target_os = "macos"))]
-#[inline(always)]
-unsafe fn set_thread_affinity() {
-    // On non‑macOS platforms we currently leave affinity untouched.
-}
-
-/// Rayon pool used by the flash‑attention CPU kernels, with a per‑thread
-/// start handler that applies our affinity hint exactly once.
-static FLASH_ATTN_POOL: LazyLock<ThreadPool> = LazyLock::new(|| {
-    rayon::ThreadPoolBuilder::new()
-        .start_handler(|_| unsafe {
-            set_thread_affinity();
-        })
-        .build()
-        .expect("Failed to build custom Rayon thread‑pool for flash‑attention")
-});
+// The kernels below run their parallel loops on the caller's rayon pool.
+// They used to run on a pool of their own, which made every layer's
+// attention a hand-off between pools: the caller injected the job and
+// waited while that pool's threads woke up, on top of the threads already
+// running the model. On a small CPU box the hand-off cost more than the
+// attention itself.
 
 const DOT_CHUNK: usize = 4;
 
@@ -431,7 +409,7 @@ where
         _ => None,
     };
 
-    FLASH_ATTN_POOL.install(|| {
+    {
         (0..kv_tiles).into_par_iter().for_each(|tile_idx| {
             let start = tile_idx * TILE_KV;
             let end = (start + TILE_KV).min(kv_len);
@@ -525,7 +503,7 @@ where
                 }
             }
         });
-    });
+    }
 
     // -------- serial reduction over tiles (per head) --------
     for b_i in 0..b {
@@ -615,7 +593,7 @@ where
         _ => None,
     };
 
-    FLASH_ATTN_POOL.install(|| {
+    {
         out.par_chunks_mut(dv)
             .with_min_len(64)
             .enumerate()
@@ -715,7 +693,7 @@ where
                     *o = T::cast(*v * inv_s);
                 }
             });
-    });
+    }
 
     let out_shape = (b, h, q_len, dv);
     Tensor::from_vec(out, out_shape, &Device::Cpu)
