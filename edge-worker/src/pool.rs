@@ -24,14 +24,26 @@
 //! to rayon (several sequences at once) already run on a rayon worker, where
 //! the processor does nothing.
 //!
+//! Joining the pool removes the engine thread's own sleeps, but not the
+//! other workers': between two ops (a few microseconds apart during decode)
+//! rayon lets an idle worker spin a little, then sleep, and a sleeping
+//! worker takes a futex wake-up and a trip through the scheduler before it
+//! can steal its half of the next op, by which time the engine thread has
+//! often done the whole op alone. So while the model runs, the processor
+//! also keeps the other workers busy-polling for work
+//! ([`keep_workers_warm`]) the way llama.cpp's thread pool spins between
+//! graph nodes; a worker that finds nothing for [`WARM_IDLE`] goes back to
+//! rayon's normal sleep, so an idle edge worker burns no CPU.
+//!
 //! The pool needs a second thread: the engine thread does not run rayon's
 //! work loop while it waits for the next step, so a job that mistralrs
 //! spawns from it (batched sampling) must be taken by another worker.
 //! With one compute thread there is nothing to gain and that risk, so the
 //! processor is not attached.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
 use mistralrs_core::CustomLogitsProcessor;
@@ -39,14 +51,23 @@ use mistralrs_core::CustomLogitsProcessor;
 /// The pool around the engine thread; kept for the life of the process
 /// (dropping it would stop its other workers).
 static ENGINE_POOL: OnceLock<rayon::ThreadPool> = OnceLock::new();
+/// The engine thread's index in [`ENGINE_POOL`].
+static ENGINE_INDEX: OnceLock<usize> = OnceLock::new();
 /// Set once an attempt was made, so later tokens cost one atomic load.
 static TRIED: AtomicBool = AtomicBool::new(false);
+/// How many workers are busy-polling for work now.
+static WARM_WORKERS: AtomicUsize = AtomicUsize::new(0);
+/// How long a warm worker polls without finding work before it goes back to
+/// rayon's sleep: far longer than the gap between two ops or two tokens of
+/// a running generation, far shorter than anything a person would notice.
+pub const WARM_IDLE: Duration = Duration::from_millis(3);
 
 /// The logits processor every request carries, or `None` for one thread.
 pub fn attach_processor(threads: usize) -> Option<Arc<dyn CustomLogitsProcessor>> {
     (threads >= 2).then(|| {
         Arc::new(move |logits: &Tensor, _context: &[u32]| {
             attach_current_thread(threads);
+            keep_workers_warm();
             Ok(logits.clone())
         }) as Arc<dyn CustomLogitsProcessor>
     })
@@ -66,6 +87,9 @@ fn attach_current_thread(threads: usize) {
         .build()
     {
         Ok(pool) => {
+            if let Some(index) = pool.current_thread_index() {
+                let _ = ENGINE_INDEX.set(index);
+            }
             let _ = ENGINE_POOL.set(pool);
             tracing::info!(threads, "engine thread joined its compute pool");
         }
@@ -73,6 +97,38 @@ fn attach_current_thread(threads: usize) {
             tracing::warn!(error = %e, "engine thread stays outside rayon's pool; decoding will be slower");
         }
     }
+}
+
+/// Makes every worker of the pool but the engine thread poll for work until
+/// none has come for [`WARM_IDLE`], unless they are doing so already. Called
+/// once per token: a running generation keeps them warm.
+fn keep_workers_warm() {
+    let (Some(pool), Some(&engine)) = (ENGINE_POOL.get(), ENGINE_INDEX.get()) else {
+        return;
+    };
+    let others = pool.current_num_threads() - 1;
+    if WARM_WORKERS
+        .compare_exchange(0, others, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        return;
+    }
+    pool.spawn_broadcast(move |ctx| {
+        // The engine thread must never poll here: it would stop running the
+        // model that keeps the others busy.
+        if ctx.index() == engine {
+            return;
+        }
+        let mut last_work = Instant::now();
+        loop {
+            match rayon::yield_now() {
+                Some(rayon::Yield::Executed) => last_work = Instant::now(),
+                _ if last_work.elapsed() >= WARM_IDLE => break,
+                _ => std::hint::spin_loop(),
+            }
+        }
+        WARM_WORKERS.fetch_sub(1, Ordering::AcqRel);
+    });
 }
 
 /// Whether the engine thread runs as a rayon worker (for the load report
