@@ -1,14 +1,15 @@
 //! Re-quantizes a GGUF file's weights into a type candle has SIMD kernels
 //! for, once, before mistralrs loads it.
 //!
-//! candle (mistralrs's tensor library) ships AVX/NEON dot products for
-//! Q4_0, Q8_0 and the K-quants, but only scalar code for Q4_1, Q5_0 and Q5_1.
-//! A Q4_1 model therefore decodes several times slower than the same model
-//! in Q8_0. Converting Q4_1 → Q8_0 keeps the block size (32) and is close to
-//! lossless: each Q4_1 block holds 16 evenly spaced levels, which Q8_0's 255
-//! levels per block represent to within 1/254 of the block's largest weight.
-//! The converted file is cached, so the cost (about a second for a 135M
-//! model) is paid once per model file.
+//! candle (mistralrs's tensor library, patched in `vendor/candle-core`) has
+//! AVX/NEON dot products for Q4_0, Q4_1 (AVX2, our patch), Q8_0 and the
+//! K-quants, but only scalar code for Q5_0 and Q5_1, which decode several
+//! times slower. `auto` converts those to Q8_0: same block size (32), and
+//! close to lossless, since Q8_0's 255 levels per block represent any
+//! 5-bit block to within 1/254 of the block's largest weight. The explicit
+//! targets also convert Q4_1 (whose NEON path is still scalar). The
+//! converted file is cached, so the cost (about a second for a 135M model)
+//! is paid once per model file.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
@@ -21,14 +22,15 @@ use candle_core::Device;
 /// What to do with weights that lack fast kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Requantize {
-    /// Convert Q4_1, Q5_0 and Q5_1 tensors to Q8_0; leave the rest.
+    /// Convert tensors without a SIMD kernel here (Q5_0, Q5_1; Q4_1 where
+    /// AVX2 is missing) to Q8_0; leave the rest.
     Auto,
     /// Load the file as it is.
     Off,
-    /// Convert every slow-kernel tensor to Q8_0.
+    /// Convert every Q4_1, Q5_0 and Q5_1 tensor to Q8_0.
     #[value(name = "q8_0")]
     Q8_0,
-    /// Convert every slow-kernel tensor to Q4_0 (smaller, lossier).
+    /// Convert every Q4_1, Q5_0 and Q5_1 tensor to Q4_0 (smaller, lossier).
     #[value(name = "q4_0")]
     Q4_0,
 }
@@ -44,18 +46,28 @@ pub enum RequantError {
     Tensor { path: PathBuf, message: String },
 }
 
-/// Types whose dot products candle computes without SIMD.
+/// Types whose dot products candle computes without SIMD on this target.
 fn is_slow(dtype: GgmlDType) -> bool {
+    match dtype {
+        GgmlDType::Q5_0 | GgmlDType::Q5_1 => true,
+        GgmlDType::Q4_1 => !cfg!(target_feature = "avx2"),
+        _ => false,
+    }
+}
+
+/// Types an explicit target (`q8_0`, `q4_0`) converts.
+fn is_legacy(dtype: GgmlDType) -> bool {
     matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1)
 }
 
 /// Returns the file mistralrs should load: `src` itself when nothing needs
 /// converting, else a cached converted copy in `cache_dir`.
 pub fn prepare(src: &Path, mode: Requantize, cache_dir: &Path) -> Result<PathBuf, RequantError> {
-    let target = match mode {
+    let (target, converts): (_, fn(GgmlDType) -> bool) = match mode {
         Requantize::Off => return Ok(src.to_path_buf()),
-        Requantize::Auto | Requantize::Q8_0 => GgmlDType::Q8_0,
-        Requantize::Q4_0 => GgmlDType::Q4_0,
+        Requantize::Auto => (GgmlDType::Q8_0, is_slow),
+        Requantize::Q8_0 => (GgmlDType::Q8_0, is_legacy),
+        Requantize::Q4_0 => (GgmlDType::Q4_0, is_legacy),
     };
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -68,7 +80,7 @@ pub fn prepare(src: &Path, mode: Requantize, cache_dir: &Path) -> Result<PathBuf
 
     let mut reader = BufReader::new(File::open(src).map_err(io(src))?);
     let content = Content::read(&mut reader).map_err(tensor_err)?;
-    if !content.tensor_infos.values().any(|t| is_slow(t.ggml_dtype)) {
+    if !content.tensor_infos.values().any(|t| converts(t.ggml_dtype)) {
         return Ok(src.to_path_buf());
     }
 
@@ -91,7 +103,7 @@ pub fn prepare(src: &Path, mode: Requantize, cache_dir: &Path) -> Result<PathBuf
         let q = content
             .tensor(&mut reader, name, &Device::Cpu)
             .map_err(tensor_err)?;
-        let q = if is_slow(q.dtype()) {
+        let q = if converts(q.dtype()) {
             let dense = q.dequantize(&Device::Cpu).map_err(tensor_err)?;
             QTensor::quantize(&dense, target).map_err(tensor_err)?
         } else {
