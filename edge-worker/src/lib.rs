@@ -5,7 +5,7 @@
 //! # Layout
 //! - [`config`]: flags and environment.
 //! - [`gguf`]: checks a model file and reads its header before loading.
-//! - [`requantize`]: converts weights without SIMD kernels (Q4_1) to Q8_0, cached.
+//! - [`requantize`]: converts weights without SIMD kernels (Q5_0, Q5_1) to Q8_0, cached.
 //! - [`engine`]: loads the model with `mistralrs-core` and starts generations.
 //! - [`pool`]: makes mistralrs's engine thread a rayon worker (decode speed).
 //! - [`admission`]: running slots and a bounded queue (429 beyond it).
