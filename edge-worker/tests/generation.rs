@@ -160,6 +160,27 @@ async fn prefix_cache_hits_answer_as_a_cold_prefill_does() {
     }
 }
 
+/// A follow-up turn repeats the earlier conversation token for token, up to
+/// the answer's last token, which was sampled but never run through the
+/// model: the cache holds one position fewer than the conversation's tokens,
+/// and a hit must not read the position it lacks.
+#[tokio::test]
+async fn a_follow_up_turn_answers_as_a_cold_prefill_does() {
+    let cached = Worker::start(&[]).await;
+    let cold = Worker::start(&["--prefix-cache-sequences", "0"]).await;
+    let question = "Name a fruit that is yellow.";
+    let answer = cached.content(&greedy(question, 12)).await;
+    let mut follow_up = greedy("", 16);
+    follow_up["messages"] = json!([
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": "And one that is red?"},
+    ]);
+    let hit = cached.content(&follow_up).await;
+    assert!(!hit.is_empty());
+    assert_eq!(hit, cold.content(&follow_up).await);
+}
+
 #[tokio::test]
 async fn models_metrics_and_load_report() {
     let w = Worker::start(&[]).await;

@@ -92,6 +92,28 @@ impl Worker {
         self.child.id()
     }
 
+    /// The worker's resident memory now, in MiB.
+    pub fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/<pid>/status");
+        kib / 1024.0
+    }
+
+    /// The text of a successful chat completion.
+    pub async fn content(&self, body: &Value) -> String {
+        let response = self.chat(body).await;
+        assert_eq!(response.status(), 200);
+        let v: Value = response.json().await.unwrap();
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
     pub async fn chat(&self, body: &Value) -> reqwest::Response {
         self.client
             .post(self.url("/v1/chat/completions"))

@@ -1,10 +1,11 @@
-use candle_core::{Device, Result};
+use candle_core::{Result, Tensor};
 use indexmap::IndexMap;
-use itertools::Itertools;
 use tracing::info;
 
 use crate::{
-    kv_cache::RecurrentStateSnapshot, paged_attention::block_hash::BlockHash, pipeline::KvCache,
+    kv_cache::{NormalCache, RecurrentStateSnapshot, SingleCache},
+    paged_attention::block_hash::BlockHash,
+    pipeline::KvCache,
     sequence::Sequence,
 };
 
@@ -39,12 +40,81 @@ struct CacheElement {
 }
 
 impl CacheElement {
+    /// How many tokens the normal layers hold. A finished sequence's last
+    /// token was sampled but never run through the model, so its cache is one
+    /// token shorter than its tokens; a longer match would read a position
+    /// that was never written.
+    fn cached_len(&self) -> usize {
+        self.cache
+            .iter()
+            .flatten()
+            .filter_map(|layer| match layer {
+                KvCache::Normal { k, .. } => Some(k.current_seq_len()),
+                _ => None,
+            })
+            .min()
+            .unwrap_or(usize::MAX)
+    }
+
     fn can_rewind_to(&self, len: usize) -> bool {
         self.cache
             .iter()
             .flatten()
             .all(|layer| layer.try_set_len(len).is_ok())
     }
+}
+
+/// A copy of `layer` holding only its current tokens, in storage of its own
+/// (a normal cache; rotating and shared layers are kept as they are).
+fn compact(layer: &KvCache) -> Result<KvCache> {
+    let KvCache::Normal { k, v } = layer else {
+        return Ok(layer.clone());
+    };
+    let shrink = |cache: &SingleCache| -> Result<SingleCache> {
+        let Some(data) = cache.current_data()? else {
+            return Ok(cache.clone());
+        };
+        Ok(SingleCache {
+            all_data: Some(data.force_contiguous()?),
+            capacity_seq_len: cache.current_seq_len,
+            ..cache.clone()
+        })
+    };
+    Ok(KvCache::Normal {
+        k: shrink(k)?,
+        v: shrink(v)?,
+    })
+}
+
+/// A copy of a compact `layer` cut to `len` tokens, in storage of the
+/// capacity a sequence of that length gets everywhere else (whole blocks of
+/// `NormalCache::CACHE_GROW_SIZE`): sequences of one length are batched
+/// together, and their caches must have the same shape.
+fn with_growable_capacity(layer: &KvCache, len: usize) -> Result<KvCache> {
+    let KvCache::Normal { k, v } = layer else {
+        return Ok(layer.clone());
+    };
+    let grow = |cache: &SingleCache| -> Result<SingleCache> {
+        let Some(data) = cache.all_data() else {
+            return Ok(cache.clone());
+        };
+        let capacity =
+            len.div_ceil(NormalCache::CACHE_GROW_SIZE).max(1) * NormalCache::CACHE_GROW_SIZE;
+        let mut shape = data.dims().to_vec();
+        shape[cache.dim] = capacity;
+        let all_data = Tensor::zeros(shape, data.dtype(), data.device())?;
+        all_data.slice_set(&data.narrow(cache.dim, 0, len)?.contiguous()?, cache.dim, 0)?;
+        Ok(SingleCache {
+            all_data: Some(all_data),
+            current_seq_len: len,
+            capacity_seq_len: capacity,
+            ..cache.clone()
+        })
+    };
+    Ok(KvCache::Normal {
+        k: grow(k)?,
+        v: grow(v)?,
+    })
 }
 
 pub struct PrefixCacheManagerV2 {
@@ -100,7 +170,23 @@ impl PrefixCacheManagerV2 {
         // For paged attention, prefix caching is handled by the KVCacheManager.
         // PrefixCacheManagerV2 only handles non-paged attention caching.
         if !self.has_paged_attention {
-            let cache = seq.normal_cache().to_vec();
+            // A finished sequence's cache is preallocated in blocks of
+            // `NormalCache::CACHE_GROW_SIZE` tokens and, after a batched step,
+            // is a view into the whole batch's tensor: kept as it is, one entry
+            // holds every sequence of its batch at full capacity. Keep a copy
+            // of only the tokens it has.
+            let cache = match seq
+                .normal_cache()
+                .iter()
+                .map(|layer| layer.as_ref().map(compact).transpose())
+                .collect::<Result<Vec<_>>>()
+            {
+                Ok(cache) => cache,
+                Err(e) => {
+                    tracing::warn!("prefix cache: could not copy a finished sequence's cache: {e}");
+                    return;
+                }
+            };
 
             self.caches.insert(
                 seq.get_toks().to_vec().into(),
@@ -115,68 +201,17 @@ impl PrefixCacheManagerV2 {
         }
     }
 
-    /// Evict the caches. This will evict the first k seqs such that the number of sequences on device after the copy is
-    /// the maximum allowed. Returns the number of evicted sequences.
+    /// Evict the oldest caches beyond `n_on_device`, wherever they are kept.
+    /// Returns the number of evicted sequences.
+    ///
+    /// Upstream counted only caches on an accelerator, so on CPU every
+    /// finished sequence stayed cached: memory grew with each new prompt.
     pub fn evict_caches(&mut self) -> Result<usize> {
         if self.no_prefix_cache {
             return Ok(0);
         }
-        let mut n_on_device = 0;
-        for cache in self.caches.values() {
-            let first_non_none = cache
-                .cache
-                .iter()
-                .find_or_first(|x| x.as_ref().is_some_and(|kv| kv.k().ok().flatten().is_some()));
-            let Some(Some(first_non_none)) = first_non_none else {
-                continue;
-            };
-
-            let cache_device = match first_non_none {
-                KvCache::Normal { k, .. } => {
-                    k.all_data().as_ref().expect("No KV cache data").device()
-                }
-                KvCache::Rotating { k, .. } => {
-                    k.all_data().as_ref().expect("No KV cache data").device()
-                }
-                KvCache::Shared { .. } => continue,
-            };
-
-            if !matches!(cache_device, Device::Cpu) {
-                n_on_device += 1;
-            }
-        }
-        let mut n_evicted = 0;
-        // Intentionally evict the first ones first, as they are the oldest
-        for cache in self.caches.values_mut() {
-            if n_on_device - n_evicted <= self.n_on_device {
-                break;
-            }
-            let first_non_none = cache
-                .cache
-                .iter()
-                .find_or_first(|x| x.as_ref().is_some_and(|kv| kv.k().ok().flatten().is_some()));
-            let Some(Some(first_non_none)) = first_non_none else {
-                continue;
-            };
-
-            let cache_device = match first_non_none {
-                KvCache::Normal { k, .. } => {
-                    k.all_data().as_ref().expect("No KV cache data").device()
-                }
-                KvCache::Rotating { k, .. } => {
-                    k.all_data().as_ref().expect("No KV cache data").device()
-                }
-                KvCache::Shared { .. } => continue,
-            };
-
-            if !matches!(cache_device, Device::Cpu) {
-                cache.cache.clear();
-                n_evicted += 1;
-            }
-        }
-
-        self.caches.retain(|_tokens, cache| !cache.cache.is_empty());
-
+        let n_evicted = self.caches.len().saturating_sub(self.n_on_device);
+        self.caches.drain(..n_evicted);
         Ok(n_evicted)
     }
 
@@ -250,9 +285,9 @@ impl PrefixCacheManagerV2 {
 
         let toks = Tokens(toks.to_vec());
 
-        let mut best_match: Option<(usize, &CacheElement, usize, usize, usize)> = None;
-        for (k, v) in &self.caches {
-            let match_len = toks.shared_prefix_len(k);
+        let mut best_match: Option<(usize, &CacheElement, usize, usize, usize, usize)> = None;
+        for (index, (k, v)) in self.caches.iter().enumerate() {
+            let match_len = toks.shared_prefix_len(k).min(v.cached_len());
             if match_len == 0 {
                 continue;
             }
@@ -326,7 +361,7 @@ impl PrefixCacheManagerV2 {
 
             if best_match
                 .as_ref()
-                .is_none_or(|(len, _, _, _, _)| match_len > *len)
+                .is_none_or(|(len, _, _, _, _, _)| match_len > *len)
             {
                 best_match = Some((
                     match_len,
@@ -334,6 +369,7 @@ impl PrefixCacheManagerV2 {
                     images_match_until,
                     audios_match_until,
                     videos_match_until,
+                    index,
                 ));
             }
         }
@@ -344,6 +380,7 @@ impl PrefixCacheManagerV2 {
             images_match_until,
             audios_match_until,
             videos_match_until,
+            index,
         )) = best_match
         {
             let new_toks = toks.0[match_len..].to_vec();
@@ -352,6 +389,12 @@ impl PrefixCacheManagerV2 {
             }
 
             let mut cache = cache_element.clone();
+            for layer in cache.cache.iter_mut().flatten() {
+                *layer = with_growable_capacity(layer, match_len)?;
+            }
+            // Least recently used first out: a prefix in use stays.
+            let last = self.caches.len() - 1;
+            self.caches.move_index(index, last);
             // Count how many input images are not already cached
             let images_to_keep = if let Some(input_hashes) = image_hashes {
                 input_hashes.len().saturating_sub(images_match_until)
