@@ -147,6 +147,7 @@ fn validate(req: ChatRequest, state: &AppState, model_id: &str) -> Result<Valida
             stop,
             frequency_penalty: req.frequency_penalty,
             presence_penalty: req.presence_penalty,
+            seed: req.seed.map(i64::cast_unsigned),
         },
     })
 }

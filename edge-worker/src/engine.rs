@@ -67,6 +67,9 @@ pub struct GenerateParams {
     pub stop: Vec<String>,
     pub frequency_penalty: Option<f32>,
     pub presence_penalty: Option<f32>,
+    /// Seeds the request's own random stream: the same request with the same
+    /// seed samples the same tokens, whatever else runs beside it.
+    pub seed: Option<u64>,
 }
 
 pub struct Engine {
@@ -202,6 +205,7 @@ impl Engine {
             logits_bias: None,
             n_choices: 1,
             dry_params: None,
+            seed: params.seed,
         };
         let request = NormalRequest {
             messages: RequestMessage::Chat {

@@ -26,8 +26,8 @@ pub struct ChatRequest {
     pub top_p: Option<f64>,
     #[serde(default)]
     pub stop: Option<Stop>,
-    /// Accepted for compatibility. Sampling is reproducible at temperature 0;
-    /// the engine keeps one random stream, so a seed cannot pin sampled output.
+    /// Pins sampled output: the same request with the same seed gives the same
+    /// tokens (greedy decoding, temperature 0, needs no seed).
     #[serde(default)]
     pub seed: Option<i64>,
     #[serde(default)]

@@ -223,6 +223,7 @@ async fn warm_up(engine: &Engine, state: &AppState) -> Result<(), EngineError> {
             stop: Vec::new(),
             frequency_penalty: None,
             presence_penalty: None,
+            seed: None,
         })
         .await?;
     while let Some(response) = rx.recv().await {

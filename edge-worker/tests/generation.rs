@@ -181,6 +181,32 @@ async fn a_follow_up_turn_answers_as_a_cold_prefill_does() {
     assert_eq!(hit, cold.content(&follow_up).await);
 }
 
+/// With a seed, sampled output (temperature 1) is reproducible: the same
+/// request with the same seed gives the same text, alone or batched with
+/// other sampled requests, and other seeds give other text.
+#[tokio::test]
+async fn a_seed_pins_sampled_output() {
+    let w = Worker::start(&[]).await;
+    let sampled = |seed: i64| {
+        let mut b = greedy("Invent a name for a cat and say why.", 24);
+        b["temperature"] = json!(1.0);
+        b["seed"] = json!(seed);
+        b
+    };
+    let first = w.content(&sampled(7)).await;
+    assert_eq!(w.content(&sampled(7)).await, first);
+
+    let bodies = [7, -3, 11, 12].map(sampled);
+    let mut texts = futures::future::join_all(bodies.iter().map(|b| w.content(b))).await;
+    let others = texts.split_off(1);
+    let beside = texts.remove(0);
+    assert_eq!(beside, first, "batched with other requests");
+    assert!(
+        others.iter().any(|text| *text != first),
+        "three other seeds all gave {first:?}"
+    );
+}
+
 #[tokio::test]
 async fn models_metrics_and_load_report() {
     let w = Worker::start(&[]).await;

@@ -71,6 +71,11 @@ pub struct SamplingParams {
     pub logits_bias: Option<HashMap<u32, f32>>,
     pub n_choices: usize,
     pub dry_params: Option<DrySamplingParams>,
+    /// Seeds a random stream of the request's own, so that the same request
+    /// with the same seed samples the same tokens whatever else the engine
+    /// runs. Without it, the request draws from the engine's shared stream.
+    #[serde(default)]
+    pub seed: Option<u64>,
 }
 
 impl SamplingParams {
@@ -95,6 +100,7 @@ impl SamplingParams {
             logits_bias: None,
             n_choices: 1,
             dry_params: None,
+            seed: None,
         }
     }
 
@@ -117,6 +123,7 @@ impl SamplingParams {
             logits_bias: None,
             n_choices: 1,
             dry_params: None,
+            seed: None,
         }
     }
 
@@ -283,6 +290,8 @@ pub struct Sampler {
     logits_processors: Vec<Arc<dyn CustomLogitsProcessor>>,
     /// Cached Gumbel noise tensor to avoid reallocating it.
     gumbel_cache: Arc<Mutex<Option<Tensor>>>,
+    /// The request's own random stream when it gave a seed.
+    rng: Option<Arc<Mutex<Isaac64Rng>>>,
 }
 
 #[cfg_attr(feature = "pyo3_macros", pyclass)]
@@ -401,7 +410,17 @@ impl Sampler {
             min_p,
             logits_processors,
             gumbel_cache: Arc::new(Mutex::new(None)),
+            rng: None,
         })
+    }
+
+    /// Samples from a random stream seeded with `seed` instead of the
+    /// engine's shared one (no change for `None`).
+    #[must_use]
+    pub fn with_seed(mut self, seed: Option<u64>) -> Self {
+        use rand::SeedableRng;
+        self.rng = seed.map(|seed| Arc::new(Mutex::new(Isaac64Rng::seed_from_u64(seed))));
+        self
     }
 
     fn get_top_logprobs(&self, probs: &[f32]) -> Result<Vec<TopLogprob>> {
@@ -1030,6 +1049,7 @@ impl Sampler {
         //     );
         // }
 
+        let rng = self.rng.clone().unwrap_or(rng);
         let logits = logits.to_vec1()?;
         let mut logits = self.apply_penalties(logits, context)?;
         for processor in &self.logits_processors {

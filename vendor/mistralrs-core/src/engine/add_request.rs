@@ -409,7 +409,8 @@ impl Engine {
             topp,
             minp,
             request.logits_processors.unwrap_or_default(),
-        );
+        )
+        .map(|sampler| sampler.with_seed(request.sampling_params.seed));
         let sampler = handle_seq_error!(sampler, request.response);
 
         if request.sampling_params.n_choices == 0 {
