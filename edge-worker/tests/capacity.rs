@@ -40,6 +40,30 @@ async fn eight_concurrent_requests_all_complete() {
     assert_eq!(load["waiting_sequences"], 0);
 }
 
+/// Requests that run in one batch answer exactly as they do alone. The
+/// scheduler batches sequences of equal length, so prompts of different
+/// lengths run apart at first and together once the shorter ones caught up;
+/// greedy answers show any mixing between them.
+#[tokio::test]
+async fn batched_requests_answer_as_they_do_alone() {
+    let w = Worker::start(&[]).await;
+    let prompts = [
+        "Invent a name for a cat and say why.",
+        "Name a colour.",
+        "What is two plus two?",
+        "Say hello in French.",
+    ];
+    let bodies = prompts.map(|p| greedy(p, 24));
+    let mut alone = Vec::new();
+    for body in &bodies {
+        alone.push(w.content(body).await);
+    }
+    let together = futures::future::join_all(bodies.iter().map(|b| w.content(b))).await;
+    for ((prompt, alone), together) in prompts.iter().zip(&alone).zip(&together) {
+        assert_eq!(together, alone, "{prompt}");
+    }
+}
+
 #[tokio::test]
 async fn beyond_the_queue_bound_requests_get_429_and_nothing_else() {
     let w = Worker::start(&["--max-running", "1", "--max-waiting", "1"]).await;
