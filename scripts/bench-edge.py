@@ -10,11 +10,13 @@ the watts per busy core are the same), and peak RSS, with ratios (edge
 worker / llama.cpp).
 
 Usage: .venv/bin/python scripts/bench-edge.py [--threads 2] [--rounds 3]
-           [--variant NAME="EDGE-WORKER ARGS"]...
+           [--variant NAME="EDGE-WORKER ARGS"]... [--baseline PATH]
 
 Each --variant adds another edge worker with extra arguments to the same
 interleaved rounds, e.g. --variant q8_0="--requantize q8_0", to compare
 settings of the worker against each other and against llama.cpp in one run.
+--baseline PATH adds an edge worker from another build (an older binary),
+to compare two builds in one run.
 """
 
 import argparse
@@ -64,10 +66,10 @@ def wait_ready(url, timeout=180):
     sys.exit(f"{url} not ready")
 
 
-def start_edge(threads, extra=()):
+def start_edge(threads, extra=(), binary=ROOT / "target/release/edge-worker"):
     port = free_port()
     proc = subprocess.Popen(
-        [str(ROOT / "target/release/edge-worker"), "--model-path", str(MODEL),
+        [str(binary), "--model-path", str(MODEL),
          "--listen", f"127.0.0.1:{port}", "--threads", str(threads),
          "--max-running", "8", "--max-waiting", "8", *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -160,12 +162,16 @@ def main():
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--variant", action="append", default=[], metavar='NAME="ARGS"',
                     help="another edge worker with these extra arguments")
+    ap.add_argument("--baseline", metavar="PATH",
+                    help="another edge worker from this binary (an older build)")
     args = ap.parse_args()
 
     servers = {"edge-worker": start_edge(args.threads)}
     for variant in args.variant:
         name, _, extra = variant.partition("=")
         servers[name] = start_edge(args.threads, shlex.split(extra))
+    if args.baseline:
+        servers["baseline"] = start_edge(args.threads, binary=args.baseline)
     servers["llama.cpp"] = start_llama(args.threads)
     try:
         samples = {k: {"ttft": [], "decode": [], "agg8": [], "cpu_ms": []} for k in servers}

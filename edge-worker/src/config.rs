@@ -49,9 +49,10 @@ pub struct Config {
     /// Finished sequences whose KV cache is kept so that a later prompt
     /// sharing their prefix (a common system prompt) skips that part of the
     /// prefill: with the bundled model, a 240-token shared system prompt
-    /// takes the first token from about 1.2 s to 0.14 s. The kept caches
-    /// cost memory (peak RSS about 1.6 times that without the cache, see
-    /// docs/benchmarks.md); 0 turns the prefix cache off.
+    /// takes the first token from about 1.5 s to 0.19 s. The kept caches
+    /// cost memory, each as much as its tokens' keys and values (peak RSS
+    /// about 1.2 times that without the cache, see docs/benchmarks.md);
+    /// least recently used ones go first; 0 turns the prefix cache off.
     #[arg(long, env = "EDGE_PREFIX_CACHE_SEQUENCES", default_value_t = 16)]
     pub prefix_cache_sequences: usize,
 

@@ -80,7 +80,11 @@ pub fn prepare(src: &Path, mode: Requantize, cache_dir: &Path) -> Result<PathBuf
 
     let mut reader = BufReader::new(File::open(src).map_err(io(src))?);
     let content = Content::read(&mut reader).map_err(tensor_err)?;
-    if !content.tensor_infos.values().any(|t| converts(t.ggml_dtype)) {
+    if !content
+        .tensor_infos
+        .values()
+        .any(|t| converts(t.ggml_dtype))
+    {
         return Ok(src.to_path_buf());
     }
 

@@ -103,7 +103,13 @@ fn a_q4_1_matmul_matches_f32_on_the_dequantized_weights() {
     let w_dq = qw.dequantize(&dev).unwrap();
     let mm = QMatMul::from_qtensor(qw).unwrap();
 
-    let got: Vec<f32> = mm.forward(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let got: Vec<f32> = mm
+        .forward(&x)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     let want: Vec<f32> = x
         .matmul(&w_dq.t().unwrap())
         .unwrap()
