@@ -93,7 +93,7 @@ pub struct Config {
 
     /// Re-quantize weights before loading; see `requantize.rs`. `auto`
     /// converts types without SIMD kernels here (Q5_0, Q5_1) to Q8_0,
-    /// `q8_0`/`q4_0` convert every Q4_1/Q5_0/Q5_1 tensor, `off` loads the
+    /// `q8_0`/`q4_0` convert every `Q4_1`/`Q5_0`/`Q5_1` tensor, `off` loads the
     /// file as it is.
     #[arg(long, env = "EDGE_REQUANTIZE", value_enum, default_value = "auto")]
     pub requantize: crate::requantize::Requantize,

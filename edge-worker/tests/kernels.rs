@@ -3,7 +3,8 @@
 //! and with f32 arithmetic, and a matmul over many rows (a prompt) gives
 //! exactly what the same rows give one at a time (decode).
 
-#![allow(clippy::unwrap_used)]
+// Matrix dimensions and operands keep their usual one-letter names.
+#![allow(clippy::unwrap_used, clippy::many_single_char_names)]
 
 use candle_core::quantized::k_quants::{BlockQ4_1, BlockQ8_1, GgmlType};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
