@@ -2334,23 +2334,7 @@ pub fn matmul<T: GgmlType>(
 
     let rhs_col = |col_idx: usize| &rhs_t[col_idx * k_in_blocks..(col_idx + 1) * k_in_blocks];
     if m == 1 {
-        // Decode: weight rows four at a time, sharing the activation loads.
-        const ROWS: usize = 4;
-        dst.par_chunks_mut(ROWS)
-            .enumerate()
-            .with_min_len(128 / ROWS)
-            .with_max_len(512 / ROWS)
-            .for_each(|(chunk_idx, dst)| {
-                let col0 = chunk_idx * ROWS;
-                if let Ok(full) = <&mut [f32; ROWS]>::try_from(&mut *dst) {
-                    let cols = std::array::from_fn(|i| rhs_col(col0 + i));
-                    *full = T::vec_dot_rows(k, cols, &lhs_b);
-                } else {
-                    for (i, dst) in dst.iter_mut().enumerate() {
-                        *dst = T::vec_dot(k, rhs_col(col0 + i), &lhs_b);
-                    }
-                }
-            });
+        matvec(k, rhs_col, &lhs_b, dst);
         return Ok(());
     }
 
@@ -2372,9 +2356,8 @@ pub fn matmul<T: GgmlType>(
                 let row0 = tile_idx * ROWS_PER_TILE;
                 for (i, dst_col) in dst_t.chunks_mut(m).enumerate() {
                     let rhs_col = rhs_col(col0 + i);
-                    for (dst, lhs_row) in dst_col[row0..]
-                        .iter_mut()
-                        .zip(lhs_tile.chunks(k_in_blocks))
+                    for (dst, lhs_row) in
+                        dst_col[row0..].iter_mut().zip(lhs_tile.chunks(k_in_blocks))
                     {
                         *dst = T::vec_dot(k, rhs_col, lhs_row);
                     }
@@ -2387,6 +2370,77 @@ pub fn matmul<T: GgmlType>(
         }
     }
     Ok(())
+}
+
+/// Weight rows a thread claims at a time in a decode matmul.
+const MATVEC_CHUNK_ROWS: usize = 16;
+
+/// A raw output pointer that the threads of one [`matvec`] share; each
+/// writes only the rows of the chunks it claimed.
+struct SharedOut(*mut f32);
+// SAFETY: see `matvec`: chunk indices are claimed once each, so no two
+// threads ever write the same element, and the scope outlives them all.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// The pointer, through a method so that closures capture the whole
+    /// (`Sync`) struct rather than its raw-pointer field.
+    fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Decode (one activation row): the weights are split into chunks of
+/// [`MATVEC_CHUNK_ROWS`] rows that the pool's threads claim from a shared
+/// counter until none is left. A decode matmul is only a few microseconds
+/// of work for a small model; splitting it by work stealing left most of it
+/// to the calling thread, because by the time another worker had stolen its
+/// half the caller had often taken it back. Claiming chunks balances the
+/// work whenever the other workers arrive, and a worker that arrives late
+/// finds nothing and returns. Within a chunk, weight rows go four at a time,
+/// sharing the activation loads.
+fn matvec<'a, T: GgmlType + 'a>(
+    k: usize,
+    rhs_col: impl Fn(usize) -> &'a [T] + Sync,
+    lhs_b: &[T::VecDotType],
+    dst: &mut [f32],
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const ROWS: usize = 4;
+    let n = dst.len();
+    let chunks = n.div_ceil(MATVEC_CHUNK_ROWS);
+    let next = AtomicUsize::new(0);
+    let out = SharedOut(dst.as_mut_ptr());
+    let work = || loop {
+        let chunk = next.fetch_add(1, Ordering::Relaxed);
+        if chunk >= chunks {
+            break;
+        }
+        let row0 = chunk * MATVEC_CHUNK_ROWS;
+        let len = MATVEC_CHUNK_ROWS.min(n - row0);
+        // SAFETY: `row0..row0 + len` is within `dst`, and this chunk index
+        // was handed out once, so no other thread touches these elements.
+        let dst = unsafe { std::slice::from_raw_parts_mut(out.get().add(row0), len) };
+        for (i, dst) in dst.chunks_mut(ROWS).enumerate() {
+            let col0 = row0 + i * ROWS;
+            if let Ok(full) = <&mut [f32; ROWS]>::try_from(&mut *dst) {
+                let cols = std::array::from_fn(|r| rhs_col(col0 + r));
+                *full = T::vec_dot_rows(k, cols, lhs_b);
+            } else {
+                for (r, dst) in dst.iter_mut().enumerate() {
+                    *dst = T::vec_dot(k, rhs_col(col0 + r), lhs_b);
+                }
+            }
+        }
+    };
+    let helpers = rayon::current_num_threads().min(chunks).saturating_sub(1);
+    rayon::scope(|s| {
+        for _ in 0..helpers {
+            s.spawn(|_| work());
+        }
+        work();
+    });
 }
 
 pub fn matmul_f16<T: GgmlType>(
