@@ -43,25 +43,27 @@ use crate::attention::SdpaParams;
 // running the model. On a small CPU box the hand-off cost more than the
 // attention itself.
 
-const DOT_CHUNK: usize = 4;
-
 /// Size (in KV positions) processed by each inner‑tile job.
 const TILE_KV: usize = 16;
 
-/// Unrolled dot‑product that works purely in `f32`.
+/// Dot product in `f32`, over eight independent partial sums so that it
+/// compiles to SIMD. Upstream summed into one accumulator, a serial chain
+/// of scalar adds that the compiler may not reorder; it was most of the
+/// decode attention's time.
 #[inline]
 fn vec_dot_f32<T: UpcastF32 + Copy>(a: &[T], b: &[T]) -> f32 {
-    let mut sum = 0f32;
-    let chunks = a.len() / DOT_CHUNK;
-    for i in 0..chunks {
-        let i_chunk = i * DOT_CHUNK;
-        sum += a[i_chunk].to_f32() * b[i_chunk].to_f32()
-            + a[i_chunk + 1].to_f32() * b[i_chunk + 1].to_f32()
-            + a[i_chunk + 2].to_f32() * b[i_chunk + 2].to_f32()
-            + a[i_chunk + 3].to_f32() * b[i_chunk + 3].to_f32();
+    const LANES: usize = 8;
+    let (a_chunks, a_rest) = a.as_chunks::<LANES>();
+    let (b_chunks, b_rest) = b.as_chunks::<LANES>();
+    let mut acc = [0f32; LANES];
+    for (x, y) in a_chunks.iter().zip(b_chunks) {
+        for l in 0..LANES {
+            acc[l] += x[l].to_f32() * y[l].to_f32();
+        }
     }
-    for i in (chunks * DOT_CHUNK)..a.len() {
-        sum += a[i].to_f32() * b[i].to_f32();
+    let mut sum = acc.iter().sum::<f32>();
+    for (x, y) in a_rest.iter().zip(b_rest) {
+        sum += x.to_f32() * y.to_f32();
     }
     sum
 }
@@ -492,8 +494,11 @@ where
 
                         // -------- add V ----------
                         let v_base = b_i * vstride[0] + kv_pos * vstride[1] + v_head * vstride[2];
-                        for d_i in 0..dv {
-                            vkq[d_i] += v_data[v_base + d_i].to_f32() * vs;
+                        // One bounds check for the row, so that the loop
+                        // vectorises (upstream indexed element by element).
+                        let v_row = &v_data[v_base..v_base + dv];
+                        for (o, v) in vkq.iter_mut().zip(v_row) {
+                            *o += v.to_f32() * vs;
                         }
 
                         s = s * ms + vs;
