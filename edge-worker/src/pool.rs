@@ -119,12 +119,26 @@ fn keep_workers_warm() {
         if ctx.index() == engine {
             return;
         }
+        // Reading the clock costs more than a poll (a virtual machine's
+        // clock even more so), so an idle worker reads it only every
+        // `CLOCK_EVERY` polls: time spent there is time it is not looking
+        // for the next op.
+        const CLOCK_EVERY: u32 = 64;
         let mut last_work = Instant::now();
+        let mut idle_polls = 0u32;
         loop {
             match rayon::yield_now() {
-                Some(rayon::Yield::Executed) => last_work = Instant::now(),
-                _ if last_work.elapsed() >= WARM_IDLE => break,
-                _ => std::hint::spin_loop(),
+                Some(rayon::Yield::Executed) => {
+                    idle_polls = 0;
+                    last_work = Instant::now();
+                }
+                _ => {
+                    idle_polls += 1;
+                    if idle_polls.is_multiple_of(CLOCK_EVERY) && last_work.elapsed() >= WARM_IDLE {
+                        break;
+                    }
+                    std::hint::spin_loop();
+                }
             }
         }
         WARM_WORKERS.fetch_sub(1, Ordering::AcqRel);
