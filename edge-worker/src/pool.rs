@@ -61,6 +61,11 @@ static WARM_WORKERS: AtomicUsize = AtomicUsize::new(0);
 /// rayon's sleep: far longer than the gap between two ops or two tokens of
 /// a running generation, far shorter than anything a person would notice.
 pub const WARM_IDLE: Duration = Duration::from_millis(3);
+/// A warm worker that finds no work reads the clock only every this many
+/// polls: a clock read costs more than a poll (a virtual machine's clock
+/// even more so), and time spent there is time it is not looking for the
+/// next op.
+const CLOCK_EVERY: u32 = 64;
 
 /// The logits processor every request carries, or `None` for one thread.
 pub fn attach_processor(threads: usize) -> Option<Arc<dyn CustomLogitsProcessor>> {
@@ -119,26 +124,18 @@ fn keep_workers_warm() {
         if ctx.index() == engine {
             return;
         }
-        // Reading the clock costs more than a poll (a virtual machine's
-        // clock even more so), so an idle worker reads it only every
-        // `CLOCK_EVERY` polls: time spent there is time it is not looking
-        // for the next op.
-        const CLOCK_EVERY: u32 = 64;
         let mut last_work = Instant::now();
         let mut idle_polls = 0u32;
         loop {
-            match rayon::yield_now() {
-                Some(rayon::Yield::Executed) => {
-                    idle_polls = 0;
-                    last_work = Instant::now();
+            if let Some(rayon::Yield::Executed) = rayon::yield_now() {
+                idle_polls = 0;
+                last_work = Instant::now();
+            } else {
+                idle_polls += 1;
+                if idle_polls.is_multiple_of(CLOCK_EVERY) && last_work.elapsed() >= WARM_IDLE {
+                    break;
                 }
-                _ => {
-                    idle_polls += 1;
-                    if idle_polls.is_multiple_of(CLOCK_EVERY) && last_work.elapsed() >= WARM_IDLE {
-                        break;
-                    }
-                    std::hint::spin_loop();
-                }
+                std::hint::spin_loop();
             }
         }
         WARM_WORKERS.fetch_sub(1, Ordering::AcqRel);
