@@ -154,6 +154,19 @@ def peak_rss_mib(pid):
     return float("nan")
 
 
+def cpu_model():
+    """The CPU's name and SIMD level: the development machine's CPU varies
+    between runs, and absolute figures only compare on the same CPU."""
+    info = pathlib.Path("/proc/cpuinfo").read_text()
+    name = next((l.split(":", 1)[1].strip() for l in info.splitlines()
+                 if l.startswith("model name")), "unknown CPU")
+    flags = set(next((l.split(":", 1)[1].split() for l in info.splitlines()
+                      if l.startswith("flags")), []))
+    simd = "AVX-512 VNNI" if "avx512_vnni" in flags else "AVX-512" if "avx512f" in flags \
+        else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{name} ({simd})"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=os.cpu_count())
@@ -206,10 +219,11 @@ def main():
     # After the servers stop, so it runs alone.
     report["llama.cpp"]["decode_tok_s_c1_in_process"] = in_process_llama(args.threads, args.max_tokens)
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps({"cpu": cpu_model(), **report}, indent=2))
         return
     ours = [name for name in report if name != "llama.cpp"]
     l = report["llama.cpp"]
+    print(f"CPU {cpu_model()}")
     print(f"model {MODEL.name}, {args.threads} threads, greedy, max_tokens {args.max_tokens}, "
           f"{args.rounds} interleaved rounds (medians); ratio = ours / llama.cpp")
     head = "".join(f"{n:>14}" for n in ours) + f"{'llama.cpp':>14}"
