@@ -73,29 +73,11 @@ fn main() {
 }
 
 fn set_git_revision() {
-    let commit = std::process::Command::new("git")
-        .args(["rev-parse", "HEAD"])
-        .output()
-        .ok()
-        .and_then(|output| {
-            if output.status.success() {
-                String::from_utf8(output.stdout).ok()
-            } else {
-                None
-            }
-        })
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".to_string());
-
-    println!("cargo:rustc-env=MISTRALRS_GIT_REVISION={commit}");
-    println!("cargo:rerun-if-changed=.git/HEAD");
-    if let Ok(head) = std::fs::read_to_string(".git/HEAD") {
-        if let Some(ref_path) = head.strip_prefix("ref:") {
-            let ref_path = ref_path.trim();
-            if !ref_path.is_empty() {
-                println!("cargo:rerun-if-changed=.git/{}", ref_path);
-            }
-        }
-    }
+    // Vendored copy: `git rev-parse HEAD` here names the enclosing
+    // repository's commit, and `.git/HEAD` does not exist in this directory,
+    // so the script reran on every build and the crate was recompiled after
+    // every commit. As published on crates.io (no repository around it) the
+    // revision is "unknown"; say so directly.
+    println!("cargo:rustc-env=MISTRALRS_GIT_REVISION=unknown");
+    println!("cargo:rerun-if-changed=build.rs");
 }
