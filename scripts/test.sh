@@ -11,7 +11,10 @@ cd "$root"
 
 # Release profile: the model is unusably slow in a debug build, and the
 # binaries the Python tests drive are the same ones the quick start runs.
-cargo build --release --workspace --bins
+# All targets in one build: the tests' dev-dependencies change the features
+# of crates mistralrs uses, so building the binaries alone and then the
+# tests compiled mistralrs twice (about ten minutes on two cores).
+cargo build --release --workspace --all-targets
 cargo test --release --workspace
 
 "$root/.venv/bin/python" -m pytest -q tests/sdk tests/deploy
