@@ -35,14 +35,6 @@
 //! graph nodes; a worker that finds nothing for [`WARM_IDLE`] goes back to
 //! rayon's normal sleep, so an idle edge worker burns no CPU.
 //!
-//! Even a polling rayon worker often came too late for a decode matmul (a
-//! few microseconds of work): it must find the op's job in another
-//! thread's deque, and backtraces showed it at times back in rayon's own
-//! idle loop. So a warm worker is also a helper of candle's decode team
-//! (`candle_core::quantized::team`, part of our patched candle): each
-//! quantized matmul posts its tasks to one shared slot that warm workers
-//! poll between rayon polls, and they join it within one poll.
-//!
 //! The pool needs a second thread: the engine thread does not run rayon's
 //! work loop while it waits for the next step, so a job that mistralrs
 //! spawns from it (batched sampling) must be taken by another worker.
@@ -53,7 +45,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use candle_core::quantized::team;
 use candle_core::Tensor;
 use mistralrs_core::CustomLogitsProcessor;
 
@@ -67,18 +58,14 @@ static TRIED: AtomicBool = AtomicBool::new(false);
 /// How many workers are busy-polling for work now.
 static WARM_WORKERS: AtomicUsize = AtomicUsize::new(0);
 /// How long a warm worker polls without finding work before it goes back to
-/// rayon's sleep (time it spends descheduled does not count): far longer
-/// than the gap between two ops or two tokens of a running generation, far
-/// shorter than anything a person would notice.
+/// rayon's sleep: far longer than the gap between two ops or two tokens of
+/// a running generation, far shorter than anything a person would notice.
 pub const WARM_IDLE: Duration = Duration::from_millis(3);
 /// A warm worker that finds no work reads the clock only every this many
 /// polls: a clock read costs more than a poll (a virtual machine's clock
 /// even more so), and time spent there is time it is not looking for the
 /// next op.
 const CLOCK_EVERY: u32 = 64;
-/// The most idle time one interval of [`CLOCK_EVERY`] polls counts for
-/// (those polls take a few microseconds when the thread runs).
-const MAX_POLL_GAP: Duration = Duration::from_micros(50);
 
 /// The logits processor every request carries, or `None` for one thread.
 pub fn attach_processor(threads: usize) -> Option<Arc<dyn CustomLogitsProcessor>> {
@@ -137,34 +124,20 @@ fn keep_workers_warm() {
         if ctx.index() == engine {
             return;
         }
-        let helper = team::Helper::register();
-        let mut idle = Duration::ZERO;
-        let mut last_clock = Instant::now();
+        let mut last_work = Instant::now();
         let mut idle_polls = 0u32;
         loop {
-            if helper.help() || matches!(rayon::yield_now(), Some(rayon::Yield::Executed)) {
-                idle = Duration::ZERO;
+            if let Some(rayon::Yield::Executed) = rayon::yield_now() {
                 idle_polls = 0;
-                last_clock = Instant::now();
+                last_work = Instant::now();
             } else {
                 idle_polls += 1;
-                if idle_polls.is_multiple_of(CLOCK_EVERY) {
-                    // Idle time is counted in polls' time: a longer gap
-                    // between two clock reads is time this thread was not
-                    // running, when ops may well have come and gone. On a
-                    // busy machine it would otherwise stop polling in the
-                    // middle of a generation, after one time slice lost.
-                    let now = Instant::now();
-                    idle += (now - last_clock).min(MAX_POLL_GAP);
-                    last_clock = now;
-                    if idle >= WARM_IDLE {
-                        break;
-                    }
+                if idle_polls.is_multiple_of(CLOCK_EVERY) && last_work.elapsed() >= WARM_IDLE {
+                    break;
                 }
                 std::hint::spin_loop();
             }
         }
-        drop(helper);
         WARM_WORKERS.fetch_sub(1, Ordering::AcqRel);
     });
 }

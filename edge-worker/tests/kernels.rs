@@ -1,19 +1,12 @@
 //! The quantized kernels the worker's speed rests on (candle-core, patched
 //! in `vendor/`): the SIMD Q4_1 dot product agrees with the scalar reference
-//! and with f32 arithmetic, a matmul over many rows (a prompt) gives
-//! exactly what the same rows give one at a time (decode), and the decode
-//! team (spinning helper threads that share a decode matmul's chunks) runs
-//! every chunk exactly once and changes no result.
+//! and with f32 arithmetic, and a matmul over many rows (a prompt) gives
+//! exactly what the same rows give one at a time (decode).
 
 // Matrix dimensions and operands keep their usual one-letter names.
 #![allow(clippy::unwrap_used, clippy::many_single_char_names)]
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
-
 use candle_core::quantized::k_quants::{BlockQ4_1, BlockQ8_1, GgmlType};
-use candle_core::quantized::team::{self, Helper};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 
@@ -137,120 +130,4 @@ fn a_q4_1_matmul_matches_f32_on_the_dequantized_weights() {
     let err = rms(&mut got.iter().zip(&want).map(|(a, b)| a - b));
     let scale = rms(&mut want.iter().copied());
     assert!(err <= 0.02 * scale, "rms error {err} against rms {scale}");
-}
-
-/// The decode team is process-wide: the tests that register helpers take
-/// turns, so that each knows whether helpers are present.
-static TEAM_TURN: Mutex<()> = Mutex::new(());
-
-/// Runs `body` while `helpers` threads poll the team as helpers; `body`
-/// gets the number of jobs they have joined so far.
-fn with_helpers<R>(helpers: usize, body: impl FnOnce(&AtomicU64) -> R) -> R {
-    let stop = AtomicBool::new(false);
-    let registered = AtomicU64::new(0);
-    let joined = AtomicU64::new(0);
-    std::thread::scope(|s| {
-        for _ in 0..helpers {
-            s.spawn(|| {
-                let helper = Helper::register();
-                registered.fetch_add(1, Ordering::SeqCst);
-                while !stop.load(Ordering::Relaxed) {
-                    if helper.help() {
-                        joined.fetch_add(1, Ordering::Relaxed);
-                    }
-                    std::hint::spin_loop();
-                }
-            });
-        }
-        while registered.load(Ordering::SeqCst) < helpers as u64 {
-            std::thread::yield_now();
-        }
-        let out = body(&joined);
-        stop.store(true, Ordering::Relaxed);
-        out
-    })
-}
-
-#[test]
-fn team_helpers_share_a_job_and_every_part_runs_once() {
-    let _turn = TEAM_TURN.lock().unwrap_or_else(|e| e.into_inner());
-    // No helper: nothing is posted and the caller splits the work itself.
-    assert!(!team::has_helpers());
-    let ran = AtomicBool::new(false);
-    assert!(!team::run_shared(&|| ran.store(true, Ordering::Relaxed)));
-    assert!(!ran.load(Ordering::Relaxed));
-
-    let parts = 64u64;
-    let by_helpers = with_helpers(2, |_| {
-        let poster = std::thread::current().id();
-        let by_helpers = AtomicU64::new(0);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut round = 0u64;
-        // Until the helpers have taken a fair share of parts: on a loaded
-        // machine they miss many jobs, but not all of them.
-        while by_helpers.load(Ordering::Relaxed) < 1000 {
-            assert!(Instant::now() < deadline, "helpers joined too few jobs");
-            round += 1;
-            let next = AtomicU64::new(0);
-            let sum = AtomicU64::new(0);
-            let work = || loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= parts {
-                    break;
-                }
-                sum.fetch_add(round * 1000 + i, Ordering::Relaxed);
-                if std::thread::current().id() != poster {
-                    by_helpers.fetch_add(1, Ordering::Relaxed);
-                }
-            };
-            assert!(team::run_shared(&work));
-            // Every part ran exactly once before `run_shared` returned.
-            let want: u64 = (0..parts).map(|i| round * 1000 + i).sum();
-            assert_eq!(sum.load(Ordering::Relaxed), want, "round {round}");
-        }
-        by_helpers.load(Ordering::Relaxed)
-    });
-    assert!(by_helpers >= 1000);
-    assert!(!team::has_helpers(), "a dropped helper stays registered");
-}
-
-#[test]
-fn matmuls_give_the_same_results_with_team_helpers() {
-    let _turn = TEAM_TURN.lock().unwrap_or_else(|e| e.into_inner());
-    let dev = Device::Cpu;
-    let (k, n) = (576, 1030);
-    // One activation row (decode) and several (a batch of sequences).
-    for (dtype, m) in [
-        (GgmlDType::Q4_1, 1),
-        (GgmlDType::Q8_0, 1),
-        (GgmlDType::Q4_1, 8),
-    ] {
-        let w = Tensor::from_vec(values(n * k, 21), (n, k), &dev).unwrap();
-        let mm = QMatMul::from_qtensor(QTensor::quantize(&w, dtype).unwrap()).unwrap();
-        let x = Tensor::from_vec(values(m * k, 22), (m, k), &dev).unwrap();
-        let forward = || -> Vec<f32> {
-            mm.forward(&x)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap()
-        };
-        assert!(!team::has_helpers());
-        let alone = forward();
-        with_helpers(1, |joined| {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            // Until the helper has joined a good number of matmuls.
-            while joined.load(Ordering::Relaxed) < 50 {
-                assert!(
-                    Instant::now() < deadline,
-                    "the helper joined too few matmuls"
-                );
-                assert!(
-                    forward() == alone,
-                    "{dtype:?} m={m}: results differ with a helper"
-                );
-            }
-        });
-    }
 }

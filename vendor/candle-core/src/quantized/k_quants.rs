@@ -2338,32 +2338,32 @@ pub fn matmul<T: GgmlType>(
         return Ok(());
     }
 
-    // Several lhs rows (a prompt, or a batch of decoding sequences): one
-    // parallel pass over the weights, not one per row. Each task takes a
-    // few weight rows and uses each of them, while it is in L1, against a
-    // tile of lhs rows small enough for L2, so the weights are read from
-    // memory once per call instead of m times. Results land transposed
-    // (column-major) so that every task writes one contiguous chunk.
+    // Several lhs rows (a prompt): one parallel pass over the weights, not
+    // one per row. Each task takes a few weight rows and uses each of them,
+    // while it is in L1, against a tile of lhs rows small enough for L2, so
+    // the weights are read from memory once per call instead of m times.
+    // Results land transposed (column-major) so that every task writes one
+    // contiguous chunk.
     const COLS_PER_TASK: usize = 16;
     const ROWS_PER_TILE: usize = 64;
     let mut dst_t = vec![0f32; m * n];
-    let out = SharedOut(dst_t.as_mut_ptr());
-    for_each_claimed(n.div_ceil(COLS_PER_TASK), |task| {
-        let col0 = task * COLS_PER_TASK;
-        let cols = COLS_PER_TASK.min(n - col0);
-        // SAFETY: task `task`'s columns (m values each) lie within `dst_t`,
-        // and each task index is claimed once.
-        let dst_t = unsafe { out.slice(col0 * m, cols * m) };
-        for (tile_idx, lhs_tile) in lhs_b.chunks(k_in_blocks * ROWS_PER_TILE).enumerate() {
-            let row0 = tile_idx * ROWS_PER_TILE;
-            for (i, dst_col) in dst_t.chunks_mut(m).enumerate() {
-                let rhs_col = rhs_col(col0 + i);
-                for (dst, lhs_row) in dst_col[row0..].iter_mut().zip(lhs_tile.chunks(k_in_blocks)) {
-                    *dst = T::vec_dot(k, rhs_col, lhs_row);
+    dst_t
+        .par_chunks_mut(m * COLS_PER_TASK)
+        .enumerate()
+        .for_each(|(chunk_idx, dst_t)| {
+            let col0 = chunk_idx * COLS_PER_TASK;
+            for (tile_idx, lhs_tile) in lhs_b.chunks(k_in_blocks * ROWS_PER_TILE).enumerate() {
+                let row0 = tile_idx * ROWS_PER_TILE;
+                for (i, dst_col) in dst_t.chunks_mut(m).enumerate() {
+                    let rhs_col = rhs_col(col0 + i);
+                    for (dst, lhs_row) in
+                        dst_col[row0..].iter_mut().zip(lhs_tile.chunks(k_in_blocks))
+                    {
+                        *dst = T::vec_dot(k, rhs_col, lhs_row);
+                    }
                 }
             }
-        }
-    });
+        });
     for (col_idx, col) in dst_t.chunks(m).enumerate() {
         for (row_idx, &v) in col.iter().enumerate() {
             dst[row_idx * n + col_idx] = v;
@@ -2375,81 +2375,53 @@ pub fn matmul<T: GgmlType>(
 /// Weight rows a thread claims at a time in a decode matmul.
 const MATVEC_CHUNK_ROWS: usize = 16;
 
-/// A raw output pointer that the threads of one matmul share; each writes
-/// only the elements of the tasks it claimed.
+/// A raw output pointer that the threads of one [`matvec`] share; each
+/// writes only the rows of the chunks it claimed.
 struct SharedOut(*mut f32);
-// SAFETY: see `SharedOut::slice`'s callers: task indices are claimed once
-// each, so no two threads ever write the same element, and
-// `for_each_claimed` returns only after every thread has left the tasks.
+// SAFETY: see `matvec`: chunk indices are claimed once each, so no two
+// threads ever write the same element, and the scope outlives them all.
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
 impl SharedOut {
-    /// `len` elements from `start`.
-    ///
-    /// # Safety
-    /// The range must lie within the buffer, and no other thread may use
-    /// it while the slice lives.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn slice(&self, start: usize, len: usize) -> &mut [f32] {
-        std::slice::from_raw_parts_mut(self.0.add(start), len)
+    /// The pointer, through a method so that closures capture the whole
+    /// (`Sync`) struct rather than its raw-pointer field.
+    fn get(&self) -> *mut f32 {
+        self.0
     }
 }
 
-/// Runs `task(i)` once for every `i` in `0..tasks`, on the calling thread
-/// and the threads that join it, which claim task indices from a shared
-/// counter until none is left: a thread that arrives late still takes a
-/// share, one that arrives after the last claim finds nothing and returns.
-/// The joining threads are the ones spinning as [`super::team`] helpers
-/// where there are any (they join within one poll), otherwise the rayon
-/// pool's. A decode matmul is only a few microseconds of work for a small
-/// model; split by work stealing, most of it was left to the calling
-/// thread, because by the time another worker had stolen its half the
-/// caller had often taken it back.
-fn for_each_claimed(tasks: usize, task: impl Fn(usize) + Sync) {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let next = AtomicUsize::new(0);
-    let work = || loop {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        if i >= tasks {
-            break;
-        }
-        task(i);
-    };
-    if tasks > 1 && super::team::run_shared(&work) {
-        return;
-    }
-    let helpers = rayon::current_num_threads().min(tasks).saturating_sub(1);
-    if helpers == 0 {
-        work();
-        return;
-    }
-    rayon::scope(|s| {
-        for _ in 0..helpers {
-            s.spawn(|_| work());
-        }
-        work();
-    });
-}
-
-/// Decode (one activation row): the weights are split into tasks of
-/// [`MATVEC_CHUNK_ROWS`] rows for [`for_each_claimed`]. Within a task,
-/// weight rows go four at a time, sharing the activation loads.
+/// Decode (one activation row): the weights are split into chunks of
+/// [`MATVEC_CHUNK_ROWS`] rows that the pool's threads claim from a shared
+/// counter until none is left. A decode matmul is only a few microseconds
+/// of work for a small model; splitting it by work stealing left most of it
+/// to the calling thread, because by the time another worker had stolen its
+/// half the caller had often taken it back. Claiming chunks balances the
+/// work whenever the other workers arrive, and a worker that arrives late
+/// finds nothing and returns. Within a chunk, weight rows go four at a time,
+/// sharing the activation loads.
 fn matvec<'a, T: GgmlType + 'a>(
     k: usize,
     rhs_col: impl Fn(usize) -> &'a [T] + Sync,
     lhs_b: &[T::VecDotType],
     dst: &mut [f32],
 ) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
     const ROWS: usize = 4;
     let n = dst.len();
+    let chunks = n.div_ceil(MATVEC_CHUNK_ROWS);
+    let next = AtomicUsize::new(0);
     let out = SharedOut(dst.as_mut_ptr());
-    for_each_claimed(n.div_ceil(MATVEC_CHUNK_ROWS), |chunk| {
+    let work = || loop {
+        let chunk = next.fetch_add(1, Ordering::Relaxed);
+        if chunk >= chunks {
+            break;
+        }
         let row0 = chunk * MATVEC_CHUNK_ROWS;
         let len = MATVEC_CHUNK_ROWS.min(n - row0);
-        // SAFETY: `row0..row0 + len` is within `dst`, and each chunk index
-        // is claimed once.
-        let dst = unsafe { out.slice(row0, len) };
+        // SAFETY: `row0..row0 + len` is within `dst`, and this chunk index
+        // was handed out once, so no other thread touches these elements.
+        let dst = unsafe { std::slice::from_raw_parts_mut(out.get().add(row0), len) };
         for (i, dst) in dst.chunks_mut(ROWS).enumerate() {
             let col0 = row0 + i * ROWS;
             if let Ok(full) = <&mut [f32; ROWS]>::try_from(&mut *dst) {
@@ -2461,6 +2433,13 @@ fn matvec<'a, T: GgmlType + 'a>(
                 }
             }
         }
+    };
+    let helpers = rayon::current_num_threads().min(chunks).saturating_sub(1);
+    rayon::scope(|s| {
+        for _ in 0..helpers {
+            s.spawn(|_| work());
+        }
+        work();
     });
 }
 
