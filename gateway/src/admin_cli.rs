@@ -144,8 +144,22 @@ pub struct BackendAddArgs {
     #[arg(long, default_value_t = 8192)]
     pub context_length: u32,
     /// Name of the environment variable that holds the upstream API key.
+    /// It may not name one of the gateway's own variables (`GATEWAY_*`).
     #[arg(long)]
     pub api_key_env: Option<String>,
+    /// Whether the backend supports tools (function calling); default: yes
+    /// for cloud, no for edge (an edge worker reports its own).
+    #[arg(long)]
+    pub tools: Option<bool>,
+    /// Whether the backend enforces `response_format` JSON schemas; default
+    /// as for `--tools`.
+    #[arg(long)]
+    pub json_schema: Option<bool>,
+    /// Store the backend even though its zone label looks wrong (a cloud
+    /// kind on-prem, an on-prem backend with an upstream key or a public
+    /// host). Confidential requests will go to it.
+    #[arg(long)]
+    pub force_zone: bool,
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -196,6 +210,9 @@ pub struct PolicySetArgs {
     pub allow_cloud: Option<bool>,
     #[arg(long)]
     pub expected_output_tokens: Option<u32>,
+    /// Forward a request's `store: true` to the upstream (off by default).
+    #[arg(long)]
+    pub allow_store: Option<bool>,
 }
 
 #[derive(Debug, Clone, Subcommand)]

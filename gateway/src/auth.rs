@@ -1,34 +1,69 @@
-//! Bearer-key authentication with a short cache.
+//! Bearer-key authentication with a bounded cache.
 //!
 //! The presented key is hashed (SHA-256) and looked up by hash; the
-//! plaintext is never stored, logged or kept past the hash. Lookups are
-//! cached for `key_cache_ms`, misses included (so a client hammering with a
-//! bad key costs one query per window), which bounds how long a revoked key
-//! keeps working. Expiry is checked on every request against the clock, not
-//! the cache.
+//! plaintext is never stored, logged or kept past the hash. Found keys are
+//! cached for `key_cache_ms` in a size-bounded cache (`moka`, TinyLFU), so
+//! revocation takes effect within that time. Unknown hashes go to a second,
+//! separate cache: a flood of random keys can neither evict valid keys nor
+//! make the same key cost a query twice within the window, and concurrent
+//! lookups of one hash share one query. Expiry is checked on every request
+//! against the clock, not the cache.
+//!
+//! This module knows no HTTP status: it returns [`AuthError`], which the
+//! HTTP layer renders.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use axum::http::{header, HeaderMap};
+use http::{header, HeaderMap};
+use moka::future::Cache;
 
-use crate::http::ApiError;
 use crate::keys;
-use crate::store::{now_ms, ApiKey, Store};
+use crate::store::{now_ms, ApiKey, Store, StoreError};
 
-/// Entries kept before the whole cache is cleared; a crude bound that keeps
-/// memory finite under a flood of random keys without an LRU.
-const MAX_ENTRIES: usize = 100_000;
+/// Entries kept in each cache.
+const MAX_ENTRIES: u64 = 100_000;
 
-/// Key hash → when it was looked up and what was found (misses too).
-type Entries = HashMap<String, (Instant, Option<Arc<ApiKey>>)>;
+/// Why a request is not authenticated (or not authorised).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No bearer key, or one that is unknown, revoked or expired. Callers
+    /// must not say which.
+    #[error("invalid key")]
+    InvalidKey,
+    /// The key lacks the scope.
+    #[error("key lacks scope {0}")]
+    MissingScope(&'static str),
+    /// The key store cannot be reached.
+    #[error("key store unavailable")]
+    StoreUnavailable,
+    /// The key store failed otherwise (logged where it happened).
+    #[error("key store failed")]
+    StoreFailed,
+}
+
+impl From<&StoreError> for AuthError {
+    fn from(e: &StoreError) -> AuthError {
+        tracing::error!(error = %e, "key lookup failed");
+        match e {
+            StoreError::Unavailable(_) => AuthError::StoreUnavailable,
+            _ => AuthError::StoreFailed,
+        }
+    }
+}
+
+/// Why a shared lookup produced no key; not cached by `moka`.
+#[derive(Debug)]
+enum Miss {
+    Unknown,
+    Failed(AuthError),
+}
 
 #[derive(Clone)]
 pub struct KeyCache {
     store: Store,
-    ttl: Duration,
-    entries: Arc<Mutex<Entries>>,
+    found: Cache<String, Arc<ApiKey>>,
+    unknown: Cache<String, ()>,
 }
 
 impl KeyCache {
@@ -36,38 +71,57 @@ impl KeyCache {
     pub fn new(store: Store, ttl: Duration) -> KeyCache {
         KeyCache {
             store,
-            ttl,
-            entries: Arc::new(Mutex::new(HashMap::new())),
+            found: Cache::builder()
+                .max_capacity(MAX_ENTRIES)
+                .time_to_live(ttl)
+                .build(),
+            unknown: Cache::builder()
+                .max_capacity(MAX_ENTRIES)
+                .time_to_live(ttl)
+                .build(),
         }
     }
 
     /// The active key behind the request's `Authorization: Bearer` header.
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<ApiKey>, ApiError> {
-        let presented = bearer(headers).ok_or(ApiError::InvalidKey)?;
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<ApiKey>, AuthError> {
+        let presented = bearer(headers).ok_or(AuthError::InvalidKey)?;
         let hash = keys::hash(presented);
-        let key = self.lookup(hash).await?.ok_or(ApiError::InvalidKey)?;
+        let key = self.lookup(hash).await?.ok_or(AuthError::InvalidKey)?;
         if !key.is_active(now_ms()) {
-            return Err(ApiError::InvalidKey);
+            return Err(AuthError::InvalidKey);
         }
         Ok(key)
     }
 
-    async fn lookup(&self, hash: String) -> Result<Option<Arc<ApiKey>>, ApiError> {
-        {
-            let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some((at, key)) = entries.get(&hash) {
-                if at.elapsed() < self.ttl {
-                    return Ok(key.clone());
+    async fn lookup(&self, hash: String) -> Result<Option<Arc<ApiKey>>, AuthError> {
+        if let Some(key) = self.found.get(&hash).await {
+            return Ok(Some(key));
+        }
+        if self.unknown.contains_key(&hash) {
+            return Ok(None);
+        }
+        let store = self.store.clone();
+        let query_hash = hash.clone();
+        let looked_up = self
+            .found
+            .try_get_with(hash.clone(), async move {
+                match store.key_by_hash(&query_hash).await {
+                    Ok(Some(key)) => Ok(Arc::new(key)),
+                    Ok(None) => Err(Miss::Unknown),
+                    Err(e) => Err(Miss::Failed(AuthError::from(&e))),
                 }
-            }
+            })
+            .await;
+        match looked_up {
+            Ok(key) => Ok(Some(key)),
+            Err(miss) => match *miss {
+                Miss::Unknown => {
+                    self.unknown.insert(hash, ()).await;
+                    Ok(None)
+                }
+                Miss::Failed(e) => Err(e),
+            },
         }
-        let key = self.store.key_by_hash(&hash).await?.map(Arc::new);
-        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        if entries.len() >= MAX_ENTRIES {
-            entries.clear();
-        }
-        entries.insert(hash, (Instant::now(), key.clone()));
-        Ok(key)
     }
 }
 
@@ -79,17 +133,17 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Whether the key may use an endpoint: keys without scopes may use all.
-pub fn require_scope(key: &ApiKey, scope: &'static str) -> Result<(), ApiError> {
+pub fn require_scope(key: &ApiKey, scope: &'static str) -> Result<(), AuthError> {
     if key.scopes.is_empty() || key.scopes.iter().any(|s| s == scope) {
         Ok(())
     } else {
-        Err(ApiError::Forbidden(scope))
+        Err(AuthError::MissingScope(scope))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use axum::http::HeaderValue;
+    use http::HeaderValue;
 
     use super::*;
 

@@ -56,15 +56,42 @@ pub struct Config {
     pub upstream_total_timeout_ms: u64,
     /// Largest non-streaming upstream answer buffered, in bytes.
     pub max_upstream_body_bytes: usize,
-    /// Capacity of the queue between request handlers and the ledger
-    /// writer; a full queue makes handlers wait rather than lose rows.
+    /// Rows waiting for the ledger writer beyond which new requests are
+    /// refused with 503 (the store is slow or down); rows already queued
+    /// are never dropped.
     pub ledger_queue: usize,
+    /// The same bound in bytes of queued rows.
+    pub ledger_queue_bytes: usize,
     /// Most rows the ledger writer stores in one batch.
     pub ledger_batch: usize,
     /// How long shutdown waits for in-flight requests before closing them.
     pub shutdown_grace_ms: u64,
     /// Log format: `text` or `json`.
     pub log_format: LogFormat,
+    /// Longest a client may take to send its request headers; a slower
+    /// connection is closed (slowloris).
+    pub header_read_timeout_ms: u64,
+    /// Longest a client may take to send its request body; past it the
+    /// request gets 408.
+    pub body_read_timeout_ms: u64,
+    /// Open client connections accepted at once; further connections wait
+    /// in the kernel's backlog until one closes.
+    pub max_connections: usize,
+    /// Requests handled at once; beyond it a request gets 503
+    /// `service_unavailable` at once instead of queueing.
+    pub max_in_flight: usize,
+    /// After `unhealthy_after` failures a backend rests this long, then one
+    /// trial request (or poll) may use it again: a success restores it, a
+    /// failure doubles the rest, up to 32 times this.
+    pub unhealthy_cooldown_ms: u64,
+    /// Largest upstream error body read, in bytes; the rest is dropped.
+    pub max_upstream_error_bytes: usize,
+    /// Largest single SSE event accepted from an upstream, in bytes; a
+    /// larger one ends the stream with an error.
+    pub max_sse_event_bytes: usize,
+    /// Token sent as `Authorization: Bearer` to edge workers (their
+    /// `EDGE_WORKER_TOKEN`); prefer the `GATEWAY_WORKER_TOKEN` variable.
+    pub worker_token: Option<SecretString>,
 }
 
 /// How log lines are written to stderr.
@@ -93,9 +120,18 @@ impl Default for Config {
             upstream_total_timeout_ms: 600_000,
             max_upstream_body_bytes: 16 << 20,
             ledger_queue: 4_096,
+            ledger_queue_bytes: 64 << 20,
             ledger_batch: 256,
             shutdown_grace_ms: 10_000,
             log_format: LogFormat::Text,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            max_connections: 10_000,
+            max_in_flight: 4_096,
+            unhealthy_cooldown_ms: 5_000,
+            max_upstream_error_bytes: 64 << 10,
+            max_sse_event_bytes: 1 << 20,
+            worker_token: None,
         }
     }
 }
@@ -118,9 +154,18 @@ pub const FIELDS: &[&str] = &[
     "upstream_total_timeout_ms",
     "max_upstream_body_bytes",
     "ledger_queue",
+    "ledger_queue_bytes",
     "ledger_batch",
     "shutdown_grace_ms",
     "log_format",
+    "header_read_timeout_ms",
+    "body_read_timeout_ms",
+    "max_connections",
+    "max_in_flight",
+    "unhealthy_cooldown_ms",
+    "max_upstream_error_bytes",
+    "max_sse_event_bytes",
+    "worker_token",
 ];
 
 /// Why the configuration cannot be loaded. Messages name the file or the
@@ -192,14 +237,25 @@ impl Config {
             ),
             ("upstream_idle_timeout_ms", self.upstream_idle_timeout_ms),
             ("upstream_total_timeout_ms", self.upstream_total_timeout_ms),
+            ("header_read_timeout_ms", self.header_read_timeout_ms),
+            ("body_read_timeout_ms", self.body_read_timeout_ms),
+            ("unhealthy_cooldown_ms", self.unhealthy_cooldown_ms),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid(format!("{name} must be > 0")));
         }
-        if self.max_body_bytes == 0 || self.ledger_queue == 0 || self.ledger_batch == 0 {
-            return Err(ConfigError::Invalid(
-                "max_body_bytes, ledger_queue and ledger_batch must be > 0".to_owned(),
-            ));
+        let sizes = [
+            ("max_body_bytes", self.max_body_bytes),
+            ("ledger_queue", self.ledger_queue),
+            ("ledger_queue_bytes", self.ledger_queue_bytes),
+            ("ledger_batch", self.ledger_batch),
+            ("max_connections", self.max_connections),
+            ("max_in_flight", self.max_in_flight),
+            ("max_upstream_error_bytes", self.max_upstream_error_bytes),
+            ("max_sse_event_bytes", self.max_sse_event_bytes),
+        ];
+        if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
+            return Err(ConfigError::Invalid(format!("{name} must be > 0")));
         }
         if self.unhealthy_after == 0 {
             return Err(ConfigError::Invalid(
@@ -207,6 +263,11 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    #[must_use]
+    pub fn body_read_timeout(&self) -> Duration {
+        Config::ms(self.body_read_timeout_ms)
     }
 
     /// `ms` as a [`Duration`], for the `*_ms` fields.

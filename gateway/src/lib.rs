@@ -3,8 +3,9 @@
 //!
 //! # Layout
 //!
-//! - [`privacy`]: request classes (`public < internal < confidential`) and the
-//!   detectors that raise them. Pure.
+//! - [`privacy`]: request classes (`public < internal < confidential`), the
+//!   texts of a request, their normalisation, and the detectors that raise
+//!   the class. Pure. Every builtin detector yields `confidential`.
 //! - [`routing`]: the cost model over latency, energy, money and privacy that
 //!   ranks backends for a request. Pure.
 //! - [`limits`]: per-key requests/min, tokens/min and budget checks behind the
@@ -18,12 +19,15 @@
 //! Serving (`gateway serve`):
 //!
 //! - [`config`]: the one documented config struct (TOML file + `GATEWAY_*`).
-//! - [`server`]: start-up, graceful shutdown, ledger flush.
+//! - [`server`]: start-up; the accept loop with header read timeout and
+//!   connection cap; shutdown that drains, then ends open streams; ledger
+//!   flush.
 //! - [`state`]: [`state::AppState`], the handlers' shared state, and the
 //!   background tasks it owns.
 //! - [`http`]: the router ([`http::app`]), the OpenAI error type, and one
 //!   module per endpoint (`chat`, `models`, `health`).
-//! - [`auth`]: bearer keys, looked up by hash through a short cache.
+//! - [`auth`]: bearer keys, looked up by hash through bounded caches (one
+//!   for found keys, one for unknown ones); its own [`auth::AuthError`].
 //! - [`catalog`]: short-lived cache of backends, aliases, policies, rules.
 //! - [`live`]: live backend state (health, edge load, in-flight counts)
 //!   behind [`live::LiveView`], and the poller that feeds it.
@@ -37,8 +41,12 @@
 //!
 //! - A request's path: `http::chat` (auth, parse, admit, classify, route)
 //!   → `proxy` (attempts, relay) → `ledger` (one row, always).
-//! - Only `http` and `proxy` know axum; only `upstream`, `proxy` and the
-//!   poller send upstream requests, to URLs from the store only.
+//! - Only `http`, `proxy` and `server` know axum or hyper; only `upstream`
+//!   sends upstream requests, to URLs from the store only, following no
+//!   redirects.
+//! - Nothing reaches a cloud that the classifier has not seen: `http::chat`
+//!   classifies the body as it will be forwarded (after the routing fields
+//!   are stripped and the policy applied) plus the forwarded request id.
 //! - The pure modules (`privacy`, `routing`, `limits`, `keys`) do no I/O.
 //! - Only `store` knows SQL; its errors never carry SQL or connection text in
 //!   their `Display`.

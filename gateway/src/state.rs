@@ -36,6 +36,12 @@ pub struct Inner {
     tasks: TaskTracker,
     /// Stops the poller; the ledger writer stops when its queue closes.
     stop: CancellationToken,
+    /// Cancelled when shutdown's grace period is over: every stream still
+    /// being relayed ends with an SSE error event and a `cancelled` row.
+    pub streams_end: CancellationToken,
+    /// One permit per request being handled (`max_in_flight`); a request
+    /// that finds none gets 503 at once.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::ops::Deref for AppState {
@@ -61,7 +67,10 @@ impl AppState {
         let tasks = TaskTracker::new();
         let stop = CancellationToken::new();
         let catalog = Catalog::new(store.clone(), Config::ms(config.settings_cache_ms));
-        let live: Arc<dyn LiveView> = Arc::new(InProcessLive::new());
+        let live: Arc<dyn LiveView> = Arc::new(InProcessLive::new(
+            config.unhealthy_after,
+            Config::ms(config.unhealthy_cooldown_ms),
+        ));
         let ledger = Ledger::start(
             store.clone(),
             config.ledger_queue,
@@ -71,7 +80,7 @@ impl AppState {
         let poller = Poller {
             catalog: catalog.clone(),
             live: Arc::clone(&live),
-            client: upstreams.client().clone(),
+            upstreams: upstreams.clone(),
             interval: Config::ms(config.poll_interval_ms),
             timeout: Config::ms(config.poll_timeout_ms),
         };
@@ -87,10 +96,17 @@ impl AppState {
                 metrics: crate::telemetry::metrics_handle(),
                 tasks,
                 stop,
+                streams_end: CancellationToken::new(),
+                in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
                 store,
                 config,
             }),
         })
+    }
+
+    /// Ends every stream still being relayed (see [`Inner::streams_end`]).
+    pub fn end_streams(&self) {
+        self.streams_end.cancel();
     }
 
     /// Stops the poller, closes the ledger queue and waits until every

@@ -1,25 +1,34 @@
-//! The HTTP client for upstreams: one pooled `reqwest` client for every
-//! backend, with the timeouts of the config, and the rules for what an
-//! attempt's failure means.
+//! The HTTP clients for upstreams, with the timeouts of the config, and the
+//! rules for what an attempt's failure means.
 //!
 //! Upstream URLs come only from the store's backend rows, never from the
-//! client. A cloud backend's key is read from the environment variable its
-//! row names, at send time, and goes only into the `Authorization` header;
-//! it is never logged. The client's own `Authorization` header (a gateway
-//! key) is never forwarded.
+//! client. Two pooled clients: one for on-prem backends, which ignores
+//! proxy environment variables (LAN traffic must not detour through a
+//! proxy), and one for cloud backends. Neither follows redirects: an
+//! upstream cannot send the gateway, with the upstream's credentials, to
+//! another address.
+//!
+//! Credentials: a cloud backend's key is read from the environment variable
+//! its row names, at send time, and goes only into the `Authorization`
+//! header; an edge worker gets the fleet's worker token instead. Neither is
+//! ever logged. The client's own `Authorization` header (a gateway key) is
+//! never forwarded.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use reqwest::redirect;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
 
 use crate::config::Config;
-use crate::routing::Backend;
+use crate::routing::{Backend, BackendKind, WorkerLoad, Zone};
 
 /// Timeouts applied by the proxy around the client's own.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
-    /// To response headers (and, for streams, the first event).
+    /// To response headers (and, for streams, the first token).
     pub first_byte: Duration,
     /// Between two body chunks.
     pub idle: Duration,
@@ -27,12 +36,16 @@ pub struct Timeouts {
     pub total: Duration,
 }
 
-/// The shared client. Cheap to clone (reqwest's client is an `Arc`).
+/// The shared clients. Cheap to clone (reqwest's client is an `Arc`).
 #[derive(Clone)]
 pub struct Upstreams {
-    client: reqwest::Client,
+    on_prem: reqwest::Client,
+    cloud: reqwest::Client,
+    worker_token: Option<SecretString>,
     pub timeouts: Timeouts,
     pub max_body_bytes: usize,
+    pub max_error_bytes: usize,
+    pub max_event_bytes: usize,
 }
 
 /// How one attempt failed before anything reached the client.
@@ -42,10 +55,17 @@ pub enum AttemptError {
     Connect,
     #[error("timed out")]
     Timeout,
-    /// The upstream answered with this status; `body` is its (bounded)
-    /// error body, passed on to the client when no failover applies.
+    /// The upstream answered with this status; `body` is its error body,
+    /// cut at `max_upstream_error_bytes`.
     #[error("upstream status {status}")]
     Status { status: u16, body: Bytes },
+    /// The upstream said the prompt does not fit its context (a 400 or an
+    /// error event): a backend with a larger context may still serve it.
+    #[error("context length exceeded upstream")]
+    ContextLength,
+    /// The stream reported an error, or broke, before its first token.
+    #[error("upstream failed before the first token")]
+    Failed,
     #[error("upstream body unreadable")]
     Body,
     /// The upstream key's environment variable is not set.
@@ -54,21 +74,31 @@ pub enum AttemptError {
 }
 
 impl AttemptError {
-    /// Whether the next candidate may be tried: connection failures,
-    /// timeouts, 5xx and 429 are the upstream's problem; another 4xx is the
-    /// request's and would fail everywhere.
+    /// Whether the next candidate may be tried. Connection failures,
+    /// timeouts, 5xx, 429 and answers that are about *our* configuration
+    /// (401, 403, 404, 407: a bad key, a wrong model mapping) are the
+    /// upstream's problem; 400, 413, 415 and 422 are about the request and
+    /// would fail everywhere.
     #[must_use]
     pub fn retryable(&self) -> bool {
         match self {
-            AttemptError::Status { status, .. } => *status >= 500 || *status == 429,
+            AttemptError::Status { status, .. } => !matches!(status, 400 | 413 | 415 | 422),
             _ => true,
         }
     }
 
-    /// Whether it says the backend is down (feeds passive health).
+    /// Whether it says the backend is unwell (feeds passive health): it did
+    /// not answer, answered 5xx, or broke off.
     #[must_use]
     pub fn backend_down(&self) -> bool {
-        matches!(self, AttemptError::Connect | AttemptError::Timeout)
+        match self {
+            AttemptError::Connect
+            | AttemptError::Timeout
+            | AttemptError::Body
+            | AttemptError::Failed => true,
+            AttemptError::Status { status, .. } => *status >= 500,
+            AttemptError::ContextLength | AttemptError::NoKey => false,
+        }
     }
 
     /// Low-cardinality label for metrics.
@@ -79,7 +109,13 @@ impl AttemptError {
             AttemptError::Timeout => "timeout",
             AttemptError::Status { status, .. } if *status >= 500 => "5xx",
             AttemptError::Status { status: 429, .. } => "429",
+            AttemptError::Status {
+                status: 401 | 403 | 407,
+                ..
+            } => "auth",
             AttemptError::Status { .. } => "4xx",
+            AttemptError::ContextLength => "context_length",
+            AttemptError::Failed => "stream_failed",
             AttemptError::Body => "body",
             AttemptError::NoKey => "no_key",
         }
@@ -99,56 +135,94 @@ pub fn api_base(base_url: &str) -> String {
     }
 }
 
+/// The `error.code` of an OpenAI error body, if it is one.
+#[must_use]
+pub fn error_code(body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Outer {
+        error: Inner,
+    }
+    #[derive(Deserialize)]
+    struct Inner {
+        #[serde(default)]
+        code: Option<String>,
+    }
+    serde_json::from_slice::<Outer>(body).ok()?.error.code
+}
+
 impl Upstreams {
     pub fn new(config: &Config) -> Result<Upstreams, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(Config::ms(config.upstream_connect_timeout_ms))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .tcp_nodelay(true)
-            .build()?;
+        let builder = || {
+            reqwest::Client::builder()
+                .connect_timeout(Config::ms(config.upstream_connect_timeout_ms))
+                .pool_idle_timeout(Duration::from_secs(60))
+                .tcp_nodelay(true)
+                .redirect(redirect::Policy::none())
+        };
         Ok(Upstreams {
-            client,
+            on_prem: builder().no_proxy().build()?,
+            cloud: builder().build()?,
+            worker_token: config.worker_token.clone(),
             timeouts: Timeouts {
                 first_byte: Config::ms(config.upstream_first_byte_timeout_ms),
                 idle: Config::ms(config.upstream_idle_timeout_ms),
                 total: Config::ms(config.upstream_total_timeout_ms),
             },
             max_body_bytes: config.max_upstream_body_bytes,
+            max_error_bytes: config.max_upstream_error_bytes,
+            max_event_bytes: config.max_sse_event_bytes,
         })
     }
 
-    #[must_use]
-    pub fn client(&self) -> &reqwest::Client {
-        &self.client
+    fn client(&self, backend: &Backend) -> &reqwest::Client {
+        match backend.zone {
+            Zone::OnPrem => &self.on_prem,
+            Zone::Cloud => &self.cloud,
+        }
     }
 
-    /// Sends a chat completion body and waits for the response headers.
-    /// A non-2xx answer is returned as [`AttemptError::Status`].
+    /// The `Authorization` value for `backend`: the worker token for an
+    /// edge worker, the key from the named variable for others.
+    fn credential(&self, backend: &Backend) -> Result<Option<HeaderValue>, AttemptError> {
+        let secret = match (&backend.api_key_env, backend.kind) {
+            (Some(var), _) => std::env::var(var).map_err(|_| {
+                tracing::error!(backend = %backend.name, env = %var, "upstream key variable is not set");
+                AttemptError::NoKey
+            })?,
+            (None, BackendKind::Edge) => match &self.worker_token {
+                Some(token) => token.expose_secret().to_owned(),
+                None => return Ok(None),
+            },
+            (None, BackendKind::Cloud) => return Ok(None),
+        };
+        let mut value =
+            HeaderValue::from_str(&format!("Bearer {secret}")).map_err(|_| AttemptError::NoKey)?;
+        value.set_sensitive(true);
+        Ok(Some(value))
+    }
+
+    /// Sends a chat completion body and waits for the response headers, at
+    /// most `first_byte`. A non-2xx answer is returned as an error with its
+    /// (bounded) body.
     pub async fn send_chat(
         &self,
         backend: &Backend,
         body: Vec<u8>,
         request_id: &str,
+        first_byte: Duration,
     ) -> Result<reqwest::Response, AttemptError> {
         let url = format!("{}/chat/completions", api_base(&backend.base_url));
         let mut req = self
-            .client
+            .client(backend)
             .post(url)
             .timeout(self.timeouts.total)
             .header(CONTENT_TYPE, "application/json")
             .header("x-request-id", request_id)
             .body(body);
-        if let Some(var) = &backend.api_key_env {
-            let key = std::env::var(var).map_err(|_| {
-                tracing::error!(backend = %backend.name, env = %var, "upstream key variable is not set");
-                AttemptError::NoKey
-            })?;
-            let mut value =
-                HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| AttemptError::NoKey)?;
-            value.set_sensitive(true);
-            req = req.header(AUTHORIZATION, value);
+        if let Some(credential) = self.credential(backend)? {
+            req = req.header(AUTHORIZATION, credential);
         }
-        let response = tokio::time::timeout(self.timeouts.first_byte, req.send())
+        let response = tokio::time::timeout(first_byte, req.send())
             .await
             .map_err(|_| AttemptError::Timeout)?
             .map_err(|e| {
@@ -162,12 +236,45 @@ impl Upstreams {
             return Ok(response);
         }
         let status = response.status().as_u16();
-        let body = tokio::time::timeout(self.timeouts.first_byte, response.bytes())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default();
+        let body = self.bounded_body(response).await;
+        if status == 400 && error_code(&body).as_deref() == Some("context_length_exceeded") {
+            return Err(AttemptError::ContextLength);
+        }
         Err(AttemptError::Status { status, body })
+    }
+
+    /// Reads at most `max_error_bytes` of an error body, waiting at most
+    /// the idle timeout for each chunk; the rest is dropped unread.
+    async fn bounded_body(&self, mut response: reqwest::Response) -> Bytes {
+        let mut buf = Vec::new();
+        while buf.len() < self.max_error_bytes {
+            match tokio::time::timeout(self.timeouts.idle, response.chunk()).await {
+                Ok(Ok(Some(chunk))) => {
+                    let room = self.max_error_bytes - buf.len();
+                    buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                }
+                _ => break,
+            }
+        }
+        Bytes::from(buf)
+    }
+
+    /// One edge worker's load report, or `None` when it cannot be had
+    /// within `timeout`.
+    pub async fn load_report(&self, backend: &Backend, timeout: Duration) -> Option<WorkerLoad> {
+        let url = format!("{}/worker/load", api_base(&backend.base_url));
+        let mut req = self.client(backend).get(url);
+        if let Ok(Some(credential)) = self.credential(backend) {
+            req = req.header(AUTHORIZATION, credential);
+        }
+        let fetched = async {
+            let response = req.send().await.ok()?;
+            if !response.status().is_success() {
+                return None;
+            }
+            response.json::<WorkerLoad>().await.ok()
+        };
+        tokio::time::timeout(timeout, fetched).await.ok().flatten()
     }
 }
 
@@ -192,15 +299,40 @@ mod tests {
     }
 
     #[test]
-    fn only_upstream_side_failures_are_retryable() {
+    fn retry_and_health_rules() {
         let status = |s| AttemptError::Status {
             status: s,
             body: Bytes::new(),
         };
-        assert!(AttemptError::Connect.retryable());
-        assert!(status(503).retryable());
-        assert!(status(429).retryable());
-        assert!(!status(400).retryable());
-        assert!(!status(404).retryable());
+        for retryable in [
+            AttemptError::Connect,
+            AttemptError::Timeout,
+            AttemptError::Failed,
+            AttemptError::ContextLength,
+            status(503),
+            status(429),
+            status(401),
+            status(403),
+            status(404),
+        ] {
+            assert!(retryable.retryable(), "{retryable:?}");
+        }
+        for final_ in [status(400), status(413), status(422)] {
+            assert!(!final_.retryable(), "{final_:?}");
+        }
+        assert!(status(502).backend_down());
+        assert!(AttemptError::Timeout.backend_down());
+        assert!(!status(401).backend_down());
+        assert!(!AttemptError::ContextLength.backend_down());
+    }
+
+    #[test]
+    fn error_codes_are_read_from_openai_bodies_only() {
+        assert_eq!(
+            error_code(br#"{"error":{"code":"context_length_exceeded","message":"m"}}"#).as_deref(),
+            Some("context_length_exceeded")
+        );
+        assert_eq!(error_code(b"not json"), None);
+        assert_eq!(error_code(br#"{"error":"flat"}"#), None);
     }
 }

@@ -15,7 +15,7 @@ use gateway::privacy::Class;
 use gateway::routing::{AliasTarget, ModelMapping, Zone};
 use gateway::store::Store;
 
-on_both_databases!(admin_cli_round_trip);
+on_both_databases!(admin_cli_round_trip, zone_labels_are_checked);
 
 #[derive(clap::Parser)]
 struct AdminArgs {
@@ -128,4 +128,52 @@ async fn admin_cli_round_trip(store: &Store) {
         admin(store, "key create --tenant nobody").await,
         Err(gateway::admin_cli::AdminError::UnknownTenant(_))
     ));
+}
+
+/// A zone label that would send confidential requests off the premises is
+/// refused unless forced; so is a key variable named like the gateway's own.
+async fn zone_labels_are_checked(store: &Store) {
+    let refused = [
+        "backend add --name c1 --kind cloud --zone on-prem --url http://10.0.0.5:8000 --model m",
+        "backend add --name e1 --kind edge --url http://10.0.0.5:8080 --model m --api-key-env OPENAI_API_KEY",
+        "backend add --name e2 --kind edge --url https://api.openai.com --model m",
+        "backend add --name e3 --kind edge --url http://8.8.8.8:8080 --model m",
+        "backend add --name e4 --kind edge --url http://2130706433:8080 --model m",
+        "backend add --name e5 --kind edge --url http://user@203.0.113.9/v1 --model m",
+    ];
+    for args in refused {
+        let err = admin(store, args).await.unwrap_err();
+        assert!(err.to_string().contains("--force-zone"), "{args}: {err}");
+    }
+    let err = admin(
+        store,
+        "backend add --name c2 --kind cloud --url https://api.example.com/v1 --model m --api-key-env GATEWAY_DATABASE_URL",
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("GATEWAY_"), "{err}");
+    let accepted = [
+        "backend add --name ok1 --kind edge --url http://127.0.0.1:8081 --model m",
+        "backend add --name ok2 --kind edge --url http://192.168.1.20:8081 --model m",
+        "backend add --name ok3 --kind edge --url http://edge-1:8080 --model m",
+        "backend add --name ok4 --kind edge --url http://[fd00::5]:8080 --model m",
+        "backend add --name ok5 --kind edge --url http://gpu.lab.internal:8080 --model m",
+        "backend add --name ok6 --kind cloud --url https://api.example.com/v1 --model m --api-key-env OPENAI_API_KEY",
+        "backend add --name ok7 --kind edge --url https://api.example.com --model m --force-zone",
+    ];
+    for args in accepted {
+        admin(store, args)
+            .await
+            .unwrap_or_else(|e| panic!("{args}: {e}"));
+    }
+    let listed = admin(store, "backend list").await.unwrap();
+    let caps = |name: &str| {
+        let b = listed.iter().find(|b| b["name"] == name).unwrap();
+        (
+            b["capabilities"]["tools"].as_bool().unwrap(),
+            b["capabilities"]["json_schema"].as_bool().unwrap(),
+        )
+    };
+    assert_eq!(caps("ok1"), (false, false));
+    assert_eq!(caps("ok6"), (true, true));
 }

@@ -211,16 +211,8 @@ async fn confidential_stays_on_the_edge_and_gets_503_without_it() {
         .add_backend(&preferred_cloud("cloud", &mock.base_url()))
         .await
         .unwrap();
-    // The operator treats every builtin detector as confidential, and adds
-    // a code name of their own.
-    for detector in ["email", "phone", "ip_address"] {
-        let rule = RuleSpec::Builtin {
-            detector: detector.into(),
-            enabled: true,
-            class: Some(Class::Confidential),
-        };
-        db.store.add_privacy_rule(None, &rule).await.unwrap();
-    }
+    // Every builtin detector is confidential by default (no rule rows);
+    // the operator adds a code name of their own.
     let codename = RuleSpec::Regex {
         name: "codename".into(),
         pattern: r"(?i)\bproject bluebird\b".into(),

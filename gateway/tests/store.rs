@@ -12,7 +12,9 @@ mod common;
 
 use gateway::keys;
 use gateway::privacy::{Class, RuleSet, RuleSpec};
-use gateway::routing::{Alias, AliasTarget, Backend, BackendKind, ModelMapping, Policy, Zone};
+use gateway::routing::{
+    Alias, AliasTarget, Backend, BackendKind, Capabilities, ModelMapping, Policy, Zone,
+};
 use gateway::store::{LedgerEntry, LedgerStatus, NewKeySpec, Store, StoreError};
 use secrecy::ExposeSecret;
 
@@ -24,6 +26,7 @@ on_both_databases!(
     privacy_rules_scope_and_order,
     ledger_rows,
     ledger_batches_are_all_or_none,
+    ledger_rows_with_nul_are_stored,
     errors_hide_driver_text,
 );
 
@@ -172,6 +175,7 @@ fn edge_backend() -> Backend {
         max_concurrency: 4,
         context_length: 8192,
         enabled: true,
+        capabilities: Capabilities::default(),
     }
 }
 
@@ -429,6 +433,29 @@ async fn ledger_rows(store: &Store) {
     assert_eq!(
         store.count_ledger_by_status().await.unwrap(),
         vec![(LedgerStatus::Ok, 2), (LedgerStatus::Rejected, 1)]
+    );
+}
+
+/// Client text can carry NUL characters, which Postgres refuses in text and
+/// JSON; scrubbed rows store on both databases, and the minimal form of a
+/// row keeps its ids, status and numbers.
+async fn ledger_rows_with_nul_are_stored(store: &Store) {
+    let mut e = ledger_entry("nul", LedgerStatus::Ok, 5_000);
+    e.requested_model = "a\0b".into();
+    e.error_code = Some("c\0".into());
+    e.decision = Some(serde_json::json!({"requested_model": "a\0b", "k\0": ["x\0"]}));
+    e.scrub_nul();
+    store.insert_ledger(&e).await.unwrap();
+    let stored = store.ledger_entry("nul").await.unwrap().unwrap();
+    assert_eq!(stored.requested_model, "a\u{fffd}b");
+    assert_eq!(stored.decision.unwrap()["k\u{fffd}"][0], "x\u{fffd}");
+
+    let minimal = ledger_entry("min", LedgerStatus::Partial, 6_000).minimal();
+    store.insert_ledger(&minimal).await.unwrap();
+    let stored = store.ledger_entry("min").await.unwrap().unwrap();
+    assert_eq!(
+        (stored.status, stored.completion_tokens, stored.decision),
+        (LedgerStatus::Partial, Some(64), None)
     );
 }
 

@@ -11,7 +11,7 @@ use super::{
     PolicyCommand, PolicySetArgs, PrivacyCommand, RuleAddArgs, RuleCommand, TenantCommand,
 };
 use crate::privacy::RuleSpec;
-use crate::routing::{Alias, AliasTarget, Backend, BackendKind, ModelMapping, Zone};
+use crate::routing::{Alias, AliasTarget, Backend, BackendKind, Capabilities, ModelMapping, Zone};
 use crate::store::{now_ms, NewKeySpec, Store, StoreError, Tenant};
 
 /// Errors of an admin command; all are safe to print.
@@ -23,6 +23,8 @@ pub enum AdminError {
     UnknownTenant(String),
     #[error("{0}")]
     Usage(&'static str),
+    #[error("{0}; pass --force-zone if this is really intended")]
+    Zone(crate::routing::ZoneMismatch),
     #[error("cannot write output")]
     Io(#[from] std::io::Error),
 }
@@ -123,7 +125,24 @@ async fn backend(
     out: &mut impl Write,
 ) -> Result<(), AdminError> {
     match cmd {
-        BackendCommand::Add(args) => line(out, &store.add_backend(&backend_spec(*args)).await?),
+        BackendCommand::Add(args) => {
+            let force = args.force_zone;
+            let spec = backend_spec(*args);
+            if let Some(var) = &spec.api_key_env {
+                if var.starts_with("GATEWAY_") {
+                    return Err(AdminError::Usage(
+                        "--api-key-env cannot name one of the gateway's own GATEWAY_* variables",
+                    ));
+                }
+            }
+            if let Err(e) = spec.check_zone() {
+                if !force {
+                    return Err(AdminError::Zone(e));
+                }
+                tracing::warn!(backend = %spec.name, problem = %e, "zone check overridden");
+            }
+            line(out, &store.add_backend(&spec).await?)
+        }
         BackendCommand::Remove { name } => {
             store.remove_backend(&name).await?;
             line(out, &json!({"removed": name}))
@@ -146,6 +165,7 @@ fn backend_spec(a: BackendAddArgs) -> Backend {
         BackendKind::Edge => Zone::OnPrem,
         BackendKind::Cloud => Zone::Cloud,
     };
+    let cloud = kind == BackendKind::Cloud;
     Backend {
         id: String::new(),
         name: a.name,
@@ -168,6 +188,10 @@ fn backend_spec(a: BackendAddArgs) -> Backend {
         max_concurrency: a.max_concurrency,
         context_length: a.context_length,
         enabled: true,
+        capabilities: Capabilities {
+            tools: a.tools.unwrap_or(cloud),
+            json_schema: a.json_schema.unwrap_or(cloud),
+        },
     }
 }
 
@@ -216,6 +240,9 @@ async fn policy_set(
     }
     if let Some(allow) = a.allow_cloud {
         p.allow_cloud = allow;
+    }
+    if let Some(allow) = a.allow_store {
+        p.allow_store = allow;
     }
     if let Some(n) = a.expected_output_tokens {
         p.expected_output_tokens = n;

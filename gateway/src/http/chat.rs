@@ -10,10 +10,9 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 
 use super::request::ChatRequest;
@@ -23,7 +22,7 @@ use crate::catalog::{CatalogError, Snapshot};
 use crate::ledger::{Record, RecordInit};
 use crate::limits::check_budget;
 use crate::live::BackendLive;
-use crate::privacy::classify;
+use crate::privacy::{classify, request_texts};
 use crate::routing::{rank, resolve_alias, BackendKind, Decision, Observed, RequestView};
 use crate::state::AppState;
 use crate::store::{now_ms, ApiKey, LedgerStatus};
@@ -31,41 +30,31 @@ use crate::store::{now_ms, ApiKey, LedgerStatus};
 pub async fn chat_completions(
     State(app): State<AppState>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
+    // The key is checked before a byte of the body is read, so an
+    // unauthenticated client cannot make the gateway buffer a megabyte.
     let key = match app.keys.authenticate(&headers).await {
         Ok(k) => k,
-        Err(e) => return reject(e),
+        Err(e) => return reject(e.into()),
     };
     if let Err(e) = require_scope(&key, "chat") {
-        return reject(e);
+        return reject(e.into());
     }
-    let bytes = match body {
+    let bytes = match read_body(&app, body).await {
         Ok(b) => b,
-        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return reject(ApiError::TooLarge(app.config.max_body_bytes))
-        }
-        Err(r) => {
-            return reject(ApiError::bad_request(
-                r.body_text(),
-                "invalid_request_body",
-                None,
-            ))
-        }
+        Err(e) => return reject(e),
     };
     let mut req = match ChatRequest::parse(&bytes, &headers) {
         Ok(r) => r,
         Err(e) => return reject(e),
     };
-    let request_id = headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
     // Past a full queue of unwritten rows (the store is slow or down), new
     // requests are refused: otherwise rows that cannot be queued would pile
     // up in memory without bound while the store catches up.
-    if app.ledger.depth() >= app.config.ledger_queue as u64 {
+    if app.ledger.depth() >= app.config.ledger_queue as u64
+        || app.ledger.queued_bytes() >= app.config.ledger_queue_bytes as u64
+    {
         metrics::counter!("gateway_rejected_total", "code" => "ledger_backlog").increment(1);
         return reject(ApiError::Unavailable);
     }
@@ -83,7 +72,7 @@ pub async fn chat_completions(
     let routed = admit_and_route(&app, &key, &mut req, &mut record).await;
     match routed {
         Ok((decision, snapshot)) => {
-            crate::proxy::execute(&app, req, &decision, &snapshot, record, &request_id).await
+            crate::proxy::execute(&app, req, &decision, &snapshot, record).await
         }
         Err(e) => {
             let status = match e {
@@ -104,6 +93,34 @@ pub async fn chat_completions(
             with_gateway_headers(e.into_response(), &route)
         }
     }
+}
+
+/// The whole body, bounded in size and in time (a client that trickles its
+/// body gets 408 instead of holding a connection and a buffer forever).
+async fn read_body(app: &AppState, body: Body) -> Result<Bytes, ApiError> {
+    let limit = app.config.max_body_bytes;
+    let read = axum::body::to_bytes(body, limit);
+    match tokio::time::timeout(app.config.body_read_timeout(), read).await {
+        Err(_) => Err(ApiError::BodyTimeout),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) if is_length_limit(&e) => Err(ApiError::TooLarge(limit)),
+        Ok(Err(_)) => Err(ApiError::bad_request(
+            "The request body could not be read.",
+            "invalid_request_body",
+            None,
+        )),
+    }
+}
+
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 fn reject(e: ApiError) -> Response {
@@ -128,8 +145,11 @@ async fn admit_and_route(
     record: &mut Record,
 ) -> Result<(Decision, Arc<Snapshot>), ApiError> {
     let tenant = app.catalog.tenant(&key.tenant_id).await?;
+    req.apply_policy(tenant.policy.allow_store);
+    // Everything that will leave: the body as forwarded, after the policy
+    // removed what it does not allow. No client header is forwarded.
     let class = classify(
-        req.texts(),
+        request_texts(&req.body),
         key.default_class.max(tenant.policy.default_class),
         req.tag,
         &tenant.rules,
@@ -148,6 +168,7 @@ async fn admit_and_route(
         .map_err(ApiError::Limited)?;
 
     let snapshot = app.catalog.snapshot().await?;
+    let now = std::time::Instant::now();
     let lives: Vec<BackendLive> = snapshot
         .backends
         .iter()
@@ -159,7 +180,7 @@ async fn admit_and_route(
         .zip(&lives)
         .map(|(b, live)| Observed {
             backend: b,
-            healthy: live.failures < app.config.unhealthy_after,
+            healthy: live.usable(app.config.unhealthy_after, now),
             load: match b.kind {
                 BackendKind::Edge => live.load.as_ref(),
                 BackendKind::Cloud => None,
@@ -172,6 +193,7 @@ async fn admit_and_route(
         class: class.class,
         prompt_tokens: req.prompt_estimate,
         max_output_tokens: req.max_tokens,
+        needs: req.needs,
     };
     let target = resolve_alias(&req.model, &snapshot.aliases);
     let decision = rank(&view, &target, &tenant.policy, &observed).map_err(ApiError::NoRoute)?;

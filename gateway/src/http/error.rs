@@ -8,7 +8,7 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use wire::ErrorBody;
 
 use crate::limits::LimitExceeded;
 use crate::routing::{NoRoute, NoRouteCode};
@@ -32,6 +32,10 @@ pub enum ApiError {
     /// 413 `request_too_large`: the body is over `max_body_bytes`.
     #[error("Request body is larger than {0} bytes.")]
     TooLarge(usize),
+    /// 408 `request_timeout`: the body did not arrive within
+    /// `body_read_timeout_ms`.
+    #[error("The request body was not received in time.")]
+    BodyTimeout,
     /// 429 (`rate_limit_exceeded` with `Retry-After`, or
     /// `insufficient_quota`).
     #[error("{0}")]
@@ -46,6 +50,10 @@ pub enum ApiError {
     /// writes are a full queue behind.
     #[error("The gateway's database is unavailable; retry shortly.")]
     Unavailable,
+    /// 503 `service_unavailable`: `max_in_flight` requests are already
+    /// being handled.
+    #[error("The gateway is at capacity; retry shortly.")]
+    Overloaded,
     /// 500 `internal_error`: a bug or an unexpected store failure.
     #[error("Internal error.")]
     Internal,
@@ -61,6 +69,9 @@ fn no_route_message(code: NoRouteCode) -> &'static str {
             "The prompt plus max_tokens exceed every backend's context length."
         }
         NoRouteCode::NoBackendAvailable => "No backend can serve this model right now.",
+        NoRouteCode::UnsupportedCapability => {
+            "No backend this request may use supports its tools or response_format."
+        }
     }
 }
 
@@ -85,16 +96,19 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Limited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NoRoute(r) => match r.code {
                 NoRouteCode::ModelNotFound => StatusCode::NOT_FOUND,
-                NoRouteCode::ContextLengthExceeded => StatusCode::BAD_REQUEST,
+                NoRouteCode::ContextLengthExceeded | NoRouteCode::UnsupportedCapability => {
+                    StatusCode::BAD_REQUEST
+                }
                 NoRouteCode::PrivacyRouteUnavailable | NoRouteCode::NoBackendAvailable => {
                     StatusCode::SERVICE_UNAVAILABLE
                 }
             },
             ApiError::Upstream => StatusCode::BAD_GATEWAY,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -107,10 +121,11 @@ impl ApiError {
             ApiError::Forbidden(_) => "permission_denied",
             ApiError::BadRequest { code, .. } => code,
             ApiError::TooLarge(_) => "request_too_large",
+            ApiError::BodyTimeout => "request_timeout",
             ApiError::Limited(l) => l.code(),
             ApiError::NoRoute(r) => r.code.as_str(),
             ApiError::Upstream => "upstream_error",
-            ApiError::Unavailable => "service_unavailable",
+            ApiError::Unavailable | ApiError::Overloaded => "service_unavailable",
             ApiError::Internal => "internal_error",
         }
     }
@@ -119,17 +134,19 @@ impl ApiError {
         match self {
             ApiError::InvalidKey => "authentication_error",
             ApiError::Forbidden(_) => "permission_error",
-            ApiError::BadRequest { .. } | ApiError::TooLarge(_) => "invalid_request_error",
+            ApiError::BadRequest { .. } | ApiError::TooLarge(_) | ApiError::BodyTimeout => {
+                "invalid_request_error"
+            }
             ApiError::NoRoute(r) => match r.code {
-                NoRouteCode::ModelNotFound | NoRouteCode::ContextLengthExceeded => {
-                    "invalid_request_error"
-                }
+                NoRouteCode::ModelNotFound
+                | NoRouteCode::ContextLengthExceeded
+                | NoRouteCode::UnsupportedCapability => "invalid_request_error",
                 _ => "service_unavailable",
             },
             ApiError::Limited(l) if l.code() == "insufficient_quota" => "insufficient_quota",
             ApiError::Limited(_) => "rate_limit_error",
             ApiError::Upstream => "upstream_error",
-            ApiError::Unavailable | ApiError::Internal => "server_error",
+            ApiError::Unavailable | ApiError::Overloaded | ApiError::Internal => "server_error",
         }
     }
 
@@ -146,15 +163,9 @@ impl ApiError {
 
     /// The error object, also used as an SSE error event's payload.
     #[must_use]
-    pub fn body(&self) -> serde_json::Value {
-        error_body(&self.to_string(), self.kind(), self.param(), self.code())
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody::new(&self.to_string(), self.kind(), self.param(), self.code())
     }
-}
-
-/// `{"error":{...}}` from its parts.
-#[must_use]
-pub fn error_body(message: &str, kind: &str, param: Option<&str>, code: &str) -> serde_json::Value {
-    json!({"error": {"message": message, "type": kind, "param": param, "code": code}})
 }
 
 impl IntoResponse for ApiError {
@@ -173,6 +184,18 @@ impl IntoResponse for ApiError {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
+    }
+}
+
+impl From<crate::auth::AuthError> for ApiError {
+    fn from(e: crate::auth::AuthError) -> ApiError {
+        use crate::auth::AuthError;
+        match e {
+            AuthError::InvalidKey => ApiError::InvalidKey,
+            AuthError::MissingScope(scope) => ApiError::Forbidden(scope),
+            AuthError::StoreUnavailable => ApiError::Unavailable,
+            AuthError::StoreFailed => ApiError::Internal,
+        }
     }
 }
 
@@ -214,11 +237,13 @@ mod tests {
                 "privacy_route_unavailable",
             ),
             (ApiError::Upstream, 502, "upstream_error"),
+            (ApiError::BodyTimeout, 408, "request_timeout"),
+            (ApiError::Overloaded, 503, "service_unavailable"),
         ];
         for (err, status, code) in cases {
             assert_eq!(err.status().as_u16(), status);
             assert_eq!(err.code(), code);
-            assert_eq!(err.body()["error"]["code"], code);
+            assert_eq!(err.body().error.code.as_deref(), Some(code));
         }
         let limited =
             ApiError::Limited(LimitExceeded::Requests { retry_after_s: 7 }).into_response();

@@ -4,8 +4,10 @@
 //!
 //! Middleware, outermost first: a panic catcher that still answers in
 //! OpenAI's shape, request ids (`x-request-id` kept when the client sends
-//! one, a UUID otherwise, returned on every answer), a trace span per
-//! request, and the body limit (a larger body gets 413 from the handler).
+//! a short, plain one, a UUID otherwise, returned on every answer), a trace
+//! span per request, and on the API routes the in-flight cap (503 beyond
+//! `max_in_flight`). Bodies are read by the handlers themselves, after
+//! authentication, bounded in size and time.
 
 mod chat;
 mod error;
@@ -15,17 +17,19 @@ pub mod request;
 
 use std::any::Any;
 
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use http_body_util::BodyExt;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
-pub use error::{error_body, ApiError};
+pub use error::ApiError;
 
 use crate::privacy::Class;
 use crate::state::AppState;
@@ -37,20 +41,25 @@ pub const CLASS_HEADER: &str = "x-gateway-privacy-class";
 /// The ledger row's id, to look a request up in the ledger.
 pub const LEDGER_HEADER: &str = "x-gateway-ledger-id";
 
+/// Longest client request id kept; a longer or unusual one is replaced.
+const MAX_REQUEST_ID: usize = 128;
+
 /// The gateway's routes over `state`.
 pub fn app(state: AppState) -> Router {
-    let body_limit = state.config.max_body_bytes;
-    Router::new()
+    let api = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/models", get(models::list))
+        .route_layer(middleware::from_fn_with_state(state.clone(), admit));
+    Router::new()
+        .merge(api)
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(body_limit))
         .layer(
             ServiceBuilder::new()
                 .layer(CatchPanicLayer::custom(panic_response))
+                .layer(middleware::map_request(plain_request_id))
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
                 // Handlers log failures with context; a 503 for "no private
                 // route" is an answer, not a gateway fault worth an error line.
@@ -63,10 +72,44 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Holds one of `max_in_flight` permits until the response body is done
+/// (a stream counts until its last byte); without a free permit the
+/// request gets 503 at once rather than queueing.
+async fn admit(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let Ok(permit) = std::sync::Arc::clone(&app.in_flight).try_acquire_owned() else {
+        metrics::counter!("gateway_rejected_total", "code" => "overloaded").increment(1);
+        return ApiError::Overloaded.into_response();
+    };
+    let response = next.run(request).await;
+    let (parts, body) = response.into_parts();
+    let body = body.map_frame(move |frame| {
+        let _held = &permit;
+        frame
+    });
+    Response::from_parts(parts, axum::body::Body::new(body))
+}
+
+/// Drops a client `x-request-id` that is long or holds anything but
+/// letters, digits and `-_.:`: it is logged, returned and forwarded, so it
+/// must stay small and inert. A UUID replaces it.
+async fn plain_request_id(mut request: Request) -> Request {
+    let plain = request.headers().get(&REQUEST_ID).is_none_or(|v| {
+        let b = v.as_bytes();
+        !b.is_empty()
+            && b.len() <= MAX_REQUEST_ID
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
+    });
+    if !plain {
+        request.headers_mut().remove(&REQUEST_ID);
+    }
+    request
+}
+
 async fn not_found() -> Response {
     (
         StatusCode::NOT_FOUND,
-        axum::Json(error_body(
+        axum::Json(wire::ErrorBody::new(
             "Unknown endpoint.",
             "invalid_request_error",
             None,

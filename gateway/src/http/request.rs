@@ -1,18 +1,60 @@
 //! The chat request as the gateway sees it: the client's JSON object kept
 //! whole (so fields the gateway does not know reach the upstream untouched)
 //! plus the few fields it reads to admit, classify and route.
+//!
+//! Fields that tell a proxy where to send a request or how to authenticate
+//! it ([`is_routing_field`]: `api_base`, `base_url`, `api_key`, ...) are
+//! removed at parse time: no client field decides where the gateway, or an
+//! upstream proxy behind it, connects, or with which credentials.
 
 use axum::http::HeaderMap;
 use serde_json::{Map, Value};
 
 use super::ApiError;
 use crate::privacy::Class;
+use crate::routing::Capabilities;
 
 /// Header with which a client tags a request's privacy class.
 pub const PRIVACY_HEADER: &str = "x-privacy-class";
 
 /// Tokens charged per message for role and framing, on top of its text.
 const TOKENS_PER_MESSAGE: u32 = 4;
+
+/// Longest `model` accepted, in characters.
+pub const MAX_MODEL_CHARS: usize = 256;
+
+/// Body fields never forwarded: in OpenAI-compatible proxies (LiteLLM and
+/// others) they choose the upstream URL, its credentials or extra headers.
+const ROUTING_FIELDS: &[&str] = &[
+    "api_base",
+    "api_key",
+    "api_type",
+    "api_version",
+    "azure_ad_token",
+    "base_url",
+    "custom_llm_provider",
+    "deployment_id",
+    "extra_body",
+    "extra_headers",
+    "extra_query",
+    "headers",
+    "organization",
+    "proxy",
+    "proxies",
+];
+
+/// Prefixes of provider credential and routing fields (`aws_secret_access_key`,
+/// `vertex_credentials`, `litellm_params`, ...).
+const ROUTING_PREFIXES: &[&str] = &["aws_", "azure_", "vertex_", "litellm_", "api_"];
+
+/// Whether a top-level body field steers an upstream proxy and so is never
+/// forwarded. Case-insensitive.
+#[must_use]
+pub fn is_routing_field(name: &str) -> bool {
+    let lower = name.trim().to_ascii_lowercase();
+    ROUTING_FIELDS.contains(&lower.as_str())
+        || ROUTING_PREFIXES.iter().any(|p| lower.starts_with(p))
+}
 
 #[derive(Debug)]
 pub struct ChatRequest {
@@ -31,6 +73,8 @@ pub struct ChatRequest {
     /// The class the client tagged (header or `metadata.privacy_class`),
     /// the higher of the two if both.
     pub tag: Option<Class>,
+    /// What a backend must support to answer it faithfully.
+    pub needs: Capabilities,
 }
 
 fn bad(message: impl Into<String>, code: &'static str, param: &'static str) -> ApiError {
@@ -48,33 +92,41 @@ impl ChatRequest {
                 None,
             )
         })?;
-        let Value::Object(body) = value else {
+        let Value::Object(mut body) = value else {
             return Err(ApiError::bad_request(
                 "The request body must be a JSON object.",
                 "invalid_request_body",
                 None,
             ));
         };
+        body.retain(|name, _| !is_routing_field(name));
         let model = match body.get("model") {
-            Some(Value::String(m)) if !m.is_empty() => m.clone(),
+            Some(Value::String(m))
+                if !m.is_empty()
+                    && m.chars().count() <= MAX_MODEL_CHARS
+                    && !m.chars().any(char::is_control) =>
+            {
+                m.clone()
+            }
             _ => {
                 return Err(bad(
-                    "`model` must be a non-empty string.",
+                    "`model` must be a non-empty string of at most 256 characters without control characters.",
                     "invalid_request_body",
                     "model",
                 ))
             }
         };
-        let messages = match body.get("messages") {
-            Some(Value::Array(m)) if !m.is_empty() => m,
-            _ => {
-                return Err(bad(
-                    "`messages` must be a non-empty array.",
-                    "invalid_messages",
-                    "messages",
-                ))
-            }
-        };
+        if body
+            .get("messages")
+            .and_then(Value::as_array)
+            .is_none_or(Vec::is_empty)
+        {
+            return Err(bad(
+                "`messages` must be a non-empty array.",
+                "invalid_messages",
+                "messages",
+            ));
+        }
         let stream = match body.get("stream") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
@@ -98,8 +150,9 @@ impl ChatRequest {
             }
         };
         let max_tokens = max_tokens(&body)?;
-        let prompt_estimate = estimate(messages);
+        let prompt_estimate = estimate(&body);
         let tag = tag(&body, headers)?;
+        let needs = needs(&body);
         Ok(ChatRequest {
             body,
             model,
@@ -108,24 +161,23 @@ impl ChatRequest {
             max_tokens,
             prompt_estimate,
             tag,
+            needs,
         })
     }
 
-    /// Every string inside `messages` (contents, parts, tool arguments,
-    /// names), for the privacy detectors.
-    #[must_use]
-    pub fn texts(&self) -> Vec<&str> {
-        let mut out = Vec::new();
-        if let Some(m) = self.body.get("messages") {
-            collect_strings(m, &mut out);
+    /// Applies the tenant's policy to what is forwarded: `store: true`
+    /// only where the policy allows it.
+    pub fn apply_policy(&mut self, allow_store: bool) {
+        if !allow_store {
+            self.body.remove("store");
         }
-        out
     }
 
     /// The body to send upstream: the client's, with `model` set to the
     /// upstream's name and, for streams, usage requested (the gateway needs
     /// token counts; the proxy strips the usage chunk again if the client
-    /// did not ask for it).
+    /// did not ask for it). Nothing else is added: the privacy classifier
+    /// saw every other byte of it.
     #[must_use]
     pub fn upstream_body(&mut self, upstream_model: &str) -> Vec<u8> {
         self.body
@@ -166,18 +218,36 @@ fn max_tokens(body: &Map<String, Value>) -> Result<Option<u32>, ApiError> {
     Ok(None)
 }
 
-fn estimate(messages: &[Value]) -> u32 {
-    let mut total: u32 = 0;
-    for m in messages {
-        let mut texts = Vec::new();
-        collect_strings(m, &mut texts);
-        let bytes: usize = texts.iter().map(|t| t.len()).sum();
-        let tokens = u32::try_from(bytes.div_ceil(4)).unwrap_or(u32::MAX);
-        total = total
-            .saturating_add(tokens)
-            .saturating_add(TOKENS_PER_MESSAGE);
+/// A conservative prompt size: it decides whether a prompt fits a
+/// backend's context, so it must not undercount scripts and code that
+/// tokenize densely. ASCII letters, digits and spaces count four to a
+/// token, ASCII punctuation two, and every byte of a non-ASCII character
+/// one (byte-level BPE never needs more tokens than bytes). Tools and
+/// schemas are prompt text too, so every string of the body counts, plus
+/// framing per message.
+fn estimate(body: &Map<String, Value>) -> u32 {
+    let mut texts = Vec::new();
+    body.values().for_each(|v| collect_strings(v, &mut texts));
+    let (mut words, mut punct, mut other) = (0usize, 0usize, 0usize);
+    for text in texts {
+        for b in text.bytes() {
+            match b {
+                b if b.is_ascii_alphanumeric() || b.is_ascii_whitespace() => words += 1,
+                b if b.is_ascii() => punct += 1,
+                _ => other += 1,
+            }
+        }
     }
-    total
+    let tokens = words.div_ceil(4) + punct.div_ceil(2) + other;
+    let messages = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    u32::try_from(tokens).unwrap_or(u32::MAX).saturating_add(
+        u32::try_from(messages)
+            .unwrap_or(u32::MAX)
+            .saturating_mul(TOKENS_PER_MESSAGE),
+    )
 }
 
 fn collect_strings<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
@@ -186,6 +256,26 @@ fn collect_strings<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
         Value::Array(items) => items.iter().for_each(|i| collect_strings(i, out)),
         Value::Object(map) => map.values().for_each(|i| collect_strings(i, out)),
         _ => {}
+    }
+}
+
+/// Tools (or legacy functions) that the model may call, unless the caller
+/// switched calling off; a JSON response format.
+fn needs(body: &Map<String, Value>) -> Capabilities {
+    let offered = |list: &str, choice: &str| {
+        body.get(list)
+            .and_then(Value::as_array)
+            .is_some_and(|l| !l.is_empty())
+            && body.get(choice).and_then(Value::as_str) != Some("none")
+    };
+    let json = body
+        .get("response_format")
+        .and_then(|f| f.get("type"))
+        .and_then(Value::as_str)
+        .is_some_and(|t| t == "json_object" || t == "json_schema");
+    Capabilities {
+        tools: offered("tools", "tool_choice") || offered("functions", "function_call"),
+        json_schema: json,
     }
 }
 
@@ -255,12 +345,89 @@ mod tests {
                 r#"{"model":"m","messages":[{}],"metadata":{"privacy_class":"secret"}}"#,
                 "invalid_privacy_class",
             ),
+            (
+                r#"{"model":"a\u0000b","messages":[{}]}"#,
+                "invalid_request_body",
+            ),
+            (
+                r#"{"model":"a\nb","messages":[{}]}"#,
+                "invalid_request_body",
+            ),
+            (r#"{"model":7,"messages":[{}]}"#, "invalid_request_body"),
         ];
         for (body, code) in cases {
             let err = parse(body).unwrap_err();
             assert_eq!(err.code(), code, "{body}");
             assert_eq!(err.status().as_u16(), 400);
         }
+    }
+
+    #[test]
+    fn needs_follow_tools_and_response_format() {
+        let cases = [
+            (r"{}", false, false),
+            (r#"{"tools":[{"type":"function"}]}"#, true, false),
+            (
+                r#"{"tools":[{"type":"function"}],"tool_choice":"none"}"#,
+                false,
+                false,
+            ),
+            (r#"{"tools":[]}"#, false, false),
+            (r#"{"functions":[{"name":"f"}]}"#, true, false),
+            (r#"{"response_format":{"type":"json_object"}}"#, false, true),
+            (
+                r#"{"response_format":{"type":"json_schema","json_schema":{}}}"#,
+                false,
+                true,
+            ),
+            (r#"{"response_format":{"type":"text"}}"#, false, false),
+        ];
+        for (extra, tools, json) in cases {
+            let mut body: Map<String, Value> = serde_json::from_str(extra).unwrap();
+            body.insert("model".into(), "m".into());
+            body.insert("messages".into(), serde_json::json!([{"content": "x"}]));
+            let req = parse(&Value::Object(body).to_string()).unwrap();
+            assert_eq!(
+                (req.needs.tools, req.needs.json_schema),
+                (tools, json),
+                "{extra}"
+            );
+        }
+    }
+
+    #[test]
+    fn model_length_is_capped() {
+        let ok = format!(
+            r#"{{"model":"{}","messages":[{{}}]}}"#,
+            "m".repeat(MAX_MODEL_CHARS)
+        );
+        assert!(parse(&ok).is_ok());
+        let long = format!(
+            r#"{{"model":"{}","messages":[{{}}]}}"#,
+            "m".repeat(MAX_MODEL_CHARS + 1)
+        );
+        assert_eq!(parse(&long).unwrap_err().code(), "invalid_request_body");
+    }
+
+    #[test]
+    fn routing_fields_and_store_are_never_forwarded() {
+        let mut req = parse(
+            r#"{"model":"m","messages":[{"content":"hi"}],"api_base":"http://169.254.169.254",
+                "Base_URL":"http://evil","api_key":"sk-x","api_version":"1","extra_headers":{"a":"b"},
+                "organization":"o","aws_secret_access_key":"k","vertex_credentials":"c",
+                "litellm_params":{},"custom_llm_provider":"openai","store":true,"user":"u"}"#,
+        )
+        .unwrap();
+        req.apply_policy(false);
+        let sent: Map<String, Value> = serde_json::from_slice(&req.upstream_body("up")).unwrap();
+        let mut keys: Vec<&str> = sent.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["messages", "model", "user"]);
+
+        let mut req = parse(r#"{"model":"m","messages":[{}],"store":true}"#).unwrap();
+        req.apply_policy(true);
+        let sent: Value = serde_json::from_slice(&req.upstream_body("up")).unwrap();
+        assert_eq!(sent["store"], true);
     }
 
     #[test]
@@ -288,6 +455,25 @@ mod tests {
         let req = ChatRequest::parse(br#"{"model":"m","messages":[{"content":"abcdefgh"}]}"#, &h)
             .unwrap();
         assert_eq!(req.tag, Some(Class::Internal));
-        assert_eq!(req.prompt_estimate, 2 + TOKENS_PER_MESSAGE);
+        // "m" and "abcdefgh": 9 letters, three tokens.
+        assert_eq!(req.prompt_estimate, 3 + TOKENS_PER_MESSAGE);
+    }
+
+    #[test]
+    fn the_estimate_never_undercounts_dense_scripts() {
+        // Each of these characters is three UTF-8 bytes and counts three
+        // tokens: at least what any byte-level tokenizer needs.
+        let cjk = "\u{6f22}".repeat(100);
+        let req = parse(&format!(
+            r#"{{"model":"m","messages":[{{"content":"{cjk}"}}]}}"#
+        ))
+        .unwrap();
+        assert!(req.prompt_estimate >= 300, "{}", req.prompt_estimate);
+        let code = "{}();".repeat(40);
+        let req = parse(&format!(
+            r#"{{"model":"m","messages":[{{"content":"{code}"}}]}}"#
+        ))
+        .unwrap();
+        assert!(req.prompt_estimate >= 100, "{}", req.prompt_estimate);
     }
 }

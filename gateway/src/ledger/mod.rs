@@ -4,8 +4,16 @@
 //!
 //! Why a queue: a request's answer must not wait on a database write, and
 //! one writer batching rows costs the store far less than one insert per
-//! handler. Why bounded, and awaited: a full queue slows handlers down
-//! instead of losing rows ("every admitted request leaves exactly one row").
+//! handler. Handlers never wait on it: a row that finds the queue full is
+//! handed to a tracked task that waits for room, so no row is lost. What
+//! bounds memory is admission: past `ledger_queue` rows (or
+//! `ledger_queue_bytes` bytes) not yet stored, new requests are refused
+//! with 503 before they are admitted (see `http::chat`).
+//!
+//! A row that cannot be stored is retried only while the store is
+//! unreachable. Any other failure (a value the database refuses) is not
+//! retried: the row is stored once more with its free-form fields replaced
+//! ([`LedgerEntry::minimal`]), so its status, timing and spend survive.
 //!
 //! Rows come from [`Record`], a guard each admitted request owns; its `Drop`
 //! sends the row exactly once, whether the request finished, failed, or was
@@ -26,7 +34,7 @@ use tokio_util::task::TaskTracker;
 
 pub use record::{Pricing, Record, RecordInit};
 
-use crate::store::{LedgerEntry, Store};
+use crate::store::{LedgerEntry, Store, StoreError};
 
 /// Attempts per row before it is given up (and logged with its id).
 const MAX_ATTEMPTS: u32 = 5;
@@ -47,6 +55,8 @@ struct Inner {
     /// in-flight [`Record`] is gone.
     tx: Mutex<Option<mpsc::Sender<LedgerEntry>>>,
     enqueued: AtomicU64,
+    /// Approximate bytes of rows queued and not yet stored.
+    queued_bytes: Arc<AtomicU64>,
     written: watch::Receiver<u64>,
     /// Sends that found the queue full run here, so they can be awaited at
     /// shutdown.
@@ -65,6 +75,10 @@ impl Sink {
     /// task that waits for room. Never drops the row while the writer runs.
     pub(crate) fn send(&self, entry: LedgerEntry) {
         self.ledger.inner.enqueued.fetch_add(1, Ordering::AcqRel);
+        self.ledger
+            .inner
+            .queued_bytes
+            .fetch_add(entry.approx_bytes() as u64, Ordering::AcqRel);
         match self.tx.try_send(entry) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(entry)) => {
@@ -88,11 +102,19 @@ impl Ledger {
     pub fn start(store: Store, capacity: usize, batch: usize, tracker: &TaskTracker) -> Ledger {
         let (tx, rx) = mpsc::channel(capacity);
         let (written_tx, written) = watch::channel(0);
-        tracker.spawn(writer(store, rx, batch, written_tx));
+        let queued_bytes = Arc::new(AtomicU64::new(0));
+        tracker.spawn(writer(
+            store,
+            rx,
+            batch,
+            written_tx,
+            Arc::clone(&queued_bytes),
+        ));
         Ledger {
             inner: Arc::new(Inner {
                 tx: Mutex::new(Some(tx)),
                 enqueued: AtomicU64::new(0),
+                queued_bytes,
                 written,
                 tracker: tracker.clone(),
             }),
@@ -130,6 +152,12 @@ impl Ledger {
         self.enqueued().saturating_sub(*self.inner.written.borrow())
     }
 
+    /// Approximate bytes of rows queued but not yet stored.
+    #[must_use]
+    pub fn queued_bytes(&self) -> u64 {
+        self.inner.queued_bytes.load(Ordering::Acquire)
+    }
+
     /// Waits until every row queued before the call is stored.
     pub async fn flush(&self) {
         let target = self.enqueued();
@@ -152,6 +180,7 @@ async fn writer(
     mut rx: mpsc::Receiver<LedgerEntry>,
     batch: usize,
     written: watch::Sender<u64>,
+    queued_bytes: Arc<AtomicU64>,
 ) {
     let mut buf = Vec::with_capacity(batch);
     while rx.recv_many(&mut buf, batch).await > 0 {
@@ -167,6 +196,8 @@ async fn writer(
             }
         }
         let mut spend: HashMap<String, f64> = HashMap::new();
+        let bytes: usize = buf.iter().map(LedgerEntry::approx_bytes).sum();
+        buf.iter_mut().for_each(LedgerEntry::scrub_nul);
         for entry in &buf {
             if let Some(usd) = entry.usd.filter(|u| *u > 0.0) {
                 *spend.entry(entry.key_id.clone()).or_default() += usd;
@@ -180,35 +211,52 @@ async fn writer(
         }
         let n = buf.len() as u64;
         buf.clear();
+        queued_bytes.fetch_sub(bytes as u64, Ordering::AcqRel);
         written.send_modify(|w| *w += n);
         metrics::counter!("gateway_ledger_rows_total").increment(n);
     }
 }
 
 /// Stores a batch in one transaction; if that fails (a duplicate id left by
-/// an earlier timed-out attempt, a database blip), row by row with retries,
-/// so one bad row cannot take the others down with it.
+/// an earlier timed-out attempt, a database blip, one row the database
+/// refuses), row by row, so one bad row cannot take the others down with
+/// it.
 async fn store_rows(store: &Store, rows: &[LedgerEntry]) {
     let Err(e) = store.insert_ledger_batch(rows).await else {
         return;
     };
     tracing::warn!(error = %e, rows = rows.len(), "ledger batch failed; storing rows one by one");
     for entry in rows {
-        let mut attempt = 1;
-        loop {
-            match store.insert_ledger(entry).await {
-                // A retry after a timeout may find the first insert landed.
-                Ok(()) | Err(crate::store::StoreError::Conflict(_)) => break,
-                Err(e) if attempt < MAX_ATTEMPTS => {
-                    tracing::warn!(error = %e, id = %entry.id, attempt, "ledger insert failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-                    attempt += 1;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, id = %entry.id, "ledger insert failed; row given up");
+        store_row(store, entry).await;
+    }
+}
+
+/// One row: retried with backoff while the store is unreachable; on any
+/// other failure stored once more in its minimal form, then given up.
+async fn store_row(store: &Store, entry: &LedgerEntry) {
+    let mut attempt = 1;
+    loop {
+        match store.insert_ledger(entry).await {
+            // A retry after a timeout may find the first insert landed.
+            Ok(()) | Err(StoreError::Conflict(_)) => return,
+            Err(e @ StoreError::Unavailable(_)) if attempt < MAX_ATTEMPTS => {
+                tracing::warn!(error = %e, id = %entry.id, attempt, "ledger insert failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                attempt += 1;
+            }
+            Err(e @ StoreError::Unavailable(_)) => {
+                tracing::error!(error = %e, id = %entry.id, "ledger insert failed; row given up");
+                metrics::counter!("gateway_ledger_write_failures_total").increment(1);
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, id = %entry.id, "ledger row refused; storing it without its free-form fields");
+                metrics::counter!("gateway_ledger_rows_scrubbed_total").increment(1);
+                if let Err(e) = store.insert_ledger(&entry.minimal()).await {
+                    tracing::error!(error = %e, id = %entry.id, "ledger row given up");
                     metrics::counter!("gateway_ledger_write_failures_total").increment(1);
-                    break;
                 }
+                return;
             }
         }
     }

@@ -4,14 +4,23 @@
 //! [`LiveView`] is a trait so a Redis-backed view can share this state
 //! between gateway replicas later; [`InProcessLive`] keeps it in this
 //! process. The [`poller`] fills it from each edge worker's
-//! `/v1/worker/load`; request handlers add passive evidence (a connection
-//! refused counts like a failed poll) and their in-flight counts.
+//! `/v1/worker/load`; request handlers add passive evidence (a refused
+//! connection, a timeout, a 5xx or a broken stream counts like a failed
+//! poll; an answer counts as a success) and their in-flight counts.
+//!
+//! Recovery: after `unhealthy_after` consecutive failures a backend rests
+//! for a cool-down that doubles with each further failure (up to 32 times
+//! the base). When it is over, the backend is *half-open*: one caller
+//! claims the trial ([`LiveView::claim_trial`]) and the rest keep waiting;
+//! a success closes the circuit, a failure starts a longer rest. Cloud
+//! backends, which are not polled, recover this way too.
 
 pub mod poller;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -24,6 +33,17 @@ pub struct BackendLive {
     pub failures: u32,
     /// The latest successful load report (edge workers only).
     pub load: Option<WorkerLoad>,
+    /// While unhealthy: when the next trial may be made.
+    pub retry_at: Option<Instant>,
+}
+
+impl BackendLive {
+    /// Whether routing may consider the backend: fewer than
+    /// `unhealthy_after` failures, or its rest is over (half-open).
+    #[must_use]
+    pub fn usable(&self, unhealthy_after: u32, now: Instant) -> bool {
+        self.failures < unhealthy_after || self.retry_at.is_some_and(|t| t <= now)
+    }
 }
 
 /// Shared live state of all backends, keyed by backend id.
@@ -33,8 +53,15 @@ pub trait LiveView: Send + Sync {
     fn get(&self, backend_id: &str) -> BackendLive;
     /// A successful poll: resets failures and stores the report.
     fn report(&self, backend_id: &str, load: WorkerLoad);
-    /// A failed poll or connection.
+    /// A failed poll or attempt.
     fn failure(&self, backend_id: &str);
+    /// A successful attempt: closes the circuit, keeps the load report.
+    fn success(&self, backend_id: &str);
+    /// Before sending to a backend: `true` if it is healthy, or if it is
+    /// half-open and this caller won the one trial (the next trial is then
+    /// pushed a cool-down ahead); `false` if another caller has the trial
+    /// or the rest is not over.
+    fn claim_trial(&self, backend_id: &str) -> bool;
     /// Requests this gateway has in flight to the backend.
     fn in_flight(&self, backend_id: &str) -> u32;
     /// Counts one request in flight until the returned guard drops.
@@ -55,27 +82,34 @@ impl Drop for InFlight {
     }
 }
 
+/// Longest rest, as a multiple of the base cool-down (2^5).
+const MAX_BACKOFF_DOUBLINGS: u32 = 5;
+
 /// The single-gateway [`LiveView`].
 pub struct InProcessLive {
     states: RwLock<HashMap<String, BackendLive>>,
     counters: RwLock<HashMap<String, Arc<AtomicU32>>>,
     version: watch::Sender<u64>,
+    unhealthy_after: u32,
+    cooldown: Duration,
 }
 
-impl Default for InProcessLive {
-    fn default() -> Self {
+impl InProcessLive {
+    /// A view in which `unhealthy_after` consecutive failures open a
+    /// backend's circuit for `cooldown` (doubling on each further failure).
+    #[must_use]
+    pub fn new(unhealthy_after: u32, cooldown: Duration) -> Self {
         InProcessLive {
             states: RwLock::default(),
             counters: RwLock::default(),
             version: watch::Sender::new(0),
+            unhealthy_after: unhealthy_after.max(1),
+            cooldown,
         }
     }
-}
 
-impl InProcessLive {
-    #[must_use]
-    pub fn new() -> Self {
-        Self::default()
+    fn changed(&self) {
+        self.version.send_modify(|v| *v += 1);
     }
 
     fn counter(&self, backend_id: &str) -> Arc<AtomicU32> {
@@ -111,17 +145,54 @@ impl LiveView for InProcessLive {
             BackendLive {
                 failures: 0,
                 load: Some(load),
+                retry_at: None,
             },
         );
-        self.version.send_modify(|v| *v += 1);
+        self.changed();
     }
 
     fn failure(&self, backend_id: &str) {
         let mut map = write(&self.states);
         let state = map.entry(backend_id.to_owned()).or_default();
         state.failures = state.failures.saturating_add(1);
+        if state.failures >= self.unhealthy_after {
+            let doublings = (state.failures - self.unhealthy_after).min(MAX_BACKOFF_DOUBLINGS);
+            state.retry_at = Some(Instant::now() + self.cooldown * (1 << doublings));
+        }
         drop(map);
-        self.version.send_modify(|v| *v += 1);
+        self.changed();
+    }
+
+    fn success(&self, backend_id: &str) {
+        let mut map = write(&self.states);
+        let Some(state) = map.get_mut(backend_id) else {
+            return;
+        };
+        if state.failures == 0 {
+            return;
+        }
+        state.failures = 0;
+        state.retry_at = None;
+        drop(map);
+        self.changed();
+    }
+
+    fn claim_trial(&self, backend_id: &str) -> bool {
+        let mut map = write(&self.states);
+        let Some(state) = map.get_mut(backend_id) else {
+            return true;
+        };
+        if state.failures < self.unhealthy_after {
+            return true;
+        }
+        let now = Instant::now();
+        match state.retry_at {
+            Some(at) if at <= now => {
+                state.retry_at = Some(now + self.cooldown);
+                true
+            }
+            _ => false,
+        }
     }
 
     fn in_flight(&self, backend_id: &str) -> u32 {
@@ -146,8 +217,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_open_circuit_rests_then_allows_one_trial() {
+        let cooldown = Duration::from_millis(40);
+        let live = InProcessLive::new(2, cooldown);
+        assert!(live.claim_trial("cloud"));
+        live.failure("cloud");
+        assert!(live.get("cloud").usable(2, Instant::now()));
+        live.failure("cloud");
+        let state = live.get("cloud");
+        assert!(!state.usable(2, Instant::now()));
+        assert!(!live.claim_trial("cloud"));
+        std::thread::sleep(cooldown);
+        assert!(live.get("cloud").usable(2, Instant::now()));
+        // One caller wins the trial; the next waits another cool-down.
+        assert!(live.claim_trial("cloud"));
+        assert!(!live.claim_trial("cloud"));
+        // The trial fails: the rest doubles.
+        live.failure("cloud");
+        let rest = live.get("cloud").retry_at.unwrap() - Instant::now();
+        assert!(rest > cooldown, "{rest:?}");
+        // A success closes the circuit.
+        live.success("cloud");
+        assert_eq!(live.get("cloud").failures, 0);
+        assert!(live.claim_trial("cloud"));
+    }
+
+    #[test]
     fn failures_count_until_a_report_and_in_flight_follows_guards() {
-        let live = InProcessLive::new();
+        let live = InProcessLive::new(2, Duration::from_secs(5));
         assert_eq!(live.get("a"), BackendLive::default());
         live.failure("a");
         live.failure("a");

@@ -15,14 +15,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::LiveView;
 use crate::catalog::Catalog;
-use crate::routing::{Backend, BackendKind, WorkerLoad};
-use crate::upstream::api_base;
+use crate::routing::{Backend, BackendKind};
+use crate::upstream::Upstreams;
 
 /// What the poller needs.
 pub struct Poller {
     pub catalog: Catalog,
     pub live: Arc<dyn LiveView>,
-    pub client: reqwest::Client,
+    pub upstreams: Upstreams,
     pub interval: Duration,
     pub timeout: Duration,
 }
@@ -58,15 +58,7 @@ impl Poller {
     }
 
     async fn poll(&self, backend: &Backend) {
-        let url = format!("{}/worker/load", api_base(&backend.base_url));
-        let fetched = async {
-            let response = self.client.get(url).send().await.ok()?;
-            if !response.status().is_success() {
-                return None;
-            }
-            response.json::<WorkerLoad>().await.ok()
-        };
-        if let Ok(Some(load)) = tokio::time::timeout(self.timeout, fetched).await {
+        if let Some(load) = self.upstreams.load_report(backend, self.timeout).await {
             metrics::gauge!("gateway_backend_up", "backend" => backend.name.clone()).set(1.0);
             self.live.report(&backend.id, load);
         } else {

@@ -14,15 +14,23 @@
 //! those rows into precompiled regexes once, so classifying a request costs one
 //! `RegexSet` scan per text field plus validation of the few hits.
 //!
+//! Every text is normalised before the detectors see it ([`normalize`]),
+//! and [`request_texts`] says which texts of a request there are: all of
+//! them, keys included, since all of them reach the upstream.
+//!
 //! Only detector *names* leave this module. The matched text is never
 //! returned, so it cannot end up in the ledger, logs or metrics.
 
 mod builtin;
+mod extract;
+mod normalize;
 mod rules;
 
 use serde::{Deserialize, Serialize};
 
 pub use builtin::BUILTIN_NAMES;
+pub use extract::request_texts;
+pub use normalize::normalize;
 pub use rules::{PrivacyRule, RuleError, RuleSet, RuleSpec};
 
 /// Sensitivity of a request, ordered from least to most restricted.
@@ -86,13 +94,13 @@ pub struct Classification {
     pub fired: Vec<String>,
 }
 
-/// Classifies a request from its text fields (message contents, tool
-/// arguments, ...).
+/// Classifies a request from its texts (see [`request_texts`]), each
+/// normalised before scanning.
 ///
 /// `key_default` is the floor; `explicit` is the caller's tag, which can only
 /// raise the class.
-pub fn classify<'a>(
-    texts: impl IntoIterator<Item = &'a str>,
+pub fn classify<T: AsRef<str>>(
+    texts: impl IntoIterator<Item = T>,
     key_default: Class,
     explicit: Option<Class>,
     rules: &RuleSet,
@@ -100,7 +108,8 @@ pub fn classify<'a>(
     let mut class = key_default.max(explicit.unwrap_or(Class::Public));
     let mut fired: Vec<String> = Vec::new();
     for text in texts {
-        for (name, raised_to) in rules.scan(text) {
+        let text = normalize(text.as_ref());
+        for (name, raised_to) in rules.scan(&text) {
             class = class.max(raised_to);
             fired.push(name.to_owned());
         }
@@ -150,7 +159,12 @@ mod tests {
                 Some(Class::Confidential),
                 Class::Confidential,
             ),
-            ("mail bob@example.com", Class::Public, None, Class::Internal),
+            (
+                "mail bob@example.com",
+                Class::Public,
+                None,
+                Class::Confidential,
+            ),
             (
                 "mail bob@example.com",
                 Class::Confidential,
@@ -188,7 +202,7 @@ mod tests {
         let rules = defaults();
         let prose = "The quarterly report is due on 2024-03-15. Version 1.2.3.4.5 of the \
                      tool fixed 12 bugs; see section 4.2 and call std::fmt::Display at 10:30:00. \
-                     Order number 1234567890123456 was shipped.";
+                     Order number 1234567 was shipped to room 101.";
         let got = classify([prose], Class::Public, None, &rules);
         assert_eq!(got.fired, Vec::<String>::new());
         assert_eq!(got.class, Class::Public);

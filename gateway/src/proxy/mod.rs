@@ -3,32 +3,55 @@
 //!
 //! Failover happens only while nothing has reached the client: on a
 //! connection error, a timeout before the answer (or, for streams, before
-//! its first event), a 5xx or a 429. A non-streaming answer is buffered
-//! whole before the client sees anything, so a body that breaks off fails
-//! over too. Once a stream's first event is relayed, an upstream failure
-//! ends the stream with an SSE error event instead (see [`stream`]).
+//! its first token), an error event before the first token, a 5xx, a 429,
+//! or an answer about the gateway's own configuration (401, 403, 404: a
+//! bad key or model mapping for that backend). An upstream's
+//! `context_length_exceeded` moves on to candidates with a larger context
+//! only. A non-streaming answer is buffered whole before the client sees
+//! anything, so a body that breaks off fails over too. Once a stream's
+//! first token is relayed, an upstream failure ends the stream with an SSE
+//! error event instead (see [`stream`]).
+//!
+//! A non-streaming request to an edge worker gets a deadline from its
+//! prediction: the worker sends headers only with the whole answer, so the
+//! plain first-byte timeout would abandon (and redo elsewhere) long answers
+//! the worker is still producing.
+//!
+//! An upstream's error text is never shown as is: a 401 or 403 (whose text
+//! can quote a key) becomes the gateway's own 502, and a 400-class answer
+//! about the request is passed on with its code and a message only when
+//! that message is short and holds nothing key-like.
 //!
 //! A confidential request is never sent to a cloud-zone backend: routing
 //! already leaves those out, and [`execute`] checks again right before
 //! sending, so a future routing bug cannot break the invariant.
 
+mod sse;
 mod stream;
+
+use std::sync::LazyLock;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Deserialize;
+use wire::ErrorBody;
 
 use crate::catalog::Snapshot;
 use crate::http::request::ChatRequest;
 use crate::http::{with_gateway_headers, ApiError, RouteHeaders};
 use crate::ledger::{Pricing, Record};
-use crate::privacy::Class;
-use crate::routing::{Backend, Decision, Exclusion, NoRoute, NoRouteCode, Scored, Zone};
+use crate::privacy::{classify, Class, RuleSet};
+use crate::routing::{
+    Backend, BackendKind, Decision, Exclusion, NoRoute, NoRouteCode, Scored, Zone,
+};
 use crate::state::AppState;
 use crate::store::LedgerStatus;
-use crate::upstream::AttemptError;
+use crate::upstream::{AttemptError, Upstreams};
+
+pub use sse::{EventTooLarge, SseReader};
 
 /// Usage as upstreams report it; `energy_joules` is the edge worker's
 /// extension.
@@ -48,6 +71,9 @@ struct WithUsage {
     usage: Option<Usage>,
 }
 
+/// Longest upstream error message passed on to the client.
+const MAX_UPSTREAM_MESSAGE: usize = 512;
+
 /// Runs the request on the decision's candidates and returns the answer.
 pub async fn execute(
     app: &AppState,
@@ -55,10 +81,13 @@ pub async fn execute(
     decision: &Decision,
     snapshot: &Snapshot,
     mut record: Record,
-    request_id: &str,
 ) -> Response {
     record.set_decision(decision);
     let class = decision.class;
+    // After an upstream said the prompt does not fit, only larger contexts
+    // are worth trying.
+    let mut context_floor: Option<u32> = None;
+    let mut last_error: Option<AttemptError> = None;
     for (i, cand) in decision.candidates().enumerate() {
         let Some(backend) = snapshot.backends.iter().find(|b| b.id == cand.backend_id) else {
             continue;
@@ -66,6 +95,14 @@ pub async fn execute(
         if backend.zone == Zone::Cloud && class >= Class::Confidential {
             tracing::error!(backend = %backend.name, "refused to send a confidential request to the cloud");
             metrics::counter!("gateway_privacy_blocks_total").increment(1);
+            continue;
+        }
+        let context = context_length(app, backend);
+        if context_floor.is_some_and(|floor| context <= floor) {
+            continue;
+        }
+        if !app.live.claim_trial(&backend.id) {
+            // Another request holds this backend's recovery trial.
             continue;
         }
         let reason = if i == 0 {
@@ -83,43 +120,50 @@ pub async fn execute(
         };
         let in_flight = app.live.begin(&backend.id);
         let body = req.upstream_body(&cand.upstream_model);
-        let sent = app.upstreams.send_chat(backend, body, request_id).await;
+        let first_byte = first_byte_deadline(&app.upstreams, &req, backend, cand, context);
+        // Upstreams see the gateway's own id (the ledger row's), never the
+        // client's, so no client header leaves and logs still correlate.
+        let request_id = record.id().to_owned();
+        let sent = app
+            .upstreams
+            .send_chat(backend, body, &request_id, first_byte)
+            .await;
         let outcome = match sent {
             Ok(resp) if req.stream => {
-                stream::start(app, resp, record, in_flight, req.include_usage)
+                let attempt = stream::StreamAttempt {
+                    upstreams: &app.upstreams,
+                    first_token: first_byte,
+                    include_usage: req.include_usage,
+                    shutdown: app.streams_end.clone(),
+                };
+                stream::start(attempt, resp, record, in_flight)
                     .await
                     .map(|r| with_gateway_headers(r, &route))
             }
-            Ok(resp) => json_answer(app, resp, record)
+            Ok(resp) => json_answer(&app.upstreams, resp, record)
                 .await
                 .map(|r| with_gateway_headers(r, &route)),
             Err(e) => Err((e, record)),
         };
         match outcome {
-            Ok(response) => return response,
+            Ok(response) => {
+                app.live.success(&backend.id);
+                return response;
+            }
             Err((e, rec)) => {
                 record = rec;
                 note_failure(app, backend, cand, &e);
                 if !e.retryable() {
                     return pass_through(e, record, &route);
                 }
+                if matches!(e, AttemptError::ContextLength) {
+                    context_floor = Some(context_floor.map_or(context, |f| f.max(context)));
+                }
+                last_error = Some(e);
             }
         }
     }
-    let err = if decision
-        .excluded
-        .iter()
-        .any(|e| e.why == Exclusion::PrivacyZone)
-    {
-        // Every on-premises candidate failed and the cloud may not be used:
-        // to the client this is the same as no private route at all.
-        ApiError::NoRoute(NoRoute {
-            code: NoRouteCode::PrivacyRouteUnavailable,
-            excluded: decision.excluded.clone(),
-        })
-    } else {
-        ApiError::Upstream
-    };
+    let err = no_answer(decision, last_error.as_ref());
     let route = RouteHeaders {
         class: Some(class),
         ledger_id: Some(record.id().to_owned()),
@@ -127,6 +171,66 @@ pub async fn execute(
     };
     record.finish(LedgerStatus::Error, err.status().as_u16(), Some(err.code()));
     with_gateway_headers(err.into_response(), &route)
+}
+
+/// The client's error when no candidate answered.
+fn no_answer(decision: &Decision, last_error: Option<&AttemptError>) -> ApiError {
+    let no_route = |code| {
+        ApiError::NoRoute(NoRoute {
+            code,
+            excluded: decision.excluded.clone(),
+        })
+    };
+    if matches!(last_error, Some(AttemptError::ContextLength)) {
+        return no_route(NoRouteCode::ContextLengthExceeded);
+    }
+    if decision
+        .excluded
+        .iter()
+        .any(|e| e.why == Exclusion::PrivacyZone)
+    {
+        // Every on-premises candidate failed and the cloud may not be used:
+        // to the client this is the same as no private route at all.
+        return no_route(NoRouteCode::PrivacyRouteUnavailable);
+    }
+    ApiError::Upstream
+}
+
+/// The backend's context length: the edge's live report, else its config.
+fn context_length(app: &AppState, backend: &Backend) -> u32 {
+    app.live
+        .get(&backend.id)
+        .load
+        .and_then(|l| l.context_length)
+        .unwrap_or(backend.context_length)
+}
+
+/// How long to wait for the answer to start. Streams and cloud backends
+/// start answering at once, so the configured first-byte timeout applies.
+/// A non-streaming edge request sends its headers only when the whole
+/// answer is done: it gets the time its prediction says it needs for the
+/// most it may generate, twice over, on top of that timeout (bounded by
+/// the total timeout).
+fn first_byte_deadline(
+    upstreams: &Upstreams,
+    req: &ChatRequest,
+    backend: &Backend,
+    cand: &Scored,
+    context: u32,
+) -> Duration {
+    let base = upstreams.timeouts.first_byte;
+    if req.stream || backend.kind != BackendKind::Edge {
+        return base;
+    }
+    let p = &cand.prediction;
+    let most_output = req
+        .max_tokens
+        .unwrap_or_else(|| context.saturating_sub(req.prompt_estimate));
+    let service_s = f64::from(req.prompt_estimate) / p.prefill_tps.max(1e-3)
+        + f64::from(most_output) / p.decode_tps.max(1e-3)
+        + p.queue_ms / 1000.0;
+    let extra = Duration::try_from_secs_f64(2.0 * service_s).unwrap_or(upstreams.timeouts.total);
+    (base + extra).min(upstreams.timeouts.total)
 }
 
 fn note_failure(app: &AppState, backend: &Backend, cand: &Scored, e: &AttemptError) {
@@ -147,72 +251,108 @@ fn pricing(app: &AppState, b: &Backend) -> Pricing {
         price_out_per_1k: b.price_out_per_1k,
         joules_per_prompt_token: live
             .as_ref()
-            .map_or(b.joules_per_prompt_token, |l| l.joules_per_prompt_token),
+            .and_then(|l| l.joules_per_prompt_token)
+            .unwrap_or(b.joules_per_prompt_token),
         joules_per_output_token: live
             .as_ref()
-            .map_or(b.joules_per_output_token, |l| l.joules_per_output_token),
+            .and_then(|l| l.joules_per_output_token)
+            .unwrap_or(b.joules_per_output_token),
     }
 }
 
-/// The upstream's own 4xx, passed on: it is about the request (e.g. its
-/// context is too long), and another backend would say the same.
+/// The upstream's own answer about the request (400, 413, 415, 422), passed
+/// on with its status and code: another backend would say the same. Its
+/// message is replaced unless it is short and free of key-like text.
 fn pass_through(e: AttemptError, record: Record, route: &RouteHeaders) -> Response {
-    let (status, body) = match e {
-        AttemptError::Status { status, body } if is_openai_error(&body) => (status, body),
-        AttemptError::Status { status, .. } => {
-            let body = crate::http::error_body(
-                "The upstream rejected the request.",
-                "invalid_request_error",
-                None,
-                "upstream_rejected",
-            );
-            (status, Bytes::from(body.to_string()))
-        }
-        _ => return ApiError::Upstream.into_response(),
+    let AttemptError::Status { status, body } = e else {
+        record.finish(LedgerStatus::Error, 502, Some("upstream_error"));
+        return with_gateway_headers(ApiError::Upstream.into_response(), route);
     };
-    let code = serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v["error"]["code"].as_str().map(str::to_owned));
-    record.finish(LedgerStatus::Error, status, code.as_deref());
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
-    let response = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+    let upstream = serde_json::from_slice::<ErrorBody>(&body).ok();
+    let code = upstream
+        .as_ref()
+        .and_then(|b| b.error.code.clone())
+        .filter(|c| c.len() <= 64 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        .unwrap_or_else(|| "upstream_rejected".to_owned());
+    let message = upstream
+        .as_ref()
+        .map(|b| b.error.message.as_str())
+        .filter(|m| safe_to_echo(m))
+        .unwrap_or("The upstream rejected the request.");
+    let param = upstream
+        .as_ref()
+        .and_then(|b| b.error.param.as_deref())
+        .filter(|p| p.len() <= 64 && safe_to_echo(p));
+    let rendered = ErrorBody::new(message, "invalid_request_error", param, &code);
+    record.finish(LedgerStatus::Error, status, Some(&code));
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    let response = (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        rendered.to_json(),
+    )
+        .into_response();
     with_gateway_headers(response, route)
 }
 
-fn is_openai_error(body: &[u8]) -> bool {
-    serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| v["error"].is_object())
+/// Whether upstream text may be shown to the client: short, and neither
+/// mentioning credentials nor holding anything the secret detectors find.
+fn safe_to_echo(text: &str) -> bool {
+    static DETECTORS: LazyLock<Option<RuleSet>> = LazyLock::new(|| RuleSet::compile(&[]).ok());
+    let lower = text.to_ascii_lowercase();
+    text.len() <= MAX_UPSTREAM_MESSAGE
+        && ![
+            "key",
+            "token",
+            "auth",
+            "bearer",
+            "password",
+            "secret",
+            "credential",
+        ]
+        .iter()
+        .any(|w| lower.contains(w))
+        && DETECTORS.as_ref().is_some_and(|rules| {
+            classify([text], Class::Public, None, rules)
+                .fired
+                .is_empty()
+        })
 }
 
 /// Buffers a non-streaming answer (bounded in size and by the idle
 /// timeout), records its usage and returns it unchanged.
 async fn json_answer(
-    app: &AppState,
+    upstreams: &Upstreams,
     mut resp: reqwest::Response,
     mut record: Record,
 ) -> Result<Response, (AttemptError, Record)> {
-    let limits = &app.upstreams;
     let mut buf: Vec<u8> = Vec::new();
     loop {
-        let chunk = match tokio::time::timeout(limits.timeouts.idle, resp.chunk()).await {
+        let chunk = match tokio::time::timeout(upstreams.timeouts.idle, resp.chunk()).await {
             Err(_) => return Err((AttemptError::Timeout, record)),
             Ok(Err(_)) => return Err((AttemptError::Body, record)),
             Ok(Ok(None)) => break,
             Ok(Ok(Some(c))) => c,
         };
-        if buf.len() + chunk.len() > limits.max_body_bytes {
+        if buf.len() + chunk.len() > upstreams.max_body_bytes {
             return Err((AttemptError::Body, record));
         }
         buf.extend_from_slice(&chunk);
     }
+    // A 200 whose body is not a JSON object (cut off, or an HTML page from
+    // a proxy in between) is not an answer.
+    let Ok(answer) = serde_json::from_slice::<WithUsage>(&buf) else {
+        return Err((AttemptError::Body, record));
+    };
     record.first_token();
-    if let Ok(WithUsage { usage: Some(u) }) = serde_json::from_slice::<WithUsage>(&buf) {
+    if let Some(u) = answer.usage {
         record.set_usage(u.prompt_tokens, u.completion_tokens, u.energy_joules);
     }
     record.finish(LedgerStatus::Ok, 200, None);
     Ok((
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
-        Body::from(buf),
+        Body::from(Bytes::from(buf)),
     )
         .into_response())
 }

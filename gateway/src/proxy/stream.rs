@@ -1,19 +1,25 @@
 //! Relaying an upstream SSE stream chunk by chunk.
 //!
-//! The upstream's first event is awaited before the client gets any byte,
-//! so a backend that accepts the connection and then dies still fails over.
-//! After that each event is passed on as it arrives (its `data` text
-//! unchanged), with three exceptions: the usage chunk is withheld when the
-//! client did not ask for it (the gateway always asks, to learn token
-//! counts), an upstream failure becomes an OpenAI-shaped SSE error event
-//! that ends the stream (ledger `partial`), and a stream that ends without
-//! `[DONE]` counts as such a failure.
+//! Nothing reaches the client until the upstream's first *token* (a chunk
+//! with content, a tool call, a finish reason or usage, or `[DONE]`):
+//! events before it (the role-only opening chunk) are held. So a backend
+//! that accepts the connection and then dies, or reports an error before
+//! its first token (an edge worker commits its 200 headers at once), still
+//! fails over. After that each event is passed on as it arrives (its `data`
+//! unchanged, re-framed line by line), with three exceptions: the usage
+//! chunk is withheld when the client did not ask for it (the gateway
+//! always asks, to learn token counts), an upstream failure becomes an
+//! OpenAI-shaped SSE error event that ends the stream (ledger `partial`),
+//! and a stream that ends without `[DONE]` counts as such a failure. When
+//! the gateway shuts down past its grace period, the stream ends with an
+//! error event too (ledger `cancelled`).
 //!
 //! The relay's state owns the ledger [`Record`] and the in-flight guard.
 //! When the client disconnects, hyper drops the body, which drops the
 //! upstream response (cancelling it) and the record (a `cancelled` row with
 //! the tokens relayed so far).
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::time::Duration;
@@ -22,19 +28,23 @@ use axum::body::Body;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use eventsource_stream::{Event, EventStreamError, Eventsource};
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+use wire::ErrorBody;
 
+use super::sse::{frame, SseReader};
 use super::Usage;
-use crate::http::error_body;
 use crate::ledger::Record;
 use crate::live::InFlight;
-use crate::state::AppState;
 use crate::store::LedgerStatus;
-use crate::upstream::AttemptError;
+use crate::upstream::{AttemptError, Upstreams};
 
-type Events = Pin<Box<dyn Stream<Item = Result<Event, EventStreamError<reqwest::Error>>> + Send>>;
+type Chunks = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+
+/// Most events held back before the first token; an upstream that sends
+/// more without a token is relayed anyway.
+const MAX_HELD: usize = 16;
 
 /// The fields of a chunk the relay looks at.
 #[derive(Deserialize)]
@@ -44,19 +54,90 @@ struct Peek {
     #[serde(default)]
     usage: Option<Usage>,
     #[serde(default)]
-    error: Option<serde::de::IgnoredAny>,
+    error: Option<ErrorPeek>,
+}
+
+#[derive(Deserialize)]
+struct ErrorPeek {
+    #[serde(default)]
+    code: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct ChoicePeek {
     #[serde(default)]
     delta: Option<DeltaPeek>,
+    #[serde(default)]
+    finish_reason: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct DeltaPeek {
     #[serde(default)]
     content: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    function_call: Option<serde::de::IgnoredAny>,
+}
+
+impl Peek {
+    fn has_content(&self) -> bool {
+        self.choices.iter().flatten().any(|c| {
+            c.delta
+                .as_ref()
+                .and_then(|d| d.content.as_deref())
+                .is_some_and(|s| !s.is_empty())
+        })
+    }
+
+    /// A token, a tool call, a finish reason or usage: the stream is
+    /// producing an answer.
+    fn is_token(&self) -> bool {
+        self.has_content()
+            || self.usage.is_some()
+            || self.choices.iter().flatten().any(|c| {
+                c.finish_reason.is_some()
+                    || c.delta
+                        .as_ref()
+                        .is_some_and(|d| d.tool_calls.is_some() || d.function_call.is_some())
+            })
+    }
+}
+
+/// Reads upstream chunks into events.
+struct Events {
+    chunks: Chunks,
+    reader: SseReader,
+    ready: VecDeque<String>,
+}
+
+/// Why no next event came.
+enum EventError {
+    Ended,
+    Broke,
+    TooLarge,
+}
+
+impl Events {
+    async fn next(&mut self) -> Result<String, EventError> {
+        loop {
+            if let Some(data) = self.ready.pop_front() {
+                return Ok(data);
+            }
+            let chunk = match self.chunks.next().await {
+                None => return Err(EventError::Ended),
+                Some(Err(_)) => return Err(EventError::Broke),
+                Some(Ok(c)) => c,
+            };
+            let mut out = Vec::new();
+            let pushed = self.reader.push(&chunk, &mut out);
+            self.ready.extend(out);
+            if pushed.is_err() {
+                return Err(EventError::TooLarge);
+            }
+        }
+    }
 }
 
 struct Relay {
@@ -66,31 +147,45 @@ struct Relay {
     _in_flight: InFlight,
     include_usage: bool,
     idle: Duration,
-    /// The first event, read before the response was committed.
-    first: Option<Event>,
+    /// Events read before the response was committed, to relay first.
+    held: VecDeque<String>,
+    /// Fires when shutdown's grace period is over.
+    shutdown: CancellationToken,
 }
 
-/// Waits for the first event; on success returns the streaming response.
+/// What a streamed attempt needs besides the response.
+pub(super) struct StreamAttempt<'a> {
+    pub upstreams: &'a Upstreams,
+    pub first_token: Duration,
+    pub include_usage: bool,
+    pub shutdown: CancellationToken,
+}
+
+/// Waits for the first token; on success returns the streaming response.
 pub(super) async fn start(
-    app: &AppState,
+    attempt: StreamAttempt<'_>,
     resp: reqwest::Response,
     record: Record,
     in_flight: InFlight,
-    include_usage: bool,
 ) -> Result<Response, (AttemptError, Record)> {
-    let mut events: Events = Box::pin(resp.bytes_stream().eventsource());
-    let first = match tokio::time::timeout(app.upstreams.timeouts.first_byte, events.next()).await {
+    let mut events = Events {
+        chunks: Box::pin(resp.bytes_stream()),
+        reader: SseReader::new(attempt.upstreams.max_event_bytes),
+        ready: VecDeque::new(),
+    };
+    let held = match tokio::time::timeout(attempt.first_token, first_token(&mut events)).await {
         Err(_) => return Err((AttemptError::Timeout, record)),
-        Ok(None | Some(Err(_))) => return Err((AttemptError::Body, record)),
-        Ok(Some(Ok(event))) => event,
+        Ok(Err(e)) => return Err((e, record)),
+        Ok(Ok(held)) => held,
     };
     let relay = Relay {
         events,
         record: Some(record),
         _in_flight: in_flight,
-        include_usage,
-        idle: app.upstreams.timeouts.idle,
-        first: Some(first),
+        include_usage: attempt.include_usage,
+        idle: attempt.upstreams.timeouts.idle,
+        held,
+        shutdown: attempt.shutdown,
     };
     let body = futures::stream::unfold(relay, |mut relay| async move {
         let out = relay.next_frame().await?;
@@ -107,21 +202,65 @@ pub(super) async fn start(
         .into_response())
 }
 
+/// Reads events up to and including the first token. An error event or a
+/// broken stream before it is a failed attempt (the next candidate may be
+/// tried); an error that says the context is too small is reported as such.
+async fn first_token(events: &mut Events) -> Result<VecDeque<String>, AttemptError> {
+    let mut held = VecDeque::new();
+    loop {
+        let data = events.next().await.map_err(|_| AttemptError::Failed)?;
+        if data.trim() == "[DONE]" {
+            held.push_back(data);
+            return Ok(held);
+        }
+        match serde_json::from_str::<Peek>(&data) {
+            Ok(Peek { error: Some(e), .. }) => {
+                return Err(match e.code.as_deref() {
+                    Some("context_length_exceeded") => AttemptError::ContextLength,
+                    _ => AttemptError::Failed,
+                })
+            }
+            Ok(peek) if peek.is_token() => {
+                held.push_back(data);
+                return Ok(held);
+            }
+            _ => {}
+        }
+        held.push_back(data);
+        if held.len() >= MAX_HELD {
+            return Ok(held);
+        }
+    }
+}
+
 impl Relay {
     /// The next bytes for the client, or `None` when the stream is over.
     async fn next_frame(&mut self) -> Option<Bytes> {
         loop {
             self.record.as_ref()?;
-            let event = match self.first.take() {
-                Some(e) => e,
-                None => match tokio::time::timeout(self.idle, self.events.next()).await {
+            let data = if let Some(d) = self.held.pop_front() {
+                d
+            } else {
+                let next = tokio::time::timeout(self.idle, self.events.next());
+                let result = tokio::select! {
+                    () = self.shutdown.cancelled() => return Some(self.end_for_shutdown()),
+                    r = next => r,
+                };
+                match result {
                     Err(_) => return Some(self.fail("The upstream stopped sending.")),
-                    Ok(None) => return Some(self.fail("The upstream stream ended early.")),
-                    Ok(Some(Err(_))) => return Some(self.fail("The upstream stream broke.")),
-                    Ok(Some(Ok(e))) => e,
-                },
+                    Ok(Err(EventError::Ended)) => {
+                        return Some(self.fail("The upstream stream ended early."))
+                    }
+                    Ok(Err(EventError::Broke)) => {
+                        return Some(self.fail("The upstream stream broke."))
+                    }
+                    Ok(Err(EventError::TooLarge)) => {
+                        return Some(self.fail("The upstream sent an oversized event."))
+                    }
+                    Ok(Ok(d)) => d,
+                }
             };
-            if let Some(frame) = self.handle(&event.data) {
+            if let Some(frame) = self.handle(&data) {
                 return Some(frame);
             }
         }
@@ -133,41 +272,49 @@ impl Relay {
             self.finish(LedgerStatus::Ok, None);
             return Some(Bytes::from_static(b"data: [DONE]\n\n"));
         }
-        let frame = Bytes::from(format!("data: {data}\n\n"));
+        let framed = Bytes::from(frame(data));
         let Ok(peek) = serde_json::from_str::<Peek>(data) else {
-            return Some(frame);
+            return Some(framed);
         };
         if peek.error.is_some() {
             // The upstream reported its own failure mid-stream: pass it on
             // as the stream's last event.
             self.finish(LedgerStatus::Partial, Some("upstream_error"));
-            return Some(frame);
+            return Some(framed);
         }
-        let choices = peek.choices.unwrap_or_default();
         let record = self.record.as_mut()?;
-        if choices.iter().any(|c| {
-            c.delta
-                .as_ref()
-                .and_then(|d| d.content.as_deref())
-                .is_some_and(|s| !s.is_empty())
-        }) {
+        if peek.has_content() {
             record.content_chunk();
         }
-        if let Some(u) = peek.usage {
+        if let Some(u) = &peek.usage {
             record.set_usage(u.prompt_tokens, u.completion_tokens, u.energy_joules);
-            if choices.is_empty() && !self.include_usage {
+            if peek.choices.as_ref().is_none_or(Vec::is_empty) && !self.include_usage {
                 return None;
             }
         }
-        Some(frame)
+        Some(framed)
     }
 
     /// Ends the stream with an error event; the row says `partial`.
     fn fail(&mut self, message: &str) -> Bytes {
         metrics::counter!("gateway_stream_failures_total").increment(1);
         self.finish(LedgerStatus::Partial, Some("upstream_error"));
-        let body = error_body(message, "upstream_error", None, "upstream_error");
-        Bytes::from(format!("data: {body}\n\n"))
+        Bytes::from(ErrorBody::new(message, "upstream_error", None, "upstream_error").sse_event())
+    }
+
+    /// Ends the stream because the gateway is shutting down; the row says
+    /// `cancelled`.
+    fn end_for_shutdown(&mut self) -> Bytes {
+        self.finish(LedgerStatus::Cancelled, Some("server_shutting_down"));
+        Bytes::from(
+            ErrorBody::new(
+                "The gateway is shutting down; retry the request.",
+                "server_error",
+                None,
+                "server_shutting_down",
+            )
+            .sse_event(),
+        )
     }
 
     fn finish(&mut self, status: LedgerStatus, code: Option<&str>) {

@@ -22,6 +22,6 @@ pub use rank::{
 };
 pub use score::Prediction;
 pub use types::{
-    Alias, AliasTarget, Backend, BackendKind, InvalidPolicy, ModelMapping, Observed, Policy,
-    RequestView, WorkerLoad, Zone,
+    Alias, AliasTarget, Backend, BackendKind, Capabilities, InvalidPolicy, ModelMapping, Observed,
+    Policy, RequestView, WorkerLoad, Zone, ZoneMismatch,
 };

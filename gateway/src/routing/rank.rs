@@ -3,7 +3,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::score::{predict, score, Prediction, Tokens};
-use super::types::{Alias, AliasTarget, BackendKind, Observed, Policy, RequestView, Zone};
+use super::types::{
+    Alias, AliasTarget, BackendKind, Capabilities, Observed, Policy, RequestView, Zone,
+};
 use crate::privacy::Class;
 
 /// Why a backend that serves the model is not a candidate. Checked in this
@@ -23,6 +25,9 @@ pub enum Exclusion {
     ContextTooSmall,
     /// Every running and queue slot is taken (or `max_concurrency` reached).
     Saturated,
+    /// The request needs tools or a JSON response format and the backend
+    /// cannot honour it.
+    Unsupported,
 }
 
 /// A backend that was left out, and why.
@@ -126,6 +131,9 @@ pub enum NoRouteCode {
     ContextLengthExceeded,
     /// Backends exist but none is usable now (down, saturated, disabled): 503.
     NoBackendAvailable,
+    /// Every backend the request may use lacks a feature it needs (tools,
+    /// a JSON response format): 400, never a silent plain-text answer.
+    UnsupportedCapability,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -144,6 +152,7 @@ impl NoRouteCode {
             NoRouteCode::PrivacyRouteUnavailable => "privacy_route_unavailable",
             NoRouteCode::ContextLengthExceeded => "context_length_exceeded",
             NoRouteCode::NoBackendAvailable => "no_backend_available",
+            NoRouteCode::UnsupportedCapability => "unsupported_capability",
         }
     }
 }
@@ -268,6 +277,7 @@ fn exclusion(
             b.zone == Zone::Cloud && !policy.allow_cloud,
             Exclusion::CloudDisallowed,
         ),
+        (!supports(obs, req.needs), Exclusion::Unsupported),
         (!b.enabled, Exclusion::Disabled),
         (!obs.healthy, Exclusion::Unhealthy),
         (obs.load.is_some_and(|l| !l.ready), Exclusion::NotReady),
@@ -281,10 +291,20 @@ fn exclusion(
     checks.into_iter().find_map(|(hit, why)| hit.then_some(why))
 }
 
+/// Whether the backend honours every feature the request needs: an edge
+/// worker as its live report says, other backends as declared.
+fn supports(obs: &Observed<'_>, needs: Capabilities) -> bool {
+    let has = obs
+        .load
+        .map_or(obs.backend.capabilities, |l| l.capabilities);
+    (!needs.tools || has.tools) && (!needs.json_schema || has.json_schema)
+}
+
 fn fits_context(obs: &Observed<'_>, prompt: u32, max_out: u32) -> bool {
     let ctx = obs
         .load
-        .map_or(obs.backend.context_length, |l| l.context_length);
+        .and_then(|l| l.context_length)
+        .unwrap_or(obs.backend.context_length);
     u64::from(prompt) + u64::from(max_out) <= u64::from(ctx)
 }
 
@@ -298,6 +318,15 @@ fn saturated(obs: &Observed<'_>) -> bool {
 fn no_route_code(serving: usize, excluded: &[Excluded], class: Class) -> NoRouteCode {
     if serving == 0 {
         return NoRouteCode::ModelNotFound;
+    }
+    // Among the backends the request may use at all, every one lacks a
+    // feature it needs: that is the request's problem, not the fleet's.
+    let mut allowed = excluded
+        .iter()
+        .filter(|e| !matches!(e.why, Exclusion::PrivacyZone | Exclusion::CloudDisallowed))
+        .peekable();
+    if allowed.peek().is_some() && allowed.all(|e| e.why == Exclusion::Unsupported) {
+        return NoRouteCode::UnsupportedCapability;
     }
     if class >= Class::Confidential {
         return NoRouteCode::PrivacyRouteUnavailable;

@@ -47,8 +47,10 @@ pub(super) fn predict(obs: &Observed<'_>, tokens: Tokens) -> Prediction {
         Some(l) => (
             positive_or(l.prefill_tokens_per_s, b.prefill_tps),
             positive_or(l.decode_tokens_per_s, b.decode_tps),
-            l.joules_per_prompt_token,
-            l.joules_per_output_token,
+            l.joules_per_prompt_token
+                .unwrap_or(b.joules_per_prompt_token),
+            l.joules_per_output_token
+                .unwrap_or(b.joules_per_output_token),
         ),
         None => (
             b.prefill_tps,
@@ -82,11 +84,10 @@ pub(super) fn predict(obs: &Observed<'_>, tokens: Tokens) -> Prediction {
     }
 }
 
-fn positive_or(live: f64, nominal: f64) -> f64 {
-    if live.is_finite() && live > 0.0 {
-        live
-    } else {
-        nominal
+fn positive_or(live: Option<f64>, nominal: f64) -> f64 {
+    match live {
+        Some(rate) if rate.is_finite() && rate > 0.0 => rate,
+        _ => nominal,
     }
 }
 

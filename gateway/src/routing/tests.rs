@@ -28,6 +28,7 @@ fn backend(name: &str, kind: BackendKind) -> Backend {
         max_concurrency: 0,
         context_length: 8192,
         enabled: true,
+        capabilities: Capabilities::default(),
     }
 }
 
@@ -48,6 +49,7 @@ fn request(class: Class) -> RequestView {
         class,
         prompt_tokens: 100,
         max_output_tokens: Some(64),
+        needs: Capabilities::default(),
     }
 }
 
@@ -355,7 +357,7 @@ proptest! {
         let observed: Vec<Observed<'_>> = backends.iter().zip(&states)
             .map(|(b, (healthy, l, in_flight))| Observed { backend: b, healthy: *healthy, load: l.as_ref(), in_flight: *in_flight })
             .collect();
-        let req = RequestView { model: "m".into(), class, prompt_tokens: prompt, max_output_tokens: max_out };
+        let req = RequestView { model: "m".into(), class, prompt_tokens: prompt, max_output_tokens: max_out, needs: Capabilities::default() };
         match rank(&req, &target(), &policy, &observed) {
             Ok(d) if class == Class::Confidential || !policy.allow_cloud => {
                 prop_assert!(d.candidates().all(|c| c.zone == Zone::OnPrem));
@@ -366,4 +368,51 @@ proptest! {
             Ok(_) | Err(_) => {}
         }
     }
+}
+
+#[test]
+fn a_needed_capability_restricts_candidates_and_otherwise_is_a_400() {
+    let edge = backend("edge", BackendKind::Edge);
+    let cloud = backend("cloud", BackendKind::Cloud);
+    let mut with_json = load(0, 0);
+    with_json.capabilities.json_schema = true;
+    let tools = Capabilities {
+        tools: true,
+        json_schema: false,
+    };
+    let json = Capabilities {
+        tools: false,
+        json_schema: true,
+    };
+    let mut cloud_declared = cloud.clone();
+    cloud_declared.capabilities = Capabilities {
+        tools: true,
+        json_schema: true,
+    };
+    let plain = load(0, 0);
+    let observed = [obs(&edge, Some(&plain)), obs(&cloud_declared, None)];
+    // Tools: only the cloud declares them.
+    let req = RequestView {
+        needs: tools,
+        ..request(Class::Public)
+    };
+    let d = rank(&req, &target(), &Policy::default(), &observed).unwrap();
+    assert_eq!(d.chosen.backend, "cloud");
+    assert!(d.fallbacks.is_empty());
+    // A confidential request with tools: the cloud is out for privacy and
+    // the edge for tools, so the answer is a 400, not a 503 or plain text.
+    let req = RequestView {
+        needs: tools,
+        ..request(Class::Confidential)
+    };
+    let e = rank(&req, &target(), &Policy::default(), &observed).unwrap_err();
+    assert_eq!(e.code, NoRouteCode::UnsupportedCapability);
+    // JSON schema: the edge's live report says it can.
+    let observed = [obs(&edge, Some(&with_json)), obs(&cloud, None)];
+    let req = RequestView {
+        needs: json,
+        ..request(Class::Confidential)
+    };
+    let d = rank(&req, &target(), &Policy::default(), &observed).unwrap();
+    assert_eq!(d.chosen.backend, "edge");
 }

@@ -4,6 +4,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::privacy::Class;
 
+pub use wire::Capabilities;
+
 /// What runs behind a backend: our own edge worker or an OpenAI-compatible
 /// cloud API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -77,9 +79,43 @@ pub struct Backend {
     pub max_concurrency: u32,
     pub context_length: u32,
     pub enabled: bool,
+    /// What the backend can honour beyond plain chat, as declared by the
+    /// operator. An edge worker's live report replaces it.
+    #[serde(default)]
+    pub capabilities: Capabilities,
+}
+
+/// Why a backend's zone label cannot be trusted as given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ZoneMismatch {
+    #[error("a cloud-kind backend cannot be in the on-prem zone")]
+    CloudKindOnPrem,
+    #[error("an on-prem backend takes no upstream API key")]
+    OnPremWithKey,
+    #[error("an on-prem backend's host must be loopback, private or a LAN name")]
+    OnPremPublicHost,
 }
 
 impl Backend {
+    /// Checks that the zone label is plausible. Confidential requests go
+    /// wherever `OnPrem` says, so a cloud labelled on-prem would leak them:
+    /// the admin CLI refuses these unless forced.
+    pub fn check_zone(&self) -> Result<(), ZoneMismatch> {
+        if self.zone != Zone::OnPrem {
+            return Ok(());
+        }
+        if self.kind == BackendKind::Cloud {
+            return Err(ZoneMismatch::CloudKindOnPrem);
+        }
+        if self.api_key_env.is_some() {
+            return Err(ZoneMismatch::OnPremWithKey);
+        }
+        if !host_is_local(&self.base_url) {
+            return Err(ZoneMismatch::OnPremPublicHost);
+        }
+        Ok(())
+    }
+
     /// The upstream name of `public`, if this backend serves it.
     #[must_use]
     pub fn upstream_for(&self, public: &str) -> Option<&str> {
@@ -88,6 +124,50 @@ impl Backend {
             .find(|m| m.public == public)
             .map(|m| m.upstream.as_str())
     }
+}
+
+/// DNS suffixes that only resolve inside a site.
+const LOCAL_SUFFIXES: &[&str] = &[".local", ".lan", ".internal", ".home.arpa", ".localhost"];
+
+/// Whether a URL's host is on the premises: a loopback, private, link-local
+/// or unique-local address, `localhost`, a single-label name (a LAN or
+/// container host such as `edge-1`), or a name under a local-only suffix.
+/// A public IP address or a public DNS name is not.
+fn host_is_local(url: &str) -> bool {
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = after_scheme.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(rest) = host_port.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host_port.split(':').next().unwrap_or("")
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    if host.is_empty() {
+        return false;
+    }
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return match ip {
+            std::net::IpAddr::V4(v4) => v4.is_loopback() || v4.is_private() || v4.is_link_local(),
+            std::net::IpAddr::V6(v6) => {
+                v6.is_loopback()
+                    || (v6.segments()[0] & 0xfe00) == 0xfc00
+                    || (v6.segments()[0] & 0xffc0) == 0xfe80
+                    || v6
+                        .to_ipv4_mapped()
+                        .is_some_and(|v4| v4.is_loopback() || v4.is_private())
+            }
+        };
+    }
+    // A dotted name that looks numeric is an IP address in another notation
+    // (`0x7f.1`, `2130706433`): refuse rather than guess.
+    if host
+        .split('.')
+        .all(|label| label.chars().all(|c| c.is_ascii_hexdigit() || c == 'x'))
+    {
+        return false;
+    }
+    host == "localhost" || !host.contains('.') || LOCAL_SUFFIXES.iter().any(|s| host.ends_with(s))
 }
 
 /// A tenant's routing policy: weights and normalisation references of the
@@ -106,6 +186,10 @@ pub struct Policy {
     pub allow_cloud: bool,
     /// Output tokens assumed when a request sets no `max_tokens`.
     pub expected_output_tokens: u32,
+    /// When false (the default), a request's `store: true` is not forwarded:
+    /// the upstream must not keep the exchange.
+    #[serde(default)]
+    pub allow_store: bool,
 }
 
 impl Default for Policy {
@@ -122,6 +206,7 @@ impl Default for Policy {
             default_class: Class::Public,
             allow_cloud: true,
             expected_output_tokens: 256,
+            allow_store: false,
         }
     }
 }
@@ -150,37 +235,10 @@ impl Policy {
     }
 }
 
-/// The edge worker's `GET /v1/worker/load` report. Unknown fields are
-/// ignored so the worker can add fields without breaking gateways.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WorkerLoad {
-    pub model: String,
-    #[serde(default)]
-    pub quantization: Option<String>,
-    pub context_length: u32,
-    pub active_sequences: u32,
-    pub waiting_sequences: u32,
-    pub max_running_sequences: u32,
-    pub max_waiting_sequences: u32,
-    pub prefill_tokens_per_s: f64,
-    pub decode_tokens_per_s: f64,
-    pub joules_per_prompt_token: f64,
-    pub joules_per_output_token: f64,
-    #[serde(default)]
-    pub energy_method: Option<String>,
-    pub ready: bool,
-    pub draining: bool,
-}
-
-impl WorkerLoad {
-    /// Every running slot and every queue slot is taken: the worker would
-    /// reject another request.
-    #[must_use]
-    pub fn saturated(&self) -> bool {
-        self.active_sequences >= self.max_running_sequences
-            && self.waiting_sequences >= self.max_waiting_sequences
-    }
-}
+/// The edge worker's `GET /v1/worker/load` report: the one wire type both
+/// binaries use. Fields the worker has not measured yet are `None`;
+/// routing falls back to the backend's nominal figures for them.
+pub use wire::LoadReport as WorkerLoad;
 
 /// What the gateway currently knows about a backend beyond its config.
 #[derive(Debug, Clone, Copy)]
@@ -204,6 +262,9 @@ pub struct RequestView {
     pub prompt_tokens: u32,
     /// The request's `max_tokens`, if any; the policy default otherwise.
     pub max_output_tokens: Option<u32>,
+    /// Features the request needs from a backend (tools, a JSON response
+    /// format); a backend without them is not a candidate.
+    pub needs: Capabilities,
 }
 
 /// Which public model ids a requested name can resolve to.

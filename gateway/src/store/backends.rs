@@ -6,11 +6,11 @@ use sqlx::any::AnyRow;
 
 use super::rows::{execute_one, flag, get, get_flag, get_u32};
 use super::{new_id, now_ms, Store, StoreError};
-use crate::routing::{Backend, BackendKind, ModelMapping, Zone};
+use crate::routing::{Backend, BackendKind, Capabilities, ModelMapping, Zone};
 
 const BACKEND_COLUMNS: &str = "id, name, kind, base_url, zone, api_key_env, price_in_per_1k, \
      price_out_per_1k, joules_per_prompt_token, joules_per_output_token, rtt_ms, prefill_tps, \
-     decode_tps, max_concurrency, context_length, enabled";
+     decode_tps, max_concurrency, context_length, enabled, supports_tools, supports_json_schema";
 
 fn backend_from_row(row: &AnyRow) -> Result<Backend, StoreError> {
     Ok(Backend {
@@ -32,6 +32,10 @@ fn backend_from_row(row: &AnyRow) -> Result<Backend, StoreError> {
         max_concurrency: get_u32(row, "max_concurrency")?,
         context_length: get_u32(row, "context_length")?,
         enabled: get_flag(row, "enabled")?,
+        capabilities: Capabilities {
+            tools: get_flag(row, "supports_tools")?,
+            json_schema: get_flag(row, "supports_json_schema")?,
+        },
     })
 }
 
@@ -89,8 +93,10 @@ impl Store {
         sqlx::query(
             "INSERT INTO backends (id, name, kind, base_url, zone, api_key_env, price_in_per_1k, \
              price_out_per_1k, joules_per_prompt_token, joules_per_output_token, rtt_ms, prefill_tps, \
-             decode_tps, max_concurrency, context_length, enabled, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+             decode_tps, max_concurrency, context_length, enabled, created_at, supports_tools, \
+             supports_json_schema) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+             $18, $19)",
         )
         .bind(&backend.id)
         .bind(&backend.name)
@@ -109,6 +115,8 @@ impl Store {
         .bind(i64::from(backend.context_length))
         .bind(flag(backend.enabled))
         .bind(now_ms())
+        .bind(flag(backend.capabilities.tools))
+        .bind(flag(backend.capabilities.json_schema))
         .execute(&mut *tx)
         .await
         .map_err(|e| StoreError::from_sqlx(e, "backend"))?;

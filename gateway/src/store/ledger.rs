@@ -82,6 +82,102 @@ pub struct LedgerEntry {
     pub created_at: i64,
 }
 
+impl LedgerEntry {
+    /// Replaces NUL characters, which Postgres text and JSON columns cannot
+    /// hold, in every text field. Client text reaches some of them (the
+    /// requested model, inside the decision), and a row must never fail
+    /// to store because of what a client sent.
+    pub fn scrub_nul(&mut self) {
+        fn clean(s: &mut String) {
+            if s.contains('\0') {
+                *s = s.replace('\0', "\u{fffd}");
+            }
+        }
+        for s in [
+            &mut self.id,
+            &mut self.tenant_id,
+            &mut self.key_id,
+            &mut self.requested_model,
+        ] {
+            clean(s);
+        }
+        for s in [
+            &mut self.resolved_model,
+            &mut self.backend,
+            &mut self.route_reason,
+            &mut self.error_code,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            clean(s);
+        }
+        self.detectors.iter_mut().for_each(clean);
+        if let Some(d) = &mut self.decision {
+            scrub_json(d);
+        }
+    }
+
+    /// The row with every free-form field replaced by a placeholder: what
+    /// is stored when the row as it is keeps failing for a reason a retry
+    /// cannot fix. Ids, status, numbers and timing survive.
+    #[must_use]
+    pub fn minimal(&self) -> LedgerEntry {
+        LedgerEntry {
+            requested_model: "<unstorable>".to_owned(),
+            resolved_model: None,
+            detectors: Vec::new(),
+            error_code: self.error_code.as_ref().map(|_| "unstorable".to_owned()),
+            decision: None,
+            ..self.clone()
+        }
+    }
+
+    /// Approximate memory held by the row, for the writer queue's bound.
+    #[must_use]
+    pub fn approx_bytes(&self) -> usize {
+        let text = [
+            Some(&self.id),
+            Some(&self.tenant_id),
+            Some(&self.key_id),
+            Some(&self.requested_model),
+            self.resolved_model.as_ref(),
+            self.backend.as_ref(),
+            self.route_reason.as_ref(),
+            self.error_code.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(String::len)
+        .sum::<usize>();
+        // Serialising the decision to measure it would cost more than the
+        // bound is worth; a decision with a handful of candidates is about
+        // this size.
+        let decision = if self.decision.is_some() { 2048 } else { 0 };
+        std::mem::size_of::<LedgerEntry>()
+            + text
+            + self.detectors.iter().map(String::len).sum::<usize>()
+            + decision
+    }
+}
+
+fn scrub_json(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::String(s) if s.contains('\0') => *s = s.replace('\0', "\u{fffd}"),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(scrub_json),
+        serde_json::Value::Object(map) => {
+            let keys: Vec<String> = map.keys().filter(|k| k.contains('\0')).cloned().collect();
+            for k in keys {
+                if let Some(value) = map.remove(&k) {
+                    map.insert(k.replace('\0', "\u{fffd}"), value);
+                }
+            }
+            map.values_mut().for_each(scrub_json);
+        }
+        _ => {}
+    }
+}
+
 const LEDGER_COLUMNS: &str = "id, tenant_id, key_id, requested_model, resolved_model, backend, \
      route_reason, privacy_class, detectors, predicted_latency_ms, predicted_energy_j, \
      predicted_cost_usd, latency_ms, ttft_ms, prompt_tokens, completion_tokens, joules, usd, status, \

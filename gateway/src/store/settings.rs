@@ -78,14 +78,15 @@ impl Store {
         policy.validate().map_err(|e| StoreError::Invalid(e.0))?;
         sqlx::query(
             "INSERT INTO routing_policies (tenant_id, w_latency, w_energy, w_cost, latency_slo_ms, \
-             energy_ref_j, cost_ref_usd, default_class, allow_cloud, expected_output_tokens, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+             energy_ref_j, cost_ref_usd, default_class, allow_cloud, expected_output_tokens, updated_at, allow_store) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
              ON CONFLICT (tenant_id) DO UPDATE SET w_latency = excluded.w_latency, \
              w_energy = excluded.w_energy, w_cost = excluded.w_cost, \
              latency_slo_ms = excluded.latency_slo_ms, energy_ref_j = excluded.energy_ref_j, \
              cost_ref_usd = excluded.cost_ref_usd, default_class = excluded.default_class, \
              allow_cloud = excluded.allow_cloud, \
-             expected_output_tokens = excluded.expected_output_tokens, updated_at = excluded.updated_at",
+             expected_output_tokens = excluded.expected_output_tokens, updated_at = excluded.updated_at, \
+             allow_store = excluded.allow_store",
         )
         .bind(tenant_id)
         .bind(policy.w_latency)
@@ -98,6 +99,7 @@ impl Store {
         .bind(flag(policy.allow_cloud))
         .bind(i64::from(policy.expected_output_tokens))
         .bind(now_ms())
+        .bind(flag(policy.allow_store))
         .execute(&self.pool)
         .await
         .map_err(|e| StoreError::from_sqlx(e, "policy"))?;
@@ -109,7 +111,7 @@ impl Store {
     pub async fn get_policy(&self, tenant_id: &str) -> Result<Option<Policy>, StoreError> {
         let row = sqlx::query(
             "SELECT w_latency, w_energy, w_cost, latency_slo_ms, energy_ref_j, cost_ref_usd, \
-             default_class, allow_cloud, expected_output_tokens FROM routing_policies WHERE tenant_id = $1",
+             default_class, allow_cloud, expected_output_tokens, allow_store FROM routing_policies WHERE tenant_id = $1",
         )
         .bind(tenant_id)
         .fetch_optional(&self.pool)
@@ -128,6 +130,7 @@ impl Store {
             default_class: get_class(&row, "default_class")?,
             allow_cloud: get_flag(&row, "allow_cloud")?,
             expected_output_tokens: get_u32(&row, "expected_output_tokens")?,
+            allow_store: get_flag(&row, "allow_store")?,
         }))
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use gateway::config::Config;
 use gateway::live::BackendLive;
 use gateway::privacy::Class;
-use gateway::routing::{Backend, BackendKind, ModelMapping, Zone};
+use gateway::routing::{Backend, BackendKind, Capabilities, ModelMapping, Zone};
 use gateway::store::{LedgerEntry, LedgerStatus, NewKeySpec, Store};
 use gateway::AppState;
 use secrecy::ExposeSecret;
@@ -62,6 +62,7 @@ pub fn edge_backend(name: &str, url: &str) -> Backend {
         max_concurrency: 0,
         context_length: 8192,
         enabled: true,
+        capabilities: Capabilities::default(),
     }
 }
 
@@ -155,13 +156,7 @@ impl Gateway {
         let base = format!("http://{}", listener.local_addr().unwrap());
         let stop = CancellationToken::new();
         let signal = stop.clone().cancelled_owned();
-        let app = gateway::app(state.clone());
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(signal)
-                .await
-                .unwrap();
-        });
+        let server = tokio::spawn(gateway::server::serve_on(listener, state.clone(), signal));
         Gateway {
             db,
             state,

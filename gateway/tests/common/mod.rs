@@ -9,6 +9,7 @@
 
 pub mod edge;
 pub mod harness;
+pub mod stand_in;
 
 use gateway::store::Store;
 use sqlx::Connection;

@@ -4,7 +4,7 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use wire::error::{ErrorBody, ErrorObject};
 
 /// A refused chat or models request.
 #[derive(Debug, thiserror::Error)]
@@ -92,14 +92,14 @@ fn injected_message(status: StatusCode) -> &'static str {
 impl IntoResponse for MockError {
     fn into_response(self) -> Response {
         let (kind, code) = self.kind();
-        let body = json!({
-            "error": {
-                "message": self.to_string(),
-                "type": kind,
-                "param": self.param(),
-                "code": code,
-            }
-        });
+        let body = ErrorBody {
+            error: ErrorObject {
+                message: self.to_string(),
+                kind: kind.to_owned(),
+                param: self.param().map(str::to_owned),
+                code: code.map(str::to_owned),
+            },
+        };
         let mut response = (self.status(), axum::Json(body)).into_response();
         if self.status() == StatusCode::TOO_MANY_REQUESTS {
             response

@@ -1,0 +1,89 @@
+//! The edge worker's load report, `GET /v1/worker/load`.
+
+use serde::{Deserialize, Serialize};
+
+/// What a worker reports about itself. Fields the worker cannot know yet are
+/// `None` (`null` on the wire): the model while it loads, rates and joules
+/// per token until it has measured a generation. A report with `None` in
+/// them is a *successful* poll of a worker that is not ready or not yet
+/// measured, never a failure. Unknown fields are ignored, so a worker can
+/// add fields without breaking older gateways.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoadReport {
+    /// The served model id; `None` while loading.
+    pub model: Option<String>,
+    /// Quantization of the model file (e.g. `Q4_1`).
+    #[serde(default)]
+    pub quantization: Option<String>,
+    /// Quantization actually computed with, when the worker converted it.
+    #[serde(default)]
+    pub served_quantization: Option<String>,
+    /// Context length in tokens; `None` while loading.
+    pub context_length: Option<u32>,
+    pub active_sequences: u32,
+    pub waiting_sequences: u32,
+    pub max_running_sequences: u32,
+    pub max_waiting_sequences: u32,
+    /// Measured (EWMA) rates; `None` until measured.
+    pub prefill_tokens_per_s: Option<f64>,
+    pub decode_tokens_per_s: Option<f64>,
+    /// Measured joules per token; `None` until measured.
+    pub joules_per_prompt_token: Option<f64>,
+    pub joules_per_output_token: Option<f64>,
+    /// `rapl` or `cpu_time`: how the joules were measured.
+    #[serde(default)]
+    pub energy_method: Option<String>,
+    /// Whether the engine thread computes in the rayon pool (fast path).
+    #[serde(default)]
+    pub engine_in_compute_pool: bool,
+    /// What the worker can honour beyond plain chat.
+    #[serde(default)]
+    pub capabilities: Capabilities,
+    /// The model is loaded and the worker is not draining.
+    pub ready: bool,
+    /// The worker is shutting down and takes no new work.
+    pub draining: bool,
+}
+
+/// Request features a backend can honour. A request that needs one goes
+/// only to backends that declare it; absent means "no".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// `response_format` `json_object` and `json_schema`, enforced by
+    /// constrained decoding.
+    #[serde(default)]
+    pub json_schema: bool,
+    /// `tools` / `tool_choice` (function calling).
+    #[serde(default)]
+    pub tools: bool,
+}
+
+impl LoadReport {
+    /// Every running slot and every queue place is taken: the worker would
+    /// reject another request.
+    #[must_use]
+    pub fn saturated(&self) -> bool {
+        self.active_sequences >= self.max_running_sequences
+            && self.waiting_sequences >= self.max_waiting_sequences
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loading_worker_report_parses() {
+        let text = r#"{"model":null,"quantization":"Q4_1","context_length":null,
+            "active_sequences":0,"waiting_sequences":0,"max_running_sequences":4,
+            "max_waiting_sequences":8,"prefill_tokens_per_s":null,"decode_tokens_per_s":null,
+            "joules_per_prompt_token":null,"joules_per_output_token":null,
+            "energy_method":"cpu_time","ready":false,"draining":false,"future_field":1}"#;
+        let r: LoadReport = serde_json::from_str(text).unwrap();
+        assert_eq!(r.model, None);
+        assert!(!r.ready);
+        assert_eq!(r.capabilities, Capabilities::default());
+        assert!(!r.saturated());
+    }
+}
