@@ -45,6 +45,12 @@ wait_ready() {
   exit 1
 }
 
+# The fleet's worker token: the edge worker serves only callers that present
+# it, and the gateway presents it. Kept in the state folder across runs.
+token_file="$state/worker-token"
+[[ -s "$token_file" ]] || (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$token_file")
+export EDGE_WORKER_TOKEN_FILE="$token_file" GATEWAY_WORKER_TOKEN_FILE="$token_file"
+
 start edge-worker "$bin/edge-worker" --model-path "$model" --listen 127.0.0.1:8081
 edge=$addr
 echo "edge worker at $edge (loading the model)"

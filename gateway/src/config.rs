@@ -92,6 +92,10 @@ pub struct Config {
     /// Token sent as `Authorization: Bearer` to edge workers (their
     /// `EDGE_WORKER_TOKEN`); prefer the `GATEWAY_WORKER_TOKEN` variable.
     pub worker_token: Option<SecretString>,
+    /// A file holding the worker token (trailing whitespace ignored), read
+    /// at start-up; for container secrets. Used when `worker_token` is
+    /// unset.
+    pub worker_token_file: Option<PathBuf>,
 }
 
 /// How log lines are written to stderr.
@@ -132,6 +136,7 @@ impl Default for Config {
             max_upstream_error_bytes: 64 << 10,
             max_sse_event_bytes: 1 << 20,
             worker_token: None,
+            worker_token_file: None,
         }
     }
 }
@@ -166,6 +171,7 @@ pub const FIELDS: &[&str] = &[
     "max_upstream_error_bytes",
     "max_sse_event_bytes",
     "worker_token",
+    "worker_token_file",
 ];
 
 /// Why the configuration cannot be loaded. Messages name the file or the
@@ -220,6 +226,28 @@ impl Config {
     /// Reads `path` and the process environment.
     pub fn from_env(path: Option<&Path>) -> Result<Config, ConfigError> {
         Config::load(path, std::env::vars())
+    }
+
+    /// Reads the worker token from `worker_token_file` when no token is set
+    /// directly. Only serving needs it, so the admin commands never read
+    /// the file.
+    pub fn load_worker_token(&mut self) -> Result<(), ConfigError> {
+        let (None, Some(file)) = (&self.worker_token, &self.worker_token_file) else {
+            return Ok(());
+        };
+        let token = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            path: file.clone(),
+            source,
+        })?;
+        let token = token.trim_end();
+        if token.is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "{} holds no worker token",
+                file.display()
+            )));
+        }
+        self.worker_token = Some(SecretString::from(token.to_owned()));
+        Ok(())
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -349,6 +377,25 @@ mod tests {
             "postgres://u:hunter2@h/db"
         );
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn the_worker_token_file_is_read_when_no_token_is_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "s3cret-token\n").unwrap();
+        let mut c = Config {
+            worker_token_file: Some(file.clone()),
+            ..Config::default()
+        };
+        c.load_worker_token().unwrap();
+        assert_eq!(c.worker_token.unwrap().expose_secret(), "s3cret-token");
+        std::fs::write(&file, "\n").unwrap();
+        let mut empty = Config {
+            worker_token_file: Some(file),
+            ..Config::default()
+        };
+        assert!(empty.load_worker_token().is_err());
     }
 
     #[test]

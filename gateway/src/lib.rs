@@ -25,13 +25,15 @@
 //! - [`state`]: [`state::AppState`], the handlers' shared state, and the
 //!   background tasks it owns.
 //! - [`http`]: the router ([`http::app`]), the OpenAI error type, and one
-//!   module per endpoint (`chat`, `models`, `health`).
+//!   module per endpoint (`models`, `health`, `openapi`); the chat feature
+//!   is a folder, [`http::chat`]: the request and what is forwarded
+//!   (`request`), executing a routing decision with failover (`relay`), the
+//!   SSE relay (`stream`) over a bounded reader (`sse`).
 //! - [`auth`]: bearer keys, looked up by hash through bounded caches (one
 //!   for found keys, one for unknown ones); its own [`auth::AuthError`].
 //! - [`catalog`]: short-lived cache of backends, aliases, policies, rules.
 //! - [`live`]: live backend state (health, edge load, in-flight counts)
 //!   behind [`live::LiveView`], and the poller that feeds it.
-//! - [`proxy`]: executes a routing decision: failover, JSON and SSE relay.
 //! - [`upstream`]: the shared HTTP client and what an attempt's failure
 //!   means.
 //! - [`ledger`]: the per-request row guard and the batching writer task.
@@ -40,8 +42,8 @@
 //! # Invariants
 //!
 //! - A request's path: `http::chat` (auth, parse, admit, classify, route)
-//!   → `proxy` (attempts, relay) → `ledger` (one row, always).
-//! - Only `http`, `proxy` and `server` know axum or hyper; only `upstream`
+//!   → `http::chat::relay` (attempts, relay) → `ledger` (one row, always).
+//! - Only `http` and `server` know axum or hyper; only `upstream`
 //!   sends upstream requests, to URLs from the store only, following no
 //!   redirects.
 //! - Nothing reaches a cloud that the classifier has not seen: `http::chat`
@@ -60,13 +62,14 @@ pub mod admin_cli;
 pub mod auth;
 pub mod catalog;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod keys;
 pub mod ledger;
 pub mod limits;
 pub mod live;
 pub mod privacy;
-pub mod proxy;
 pub mod routing;
 pub mod server;
 pub mod state;

@@ -61,6 +61,9 @@ async fn main() -> anyhow::Result<()> {
             if let Some(addr) = listen {
                 config.listen = addr;
             }
+            config
+                .load_worker_token()
+                .context("cannot read the worker token")?;
             gateway::telemetry::init_logs(config.log_format);
             gateway::server::serve(config, shutdown_signal())
                 .await

@@ -1,6 +1,6 @@
 //! The HTTP surface: the router, its middleware, and one module per
-//! endpoint group. Only this module (and the proxy's response building)
-//! knows axum.
+//! endpoint group (the chat feature is the `chat` folder). Only this module
+//! (and the accept loop in `server`) knows axum.
 //!
 //! Middleware, outermost first: a panic catcher that still answers in
 //! OpenAI's shape, request ids (`x-request-id` kept when the client sends
@@ -9,11 +9,11 @@
 //! `max_in_flight`). Bodies are read by the handlers themselves, after
 //! authentication, bounded in size and time.
 
-mod chat;
+pub mod chat;
 mod error;
 mod health;
 mod models;
-pub mod request;
+mod openapi;
 
 use std::any::Any;
 
@@ -55,6 +55,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route("/openapi.json", get(openapi::document))
         .fallback(not_found)
         .layer(
             ServiceBuilder::new()

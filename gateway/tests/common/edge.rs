@@ -42,6 +42,10 @@ pub fn model_path() -> PathBuf {
     path
 }
 
+/// The fleet's worker token in these tests: every worker requires it, and
+/// [`super::harness::test_config`] gives it to the gateway.
+pub const WORKER_TOKEN: &str = "test-worker-token-0f1e2d3c4b5a";
+
 pub struct EdgeWorker {
     child: Option<Child>,
     /// `http://127.0.0.1:PORT`, as the worker prints it.
@@ -53,6 +57,7 @@ impl EdgeWorker {
     /// CPU fairly) with extra flags and waits until its model is loaded.
     pub async fn start(extra: &[&str]) -> EdgeWorker {
         let mut child = Command::new(binary())
+            .env("EDGE_WORKER_TOKEN", WORKER_TOKEN)
             .arg("--model-path")
             .arg(model_path())
             .args(["--listen", "127.0.0.1:0", "--threads", "1"])

@@ -17,7 +17,7 @@ use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::edge::{EdgeWorker, MODEL};
+use super::edge::{EdgeWorker, MODEL, WORKER_TOKEN};
 use super::TestDb;
 
 /// How long any wait in these tests may take before it fails.
@@ -35,6 +35,7 @@ pub fn test_config() -> Config {
         upstream_connect_timeout_ms: 1_000,
         upstream_first_byte_timeout_ms: 30_000,
         upstream_idle_timeout_ms: 30_000,
+        worker_token: Some(secrecy::SecretString::from(WORKER_TOKEN)),
         ..Config::default()
     }
 }

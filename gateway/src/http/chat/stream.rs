@@ -33,8 +33,8 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use wire::ErrorBody;
 
+use super::relay::Usage;
 use super::sse::{frame, SseReader};
-use super::Usage;
 use crate::ledger::Record;
 use crate::live::InFlight;
 use crate::store::LedgerStatus;

@@ -1,5 +1,7 @@
-//! `POST /v1/chat/completions`: authenticate, parse, admit, classify, route,
-//! then hand over to the [`proxy`](crate::proxy).
+//! `POST /v1/chat/completions`, one feature folder: authenticate, parse
+//! ([`request`]), admit, classify, route, then execute the decision
+//! ([`relay`]: attempts and failover; [`stream`]: the SSE relay over the
+//! [`sse`] reader).
 //!
 //! A request is *admitted* once its key is valid and its body parses. From
 //! then on it owns a ledger [`Record`], so it leaves exactly one row
@@ -15,7 +17,13 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 
-use super::request::ChatRequest;
+pub mod relay;
+pub mod request;
+pub mod sse;
+mod stream;
+
+use request::ChatRequest;
+
 use super::{with_gateway_headers, ApiError, RouteHeaders};
 use crate::auth::require_scope;
 use crate::catalog::{CatalogError, Snapshot};
@@ -71,9 +79,7 @@ pub async fn chat_completions(
     );
     let routed = admit_and_route(&app, &key, &mut req, &mut record).await;
     match routed {
-        Ok((decision, snapshot)) => {
-            crate::proxy::execute(&app, req, &decision, &snapshot, record).await
-        }
+        Ok((decision, snapshot)) => relay::execute(&app, req, &decision, &snapshot, record).await,
         Err(e) => {
             let status = match e {
                 ApiError::Limited(_) | ApiError::NoRoute(_) => LedgerStatus::Rejected,

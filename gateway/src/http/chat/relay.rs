@@ -26,9 +26,6 @@
 //! already leaves those out, and [`execute`] checks again right before
 //! sending, so a future routing bug cannot break the invariant.
 
-mod sse;
-mod stream;
-
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -39,8 +36,9 @@ use bytes::Bytes;
 use serde::Deserialize;
 use wire::ErrorBody;
 
+use super::request::ChatRequest;
+use super::stream;
 use crate::catalog::Snapshot;
-use crate::http::request::ChatRequest;
 use crate::http::{with_gateway_headers, ApiError, RouteHeaders};
 use crate::ledger::{Pricing, Record};
 use crate::privacy::{classify, Class, RuleSet};
@@ -51,18 +49,16 @@ use crate::state::AppState;
 use crate::store::LedgerStatus;
 use crate::upstream::{AttemptError, Upstreams};
 
-pub use sse::{EventTooLarge, SseReader};
-
 /// Usage as upstreams report it; `energy_joules` is the edge worker's
 /// extension.
 #[derive(Debug, Deserialize)]
-pub(crate) struct Usage {
+pub(super) struct Usage {
     #[serde(default)]
-    prompt_tokens: u32,
+    pub(super) prompt_tokens: u32,
     #[serde(default)]
-    completion_tokens: u32,
+    pub(super) completion_tokens: u32,
     #[serde(default)]
-    energy_joules: Option<f64>,
+    pub(super) energy_joules: Option<f64>,
 }
 
 #[derive(Deserialize)]
