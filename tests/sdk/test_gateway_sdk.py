@@ -5,6 +5,8 @@ exception with the gateway's error code, since that is what applications
 catch.
 """
 
+import json
+
 import openai
 import pytest
 
@@ -151,3 +153,61 @@ def test_confidential_by_detector_stays_on_the_edge(gateway):
     )
     assert raw.headers["x-gateway-privacy-class"] == "confidential"
     assert raw.headers["x-gateway-backend"] == "edge"
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                       "required": ["city"]},
+    },
+}
+
+
+def test_json_schema_answer_from_the_edge_parses(gateway):
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
+        "required": ["answer"],
+        "additionalProperties": False,
+    }
+    # Confidential, so only the edge may answer: the JSON comes from its
+    # constrained decoding, not from the cloud.
+    raw = _client(gateway).chat.completions.with_raw_response.create(
+        model=EDGE_MODEL_ID,
+        messages=_messages("Is the sky blue? Answer in JSON."),
+        temperature=0,
+        max_tokens=32,
+        response_format={"type": "json_schema",
+                         "json_schema": {"name": "reply", "schema": schema, "strict": True}},
+        extra_headers={"x-privacy-class": "confidential"},
+    )
+    assert raw.headers["x-gateway-backend"] == "edge"
+    answer = json.loads(raw.parse().choices[0].message.content)
+    assert answer["answer"] in ("yes", "no")
+    assert set(answer) == {"answer"}
+
+
+def test_tools_go_only_to_a_backend_that_supports_them(gateway):
+    # The edge is the cheaper choice, but it reports no tool calling.
+    raw = _client(gateway).chat.completions.with_raw_response.create(
+        model=EDGE_MODEL_ID, messages=_messages("Weather in Paris?"), max_tokens=8,
+        tools=[WEATHER_TOOL],
+    )
+    assert raw.headers["x-gateway-backend"] == "cloud"
+    # Without tools the same request stays on the edge.
+    raw = _client(gateway).chat.completions.with_raw_response.create(
+        model=EDGE_MODEL_ID, messages=_messages("Weather in Paris?"), max_tokens=8,
+    )
+    assert raw.headers["x-gateway-backend"] == "edge"
+
+
+def test_confidential_tools_without_a_capable_private_backend_are_400(gateway):
+    with pytest.raises(openai.BadRequestError) as e:
+        _client(gateway).chat.completions.create(
+            model=EDGE_MODEL_ID, messages=_messages("Weather in Paris?"), max_tokens=8,
+            tools=[WEATHER_TOOL], extra_headers={"x-privacy-class": "confidential"},
+        )
+    assert e.value.code == "unsupported_capability"

@@ -164,6 +164,13 @@ impl LiveView for InProcessLive {
     }
 
     fn success(&self, backend_id: &str) {
+        // The common case, a healthy backend, takes only the read lock.
+        if read(&self.states)
+            .get(backend_id)
+            .is_none_or(|s| s.failures == 0)
+        {
+            return;
+        }
         let mut map = write(&self.states);
         let Some(state) = map.get_mut(backend_id) else {
             return;
@@ -178,6 +185,12 @@ impl LiveView for InProcessLive {
     }
 
     fn claim_trial(&self, backend_id: &str) -> bool {
+        if read(&self.states)
+            .get(backend_id)
+            .is_none_or(|s| s.failures < self.unhealthy_after)
+        {
+            return true;
+        }
         let mut map = write(&self.states);
         let Some(state) = map.get_mut(backend_id) else {
             return true;
