@@ -17,44 +17,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::harness::{error_of, header, sse_data, tenant_and_key, test_config, Gateway};
-use common::stand_in::{Mode, StandIn};
+use common::stand_in::{backend, Mode, StandIn};
 use gateway::config::Config;
-use gateway::routing::{Backend, BackendKind, Capabilities, ModelMapping, Zone};
+use gateway::routing::Zone;
 use gateway::store::LedgerStatus;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn backend(name: &str, url: &str, zone: Zone, price: f64) -> Backend {
-    Backend {
-        id: String::new(),
-        name: name.to_owned(),
-        kind: match zone {
-            Zone::OnPrem => BackendKind::Edge,
-            Zone::Cloud => BackendKind::Cloud,
-        },
-        base_url: url.to_owned(),
-        zone,
-        api_key_env: None,
-        models: vec![ModelMapping {
-            public: "m".into(),
-            upstream: "m".into(),
-        }],
-        price_in_per_1k: price,
-        price_out_per_1k: price,
-        joules_per_prompt_token: 0.01,
-        joules_per_output_token: 0.1,
-        rtt_ms: 1.0,
-        prefill_tps: 1000.0,
-        decode_tps: 50.0,
-        max_concurrency: 0,
-        context_length: 8192,
-        enabled: true,
-        capabilities: Capabilities {
-            tools: true,
-            json_schema: true,
-        },
-    }
-}
 
 fn body(stream: bool) -> Value {
     json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],

@@ -23,8 +23,8 @@ mod common;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::harness::{tenant_and_key, test_config, Gateway};
-use common::stand_in::{Mode, StandIn};
-use gateway::routing::{Backend, BackendKind, Capabilities, ModelMapping, Zone};
+use common::stand_in::{backend, Mode, StandIn};
+use gateway::routing::Zone;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 use serde_json::{json, Value};
@@ -42,38 +42,6 @@ fn modes() -> Vec<Mode> {
         Mode::ErrorFirst,
         Mode::DieAfterFirst,
     ]
-}
-
-fn backend(name: &str, url: &str, zone: Zone, price: f64) -> Backend {
-    Backend {
-        id: String::new(),
-        name: name.to_owned(),
-        kind: match zone {
-            Zone::OnPrem => BackendKind::Edge,
-            Zone::Cloud => BackendKind::Cloud,
-        },
-        base_url: url.to_owned(),
-        zone,
-        api_key_env: None,
-        models: vec![ModelMapping {
-            public: "m".into(),
-            upstream: "m".into(),
-        }],
-        price_in_per_1k: price,
-        price_out_per_1k: price,
-        joules_per_prompt_token: 0.01,
-        joules_per_output_token: 0.1,
-        rtt_ms: 1.0,
-        prefill_tps: 1000.0,
-        decode_tps: 50.0,
-        max_concurrency: 0,
-        context_length: 8192,
-        enabled: true,
-        capabilities: Capabilities {
-            tools: true,
-            json_schema: true,
-        },
-    }
 }
 
 /// Sensitive values, each of a different detector, in plain form.

@@ -18,9 +18,9 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use common::harness::{tenant_and_key, test_config, Gateway};
-use common::stand_in::{Mode, StandIn};
+use common::stand_in::{backend, Mode, StandIn};
 use gateway::config::Config;
-use gateway::routing::{Backend, BackendKind, Capabilities, ModelMapping, Zone};
+use gateway::routing::Zone;
 use secrecy::SecretString;
 use serde_json::json;
 
@@ -43,35 +43,6 @@ const UPSTREAM_KEY: &str = "sk-canary-upstream-5f0c9e1d2b3a4f6e7d8c";
 const WORKER_TOKEN: &str = "wt-canary-worker-8a7b6c5d4e3f2a1b0c9d";
 const WRONG_KEY: &str = "gw-canary-wrong-key-0123456789abcdef";
 
-fn backend(name: &str, url: &str, zone: Zone, key_env: Option<&str>) -> Backend {
-    Backend {
-        id: String::new(),
-        name: name.to_owned(),
-        kind: match zone {
-            Zone::OnPrem => BackendKind::Edge,
-            Zone::Cloud => BackendKind::Cloud,
-        },
-        base_url: url.to_owned(),
-        zone,
-        api_key_env: key_env.map(str::to_owned),
-        models: vec![ModelMapping {
-            public: "m".into(),
-            upstream: "m".into(),
-        }],
-        price_in_per_1k: 0.0,
-        price_out_per_1k: 0.0,
-        joules_per_prompt_token: 0.01,
-        joules_per_output_token: 0.1,
-        rtt_ms: 1.0,
-        prefill_tps: 1000.0,
-        decode_tps: 50.0,
-        max_concurrency: 0,
-        context_length: 8192,
-        enabled: true,
-        capabilities: Capabilities::default(),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_appears_in_logs_errors_metrics_or_the_ledger() {
     let logs = Captured::default();
@@ -89,11 +60,11 @@ async fn no_secret_appears_in_logs_errors_metrics_or_the_ledger() {
     let cloud = StandIn::start().await;
     let db = common::sqlite().await;
     db.store
-        .add_backend(&backend("edge", &edge.url, Zone::OnPrem, None))
+        .add_backend(&backend("edge", &edge.url, Zone::OnPrem, 0.0))
         .await
         .unwrap();
-    let mut cloud_backend = backend("cloud", &cloud.url, Zone::Cloud, Some("CANARY_CLOUD_KEY"));
-    cloud_backend.price_in_per_1k = 1.0;
+    let mut cloud_backend = backend("cloud", &cloud.url, Zone::Cloud, 1.0);
+    cloud_backend.api_key_env = Some("CANARY_CLOUD_KEY".to_owned());
     db.store.add_backend(&cloud_backend).await.unwrap();
     let config = Config {
         settings_cache_ms: 0,

@@ -14,6 +14,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use gateway::routing::{Backend, BackendKind, Capabilities, ModelMapping, Zone};
 use serde_json::{json, Value};
 
 /// How the stand-in answers a chat request.
@@ -110,6 +111,41 @@ impl StandIn {
             .iter()
             .map(|(h, _)| h.clone())
             .collect()
+    }
+}
+
+/// A backend serving public model `m` at `url`: edge kind on-prem, cloud
+/// kind in the cloud, at `price` USD per 1000 tokens each way, able to
+/// honour tools and JSON schemas.
+pub fn backend(name: &str, url: &str, zone: Zone, price: f64) -> Backend {
+    Backend {
+        id: String::new(),
+        name: name.to_owned(),
+        kind: match zone {
+            Zone::OnPrem => BackendKind::Edge,
+            Zone::Cloud => BackendKind::Cloud,
+        },
+        base_url: url.to_owned(),
+        zone,
+        api_key_env: None,
+        models: vec![ModelMapping {
+            public: "m".into(),
+            upstream: "m".into(),
+        }],
+        price_in_per_1k: price,
+        price_out_per_1k: price,
+        joules_per_prompt_token: 0.01,
+        joules_per_output_token: 0.1,
+        rtt_ms: 1.0,
+        prefill_tps: 1000.0,
+        decode_tps: 50.0,
+        max_concurrency: 0,
+        context_length: 8192,
+        enabled: true,
+        capabilities: Capabilities {
+            tools: true,
+            json_schema: true,
+        },
     }
 }
 
