@@ -1,5 +1,8 @@
-//! `POST /v1/chat/completions`: validation, admission, then either one JSON
-//! answer or an SSE stream, both driven by the same [`Generation`].
+//! `POST /v1/chat/completions`: validation ([`validate`]), admission, then
+//! either one JSON answer or an SSE stream, both driven by the same
+//! [`Generation`].
+
+mod validate;
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -13,144 +16,14 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::stream::{self, Stream};
 
-use crate::engine::{self, EngineMessage, GenerateParams};
+use crate::engine::EngineError;
 use crate::error::ApiError;
 use crate::generation::{Event, Failure, Finish, Generation};
 use crate::openai::{
-    AssistantMessage, ChatChunk, ChatCompletion, ChatMessage, ChatRequest, Choice, ChunkChoice,
-    Content, Delta, Usage, SYSTEM_FINGERPRINT,
+    AssistantMessage, ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Delta, Usage,
+    SYSTEM_FINGERPRINT,
 };
 use crate::AppState;
-
-/// Roles the chat template understands. `developer` is OpenAI's newer name
-/// for `system`.
-fn engine_role(role: &str) -> Option<&'static str> {
-    match role {
-        "system" | "developer" => Some("system"),
-        "user" => Some("user"),
-        "assistant" => Some("assistant"),
-        _ => None,
-    }
-}
-
-/// A request checked and translated for the engine.
-struct Validated {
-    stream: bool,
-    include_usage: bool,
-    /// `None` when the client left it to the worker's default.
-    max_tokens: Option<usize>,
-    params: GenerateParams,
-}
-
-/// Checks roles and content and renders messages as the engine takes them.
-fn convert_messages(messages: Option<Vec<ChatMessage>>) -> Result<Vec<EngineMessage>, ApiError> {
-    let Some(messages) = messages.filter(|m| !m.is_empty()) else {
-        return Err(ApiError::invalid(
-            "messages",
-            "invalid_messages",
-            "`messages` must be a non-empty array",
-        ));
-    };
-    let mut out = Vec::with_capacity(messages.len());
-    for (i, m) in messages.into_iter().enumerate() {
-        let Some(role) = engine_role(&m.role) else {
-            return Err(ApiError::invalid(
-                format!("messages[{i}].role"),
-                "unsupported_role",
-                format!(
-                    "role `{}` is not supported; use system, developer, user or assistant",
-                    m.role
-                ),
-            ));
-        };
-        let text = match m.content {
-            None => String::new(),
-            Some(Content::Text(t)) => t,
-            Some(Content::Parts(parts)) => {
-                let mut text = String::new();
-                for p in parts {
-                    if p.kind != "text" {
-                        return Err(ApiError::invalid(
-                            format!("messages[{i}].content"),
-                            "unsupported_content",
-                            format!("content part type `{}` is not supported; only text", p.kind),
-                        ));
-                    }
-                    text.push_str(p.text.as_deref().unwrap_or_default());
-                }
-                text
-            }
-        };
-        out.push(engine::message(role, text));
-    }
-    Ok(out)
-}
-
-fn validate(req: ChatRequest, state: &AppState, model_id: &str) -> Result<Validated, ApiError> {
-    if req.model != model_id {
-        return Err(ApiError::ModelNotFound(req.model));
-    }
-    let out = convert_messages(req.messages)?;
-    if let Some(n) = req.n.filter(|n| *n != 1) {
-        return Err(ApiError::invalid(
-            "n",
-            "unsupported_parameter",
-            format!("only n=1 is supported, got {n}"),
-        ));
-    }
-    let max_tokens = match req.max_completion_tokens.or(req.max_tokens) {
-        None => None,
-        Some(n) if n < 1 => {
-            return Err(ApiError::invalid(
-                "max_tokens",
-                "invalid_max_tokens",
-                format!("max_tokens must be at least 1, got {n}"),
-            ))
-        }
-        Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
-    };
-    if let Some(t) = req.temperature.filter(|t| !(0.0..=2.0).contains(t)) {
-        return Err(ApiError::invalid(
-            "temperature",
-            "invalid_value",
-            format!("temperature must be between 0 and 2, got {t}"),
-        ));
-    }
-    if let Some(p) = req.top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
-        return Err(ApiError::invalid(
-            "top_p",
-            "invalid_value",
-            format!("top_p must be in (0, 1], got {p}"),
-        ));
-    }
-    let stop = req
-        .stop
-        .map(crate::openai::Stop::into_vec)
-        .unwrap_or_default();
-    if stop.len() > 4 || stop.iter().any(String::is_empty) {
-        return Err(ApiError::invalid(
-            "stop",
-            "invalid_value",
-            "stop takes up to 4 non-empty strings",
-        ));
-    }
-    let stream = req.stream.unwrap_or(false);
-    Ok(Validated {
-        stream,
-        include_usage: stream && req.stream_options.is_some_and(|o| o.include_usage),
-        max_tokens,
-        params: GenerateParams {
-            messages: out,
-            max_tokens: max_tokens.unwrap_or(state.config.default_max_tokens),
-            temperature: req.temperature,
-            top_p: req.top_p,
-            stop,
-            frequency_penalty: req.frequency_penalty,
-            presence_penalty: req.presence_penalty,
-            seed: req.seed.map(i64::cast_unsigned),
-        },
-    })
-}
 
 pub async fn completions(
     State(state): State<AppState>,
@@ -163,7 +36,24 @@ pub async fn completions(
     let engine = state.engine.get().cloned().ok_or(ApiError::NotReady)?;
     let Json(req) =
         body.map_err(|r| ApiError::from_json_rejection(&r, state.config.max_body_bytes))?;
-    let mut v = validate(req, &state, &engine.model_id)?;
+    let mut v = validate::validate(req, state.config.default_max_tokens, &engine.model_id)?;
+    engine
+        .check_format(&v.params.format)
+        .await
+        .map_err(|e| match e {
+            EngineError::InvalidFormat(why) => ApiError::invalid(
+                "response_format",
+                "invalid_value",
+                format!(
+                    "the JSON schema cannot be enforced: {}",
+                    truncate(&why, 400)
+                ),
+            ),
+            other => {
+                tracing::error!(error = %other, "grammar check failed");
+                ApiError::Internal
+            }
+        })?;
 
     let ticket = state.admission.try_admit().ok_or_else(|| {
         metrics::counter!("edge_queue_rejections_total").increment(1);
@@ -384,12 +274,7 @@ fn stream_response(
                     Some(Event::Failed(f)) => {
                         // Headers are gone: the error travels as an SSE event
                         // in the OpenAI error shape, and the stream ends.
-                        let err = failure_error(f);
-                        let data = serde_json::json!({"error": {
-                            "message": err.to_string(), "type": "server_error",
-                            "param": null, "code": err.code()}})
-                        .to_string();
-                        (data, Phase::Done)
+                        (failure_error(f).body().to_json(), Phase::Done)
                     }
                     None => return None,
                 },
@@ -399,6 +284,15 @@ fn stream_response(
         },
     );
     Sse::new(stream)
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary.
+fn truncate(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 fn unix_now() -> u64 {

@@ -11,7 +11,15 @@ use clap::Parser;
 /// Everything the worker needs to start. Defaults suit the bundled
 /// SmolLM2-135M model on a small CPU machine.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "edge-worker", version, about)]
+#[command(
+    name = "edge-worker",
+    version,
+    about,
+    after_help = "Worker token: set EDGE_WORKER_TOKEN (the token itself) or --worker-token-file \
+                  to require `Authorization: Bearer <token>` on every /v1 route; /healthz, \
+                  /readyz and /metrics stay open. Without a token the worker listens only on \
+                  a loopback address, unless --insecure-no-token is given."
+)]
 pub struct Config {
     /// Path to the GGUF model file (tokenizer and chat template are read from it).
     /// Use `--hf-model` instead to fetch from a Hugging Face repository.
@@ -32,9 +40,23 @@ pub struct Config {
     #[arg(long, env = "EDGE_MODEL_ID")]
     pub model_id: Option<String>,
 
-    /// Address to listen on.
+    /// Address to listen on. A non-loopback address needs a worker token
+    /// (or `--insecure-no-token`).
     #[arg(long, env = "EDGE_LISTEN", default_value = "127.0.0.1:8081")]
     pub listen: SocketAddr,
+
+    /// File holding the worker token (surrounding whitespace ignored). With a
+    /// token, from this file or from the `EDGE_WORKER_TOKEN` environment
+    /// variable (there is no flag that takes the token itself), every `/v1`
+    /// route requires `Authorization: Bearer <token>`.
+    #[arg(long, env = "EDGE_WORKER_TOKEN_FILE")]
+    pub worker_token_file: Option<PathBuf>,
+
+    /// Serve `/v1` without a worker token on a non-loopback address: anyone
+    /// who can reach the worker can use it. Without a token and without
+    /// this flag the worker refuses to start on such an address.
+    #[arg(long, env = "EDGE_INSECURE_NO_TOKEN")]
+    pub insecure_no_token: bool,
 
     /// Sequences decoded together in one batch. On CPU batching helps little,
     /// so a small number keeps per-request latency predictable.

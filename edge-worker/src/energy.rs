@@ -2,9 +2,10 @@
 //!
 //! Two meters, best first:
 //! - **RAPL** (`/sys/class/powercap/intel-rapl:N/energy_uj`): the CPU
-//!   package's own energy counter, in microjoules, summed over packages and
-//!   corrected for wrap-around. It measures the whole package, so other
-//!   processes' work is included.
+//!   package's own energy counter, in microjoules, summed over packages (or
+//!   the platform's `psys` domain alone, where there is one, since it
+//!   contains the packages) and corrected for wrap-around. It measures the
+//!   whole package, so other processes' work is included.
 //! - **CPU time**: the process's CPU time (all threads) × a configured
 //!   watts-per-core figure. Available everywhere, blind to memory and idle
 //!   power, and only as good as the watts figure.
@@ -107,29 +108,44 @@ fn read_u64(path: &Path) -> Option<u64> {
     fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-/// Package-level domains are `intel-rapl:N`; sub-domains (`intel-rapl:N:M`)
-/// are parts of a package and would be counted twice.
+/// The top-level domains to sum. Sub-domains (`intel-rapl:N:M`: cores,
+/// uncore, DRAM) are parts of their package and would be counted twice.
+/// Among the top-level `intel-rapl:N` domains, Intel client platforms have
+/// a `psys` one (the whole platform: it already contains the packages), so
+/// when one is readable it is used alone; otherwise the `package-N` domains
+/// are summed. Domains of other or unknown names are left out.
 fn rapl_domains(powercap_dir: &Path) -> Vec<RaplDomain> {
     let Ok(entries) = fs::read_dir(powercap_dir) else {
         return Vec::new();
     };
-    let mut domains: Vec<RaplDomain> = entries
+    let mut readable: Vec<(String, RaplDomain)> = entries
         .filter_map(Result::ok)
         .filter(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
             name.starts_with("intel-rapl:") && name.matches(':').count() == 1
         })
         .filter_map(|e| {
+            let name = fs::read_to_string(e.path().join("name")).ok()?;
             let energy_file = e.path().join("energy_uj");
             let last_uj = read_u64(&energy_file)?;
             let max_uj = read_u64(&e.path().join("max_energy_range_uj")).unwrap_or(u64::MAX);
-            Some(RaplDomain {
+            let domain = RaplDomain {
                 energy_file,
                 max_uj,
                 last_uj,
-            })
+            };
+            Some((name.trim().to_string(), domain))
         })
         .collect();
+    let psys = readable.iter().any(|(name, _)| name == "psys");
+    readable.retain(|(name, _)| {
+        if psys {
+            name == "psys"
+        } else {
+            name.starts_with("package-")
+        }
+    });
+    let mut domains: Vec<RaplDomain> = readable.into_iter().map(|(_, d)| d).collect();
     domains.sort_by(|a, b| a.energy_file.cmp(&b.energy_file));
     domains
 }
@@ -213,6 +229,20 @@ mod tests {
         fs::create_dir_all(&d).unwrap();
         fs::write(d.join("energy_uj"), format!("{energy}\n")).unwrap();
         fs::write(d.join("max_energy_range_uj"), format!("{max}\n")).unwrap();
+        // The kernel's names: `package-N` at the top, parts below it.
+        if !d.join("name").exists() {
+            let name = match domain.matches(':').count() {
+                1 => format!("package-{}", &domain["intel-rapl:".len()..]),
+                _ => "core".to_string(),
+            };
+            fs::write(d.join("name"), format!("{name}\n")).unwrap();
+        }
+    }
+
+    fn name(dir: &Path, domain: &str, name: &str) {
+        let d = dir.join(domain);
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("name"), format!("{name}\n")).unwrap();
     }
 
     #[test]
@@ -229,6 +259,49 @@ mod tests {
         write(dir.path(), "intel-rapl:0:0", 9_000_000, 10_000_000);
         let used = meter.read_joules() - start;
         assert!((used - 3.0).abs() < 1e-9, "{used}");
+    }
+
+    /// An Intel client platform: `intel-rapl:0` is the package, `intel-rapl:1`
+    /// is `psys`, the platform that contains it. Summing both would count the
+    /// package twice.
+    #[test]
+    fn a_psys_domain_is_used_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "intel-rapl:0", 1_000_000, u64::MAX);
+        name(dir.path(), "intel-rapl:1", "psys");
+        write(dir.path(), "intel-rapl:1", 2_000_000, u64::MAX);
+        write(dir.path(), "intel-rapl:0:0", 0, u64::MAX);
+        let mut meter = Meter::detect(dir.path(), 10.0);
+        assert_eq!(meter.method(), Method::Rapl);
+        let start = meter.read_joules();
+        // The package used 3 J of the platform's 5 J.
+        write(dir.path(), "intel-rapl:0", 4_000_000, u64::MAX);
+        write(dir.path(), "intel-rapl:1", 7_000_000, u64::MAX);
+        write(dir.path(), "intel-rapl:0:0", 2_000_000, u64::MAX);
+        let used = meter.read_joules() - start;
+        assert!((used - 5.0).abs() < 1e-9, "{used}");
+    }
+
+    #[test]
+    fn an_unreadable_psys_falls_back_to_the_packages() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "intel-rapl:0", 1_000_000, u64::MAX);
+        // psys present but its counter unreadable (e.g. restricted to root).
+        name(dir.path(), "intel-rapl:1", "psys");
+        let mut meter = Meter::detect(dir.path(), 10.0);
+        assert_eq!(meter.method(), Method::Rapl);
+        let start = meter.read_joules();
+        write(dir.path(), "intel-rapl:0", 3_500_000, u64::MAX);
+        let used = meter.read_joules() - start;
+        assert!((used - 2.5).abs() < 1e-9, "{used}");
+    }
+
+    #[test]
+    fn top_level_domains_of_other_names_are_not_summed() {
+        let dir = tempfile::tempdir().unwrap();
+        name(dir.path(), "intel-rapl:0", "dram");
+        write(dir.path(), "intel-rapl:0", 0, u64::MAX);
+        assert_eq!(Meter::detect(dir.path(), 10.0).method(), Method::CpuTime);
     }
 
     #[test]

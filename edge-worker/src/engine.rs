@@ -12,6 +12,9 @@ use std::sync::Arc;
 use candle_core::Device;
 use either::Either;
 use indexmap::IndexMap;
+use mistralrs_core::llguidance::api::TopLevelGrammar;
+use mistralrs_core::llguidance::toktrie::TokTrie;
+use mistralrs_core::llguidance::ParserFactory;
 use mistralrs_core::{
     AutoDeviceMapParams, Constraint, CustomLogitsProcessor, DefaultSchedulerMethod,
     DeviceMapSetting, GGUFLoaderBuilder, GGUFSpecificConfig, MessageContent, MistralRs,
@@ -51,6 +54,23 @@ pub enum EngineError {
     Closed,
     #[error("the engine rejected the request: {0}")]
     Rejected(String),
+    /// The requested output format cannot be compiled into a grammar; the
+    /// text says why and names no path, so it may go back to the client.
+    #[error("{0}")]
+    InvalidFormat(String),
+}
+
+/// What shape the answer must take.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum OutputFormat {
+    /// Free text.
+    #[default]
+    Text,
+    /// JSON matching this JSON Schema, enforced token by token by
+    /// constrained decoding (llguidance): tokens that would break the schema
+    /// are masked out before sampling, so the answer is valid unless
+    /// `max_tokens` cuts it short.
+    JsonSchema(serde_json::Value),
 }
 
 /// A chat message as the engine's chat template consumes it.
@@ -70,6 +90,7 @@ pub struct GenerateParams {
     /// Seeds the request's own random stream: the same request with the same
     /// seed samples the same tokens, whatever else runs beside it.
     pub seed: Option<u64>,
+    pub format: OutputFormat,
 }
 
 pub struct Engine {
@@ -81,6 +102,16 @@ pub struct Engine {
     pub context_length: usize,
     /// Carried by every request; see [`crate::pool`].
     attach_pool: Option<Arc<dyn CustomLogitsProcessor>>,
+    /// Compiles output formats into grammars over the model's vocabulary;
+    /// the same factory mistralrs builds its per-sequence constraints with.
+    grammars: Option<Arc<ParserFactory>>,
+    /// The token a constrained sequence is forced to emit once its grammar
+    /// is complete (llguidance's end of text), with its text, when the
+    /// engine does not end sequences on it by itself. Some chat models end
+    /// a turn with another token (SmolLM2: `<|im_end|>` ends, llguidance
+    /// picks `<|endoftext|>`); without this stop, a finished JSON answer
+    /// would run on, invisibly, to `max_tokens` and report `length`.
+    grammar_stop: Option<(u32, String)>,
 }
 
 impl Engine {
@@ -132,7 +163,26 @@ impl Engine {
         .map_err(|e| EngineError::Load(format!("loader panicked: {e}")))?
         .map_err(|e| EngineError::Load(format!("{e:#}")))?;
 
-        let max_seq_len = pipeline.lock().await.get_metadata().max_seq_len;
+        let (max_seq_len, grammars, grammar_stop) = {
+            let pipeline = pipeline.lock().await;
+            let metadata = pipeline.get_metadata();
+            let grammar_stop = metadata.llg_factory.as_ref().and_then(|factory| {
+                let trie = factory.tok_env().tok_trie();
+                let eos = trie.eos_token();
+                // Special tokens carry a marker byte before their text.
+                let bytes = trie.token(eos);
+                let bytes = bytes
+                    .strip_prefix(&[TokTrie::SPECIAL_TOKEN_MARKER])
+                    .unwrap_or(bytes);
+                let text = String::from_utf8_lossy(bytes).into_owned();
+                (!metadata.eos_tok.contains(&eos)).then_some((eos, text))
+            });
+            (
+                metadata.max_seq_len,
+                metadata.llg_factory.clone(),
+                grammar_stop,
+            )
+        };
         let max_running = std::num::NonZeroUsize::new(options.max_running.max(1))
             .unwrap_or(std::num::NonZeroUsize::MIN);
         let scheduler = SchedulerConfig::DefaultScheduler {
@@ -155,7 +205,27 @@ impl Engine {
             model_id: options.model_id,
             context_length,
             attach_pool: crate::pool::attach_processor(options.threads),
+            grammars,
+            grammar_stop,
         })
+    }
+
+    /// Checks that an output format compiles into a grammar, so that a bad
+    /// schema is the client's 400 rather than a failed generation.
+    /// Compiling is CPU work bounded by llguidance's limits; it runs off the
+    /// async threads.
+    pub async fn check_format(&self, format: &OutputFormat) -> Result<(), EngineError> {
+        let OutputFormat::JsonSchema(schema) = format else {
+            return Ok(());
+        };
+        let factory = self.grammars.clone().ok_or_else(|| {
+            EngineError::InvalidFormat("this model has no grammar support".into())
+        })?;
+        let grammar = TopLevelGrammar::from_json_schema(schema.clone());
+        tokio::task::spawn_blocking(move || factory.create_parser(grammar).map(drop))
+            .await
+            .map_err(|e| EngineError::Rejected(format!("grammar check panicked: {e}")))?
+            .map_err(|e| EngineError::InvalidFormat(format!("{e:#}")))
     }
 
     /// Tokens the chat template turns these messages into, generation prompt
@@ -189,6 +259,7 @@ impl Engine {
         // never waits on a slow client (which would stall every sequence in
         // the batch); memory stays bounded by max_tokens.
         let (tx, rx) = mpsc::channel(params.max_tokens + 4);
+        let (constraint, stop_toks) = self.constraint(params.format, params.stop);
         // mistralrs reads a missing temperature as 1 and samples greedily
         // only below 1e-7, which matches OpenAI's semantics as they are.
         let sampling = SamplingParams {
@@ -200,7 +271,7 @@ impl Engine {
             frequency_penalty: params.frequency_penalty,
             presence_penalty: params.presence_penalty,
             repetition_penalty: None,
-            stop_toks: (!params.stop.is_empty()).then_some(StopTokens::Seqs(params.stop)),
+            stop_toks,
             max_len: Some(params.max_tokens),
             logits_bias: None,
             n_choices: 1,
@@ -218,7 +289,7 @@ impl Engine {
             return_logprobs: false,
             is_streaming: true,
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            constraint: Constraint::None,
+            constraint,
             suffix: None,
             tools: None,
             tool_choice: None,
@@ -230,6 +301,36 @@ impl Engine {
         };
         self.send(Request::Normal(Box::new(request))).await?;
         Ok(rx)
+    }
+
+    /// The grammar constraint for a format, and the stops that go with it.
+    fn constraint(
+        &self,
+        format: OutputFormat,
+        stop: Vec<String>,
+    ) -> (Constraint, Option<StopTokens>) {
+        let schema = match format {
+            OutputFormat::Text => {
+                return (
+                    Constraint::None,
+                    (!stop.is_empty()).then_some(StopTokens::Seqs(stop)),
+                );
+            }
+            OutputFormat::JsonSchema(schema) => schema,
+        };
+        let stops = match (&self.grammar_stop, stop.is_empty()) {
+            (None, true) => None,
+            (None, false) => Some(StopTokens::Seqs(stop)),
+            (Some((id, _)), true) => Some(StopTokens::Ids(vec![*id])),
+            // A special token's text encodes to that one token, which
+            // mistralrs then stops on as a token, beside the client's strings.
+            (Some((_, text)), false) => {
+                let mut seqs = stop;
+                seqs.push(text.clone());
+                Some(StopTokens::Seqs(seqs))
+            }
+        };
+        (Constraint::JsonSchema(schema), stops)
     }
 
     async fn send(&self, request: Request) -> Result<(), EngineError> {

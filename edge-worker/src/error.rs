@@ -1,13 +1,14 @@
 //! The HTTP boundary's one error type. Every failure a client can see is an
 //! [`ApiError`] rendered in OpenAI's shape,
-//! `{"error":{"message","type","param","code"}}`, so the official SDKs raise
-//! their typed exceptions. Internal details (paths, engine messages) are logged,
-//! never sent.
+//! `{"error":{"message","type","param","code"}}` (the shared
+//! [`wire::ErrorBody`]), so the official SDKs raise their typed exceptions;
+//! a stream that fails after its headers carries the same body as its last
+//! event. Internal details (paths, engine messages) are logged, never sent.
 
 use axum::extract::rejection::JsonRejection;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use wire::ErrorBody;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -24,6 +25,9 @@ pub enum ApiError {
         code: &'static str,
         message: String,
     },
+    /// 401: a `/v1/*` request without the worker's token, or with another.
+    #[error("this worker requires `Authorization: Bearer <worker token>`; the request had none or a wrong one")]
+    InvalidWorkerToken,
     /// 400: prompt plus requested output do not fit the model's context.
     #[error("{0}")]
     ContextLength(String),
@@ -59,20 +63,6 @@ pub enum ApiError {
     Internal,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Inner<'a>,
-}
-
-#[derive(Serialize)]
-struct Inner<'a> {
-    message: String,
-    #[serde(rename = "type")]
-    kind: &'a str,
-    param: Option<&'a str>,
-    code: &'a str,
-}
-
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
@@ -80,6 +70,7 @@ impl ApiError {
             | Self::InvalidBody(_)
             | Self::InvalidParam { .. }
             | Self::ContextLength(_) => StatusCode::BAD_REQUEST,
+            Self::InvalidWorkerToken => StatusCode::UNAUTHORIZED,
             Self::ModelNotFound(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -98,6 +89,7 @@ impl ApiError {
             Self::InvalidBody(_) => "invalid_request_body",
             Self::InvalidParam { code, .. } => code,
             Self::ContextLength(_) => "context_length_exceeded",
+            Self::InvalidWorkerToken => "invalid_worker_token",
             Self::ModelNotFound(_) => "model_not_found",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
@@ -111,15 +103,15 @@ impl ApiError {
         }
     }
 
+    /// OpenAI's `error.type`: what the SDKs and the gateway key on.
     fn kind(&self) -> &'static str {
-        match self.status() {
-            StatusCode::NOT_FOUND if matches!(self, Self::ModelNotFound(_)) => {
-                "invalid_request_error"
-            }
-            StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
-            StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT => "server_error",
-            StatusCode::INTERNAL_SERVER_ERROR => "internal_error",
-            _ => "invalid_request_error",
+        let status = self.status();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            "rate_limit_error"
+        } else if status.is_server_error() {
+            "server_error"
+        } else {
+            "invalid_request_error"
         }
     }
 
@@ -130,6 +122,12 @@ impl ApiError {
             Self::ContextLength(_) => Some("messages"),
             _ => None,
         }
+    }
+
+    /// The error in OpenAI's shape, as the JSON body of a response or as the
+    /// last event of a stream whose headers already went out.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody::new(&self.to_string(), self.kind(), self.param(), self.code())
     }
 
     pub fn invalid(
@@ -159,21 +157,66 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = self.status();
-        let body = Body {
-            error: Inner {
-                message: self.to_string(),
-                kind: self.kind(),
-                param: self.param(),
-                code: self.code(),
-            },
-        };
-        let mut response = (status, axum::Json(body)).into_response();
-        if let Self::Busy(secs) = self {
-            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-                response.headers_mut().insert(header::RETRY_AFTER, v);
+        let mut response = (
+            self.status(),
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            self.body().to_json(),
+        )
+            .into_response();
+        match self {
+            Self::Busy(secs) => {
+                if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                    response.headers_mut().insert(header::RETRY_AFTER, v);
+                }
             }
+            Self::InvalidWorkerToken => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn types_follow_openai_whether_sent_as_json_or_in_a_stream() {
+        for (error, kind, code) in [
+            (ApiError::Internal, "server_error", "internal_error"),
+            (ApiError::Timeout, "server_error", "timeout"),
+            (ApiError::NotReady, "server_error", "model_loading"),
+            (ApiError::Busy(1), "rate_limit_error", "worker_busy"),
+            (
+                ApiError::InvalidWorkerToken,
+                "invalid_request_error",
+                "invalid_worker_token",
+            ),
+            (
+                ApiError::ModelNotFound("x".into()),
+                "invalid_request_error",
+                "model_not_found",
+            ),
+        ] {
+            let body = error.body();
+            assert_eq!(body.error.kind, kind, "{error:?}");
+            assert_eq!(body.error.code.as_deref(), Some(code));
+            assert_eq!(body.error.message, error.to_string());
+        }
+    }
+
+    #[test]
+    fn a_refused_token_asks_for_bearer_auth() {
+        let response = ApiError::InvalidWorkerToken.into_response();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Bearer");
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
     }
 }

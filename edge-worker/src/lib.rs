@@ -4,21 +4,25 @@
 //!
 //! # Layout
 //! - [`config`]: flags and environment.
+//! - [`auth`]: the worker token that guards `/v1/*`.
 //! - [`gguf`]: checks a model file and reads its header before loading.
 //! - [`requantize`]: converts weights without SIMD kernels (Q5_0, Q5_1) to Q8_0, cached.
 //! - [`engine`]: loads the model with `mistralrs-core` and starts generations.
 //! - [`pool`]: makes mistralrs's engine thread a rayon worker (decode speed).
 //! - [`admission`]: running slots and a bounded queue (429 beyond it).
 //! - [`generation`]: drives one generation; TTFT, token timing, energy, cancel.
-//! - [`chat`]: `POST /v1/chat/completions`, JSON and SSE.
+//! - [`chat`]: `POST /v1/chat/completions`, JSON and SSE; its `validate`
+//!   checks requests (including `response_format`) before admission.
 //! - [`routes`]: models, health, readiness, load report, metrics, fallbacks.
 //! - [`energy`]: RAPL or CPU-time joules, split among concurrent requests.
 //! - [`stats`]: moving averages of speed and joules per token.
 //! - [`server`]: start-up, model loading in the background, SIGTERM drain.
 //! - [`error`]: the OpenAI-shaped error type of the HTTP boundary.
-//! - [`openai`]: wire types.
+//! - [`openai`]: OpenAI chat wire types. The load report and the error body
+//!   are the shared `wire` crate's, which the gateway parses.
 
 pub mod admission;
+pub mod auth;
 pub mod chat;
 pub mod config;
 pub mod energy;
@@ -39,6 +43,7 @@ use std::sync::{Arc, OnceLock};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::admission::Admission;
+use crate::auth::WorkerToken;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::generation::Reporters;
@@ -69,6 +74,8 @@ impl std::ops::Deref for AppState {
 
 pub struct Shared {
     pub config: Config,
+    /// When set, `/v1/*` requires it (see [`auth`]).
+    pub token: Option<WorkerToken>,
     /// Set once the model has loaded; until then chat requests get 503 and
     /// `/readyz` says not ready, while `/healthz` already answers.
     pub engine: OnceLock<Arc<Engine>>,
@@ -86,6 +93,7 @@ pub struct Shared {
 impl AppState {
     pub fn new(
         config: Config,
+        token: Option<WorkerToken>,
         facts: ModelFacts,
         reporters: Reporters,
         metrics: PrometheusHandle,
@@ -93,6 +101,7 @@ impl AppState {
         let admission = Admission::new(config.max_running, config.max_waiting);
         Self(Arc::new(Shared {
             config,
+            token,
             engine: OnceLock::new(),
             facts,
             admission,

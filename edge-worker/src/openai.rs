@@ -1,8 +1,11 @@
 //! OpenAI chat-completions wire types, as far as this worker supports them.
 //! Unknown request fields are ignored, as OpenAI-compatible servers do, so
-//! SDKs that send newer optional fields keep working.
+//! SDKs that send newer optional fields keep working; fields that change
+//! what the answer must be (`response_format`, tools) are read, and honoured
+//! or refused.
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
@@ -36,6 +39,20 @@ pub struct ChatRequest {
     pub frequency_penalty: Option<f32>,
     #[serde(default)]
     pub presence_penalty: Option<f32>,
+    /// `{"type": "text" | "json_object" | "json_schema", ...}`; kept as JSON
+    /// so that a malformed one gets an error naming `response_format`.
+    #[serde(default)]
+    pub response_format: Option<Value>,
+    /// Tool calling is not supported; these are read only to refuse it.
+    #[serde(default)]
+    pub tools: Option<Value>,
+    #[serde(default)]
+    pub tool_choice: Option<Value>,
+    /// The deprecated forms of `tools` and `tool_choice`.
+    #[serde(default)]
+    pub functions: Option<Value>,
+    #[serde(default)]
+    pub function_call: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]

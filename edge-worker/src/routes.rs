@@ -6,14 +6,24 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Serialize;
 use std::sync::atomic::Ordering;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
+use wire::{Capabilities, LoadReport};
+
 use crate::error::ApiError;
 use crate::openai::{ModelCard, ModelList};
 use crate::AppState;
+
+/// What this worker honours beyond plain chat, published in the load report
+/// so that the gateway sends such requests only to backends that can.
+pub const CAPABILITIES: Capabilities = Capabilities {
+    // `response_format` json_object / json_schema, by constrained decoding.
+    json_schema: true,
+    // Requests with tools are refused with 400 (`chat::validate`).
+    tools: false,
+};
 
 /// The worker's HTTP surface.
 pub fn app(state: AppState) -> Router {
@@ -29,6 +39,11 @@ pub fn app(state: AppState) -> Router {
             ApiError::NotFound(req.uri().path().to_string())
         })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        // Inside the counter, so refused requests are counted too.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::require_token,
+        ))
         .layer(middleware::from_fn(count_requests))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(PropagateRequestIdLayer::x_request_id())
@@ -87,48 +102,37 @@ async fn ready(State(state): State<AppState>) -> Response {
     "ready".into_response()
 }
 
-/// The load report the gateway polls.
-#[derive(Debug, Serialize)]
-pub struct LoadReport {
-    pub model: Option<String>,
-    pub quantization: String,
-    pub served_quantization: Option<String>,
-    pub context_length: Option<usize>,
-    pub active_sequences: usize,
-    pub waiting_sequences: usize,
-    pub max_running_sequences: usize,
-    pub max_waiting_sequences: usize,
-    pub prefill_tokens_per_s: Option<f64>,
-    pub decode_tokens_per_s: Option<f64>,
-    pub joules_per_prompt_token: Option<f64>,
-    pub joules_per_output_token: Option<f64>,
-    pub energy_method: &'static str,
-    /// Whether mistralrs's engine thread computes as a rayon worker (see
-    /// `pool`); false means the slow path, e.g. with one compute thread.
-    pub engine_in_compute_pool: bool,
-    pub ready: bool,
-    pub draining: bool,
+/// Counts and sizes go on the wire as `u32`; none comes near its limit, and
+/// one that did would read as full rather than wrap.
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
+/// The load report the gateway polls, in the shared [`wire::LoadReport`]
+/// shape: what is not known yet (the model while it loads, rates before the
+/// first measured generation) is `null`, never a made-up value.
 async fn load(State(state): State<AppState>) -> Json<LoadReport> {
     let engine = state.engine.get();
     let rates = state.reporters.stats.snapshot();
     let draining = state.draining.load(Ordering::Acquire);
     Json(LoadReport {
         model: engine.map(|e| e.model_id.clone()),
-        quantization: state.facts.quantization.clone(),
+        quantization: Some(state.facts.quantization.clone()),
         served_quantization: state.facts.served_quantization.get().cloned(),
-        context_length: engine.map(|e| e.context_length),
-        active_sequences: state.admission.running(),
-        waiting_sequences: state.admission.waiting(),
-        max_running_sequences: state.admission.max_running,
-        max_waiting_sequences: state.admission.max_waiting,
+        context_length: engine.map(|e| count(e.context_length)),
+        active_sequences: count(state.admission.running()),
+        waiting_sequences: count(state.admission.waiting()),
+        max_running_sequences: count(state.admission.max_running),
+        max_waiting_sequences: count(state.admission.max_waiting),
         prefill_tokens_per_s: rates.prefill_tokens_per_s,
         decode_tokens_per_s: rates.decode_tokens_per_s,
         joules_per_prompt_token: rates.joules_per_prompt_token,
         joules_per_output_token: rates.joules_per_output_token,
-        energy_method: state.reporters.energy.method().as_str(),
+        energy_method: Some(state.reporters.energy.method().as_str().to_string()),
+        // Whether mistralrs's engine thread computes as a rayon worker (see
+        // `pool`); false means the slow path, e.g. with one compute thread.
         engine_in_compute_pool: crate::pool::engine_attached(),
+        capabilities: CAPABILITIES,
         ready: engine.is_some() && !draining,
         draining,
     })

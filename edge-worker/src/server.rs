@@ -13,9 +13,12 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{self, TokenError};
 use crate::config::Config;
 use crate::energy::{Accountant, Meter};
-use crate::engine::{self, Engine, EngineError, EngineOptions, GenerateParams, ModelSource};
+use crate::engine::{
+    self, Engine, EngineError, EngineOptions, GenerateParams, ModelSource, OutputFormat,
+};
 use crate::generation::Reporters;
 use crate::gguf::{self, GgufError};
 use crate::requantize::{self, Requantize};
@@ -24,6 +27,8 @@ use crate::{AppState, ModelFacts};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error(transparent)]
+    Token(#[from] TokenError),
     #[error(transparent)]
     Model(#[from] GgufError),
     #[error(transparent)]
@@ -41,6 +46,8 @@ pub enum StartError {
 
 /// Runs the worker until it is told to stop.
 pub async fn run(config: Config) -> Result<(), StartError> {
+    // First, so that an exposed address without a token fails at once.
+    let token = auth::configure(&config)?;
     let (source, model_id, quantization) = resolve_source(&config)?;
     let metrics = install_metrics()?;
     let meter = Meter::detect(&config.powercap_dir, config.watts_per_core);
@@ -70,7 +77,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         served_quantization: std::sync::OnceLock::new(),
     };
     let requant = (config.requantize, config.cache_dir.clone());
-    let state = AppState::new(config, facts, reporters, metrics);
+    let state = AppState::new(config, token, facts, reporters, metrics);
     tracing::info!(%addr, "listening; loading the model");
     // One line on stdout tells scripts and tests the bound address (the
     // port may have been 0) without parsing logs.
@@ -224,6 +231,7 @@ async fn warm_up(engine: &Engine, state: &AppState) -> Result<(), EngineError> {
             frequency_penalty: None,
             presence_penalty: None,
             seed: None,
+            format: OutputFormat::Text,
         })
         .await?;
     while let Some(response) = rx.recv().await {

@@ -1,18 +1,61 @@
-"""The official OpenAI Python SDK against the edge worker."""
+"""The official OpenAI Python SDK against the edge worker.
+
+The worker here runs as deployed: with a worker token, which the SDK sends
+as its API key (`Authorization: Bearer <token>`).
+"""
 
 import json
+import os
+import pathlib
+import subprocess
+import time
+from typing import Literal
 
+import httpx
 import jinja2
 import openai
+import pydantic
 import pytest
 from llama_cpp import Llama
 
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+BIN = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release"
 MODEL_ID = "smollm2-135m-instruct"
+TOKEN = "sdk-test-worker-token-41d2"
 
 
 @pytest.fixture(scope="module")
-def client(edge_worker):
-    return openai.OpenAI(base_url=edge_worker + "/v1", api_key="unused", max_retries=0)
+def worker(model_path):
+    """A worker of its own, started with EDGE_WORKER_TOKEN; its base URL."""
+    env = dict(os.environ, EDGE_WORKER_TOKEN=TOKEN)
+    env.pop("EDGE_WORKER_TOKEN_FILE", None)
+    proc = subprocess.Popen(
+        [str(BIN / "edge-worker"), "--model-path", str(model_path), "--listen", "127.0.0.1:0"],
+        stdout=subprocess.PIPE, text=True, env=env,
+    )
+    banner = "edge-worker listening on"
+    line = proc.stdout.readline().strip()
+    try:
+        assert line.startswith(banner), f"unexpected first line: {line!r}"
+        base = line.removeprefix(banner).strip()
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "worker not ready within 120 s"
+            time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def client(worker):
+    return openai.OpenAI(base_url=worker + "/v1", api_key=TOKEN, max_retries=0)
 
 
 def test_chat(client):
@@ -97,3 +140,105 @@ def test_usage_matches_an_independent_tokenizer(client, model_path):
         len(completion_ids),
         json.dumps(r.choices[0].message.content),
     )
+
+
+def test_a_wrong_or_missing_token_is_an_authentication_error(worker):
+    for key in ["wrong-token", TOKEN[:-1]]:
+        stranger = openai.OpenAI(base_url=worker + "/v1", api_key=key, max_retries=0)
+        with pytest.raises(openai.AuthenticationError) as e:
+            stranger.chat.completions.create(
+                model=MODEL_ID, messages=[{"role": "user", "content": "hi"}], max_tokens=2
+            )
+        assert e.value.code == "invalid_worker_token"
+        assert e.value.response.headers["www-authenticate"] == "Bearer"
+        with pytest.raises(openai.AuthenticationError):
+            stranger.models.list()
+    r = httpx.get(worker + "/v1/worker/load")
+    assert r.status_code == 401
+    assert r.json()["error"]["code"] == "invalid_worker_token"
+    # Probes and scrapers need no token.
+    for path in ["/healthz", "/readyz", "/metrics"]:
+        assert httpx.get(worker + path).status_code == 200, path
+
+
+CITY_SCHEMA = {
+    "type": "object",
+    "properties": {"city": {"type": "string", "maxLength": 20}},
+    "required": ["city"],
+    "additionalProperties": False,
+}
+
+
+def _assert_city(text):
+    value = json.loads(text)
+    assert list(value) == ["city"], text
+    assert isinstance(value["city"], str) and len(value["city"]) <= 20, text
+
+
+def test_json_schema_response_format(client):
+    kwargs = dict(
+        model=MODEL_ID,
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        temperature=0,
+        max_tokens=64,
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "city", "schema": CITY_SCHEMA, "strict": True},
+        },
+    )
+    r = client.chat.completions.create(**kwargs)
+    assert r.choices[0].finish_reason == "stop"
+    _assert_city(r.choices[0].message.content)
+    chunks = list(
+        client.chat.completions.create(
+            **kwargs, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == r.choices[0].message.content
+    _assert_city(streamed)
+    assert chunks[-1].usage.completion_tokens == r.usage.completion_tokens
+    # The worker's energy extension rides along in the streamed usage too.
+    assert chunks[-1].usage.model_extra["energy_joules"] > 0
+    assert chunks[-1].usage.model_extra["energy_method"] == r.usage.model_extra["energy_method"]
+
+
+class Capital(pydantic.BaseModel):
+    city: Literal["Paris", "London", "Rome", "Berlin"]
+
+
+def test_structured_output_parses_into_a_pydantic_model(client):
+    """The SDK's own structured-output helper: it derives a strict schema
+    from the model class and parses the answer back into it."""
+    r = client.chat.completions.parse(
+        model=MODEL_ID,
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        temperature=0,
+        max_tokens=32,
+        response_format=Capital,
+    )
+    assert r.choices[0].finish_reason == "stop"
+    assert isinstance(r.choices[0].message.parsed, Capital)
+
+
+def test_unsupported_requests_are_refused_not_ignored(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(
+            model=MODEL_ID,
+            messages=[{"role": "user", "content": "Weather in Paris?"}],
+            max_tokens=8,
+            tools=[{"type": "function", "function": {
+                "name": "weather", "parameters": {"type": "object", "properties": {}}}}],
+        )
+    assert e.value.code == "unsupported_parameter"
+    assert e.value.param == "tools"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(
+            model=MODEL_ID,
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=8,
+            response_format={"type": "json_schema",
+                             "json_schema": {"name": "x", "schema": {"type": "frobnicate"}}},
+        )
+    assert e.value.code == "invalid_value"
+    assert e.value.param == "response_format"

@@ -34,15 +34,42 @@ pub struct Worker {
     child: Child,
     pub base: String,
     pub client: reqwest::Client,
+    /// Sent as `Authorization: Bearer` by [`Worker::chat`], [`Worker::get`]
+    /// and [`Worker::load`] when set.
+    pub token: Option<String>,
 }
 
 impl Worker {
     /// Starts a worker with extra flags and waits until it is ready.
     pub async fn start(extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_edge-worker"))
+        Self::start_with_env(extra, &[]).await
+    }
+
+    /// Starts a worker with extra flags and environment variables and waits
+    /// until it is ready.
+    pub async fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let worker = Self::spawn(extra, env).await;
+        worker.wait_ready().await;
+        worker
+    }
+
+    /// Starts a worker with extra flags and environment variables and
+    /// returns once it listens, while the model is still loading. Listens on
+    /// a loopback port unless `extra` names `--listen`; a worker token in the
+    /// test's own environment is not inherited.
+    pub async fn spawn(extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_edge-worker"));
+        command
             .arg("--model-path")
             .arg(model_path())
-            .args(["--listen", "127.0.0.1:0"])
+            .env_remove("EDGE_WORKER_TOKEN")
+            .env_remove("EDGE_WORKER_TOKEN_FILE")
+            .env_remove("EDGE_INSECURE_NO_TOKEN")
+            .envs(env.iter().copied());
+        if !extra.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
+        let mut child = command
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -62,16 +89,21 @@ impl Worker {
             .strip_prefix("edge-worker listening on ")
             .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
             .to_string();
-        let worker = Self {
+        Self {
             child,
             base,
             client: reqwest::Client::new(),
-        };
-        worker.wait_ready().await;
-        worker
+            token: None,
+        }
     }
 
-    async fn wait_ready(&self) {
+    /// Sends this token with the harness's requests from now on.
+    pub fn with_token(mut self, token: &str) -> Self {
+        self.token = Some(token.to_string());
+        self
+    }
+
+    pub async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             if let Ok(r) = self.client.get(self.url("/readyz")).send().await {
@@ -114,24 +146,35 @@ impl Worker {
             .to_owned()
     }
 
+    fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
     pub async fn chat(&self, body: &Value) -> reqwest::Response {
-        self.client
-            .post(self.url("/v1/chat/completions"))
+        self.authorized(self.client.post(self.url("/v1/chat/completions")))
             .json(body)
             .send()
             .await
             .unwrap()
     }
 
-    pub async fn load(&self) -> Value {
-        self.client
-            .get(self.url("/v1/worker/load"))
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.authorized(self.client.get(self.url(path)))
             .send()
             .await
             .unwrap()
-            .json()
-            .await
-            .unwrap()
+    }
+
+    pub async fn load(&self) -> Value {
+        self.get("/v1/worker/load").await.json().await.unwrap()
+    }
+
+    /// The Prometheus exposition text.
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics").await.text().await.unwrap()
     }
 
     /// Sends SIGTERM and waits for the exit status.

@@ -1,0 +1,67 @@
+//! `/v1/worker/load` is the shared `wire::LoadReport` the gateway parses,
+//! from the first poll while the model loads to the measured ready worker.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Worker, MODEL};
+use wire::{Capabilities, LoadReport};
+
+async fn report(w: &Worker) -> LoadReport {
+    let response = w.get("/v1/worker/load").await;
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+#[tokio::test]
+async fn the_load_report_parses_as_the_wire_type_while_loading_and_after() {
+    let w = Worker::spawn(&["--max-running", "3", "--max-waiting", "5"], &[]).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut loading = Vec::new();
+    let ready = loop {
+        let r = report(&w).await;
+        if r.ready {
+            break r;
+        }
+        loading.push(r);
+        assert!(Instant::now() < deadline, "not ready within 120 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // The first poll came right after the worker started listening, long
+    // before the model could have loaded and warmed up.
+    let first = loading.first().expect("a report while loading");
+    assert_eq!(first.model, None, "{first:?}");
+    assert_eq!(first.context_length, None);
+    assert_eq!(first.quantization.as_deref(), Some("Q4_1"));
+    assert_eq!(
+        (first.max_running_sequences, first.max_waiting_sequences),
+        (3, 5)
+    );
+    assert!(!first.draining && !first.saturated());
+
+    let expected = Capabilities {
+        json_schema: true,
+        tools: false,
+    };
+    for r in loading.iter().chain([&ready]) {
+        assert_eq!(r.capabilities, expected);
+        assert!(r.energy_method.is_some());
+    }
+    assert_eq!(ready.model.as_deref(), Some(MODEL));
+    assert_eq!(ready.context_length, Some(8192));
+    assert_eq!((ready.active_sequences, ready.waiting_sequences), (0, 0));
+    assert!(ready.served_quantization.is_some());
+    // The warm-up measured the speed before readiness was declared.
+    assert!(
+        ready.prefill_tokens_per_s.is_some_and(|v| v > 0.0),
+        "{ready:?}"
+    );
+    assert!(
+        ready.decode_tokens_per_s.is_some_and(|v| v > 0.0),
+        "{ready:?}"
+    );
+}
