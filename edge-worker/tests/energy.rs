@@ -87,11 +87,16 @@ impl Drop for FakeRapl {
     }
 }
 
-/// A counter's value in the Prometheus text (0 when absent).
-fn metric(text: &str, name: &str) -> f64 {
+/// A sample's value in the Prometheus text (`None` when absent).
+fn sample<'a>(text: &'a str, name: &str) -> Option<&'a str> {
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
+        .map(str::trim)
+}
+
+/// An integer counter's value (0 when absent).
+fn counter(text: &str, name: &str) -> u64 {
+    sample(text, name).map_or(0, |v| v.parse().unwrap())
 }
 
 /// One answer's joules, checked against its headers; returns them.
@@ -131,16 +136,19 @@ async fn streamed_joules(w: &Worker, method: &str) -> f64 {
 /// the load report publishes per-token figures from the same meter.
 async fn check_metrics_and_load(w: &Worker, method: &str, answers: &[f64]) {
     let metrics = w.metrics().await;
-    let millijoules: f64 = answers.iter().map(|j| (j * 1000.0).round()).sum();
+    let millijoules: u64 = answers.iter().map(|j| (j * 1000.0).round() as u64).sum();
     assert_eq!(
-        metric(&metrics, "edge_energy_millijoules_total"),
+        counter(&metrics, "edge_energy_millijoules_total"),
         millijoules
     );
-    let sum = metric(&metrics, "edge_request_joules_sum");
+    let sum: f64 = sample(&metrics, "edge_request_joules_sum")
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((sum - answers.iter().sum::<f64>()).abs() < 1e-9, "{sum}");
     assert_eq!(
-        metric(&metrics, "edge_request_joules_count"),
-        answers.len() as f64
+        counter(&metrics, "edge_request_joules_count"),
+        answers.len() as u64
     );
     let load: wire::LoadReport = serde_json::from_value(w.load().await).unwrap();
     assert_eq!(load.energy_method.as_deref(), Some(method));

@@ -265,7 +265,7 @@ mod tests {
         }
     }
 
-    fn request(extra: Value) -> ChatRequest {
+    fn request(extra: &Value) -> ChatRequest {
         let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
         for (k, v) in extra.as_object().unwrap() {
             body[k] = v.clone();
@@ -289,7 +289,7 @@ mod tests {
             (json!({"tools": [], "tool_choice": "none"}), None),
             (json!({"tools": null, "tool_choice": null}), None),
         ] {
-            let got = match refuse_tools(&request(extra.clone())) {
+            let got = match refuse_tools(&request(&extra)) {
                 Ok(()) => None,
                 Err(ApiError::InvalidParam { param, code, .. }) => {
                     assert_eq!(code, "unsupported_parameter");
