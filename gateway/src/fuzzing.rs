@@ -3,23 +3,18 @@
 //! same code. Each takes arbitrary bytes and must neither panic nor hang nor
 //! allocate without bound; each also checks the properties it can.
 
-use std::sync::LazyLock;
-
 use axum::http::HeaderMap;
 
 use crate::http::chat::request::{is_routing_field, ChatRequest};
 use crate::http::chat::sse::SseReader;
 use crate::privacy::{classify, request_texts, Class, RuleSet};
 
-/// The builtin detectors, compiled once.
-static RULES: LazyLock<Option<RuleSet>> = LazyLock::new(|| RuleSet::compile(&[]).ok());
-
 /// Request validation, then classification of what would be forwarded.
 pub fn request(data: &[u8]) {
     let Ok(mut req) = ChatRequest::parse(data, &HeaderMap::new()) else {
         return;
     };
-    if let Some(rules) = RULES.as_ref() {
+    if let Some(rules) = RuleSet::builtins() {
         let _ = classify(request_texts(&req.body), Class::Public, None, rules);
     }
     let sent = req.upstream_body("upstream-model");
@@ -57,7 +52,7 @@ fn read_events(chunks: &[&[u8]]) -> Result<Vec<String>, ()> {
 /// The privacy detectors on arbitrary text, normalisation included.
 pub fn detectors(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
-    if let Some(rules) = RULES.as_ref() {
+    if let Some(rules) = RuleSet::builtins() {
         let got = classify([text.as_ref()], Class::Public, None, rules);
         assert!(got.fired.iter().all(|f| !f.is_empty()));
     }

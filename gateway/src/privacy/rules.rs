@@ -167,6 +167,16 @@ impl RuleSet {
         Ok(RuleSet { set, detectors })
     }
 
+    /// The builtin detectors with their default classes, compiled once per
+    /// process (`None` only if a builtin pattern failed to compile, which
+    /// the unit tests rule out).
+    #[must_use]
+    pub fn builtins() -> Option<&'static RuleSet> {
+        static BUILTINS_ONLY: std::sync::LazyLock<Option<RuleSet>> =
+            std::sync::LazyLock::new(|| RuleSet::compile(&[]).ok());
+        BUILTINS_ONLY.as_ref()
+    }
+
     /// Yields `(detector name, class)` for every detector with at least one
     /// validated hit in `text`.
     pub(super) fn scan<'s>(&'s self, text: &str) -> Vec<(&'s str, Class)> {

@@ -26,7 +26,6 @@
 //! already leaves those out, and [`execute`] checks again right before
 //! sending, so a future routing bug cannot break the invariant.
 
-use std::sync::LazyLock;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -294,7 +293,6 @@ fn pass_through(e: AttemptError, record: Record, route: &RouteHeaders) -> Respon
 /// Whether upstream text may be shown to the client: short, and neither
 /// mentioning credentials nor holding anything the secret detectors find.
 fn safe_to_echo(text: &str) -> bool {
-    static DETECTORS: LazyLock<Option<RuleSet>> = LazyLock::new(|| RuleSet::compile(&[]).ok());
     let lower = text.to_ascii_lowercase();
     text.len() <= MAX_UPSTREAM_MESSAGE
         && ![
@@ -308,7 +306,7 @@ fn safe_to_echo(text: &str) -> bool {
         ]
         .iter()
         .any(|w| lower.contains(w))
-        && DETECTORS.as_ref().is_some_and(|rules| {
+        && RuleSet::builtins().is_some_and(|rules| {
             classify([text], Class::Public, None, rules)
                 .fired
                 .is_empty()
