@@ -386,6 +386,14 @@ pub fn read_header<R: Read>(
             len: r.pos,
             max: limits.max_header_bytes,
         })?;
+    if data_offset > file_len {
+        // Even a file without tensors has its padding up to the alignment.
+        return Err(HeaderError::Truncated {
+            at: file_len,
+            needed: data_offset - file_len,
+            what: "the padding before the tensor data",
+        });
+    }
     if data_offset > limits.max_header_bytes {
         return Err(HeaderError::TooLong {
             what: "the header",

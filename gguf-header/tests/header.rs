@@ -333,7 +333,7 @@ fn alignment_must_be_a_u32_power_of_two() {
             "type {code} value {value}"
         );
     }
-    let ok = Raw::v3(0, 1).s("general.alignment").u32(4).u32(64);
+    let ok = Raw::v3(0, 1).s("general.alignment").u32(4).u32(64).pad(16);
     let h = read(&ok.0).unwrap();
     assert_eq!((h.alignment, h.data_offset), (64, 64));
 }
@@ -411,6 +411,21 @@ fn tensors_must_fit_the_file() {
             .pad(128)),
         HeaderError::DuplicateTensor(_)
     ));
+}
+
+#[test]
+fn a_file_without_tensors_still_has_its_padding() {
+    // Found by the fuzzer: a 24-byte header whose padding to 32 is cut.
+    assert!(matches!(
+        err(Raw::v3(0, 0)),
+        HeaderError::Truncated {
+            at: 24,
+            needed: 8,
+            ..
+        }
+    ));
+    let h = read(&Raw::v3(0, 0).pad(8).0).unwrap();
+    assert_eq!((h.data_offset, h.data_end), (32, 32));
 }
 
 #[test]
