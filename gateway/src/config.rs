@@ -96,6 +96,16 @@ pub struct Config {
     /// at start-up; for container secrets. Used when `worker_token` is
     /// unset.
     pub worker_token_file: Option<PathBuf>,
+    /// Redis URL (`redis://host:6379/0`) for the state gateways share: the
+    /// registry of self-registered edge workers, backend health, limits.
+    /// Without it a single gateway keeps that state in process.
+    pub redis_url: Option<SecretString>,
+    /// Prefix of every Redis key this gateway uses, so several fleets (or
+    /// tests) can share one Redis.
+    pub redis_prefix: String,
+    /// Longest any one Redis call may take; past it the call counts as
+    /// failed and the gateway keeps its local view.
+    pub redis_timeout_ms: u64,
 }
 
 /// How log lines are written to stderr.
@@ -137,6 +147,9 @@ impl Default for Config {
             max_sse_event_bytes: 1 << 20,
             worker_token: None,
             worker_token_file: None,
+            redis_url: None,
+            redis_prefix: "gw:".to_owned(),
+            redis_timeout_ms: 50,
         }
     }
 }
@@ -172,6 +185,9 @@ pub const FIELDS: &[&str] = &[
     "max_sse_event_bytes",
     "worker_token",
     "worker_token_file",
+    "redis_url",
+    "redis_prefix",
+    "redis_timeout_ms",
 ];
 
 /// Why the configuration cannot be loaded. Messages name the file or the
@@ -268,6 +284,7 @@ impl Config {
             ("header_read_timeout_ms", self.header_read_timeout_ms),
             ("body_read_timeout_ms", self.body_read_timeout_ms),
             ("unhealthy_cooldown_ms", self.unhealthy_cooldown_ms),
+            ("redis_timeout_ms", self.redis_timeout_ms),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid(format!("{name} must be > 0")));

@@ -8,8 +8,9 @@
 //!   the class. Pure. Every builtin detector yields `confidential`.
 //! - [`routing`]: the cost model over latency, energy, money and privacy that
 //!   ranks backends for a request. Pure.
-//! - [`limits`]: per-key requests/min, tokens/min and budget checks behind the
-//!   [`limits::Limiter`] trait, with an in-process implementation.
+//! - [`limits`]: per-key requests/min, tokens/min and budget holds behind the
+//!   async [`limits::Limiter`] trait: in process, or shared by a fleet
+//!   through Redis Lua scripts with per-gateway shares as the fallback.
 //! - [`keys`]: API key generation and hashing; only hashes are stored.
 //! - [`store`]: the repository over Postgres or an embedded SQLite file
 //!   (tenants, keys, backends, aliases, policies, privacy rules, ledger).
@@ -49,7 +50,8 @@
 //! - Nothing reaches a cloud that the classifier has not seen: `http::chat`
 //!   classifies the body as it will be forwarded (after the routing fields
 //!   are stripped and the policy applied) plus the forwarded request id.
-//! - The pure modules (`privacy`, `routing`, `limits`, `keys`) do no I/O.
+//! - The pure modules (`privacy`, `routing`, `keys`, and `limits` apart
+//!   from its Redis side, `limits::shared` and `limits::scripts`) do no I/O.
 //! - Only `store` knows SQL; its errors never carry SQL or connection text in
 //!   their `Display`.
 //! - Plaintext API keys exist only in [`keys::NewKey`], wrapped in a

@@ -9,7 +9,7 @@ use crate::auth::KeyCache;
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::ledger::Ledger;
-use crate::limits::{InProcessLimiter, Limiter};
+use crate::limits::{InProcessLimiter, Limiter, SharedLimiter, SharedLimiterError};
 use crate::live::poller::Poller;
 use crate::live::{InProcessLive, LiveView};
 use crate::store::Store;
@@ -57,6 +57,8 @@ impl std::ops::Deref for AppState {
 pub enum StartError {
     #[error("cannot build the upstream HTTP client")]
     Client(#[source] reqwest::Error),
+    #[error("cannot set up the shared limits")]
+    Limits(#[source] SharedLimiterError),
 }
 
 impl AppState {
@@ -85,12 +87,20 @@ impl AppState {
             timeout: Config::ms(config.poll_timeout_ms),
         };
         tasks.spawn(poller.run(stop.clone()));
+        // With Redis, limits and budget holds are shared by the fleet;
+        // without it they are exact for this one gateway.
+        let limiter: Arc<dyn Limiter> = match &config.redis_url {
+            Some(url) => Arc::new(
+                SharedLimiter::start(&config, url, &tasks, &stop).map_err(StartError::Limits)?,
+            ),
+            None => Arc::new(InProcessLimiter::new()),
+        };
         Ok(AppState {
             inner: Arc::new(Inner {
                 keys: KeyCache::new(store.clone(), Config::ms(config.key_cache_ms)),
                 catalog,
                 live,
-                limiter: Arc::new(InProcessLimiter::new()),
+                limiter,
                 upstreams,
                 ledger,
                 metrics: crate::telemetry::metrics_handle(),

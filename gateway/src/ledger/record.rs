@@ -10,6 +10,7 @@
 use std::time::Instant;
 
 use super::Sink;
+use crate::limits::BudgetHold;
 use crate::privacy::{Class, Classification};
 use crate::routing::{Decision, NoRoute, Scored, Zone};
 use crate::store::{LedgerEntry, LedgerStatus};
@@ -50,6 +51,9 @@ pub struct Record {
     chunks: u32,
     energy_reported: Option<f64>,
     finished: bool,
+    /// The budget held at admission, settled with the row's cost when the
+    /// row is finished.
+    hold: Option<BudgetHold>,
 }
 
 impl Record {
@@ -89,6 +93,7 @@ impl Record {
             chunks: 0,
             energy_reported: None,
             finished: false,
+            hold: None,
         }
     }
 
@@ -115,6 +120,11 @@ impl Record {
     /// Why no backend could take the request, in place of a decision.
     pub fn set_no_route(&mut self, r: &NoRoute) {
         self.entry.decision = serde_json::to_value(r).ok();
+    }
+
+    /// Gives the row the request's budget hold, to settle when it is done.
+    pub fn hold_budget(&mut self, hold: BudgetHold) {
+        self.hold = Some(hold);
     }
 
     /// The candidate now being tried; a failover overwrites the previous.
@@ -185,6 +195,9 @@ impl Drop for Record {
             self.entry.status = LedgerStatus::Cancelled;
         }
         self.complete_numbers();
+        if let Some(hold) = self.hold.take() {
+            hold.settle(self.entry.usd.unwrap_or(0.0));
+        }
         let e = &self.entry;
         let backend = e.backend.clone().unwrap_or_else(|| "none".to_owned());
         let reason = e.route_reason.clone().unwrap_or_else(|| "none".to_owned());

@@ -1,21 +1,37 @@
 //! Per-key admission limits: requests per minute, tokens per minute, budget.
 //!
-//! [`Limiter`] is a trait so a Redis-backed implementation can share counters
-//! between gateway replicas later; [`InProcessLimiter`] keeps them in this
-//! process, which is exact for a single gateway. Rate limits use `governor`
-//! (GCRA), one direct limiter per key, rebuilt if the key's limit changes.
+//! [`Limiter`] is the admission interface, used as `Arc<dyn Limiter>`:
+//!
+//! - [`InProcessLimiter`] (no Redis): `governor` GCRA buckets and a budget
+//!   [`Book`] in this process. Exact for a single gateway.
+//! - [`SharedLimiter`] (with `redis_url`): the same checks as Lua scripts in
+//!   Redis ([`scripts`]), so every gateway of a fleet draws on one bucket
+//!   and one budget. When Redis is slow or down it falls back to an
+//!   in-process limiter holding this gateway's share of each limit.
 //!
 //! Tokens are charged at admission with the request's estimate (prompt plus
 //! expected output), because the real count is only known after the answer
 //! and a limit that only bites afterwards does not protect the backends.
+//!
+//! Budgets are reserved, not merely checked: admission holds the request's
+//! worst case ([`worst_case_usd`]) and admits only if spend plus every
+//! outstanding hold plus this one stays within the budget. The hold is a
+//! [`BudgetHold`] owned by the request's ledger record, which settles it
+//! with the row's actual cost when the row is finished (releasing the hold
+//! and counting the spend). So concurrent requests, on one gateway or many,
+//! cannot together admit more than the budget pays for. Money is counted
+//! in integer nano-USD so that holds and releases cancel exactly.
 
-use std::collections::HashMap;
-use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+mod book;
+mod local;
+pub mod scripts;
+mod shared;
 
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use std::sync::Arc;
+
+pub use book::Book;
+pub use local::InProcessLimiter;
+pub use shared::{SharedLimiter, SharedLimiterError};
 
 /// The limits of one key, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,83 +80,152 @@ impl LimitExceeded {
     }
 }
 
+/// A budget reservation to make at admission.
+#[derive(Debug, Clone, Copy)]
+pub struct BudgetAsk<'a> {
+    pub key_id: &'a str,
+    /// The ledger row's id, which names the hold.
+    pub request_id: &'a str,
+    pub budget_usd: f64,
+    /// The key's spend as the store last said (the key cache). Holders only
+    /// ever raise their figure to it, so spend written by other means (or
+    /// lost by a restarted Redis) is picked up without counting twice.
+    pub stored_spent_usd: f64,
+    /// The most this request can cost ([`worst_case_usd`]).
+    pub worst_usd: f64,
+}
+
 /// Admission checks for one request.
+#[async_trait::async_trait]
 pub trait Limiter: Send + Sync {
     /// Counts one request against the key's requests/min.
-    fn check_request(&self, key: &KeyLimits) -> Result<(), LimitExceeded>;
+    async fn check_request(&self, key: &KeyLimits) -> Result<(), LimitExceeded>;
     /// Charges `tokens` against the key's tokens/min.
-    fn check_tokens(&self, key: &KeyLimits, tokens: u32) -> Result<(), LimitExceeded>;
+    async fn check_tokens(&self, key: &KeyLimits, tokens: u32) -> Result<(), LimitExceeded>;
+    /// Holds the request's worst case against the key's budget, or refuses
+    /// with [`LimitExceeded::Budget`] when spend plus outstanding holds
+    /// plus this one would pass it.
+    async fn reserve(&self, ask: BudgetAsk<'_>) -> Result<BudgetHold, LimitExceeded>;
 }
 
-/// Rejects once `spent_usd` has reached `budget_usd`; no budget means none.
-pub fn check_budget(budget_usd: Option<f64>, spent_usd: f64) -> Result<(), LimitExceeded> {
-    match budget_usd {
-        Some(budget) if spent_usd >= budget => Err(LimitExceeded::Budget),
-        _ => Ok(()),
-    }
+/// How a hold ends: released, with the actual spend counted. Called from
+/// `Drop`, so it must not block.
+pub trait Settle: Send + Sync {
+    fn settle(&self, settlement: Settlement);
 }
 
-type Buckets = Mutex<HashMap<String, (u32, Arc<DefaultDirectRateLimiter>)>>;
-
-/// In-process limiter: exact for one gateway, per replica when scaled out.
-#[derive(Default)]
-pub struct InProcessLimiter {
-    requests: Buckets,
-    tokens: Buckets,
+/// One finished hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settlement {
+    pub key_id: String,
+    pub request_id: String,
+    /// What the request actually cost, in nano-USD.
+    pub actual_nusd: i64,
 }
 
-impl InProcessLimiter {
-    #[must_use]
-    pub fn new() -> Self {
-        Self::default()
-    }
+/// A budget reservation owned by one request. [`BudgetHold::settle`] ends
+/// it with the actual cost; dropped unsettled, it is released with none
+/// (the request never reached a backend).
+pub struct BudgetHold {
+    settlement: Option<Settlement>,
+    settler: Arc<dyn Settle>,
 }
 
-/// The key's limiter for `per_min`, created (or replaced when the limit
-/// changed). The lock is held only for the map lookup.
-fn bucket(buckets: &Buckets, key_id: &str, per_min: NonZeroU32) -> Arc<DefaultDirectRateLimiter> {
-    let mut map = buckets.lock().unwrap_or_else(PoisonError::into_inner);
-    match map.get(key_id) {
-        Some((limit, limiter)) if *limit == per_min.get() => Arc::clone(limiter),
-        _ => {
-            let limiter = Arc::new(RateLimiter::direct(Quota::per_minute(per_min)));
-            map.insert(key_id.to_owned(), (per_min.get(), Arc::clone(&limiter)));
-            limiter
-        }
-    }
-}
-
-fn ceil_secs(d: Duration) -> u64 {
-    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
-}
-
-impl Limiter for InProcessLimiter {
-    fn check_request(&self, key: &KeyLimits) -> Result<(), LimitExceeded> {
-        let Some(rpm) = key.requests_per_min.and_then(NonZeroU32::new) else {
-            return Ok(());
-        };
-        bucket(&self.requests, &key.key_id, rpm)
-            .check()
-            .map_err(|not_until| LimitExceeded::Requests {
-                retry_after_s: ceil_secs(not_until.wait_time_from(DefaultClock::default().now())),
-            })
-    }
-
-    fn check_tokens(&self, key: &KeyLimits, tokens: u32) -> Result<(), LimitExceeded> {
-        let (Some(tpm), Some(n)) = (
-            key.tokens_per_min.and_then(NonZeroU32::new),
-            NonZeroU32::new(tokens),
-        ) else {
-            return Ok(());
-        };
-        match bucket(&self.tokens, &key.key_id, tpm).check_n(n) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(not_until)) => Err(LimitExceeded::Tokens {
-                retry_after_s: ceil_secs(not_until.wait_time_from(DefaultClock::default().now())),
+impl BudgetHold {
+    pub(crate) fn new(key_id: &str, request_id: &str, settler: Arc<dyn Settle>) -> BudgetHold {
+        BudgetHold {
+            settlement: Some(Settlement {
+                key_id: key_id.to_owned(),
+                request_id: request_id.to_owned(),
+                actual_nusd: 0,
             }),
-            Err(_) => Err(LimitExceeded::TokensOverLimit),
+            settler,
         }
     }
+
+    /// Releases the hold and counts `actual_usd` as spent.
+    pub fn settle(mut self, actual_usd: f64) {
+        if let Some(mut s) = self.settlement.take() {
+            s.actual_nusd = to_nusd(actual_usd);
+            self.settler.settle(s);
+        }
+    }
+}
+
+impl Drop for BudgetHold {
+    fn drop(&mut self) {
+        if let Some(s) = self.settlement.take() {
+            self.settler.settle(s);
+        }
+    }
+}
+
+impl std::fmt::Debug for BudgetHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BudgetHold")
+            .field("settlement", &self.settlement)
+            .finish_non_exhaustive()
+    }
+}
+
+/// USD as integer nano-USD, rounded to the nearest (0 for NaN, negatives).
+#[must_use]
+pub fn to_nusd(usd: f64) -> i64 {
+    // `as` saturates: NaN and negatives become 0 after the max.
+    (usd * 1e9).round().max(0.0) as i64
+}
+
+/// The most a request can cost: its prompt at the dearest input price and
+/// `output_tokens` (its `max_tokens`, or the policy's expected output) at
+/// the dearest output price among the backends it may be sent to (the
+/// routing decision's candidates, failover included). `prices` are
+/// `(input, output)` USD per 1000 tokens.
+#[must_use]
+pub fn worst_case_usd(
+    prompt_tokens: u32,
+    output_tokens: u32,
+    prices: impl IntoIterator<Item = (f64, f64)>,
+) -> f64 {
+    let (price_in, price_out) = prices
+        .into_iter()
+        .fold((0.0_f64, 0.0_f64), |(i, o), (pi, po)| {
+            (i.max(finite_or_zero(pi)), o.max(finite_or_zero(po)))
+        });
+    f64::from(prompt_tokens) / 1000.0 * price_in + f64::from(output_tokens) / 1000.0 * price_out
+}
+
+fn finite_or_zero(x: f64) -> f64 {
+    if x.is_finite() {
+        x
+    } else {
+        0.0
+    }
+}
+
+/// Admits a hold of `worst` when nothing is spent past the budget and
+/// `spent + reserved + worst` stays within it (all in nano-USD). The Lua
+/// reservation script applies the same rule.
+pub fn check_budget(
+    budget: i64,
+    spent: i64,
+    reserved: i64,
+    worst: i64,
+) -> Result<(), LimitExceeded> {
+    if spent >= budget || spent.saturating_add(reserved).saturating_add(worst) > budget {
+        return Err(LimitExceeded::Budget);
+    }
+    Ok(())
+}
+
+/// A budget in nano-USD, rounded down (a hold must fit entirely).
+#[must_use]
+pub fn budget_nusd(usd: f64) -> i64 {
+    (usd * 1e9).floor().max(0.0) as i64
+}
+
+/// Rounds a wait up to whole seconds, at least one (`Retry-After`).
+pub(crate) fn ceil_secs(d: std::time::Duration) -> u64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }
 
 #[cfg(test)]
@@ -148,74 +233,71 @@ impl Limiter for InProcessLimiter {
 mod tests {
     use super::*;
 
-    fn key(id: &str, rpm: Option<u32>, tpm: Option<u32>) -> KeyLimits {
-        KeyLimits {
-            key_id: id.into(),
-            requests_per_min: rpm,
-            tokens_per_min: tpm,
-        }
-    }
-
-    #[test]
-    fn requests_per_minute_with_retry_after() {
-        let l = InProcessLimiter::new();
-        let k = key("a", Some(2), None);
-        assert_eq!(l.check_request(&k), Ok(()));
-        assert_eq!(l.check_request(&k), Ok(()));
-        let err = l.check_request(&k).unwrap_err();
-        // One request replenishes every 30 s.
-        let retry = err.retry_after_s().unwrap();
-        assert!((1..=30).contains(&retry), "{retry}");
-        assert_eq!(err.code(), "rate_limit_exceeded");
-        // Keys do not share buckets, and no limit means unlimited.
-        assert_eq!(l.check_request(&key("b", Some(2), None)), Ok(()));
-        for _ in 0..100 {
-            assert_eq!(l.check_request(&key("c", None, None)), Ok(()));
-        }
-    }
-
-    #[test]
-    fn raising_a_limit_takes_effect() {
-        let l = InProcessLimiter::new();
-        assert_eq!(l.check_request(&key("a", Some(1), None)), Ok(()));
-        assert!(l.check_request(&key("a", Some(1), None)).is_err());
-        assert_eq!(l.check_request(&key("a", Some(5), None)), Ok(()));
-    }
-
-    #[test]
-    fn tokens_per_minute() {
-        let l = InProcessLimiter::new();
-        let k = key("a", None, Some(1000));
-        assert_eq!(l.check_tokens(&k, 600), Ok(()));
-        assert!(
-            matches!(l.check_tokens(&k, 600), Err(LimitExceeded::Tokens { retry_after_s }) if retry_after_s >= 1)
-        );
-        assert_eq!(
-            l.check_tokens(&k, 1001),
-            Err(LimitExceeded::TokensOverLimit)
-        );
-        assert_eq!(l.check_tokens(&k, 0), Ok(()));
-    }
-
     #[test]
     fn budget_table() {
+        // (budget, spent, reserved, worst, admitted)
         let cases = [
-            (None, 1e9, true),
-            (Some(10.0), 0.0, true),
-            (Some(10.0), 9.99, true),
-            (Some(10.0), 10.0, false),
-            (Some(0.0), 0.0, false),
+            (10, 0, 0, 0, true),
+            (10, 0, 0, 10, true),
+            (10, 0, 0, 11, false),
+            (10, 9, 0, 1, true),
+            (10, 9, 1, 1, false),
+            (10, 4, 5, 1, true),
+            (10, 10, 0, 0, false),
+            (0, 0, 0, 0, false),
+            (i64::MAX - 1, i64::MAX - 2, i64::MAX, 1, false),
         ];
-        for (budget, spent, ok) in cases {
+        for (budget, spent, reserved, worst, ok) in cases {
             assert_eq!(
-                check_budget(budget, spent).is_ok(),
+                check_budget(budget, spent, reserved, worst).is_ok(),
                 ok,
-                "{budget:?} {spent}"
+                "{budget} {spent} {reserved} {worst}"
             );
         }
         assert_eq!(
-            check_budget(Some(1.0), 2.0).unwrap_err().code(),
+            check_budget(1, 2, 0, 0).unwrap_err().code(),
             "insufficient_quota"
         );
+    }
+
+    #[test]
+    fn worst_case_takes_the_dearest_prices_of_all_candidates() {
+        // 1000 prompt tokens at the dearest input (0.5) and 2000 output
+        // tokens at the dearest output (3.0), even from different backends.
+        let usd = worst_case_usd(1000, 2000, [(0.5, 1.0), (0.1, 3.0), (f64::NAN, 0.0)]);
+        assert!((usd - 6.5).abs() < 1e-12, "{usd}");
+        assert!(worst_case_usd(1000, 1000, []).abs() < f64::EPSILON);
+    }
+
+    #[test]
+    fn nano_usd_conversions() {
+        assert_eq!(to_nusd(0.008), 8_000_000);
+        assert_eq!(to_nusd(-1.0), 0);
+        assert_eq!(to_nusd(f64::NAN), 0);
+        assert_eq!(budget_nusd(0.08), 80_000_000);
+        assert_eq!(budget_nusd(1e-10), 0);
+    }
+
+    struct Recorder(std::sync::Mutex<Vec<Settlement>>);
+
+    impl Settle for Recorder {
+        fn settle(&self, s: Settlement) {
+            self.0.lock().unwrap().push(s);
+        }
+    }
+
+    #[test]
+    fn a_hold_settles_once_and_releases_when_dropped() {
+        let rec = Arc::new(Recorder(std::sync::Mutex::new(Vec::new())));
+        let settler: Arc<dyn Settle> = rec.clone();
+        BudgetHold::new("k", "r1", Arc::clone(&settler)).settle(0.25);
+        drop(BudgetHold::new("k", "r2", settler));
+        let got = rec.0.lock().unwrap().clone();
+        assert_eq!(got.len(), 2);
+        assert_eq!(
+            (got[0].request_id.as_str(), got[0].actual_nusd),
+            ("r1", 250_000_000)
+        );
+        assert_eq!((got[1].request_id.as_str(), got[1].actual_nusd), ("r2", 0));
     }
 }

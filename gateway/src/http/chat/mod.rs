@@ -28,7 +28,7 @@ use super::{with_gateway_headers, ApiError, RouteHeaders};
 use crate::auth::require_scope;
 use crate::catalog::{CatalogError, Snapshot};
 use crate::ledger::{Record, RecordInit};
-use crate::limits::check_budget;
+use crate::limits::{worst_case_usd, BudgetAsk};
 use crate::live::BackendLive;
 use crate::privacy::{classify, request_texts};
 use crate::routing::{rank, resolve_alias, BackendKind, Decision, Observed, RequestView};
@@ -164,13 +164,14 @@ async fn admit_and_route(
     let limits = key.limits();
     app.limiter
         .check_request(&limits)
+        .await
         .map_err(ApiError::Limited)?;
-    check_budget(key.budget_usd, key.spent_usd).map_err(ApiError::Limited)?;
     let expected_out = req
         .max_tokens
         .unwrap_or(tenant.policy.expected_output_tokens);
     app.limiter
         .check_tokens(&limits, req.prompt_estimate.saturating_add(expected_out))
+        .await
         .map_err(ApiError::Limited)?;
 
     let snapshot = app.catalog.snapshot().await?;
@@ -204,5 +205,22 @@ async fn admit_and_route(
     let target = resolve_alias(&req.model, &snapshot.aliases);
     let decision = rank(&view, &target, &tenant.policy, &observed).map_err(ApiError::NoRoute)?;
     drop(observed);
+    if let Some(budget_usd) = key.budget_usd {
+        // Held from the worst case over every backend the request may
+        // reach, failover included; settled by the ledger row.
+        let prices = decision.candidates().filter_map(|c| {
+            let b = snapshot.backends.iter().find(|b| b.id == c.backend_id)?;
+            Some((b.price_in_per_1k, b.price_out_per_1k))
+        });
+        let ask = BudgetAsk {
+            key_id: &key.id,
+            request_id: record.id(),
+            budget_usd,
+            stored_spent_usd: key.spent_usd,
+            worst_usd: worst_case_usd(req.prompt_estimate, expected_out, prices),
+        };
+        let hold = app.limiter.reserve(ask).await.map_err(ApiError::Limited)?;
+        record.hold_budget(hold);
+    }
     Ok((decision, snapshot))
 }

@@ -1,0 +1,487 @@
+//! Limits and budgets shared by every gateway on one Redis.
+//!
+//! Each check is one Lua script ([`super::scripts`]) bounded by
+//! `redis_timeout_ms`. When a call times out or fails, the gateway does not
+//! wait and does not fail the request: it decides from an in-process
+//! limiter holding its *share* of each limit (the limit divided by the
+//! number of gateways it last saw alive), which keeps the fleet's total
+//! near the limit without any coordination. The first call that succeeds
+//! again returns to Redis; settlements that could not be sent wait in a
+//! bounded queue and are sent then.
+//!
+//! A background task ([`SharedLimiter::start`]) beats this gateway's
+//! heartbeat, counts the live gateways, runs the reconciler (releasing the
+//! holds of gateways whose heartbeat expired, i.e. killed ones, and of
+//! holds past their deadline) and retries queued settlements, once a
+//! second. Settlements arrive from `Drop` (a ledger record's), so they go
+//! through a channel to a second task that sends them.
+//!
+//! Logs and metrics name key ids at most, never key material.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::RedisResult;
+use secrecy::ExposeSecret;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::local::worst_nusd;
+use super::scripts::{self, Hold, Keys, Rate};
+use super::{
+    budget_nusd, ceil_secs, to_nusd, Book, BudgetAsk, BudgetHold, InProcessLimiter, KeyLimits,
+    LimitExceeded, Limiter, Settle, Settlement,
+};
+use crate::config::Config;
+
+/// How often the heartbeat, the reconciler and the settlement retry run.
+const BEAT: Duration = Duration::from_secs(1);
+
+/// A gateway is alive while its last beat is younger than this: three
+/// missed beats. A killed gateway's holds are released within about this
+/// long.
+const GATEWAY_TTL: Duration = Duration::from_secs(3);
+
+/// Settlements kept while Redis is unreachable. Past it the oldest are
+/// dropped: their holds are released by the reconciler at their deadline,
+/// and their spend reaches Redis through the store's figure.
+const MAX_PENDING: usize = 100_000;
+
+/// Why the shared limiter cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SharedLimiterError {
+    /// The URL does not parse; its text is not repeated (it may hold a
+    /// password).
+    #[error("invalid redis_url")]
+    Url,
+}
+
+/// [`Limiter`] over Redis, with in-process shares as the fallback.
+#[derive(Clone)]
+pub struct SharedLimiter {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    con: ConnectionManager,
+    keys: Keys,
+    timeout: Duration,
+    /// Names this process's holds and heartbeat; new on every start.
+    gateway_id: String,
+    /// How long a hold may outlive its request: the longest a request can
+    /// run, plus a margin.
+    hold_ttl: Duration,
+    /// Gateways seen alive at the last heartbeat (at least 1): the divisor
+    /// of the fallback shares.
+    live_gateways: AtomicU32,
+    /// Whether the last Redis call succeeded; logged when it changes.
+    up: AtomicBool,
+    /// Rate limits while Redis cannot be reached, with shared-out limits.
+    fallback: InProcessLimiter,
+    /// Holds made while Redis could not be reached, against this gateway's
+    /// share of what was left of each budget. Cleared when Redis returns.
+    fallback_book: Arc<Book>,
+    /// Per key, `(spent, reserved)` as Redis last reported them: what the
+    /// fallback shares out.
+    last_seen: Mutex<HashMap<String, (i64, i64)>>,
+    /// Settlements that could not be sent, oldest first.
+    pending: Mutex<VecDeque<Settlement>>,
+    settlements: mpsc::UnboundedSender<Settlement>,
+}
+
+impl SharedLimiter {
+    /// Builds the limiter (the Redis connection is made lazily, so a
+    /// gateway starts while Redis is down) and starts its two tasks on
+    /// `tasks`; they stop on `stop`.
+    pub fn start(
+        config: &Config,
+        url: &secrecy::SecretString,
+        tasks: &TaskTracker,
+        stop: &CancellationToken,
+    ) -> Result<SharedLimiter, SharedLimiterError> {
+        let client =
+            redis::Client::open(url.expose_secret()).map_err(|_| SharedLimiterError::Url)?;
+        let timeout = Config::ms(config.redis_timeout_ms);
+        // A small retry count: the manager reconnects in the background,
+        // and every call is bounded by `timeout` anyway.
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let con = ConnectionManager::new_lazy_with_config(client, manager_config)
+            .map_err(|_| SharedLimiterError::Url)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let limiter = SharedLimiter {
+            inner: Arc::new(Inner {
+                con,
+                keys: Keys::new(&config.redis_prefix),
+                timeout,
+                gateway_id: uuid::Uuid::new_v4().simple().to_string(),
+                hold_ttl: Config::ms(config.upstream_total_timeout_ms)
+                    + Config::ms(config.body_read_timeout_ms)
+                    + Duration::from_secs(60),
+                live_gateways: AtomicU32::new(1),
+                up: AtomicBool::new(true),
+                fallback: InProcessLimiter::new(),
+                fallback_book: Arc::new(Book::new()),
+                last_seen: Mutex::new(HashMap::new()),
+                pending: Mutex::new(VecDeque::new()),
+                settlements: tx,
+            }),
+        };
+        metrics::gauge!("gateway_limits_redis_up").set(1.0);
+        tasks.spawn(settler(Arc::clone(&limiter.inner), rx, stop.clone()));
+        tasks.spawn(beat(Arc::clone(&limiter.inner), stop.clone()));
+        Ok(limiter)
+    }
+
+    /// Gateways seen alive at the last heartbeat.
+    #[must_use]
+    pub fn live_gateways(&self) -> u32 {
+        self.inner.live_gateways.load(Ordering::Relaxed)
+    }
+}
+
+impl Inner {
+    /// Runs one Redis call within the timeout. `None` on timeout or error,
+    /// and at once while Redis is known to be down: then only the
+    /// heartbeat ([`Inner::probe`]) tries it, once a second, so an outage
+    /// adds no wait to requests.
+    async fn call<T, F, Fut>(&self, what: &'static str, f: F) -> Option<T>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        if !self.up.load(Ordering::Acquire) {
+            return None;
+        }
+        self.probe(what, f).await
+    }
+
+    /// Runs one Redis call within the timeout whether or not Redis was
+    /// down, recording whether it answered.
+    async fn probe<T, F, Fut>(&self, what: &'static str, f: F) -> Option<T>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let result = tokio::time::timeout(self.timeout, f(self.con.clone())).await;
+        match result {
+            Ok(Ok(v)) => {
+                self.mark_up();
+                Some(v)
+            }
+            Ok(Err(e)) => {
+                self.mark_down(what, &format!("{:?}", e.kind()));
+                None
+            }
+            Err(_) => {
+                self.mark_down(what, "timeout");
+                None
+            }
+        }
+    }
+
+    fn mark_up(&self) {
+        if !self.up.swap(true, Ordering::AcqRel) {
+            // Holds made during the outage settle into nothing now; their
+            // spend still reaches Redis through the settlement queue.
+            self.fallback_book.clear();
+            metrics::gauge!("gateway_limits_redis_up").set(1.0);
+            tracing::info!("redis answers again; limits and budgets are shared again");
+        }
+    }
+
+    fn mark_down(&self, what: &'static str, why: &str) {
+        metrics::counter!("gateway_limits_redis_errors_total", "call" => what).increment(1);
+        if self.up.swap(false, Ordering::AcqRel) {
+            metrics::gauge!("gateway_limits_redis_up").set(0.0);
+            tracing::warn!(
+                call = what,
+                why,
+                live_gateways = self.live_gateways.load(Ordering::Relaxed),
+                "redis unavailable; limits fall back to this gateway's share"
+            );
+        }
+    }
+
+    fn share(&self) -> u32 {
+        self.live_gateways.load(Ordering::Relaxed).max(1)
+    }
+
+    /// `key` with each limit divided among the live gateways (at least 1
+    /// a minute, so requests keep flowing).
+    fn shared_out(&self, key: &KeyLimits) -> KeyLimits {
+        let n = self.share();
+        KeyLimits {
+            key_id: key.key_id.clone(),
+            requests_per_min: key.requests_per_min.map(|l| (l / n).max(1)),
+            tokens_per_min: key.tokens_per_min.map(|l| (l / n).max(1)),
+        }
+    }
+
+    fn queue(&self, s: Settlement) {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        if pending.len() >= MAX_PENDING {
+            if let Some(old) = pending.pop_front() {
+                metrics::counter!("gateway_budget_settlements_dropped_total").increment(1);
+                tracing::warn!(key_id = %old.key_id, "settlement queue full; oldest dropped");
+            }
+        }
+        pending.push_back(s);
+        metrics::gauge!("gateway_budget_settlements_pending").set(pending.len() as f64);
+    }
+
+    async fn send_settlement(&self, s: Settlement) {
+        let keys = &self.keys;
+        let sent = self
+            .call("settle", |mut con| {
+                let s = s.clone();
+                async move { scripts::settle(&mut con, keys, &s).await }
+            })
+            .await;
+        if sent.is_none() {
+            self.queue(s);
+        }
+    }
+
+    /// Sends queued settlements, oldest first, until one fails.
+    async fn flush_pending(&self) {
+        loop {
+            let next = self
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop_front();
+            let Some(s) = next else {
+                metrics::gauge!("gateway_budget_settlements_pending").set(0.0);
+                return;
+            };
+            let keys = &self.keys;
+            let sent = self
+                .call("settle", |mut con| {
+                    let s = s.clone();
+                    async move { scripts::settle(&mut con, keys, &s).await }
+                })
+                .await;
+            if sent.is_none() {
+                self.pending
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push_front(s);
+                return;
+            }
+        }
+    }
+
+    /// A budget hold from this gateway's share of what Redis last said was
+    /// left: `(budget - spent - reserved) / live gateways`.
+    fn reserve_locally(&self, ask: &BudgetAsk<'_>) -> Result<(), LimitExceeded> {
+        metrics::counter!("gateway_limits_fallback_total", "check" => "budget").increment(1);
+        let budget = budget_nusd(ask.budget_usd);
+        let (spent, reserved) = self
+            .last_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(ask.key_id)
+            .copied()
+            .unwrap_or((to_nusd(ask.stored_spent_usd), 0));
+        let left = budget
+            .saturating_sub(spent.max(to_nusd(ask.stored_spent_usd)))
+            .saturating_sub(reserved)
+            .max(0);
+        let share = left / i64::from(self.share());
+        self.fallback_book.reserve(
+            ask.key_id,
+            ask.request_id,
+            share,
+            0,
+            worst_nusd(ask.worst_usd),
+        )
+    }
+}
+
+/// A hold made in Redis: settled there.
+struct RedisSettle(Arc<Inner>);
+
+impl Settle for RedisSettle {
+    fn settle(&self, s: Settlement) {
+        if let Err(e) = self.0.settlements.send(s) {
+            // Only after shutdown: the reconciler releases the hold at its
+            // deadline.
+            tracing::warn!(key_id = %e.0.key_id, "settlement after shutdown; left to the reconciler");
+        }
+    }
+}
+
+/// A hold made from the fallback share: released locally, and its spend
+/// sent to Redis like any other.
+struct FallbackSettle(Arc<Inner>);
+
+impl Settle for FallbackSettle {
+    fn settle(&self, s: Settlement) {
+        self.0.fallback_book.release(&s);
+        RedisSettle(Arc::clone(&self.0)).settle(s);
+    }
+}
+
+#[async_trait::async_trait]
+impl Limiter for SharedLimiter {
+    async fn check_request(&self, key: &KeyLimits) -> Result<(), LimitExceeded> {
+        let Some(limit) = key.requests_per_min.filter(|l| *l > 0) else {
+            return Ok(());
+        };
+        let inner = &self.inner;
+        let keys = &inner.keys;
+        let answer = inner
+            .call("requests", |mut con| async move {
+                scripts::gcra(&mut con, keys, Rate::Requests, &key.key_id, limit, 1).await
+            })
+            .await;
+        match answer {
+            Some(None) => Ok(()),
+            Some(Some(wait)) => Err(LimitExceeded::Requests {
+                retry_after_s: ceil_secs(wait),
+            }),
+            None => {
+                metrics::counter!("gateway_limits_fallback_total", "check" => "requests")
+                    .increment(1);
+                inner.fallback.request(&inner.shared_out(key))
+            }
+        }
+    }
+
+    async fn check_tokens(&self, key: &KeyLimits, tokens: u32) -> Result<(), LimitExceeded> {
+        let Some(limit) = key.tokens_per_min.filter(|l| *l > 0) else {
+            return Ok(());
+        };
+        if tokens == 0 {
+            return Ok(());
+        }
+        if tokens > limit {
+            return Err(LimitExceeded::TokensOverLimit);
+        }
+        let inner = &self.inner;
+        let keys = &inner.keys;
+        let answer = inner
+            .call("tokens", |mut con| async move {
+                scripts::gcra(&mut con, keys, Rate::Tokens, &key.key_id, limit, tokens).await
+            })
+            .await;
+        match answer {
+            Some(None) => Ok(()),
+            Some(Some(wait)) => Err(LimitExceeded::Tokens {
+                retry_after_s: ceil_secs(wait),
+            }),
+            None => {
+                metrics::counter!("gateway_limits_fallback_total", "check" => "tokens")
+                    .increment(1);
+                inner.fallback.tokens(&inner.shared_out(key), tokens)
+            }
+        }
+    }
+
+    async fn reserve(&self, ask: BudgetAsk<'_>) -> Result<BudgetHold, LimitExceeded> {
+        let inner = &self.inner;
+        let hold = Hold {
+            key_id: ask.key_id,
+            request_id: ask.request_id,
+            budget: budget_nusd(ask.budget_usd),
+            stored_spent: to_nusd(ask.stored_spent_usd),
+            worst: worst_nusd(ask.worst_usd),
+            gateway_id: &inner.gateway_id,
+            gateway_ttl_ms: GATEWAY_TTL.as_millis() as u64,
+            hold_ttl_ms: inner.hold_ttl.as_millis() as u64,
+        };
+        let keys = &inner.keys;
+        let answer = inner
+            .call("reserve", |mut con| async move {
+                scripts::reserve(&mut con, keys, &hold).await
+            })
+            .await;
+        let Some(reserved) = answer else {
+            inner.reserve_locally(&ask)?;
+            let settler: Arc<dyn Settle> = Arc::new(FallbackSettle(Arc::clone(inner)));
+            return Ok(BudgetHold::new(ask.key_id, ask.request_id, settler));
+        };
+        inner
+            .last_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(ask.key_id.to_owned(), (reserved.spent, reserved.reserved));
+        if !reserved.admitted {
+            return Err(LimitExceeded::Budget);
+        }
+        let settler: Arc<dyn Settle> = Arc::new(RedisSettle(Arc::clone(inner)));
+        Ok(BudgetHold::new(ask.key_id, ask.request_id, settler))
+    }
+}
+
+/// Sends settlements as they come; on stop, sends what is left once and
+/// ends.
+async fn settler(
+    inner: Arc<Inner>,
+    mut rx: mpsc::UnboundedReceiver<Settlement>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            next = rx.recv() => match next {
+                Some(s) => inner.send_settlement(s).await,
+                None => return,
+            },
+        }
+    }
+    while let Ok(s) = rx.try_recv() {
+        inner.send_settlement(s).await;
+    }
+    inner.flush_pending().await;
+}
+
+/// Once a second: heartbeat and live count, reconciler, queued
+/// settlements. On stop, leaves the live set.
+async fn beat(inner: Arc<Inner>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(BEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let keys = &inner.keys;
+    let id = inner.gateway_id.as_str();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let ttl = GATEWAY_TTL.as_millis() as u64;
+        let live = inner
+            .probe("heartbeat", |mut con| async move {
+                scripts::heartbeat(&mut con, keys, id, ttl).await
+            })
+            .await;
+        let Some(live) = live else {
+            continue;
+        };
+        inner.live_gateways.store(live.max(1), Ordering::Relaxed);
+        metrics::gauge!("gateway_fleet_gateways").set(f64::from(live));
+        let released = inner
+            .call("reconcile", |mut con| async move {
+                scripts::reconcile(&mut con, keys).await
+            })
+            .await;
+        if let Some(n) = released.filter(|n| *n > 0) {
+            metrics::counter!("gateway_budget_holds_reconciled_total").increment(n.cast_unsigned());
+            tracing::info!(released = n, "released budget holds of stopped requests");
+        }
+        inner.flush_pending().await;
+    }
+    let _ = inner
+        .call("leave", |mut con| async move {
+            scripts::leave(&mut con, keys, id).await
+        })
+        .await;
+}
