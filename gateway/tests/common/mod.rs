@@ -9,6 +9,7 @@
 
 pub mod edge;
 pub mod harness;
+pub mod process;
 pub mod stand_in;
 
 use gateway::store::Store;
@@ -68,6 +69,17 @@ pub async fn postgres() -> TestDb {
     TestDb {
         store,
         cleanup: Cleanup::Postgres { admin_url, name },
+    }
+}
+
+impl TestDb {
+    /// The URL of this Postgres database, for gateway processes of its own;
+    /// `None` on SQLite.
+    pub fn postgres_url(&self) -> Option<String> {
+        match &self.cleanup {
+            Cleanup::Postgres { admin_url, name } => Some(replace_database(admin_url, name)),
+            Cleanup::Sqlite(_) => None,
+        }
     }
 }
 
