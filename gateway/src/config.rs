@@ -56,14 +56,23 @@ pub struct Config {
     pub upstream_total_timeout_ms: u64,
     /// Largest non-streaming upstream answer buffered, in bytes.
     pub max_upstream_body_bytes: usize,
-    /// Rows waiting for the ledger writer beyond which new requests are
-    /// refused with 503 (the store is slow or down); rows already queued
-    /// are never dropped.
+    /// Ledger rows held in memory while the store is slow or down; beyond
+    /// it they go to the spill file (or, without `ledger_spill_dir`, new
+    /// requests are refused with 503). Rows are never dropped.
     pub ledger_queue: usize,
     /// The same bound in bytes of queued rows.
     pub ledger_queue_bytes: usize,
     /// Most rows the ledger writer stores in one batch.
     pub ledger_batch: usize,
+    /// Directory of the ledger spill file (`ledger-spill.jsonl`), where
+    /// rows wait on disk while the database is unreachable and at a
+    /// shutdown that cannot reach it; replayed at start. One gateway per
+    /// directory (the file is locked). Unset: rows wait in memory only and
+    /// those still waiting at shutdown are lost.
+    pub ledger_spill_dir: Option<PathBuf>,
+    /// Size of the spill file beyond which new requests are refused with
+    /// 503 and `/readyz` reports unready.
+    pub ledger_spill_max_bytes: u64,
     /// How long shutdown waits for in-flight requests before closing them.
     pub shutdown_grace_ms: u64,
     /// Log format: `text` or `json`.
@@ -136,6 +145,8 @@ impl Default for Config {
             ledger_queue: 4_096,
             ledger_queue_bytes: 64 << 20,
             ledger_batch: 256,
+            ledger_spill_dir: None,
+            ledger_spill_max_bytes: 1 << 30,
             shutdown_grace_ms: 10_000,
             log_format: LogFormat::Text,
             header_read_timeout_ms: 10_000,
@@ -174,6 +185,8 @@ pub const FIELDS: &[&str] = &[
     "ledger_queue",
     "ledger_queue_bytes",
     "ledger_batch",
+    "ledger_spill_dir",
+    "ledger_spill_max_bytes",
     "shutdown_grace_ms",
     "log_format",
     "header_read_timeout_ms",
@@ -301,6 +314,11 @@ impl Config {
         ];
         if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid(format!("{name} must be > 0")));
+        }
+        if self.ledger_spill_max_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "ledger_spill_max_bytes must be > 0".to_owned(),
+            ));
         }
         if self.unhealthy_after == 0 {
             return Err(ConfigError::Invalid(

@@ -8,7 +8,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::KeyCache;
 use crate::catalog::Catalog;
 use crate::config::Config;
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, LedgerOptions, SpillError};
 use crate::limits::{InProcessLimiter, Limiter, SharedLimiter, SharedLimiterError};
 use crate::live::poller::Poller;
 use crate::live::{InProcessLive, LiveView};
@@ -31,7 +31,7 @@ pub struct Inner {
     pub upstreams: Upstreams,
     pub ledger: Ledger,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
-    /// The poller and the ledger writer (and its overflow sends) run here,
+    /// The poller and the ledger writer run here,
     /// so shutdown can wait for every one of them.
     tasks: TaskTracker,
     /// Stops the poller; the ledger writer stops when its queue closes.
@@ -57,6 +57,8 @@ impl std::ops::Deref for AppState {
 pub enum StartError {
     #[error("cannot build the upstream HTTP client")]
     Client(#[source] reqwest::Error),
+    #[error("cannot open the ledger spill file")]
+    Ledger(#[source] SpillError),
     #[error("cannot set up the shared limits")]
     Limits(#[source] SharedLimiterError),
 }
@@ -73,12 +75,8 @@ impl AppState {
             config.unhealthy_after,
             Config::ms(config.unhealthy_cooldown_ms),
         ));
-        let ledger = Ledger::start(
-            store.clone(),
-            config.ledger_queue,
-            config.ledger_batch,
-            &tasks,
-        );
+        let ledger = Ledger::start(store.clone(), LedgerOptions::from_config(&config), &tasks)
+            .map_err(StartError::Ledger)?;
         let poller = Poller {
             catalog: catalog.clone(),
             live: Arc::clone(&live),

@@ -25,7 +25,8 @@ on_both_databases!(
     aliases_and_policies,
     privacy_rules_scope_and_order,
     ledger_rows,
-    ledger_batches_are_all_or_none,
+    ledger_batches_are_idempotent_and_all_or_none,
+    ledger_spend_is_added_once_per_row,
     ledger_rows_with_nul_are_stored,
     errors_hide_driver_text,
 );
@@ -417,8 +418,14 @@ async fn ledger_rows(store: &Store) {
     for e in [&b, &a, &c] {
         store.insert_ledger(e).await.unwrap();
     }
-    let dup = store.insert_ledger(&a).await;
-    assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
+    // A row stored again (a retried batch, a replayed spill file) is
+    // skipped, never overwritten.
+    let changed = LedgerEntry {
+        status: LedgerStatus::Error,
+        ..a.clone()
+    };
+    let dup = store.insert_ledger(&changed).await.unwrap();
+    assert_eq!((dup.inserted, dup.duplicates), (0, 1));
     assert_eq!(
         store.recent_ledger(None, 10).await.unwrap(),
         vec![c.clone(), b.clone(), a.clone()]
@@ -459,9 +466,10 @@ async fn ledger_rows_with_nul_are_stored(store: &Store) {
     );
 }
 
-/// Batches span several multi-row statements (32 rows each); a batch is
+/// Batches span several multi-row statements (32 rows each); rows already
+/// stored are skipped, the others stored; a batch the database refuses is
 /// stored whole or not at all, however many statements it takes.
-async fn ledger_batches_are_all_or_none(store: &Store) {
+async fn ledger_batches_are_idempotent_and_all_or_none(store: &Store) {
     let batch = |prefix: &str, n: usize| -> Vec<LedgerEntry> {
         (0..n)
             .map(|i| {
@@ -480,24 +488,73 @@ async fn ledger_batches_are_all_or_none(store: &Store) {
             .collect()
     };
     let big = batch("big", 70);
-    store.insert_ledger_batch(&big).await.unwrap();
+    let appended = store.insert_ledger_batch(&big).await.unwrap();
+    assert_eq!((appended.inserted, appended.duplicates), (70, 0));
     let mut stored = store.recent_ledger(None, 100).await.unwrap();
     stored.reverse();
     assert_eq!(stored, big);
 
     for n in [5, 40] {
-        // The last row repeats a stored id: nothing of the batch may land.
-        let mut bad = batch(&format!("bad{n}-"), n);
-        bad.last_mut().unwrap().id.clone_from(&big[0].id);
-        let err = store.insert_ledger_batch(&bad).await;
-        assert!(matches!(err, Err(StoreError::Conflict(_))), "{err:?}");
-        assert_eq!(store.ledger_entry(&bad[0].id).await.unwrap(), None);
+        // The last row repeats a stored id: the others land, it does not.
+        let mut again = batch(&format!("again{n}-"), n);
+        again.last_mut().unwrap().id.clone_from(&big[0].id);
+        let appended = store.insert_ledger_batch(&again).await.unwrap();
+        assert_eq!((appended.inserted, appended.duplicates), (n as u64 - 1, 1));
+        assert!(store.ledger_entry(&again[0].id).await.unwrap().is_some());
     }
     assert_eq!(
         store.count_ledger_by_status().await.unwrap(),
-        vec![(LedgerStatus::Ok, 70)]
+        vec![(LedgerStatus::Ok, 70 + 4 + 39)]
     );
-    store.insert_ledger_batch(&[]).await.unwrap();
+    assert_eq!(
+        store.insert_ledger_batch(&[]).await.unwrap(),
+        gateway::store::Appended::default()
+    );
+
+    if store.dialect() == gateway::store::Dialect::Postgres {
+        // Postgres refuses NUL in text (the writer scrubs it first): the
+        // first statement of the batch succeeded, yet nothing may land.
+        let mut bad = batch("bad-", 40);
+        bad.last_mut().unwrap().requested_model = "a\0b".into();
+        let err = store.insert_ledger_batch(&bad).await;
+        assert!(matches!(err, Err(StoreError::Database(_))), "{err:?}");
+        assert_eq!(store.ledger_entry(&bad[0].id).await.unwrap(), None);
+    }
+}
+
+/// Spend is added in the transaction that inserts the row, and only for
+/// rows actually inserted: storing a batch twice adds its cost once.
+async fn ledger_spend_is_added_once_per_row(store: &Store) {
+    let t = store.create_tenant("acme").await.unwrap();
+    let k1 = store.create_key(&key_spec(&t.id)).await.unwrap().key;
+    let k2 = store.create_key(&key_spec(&t.id)).await.unwrap().key;
+    let row = |id: &str, key: &str, usd: Option<f64>| LedgerEntry {
+        key_id: key.to_owned(),
+        usd,
+        ..ledger_entry(id, LedgerStatus::Ok, 1_000)
+    };
+    let rows = vec![
+        row("s1", &k1.id, Some(0.25)),
+        row("s2", &k1.id, Some(0.5)),
+        row("s3", &k2.id, Some(1.0)),
+        row("s4", &k2.id, None),
+        row("s5", "deleted-key", Some(2.0)),
+    ];
+    store.insert_ledger_batch(&rows).await.unwrap();
+    let again = store.insert_ledger_batch(&rows).await.unwrap();
+    assert_eq!((again.inserted, again.duplicates), (0, 5));
+    store
+        .insert_ledger(&row("s6", &k1.id, Some(0.25)))
+        .await
+        .unwrap();
+    let keys = store.list_keys(Some(&t.id)).await.unwrap();
+    let spent = |id: &str| keys.iter().find(|k| k.id == id).unwrap().spent_usd;
+    assert_eq!(spent(&k1.id), 1.0);
+    assert_eq!(spent(&k2.id), 1.0);
+    assert_eq!(
+        store.ledger_entry("s5").await.unwrap().unwrap().usd,
+        Some(2.0)
+    );
 }
 
 async fn errors_hide_driver_text(store: &Store) {

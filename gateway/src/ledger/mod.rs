@@ -1,19 +1,29 @@
-//! The ledger writer: request handlers hand finished rows to a bounded
-//! queue; one background task stores them in batches and adds their cost to
-//! each key's spend.
+//! The ledger writer: request handlers hand finished rows to an inbox; one
+//! background task stores them in batches, each in one transaction with
+//! the spend it adds to each key.
 //!
-//! Why a queue: a request's answer must not wait on a database write, and
-//! one writer batching rows costs the store far less than one insert per
-//! handler. Handlers never wait on it: a row that finds the queue full is
-//! handed to a tracked task that waits for room, so no row is lost. What
-//! bounds memory is admission: past `ledger_queue` rows (or
-//! `ledger_queue_bytes` bytes) not yet stored, new requests are refused
-//! with 503 before they are admitted (see `http::chat`).
+//! Why a writer task: a request's answer must not wait on a database
+//! write, and one writer batching rows costs the store far less than one
+//! insert per handler. Handlers never wait on it.
 //!
-//! A row that cannot be stored is retried only while the store is
-//! unreachable. Any other failure (a value the database refuses) is not
-//! retried: the row is stored once more with its free-form fields replaced
-//! ([`LedgerEntry::minimal`]), so its status, timing and spend survive.
+//! # When the store is down
+//!
+//! Rows wait, in order, in memory up to `ledger_queue` rows (or
+//! `ledger_queue_bytes`), then in an append-only spill file
+//! (`ledger_spill_dir`, at most `ledger_spill_max_bytes`; see [`spill`]).
+//! The writer retries with backoff for as long as the store is unreachable
+//! and writes the backlog, oldest first, when it returns (see [`writer`]).
+//! At shutdown, rows that cannot be stored go to the file; at start the
+//! file is replayed. Storing is idempotent by request id, so a row that
+//! was stored but whose acknowledgement was lost, or a file replayed after
+//! a crash, neither duplicates a row nor adds its cost twice.
+//!
+//! What bounds memory and disk is admission: once the backlog is full
+//! ([`Ledger::is_full`]), new requests are refused with 503 before they
+//! are admitted (see `http::chat`), and `/readyz` says unready. A backlog
+//! alone does not make the gateway unready: a database outage hits every
+//! gateway alike, and taking them all out of the load balancer would turn
+//! a ledger delay into an outage of the API.
 //!
 //! Rows come from [`Record`], a guard each admitted request owns; its `Drop`
 //! sends the row exactly once, whether the request finished, failed, or was
@@ -23,26 +33,49 @@
 //! signal tests and shutdown wait on instead of sleeping.
 
 mod record;
+pub mod spill;
+mod writer;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::task::TaskTracker;
 
 pub use record::{Pricing, Record, RecordInit};
+pub use spill::SpillError;
 
-use crate::store::{LedgerEntry, Store, StoreError};
+use crate::config::Config;
+use crate::store::{now_ms, LedgerEntry, Store};
 
-/// Attempts per row before it is given up (and logged with its id).
-const MAX_ATTEMPTS: u32 = 5;
+/// How the ledger holds rows the store has not taken yet.
+#[derive(Debug, Clone)]
+pub struct LedgerOptions {
+    /// Rows held in memory before they go to the spill file.
+    pub memory_rows: u64,
+    /// The same bound in (approximate) bytes.
+    pub memory_bytes: u64,
+    /// Most rows stored in one transaction.
+    pub batch: usize,
+    /// Directory of the spill file; `None` keeps rows in memory only.
+    pub spill_dir: Option<PathBuf>,
+    /// Size of the spill file past which admission refuses requests.
+    pub spill_max_bytes: u64,
+}
 
-/// How long the writer waits for a batch to fill once a row is waiting.
-/// Under load this turns hundreds of one-row writes a second into a few
-/// dozen batches; it delays when a row becomes visible, never an answer.
-const LINGER: Duration = Duration::from_millis(10);
+impl LedgerOptions {
+    #[must_use]
+    pub fn from_config(config: &Config) -> LedgerOptions {
+        LedgerOptions {
+            memory_rows: config.ledger_queue as u64,
+            memory_bytes: config.ledger_queue_bytes as u64,
+            batch: config.ledger_batch,
+            spill_dir: config.ledger_spill_dir.clone(),
+            spill_max_bytes: config.ledger_spill_max_bytes,
+        }
+    }
+}
 
 /// The sending side, shared by all handlers.
 #[derive(Clone)]
@@ -51,74 +84,153 @@ pub struct Ledger {
 }
 
 struct Inner {
-    /// Taken at shutdown so the writer sees the channel close once the last
-    /// in-flight [`Record`] is gone.
-    tx: Mutex<Option<mpsc::Sender<LedgerEntry>>>,
+    /// Taken at shutdown so the writer sees the inbox close once the last
+    /// in-flight [`Record`] is gone. Unbounded on purpose: a row must never
+    /// wait or be dropped; admission ([`Ledger::is_full`]) is the bound.
+    tx: Mutex<Option<mpsc::UnboundedSender<LedgerEntry>>>,
+    shared: Arc<Shared>,
+    options: LedgerOptions,
+}
+
+/// Counters the writer and the handlers share.
+pub(crate) struct Shared {
+    /// Rows handed to the ledger by this process.
     enqueued: AtomicU64,
-    /// Approximate bytes of rows queued and not yet stored.
-    queued_bytes: Arc<AtomicU64>,
-    written: watch::Receiver<u64>,
-    /// Sends that found the queue full run here, so they can be awaited at
-    /// shutdown.
-    tracker: TaskTracker,
+    /// Rows found in the spill file at start.
+    recovered: u64,
+    /// Rows (and their approximate bytes) in the inbox or in memory.
+    memory_rows: AtomicU64,
+    memory_bytes: AtomicU64,
+    /// Unread rows in the spill file, and the file's size.
+    spill_rows: AtomicU64,
+    spill_bytes: AtomicU64,
+    /// `created_at` of the oldest row not yet stored (0: none).
+    oldest_ms: AtomicI64,
+    /// The last attempt's outcome: 0 none yet, 1 stored, 2 unreachable.
+    reachable: AtomicU8,
+    /// Rows stored or given up, recovered ones included.
+    written_tx: watch::Sender<u64>,
+}
+
+impl Shared {
+    fn memory_left(&self, rows: u64, bytes: u64) {
+        self.memory_rows.fetch_sub(rows, Ordering::AcqRel);
+        self.memory_bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    fn spill_is(&self, rows: u64, bytes: u64) {
+        self.spill_rows.store(rows, Ordering::Release);
+        self.spill_bytes.store(bytes, Ordering::Release);
+    }
+
+    fn set_reachable(&self, yes: bool) {
+        self.reachable
+            .store(if yes { 1 } else { 2 }, Ordering::Release);
+    }
+
+    fn reachable(&self) -> Option<bool> {
+        match self.reachable.load(Ordering::Acquire) {
+            1 => Some(true),
+            2 => Some(false),
+            _ => None,
+        }
+    }
+}
+
+/// Rows not yet stored, for `/readyz` and `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Backlog {
+    /// Rows waiting in memory (the writer's inbox included).
+    pub memory_rows: u64,
+    pub memory_bytes: u64,
+    /// Rows in the spill file, and its size on disk.
+    pub spill_rows: u64,
+    pub spill_bytes: u64,
+    /// Age of the oldest row not yet stored, from its admission.
+    pub oldest_age_seconds: Option<f64>,
+    /// Whether the last write reached the store (`None` before the first).
+    pub store_reachable: Option<bool>,
+    /// Admission refuses new requests ([`Ledger::is_full`]).
+    pub full: bool,
 }
 
 /// What a [`Record`] holds to send its row.
 #[derive(Clone)]
 pub(crate) struct Sink {
-    tx: mpsc::Sender<LedgerEntry>,
+    tx: mpsc::UnboundedSender<LedgerEntry>,
     ledger: Ledger,
 }
 
 impl Sink {
-    /// Queues a row: at once when there is room, otherwise from a tracked
-    /// task that waits for room. Never drops the row while the writer runs.
+    /// Hands a row to the writer. Never waits and never drops the row
+    /// while the writer runs.
     pub(crate) fn send(&self, entry: LedgerEntry) {
-        self.ledger.inner.enqueued.fetch_add(1, Ordering::AcqRel);
-        self.ledger
-            .inner
-            .queued_bytes
+        let shared = &self.ledger.inner.shared;
+        shared.enqueued.fetch_add(1, Ordering::AcqRel);
+        shared.memory_rows.fetch_add(1, Ordering::AcqRel);
+        shared
+            .memory_bytes
             .fetch_add(entry.approx_bytes() as u64, Ordering::AcqRel);
-        match self.tx.try_send(entry) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(entry)) => {
-                let tx = self.tx.clone();
-                self.ledger.inner.tracker.spawn(async move {
-                    if tx.send(entry).await.is_err() {
-                        tracing::error!("ledger writer stopped; a row was lost");
-                    }
-                });
-            }
-            Err(mpsc::error::TrySendError::Closed(entry)) => {
-                tracing::error!(id = %entry.id, "ledger writer stopped; a row was lost");
-            }
+        if let Err(mpsc::error::SendError(entry)) = self.tx.send(entry) {
+            tracing::error!(id = %entry.id, "ledger writer stopped; a row was lost");
         }
     }
 }
 
 impl Ledger {
-    /// Starts the writer on `tracker`.
-    #[must_use]
-    pub fn start(store: Store, capacity: usize, batch: usize, tracker: &TaskTracker) -> Ledger {
-        let (tx, rx) = mpsc::channel(capacity);
-        let (written_tx, written) = watch::channel(0);
-        let queued_bytes = Arc::new(AtomicU64::new(0));
-        tracker.spawn(writer(
-            store,
-            rx,
-            batch,
+    /// Opens the spill file (replaying what it holds) and starts the
+    /// writer on `tracker`.
+    pub fn start(
+        store: Store,
+        options: LedgerOptions,
+        tracker: &TaskTracker,
+    ) -> Result<Ledger, SpillError> {
+        let spill = options
+            .spill_dir
+            .as_deref()
+            .map(spill::Spill::open)
+            .transpose()?;
+        let (spill_rows, spill_bytes) = spill.as_ref().map_or((0, 0), |s| (s.unread(), s.len()));
+        if spill_rows > 0 {
+            tracing::info!(
+                rows = spill_rows,
+                bytes = spill_bytes,
+                "replaying the ledger spill file"
+            );
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (written_tx, _) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            enqueued: AtomicU64::new(0),
+            recovered: spill_rows,
+            memory_rows: AtomicU64::new(0),
+            memory_bytes: AtomicU64::new(0),
+            spill_rows: AtomicU64::new(spill_rows),
+            spill_bytes: AtomicU64::new(spill_bytes),
+            oldest_ms: AtomicI64::new(0),
+            reachable: AtomicU8::new(0),
             written_tx,
-            Arc::clone(&queued_bytes),
-        ));
-        Ledger {
+        });
+        tracker.spawn(
+            writer::Writer {
+                store,
+                rx,
+                shared: Arc::clone(&shared),
+                spill: spill.map(|s| Arc::new(Mutex::new(s))),
+                batch: options.batch.max(1),
+                memory_rows: options.memory_rows,
+                memory_bytes: options.memory_bytes,
+                spill_max_bytes: options.spill_max_bytes,
+            }
+            .run(),
+        );
+        Ok(Ledger {
             inner: Arc::new(Inner {
                 tx: Mutex::new(Some(tx)),
-                enqueued: AtomicU64::new(0),
-                queued_bytes,
-                written,
-                tracker: tracker.clone(),
+                shared,
+                options,
             }),
-        }
+        })
     }
 
     pub(crate) fn sink(&self) -> Option<Sink> {
@@ -134,130 +246,83 @@ impl Ledger {
         })
     }
 
-    /// Rows stored (or given up) so far.
+    /// Rows stored (or given up) so far, rows replayed from the spill file
+    /// included.
     #[must_use]
     pub fn written(&self) -> watch::Receiver<u64> {
-        self.inner.written.clone()
+        self.inner.shared.written_tx.subscribe()
     }
 
-    /// Rows handed to the queue so far.
+    /// Rows handed to the ledger by this process so far.
     #[must_use]
     pub fn enqueued(&self) -> u64 {
-        self.inner.enqueued.load(Ordering::Acquire)
+        self.inner.shared.enqueued.load(Ordering::Acquire)
     }
 
-    /// Rows queued but not yet stored.
+    /// Rows found in the spill file at start.
+    #[must_use]
+    pub fn recovered(&self) -> u64 {
+        self.inner.shared.recovered
+    }
+
+    /// Rows not yet stored: in memory or in the spill file.
     #[must_use]
     pub fn depth(&self) -> u64 {
-        self.enqueued().saturating_sub(*self.inner.written.borrow())
+        (self.enqueued() + self.recovered()).saturating_sub(*self.inner.shared.written_tx.borrow())
     }
 
-    /// Approximate bytes of rows queued but not yet stored.
+    /// Whether new requests must be refused: the spill file is at its
+    /// size cap, or memory is over twice its bound (the file cannot take
+    /// rows fast enough, or fails); without a spill file, memory at its
+    /// bound.
     #[must_use]
-    pub fn queued_bytes(&self) -> u64 {
-        self.inner.queued_bytes.load(Ordering::Acquire)
+    pub fn is_full(&self) -> bool {
+        let s = &self.inner.shared;
+        let o = &self.inner.options;
+        let (rows, bytes) = (
+            s.memory_rows.load(Ordering::Acquire),
+            s.memory_bytes.load(Ordering::Acquire),
+        );
+        if o.spill_dir.is_none() {
+            return rows >= o.memory_rows || bytes >= o.memory_bytes;
+        }
+        s.spill_bytes.load(Ordering::Acquire) >= o.spill_max_bytes
+            || rows >= o.memory_rows.saturating_mul(2)
+            || bytes >= o.memory_bytes.saturating_mul(2)
     }
 
-    /// Waits until every row queued before the call is stored.
+    /// The backlog now.
+    #[must_use]
+    pub fn backlog(&self) -> Backlog {
+        let s = &self.inner.shared;
+        let oldest = s.oldest_ms.load(Ordering::Acquire);
+        Backlog {
+            memory_rows: s.memory_rows.load(Ordering::Acquire),
+            memory_bytes: s.memory_bytes.load(Ordering::Acquire),
+            spill_rows: s.spill_rows.load(Ordering::Acquire),
+            spill_bytes: s.spill_bytes.load(Ordering::Acquire),
+            oldest_age_seconds: (oldest > 0)
+                .then(|| (now_ms().saturating_sub(oldest)).max(0) as f64 / 1000.0),
+            store_reachable: s.reachable(),
+            full: self.is_full(),
+        }
+    }
+
+    /// Waits until every row queued (or recovered) before the call is
+    /// stored. While the store is unreachable this waits for it.
     pub async fn flush(&self) {
-        let target = self.enqueued();
+        let target = self.enqueued() + self.recovered();
         let mut rx = self.written();
         let _ = rx.wait_for(|n| *n >= target).await;
     }
 
-    /// Stops accepting new senders; the writer ends after the last row.
+    /// Stops accepting new senders; the writer ends after the last row is
+    /// stored or spilled.
     pub fn close(&self) {
         self.inner
             .tx
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-    }
-}
-
-async fn writer(
-    store: Store,
-    mut rx: mpsc::Receiver<LedgerEntry>,
-    batch: usize,
-    written: watch::Sender<u64>,
-    queued_bytes: Arc<AtomicU64>,
-) {
-    let mut buf = Vec::with_capacity(batch);
-    while rx.recv_many(&mut buf, batch).await > 0 {
-        let deadline = tokio::time::Instant::now() + LINGER;
-        while buf.len() < batch {
-            let room = batch - buf.len();
-            match tokio::time::timeout_at(deadline, rx.recv_many(&mut buf, room)).await {
-                // More rows came; wait for the rest of the batch.
-                Ok(n) if n > 0 => {}
-                // Closed (the rows so far are stored, then the loop ends)
-                // or the linger is over.
-                _ => break,
-            }
-        }
-        let mut spend: HashMap<String, f64> = HashMap::new();
-        let bytes: usize = buf.iter().map(LedgerEntry::approx_bytes).sum();
-        buf.iter_mut().for_each(LedgerEntry::scrub_nul);
-        for entry in &buf {
-            if let Some(usd) = entry.usd.filter(|u| *u > 0.0) {
-                *spend.entry(entry.key_id.clone()).or_default() += usd;
-            }
-        }
-        store_rows(&store, &buf).await;
-        for (key_id, usd) in spend {
-            if let Err(e) = store.add_spend(&key_id, usd).await {
-                tracing::error!(error = %e, key_id, "cannot add spend");
-            }
-        }
-        let n = buf.len() as u64;
-        buf.clear();
-        queued_bytes.fetch_sub(bytes as u64, Ordering::AcqRel);
-        written.send_modify(|w| *w += n);
-        metrics::counter!("gateway_ledger_rows_total").increment(n);
-    }
-}
-
-/// Stores a batch in one transaction; if that fails (a duplicate id left by
-/// an earlier timed-out attempt, a database blip, one row the database
-/// refuses), row by row, so one bad row cannot take the others down with
-/// it.
-async fn store_rows(store: &Store, rows: &[LedgerEntry]) {
-    let Err(e) = store.insert_ledger_batch(rows).await else {
-        return;
-    };
-    tracing::warn!(error = %e, rows = rows.len(), "ledger batch failed; storing rows one by one");
-    for entry in rows {
-        store_row(store, entry).await;
-    }
-}
-
-/// One row: retried with backoff while the store is unreachable; on any
-/// other failure stored once more in its minimal form, then given up.
-async fn store_row(store: &Store, entry: &LedgerEntry) {
-    let mut attempt = 1;
-    loop {
-        match store.insert_ledger(entry).await {
-            // A retry after a timeout may find the first insert landed.
-            Ok(()) | Err(StoreError::Conflict(_)) => return,
-            Err(e @ StoreError::Unavailable(_)) if attempt < MAX_ATTEMPTS => {
-                tracing::warn!(error = %e, id = %entry.id, attempt, "ledger insert failed; retrying");
-                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-                attempt += 1;
-            }
-            Err(e @ StoreError::Unavailable(_)) => {
-                tracing::error!(error = %e, id = %entry.id, "ledger insert failed; row given up");
-                metrics::counter!("gateway_ledger_write_failures_total").increment(1);
-                return;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, id = %entry.id, "ledger row refused; storing it without its free-form fields");
-                metrics::counter!("gateway_ledger_rows_scrubbed_total").increment(1);
-                if let Err(e) = store.insert_ledger(&entry.minimal()).await {
-                    tracing::error!(error = %e, id = %entry.id, "ledger row given up");
-                    metrics::counter!("gateway_ledger_write_failures_total").increment(1);
-                }
-                return;
-            }
-        }
     }
 }

@@ -38,6 +38,9 @@ impl StoreError {
             sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
                 StoreError::NotFound("referenced tenant")
             }
+            sqlx::Error::Database(db) if db.code().is_some_and(|c| is_unreachable_state(&c)) => {
+                StoreError::Unavailable(err)
+            }
             sqlx::Error::RowNotFound => StoreError::NotFound(entity),
             sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
@@ -45,6 +48,31 @@ impl StoreError {
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed => StoreError::Unavailable(err),
             _ => StoreError::Database(err),
+        }
+    }
+}
+
+/// Postgres states that mean "the server cannot take this now", not "this
+/// statement is wrong": connection exceptions (class 08), the server
+/// shutting down, crashing or starting up (57P01–57P03), and too many
+/// connections (53300). A restarted Postgres answers with these for a few
+/// seconds; the ledger writer must keep retrying through them rather than
+/// treat its rows as refused.
+fn is_unreachable_state(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_unreachable_state;
+
+    #[test]
+    fn server_side_outages_are_unreachable_and_statement_errors_are_not() {
+        for code in ["08006", "08001", "57P01", "57P03", "53300"] {
+            assert!(is_unreachable_state(code), "{code}");
+        }
+        for code in ["23505", "22021", "42P01", "23514"] {
+            assert!(!is_unreachable_state(code), "{code}");
         }
     }
 }

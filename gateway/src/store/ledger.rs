@@ -1,5 +1,7 @@
 //! The request ledger: one row per admitted request, whatever its outcome.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 
@@ -189,7 +191,10 @@ const LEDGER_COLUMNS: &str = "id, tenant_id, key_id, requested_model, resolved_m
 /// that grows with the statement's parameter count.
 const ROWS_PER_INSERT: usize = 32;
 
-/// `INSERT … VALUES (…), (…)` for `rows` rows, numbered `$1…` in order.
+/// `INSERT … VALUES (…), (…)` for `rows` rows, numbered `$1…` in order,
+/// skipping ids already stored and returning what the spend update needs
+/// from the rows inserted. Both dialects share this syntax (SQLite since
+/// 3.35).
 fn insert_sql(rows: usize) -> String {
     use std::fmt::Write as _;
     let columns = LEDGER_COLUMNS.split(',').count();
@@ -202,6 +207,7 @@ fn insert_sql(rows: usize) -> String {
         }
         sql.push(')');
     }
+    sql.push_str(" ON CONFLICT (id) DO NOTHING RETURNING key_id, usd");
     sql
 }
 
@@ -269,28 +275,67 @@ fn entry_from_row(row: &AnyRow) -> Result<LedgerEntry, StoreError> {
     })
 }
 
+/// What appending rows did: rows stored now, and rows whose id was already
+/// in the ledger (a retry of a batch whose commit landed but whose answer
+/// was lost, or a spill file replayed after a crash), which were left as
+/// they were.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Appended {
+    pub inserted: u64,
+    pub duplicates: u64,
+}
+
 impl Store {
-    /// Appends one ledger row. A duplicate id is a conflict, never an
-    /// overwrite: the ledger is append-only.
-    pub async fn insert_ledger(&self, e: &LedgerEntry) -> Result<(), StoreError> {
+    /// Appends one ledger row (see [`Store::insert_ledger_batch`]).
+    pub async fn insert_ledger(&self, e: &LedgerEntry) -> Result<Appended, StoreError> {
         self.insert_ledger_batch(std::slice::from_ref(e)).await
     }
 
-    /// Appends rows, all or none, with one multi-row `INSERT` per
-    /// [`ROWS_PER_INSERT`] rows: on SQLite every statement is a round trip to
-    /// the connection's thread and every commit a WAL write, so a busy ledger
-    /// is cheap only in batches.
-    pub async fn insert_ledger_batch(&self, rows: &[LedgerEntry]) -> Result<(), StoreError> {
+    /// Appends rows, all or none, and adds the cost of each row to its
+    /// key's spend in the same transaction.
+    ///
+    /// Idempotent by request id: a row whose id is already stored is
+    /// skipped (`ON CONFLICT (id) DO NOTHING`, the primary key being the
+    /// request id), never overwritten, and its cost is not added again,
+    /// because spend is summed only over the rows the `INSERT` returned. A
+    /// batch may therefore be retried whenever its outcome is unknown.
+    ///
+    /// One multi-row `INSERT` per [`ROWS_PER_INSERT`] rows: on SQLite every
+    /// statement is a round trip to the connection's thread and every
+    /// commit a WAL write, so a busy ledger is cheap only in batches. Keys
+    /// are updated in a fixed (sorted) order, so two gateways writing
+    /// batches for the same keys cannot deadlock.
+    pub async fn insert_ledger_batch(&self, rows: &[LedgerEntry]) -> Result<Appended, StoreError> {
+        if rows.is_empty() {
+            return Ok(Appended::default());
+        }
         let err = |e| StoreError::from_sqlx(e, "ledger row");
-        if rows.len() <= ROWS_PER_INSERT {
-            // One statement is atomic on its own.
-            return insert_rows(&self.pool, rows).await;
-        }
         let mut tx = self.pool.begin().await.map_err(err)?;
+        let mut spend: BTreeMap<String, f64> = BTreeMap::new();
+        let mut inserted = 0;
         for chunk in rows.chunks(ROWS_PER_INSERT) {
-            insert_rows(&mut *tx, chunk).await?;
+            for (key_id, usd) in insert_rows(&mut *tx, chunk).await? {
+                inserted += 1;
+                if let Some(usd) = usd.filter(|u| u.is_finite() && *u > 0.0) {
+                    *spend.entry(key_id).or_default() += usd;
+                }
+            }
         }
-        tx.commit().await.map_err(err)
+        for (key_id, usd) in &spend {
+            // A key deleted since the request was admitted updates nothing;
+            // its rows are kept all the same.
+            sqlx::query("UPDATE api_keys SET spent_usd = spent_usd + $1 WHERE id = $2")
+                .bind(*usd)
+                .bind(key_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| StoreError::from_sqlx(e, "key"))?;
+        }
+        tx.commit().await.map_err(err)?;
+        Ok(Appended {
+            inserted,
+            duplicates: rows.len() as u64 - inserted,
+        })
     }
 
     /// The newest `limit` rows, optionally of one tenant, newest first.
@@ -341,18 +386,24 @@ impl Store {
     }
 }
 
-async fn insert_rows<'c, E>(executor: E, rows: &[LedgerEntry]) -> Result<(), StoreError>
+/// Inserts `rows` (at most [`ROWS_PER_INSERT`]) and returns the key and
+/// cost of each row actually inserted (not of those skipped as already
+/// stored).
+async fn insert_rows<'c, E>(
+    executor: E,
+    rows: &[LedgerEntry],
+) -> Result<Vec<(String, Option<f64>)>, StoreError>
 where
     E: sqlx::Executor<'c, Database = sqlx::Any>,
 {
-    if rows.is_empty() {
-        return Ok(());
-    }
     let sql = insert_sql(rows.len());
     let query = rows.iter().fold(sqlx::query(&sql), |q, e| bind_entry(q, e));
-    query
-        .execute(executor)
+    let returned = query
+        .fetch_all(executor)
         .await
         .map_err(|e| StoreError::from_sqlx(e, "ledger row"))?;
-    Ok(())
+    returned
+        .iter()
+        .map(|row| Ok((get(row, "key_id")?, get(row, "usd")?)))
+        .collect()
 }

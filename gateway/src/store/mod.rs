@@ -35,7 +35,7 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{AnyPool, ConnectOptions, Executor};
 
 pub use error::StoreError;
-pub use ledger::{LedgerEntry, LedgerStatus};
+pub use ledger::{Appended, LedgerEntry, LedgerStatus};
 pub use tenants::{ApiKey, CreatedKey, NewKeySpec, Tenant};
 
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");

@@ -57,12 +57,10 @@ pub async fn chat_completions(
         Ok(r) => r,
         Err(e) => return reject(e),
     };
-    // Past a full queue of unwritten rows (the store is slow or down), new
-    // requests are refused: otherwise rows that cannot be queued would pile
-    // up in memory without bound while the store catches up.
-    if app.ledger.depth() >= app.config.ledger_queue as u64
-        || app.ledger.queued_bytes() >= app.config.ledger_queue_bytes as u64
-    {
+    // Once the ledger's backlog is full (memory and spill file, while the
+    // store is slow or down), new requests are refused: otherwise their
+    // rows would pile up without bound.
+    if app.ledger.is_full() {
         metrics::counter!("gateway_rejected_total", "code" => "ledger_backlog").increment(1);
         return reject(ApiError::Unavailable);
     }
