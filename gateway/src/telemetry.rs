@@ -68,8 +68,60 @@ fn describe() {
     );
     metrics::describe_gauge!(
         "gateway_ledger_queue_depth",
-        "Ledger rows queued, not yet stored"
+        "Ledger rows not yet stored (in memory or in the spill file)"
     );
+    for (name, help) in [
+        (
+            "gateway_ledger_memory_rows",
+            "Ledger rows waiting in memory",
+        ),
+        (
+            "gateway_ledger_memory_bytes",
+            "Approximate bytes of ledger rows waiting in memory",
+        ),
+        (
+            "gateway_ledger_spill_rows",
+            "Ledger rows waiting in the spill file",
+        ),
+        (
+            "gateway_ledger_spill_bytes",
+            "Size of the ledger spill file",
+        ),
+        (
+            "gateway_ledger_oldest_age_seconds",
+            "Age of the oldest ledger row not yet stored (0: none)",
+        ),
+        (
+            "gateway_ledger_store_reachable",
+            "0 while the last ledger write found the database unreachable",
+        ),
+        (
+            "gateway_ledger_backlog_full",
+            "1 while the ledger backlog is full and requests are refused",
+        ),
+    ] {
+        metrics::describe_gauge!(name, help);
+    }
+    for (name, help) in [
+        (
+            "gateway_ledger_spilled_rows_total",
+            "Ledger rows written to the spill file",
+        ),
+        (
+            "gateway_ledger_replayed_rows_total",
+            "Ledger rows stored from the spill file",
+        ),
+        (
+            "gateway_ledger_duplicate_rows_total",
+            "Ledger rows skipped because their request id was already stored",
+        ),
+        (
+            "gateway_ledger_store_retries_total",
+            "Ledger writes retried because the database was unreachable",
+        ),
+    ] {
+        metrics::describe_counter!(name, help);
+    }
     metrics::describe_counter!(
         "gateway_rejected_total",
         "Requests refused before reaching a backend, by error code"

@@ -173,13 +173,15 @@ fn models() {}
 #[utoipa::path(get, path = "/healthz", responses((status = 200, body = String, content_type = "text/plain")))]
 fn healthz() {}
 
-/// The settings can be read.
+/// The settings can be read and the ledger's backlog is not full; the
+/// body says which, with the backlog (rows in memory and in the spill
+/// file, the oldest row's age).
 #[utoipa::path(
     get,
     path = "/readyz",
     responses(
-        (status = 200, body = String, content_type = "text/plain"),
-        (status = 503, body = String, content_type = "text/plain"),
+        (status = 200, body = Object, content_type = "application/json"),
+        (status = 503, body = Object, content_type = "application/json"),
     )
 )]
 fn readyz() {}
