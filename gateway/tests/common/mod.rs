@@ -9,6 +9,7 @@
 
 pub mod edge;
 pub mod harness;
+pub mod pg_cluster;
 pub mod process;
 pub mod stand_in;
 
@@ -27,9 +28,21 @@ pub struct TestDb {
     cleanup: Cleanup,
 }
 
+impl TestDb {
+    /// A store over a database the test manages (and drops) itself.
+    pub fn external(store: Store) -> TestDb {
+        TestDb {
+            store,
+            cleanup: Cleanup::External,
+        }
+    }
+}
+
 enum Cleanup {
     Sqlite(#[allow(dead_code)] tempfile::TempDir),
     Postgres { admin_url: String, name: String },
+    // A database the test manages itself (a private cluster).
+    External,
 }
 
 pub async fn sqlite() -> TestDb {
@@ -78,7 +91,7 @@ impl TestDb {
     pub fn postgres_url(&self) -> Option<String> {
         match &self.cleanup {
             Cleanup::Postgres { admin_url, name } => Some(replace_database(admin_url, name)),
-            Cleanup::Sqlite(_) => None,
+            Cleanup::Sqlite(_) | Cleanup::External => None,
         }
     }
 }
