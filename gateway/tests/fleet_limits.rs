@@ -66,10 +66,14 @@ async fn fleet(edges: usize, redis_url: &str) -> Fleet {
     }
     let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
     let db_url = db.postgres_url().unwrap();
+    // The model runs on the same cores as the gateways here, so the 50 ms
+    // default would send calls to the fallback under load; the fallback has
+    // a test of its own.
     let env = [
         ("GATEWAY_DATABASE_URL", db_url.as_str()),
         ("GATEWAY_REDIS_URL", redis_url),
         ("GATEWAY_REDIS_PREFIX", prefix.as_str()),
+        ("GATEWAY_REDIS_TIMEOUT_MS", "1000"),
     ];
     let (a, b) = tokio::join!(GatewayProcess::start(&env), GatewayProcess::start(&env));
     for gw in [&a, &b] {
@@ -104,6 +108,19 @@ async fn burst(
         }
     });
     futures::future::join_all(calls).await
+}
+
+/// Decisions either gateway took on its fallback share instead of Redis.
+async fn fallbacks(fleet: &Fleet) -> f64 {
+    let mut n = 0.0;
+    for gw in &fleet.gateways {
+        let metrics = gw.metrics().await;
+        for check in ["requests", "tokens", "budget"] {
+            let name = format!("gateway_limits_fallback_total{{check=\"{check}\"}}");
+            n += labelled(&metrics, &name);
+        }
+    }
+    n
 }
 
 fn count(results: &[(u16, Option<String>)], status: u16, code: Option<&str>) -> usize {
@@ -180,6 +197,7 @@ async fn a_budget_for_ten_requests_admits_at_most_ten_across_two_gateways() {
         "budget race: {ok} admitted, {refused} refused of 200 in {:?}",
         started.elapsed()
     );
+    assert!(fallbacks(&fleet).await < 1.0, "every decision was Redis's");
     assert!(ok <= 10, "{ok} admitted on a budget for 10");
     assert_eq!(ok + refused, 200, "{results:?}");
     assert_eq!(ok, 10, "the budget pays for ten and nothing failed");
@@ -225,6 +243,7 @@ async fn requests_per_minute_hold_across_two_gateways() {
     println!("rate limit: {ok} admitted, {limited} limited of 200 in {elapsed:?}");
     // A burst of 10, then one more every 6 s.
     let allowed = 10 + (elapsed.as_secs() / 6) as usize;
+    assert!(fallbacks(&fleet).await < 1.0, "every decision was Redis's");
     assert!(
         ok >= 10 && ok <= allowed,
         "{ok} admitted, at most {allowed} allowed"
@@ -345,8 +364,10 @@ async fn with_redis_down_requests_flow_on_each_gateways_share() {
     );
     assert!(fallbacks >= 15.0, "{fallbacks}");
     assert_eq!(gw.metric("gateway_limits_redis_up").await, Some(0.0));
+    // No refusal waited on Redis; the bound is loose because the model
+    // shares these cores.
     assert!(
-        slowest_refusal < Duration::from_millis(500),
+        slowest_refusal < Duration::from_secs(2),
         "{slowest_refusal:?}"
     );
 

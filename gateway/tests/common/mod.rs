@@ -2,7 +2,9 @@
 //! file) or on the real Postgres (a uniquely named database that is dropped
 //! again when the handle goes out of scope, even after a failure). In
 //! [`edge`]: the real edge-worker process; in [`harness`]: the gateway
-//! served over such a database, with seeding and waiting helpers.
+//! served over such a database, with seeding and waiting helpers; in
+//! [`process`]: the gateway binary as a child process, for fleets of
+//! several gateways and for killing one.
 
 // Each test binary uses a different part of the harness.
 #![allow(dead_code, clippy::expect_used, clippy::panic, clippy::doc_markdown)]
