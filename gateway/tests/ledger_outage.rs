@@ -220,41 +220,38 @@ fn spill_lines(dir: &Path) -> usize {
     std::fs::read_to_string(dir.join(SPILL_FILE)).map_or(0, |t| t.lines().count())
 }
 
-/// Samples the backlog every 20 ms: the largest spill seen, and the first
-/// moment after `after` at which the backlog was back to memory only with
-/// the store reachable.
-struct Monitor {
-    max_spill_rows: u64,
-    max_memory_rows: u64,
-    recovered_at: Option<Instant>,
+/// The backlog sampled every 20 ms.
+struct Sample {
+    at: Instant,
+    spill_rows: u64,
+    memory_rows: u64,
+    reachable: Option<bool>,
 }
 
-fn monitor(gw: &Gateway, stop: CancellationToken) -> tokio::task::JoinHandle<Monitor> {
+fn monitor(gw: &Gateway, stop: CancellationToken) -> tokio::task::JoinHandle<Vec<Sample>> {
     let ledger = gw.state.ledger.clone();
     tokio::spawn(async move {
-        let mut m = Monitor {
-            max_spill_rows: 0,
-            max_memory_rows: 0,
-            recovered_at: None,
-        };
-        let mut was_down = false;
+        let mut samples = Vec::new();
         while !stop.is_cancelled() {
             let b = ledger.backlog();
-            m.max_spill_rows = m.max_spill_rows.max(b.spill_rows);
-            m.max_memory_rows = m.max_memory_rows.max(b.memory_rows);
-            if b.store_reachable == Some(false) {
-                was_down = true;
-            } else if was_down
-                && m.recovered_at.is_none()
-                && b.spill_rows == 0
-                && b.store_reachable == Some(true)
-            {
-                m.recovered_at = Some(Instant::now());
-            }
+            samples.push(Sample {
+                at: Instant::now(),
+                spill_rows: b.spill_rows,
+                memory_rows: b.memory_rows,
+                reachable: b.store_reachable,
+            });
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        m
+        samples
     })
+}
+
+/// How long after `from` the spill file was first empty again.
+fn drained_after(samples: &[Sample], from: Instant) -> Option<Duration> {
+    samples
+        .iter()
+        .find(|s| s.at >= from && s.spill_rows == 0)
+        .map(|s| s.at.duration_since(from))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,12 +270,15 @@ async fn postgres_stopped_and_restarted_under_load_loses_nothing() {
 
     let watching = CancellationToken::new();
     let watch = monitor(&gw, watching.clone());
-    let load = Load::start(gw.base.clone(), s.key.clone(), 80.0);
+    let load = Load::start(gw.base.clone(), s.key.clone(), 60.0);
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
+    // Long enough for the writer to fail several attempts (each waits out
+    // the pool's 5 s connect timeout) on rows from memory and from the
+    // spill file.
     s.pg.stop().await;
     let down = Instant::now();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
     let during = gw.state.ledger.backlog();
     let ready: Value = gw
         .client
@@ -303,7 +303,7 @@ async fn postgres_stopped_and_restarted_under_load_loses_nothing() {
     let outcomes = load.finish().await;
     drained(&gw).await;
     watching.cancel();
-    let m = watch.await.unwrap();
+    let samples = watch.await.unwrap();
 
     let mut all = outcomes.clone();
     all.push(warm);
@@ -317,12 +317,18 @@ async fn postgres_stopped_and_restarted_under_load_loses_nothing() {
             .count()
     };
     let sent_in = |from, to| outcomes.iter().filter(|o| in_window(o, from, to)).count();
-    let recovery = m.recovered_at.map(|t| t.saturating_duration_since(up));
+    let max_spill = samples.iter().map(|s| s.spill_rows).max().unwrap_or(0);
+    let max_memory = samples.iter().map(|s| s.memory_rows).max().unwrap_or(0);
+    let seen_down = samples
+        .iter()
+        .any(|s| s.at >= down && s.at < up && s.reachable == Some(false));
+    let recovery = drained_after(&samples, up);
     println!(
         "postgres outage under load: {} requests, {} admitted, {} ledger rows, {} non-200 \
          answers; stopped {:.1} s: {} sent, {} errors; restart ({:.1} s down): {} sent, {} errors; \
-         backlog during the outage {:?}; most rows in the spill file {}, in memory {}; \
-         spill drained {:.2} s after postgres was back; spend {spent:.3} USD = rows {cost:.3} USD",
+         backlog at the end of the outage {:?}; most rows in the spill file {max_spill}, in \
+         memory {max_memory}; spill file empty {:.2} s after postgres was back; spend \
+         {spent:.3} USD = rows {cost:.3} USD",
         outcomes.len(),
         admitted.len(),
         stored.len(),
@@ -334,23 +340,21 @@ async fn postgres_stopped_and_restarted_under_load_loses_nothing() {
         sent_in(restart, restarted + Duration::from_secs(1)),
         errors(restart, restarted + Duration::from_secs(1)),
         during,
-        m.max_spill_rows,
-        m.max_memory_rows,
         recovery.map_or(f64::NAN, |d| d.as_secs_f64()),
     );
 
-    assert_eq!(during.store_reachable, Some(false), "{during:?}");
     assert!(
-        m.max_spill_rows > 0,
-        "the outage never reached the spill file"
+        seen_down,
+        "the backlog never said the store was unreachable"
     );
+    assert!(max_spill > 0, "the outage never reached the spill file");
     assert_eq!(ready["status"], "ready", "{ready}");
     assert!(
         ready["ledger"]["spill_rows"].as_u64().unwrap() > 0,
         "{ready}"
     );
     assert!(
-        sent_in(down, up) > 100,
+        sent_in(down, up) > 300,
         "too few requests during the outage to prove anything"
     );
     assert_eq!(

@@ -216,7 +216,14 @@ impl Writer {
                     memory.extend(buf.drain(..));
                     self.over_bounds()
                 }
-                _ = tick.tick() => since.elapsed() >= SPILL_AFTER,
+                _ = tick.tick() => {
+                    let silent = since.elapsed() >= SPILL_AFTER;
+                    if silent {
+                        // Not failed yet, but not answering either.
+                        self.shared.set_reachable(false);
+                    }
+                    silent
+                }
             };
             let in_flight = match taken {
                 Taken::Memory(rows) if !copied => rows.as_slice(),
