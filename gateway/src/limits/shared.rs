@@ -485,3 +485,80 @@ async fn beat(inner: Arc<Inner>, stop: CancellationToken) {
         })
         .await;
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A limiter whose Redis never answers (nothing listens on port 1), as
+    /// one gateway of two.
+    fn unreachable(tasks: &TaskTracker, stop: &CancellationToken) -> SharedLimiter {
+        let url = secrecy::SecretString::from("redis://127.0.0.1:1".to_owned());
+        let limiter = SharedLimiter::start(&Config::default(), &url, tasks, stop).unwrap();
+        limiter.inner.live_gateways.store(2, Ordering::Relaxed);
+        limiter
+    }
+
+    #[tokio::test]
+    async fn without_redis_each_gateway_admits_its_share_and_stops_cleanly() {
+        let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
+        let limiter = unreachable(&tasks, &stop);
+        let key = KeyLimits {
+            key_id: "k".into(),
+            requests_per_min: Some(10),
+            tokens_per_min: Some(1000),
+        };
+        // Half of 10 requests a minute, without waiting on Redis.
+        let started = std::time::Instant::now();
+        let mut admitted = 0;
+        for _ in 0..10 {
+            admitted += usize::from(limiter.check_request(&key).await.is_ok());
+        }
+        assert_eq!(admitted, 5);
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(!limiter.inner.up.load(Ordering::Acquire));
+        // Half of 1000 tokens; a request over the whole limit is refused
+        // as such.
+        assert_eq!(limiter.check_tokens(&key, 400).await, Ok(()));
+        assert!(limiter.check_tokens(&key, 200).await.is_err());
+        assert_eq!(
+            limiter.check_tokens(&key, 1001).await,
+            Err(LimitExceeded::TokensOverLimit)
+        );
+
+        // Half of what was left of a budget of 1 USD with 0.2 spent: 0.4,
+        // so four holds of 0.1 and no fifth; a settled one frees its room
+        // less what it cost.
+        let ids: Vec<String> = (0..5).map(|i| format!("r{i}")).collect();
+        let mut holds = Vec::new();
+        for id in &ids {
+            let ask = BudgetAsk {
+                key_id: "k",
+                request_id: id,
+                budget_usd: 1.0,
+                stored_spent_usd: 0.2,
+                worst_usd: 0.1,
+            };
+            match limiter.reserve(ask).await {
+                Ok(h) => holds.push(h),
+                Err(e) => assert_eq!(e, LimitExceeded::Budget),
+            }
+        }
+        assert_eq!(holds.len(), 4);
+        holds.pop().unwrap().settle(0.05);
+        assert_eq!(
+            limiter.inner.fallback_book.figures("k"),
+            Some((50_000_000, 300_000_000))
+        );
+        // The settlement waits for Redis.
+        tokio::task::yield_now().await;
+        drop(holds);
+
+        stop.cancel();
+        tasks.close();
+        tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+            .await
+            .unwrap();
+    }
+}
