@@ -382,7 +382,14 @@ impl Limiter for SharedLimiter {
             None => {
                 metrics::counter!("gateway_limits_fallback_total", "check" => "tokens")
                     .increment(1);
-                inner.fallback.tokens(&inner.shared_out(key), tokens)
+                // More than this gateway's share but within the key's
+                // limit: Redis may take it again in a moment.
+                match inner.fallback.tokens(&inner.shared_out(key), tokens) {
+                    Err(LimitExceeded::TokensOverLimit) => {
+                        Err(LimitExceeded::Tokens { retry_after_s: 1 })
+                    }
+                    other => other,
+                }
             }
         }
     }
@@ -525,6 +532,11 @@ mod tests {
         assert_eq!(
             limiter.check_tokens(&key, 1001).await,
             Err(LimitExceeded::TokensOverLimit)
+        );
+        // More than the share but within the limit: worth retrying.
+        assert_eq!(
+            limiter.check_tokens(&key, 600).await,
+            Err(LimitExceeded::Tokens { retry_after_s: 1 })
         );
 
         // Half of what was left of a budget of 1 USD with 0.2 spent: 0.4,
