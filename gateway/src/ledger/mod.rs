@@ -326,3 +326,99 @@ impl Ledger {
             .take();
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::privacy::Class;
+    use crate::store::LedgerStatus;
+
+    fn row(i: usize) -> LedgerEntry {
+        LedgerEntry {
+            id: format!("r{i}"),
+            tenant_id: "t".into(),
+            key_id: "k".into(),
+            requested_model: "m".into(),
+            resolved_model: None,
+            backend: None,
+            route_reason: None,
+            privacy_class: Class::Public,
+            detectors: Vec::new(),
+            predicted_latency_ms: None,
+            predicted_energy_j: None,
+            predicted_cost_usd: None,
+            latency_ms: None,
+            ttft_ms: None,
+            prompt_tokens: None,
+            completion_tokens: None,
+            joules: None,
+            usd: None,
+            status: LedgerStatus::Ok,
+            http_status: Some(200),
+            error_code: None,
+            stream: false,
+            decision: None,
+            created_at: i64::try_from(i).unwrap() + 1,
+        }
+    }
+
+    fn options(spill: &Path) -> LedgerOptions {
+        LedgerOptions {
+            memory_rows: 1_000,
+            memory_bytes: 1 << 20,
+            batch: 8,
+            spill_dir: Some(spill.to_owned()),
+            spill_max_bytes: 1 << 20,
+        }
+    }
+
+    async fn store(path: &Path) -> Store {
+        let store = Store::connect(None, path).await.unwrap();
+        store.migrate().await.unwrap();
+        store
+    }
+
+    /// A store that fails at once (a closed pool) leaves the rows in
+    /// memory (not silent for a second yet), so it is the shutdown that
+    /// must put them in the file; the next start stores them.
+    #[tokio::test]
+    async fn rows_the_store_cannot_take_at_shutdown_are_spilled_then_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, spill) = (dir.path().join("gateway.db"), dir.path().join("spill"));
+        let closed = store(&db).await;
+        closed.close().await;
+        let tasks = TaskTracker::new();
+        let ledger = Ledger::start(closed, options(&spill), &tasks).unwrap();
+        let sink = ledger.sink().unwrap();
+        for i in 0..5 {
+            sink.send(row(i));
+        }
+        drop(sink);
+        ledger.close();
+        tasks.close();
+        tasks.wait().await;
+        assert_eq!(*ledger.written().borrow(), 0, "nothing was stored");
+        assert_eq!(ledger.backlog().memory_rows, 0);
+
+        let open = store(&db).await;
+        let tasks = TaskTracker::new();
+        let ledger = Ledger::start(open.clone(), options(&spill), &tasks).unwrap();
+        assert_eq!(ledger.recovered(), 5);
+        ledger.flush().await;
+        let ids: Vec<String> = open
+            .recent_ledger(None, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids, ["r4", "r3", "r2", "r1", "r0"]);
+        assert_eq!(ledger.backlog().spill_rows, 0);
+        ledger.close();
+        tasks.close();
+        tasks.wait().await;
+    }
+}
