@@ -280,15 +280,7 @@ async fn postgres_stopped_and_restarted_under_load_loses_nothing() {
     let down = Instant::now();
     tokio::time::sleep(Duration::from_secs(12)).await;
     let during = gw.state.ledger.backlog();
-    let ready: Value = gw
-        .client
-        .get(gw.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, ready) = readyz(&gw).await;
     s.pg.resume().await;
     let up = Instant::now();
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -457,9 +449,8 @@ async fn a_full_spill_refuses_new_requests_until_postgres_returns() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(refused.is_some(), "a full spill never refused a request");
-    let r = gw.client.get(gw.url("/readyz")).send().await.unwrap();
-    assert_eq!(r.status(), 503);
-    let ready: Value = r.json().await.unwrap();
+    let (status, ready) = readyz(&gw).await;
+    assert_eq!(status, 503);
     assert_eq!(ready["ledger"]["full"], true, "{ready}");
     assert!(
         ready["ledger"]["spill_bytes"].as_u64().unwrap() >= config.ledger_spill_max_bytes,
@@ -478,8 +469,7 @@ async fn a_full_spill_refuses_new_requests_until_postgres_returns() {
 
     s.pg.resume().await;
     drained(&gw).await;
-    let r = gw.client.get(gw.url("/readyz")).send().await.unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(readyz(&gw).await.0, 200);
     let after = send(&gw.client, &gw.base, &s.key).await;
     assert_eq!(after.status, 200);
     outcomes.push(after);
@@ -493,6 +483,12 @@ async fn a_full_spill_refuses_new_requests_until_postgres_returns() {
         stored.len()
     );
     gw.shutdown().await;
+}
+
+/// `/readyz`: its status and JSON body.
+async fn readyz(gw: &Gateway) -> (u16, Value) {
+    let r = gw.client.get(gw.url("/readyz")).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
 }
 
 fn append(dir: &Path, bytes: &[u8]) {
