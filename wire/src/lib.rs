@@ -1,5 +1,5 @@
-//! Wire types that more than one binary speaks: the OpenAI error body and
-//! the edge worker's load report.
+//! Wire types that more than one binary speaks: the OpenAI error body, the
+//! edge worker's load report and its registration heartbeat.
 //!
 //! Each shape is written once here so the gateway, the edge worker and the
 //! mock cloud cannot drift apart. Nothing here does I/O.
@@ -10,9 +10,13 @@
 //!   an SSE error event.
 //! - [`load`]: `GET /v1/worker/load`, the report a gateway polls and routes
 //!   on.
+//! - [`fleet`]: `POST /fleet/workers`, the heartbeat by which an edge worker
+//!   registers itself with the gateways.
 
 pub mod error;
+pub mod fleet;
 pub mod load;
 
 pub use error::ErrorBody;
+pub use fleet::{Heartbeat, HeartbeatAck};
 pub use load::{Capabilities, LoadReport};
