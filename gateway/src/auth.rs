@@ -7,11 +7,15 @@
 //! separate cache: a flood of random keys can neither evict valid keys nor
 //! make the same key cost a query twice within the window, and concurrent
 //! lookups of one hash share one query. Expiry is checked on every request
-//! against the clock, not the cache.
+//! against the clock, not the cache. On Postgres the caches are also dropped
+//! whenever an admin change to keys commits ([`KeyCache::invalidate_all`],
+//! driven by `fleet::changes`), so a revocation takes effect on every
+//! gateway at once; the TTL remains the bound when no notification comes.
 //!
 //! This module knows no HTTP status: it returns [`AuthError`], which the
 //! HTTP layer renders.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,6 +68,10 @@ pub struct KeyCache {
     store: Store,
     found: Cache<String, Arc<ApiKey>>,
     unknown: Cache<String, ()>,
+    /// Bumped by [`KeyCache::invalidate_all`]: a lookup that started
+    /// before a change may have read the old row, so its answer is used
+    /// once but not kept.
+    generation: Arc<AtomicU64>,
 }
 
 impl KeyCache {
@@ -79,7 +87,16 @@ impl KeyCache {
                 .max_capacity(MAX_ENTRIES)
                 .time_to_live(ttl)
                 .build(),
+            generation: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Forgets every cached answer: the next request of each key reads
+    /// the store again.
+    pub fn invalidate_all(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.found.invalidate_all();
+        self.unknown.invalidate_all();
     }
 
     /// The active key behind the request's `Authorization: Bearer` header.
@@ -100,6 +117,7 @@ impl KeyCache {
         if self.unknown.contains_key(&hash) {
             return Ok(None);
         }
+        let generation = self.generation.load(Ordering::Acquire);
         let store = self.store.clone();
         let query_hash = hash.clone();
         let looked_up = self
@@ -112,11 +130,19 @@ impl KeyCache {
                 }
             })
             .await;
+        let changed = self.generation.load(Ordering::Acquire) != generation;
         match looked_up {
-            Ok(key) => Ok(Some(key)),
+            Ok(key) => {
+                if changed {
+                    self.found.invalidate(&hash).await;
+                }
+                Ok(Some(key))
+            }
             Err(miss) => match *miss {
                 Miss::Unknown => {
-                    self.unknown.insert(hash, ()).await;
+                    if !changed {
+                        self.unknown.insert(hash, ()).await;
+                    }
                     Ok(None)
                 }
                 Miss::Failed(e) => Err(e),

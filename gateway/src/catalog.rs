@@ -7,10 +7,19 @@
 //! database blip should not stop routing to backends that are still there.
 //! Refreshes are serialised by a mutex so a burst of requests after expiry
 //! causes one read, not one per request.
+//!
+//! [`Catalog::invalidate`] drops everything at once (an admin change was
+//! notified, see `fleet::changes`); a read that was under way when it
+//! happened is served but not kept. Edge workers that registered
+//! themselves (`fleet::registry`) are added to each snapshot after the
+//! stored backends; a stored backend with the same URL wins.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
 
 use crate::privacy::{RuleSet, RuleSpec};
 use crate::routing::{Alias, Backend, Policy};
@@ -34,6 +43,8 @@ pub struct TenantSettings {
 struct Cached<T> {
     value: Arc<T>,
     at: Instant,
+    /// [`Inner::generation`] when the read started.
+    generation: u64,
 }
 
 /// Cheap to clone; all clones share the cache.
@@ -49,6 +60,20 @@ struct Inner {
     tenants: RwLock<HashMap<String, Cached<TenantSettings>>>,
     /// Held while reading the store, so concurrent misses share one read.
     refresh: tokio::sync::Mutex<()>,
+    /// Bumped by [`Catalog::invalidate`]; entries of an older generation
+    /// are stale whatever their age.
+    generation: AtomicU64,
+    /// The serving self-registered workers, when there is a registry.
+    workers: Option<watch::Receiver<Arc<Vec<Backend>>>>,
+    /// The last stored snapshot merged with the workers, and what it was
+    /// merged from, so requests share one merge until either changes.
+    merged: RwLock<Option<Merged>>,
+}
+
+struct Merged {
+    stored: Arc<Snapshot>,
+    workers: Arc<Vec<Backend>>,
+    value: Arc<Snapshot>,
 }
 
 /// Why settings cannot be served.
@@ -63,8 +88,28 @@ pub enum CatalogError {
 }
 
 impl Catalog {
+    /// Stored settings only.
     #[must_use]
     pub fn new(store: Store, ttl: Duration) -> Catalog {
+        Catalog::build(store, ttl, None)
+    }
+
+    /// Stored settings, plus the self-registered workers that `workers`
+    /// publishes (see `fleet::registry::Registry::watch`).
+    #[must_use]
+    pub fn with_workers(
+        store: Store,
+        ttl: Duration,
+        workers: watch::Receiver<Arc<Vec<Backend>>>,
+    ) -> Catalog {
+        Catalog::build(store, ttl, Some(workers))
+    }
+
+    fn build(
+        store: Store,
+        ttl: Duration,
+        workers: Option<watch::Receiver<Arc<Vec<Backend>>>>,
+    ) -> Catalog {
         Catalog {
             inner: Arc::new(Inner {
                 store,
@@ -72,16 +117,63 @@ impl Catalog {
                 snapshot: RwLock::new(None),
                 tenants: RwLock::new(HashMap::new()),
                 refresh: tokio::sync::Mutex::new(()),
+                generation: AtomicU64::new(0),
+                workers,
+                merged: RwLock::new(None),
             }),
         }
     }
 
-    fn fresh<T>(&self, c: &Cached<T>) -> bool {
-        c.at.elapsed() < self.inner.ttl
+    /// Makes every cached setting stale: the next request reads the
+    /// store (and falls back to the stale backends if that fails).
+    pub fn invalidate(&self) {
+        self.inner.generation.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Backends and aliases, at most `ttl` old (or older if the store fails).
+    fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::Acquire)
+    }
+
+    fn fresh<T>(&self, c: &Cached<T>) -> bool {
+        c.generation == self.generation() && c.at.elapsed() < self.inner.ttl
+    }
+
+    /// Backends (stored, then self-registered) and aliases; the stored part
+    /// at most `ttl` old (or older if the store fails).
     pub async fn snapshot(&self) -> Result<Arc<Snapshot>, CatalogError> {
+        let stored = self.stored_snapshot().await?;
+        let Some(workers) = &self.inner.workers else {
+            return Ok(stored);
+        };
+        let workers = Arc::clone(&*workers.borrow());
+        if workers.is_empty() {
+            return Ok(stored);
+        }
+        if let Some(m) = read(&self.inner.merged).as_ref() {
+            if Arc::ptr_eq(&m.stored, &stored) && Arc::ptr_eq(&m.workers, &workers) {
+                return Ok(Arc::clone(&m.value));
+            }
+        }
+        let mut backends = stored.backends.clone();
+        backends.extend(
+            workers
+                .iter()
+                .filter(|w| !stored.backends.iter().any(|b| b.base_url == w.base_url))
+                .cloned(),
+        );
+        let value = Arc::new(Snapshot {
+            backends,
+            aliases: stored.aliases.clone(),
+        });
+        *write(&self.inner.merged) = Some(Merged {
+            stored,
+            workers,
+            value: Arc::clone(&value),
+        });
+        Ok(value)
+    }
+
+    async fn stored_snapshot(&self) -> Result<Arc<Snapshot>, CatalogError> {
         if let Some(c) = read(&self.inner.snapshot).as_ref() {
             if self.fresh(c) {
                 return Ok(Arc::clone(&c.value));
@@ -93,6 +185,7 @@ impl Catalog {
             Some(c) => Some(Arc::clone(&c.value)),
             None => None,
         };
+        let generation = self.generation();
         let loaded = async {
             Ok::<_, StoreError>(Snapshot {
                 backends: self.inner.store.list_backends().await?,
@@ -106,6 +199,7 @@ impl Catalog {
                 *write(&self.inner.snapshot) = Some(Cached {
                     value: Arc::clone(&value),
                     at: Instant::now(),
+                    generation,
                 });
                 Ok(value)
             }
@@ -130,6 +224,7 @@ impl Catalog {
                 return Ok(Arc::clone(&c.value));
             }
         }
+        let generation = self.generation();
         let store = &self.inner.store;
         let policy = store.get_policy(tenant_id).await?.unwrap_or_default();
         let specs: Vec<RuleSpec> = store
@@ -148,6 +243,7 @@ impl Catalog {
             Cached {
                 value: Arc::clone(&value),
                 at: Instant::now(),
+                generation,
             },
         );
         Ok(value)

@@ -115,6 +115,9 @@ pub struct Config {
     /// Longest any one Redis call may take; past it the call counts as
     /// failed and the gateway keeps its local view.
     pub redis_timeout_ms: u64,
+    /// How long a self-registered worker stays listed after its last
+    /// heartbeat (workers beat about once a second).
+    pub worker_ttl_ms: u64,
 }
 
 /// How log lines are written to stderr.
@@ -161,6 +164,7 @@ impl Default for Config {
             redis_url: None,
             redis_prefix: "gw:".to_owned(),
             redis_timeout_ms: 50,
+            worker_ttl_ms: 3_000,
         }
     }
 }
@@ -201,6 +205,7 @@ pub const FIELDS: &[&str] = &[
     "redis_url",
     "redis_prefix",
     "redis_timeout_ms",
+    "worker_ttl_ms",
 ];
 
 /// Why the configuration cannot be loaded. Messages name the file or the
@@ -298,6 +303,7 @@ impl Config {
             ("body_read_timeout_ms", self.body_read_timeout_ms),
             ("unhealthy_cooldown_ms", self.unhealthy_cooldown_ms),
             ("redis_timeout_ms", self.redis_timeout_ms),
+            ("worker_ttl_ms", self.worker_ttl_ms),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid(format!("{name} must be > 0")));

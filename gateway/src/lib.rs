@@ -35,6 +35,10 @@
 //! - [`catalog`]: short-lived cache of backends, aliases, policies, rules.
 //! - [`live`]: live backend state (health, edge load, in-flight counts)
 //!   behind [`live::LiveView`], and the poller that feeds it.
+//! - [`fleet`]: what the gateways of a fleet share: the registry of edge
+//!   workers that register themselves (`POST /fleet/workers`, in Redis or in
+//!   process), backend health mirrored through Redis, and the Postgres
+//!   change feed that drops the key and settings caches on admin changes.
 //! - [`upstream`]: the shared HTTP client and what an attempt's failure
 //!   means.
 //! - [`ledger`]: the per-request row guard and the batching writer task.
@@ -64,6 +68,7 @@ pub mod admin_cli;
 pub mod auth;
 pub mod catalog;
 pub mod config;
+pub mod fleet;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;

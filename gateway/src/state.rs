@@ -8,6 +8,10 @@ use tokio_util::task::TaskTracker;
 use crate::auth::KeyCache;
 use crate::catalog::Catalog;
 use crate::config::Config;
+use crate::fleet::changes::Caches;
+use crate::fleet::health::SharedLive;
+use crate::fleet::registry::Registry;
+use crate::fleet::{Redis, RedisCallError};
 use crate::ledger::{Ledger, LedgerOptions, SpillError};
 use crate::limits::{InProcessLimiter, Limiter, SharedLimiter, SharedLimiterError};
 use crate::live::poller::Poller;
@@ -27,12 +31,16 @@ pub struct Inner {
     pub keys: KeyCache,
     pub catalog: Catalog,
     pub live: Arc<dyn LiveView>,
+    /// Edge workers that registered themselves (shared through Redis when
+    /// configured); the catalog lists the serving ones.
+    pub registry: Registry,
     pub limiter: Arc<dyn Limiter>,
     pub upstreams: Upstreams,
     pub ledger: Ledger,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
-    /// The poller and the ledger writer run here,
-    /// so shutdown can wait for every one of them.
+    /// The poller, the ledger writer, the worker registry's refresh, the
+    /// health sync and the change feed run here, so shutdown can wait for
+    /// every one of them.
     tasks: TaskTracker,
     /// Stops the poller; the ledger writer stops when its queue closes.
     stop: CancellationToken,
@@ -61,6 +69,8 @@ pub enum StartError {
     Ledger(#[source] SpillError),
     #[error("cannot set up the shared limits")]
     Limits(#[source] SharedLimiterError),
+    #[error("invalid redis_url")]
+    Redis(#[source] RedisCallError),
 }
 
 impl AppState {
@@ -70,11 +80,33 @@ impl AppState {
         let upstreams = Upstreams::new(&config).map_err(StartError::Client)?;
         let tasks = TaskTracker::new();
         let stop = CancellationToken::new();
-        let catalog = Catalog::new(store.clone(), Config::ms(config.settings_cache_ms));
-        let live: Arc<dyn LiveView> = Arc::new(InProcessLive::new(
-            config.unhealthy_after,
-            Config::ms(config.unhealthy_cooldown_ms),
-        ));
+        let redis = Redis::from_config(&config).map_err(StartError::Redis)?;
+        let registry = Registry::new(redis.clone(), Config::ms(config.worker_ttl_ms));
+        tasks.spawn(registry.clone().run(stop.clone()));
+        let catalog = Catalog::with_workers(
+            store.clone(),
+            Config::ms(config.settings_cache_ms),
+            registry.watch(),
+        );
+        let cooldown = Config::ms(config.unhealthy_cooldown_ms);
+        let live: Arc<dyn LiveView> = match redis {
+            Some(redis) => {
+                let (live, sync) = SharedLive::new(redis, config.unhealthy_after, cooldown);
+                tasks.spawn(sync.run(stop.clone()));
+                Arc::new(live)
+            }
+            None => Arc::new(InProcessLive::new(config.unhealthy_after, cooldown)),
+        };
+        let keys = KeyCache::new(store.clone(), Config::ms(config.key_cache_ms));
+        if let (Some(url), crate::store::Dialect::Postgres) =
+            (&config.database_url, store.dialect())
+        {
+            let caches = Caches {
+                keys: keys.clone(),
+                catalog: catalog.clone(),
+            };
+            tasks.spawn(caches.follow(url.clone(), stop.clone()));
+        }
         let ledger = Ledger::start(store.clone(), LedgerOptions::from_config(&config), &tasks)
             .map_err(StartError::Ledger)?;
         let poller = Poller {
@@ -95,9 +127,10 @@ impl AppState {
         };
         Ok(AppState {
             inner: Arc::new(Inner {
-                keys: KeyCache::new(store.clone(), Config::ms(config.key_cache_ms)),
+                keys,
                 catalog,
                 live,
+                registry,
                 limiter,
                 upstreams,
                 ledger,

@@ -11,6 +11,7 @@
 
 pub mod chat;
 mod error;
+mod fleet;
 mod health;
 mod models;
 mod openapi;
@@ -56,6 +57,7 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .route("/openapi.json", get(openapi::document))
+        .route("/fleet/workers", post(fleet::heartbeat))
         .fallback(not_found)
         .layer(
             ServiceBuilder::new()

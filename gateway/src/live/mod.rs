@@ -83,7 +83,7 @@ impl Drop for InFlight {
 }
 
 /// Longest rest, as a multiple of the base cool-down (2^5).
-const MAX_BACKOFF_DOUBLINGS: u32 = 5;
+pub(crate) const MAX_BACKOFF_DOUBLINGS: u32 = 5;
 
 /// The single-gateway [`LiveView`].
 pub struct InProcessLive {
@@ -110,6 +110,21 @@ impl InProcessLive {
 
     fn changed(&self) {
         self.version.send_modify(|v| *v += 1);
+    }
+
+    /// Takes another gateway's verdict on a backend (see
+    /// [`crate::fleet::health`]): its failure count and, while the circuit
+    /// is open, when the next trial may be made. The load report is kept.
+    pub fn adopt(&self, backend_id: &str, failures: u32, retry_at: Option<Instant>) {
+        let mut map = write(&self.states);
+        let state = map.entry(backend_id.to_owned()).or_default();
+        if state.failures == failures && state.retry_at == retry_at {
+            return;
+        }
+        state.failures = failures;
+        state.retry_at = retry_at;
+        drop(map);
+        self.changed();
     }
 
     fn counter(&self, backend_id: &str) -> Arc<AtomicU32> {

@@ -20,6 +20,7 @@
 //! stays reachable through `source()` for logs.
 
 mod backends;
+pub mod changes;
 mod error;
 mod ledger;
 mod rows;

@@ -1,0 +1,155 @@
+//! `POST /fleet/workers`: an edge worker's heartbeat, by which it registers
+//! itself (see `fleet::registry`).
+//!
+//! This is the one route through which a caller names a place the gateway
+//! will connect to, so it is closed unless the gateway has a worker token,
+//! and open only to callers presenting that token (compared by SHA-256
+//! digest in constant time). API keys mean nothing here and the chat API
+//! never calls it. The body is read only after the token matched, bounded
+//! in size and time, and checked like an admin's `backend add`: on-prem
+//! only, a loopback, private or LAN host, no credentials or path in the URL.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
+use wire::{ErrorBody, Heartbeat, HeartbeatAck};
+
+use crate::fleet::registry::{listing, Refused};
+use crate::state::AppState;
+
+/// Largest heartbeat body read; a load report is well under 2 KiB.
+const MAX_BODY: usize = 16 << 10;
+
+/// Why a heartbeat is not taken, each with its status.
+#[derive(Debug, thiserror::Error)]
+enum FleetError {
+    /// 404: the gateway has no worker token, so registration is off.
+    #[error("Unknown endpoint.")]
+    Disabled,
+    /// 401 `invalid_worker_token`.
+    #[error("A valid worker token is required.")]
+    Token,
+    /// 400 `invalid_heartbeat`: unreadable, too large or not a heartbeat.
+    #[error("The body is not a worker heartbeat.")]
+    Body,
+    /// 403 `registration_refused`: a URL or model the fleet will not list.
+    #[error("Registration refused: {0}.")]
+    Refused(Refused),
+    /// 503 `service_unavailable`: the shared registry cannot be written.
+    #[error("The worker registry is unavailable; retry shortly.")]
+    Unavailable,
+}
+
+impl IntoResponse for FleetError {
+    fn into_response(self) -> Response {
+        let (status, kind, code) = match &self {
+            FleetError::Disabled => (
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "unknown_url",
+            ),
+            FleetError::Token => (
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "invalid_worker_token",
+            ),
+            FleetError::Body => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_heartbeat",
+            ),
+            FleetError::Refused(_) => (
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "registration_refused",
+            ),
+            FleetError::Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "service_unavailable",
+            ),
+        };
+        let outcome = code;
+        metrics::counter!("gateway_worker_heartbeats_total", "outcome" => outcome).increment(1);
+        let body = ErrorBody::new(&self.to_string(), kind, None, code);
+        (status, Json(body)).into_response()
+    }
+}
+
+/// Registers or refreshes the calling worker.
+pub async fn heartbeat(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    match accept(&app, &headers, body).await {
+        Ok(ack) => {
+            metrics::counter!("gateway_worker_heartbeats_total", "outcome" => "ok").increment(1);
+            Json(ack).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn accept(
+    app: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<HeartbeatAck, FleetError> {
+    let token = app
+        .config
+        .worker_token
+        .as_ref()
+        .ok_or(FleetError::Disabled)?;
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
+        .ok_or(FleetError::Token)?;
+    if !same_secret(presented, token.expose_secret()) {
+        tracing::debug!("heartbeat refused: no valid worker token");
+        return Err(FleetError::Token);
+    }
+    let read = axum::body::to_bytes(body, MAX_BODY);
+    let bytes = tokio::time::timeout(app.config.body_read_timeout(), read)
+        .await
+        .map_err(|_| FleetError::Body)?
+        .map_err(|_| FleetError::Body)?;
+    let beat: Heartbeat = serde_json::from_slice(&bytes).map_err(|_| FleetError::Body)?;
+    let registered = listing(&beat).map_err(|e| {
+        tracing::warn!(problem = %e, "worker registration refused");
+        FleetError::Refused(e)
+    })?;
+    let backend = registered.backend.name.clone();
+    app.registry.beat(registered).await.map_err(|e| {
+        tracing::warn!(error = %e, "cannot record a worker heartbeat");
+        FleetError::Unavailable
+    })?;
+    Ok(HeartbeatAck {
+        backend,
+        ttl_ms: u64::try_from(app.registry.ttl().as_millis()).unwrap_or(u64::MAX),
+    })
+}
+
+/// Compares two secrets by their SHA-256 digests, every byte whatever the
+/// earlier ones were, so the time taken says nothing about the token.
+fn same_secret(presented: &str, expected: &str) -> bool {
+    let a: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+    let b: [u8; 32] = Sha256::digest(expected.as_bytes()).into();
+    a.iter().zip(&b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_match_only_themselves() {
+        assert!(same_secret("tok-123", "tok-123"));
+        for wrong in ["", "tok-12", "tok-1234", "TOK-123", " tok-123"] {
+            assert!(!same_secret(wrong, "tok-123"), "{wrong:?}");
+        }
+    }
+}
