@@ -87,26 +87,7 @@ pub enum TokenError {
 /// Reads the configured token, if any, and refuses a non-loopback listen
 /// address without one unless `--insecure-no-token` says so.
 pub fn configure(config: &Config) -> Result<Option<WorkerToken>, TokenError> {
-    let from_env = match std::env::var(TOKEN_ENV) {
-        // Set but empty counts as unset, as `${EDGE_WORKER_TOKEN:-}` in a
-        // compose file leaves it; the loopback rule still applies.
-        Ok(v) if v.trim().is_empty() => None,
-        Ok(v) => Some(v),
-        Err(VarError::NotPresent) => None,
-        Err(VarError::NotUnicode(_)) => return Err(TokenError::Malformed(TOKEN_ENV.into())),
-    };
-    let token = match (from_env, &config.worker_token_file) {
-        (Some(_), Some(_)) => return Err(TokenError::Ambiguous),
-        (Some(text), None) => Some(parse(TOKEN_ENV, &text)?),
-        (None, Some(path)) => {
-            let text = std::fs::read_to_string(path).map_err(|source| TokenError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            Some(parse(&path.display().to_string(), &text)?)
-        }
-        (None, None) => None,
-    };
+    let token = read(config)?.map(|text| WorkerToken::new(&text));
     let exposed = !config.listen.ip().is_loopback();
     if token.is_none() && exposed {
         if !config.insecure_no_token {
@@ -117,8 +98,34 @@ pub fn configure(config: &Config) -> Result<Option<WorkerToken>, TokenError> {
     Ok(token)
 }
 
+/// The token itself, from `EDGE_WORKER_TOKEN` or the token file, checked
+/// and trimmed. Besides [`configure`], only the registration with the
+/// gateways ([`crate::register`]) uses it, to present it to them.
+pub fn read(config: &Config) -> Result<Option<String>, TokenError> {
+    let from_env = match std::env::var(TOKEN_ENV) {
+        // Set but empty counts as unset, as `${EDGE_WORKER_TOKEN:-}` in a
+        // compose file leaves it; the loopback rule still applies.
+        Ok(v) if v.trim().is_empty() => None,
+        Ok(v) => Some(v),
+        Err(VarError::NotPresent) => None,
+        Err(VarError::NotUnicode(_)) => return Err(TokenError::Malformed(TOKEN_ENV.into())),
+    };
+    match (from_env, &config.worker_token_file) {
+        (Some(_), Some(_)) => Err(TokenError::Ambiguous),
+        (Some(text), None) => Ok(Some(parse(TOKEN_ENV, &text)?)),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|source| TokenError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            Ok(Some(parse(&path.display().to_string(), &text)?))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
 /// One line of text (a file's trailing newline is not part of the token).
-fn parse(source: &str, text: &str) -> Result<WorkerToken, TokenError> {
+fn parse(source: &str, text: &str) -> Result<String, TokenError> {
     let token = text.trim();
     if token.is_empty() {
         return Err(TokenError::Empty(source.into()));
@@ -126,7 +133,7 @@ fn parse(source: &str, text: &str) -> Result<WorkerToken, TokenError> {
     if !token.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(TokenError::Malformed(source.into()));
     }
-    Ok(WorkerToken::new(token))
+    Ok(token.to_owned())
 }
 
 /// `Bearer <token>`, the scheme in any case.
@@ -167,7 +174,7 @@ mod tests {
 
     #[test]
     fn tokens_match_only_themselves() {
-        let token = parse("test", "s3cret-token\n").unwrap();
+        let token = WorkerToken::new(&parse("test", "s3cret-token\n").unwrap());
         assert!(token.matches("s3cret-token"));
         for wrong in [
             "",

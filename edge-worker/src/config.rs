@@ -124,6 +124,24 @@ pub struct Config {
     #[arg(long, env = "EDGE_CACHE_DIR", default_value_os_t = std::env::temp_dir().join("edge-worker-cache"))]
     pub cache_dir: PathBuf,
 
+    /// The gateway fleet's address (a load balancer, or one gateway), e.g.
+    /// `http://gateway:8080`. With it the worker registers itself: it sends
+    /// its load report to `<url>/fleet/workers` every `--heartbeat-ms`,
+    /// presenting the worker token (required), and the gateways route to it
+    /// while the heartbeats keep coming.
+    #[arg(long, env = "EDGE_GATEWAY_URL")]
+    pub gateway_url: Option<String>,
+
+    /// Where the gateways reach this worker, `http://host:port` (a
+    /// loopback, private or LAN host; gateways refuse others). Defaults to
+    /// `http://<listen address>`, which needs a specific listen address.
+    #[arg(long, env = "EDGE_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+
+    /// Interval between two registration heartbeats, in milliseconds.
+    #[arg(long, env = "EDGE_HEARTBEAT_MS", default_value_t = 1_000)]
+    pub heartbeat_ms: u64,
+
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "EDGE_LOG_JSON")]
     pub log_json: bool,

@@ -14,6 +14,8 @@
 //! - [`chat`]: `POST /v1/chat/completions`, JSON and SSE; its `validate`
 //!   checks requests (including `response_format`) before admission.
 //! - [`routes`]: models, health, readiness, load report, metrics, fallbacks.
+//! - [`register`]: with `--gateway-url`, registers with the gateway fleet and
+//!   heartbeats the load report.
 //! - [`energy`]: RAPL or CPU-time joules, split among concurrent requests.
 //! - [`stats`]: moving averages of speed and joules per token.
 //! - [`server`]: start-up, model loading in the background, SIGTERM drain.
@@ -32,6 +34,7 @@ pub mod generation;
 pub mod gguf;
 pub mod openai;
 pub mod pool;
+pub mod register;
 pub mod requantize;
 pub mod routes;
 pub mod server;

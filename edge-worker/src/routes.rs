@@ -112,10 +112,15 @@ fn count(n: usize) -> u32 {
 /// shape: what is not known yet (the model while it loads, rates before the
 /// first measured generation) is `null`, never a made-up value.
 async fn load(State(state): State<AppState>) -> Json<LoadReport> {
+    Json(load_report(&state))
+}
+
+/// The report as of now; also what each registration heartbeat carries.
+pub fn load_report(state: &AppState) -> LoadReport {
     let engine = state.engine.get();
     let rates = state.reporters.stats.snapshot();
     let draining = state.draining.load(Ordering::Acquire);
-    Json(LoadReport {
+    LoadReport {
         model: engine.map(|e| e.model_id.clone()),
         quantization: Some(state.facts.quantization.clone()),
         served_quantization: state.facts.served_quantization.get().cloned(),
@@ -135,7 +140,7 @@ async fn load(State(state): State<AppState>) -> Json<LoadReport> {
         capabilities: CAPABILITIES,
         ready: engine.is_some() && !draining,
         draining,
-    })
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

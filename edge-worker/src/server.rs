@@ -21,6 +21,7 @@ use crate::engine::{
 };
 use crate::generation::Reporters;
 use crate::gguf::{self, GgufError};
+use crate::register::{RegisterError, Registrar};
 use crate::requantize::{self, Requantize};
 use crate::stats::{LiveStats, Observation};
 use crate::{AppState, ModelFacts};
@@ -42,12 +43,19 @@ pub enum StartError {
     Serve(std::io::Error),
     #[error("cannot set up metrics: {0}")]
     Metrics(String),
+    #[error(transparent)]
+    Register(#[from] RegisterError),
 }
 
 /// Runs the worker until it is told to stop.
 pub async fn run(config: Config) -> Result<(), StartError> {
     // First, so that an exposed address without a token fails at once.
     let token = auth::configure(&config)?;
+    let token_text = if config.gateway_url.is_some() {
+        auth::read(&config)?
+    } else {
+        None
+    };
     let (source, model_id, quantization) = resolve_source(&config)?;
     let metrics = install_metrics()?;
     let meter = Meter::detect(&config.powercap_dir, config.watts_per_core);
@@ -62,6 +70,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             source,
         })?;
     let addr = listener.local_addr().map_err(StartError::Serve)?;
+    let registrar = Registrar::from_config(&config, addr, token_text.as_deref())?;
+    drop(token_text);
     let options = EngineOptions {
         source,
         model_id,
@@ -87,6 +97,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel();
     let loader = tokio::spawn(load_model(state.clone(), options, requant, failed_tx));
     let signals = tokio::spawn(watch_signals(state.clone(), shutdown.clone()));
+    let heartbeats = registrar.map(|r| tokio::spawn(r.run(state.clone())));
 
     let serve = axum::serve(listener.tap_io(no_delay), crate::app(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
@@ -105,6 +116,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     };
     loader.abort();
     signals.abort();
+    if let Some(h) = heartbeats {
+        h.abort();
+    }
     if result.is_ok() {
         tracing::info!("stopped");
     }
