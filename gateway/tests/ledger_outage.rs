@@ -84,6 +84,7 @@ fn body() -> Value {
 #[derive(Debug, Clone)]
 struct Outcome {
     sent: Instant,
+    took: Duration,
     status: u16,
     ledger_id: Option<String>,
 }
@@ -105,8 +106,49 @@ async fn send(client: &reqwest::Client, base: &str, key: &str) -> Outcome {
     let _ = r.bytes().await;
     Outcome {
         sent,
+        took: sent.elapsed(),
         status,
         ledger_id,
+    }
+}
+
+/// The requests sent in one stretch of a run.
+struct Window {
+    sent: usize,
+    errors: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn window(outcomes: &[Outcome], from: Instant, to: Instant) -> Window {
+    let inside: Vec<&Outcome> = outcomes
+        .iter()
+        .filter(|o| o.sent >= from && o.sent < to)
+        .collect();
+    let mut ms: Vec<f64> = inside
+        .iter()
+        .map(|o| o.took.as_secs_f64() * 1000.0)
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        let rank = (ms.len() as f64 * q).ceil() as usize;
+        ms.get(rank.saturating_sub(1)).copied().unwrap_or(f64::NAN)
+    };
+    Window {
+        sent: inside.len(),
+        errors: inside.iter().filter(|o| o.status != 200).count(),
+        p50_ms: at(0.5),
+        p99_ms: at(0.99),
+    }
+}
+
+impl std::fmt::Display for Window {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} sent, {} errors, p50 {:.1} ms, p99 {:.1} ms",
+            self.sent, self.errors, self.p50_ms, self.p99_ms
+        )
     }
 }
 
@@ -270,6 +312,7 @@ async fn postgres_stopped_and_restarted_under_load_loses_nothing() {
 
     let watching = CancellationToken::new();
     let watch = monitor(&gw, watching.clone());
+    let start = Instant::now();
     let load = Load::start(gw.base.clone(), s.key.clone(), 60.0);
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
@@ -301,14 +344,9 @@ async fn postgres_stopped_and_restarted_under_load_loses_nothing() {
     all.push(warm);
     let admitted = admitted(&all);
     let (stored, cost, spent) = ledger_of(&s).await;
-    let in_window = |o: &&Outcome, from: Instant, to: Instant| o.sent >= from && o.sent < to;
-    let errors = |from, to| {
-        outcomes
-            .iter()
-            .filter(|o| in_window(o, from, to) && o.status != 200)
-            .count()
-    };
-    let sent_in = |from, to| outcomes.iter().filter(|o| in_window(o, from, to)).count();
+    let before = window(&outcomes, start, down);
+    let outage = window(&outcomes, down, up);
+    let restarting = window(&outcomes, restart, restarted + Duration::from_secs(1));
     let max_spill = samples.iter().map(|s| s.spill_rows).max().unwrap_or(0);
     let max_memory = samples.iter().map(|s| s.memory_rows).max().unwrap_or(0);
     let seen_down = samples
@@ -317,20 +355,16 @@ async fn postgres_stopped_and_restarted_under_load_loses_nothing() {
     let recovery = drained_after(&samples, up);
     println!(
         "postgres outage under load: {} requests, {} admitted, {} ledger rows, {} non-200 \
-         answers; stopped {:.1} s: {} sent, {} errors; restart ({:.1} s down): {} sent, {} errors; \
-         backlog at the end of the outage {:?}; most rows in the spill file {max_spill}, in \
-         memory {max_memory}; spill file empty {:.2} s after postgres was back; spend \
-         {spent:.3} USD = rows {cost:.3} USD",
+         answers; before the fault: {before}; stopped {:.1} s: {outage}; restart ({:.1} s \
+         down) and the second after: {restarting}; backlog at the end of the outage {:?}; most \
+         rows in the spill file {max_spill}, in memory {max_memory}; spill file empty {:.2} s \
+         after postgres was back; spend {spent:.3} USD = rows {cost:.3} USD",
         outcomes.len(),
         admitted.len(),
         stored.len(),
         outcomes.iter().filter(|o| o.status != 200).count(),
         up.duration_since(down).as_secs_f64(),
-        sent_in(down, up),
-        errors(down, up),
         restarted.duration_since(restart).as_secs_f64(),
-        sent_in(restart, restarted + Duration::from_secs(1)),
-        errors(restart, restarted + Duration::from_secs(1)),
         during,
         recovery.map_or(f64::NAN, |d| d.as_secs_f64()),
     );
@@ -346,14 +380,10 @@ async fn postgres_stopped_and_restarted_under_load_loses_nothing() {
         "{ready}"
     );
     assert!(
-        sent_in(down, up) > 300,
+        outage.sent > 300,
         "too few requests during the outage to prove anything"
     );
-    assert_eq!(
-        errors(down, up),
-        0,
-        "requests failed while postgres was down"
-    );
+    assert_eq!(outage.errors, 0, "requests failed while postgres was down");
     assert_exact(&admitted, &stored);
     assert_eq!(gw.state.ledger.enqueued() as usize, stored.len());
     assert_spend(cost, spent, stored.len());
