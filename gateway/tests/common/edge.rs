@@ -56,11 +56,17 @@ impl EdgeWorker {
     /// Starts a worker (one compute thread, so parallel tests share the
     /// CPU fairly) with extra flags and waits until its model is loaded.
     pub async fn start(extra: &[&str]) -> EdgeWorker {
+        EdgeWorker::start_on("127.0.0.1:0", extra).await
+    }
+
+    /// [`EdgeWorker::start`] on a given address (to restart a worker where
+    /// it was).
+    pub async fn start_on(listen: &str, extra: &[&str]) -> EdgeWorker {
         let mut child = Command::new(binary())
             .env("EDGE_WORKER_TOKEN", WORKER_TOKEN)
             .arg("--model-path")
             .arg(model_path())
-            .args(["--listen", "127.0.0.1:0", "--threads", "1"])
+            .args(["--listen", listen, "--threads", "1"])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
