@@ -41,7 +41,9 @@
 //!   change feed that drops the key and settings caches on admin changes.
 //! - [`upstream`]: the shared HTTP client and what an attempt's failure
 //!   means.
-//! - [`ledger`]: the per-request row guard and the batching writer task.
+//! - [`ledger`]: the per-request row guard, the batching writer task (which
+//!   retries while the store is unreachable) and the spill file rows wait
+//!   in meanwhile.
 //! - [`telemetry`]: logs and the Prometheus recorder.
 //!
 //! # Invariants
