@@ -250,8 +250,12 @@ async fn requests_per_minute_hold_across_two_gateways() {
     );
     assert_eq!(ok + limited, 200, "{results:?}");
 
-    // Refusals say when to come back.
-    let r = fleet.gateways[1].chat(&key, &chat_body("Say hi.", 1)).await;
+    // Refusals say when to come back. A burst that took over 6 s has left
+    // one request's room by now, so the second try at the latest is refused.
+    let mut r = fleet.gateways[1].chat(&key, &chat_body("Say hi.", 1)).await;
+    if r.status() == 200 {
+        r = fleet.gateways[1].chat(&key, &chat_body("Say hi.", 1)).await;
+    }
     assert_eq!(r.status(), 429);
     let retry: u64 = r.headers()["retry-after"]
         .to_str()
