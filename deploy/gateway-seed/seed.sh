@@ -1,8 +1,10 @@
 #!/bin/sh
 # One-shot set-up of the compose topology's gateway database: migrations, a
-# tenant, the two edge workers and the mock cloud as backends, the `auto`
-# alias and one API key. Idempotent: every step checks what is already there,
-# so `docker compose up` can run it on every start.
+# tenant, the mock cloud as a backend, the `auto` alias and one API key. The
+# edge workers register themselves with the gateways (EDGE_GATEWAY_URL), so
+# none is added here unless SEED_EDGE_URLS names some. Idempotent: every step
+# checks what is already there, so `docker compose up` can run it on every
+# start.
 #
 # The API key's plaintext is shown once by `gateway key create`; it is kept in
 # $SEED_DIR/api-key (a named volume) and printed at the end of every run:
@@ -14,9 +16,10 @@ set -eu
 : "${SEED_MODEL:=smollm2-135m-instruct}"
 : "${SEED_CLOUD_MODEL:=cloud-small}"
 : "${SEED_DIR:=/var/lib/gateway}"
-# Edge workers to register as edge-1, edge-2, ... and the cloud base URL
-# ("none" registers no cloud). Defaults are the compose topology's.
-: "${SEED_EDGE_URLS:=http://edge-worker-1:8081 http://edge-worker-2:8081}"
+# Edge workers to add statically as edge-1, edge-2, ... (none by default: the
+# compose topology's workers register themselves) and the cloud base URL
+# ("none" adds no cloud).
+: "${SEED_EDGE_URLS:=}"
 : "${SEED_CLOUD_URL:=http://mock-cloud:9000}"
 : "${GATEWAY_BIN:=gateway}"
 key_file="$SEED_DIR/api-key"

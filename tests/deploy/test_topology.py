@@ -221,6 +221,14 @@ def test_edge_workers_configuration_matches_the_binary(services):
         assert args["--listen"] == f"0.0.0.0:{EDGE_PORT}"
         assert any(v.startswith("models:/models") for v in svc["volumes"])
         assert f"127.0.0.1:{EDGE_PORT}/readyz" in _healthcheck_text(svc)
+    # Each worker registers itself through the load balancer, advertising
+    # its own service name, and presents the generated token.
+    for w in EDGE_WORKERS:
+        env = _env(services[w])
+        assert env["EDGE_GATEWAY_URL"] == f"http://gateway-lb:{GATEWAY_PORT}"
+        assert env["EDGE_ADVERTISE_URL"] == f"http://{w}:{EDGE_PORT}"
+        assert env["EDGE_WORKER_TOKEN_FILE"] == "/run/fleet/worker-token"
+    assert all("GATEWAY_REDIS_URL" in _env(services[g]) for g in GATEWAYS)
     # Each worker caches its re-quantized model in a volume of its own.
     caches = [next(v for v in services[w]["volumes"] if "edge-worker" in v) for w in EDGE_WORKERS]
     assert len(set(caches)) == len(caches)
@@ -338,9 +346,10 @@ def test_seed_script_uses_real_admin_subcommands_and_flags():
     for needed in ("gw migrate", "gw tenant create", "gw backend add", "gw alias set auto",
                    "gw key create"):
         assert needed in text
-    # By default, backends point at the compose services and ports.
+    # By default no edge worker is added statically (they register
+    # themselves); the cloud points at the compose service and port.
     edges = re.search(r'SEED_EDGE_URLS:=([^}]*)}', text).group(1).split()
-    assert edges == ["http://edge-worker-1:8081", "http://edge-worker-2:8081"]
+    assert edges == []
     assert re.search(r'SEED_CLOUD_URL:=http://mock-cloud:9000}', text)
     assert '--url "$url"' in text and '--url "$SEED_CLOUD_URL"' in text
     # The plaintext key never goes to the log.
@@ -369,6 +378,8 @@ def test_seed_script_is_idempotent_against_the_real_binary(tmp_path):
         "GATEWAY_SQLITE_PATH": str(tmp_path / "gw.db"),
         "SEED_DIR": str(tmp_path),
         "HOME": str(tmp_path),
+        # The compose workers register themselves; static ones still work.
+        "SEED_EDGE_URLS": "http://edge-worker-1:8081 http://edge-worker-2:8081",
     }
 
     def seed() -> str:
