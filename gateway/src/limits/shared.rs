@@ -508,6 +508,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_redis_that_never_answers_costs_one_timeout_then_nothing() {
+        // Accepts connections and never answers: a Redis too slow to use.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("redis://{}", silent.local_addr().unwrap());
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((socket, _)) = silent.accept().await {
+                open.push(socket);
+            }
+        });
+        let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
+        let url = secrecy::SecretString::from(url);
+        let limiter = SharedLimiter::start(&Config::default(), &url, &tasks, &stop).unwrap();
+        let key = KeyLimits {
+            key_id: "k".into(),
+            requests_per_min: Some(10),
+            tokens_per_min: None,
+        };
+        let first = std::time::Instant::now();
+        assert_eq!(limiter.check_request(&key).await, Ok(()));
+        let first = first.elapsed();
+        // The first call waited for the 50 ms bound; the other ten (nine
+        // admitted, one refused) would take 500 ms if they waited too.
+        assert!(first >= Duration::from_millis(50), "{first:?}");
+        assert!(first < Duration::from_millis(500), "{first:?}");
+        let rest = std::time::Instant::now();
+        for _ in 0..9 {
+            assert_eq!(limiter.check_request(&key).await, Ok(()));
+        }
+        assert!(limiter.check_request(&key).await.is_err());
+        assert!(
+            rest.elapsed() < Duration::from_millis(200),
+            "{:?}",
+            rest.elapsed()
+        );
+        stop.cancel();
+        tasks.close();
+        tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+            .await
+            .unwrap();
+        held.abort();
+    }
+
+    #[tokio::test]
     async fn without_redis_each_gateway_admits_its_share_and_stops_cleanly() {
         let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
         let limiter = unreachable(&tasks, &stop);
