@@ -96,8 +96,8 @@ pub async fn completions(
         })?;
     let energy_id = state.next_energy_id.fetch_add(1, Ordering::Relaxed);
     state.reporters.energy.begin(energy_id);
-    let rx = match engine.generate(v.params).await {
-        Ok(rx) => rx,
+    let stream = match engine.generate(v.params).await {
+        Ok(stream) => stream,
         Err(e) => {
             state.reporters.energy.end(energy_id);
             tracing::error!(error = %e, "engine refused the request");
@@ -105,7 +105,7 @@ pub async fn completions(
         }
     };
     let generation = Generation::new(
-        rx,
+        stream,
         slot,
         state.reporters.clone(),
         energy_id,

@@ -1,5 +1,6 @@
 //! The model engine: loads the GGUF through `mistralrs-core` and turns chat
-//! requests into a stream of engine responses.
+//! requests into a [`Stream`] of plain [`Piece`]s. No mistralrs type leaves
+//! this module (except the message type the requests are built of).
 //!
 //! Generation always runs in mistralrs's streaming mode, even for clients
 //! that asked for one JSON answer: mistralrs notices a dropped receiver only
@@ -249,12 +250,9 @@ impl Engine {
         }
     }
 
-    /// Starts a generation. The receiver yields `Response::Chunk`s, the last
-    /// carrying a finish reason and usage; dropping it cancels the sequence.
-    pub async fn generate(
-        &self,
-        params: GenerateParams,
-    ) -> Result<mpsc::Receiver<Response>, EngineError> {
+    /// Starts a generation: the stream yields text, then how it ended;
+    /// dropping it cancels the sequence.
+    pub async fn generate(&self, params: GenerateParams) -> Result<Stream, EngineError> {
         // Room for every chunk the request can produce, so the engine thread
         // never waits on a slow client (which would stall every sequence in
         // the batch); memory stays bounded by max_tokens.
@@ -300,7 +298,7 @@ impl Engine {
             truncate_sequence: false,
         };
         self.send(Request::Normal(Box::new(request))).await?;
-        Ok(rx)
+        Ok(Stream { rx })
     }
 
     /// The grammar constraint for a format, and the stops that go with it.
@@ -339,6 +337,65 @@ impl Engine {
             .get_sender(None)
             .map_err(|e| EngineError::Rejected(e.to_string()))?;
         sender.send(request).await.map_err(|_| EngineError::Closed)
+    }
+}
+
+/// How a sequence ended, with the engine's own counts and timings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Done {
+    pub finish_reason: String,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub prefill_seconds: f64,
+    pub decode_seconds: f64,
+}
+
+/// One step of a generation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Piece {
+    /// New text, if any; `done` on the last piece (which may carry text).
+    Chunk {
+        text: Option<String>,
+        done: Option<Done>,
+    },
+    /// The engine failed the sequence; the last piece.
+    Failed(String),
+}
+
+/// A running generation's output. Dropping it cancels the sequence at the
+/// engine's next decode step (mistralrs notices the closed channel).
+pub struct Stream {
+    rx: mpsc::Receiver<Response>,
+}
+
+impl Stream {
+    /// The next piece; `None` when the engine closed the stream without a
+    /// last piece.
+    pub async fn recv(&mut self) -> Option<Piece> {
+        Some(match self.rx.recv().await? {
+            Response::Chunk(chunk) => {
+                let choice = chunk.choices.into_iter().next();
+                let text = choice
+                    .as_ref()
+                    .and_then(|c| c.delta.content.clone())
+                    .filter(|t| !t.is_empty());
+                let done = chunk.usage.map(|usage| Done {
+                    finish_reason: choice
+                        .and_then(|c| c.finish_reason)
+                        .unwrap_or_else(|| "stop".to_string()),
+                    prompt_tokens: usage.prompt_tokens,
+                    completion_tokens: usage.completion_tokens,
+                    prefill_seconds: f64::from(usage.total_prompt_time_sec),
+                    decode_seconds: f64::from(usage.total_completion_time_sec),
+                });
+                Piece::Chunk { text, done }
+            }
+            Response::InternalError(e) | Response::ValidationError(e) => {
+                Piece::Failed(e.to_string())
+            }
+            Response::ModelError(e, _) => Piece::Failed(e),
+            _ => Piece::Failed("unexpected engine response".to_string()),
+        })
     }
 }
 

@@ -6,11 +6,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mistralrs_core::Response;
-use tokio::sync::mpsc;
-
 use crate::admission::Slot;
 use crate::energy::Accountant;
+use crate::engine::{Done, Piece, Stream};
 use crate::stats::{LiveStats, Observation};
 
 /// What the handler sees of the engine's output.
@@ -46,7 +44,7 @@ pub struct Reporters {
 }
 
 pub struct Generation {
-    rx: mpsc::Receiver<Response>,
+    stream: Stream,
     reporters: Reporters,
     energy_id: u64,
     deadline: tokio::time::Instant,
@@ -65,7 +63,7 @@ impl Generation {
     /// Takes over a started engine request. `received_at` is when the HTTP
     /// request arrived, so TTFT includes queueing.
     pub fn new(
-        rx: mpsc::Receiver<Response>,
+        stream: Stream,
         slot: Slot,
         reporters: Reporters,
         energy_id: u64,
@@ -73,7 +71,7 @@ impl Generation {
         timeout: Duration,
     ) -> Self {
         Self {
-            rx,
+            stream,
             reporters,
             energy_id,
             deadline: tokio::time::Instant::from_std(received_at + timeout),
@@ -94,43 +92,29 @@ impl Generation {
             return None;
         }
         loop {
-            let response = match tokio::time::timeout_at(self.deadline, self.rx.recv()).await {
+            let piece = match tokio::time::timeout_at(self.deadline, self.stream.recv()).await {
                 Err(_) => return Some(self.fail(Failure::Timeout, "deadline passed")),
                 Ok(None) => return Some(self.fail(Failure::Engine, "engine closed the stream")),
-                Ok(Some(r)) => r,
+                Ok(Some(p)) => p,
             };
-            match response {
-                Response::Chunk(chunk) => {
-                    let choice = chunk.choices.into_iter().next();
-                    let text = choice
-                        .as_ref()
-                        .and_then(|c| c.delta.content.clone())
-                        .filter(|t| !t.is_empty());
-                    if let Some(text) = &text {
+            match piece {
+                Piece::Chunk { text, done } => {
+                    if text.is_some() {
                         self.mark_token();
-                        if chunk.usage.is_none() {
-                            return Some(Event::Delta(text.clone()));
-                        }
                     }
-                    if let Some(usage) = chunk.usage {
-                        let reason = choice
-                            .and_then(|c| c.finish_reason)
-                            .unwrap_or_else(|| "stop".to_string());
-                        let finish = self.finish(&reason, &usage);
+                    match (text, done) {
+                        (None, None) => {}
+                        (Some(text), None) => return Some(Event::Delta(text)),
+                        (None, Some(done)) => return Some(Event::Finished(self.finish(&done))),
                         // A final chunk can carry the last piece of text too;
                         // hand it out first and keep the finish for next call.
-                        if let Some(text) = text {
-                            self.pending_finish = Some(finish);
+                        (Some(text), Some(done)) => {
+                            self.pending_finish = Some(self.finish(&done));
                             return Some(Event::Delta(text));
                         }
-                        return Some(Event::Finished(finish));
                     }
                 }
-                Response::InternalError(e) | Response::ValidationError(e) => {
-                    return Some(self.fail(Failure::Engine, &e.to_string()));
-                }
-                Response::ModelError(e, _) => return Some(self.fail(Failure::Engine, &e)),
-                _ => return Some(self.fail(Failure::Engine, "unexpected engine response")),
+                Piece::Failed(e) => return Some(self.fail(Failure::Engine, &e)),
             }
         }
     }
@@ -150,18 +134,12 @@ impl Generation {
         self.last_token_at = Some(now);
     }
 
-    fn finish(&mut self, reason: &str, usage: &mistralrs_core::Usage) -> Finish {
+    fn finish(&mut self, done: &Done) -> Finish {
         self.recorded = true;
         let joules = self.reporters.energy.end(self.energy_id);
-        self.reporters.stats.observe(&Observation {
-            prompt_tokens: usage.prompt_tokens,
-            completion_tokens: usage.completion_tokens,
-            prefill_seconds: f64::from(usage.total_prompt_time_sec),
-            decode_seconds: f64::from(usage.total_completion_time_sec),
-            joules,
-        });
-        metrics::counter!("edge_prompt_tokens_total").increment(usage.prompt_tokens as u64);
-        metrics::counter!("edge_completion_tokens_total").increment(usage.completion_tokens as u64);
+        self.reporters.stats.observe(&Observation::of(done, joules));
+        metrics::counter!("edge_prompt_tokens_total").increment(done.prompt_tokens as u64);
+        metrics::counter!("edge_completion_tokens_total").increment(done.completion_tokens as u64);
         // Counters are integers: millijoules keep small requests from rounding
         // to zero.
         metrics::counter!("edge_energy_millijoules_total")
@@ -169,9 +147,9 @@ impl Generation {
         metrics::histogram!("edge_request_joules").record(joules);
         metrics::counter!("edge_generations_total", "outcome" => "completed").increment(1);
         Finish {
-            finish_reason: reason.to_string(),
-            prompt_tokens: usage.prompt_tokens,
-            completion_tokens: usage.completion_tokens,
+            finish_reason: done.finish_reason.clone(),
+            prompt_tokens: done.prompt_tokens,
+            completion_tokens: done.completion_tokens,
             joules,
         }
     }
@@ -192,7 +170,7 @@ impl Generation {
 impl Drop for Generation {
     fn drop(&mut self) {
         if !self.recorded {
-            // The client went away: dropping `rx` makes mistralrs cancel the
+            // The client went away: dropping the stream makes mistralrs cancel the
             // sequence at its next step, and the slot frees with `_slot`.
             self.reporters.energy.end(self.energy_id);
             metrics::counter!("edge_generations_total", "outcome" => "cancelled").increment(1);

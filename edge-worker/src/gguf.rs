@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
-use candle_core::quantized::gguf_file::Content;
+use gguf_header::{read_header, Header, HeaderError, Limits, Value};
 
 /// What the worker learns from a GGUF header.
 #[derive(Debug, Clone)]
@@ -28,19 +28,18 @@ pub enum GgufError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("model file {0} is not a GGUF file (bad magic or unreadable header)")]
-    NotGguf(PathBuf),
-    #[error("model file {path} is truncated: {actual} bytes, the tensors need {needed}")]
-    Truncated {
-        path: PathBuf,
-        actual: u64,
-        needed: u64,
-    },
+    /// Not a GGUF file, or one whose header is truncated, corrupt or
+    /// claims more than the file holds (see `gguf_header`).
+    #[error("model file {path} is not a usable GGUF file: {source}")]
+    Invalid { path: PathBuf, source: HeaderError },
     #[error("model file {path} lacks the `{key}` metadata entry")]
     MissingMetadata { path: PathBuf, key: String },
 }
 
-/// Parses the header and checks that every tensor's data lies inside the file.
+/// Reads the header with every length, size and offset checked against
+/// the file (`gguf_header`), so the engine's own, trusting reader of the
+/// same file cannot be made to over-allocate, divide by zero or read past
+/// the end.
 pub fn inspect(path: &Path) -> Result<GgufInfo, GgufError> {
     if !path.exists() {
         return Err(GgufError::Missing(path.to_path_buf()));
@@ -50,57 +49,43 @@ pub fn inspect(path: &Path) -> Result<GgufInfo, GgufError> {
         source,
     };
     let file = File::open(path).map_err(unreadable)?;
-    let actual = file.metadata().map_err(unreadable)?.len();
-    let content = Content::read(&mut BufReader::new(file))
-        .map_err(|_| GgufError::NotGguf(path.to_path_buf()))?;
-
-    let needed = content
-        .tensor_infos
-        .values()
-        .map(|t| {
-            let dtype = t.ggml_dtype;
-            let bytes = t.shape.elem_count() / dtype.block_size() * dtype.type_size();
-            t.offset + bytes as u64
-        })
-        .max()
-        .unwrap_or(0)
-        + content.tensor_data_offset;
-    if needed > actual {
-        return Err(GgufError::Truncated {
+    let len = file.metadata().map_err(unreadable)?.len();
+    let header = read_header(BufReader::new(file), len, &Limits::default()).map_err(|source| {
+        GgufError::Invalid {
             path: path.to_path_buf(),
-            actual,
-            needed,
-        });
-    }
+            source,
+        }
+    })?;
 
-    let meta_str = |key: &str| -> Option<String> {
-        content
-            .metadata
-            .get(key)
-            .and_then(|v| v.to_string().ok().cloned())
-    };
     let missing = |key: &str| GgufError::MissingMetadata {
         path: path.to_path_buf(),
         key: key.to_string(),
     };
-    let architecture =
-        meta_str("general.architecture").ok_or_else(|| missing("general.architecture"))?;
+    let architecture = header
+        .get("general.architecture")
+        .and_then(Value::as_str)
+        .ok_or_else(|| missing("general.architecture"))?
+        .to_string();
     let ctx_key = format!("{architecture}.context_length");
-    let context_length = content
-        .metadata
+    let context_length = header
         .get(&ctx_key)
-        .and_then(|v| v.to_u64().ok())
+        .and_then(Value::as_u64)
         .ok_or_else(|| missing(&ctx_key))?;
-    let name = meta_str("general.name").unwrap_or_else(|| {
-        path.file_stem()
-            .map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned())
-    });
-    let quantization = content
-        .metadata
+    let name = header
+        .get("general.name")
+        .and_then(Value::as_str)
+        .map_or_else(
+            || {
+                path.file_stem()
+                    .map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned())
+            },
+            str::to_string,
+        );
+    let quantization = header
         .get("general.file_type")
-        .and_then(|v| v.to_u32().ok())
+        .and_then(Value::as_u64)
         .and_then(file_type_name)
-        .map_or_else(|| dominant_dtype(&content), str::to_string);
+        .map_or_else(|| dominant_type(&header), str::to_string);
 
     Ok(GgufInfo {
         path: path.to_path_buf(),
@@ -131,7 +116,7 @@ pub fn model_id_from_name(name: &str) -> String {
 }
 
 /// llama.cpp's `general.file_type` codes for the common quantizations.
-fn file_type_name(code: u32) -> Option<&'static str> {
+fn file_type_name(code: u64) -> Option<&'static str> {
     Some(match code {
         0 => "F32",
         1 => "F16",
@@ -153,17 +138,16 @@ fn file_type_name(code: u32) -> Option<&'static str> {
     })
 }
 
-fn dominant_dtype(content: &Content) -> String {
+/// The tensor type most tensors have, when the file does not say.
+fn dominant_type(header: &Header) -> String {
     let mut counts = std::collections::HashMap::new();
-    for t in content.tensor_infos.values() {
-        *counts
-            .entry(format!("{:?}", t.ggml_dtype))
-            .or_insert(0usize) += 1;
+    for t in &header.tensors {
+        *counts.entry(t.kind.name).or_insert(0usize) += 1;
     }
     counts
         .into_iter()
-        .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(&a.0)))
-        .map_or_else(|| "unknown".to_string(), |(k, _)| k)
+        .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(a.0)))
+        .map_or_else(|| "unknown".to_string(), |(k, _)| k.to_string())
 }
 
 #[cfg(test)]
@@ -182,13 +166,28 @@ mod tests {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(b"this is plainly not a model file").unwrap();
         let err = inspect(f.path()).unwrap_err();
-        assert!(matches!(err, GgufError::NotGguf(_)), "{err}");
+        assert!(
+            matches!(
+                &err,
+                GgufError::Invalid {
+                    source: HeaderError::NotGguf,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
     fn empty_file_is_not_gguf() {
         let f = tempfile::NamedTempFile::new().unwrap();
-        assert!(matches!(inspect(f.path()), Err(GgufError::NotGguf(_))));
+        assert!(matches!(
+            inspect(f.path()),
+            Err(GgufError::Invalid {
+                source: HeaderError::Truncated { .. },
+                ..
+            })
+        ));
     }
 
     #[test]

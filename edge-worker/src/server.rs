@@ -17,7 +17,7 @@ use crate::auth::{self, TokenError};
 use crate::config::Config;
 use crate::energy::{Accountant, Meter};
 use crate::engine::{
-    self, Engine, EngineError, EngineOptions, GenerateParams, ModelSource, OutputFormat,
+    self, Engine, EngineError, EngineOptions, GenerateParams, ModelSource, OutputFormat, Piece,
 };
 use crate::generation::Reporters;
 use crate::gguf::{self, GgufError};
@@ -235,7 +235,7 @@ async fn load_model(
 async fn warm_up(engine: &Engine, state: &AppState) -> Result<(), EngineError> {
     let energy = &state.reporters.energy;
     energy.begin(0);
-    let mut rx = engine
+    let mut stream = engine
         .generate(GenerateParams {
             messages: vec![engine::message("user", "Say hello.".to_string())],
             max_tokens: 8,
@@ -248,26 +248,22 @@ async fn warm_up(engine: &Engine, state: &AppState) -> Result<(), EngineError> {
             format: OutputFormat::Text,
         })
         .await?;
-    while let Some(response) = rx.recv().await {
-        match response {
-            mistralrs_core::Response::Chunk(c) => {
-                if let Some(usage) = c.usage {
-                    state.reporters.stats.observe(&Observation {
-                        prompt_tokens: usage.prompt_tokens,
-                        completion_tokens: usage.completion_tokens,
-                        prefill_seconds: f64::from(usage.total_prompt_time_sec),
-                        decode_seconds: f64::from(usage.total_completion_time_sec),
-                        joules: energy.end(0),
-                    });
-                    return Ok(());
-                }
+    while let Some(piece) = stream.recv().await {
+        match piece {
+            Piece::Chunk {
+                done: Some(done), ..
+            } => {
+                state
+                    .reporters
+                    .stats
+                    .observe(&Observation::of(&done, energy.end(0)));
+                return Ok(());
             }
-            mistralrs_core::Response::InternalError(e)
-            | mistralrs_core::Response::ValidationError(e) => {
+            Piece::Chunk { done: None, .. } => {}
+            Piece::Failed(e) => {
                 energy.end(0);
-                return Err(EngineError::Rejected(e.to_string()));
+                return Err(EngineError::Rejected(e));
             }
-            _ => {}
         }
     }
     energy.end(0);

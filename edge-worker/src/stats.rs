@@ -27,6 +27,20 @@ pub struct Observation {
     pub joules: f64,
 }
 
+impl Observation {
+    /// A finished sequence's counts and timings, with the joules charged to it.
+    #[must_use]
+    pub fn of(done: &crate::engine::Done, joules: f64) -> Self {
+        Self {
+            prompt_tokens: done.prompt_tokens,
+            completion_tokens: done.completion_tokens,
+            prefill_seconds: done.prefill_seconds,
+            decode_seconds: done.decode_seconds,
+            joules,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct LiveStats {
     rates: Mutex<Rates>,

@@ -189,4 +189,15 @@ fn missing_truncated_or_foreign_model_files_fail_fast() {
         .write_all(&real[..real.len() / 2])
         .unwrap();
     assert_one_line_failure(&start_with_model(&truncated), "truncated");
+
+    // The real model with its first metadata key claiming 2^64-1 bytes: a
+    // trusting reader would try to allocate that much.
+    let mut lying = real.clone();
+    lying[24..32].copy_from_slice(&u64::MAX.to_le_bytes());
+    let path = dir.path().join("lying.gguf");
+    std::fs::write(&path, &lying).unwrap();
+    assert_one_line_failure(
+        &start_with_model(&path),
+        "a metadata key at byte 24 claims 18446744073709551615 bytes",
+    );
 }

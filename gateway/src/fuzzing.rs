@@ -3,7 +3,7 @@
 //! same code. Each takes arbitrary bytes and must neither panic nor hang nor
 //! allocate without bound; each also checks the properties it can.
 
-use axum::http::HeaderMap;
+use http::HeaderMap;
 
 use crate::http::chat::request::{is_routing_field, ChatRequest};
 use crate::http::chat::sse::SseReader;
