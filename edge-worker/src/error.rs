@@ -172,6 +172,13 @@ impl IntoResponse for ApiError {
                     response.headers_mut().insert(header::RETRY_AFTER, v);
                 }
             }
+            // Loading ends by itself; a draining worker does not come back,
+            // so its 503 carries no hint to retry here.
+            Self::NotReady => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
             Self::InvalidWorkerToken => {
                 response
                     .headers_mut()

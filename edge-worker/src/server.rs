@@ -93,17 +93,23 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     // port may have been 0) without parsing logs.
     println!("edge-worker listening on http://{addr}");
 
+    // `draining`: a signal came; `shutdown`: stop accepting connections.
+    let draining = CancellationToken::new();
     let shutdown = CancellationToken::new();
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel();
     let loader = tokio::spawn(load_model(state.clone(), options, requant, failed_tx));
-    let signals = tokio::spawn(watch_signals(state.clone(), shutdown.clone()));
+    let signals = tokio::spawn(watch_signals(
+        state.clone(),
+        draining.clone(),
+        shutdown.clone(),
+    ));
     let heartbeats = registrar.map(|r| tokio::spawn(r.run(state.clone())));
 
     let serve = axum::serve(listener.tap_io(no_delay), crate::app(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .into_future();
     let drain_deadline = async {
-        shutdown.cancelled().await;
+        draining.cancelled().await;
         tokio::time::sleep(drain_timeout).await;
     };
     let result = tokio::select! {
@@ -270,7 +276,11 @@ async fn warm_up(engine: &Engine, state: &AppState) -> Result<(), EngineError> {
     Err(EngineError::Closed)
 }
 
-async fn watch_signals(state: AppState, shutdown: CancellationToken) {
+/// On SIGTERM or Ctrl-C: drain. Readiness fails and new requests get 503
+/// `worker_draining` while the listener stays open, so a load balancer sees
+/// the worker leave instead of connections refused; once nothing is running
+/// or waiting, the server stops (the drain timeout in `run` ends it sooner).
+async fn watch_signals(state: AppState, draining: CancellationToken, shutdown: CancellationToken) {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -294,6 +304,10 @@ async fn watch_signals(state: AppState, shutdown: CancellationToken) {
         "draining"
     );
     state.draining.store(true, Ordering::Release);
+    draining.cancel();
+    while state.admission.running() + state.admission.waiting() > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     shutdown.cancel();
 }
 

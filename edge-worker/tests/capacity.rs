@@ -136,8 +136,20 @@ async fn a_dropped_stream_frees_its_slot_promptly() {
         "slot not freed within 2 s: {load}"
     );
 
-    // The engine really stopped: the next request gets the model at once,
-    // and the cancelled generation is counted as such.
+    // The engine really stopped, not only the slot: a generating worker
+    // burns about a core-second per second; an idle one next to nothing.
+    // (A second's window, starting half a second after the slot was freed.)
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = w.cpu_seconds();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let burnt = w.cpu_seconds() - before;
+    assert!(
+        burnt < 0.25,
+        "the worker used {burnt:.2} CPU-seconds in the second after the drop"
+    );
+
+    // The next request gets the model at once, and the cancelled
+    // generation is counted as such.
     let r = w.chat(&greedy("Hi", 4)).await;
     assert_eq!(r.status(), 200);
     let metrics = w

@@ -124,6 +124,18 @@ impl Worker {
         self.child.id()
     }
 
+    /// CPU time the worker has used so far (user + system), in seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        // Fields after the command name (which is in parentheses and may
+        // hold spaces): utime and stime are the 12th and 13th.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+        // Linux reports these in USER_HZ, 100 on every supported platform.
+        ticks / 100.0
+    }
+
     /// The worker's resident memory now, in MiB.
     pub fn rss_mib(&self) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
@@ -177,15 +189,37 @@ impl Worker {
         self.get("/metrics").await.text().await.unwrap()
     }
 
-    /// Sends SIGTERM and waits for the exit status.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
-        Command::new("kill")
+    /// Sends SIGTERM and waits, at most a minute, for the exit status.
+    pub fn terminate(self) -> std::process::ExitStatus {
+        self.send_sigterm();
+        self.wait_exit(Duration::from_secs(60))
+    }
+
+    /// Sends SIGTERM and returns at once.
+    pub fn send_sigterm(&self) {
+        let sent = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .unwrap();
-        let status = self.child.wait().unwrap();
-        std::mem::forget(self);
-        status
+        assert!(sent.success(), "kill -TERM failed");
+    }
+
+    /// Waits for the process to exit; a worker still running after `within`
+    /// fails the test (and is killed by `Drop`) instead of hanging the suite.
+    pub fn wait_exit(mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::mem::forget(self);
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker {} still running {within:?} after the signal",
+                self.child.id()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
