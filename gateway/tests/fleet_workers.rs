@@ -202,27 +202,11 @@ async fn workers_join_leave_and_rejoin_on_both_gateways() {
     }
 }
 
-#[tokio::test]
-async fn a_key_revoked_through_the_cli_is_refused_by_the_other_gateway_within_a_second() {
-    let db = common::postgres().await;
-    let url = db.postgres_url().unwrap();
-    let (id, key) = key(&db.store).await;
-    // A minute-long key cache: only the change notification can explain a
-    // refusal within a second.
-    let (a, b) = two_gateways(&url, &[("GATEWAY_KEY_CACHE_MS", "60000")]).await;
-    for gw in [&a, &b] {
-        let r = gw
-            .client
-            .get(gw.url("/v1/models"))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "{}", gw.base);
-    }
-
+/// Runs the gateway binary's admin CLI against the database at `url`.
+fn admin(url: &str, args: &[&str]) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(["--database-url", url.as_str(), "key", "revoke", id.as_str()])
+        .args(["--database-url", url])
+        .args(args)
         .output()
         .unwrap();
     assert!(
@@ -230,29 +214,96 @@ async fn a_key_revoked_through_the_cli_is_refused_by_the_other_gateway_within_a_
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let revoked = Instant::now();
-    let mut refused = Vec::new();
-    for gw in [&b, &a] {
+}
+
+/// Polls `/v1/models` of `gateways` in turn, every 5 ms, until each
+/// answers as `done` says; the time from `since` to each one's answer.
+/// Fails past one second.
+async fn within_a_second(
+    gateways: [&GatewayProcess; 2],
+    key: &str,
+    since: Instant,
+    done: impl Fn(u16, &Value) -> bool,
+) -> Vec<Duration> {
+    let mut times = Vec::new();
+    for gw in gateways {
         loop {
             let r = gw
                 .client
                 .get(gw.url("/v1/models"))
-                .bearer_auth(&key)
+                .bearer_auth(key)
                 .send()
                 .await
                 .unwrap();
-            if r.status() == 401 {
-                refused.push(revoked.elapsed());
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            if done(status, &body) {
+                times.push(since.elapsed());
                 break;
             }
             assert!(
-                revoked.elapsed() < Duration::from_secs(1),
-                "{} still accepts the revoked key after 1 s",
+                since.elapsed() < Duration::from_secs(1),
+                "{} has not seen the change after 1 s",
                 gw.base
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
+    times
+}
+
+#[tokio::test]
+async fn admin_changes_through_the_cli_reach_the_other_gateway_within_a_second() {
+    let db = common::postgres().await;
+    let url = db.postgres_url().unwrap();
+    let (id, key) = key(&db.store).await;
+    // Minute-long caches: only the change notification can explain a
+    // change seen within a second.
+    let caches = [
+        ("GATEWAY_KEY_CACHE_MS", "60000"),
+        ("GATEWAY_SETTINGS_CACHE_MS", "60000"),
+    ];
+    let (a, b) = two_gateways(&url, &caches).await;
+    let lists = |body: &Value, model: &str| {
+        body["data"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|m| m["id"] == model))
+    };
+    let before = within_a_second([&a, &b], &key, Instant::now(), |s, body| {
+        s == 200 && !lists(body, "hot-model")
+    })
+    .await;
+    assert_eq!(before.len(), 2);
+
+    // A backend added on the shared database is used by both.
+    admin(
+        &url,
+        &[
+            "backend",
+            "add",
+            "--name",
+            "hot",
+            "--kind",
+            "edge",
+            "--url",
+            "http://127.0.0.1:9",
+            "--model",
+            "hot-model",
+        ],
+    );
+    let added = within_a_second([&b, &a], &key, Instant::now(), |s, body| {
+        s == 200 && lists(body, "hot-model")
+    })
+    .await;
+    println!(
+        "backend added (from CLI exit): gateway B {} ms, gateway A {} ms",
+        added[0].as_millis(),
+        added[1].as_millis()
+    );
+
+    // A revoked key is refused by both.
+    admin(&url, &["key", "revoke", id.as_str()]);
+    let refused = within_a_second([&b, &a], &key, Instant::now(), |s, _| s == 401).await;
     println!(
         "revocation refused (from CLI exit): gateway B {} ms, gateway A {} ms",
         refused[0].as_millis(),
