@@ -152,6 +152,13 @@ async fn zone_labels_are_checked(store: &Store) {
     .await
     .unwrap_err();
     assert!(err.to_string().contains("GATEWAY_"), "{err}");
+    let err = admin(
+        store,
+        "backend add --name worker:10.0.0.5:8081 --kind edge --url http://10.0.0.5:8081 --model m",
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("self-registered"), "{err}");
     let accepted = [
         "backend add --name ok1 --kind edge --url http://127.0.0.1:8081 --model m",
         "backend add --name ok2 --kind edge --url http://192.168.1.20:8081 --model m",

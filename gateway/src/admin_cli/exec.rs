@@ -128,6 +128,13 @@ async fn backend(
         BackendCommand::Add(args) => {
             let force = args.force_zone;
             let spec = backend_spec(*args);
+            // Self-registered workers are listed as `worker:<host:port>`;
+            // a stored backend of that name would be confused with one.
+            if spec.name.starts_with("worker:") {
+                return Err(AdminError::Usage(
+                    "backend names starting with `worker:` are kept for self-registered workers",
+                ));
+            }
             if let Some(var) = &spec.api_key_env {
                 if var.starts_with("GATEWAY_") {
                     return Err(AdminError::Usage(
