@@ -402,8 +402,22 @@ pub fn read_header<R: Read>(
             max: limits.max_header_bytes,
         });
     }
+    let data_end = data_end(&tensors, data_offset, file_len)?;
+    Ok(Header {
+        version,
+        metadata,
+        tensors,
+        alignment,
+        data_offset,
+        data_end,
+    })
+}
+
+/// One past the last byte any tensor uses; every tensor must end inside
+/// the file.
+fn data_end(tensors: &[TensorInfo], data_offset: u64, file_len: u64) -> Result<u64, HeaderError> {
     let mut data_end = data_offset;
-    for t in &tensors {
+    for t in tensors {
         let end = data_offset
             .checked_add(t.offset)
             .and_then(|start| start.checked_add(t.bytes))
@@ -419,14 +433,7 @@ pub fn read_header<R: Read>(
         }
         data_end = data_end.max(end);
     }
-    Ok(Header {
-        version,
-        metadata,
-        tensors,
-        alignment,
-        data_offset,
-        data_end,
-    })
+    Ok(data_end)
 }
 
 /// A reader that knows how many bytes the file has left, so no length from
