@@ -15,6 +15,8 @@ bin="${CARGO_TARGET_DIR:-$root/target}/release"
 state="$root/.cache"
 mkdir -p "$state"
 
+# A C toolchain, the model and the SDK for the snippet below, if missing.
+"$root/scripts/setup.sh" --quickstart
 model=$("$root/scripts/fetch-model.sh")
 cargo build --release --bins
 
@@ -83,12 +85,16 @@ cat <<EOF2
 Ready. The gateway is at $gateway/v1 (logs in $state/).
 Demo API key (tenant "demo"): $key
 
-  python3 -c 'from openai import OpenAI
+  $root/.venv/bin/python -c 'from openai import OpenAI
 c = OpenAI(base_url="$gateway/v1", api_key="$key")
 r = c.chat.completions.with_raw_response.create(model="auto", max_tokens=32,
     messages=[{"role": "user", "content": "Say hello in French."}])
 print(r.headers["x-gateway-backend"], r.headers["x-gateway-route-reason"])
 print(r.parse().choices[0].message.content)'
+
+  curl -s $gateway/v1/chat/completions -H "Authorization: Bearer $key" \
+    -H 'Content-Type: application/json' \
+    -d '{"model": "auto", "max_tokens": 32, "messages": [{"role": "user", "content": "Say hello in French."}]}'
 
 Ctrl-C stops everything.
 EOF2

@@ -2,9 +2,16 @@
 # Prepares a fresh machine for the project: system packages, the bundled
 # model, and the Python environment used by the SDK tests and benchmarks.
 # Idempotent and quiet when everything is already there.
+#
+#   setup.sh               everything the test suite and benchmarks need
+#   setup.sh --quickstart  only what `run.sh` needs: a C toolchain for the
+#                          crates that build C, the model, and the OpenAI SDK
+#                          in .venv for the snippet it prints
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+quickstart=0
+[[ "${1:-}" == --quickstart ]] && quickstart=1
 
 as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 
@@ -14,18 +21,22 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 
-# C toolchain and cmake for llama.cpp's build (llama-cpp-python) and -sys crates.
+# C toolchain for -sys crates (and, with cmake, llama.cpp's build in
+# llama-cpp-python); curl for the model download and run.sh's checks.
 need=()
 command -v cc >/dev/null || need+=(build-essential)
-command -v cmake >/dev/null || need+=(cmake)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v curl >/dev/null || need+=(curl)
-# The gateway benchmark reads its SQLite ledger with the sqlite3 shell.
-command -v sqlite3 >/dev/null || need+=(sqlite3)
-# Validators for the deployment files (tests/deploy): no container engine
-# is needed to check the compose file and the Prometheus config.
-command -v promtool >/dev/null || need+=(prometheus)
-command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || need+=(docker-compose)
+if ((!quickstart)); then
+  command -v cmake >/dev/null || need+=(cmake)
+  # The gateway benchmark reads its SQLite ledger with the sqlite3 shell.
+  command -v sqlite3 >/dev/null || need+=(sqlite3)
+  # Validators for the deployment files (tests/deploy): no container engine
+  # is needed to check the compose file and the Prometheus config.
+  command -v promtool >/dev/null || need+=(prometheus)
+  command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || need+=(docker-compose)
+fi
+command -v python3 >/dev/null && python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if ((${#need[@]})); then
   echo "installing ${need[*]}..." >&2
   as_root apt-get update -qq >&2
@@ -39,6 +50,15 @@ fi
 venv="$root/.venv"
 if [[ ! -x "$venv/bin/python" ]]; then
   python3 -m venv "$venv"
+fi
+if ((quickstart)); then
+  # The SDK at the version the tests pin, for the snippet run.sh prints.
+  if ! "$venv/bin/python" -c 'import openai' 2>/dev/null; then
+    echo "installing the OpenAI Python SDK into .venv..." >&2
+    "$venv/bin/pip" install --quiet --disable-pip-version-check \
+      "$(grep -m1 '^openai==' tests/sdk/requirements.txt)" >&2
+  fi
+  exit 0
 fi
 # llama.cpp builds for the host CPU; on CPUs with AMX that includes its AMX
 # matmul, which crashes (SIGSEGV in ggml_backend_amx_mul_mat) on the virtual
