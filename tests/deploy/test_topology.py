@@ -35,7 +35,12 @@ DASHBOARDS = ROOT / "dashboards"
 DATASOURCES = DASHBOARDS / "provisioning" / "datasources"
 PROVIDERS = DASHBOARDS / "provisioning" / "dashboards"
 
+ENV_SCRIPT = ROOT / "scripts" / "compose-env.sh"
+# Secrets the compose file requires and the env script generates.
+SECRETS = ("POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "MOCK_CLOUD_API_KEY")
+
 EDGE_PORT, GATEWAY_PORT, MOCK_PORT = 8081, 8080, 9000
+INTERNAL_LB_PORT = 8090
 EDGE_WORKERS = ["edge-worker-1", "edge-worker-2"]
 GATEWAYS = ["gateway-1", "gateway-2"]
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -221,11 +226,11 @@ def test_edge_workers_configuration_matches_the_binary(services):
         assert args["--listen"] == f"0.0.0.0:{EDGE_PORT}"
         assert any(v.startswith("models:/models") for v in svc["volumes"])
         assert f"127.0.0.1:{EDGE_PORT}/readyz" in _healthcheck_text(svc)
-    # Each worker registers itself through the load balancer, advertising
-    # its own service name, and presents the generated token.
+    # Each worker registers itself through the load balancer's internal
+    # port, advertising its own service name, and presents the generated token.
     for w in EDGE_WORKERS:
         env = _env(services[w])
-        assert env["EDGE_GATEWAY_URL"] == f"http://gateway-lb:{GATEWAY_PORT}"
+        assert env["EDGE_GATEWAY_URL"] == f"http://gateway-lb:{INTERNAL_LB_PORT}"
         assert env["EDGE_ADVERTISE_URL"] == f"http://{w}:{EDGE_PORT}"
         assert env["EDGE_WORKER_TOKEN_FILE"] == "/run/fleet/worker-token"
     assert all("GATEWAY_REDIS_URL" in _env(services[g]) for g in GATEWAYS)
@@ -270,7 +275,7 @@ def test_model_fetch_uses_the_checked_script(services):
     assert _env(svc)["MODEL_CACHE_DIR"] == "/models"
 
 
-def test_compose_config_parses_with_docker_compose():
+def test_compose_config_parses_with_docker_compose(tmp_path):
     """`docker compose config` (v2) or `docker-compose config` (v1) parses and
     interpolates the file without an engine."""
     for cmd in (["docker", "compose"], ["docker-compose"]):
@@ -279,8 +284,20 @@ def test_compose_config_parses_with_docker_compose():
         probe = subprocess.run([*cmd, "version"], capture_output=True, text=True)
         if probe.returncode != 0:
             continue
+        # Without its secrets the file must refuse to render; with the ones
+        # the env script writes, it renders.
+        empty = tmp_path / "empty.env"
+        empty.write_text("")
+        bare = subprocess.run(
+            [*cmd, "-f", str(COMPOSE), "--env-file", str(empty), "config", "--quiet"],
+            capture_output=True, text=True, cwd=ROOT,
+            env={k: v for k, v in os.environ.items() if k not in SECRETS},
+        )
+        assert bare.returncode != 0 and "compose-env.sh" in bare.stderr, bare.stderr
+        env_file = tmp_path / "compose.env"
+        subprocess.run([str(ENV_SCRIPT), str(env_file)], check=True, capture_output=True)
         out = subprocess.run(
-            [*cmd, "-f", str(COMPOSE), "config", "--quiet"],
+            [*cmd, "-f", str(COMPOSE), "--env-file", str(env_file), "config", "--quiet"],
             capture_output=True, text=True, cwd=ROOT,
         )
         assert out.returncode == 0, out.stderr
@@ -438,6 +455,84 @@ def test_promtool_accepts_the_config():
 def test_promtool_accepts_the_rules():
     out = _promtool("check", "rules", str(ALERTS))
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _nginx_servers(text: str) -> dict[int, str]:
+    """Each `server { ... }` block of the nginx config by its listen port."""
+    blocks = {}
+    for match in re.finditer(r"^server\s*\{", text, re.M):
+        depth, i = 0, match.end() - 1
+        while True:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+            if depth == 0:
+                break
+        body = text[match.start():i]
+        port = int(re.search(r"^\s*listen\s+(\d+);", body, re.M).group(1))
+        blocks[port] = body
+    return blocks
+
+
+def test_public_load_balancer_hides_metrics_registration_and_workers(services):
+    """The published port serves the API, never /metrics or the workers'
+    registration; the registration port is internal; no edge worker, and
+    no Redis or Postgres, is published at all."""
+    servers = _nginx_servers(_read(NGINX))
+    public = servers[GATEWAY_PORT]
+    for path in (r"= /metrics", r"/fleet/"):
+        block = re.search(rf"location\s+{re.escape(path)}\s*\{{(.*?)\}}", public, re.S)
+        assert block and "return 404;" in block.group(1), f"public port serves {path}"
+    internal = servers[INTERNAL_LB_PORT]
+    assert re.search(r"location\s+/fleet/\s*\{[^}]*proxy_pass", internal, re.S)
+    assert re.search(r"location\s+/\s*\{\s*return 404;", internal, re.S)
+    published = [str(p) for p in services["gateway-lb"].get("ports", [])]
+    assert published and all(p.endswith(f":{GATEWAY_PORT}") for p in published), published
+    for name in (*EDGE_WORKERS, "redis", "postgres", "mock-cloud", *GATEWAYS):
+        assert not services[name].get("ports"), f"{name} is published"
+    for name in EDGE_WORKERS:
+        assert _env(services[name])["EDGE_GATEWAY_URL"] == f"http://gateway-lb:{INTERNAL_LB_PORT}"
+
+
+def test_compose_ships_no_default_credentials(services):
+    text = _read(COMPOSE)
+    for name in SECRETS:
+        assert f"${{{name}:-" not in text and f"${{{name}-" not in text, f"{name} has a default"
+        uses = re.findall(rf"\$\{{{name}(.)", text)
+        assert uses and set(uses) == {":"}, f"{name} is not required where used"
+        assert f"${{{name}:?" in text
+    grafana = _env(services["grafana"])
+    assert grafana.get("GF_AUTH_ANONYMOUS_ENABLED", "false").lower() == "false"
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")
+    assert grafana.get("GF_USERS_ALLOW_SIGN_UP", "").lower() == "false"
+    # Monitoring UIs are published on loopback only.
+    for name in ("grafana", "prometheus"):
+        for port in services[name].get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} published on {port}"
+
+
+def test_prometheus_lifecycle_api_is_off(services):
+    for name, service in services.items():
+        command = service.get("command") or []
+        command = command if isinstance(command, list) else command.split()
+        assert "--web.enable-lifecycle" not in command, f"{name} enables the lifecycle API"
+
+
+def test_env_script_generates_every_secret_once(tmp_path):
+    env_file = tmp_path / ".env"
+    subprocess.run([str(ENV_SCRIPT), str(env_file)], check=True, capture_output=True)
+    first = dict(l.split("=", 1) for l in env_file.read_text().splitlines())
+    assert set(first) == set(SECRETS)
+    assert all(re.fullmatch(r"[0-9a-f]{48}", v) for v in first.values()), first
+    assert len(set(first.values())) == len(SECRETS)
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    # Run again: nothing changes; a missing one is added, the others kept.
+    subprocess.run([str(ENV_SCRIPT), str(env_file)], check=True, capture_output=True)
+    assert dict(l.split("=", 1) for l in env_file.read_text().splitlines()) == first
+    env_file.write_text(f"POSTGRES_PASSWORD={first['POSTGRES_PASSWORD']}\n")
+    subprocess.run([str(ENV_SCRIPT), str(env_file)], check=True, capture_output=True)
+    again = dict(l.split("=", 1) for l in env_file.read_text().splitlines())
+    assert again["POSTGRES_PASSWORD"] == first["POSTGRES_PASSWORD"]
+    assert set(again) == set(SECRETS)
 
 
 def test_nginx_balances_over_both_gateways():
