@@ -91,7 +91,7 @@ impl Registrar {
         }
         let endpoint = format!("{}/fleet/workers", gateway.as_str().trim_end_matches('/'));
         let advertise = match &config.advertise_url {
-            Some(url) => plain_url(url).ok_or(RegisterError::BadAdvertiseUrl)?,
+            Some(url) => wire::plain_base_url(url).ok_or(RegisterError::BadAdvertiseUrl)?,
             None if bound.ip().is_unspecified() => {
                 return Err(RegisterError::NoAdvertiseUrl(bound));
             }
@@ -179,25 +179,6 @@ impl Registrar {
             }
         }
     }
-}
-
-/// `scheme://host[:port]` of a URL with nothing else in it.
-fn plain_url(url: &str) -> Option<String> {
-    let parsed = reqwest::Url::parse(url).ok()?;
-    let plain = matches!(parsed.scheme(), "http" | "https")
-        && parsed.username().is_empty()
-        && parsed.password().is_none()
-        && parsed.path() == "/"
-        && parsed.query().is_none()
-        && parsed.fragment().is_none();
-    if !plain {
-        return None;
-    }
-    let host = parsed.host_str()?;
-    Some(match parsed.port() {
-        Some(port) => format!("{}://{host}:{port}", parsed.scheme()),
-        None => format!("{}://{host}", parsed.scheme()),
-    })
 }
 
 #[cfg(test)]

@@ -18,5 +18,5 @@ pub mod fleet;
 pub mod load;
 
 pub use error::ErrorBody;
-pub use fleet::{Heartbeat, HeartbeatAck};
+pub use fleet::{plain_base_url, Heartbeat, HeartbeatAck};
 pub use load::{Capabilities, LoadReport};

@@ -130,28 +130,13 @@ fn positive(v: Option<f64>) -> Option<f64> {
     v.filter(|v| v.is_finite() && *v > 0.0)
 }
 
-/// `scheme://host[:port]` of a URL that has nothing else: no user info,
-/// no path but `/`, no query, no fragment.
+/// The plain form of a heartbeat's URL (`wire::plain_base_url`), for a URL
+/// of a sane length.
 fn plain_base_url(url: &str) -> Option<String> {
     if url.len() > MAX_FIELD {
         return None;
     }
-    let parsed = reqwest::Url::parse(url).ok()?;
-    let plain = matches!(parsed.scheme(), "http" | "https")
-        && parsed.username().is_empty()
-        && parsed.password().is_none()
-        && parsed.path() == "/"
-        && parsed.query().is_none()
-        && parsed.fragment().is_none();
-    if !plain {
-        return None;
-    }
-    // IPv6 hosts come bracketed.
-    let host = parsed.host_str()?;
-    Some(match parsed.port() {
-        Some(port) => format!("{}://{host}:{port}", parsed.scheme()),
-        None => format!("{}://{host}", parsed.scheme()),
-    })
+    wire::plain_base_url(url)
 }
 
 /// Where registrations are kept.

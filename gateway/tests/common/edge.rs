@@ -14,6 +14,23 @@ fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The address a child announces as its first stdout line (`<prefix><url>`),
+/// as both binaries do once they listen.
+pub async fn announced_address(child: &mut Child, prefix: &'static str) -> String {
+    let stdout = child.stdout.take().expect("stdout");
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read");
+        line
+    })
+    .await
+    .expect("join");
+    line.trim()
+        .strip_prefix(prefix)
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}, wanted {prefix:?}"))
+        .to_owned()
+}
+
 /// `EDGE_WORKER_BIN`, else `<workspace>/target/release/edge-worker`.
 pub fn binary() -> PathBuf {
     let path = std::env::var_os("EDGE_WORKER_BIN").map_or_else(
@@ -72,19 +89,7 @@ impl EdgeWorker {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn edge-worker");
-        let stdout = child.stdout.take().expect("stdout");
-        let line = tokio::task::spawn_blocking(move || {
-            let mut line = String::new();
-            BufReader::new(stdout).read_line(&mut line).expect("read");
-            line
-        })
-        .await
-        .expect("join");
-        let base = line
-            .trim()
-            .strip_prefix("edge-worker listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line from edge-worker: {line:?}"))
-            .to_owned();
+        let base = announced_address(&mut child, "edge-worker listening on ").await;
         let worker = EdgeWorker {
             child: Some(child),
             base,

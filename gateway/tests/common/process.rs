@@ -4,11 +4,10 @@
 
 #![allow(dead_code, clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::edge::WORKER_TOKEN;
+use super::edge::{announced_address, WORKER_TOKEN};
 
 pub struct GatewayProcess {
     child: Option<Child>,
@@ -41,19 +40,7 @@ impl GatewayProcess {
             .stderr(logs)
             .spawn()
             .expect("spawn gateway");
-        let stdout = child.stdout.take().expect("stdout");
-        let line = tokio::task::spawn_blocking(move || {
-            let mut line = String::new();
-            BufReader::new(stdout).read_line(&mut line).expect("read");
-            line
-        })
-        .await
-        .expect("join");
-        let base = line
-            .trim()
-            .strip_prefix("gateway listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line from gateway: {line:?}"))
-            .to_owned();
+        let base = announced_address(&mut child, "gateway listening on ").await;
         let gw = GatewayProcess {
             child: Some(child),
             base,
