@@ -93,6 +93,12 @@ pub struct Config {
     /// trial request (or poll) may use it again: a success restores it, a
     /// failure doubles the rest, up to 32 times this.
     pub unhealthy_cooldown_ms: u64,
+    /// Failover attempts allowed per request, over the last ten seconds
+    /// (0.2: retries add at most 20% to the upstream load).
+    pub retry_budget_ratio: f64,
+    /// Failover attempts allowed per second whatever the traffic, so a
+    /// quiet gateway can still fail over.
+    pub retry_budget_min_per_s: f64,
     /// Largest upstream error body read, in bytes; the rest is dropped.
     pub max_upstream_error_bytes: usize,
     /// Largest single SSE event accepted from an upstream, in bytes; a
@@ -157,6 +163,8 @@ impl Default for Config {
             max_connections: 10_000,
             max_in_flight: 4_096,
             unhealthy_cooldown_ms: 5_000,
+            retry_budget_ratio: 0.2,
+            retry_budget_min_per_s: 5.0,
             max_upstream_error_bytes: 64 << 10,
             max_sse_event_bytes: 1 << 20,
             worker_token: None,
@@ -198,6 +206,8 @@ pub const FIELDS: &[&str] = &[
     "max_connections",
     "max_in_flight",
     "unhealthy_cooldown_ms",
+    "retry_budget_ratio",
+    "retry_budget_min_per_s",
     "max_upstream_error_bytes",
     "max_sse_event_bytes",
     "worker_token",
@@ -320,6 +330,15 @@ impl Config {
         ];
         if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid(format!("{name} must be > 0")));
+        }
+        let rates = [
+            ("retry_budget_ratio", self.retry_budget_ratio),
+            ("retry_budget_min_per_s", self.retry_budget_min_per_s),
+        ];
+        if let Some((name, _)) = rates.iter().find(|(_, v)| !(v.is_finite() && *v >= 0.0)) {
+            return Err(ConfigError::Invalid(format!(
+                "{name} must be a number >= 0"
+            )));
         }
         if self.ledger_spill_max_bytes == 0 {
             return Err(ConfigError::Invalid(

@@ -15,6 +15,7 @@ use crate::fleet::{Redis, RedisCallError};
 use crate::ledger::{Ledger, LedgerOptions, SpillError};
 use crate::limits::{InProcessLimiter, Limiter, SharedLimiter, SharedLimiterError};
 use crate::live::poller::Poller;
+use crate::live::retry::RetryBudget;
 use crate::live::{InProcessLive, LiveView};
 use crate::store::Store;
 use crate::upstream::Upstreams;
@@ -31,6 +32,8 @@ pub struct Inner {
     pub keys: KeyCache,
     pub catalog: Catalog,
     pub live: Arc<dyn LiveView>,
+    /// Failover attempts this gateway may still make (see `live::retry`).
+    pub retries: RetryBudget,
     /// Edge workers that registered themselves (shared through Redis when
     /// configured); the catalog lists the serving ones.
     pub registry: Registry,
@@ -139,6 +142,7 @@ impl AppState {
                 stop,
                 streams_end: CancellationToken::new(),
                 in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
+                retries: RetryBudget::new(config.retry_budget_ratio, config.retry_budget_min_per_s),
                 store,
                 config,
             }),

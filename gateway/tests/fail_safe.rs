@@ -410,3 +410,56 @@ async fn shutdown_ends_open_streams_with_an_error_event_and_a_cancelled_row() {
     let row = db.store.ledger_entry(&id).await.unwrap().unwrap();
     assert_eq!(row.status, LedgerStatus::Cancelled);
 }
+
+/// Three on-prem stand-ins that all answer 500, health tracking turned off
+/// (so every request tries every candidate): with an unlimited budget each
+/// request costs three upstream attempts; with a 20% budget and no floor,
+/// retries add at most a fifth of the requests.
+#[tokio::test]
+async fn failover_retries_stay_within_the_retry_budget() {
+    async fn upstream_attempts(ratio: f64) -> (usize, Vec<u16>) {
+        let ups = [
+            StandIn::start().await,
+            StandIn::start().await,
+            StandIn::start().await,
+        ];
+        let db = common::sqlite().await;
+        for (i, up) in ups.iter().enumerate() {
+            up.set(Mode::Status(500, "{}".into()));
+            db.store
+                .add_backend(&backend(
+                    &format!("edge-{i}"),
+                    &up.url,
+                    Zone::OnPrem,
+                    i as f64,
+                ))
+                .await
+                .unwrap();
+        }
+        let config = Config {
+            unhealthy_after: 1_000_000,
+            retry_budget_ratio: ratio,
+            retry_budget_min_per_s: 0.0,
+            ..quick()
+        };
+        let gw = Gateway::start(db, config).await;
+        let (_, key) = tenant_and_key(gw.store(), |_| {}).await;
+        let mut statuses = Vec::new();
+        for _ in 0..50 {
+            statuses.push(gw.chat(&key, &body(false)).await.status().as_u16());
+        }
+        gw.shutdown().await;
+        (ups.iter().map(StandIn::count).sum(), statuses)
+    }
+
+    let (unbudgeted, statuses) = upstream_attempts(10.0).await;
+    assert_eq!(unbudgeted, 150, "every request tries all three");
+    assert!(statuses.iter().all(|s| *s == 502), "{statuses:?}");
+    let (budgeted, statuses) = upstream_attempts(0.2).await;
+    assert!(
+        (50..=60).contains(&budgeted),
+        "{budgeted} upstream attempts for 50 requests at a 20% retry budget"
+    );
+    // Every request still gets an answer, and the same error.
+    assert!(statuses.iter().all(|s| *s == 502), "{statuses:?}");
+}

@@ -16,6 +16,7 @@
 //! backends, which are not polled, recover this way too.
 
 pub mod poller;
+pub mod retry;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};

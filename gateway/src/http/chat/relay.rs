@@ -12,6 +12,9 @@
 //! first token is relayed, an upstream failure ends the stream with an SSE
 //! error event instead (see [`stream`]).
 //!
+//! Failover attempts are budgeted ([`crate::live::retry`]): once retries
+//! exceed their share of recent requests, a failed attempt is the last.
+//!
 //! A non-streaming request to an edge worker gets a deadline from its
 //! prediction: the worker sends headers only with the whole answer, so the
 //! plain first-byte timeout would abandon (and redo elsewhere) long answers
@@ -83,6 +86,8 @@ pub async fn execute(
     // are worth trying.
     let mut context_floor: Option<u32> = None;
     let mut last_error: Option<AttemptError> = None;
+    let mut attempts = 0u32;
+    app.retries.request();
     for (i, cand) in decision.candidates().enumerate() {
         let Some(backend) = snapshot.backends.iter().find(|b| b.id == cand.backend_id) else {
             continue;
@@ -96,10 +101,18 @@ pub async fn execute(
         if context_floor.is_some_and(|floor| context <= floor) {
             continue;
         }
+        // Every attempt after the first is a retry, and retries are
+        // budgeted: a failing fleet gets at most a share more load.
+        if attempts > 0 && !app.retries.try_retry() {
+            metrics::counter!("gateway_retry_budget_exhausted_total").increment(1);
+            tracing::warn!(backend = %backend.name, "retry budget spent; no further failover");
+            break;
+        }
         if !app.live.claim_trial(&backend.id) {
             // Another request holds this backend's recovery trial.
             continue;
         }
+        attempts += 1;
         let reason = if i == 0 {
             cand.reason.as_str()
         } else {
