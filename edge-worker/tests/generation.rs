@@ -263,29 +263,80 @@ async fn models_metrics_and_load_report() {
         assert!(load[key].as_f64().unwrap() > 0.0, "{key} in {load}");
     }
 
-    let metrics = w
-        .client
-        .get(w.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    for needle in [
-        "edge_requests_total{path=\"/v1/chat/completions\",status=\"200\"}",
-        "edge_prompt_tokens_total",
-        "edge_completion_tokens_total",
-        "edge_ttft_seconds_bucket",
-        "edge_decode_token_seconds_bucket",
-        "edge_active_sequences",
-        "edge_waiting_sequences",
-        "edge_energy_millijoules_total",
-        "edge_decode_tokens_per_second",
-    ] {
-        assert!(
-            metrics.contains(needle),
-            "missing {needle} in metrics:\n{metrics}"
-        );
+    // Metrics count what was served: after three more known requests
+    // (two answers, one stream), each counter moved by exactly what the
+    // answers reported, and the histograms counted each request.
+    let before = Metrics::read(&w).await;
+    let mut prompt = 0.0;
+    let mut completion = 0.0;
+    let mut millijoules = 0.0;
+    for (i, stream) in [(0, false), (1, false), (2, true)] {
+        let mut body = greedy(&format!("Name a colour, please ({i})."), 6);
+        body["stream"] = json!(stream);
+        if stream {
+            body["stream_options"] = json!({"include_usage": true});
+        }
+        let resp = w.chat(&body).await;
+        assert_eq!(resp.status(), 200);
+        let usage = if stream {
+            let events = sse_events(resp).await;
+            let last: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+            last["usage"].clone()
+        } else {
+            resp.json::<Value>().await.unwrap()["usage"].clone()
+        };
+        prompt += usage["prompt_tokens"].as_f64().unwrap();
+        completion += usage["completion_tokens"].as_f64().unwrap();
+        millijoules += (usage["energy_joules"].as_f64().unwrap() * 1000.0).round();
+    }
+    let after = Metrics::read(&w).await;
+    let moved = |name: &str| after.get(name) - before.get(name);
+    assert_eq!(
+        moved("edge_requests_total{path=\"/v1/chat/completions\",status=\"200\"}"),
+        3.0
+    );
+    assert_eq!(moved("edge_generations_total{outcome=\"completed\"}"), 3.0);
+    assert_eq!(moved("edge_prompt_tokens_total"), prompt);
+    assert_eq!(moved("edge_completion_tokens_total"), completion);
+    assert_eq!(moved("edge_ttft_seconds_count"), 3.0);
+    assert_eq!(moved("edge_request_joules_count"), 3.0);
+    // One decode interval per piece of text after the first of each
+    // answer: at most one per token (a final token may carry no text).
+    let intervals = moved("edge_decode_token_seconds_count");
+    assert!(
+        intervals >= 3.0 && intervals <= completion - 3.0,
+        "{intervals} decode intervals for {completion} tokens in 3 answers"
+    );
+    // Rounded per request, as the counter is: within a millijoule each.
+    assert!(
+        (moved("edge_energy_millijoules_total") - millijoules).abs() <= 3.0,
+        "{} vs {millijoules}",
+        moved("edge_energy_millijoules_total")
+    );
+    assert_eq!(after.get("edge_active_sequences"), 0.0);
+    assert_eq!(after.get("edge_waiting_sequences"), 0.0);
+    assert!(after.get("edge_decode_tokens_per_second") > 0.0);
+}
+
+/// One scrape of `/metrics`: sample name (with labels) → value.
+struct Metrics(std::collections::HashMap<String, f64>);
+
+impl Metrics {
+    async fn read(w: &Worker) -> Metrics {
+        let text = w.metrics().await;
+        Metrics(
+            text.lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter_map(|l| {
+                    let (name, value) = l.rsplit_once(' ')?;
+                    Some((name.to_owned(), value.parse().ok()?))
+                })
+                .collect(),
+        )
+    }
+
+    /// A sample's value; 0 for one not exported yet (a counter at zero).
+    fn get(&self, name: &str) -> f64 {
+        self.0.get(name).copied().unwrap_or(0.0)
     }
 }
