@@ -13,6 +13,12 @@
 # instead of the bare mock (same mock, same settings, a copy of the same
 # database): the figures are then what this build adds over the baseline.
 #
+# With REDIS_URL=redis://127.0.0.1:6379/0, A is the same gateway without
+# Redis and B the gateway with it (limits, budget holds and settlements,
+# health and registrations shared through Redis, under a fresh key prefix),
+# and the key gets limits and a budget so that every request runs the Redis
+# scripts: the figures are then what Redis adds to a request.
+#
 # With LITELLM=<path to the litellm executable> (pip install 'litellm[proxy]'),
 # A is LiteLLM's proxy (one worker) in front of the same mock, with the
 # gateway's key as its master key: the figures are then this gateway against
@@ -49,7 +55,9 @@ gw() { "$bin/gateway" "$@" >/dev/null; }
 gw migrate
 gw tenant create bench
 gw backend add --name cloud --kind cloud --url "$mock" --model mock-model --rtt-ms 1
-key=$("$bin/gateway" key create --tenant bench | sed -n 's/.*"api_key":"\([^"]*\)".*/\1/p')
+limits=()
+[[ -n "${REDIS_URL:-}" ]] && limits=(--rpm 100000000 --tpm 2000000000 --budget 1000000)
+key=$("$bin/gateway" key create --tenant bench "${limits[@]}" | sed -n 's/.*"api_key":"\([^"]*\)".*/\1/p')
 
 start_gateway() { # start_gateway <binary> <name>: sets $url and $pid
   RUST_LOG=warn "$1" serve --listen 127.0.0.1:0 >"$work/$2.out" 2>"$work/$2.log" &
@@ -76,6 +84,13 @@ YAML
   for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$port/health/liveliness" >/dev/null && break; sleep 0.3; done
   baseline_url="http://127.0.0.1:$port/v1"
   a_name=litellm
+elif [[ -n "${REDIS_URL:-}" ]]; then
+  for f in "$work"/gateway.db*; do cp "$f" "$work/baseline${f#"$work"/gateway}"; done
+  GATEWAY_SQLITE_PATH="$work/baseline.db" start_gateway "$bin/gateway" baseline
+  baseline_url="$url/v1"
+  baseline_pid=$pid
+  a_name=no-redis
+  export GATEWAY_REDIS_URL="$REDIS_URL" GATEWAY_REDIS_PREFIX="bench-$$-$RANDOM:"
 elif [[ -n "${BASELINE_GATEWAY:-}" ]]; then
   for f in "$work"/gateway.db*; do cp "$f" "$work/baseline${f#"$work"/gateway}"; done
   GATEWAY_SQLITE_PATH="$work/baseline.db" start_gateway "$BASELINE_GATEWAY" baseline
