@@ -104,15 +104,28 @@ def gateway(edge_worker, mock_cloud, tmp_path_factory):
     """`gateway serve` on a temp SQLite file, seeded through the admin subcommands.
 
     Backends: the edge worker, a dear cloud serving the same model (so the idle
-    edge wins), and a cloud-only model (so a confidential request for it has no
-    private route). Keys: a plain one, one limited to 1 request/min, one with a
+    edge wins), a cloud-only model (so a confidential request for it has no
+    private route), a free cloud beside the edge for model "either", a
+    disabled backend and a misconfigured one. Keys: a plain one, one limited to 1 request/min, one with a
     zero budget.
     """
     assert GATEWAY_BIN.exists(), f"{GATEWAY_BIN} missing: cargo build --release --workspace --bins"
     db = tmp_path_factory.mktemp("gateway") / "gateway.db"
     _admin(db, "tenant", "create", "sdk")
     _admin(db, "backend", "add", "--name", "edge", "--kind", "edge", "--url", edge_worker,
-           "--model", EDGE_MODEL_ID)
+           "--model", EDGE_MODEL_ID, "--model", f"either={EDGE_MODEL_ID}")
+    # "either" is served by the edge and by a free, fast cloud that wins on
+    # cost: only privacy can keep a request for it on the premises.
+    _admin(db, "backend", "add", "--name", "cloud-free", "--kind", "cloud", "--url", mock_cloud,
+           "--model", "either=cloud-model", "--rtt-ms", "1", "--prefill-tps", "100000",
+           "--decode-tps", "10000")
+    # A model whose only backend is disabled (503 no_backend_available), and
+    # one whose only backend does not serve what it is mapped to (502).
+    _admin(db, "backend", "add", "--name", "parked", "--kind", "cloud", "--url", mock_cloud,
+           "--model", "parked-model=cloud-model")
+    _admin(db, "backend", "disable", "parked")
+    _admin(db, "backend", "add", "--name", "misconfigured", "--kind", "cloud", "--url", mock_cloud,
+           "--model", "broken-model=not-served")
     _admin(db, "backend", "add", "--name", "cloud", "--kind", "cloud", "--url", mock_cloud,
            "--model", f"{EDGE_MODEL_ID}=cloud-model", "--model", "cloud-only",
            "--price-in", "0.5", "--price-out", "1.5")

@@ -36,10 +36,12 @@ def test_chat_runs_on_the_idle_edge(gateway):
 
 
 def test_alias_resolves(gateway):
-    r = _client(gateway).chat.completions.create(
+    raw = _client(gateway).chat.completions.with_raw_response.create(
         model="auto", messages=_messages(), temperature=0, max_tokens=4
     )
-    assert r.choices[0].message.content is not None
+    # "auto" names the edge's model, which the idle edge serves.
+    assert raw.headers["x-gateway-backend"] == "edge"
+    assert raw.parse().choices[0].message.content is not None
 
 
 def test_streaming_with_usage(gateway):
@@ -145,14 +147,39 @@ def test_confidential_without_a_private_route_is_503(gateway):
 
 
 def test_confidential_by_detector_stays_on_the_edge(gateway):
+    # For "either" the free cloud is the cheaper choice...
+    public = _client(gateway).chat.completions.with_raw_response.create(
+        model="either", messages=_messages("Name a colour."), temperature=0, max_tokens=2
+    )
+    assert public.headers["x-gateway-privacy-class"] == "public"
+    assert public.headers["x-gateway-backend"] == "cloud-free"
+    # ...so only the detector can keep this one on the premises.
     raw = _client(gateway).chat.completions.with_raw_response.create(
-        model=EDGE_MODEL_ID,
+        model="either",
         messages=_messages("My card is 4111 1111 1111 1111."),
         temperature=0,
         max_tokens=2,
     )
     assert raw.headers["x-gateway-privacy-class"] == "confidential"
     assert raw.headers["x-gateway-backend"] == "edge"
+
+
+def test_no_usable_backend_is_503_no_backend_available(gateway):
+    with pytest.raises(openai.InternalServerError) as e:
+        _client(gateway).chat.completions.create(
+            model="parked-model", messages=_messages(), max_tokens=2
+        )
+    assert e.value.status_code == 503
+    assert e.value.code == "no_backend_available"
+
+
+def test_every_upstream_failing_is_502_upstream_error(gateway):
+    with pytest.raises(openai.InternalServerError) as e:
+        _client(gateway).chat.completions.create(
+            model="broken-model", messages=_messages(), max_tokens=2
+        )
+    assert e.value.status_code == 502
+    assert e.value.code == "upstream_error"
 
 
 WEATHER_TOOL = {
