@@ -405,6 +405,26 @@ def test_ingress_exposes_only_the_api(docs):
         assert "defaultBackend" not in ing["spec"]
 
 
+def test_network_policies_name_real_pods_and_ports(docs):
+    labels = {d["metadata"]["name"]: (d["spec"]["template"]["metadata"]["labels"], _pod(d))
+              for d in docs if d["kind"] in WORKLOADS}
+    covered = set()
+    for pol in (d for d in docs if d["kind"] == "NetworkPolicy"):
+        name = pol["metadata"]["name"]
+        targets = [pod for lab, pod in labels.values() if _selects(pol["spec"]["podSelector"]["matchLabels"], lab)]
+        assert targets, f"NetworkPolicy {name} selects no pod"
+        covered |= {w for w, (lab, _) in labels.items() if _selects(pol["spec"]["podSelector"]["matchLabels"], lab)}
+        ports = {p["containerPort"] for pod in targets for c in pod["containers"] for p in c.get("ports", [])}
+        for rule in pol["spec"]["ingress"]:
+            assert {p["port"] for p in rule["ports"]} <= ports, f"{name}: ports {rule['ports']}"
+            for peer in rule["from"]:
+                if "podSelector" in peer:
+                    sel = peer["podSelector"]["matchLabels"]
+                    assert any(_selects(sel, lab) for lab, _ in labels.values()), f"{name}: {sel} selects no pod"
+    # The stores and the workers accept only the pods that use them.
+    assert {"postgres", "redis", "edge-worker", "mock-cloud"} <= covered
+
+
 # --------------------------------------------------------------------------
 # Edge workers
 
