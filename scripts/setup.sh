@@ -35,6 +35,8 @@ if ((!quickstart)); then
   # is needed to check the compose file and the Prometheus config.
   command -v promtool >/dev/null || need+=(prometheus)
   command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || need+=(docker-compose)
+  # Renders deploy/k8s (kubectl kustomize) for tests/deploy/test_k8s.py.
+  command -v kubectl >/dev/null || need+=(kubectl)
 fi
 command -v python3 >/dev/null && python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if ((${#need[@]})); then
