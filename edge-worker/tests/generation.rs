@@ -2,6 +2,9 @@
 //! whether streamed or not, with honest usage and energy figures.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Counters are whole numbers read from the exposition text as floats;
+// the metrics test compares them exactly on purpose.
+#![allow(clippy::float_cmp)]
 
 mod common;
 
