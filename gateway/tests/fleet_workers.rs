@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::edge::{EdgeWorker, MODEL, WORKER_TOKEN};
 use common::harness::{chat_body, test_config, Gateway};
-use common::process::GatewayProcess;
+use common::process::{admin, GatewayProcess};
 use gateway::privacy::Class;
 use gateway::store::{NewKeySpec, Store};
 use secrecy::ExposeSecret;
@@ -200,20 +200,6 @@ async fn workers_join_leave_and_rejoin_on_both_gateways() {
     for d in [joined_a, joined_b, left_a, left_b, rejoined_a, rejoined_b] {
         assert!(d < Duration::from_secs(5), "{d:?}");
     }
-}
-
-/// Runs the gateway binary's admin CLI against the database at `url`.
-fn admin(url: &str, args: &[&str]) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(["--database-url", url])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Polls `/v1/models` of `gateways` in turn, every 5 ms, until each

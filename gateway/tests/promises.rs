@@ -17,6 +17,7 @@ mod common;
 use std::time::Duration;
 
 use common::harness::{error_of, header, tenant_and_key, test_config, Gateway, WAIT};
+use common::process::admin;
 use common::stand_in::{backend, Mode, StandIn};
 use gateway::config::Config;
 use gateway::privacy::Class;
@@ -254,20 +255,6 @@ async fn tokens_per_minute_give_429_with_retry_after() {
     assert_eq!(up.count(), 1);
     assert_eq!(gw.row(&ledger_id).await.status, LedgerStatus::Rejected);
     gw.shutdown().await;
-}
-
-/// Runs the gateway binary's admin command `args` against `url`.
-fn admin(url: &str, args: &[&str]) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(["--database-url", url])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Sends `body` with `key` until the answer's status is `want`; fails

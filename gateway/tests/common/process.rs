@@ -124,3 +124,18 @@ impl Drop for GatewayProcess {
         self.kill();
     }
 }
+
+/// Runs the gateway binary's admin command `args` against the database at
+/// `url`, and fails the test with its stderr if the command fails.
+pub fn admin(url: &str, args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["--database-url", url])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
