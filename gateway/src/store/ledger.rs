@@ -180,7 +180,7 @@ fn scrub_json(v: &mut serde_json::Value) {
     }
 }
 
-const LEDGER_COLUMNS: &str = "id, tenant_id, key_id, requested_model, resolved_model, backend, \
+pub(super) const LEDGER_COLUMNS: &str = "id, tenant_id, key_id, requested_model, resolved_model, backend, \
      route_reason, privacy_class, detectors, predicted_latency_ms, predicted_energy_j, \
      predicted_cost_usd, latency_ms, ttft_ms, prompt_tokens, completion_tokens, joules, usd, status, \
      http_status, error_code, stream, decision, created_at";
@@ -240,7 +240,7 @@ fn bind_entry<'q>(query: AnyQuery<'q>, e: &'q LedgerEntry) -> AnyQuery<'q> {
         .bind(e.created_at)
 }
 
-fn entry_from_row(row: &AnyRow) -> Result<LedgerEntry, StoreError> {
+pub(super) fn entry_from_row(row: &AnyRow) -> Result<LedgerEntry, StoreError> {
     let decision: Option<String> = get(row, "decision")?;
     Ok(LedgerEntry {
         id: get(row, "id")?,

@@ -73,11 +73,11 @@ pub struct CreatedKey {
     pub plaintext: SecretString,
 }
 
-const KEY_COLUMNS: &str =
+pub(super) const KEY_COLUMNS: &str =
     "id, tenant_id, display_prefix, scopes, default_class, requests_per_min, \
      tokens_per_min, budget_usd, spent_usd, expires_at, revoked_at, created_at";
 
-fn key_from_row(row: &AnyRow) -> Result<ApiKey, StoreError> {
+pub(super) fn key_from_row(row: &AnyRow) -> Result<ApiKey, StoreError> {
     Ok(ApiKey {
         id: get(row, "id")?,
         tenant_id: get(row, "tenant_id")?,
