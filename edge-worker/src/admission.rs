@@ -8,7 +8,7 @@
 //! guards release on drop, so a client that disconnects, wherever it is,
 //! frees its place immediately.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +21,9 @@ pub struct Admission {
     admitted: AtomicUsize,
     /// Requests holding a running slot.
     running: AtomicUsize,
+    /// Requests ever admitted: the gateways derive arrival and departure
+    /// rates from it (see `wire::LoadReport::admitted_total`).
+    admitted_total: AtomicU64,
     pub max_running: usize,
     pub max_waiting: usize,
 }
@@ -45,6 +48,7 @@ impl Admission {
             slots: Arc::new(Semaphore::new(max_running)),
             admitted: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
+            admitted_total: AtomicU64::new(0),
             max_running,
             max_waiting,
         })
@@ -58,10 +62,16 @@ impl Admission {
                 (n < limit).then_some(n + 1)
             })
             .ok()?;
+        self.admitted_total.fetch_add(1, Ordering::AcqRel);
         self.publish();
         Some(Ticket {
             admission: Arc::clone(self),
         })
+    }
+
+    /// Requests admitted since start.
+    pub fn admitted_total(&self) -> u64 {
+        self.admitted_total.load(Ordering::Acquire)
     }
 
     pub fn running(&self) -> usize {
@@ -122,6 +132,7 @@ mod tests {
         let b = adm.try_admit().unwrap();
         let c = adm.try_admit().unwrap();
         assert!(adm.try_admit().is_none());
+        assert_eq!(adm.admitted_total(), 3, "refusals are not admissions");
         let sa = a.start(Duration::from_secs(1)).await.unwrap();
         let _sb = b.start(Duration::from_secs(1)).await.unwrap();
         assert_eq!((adm.running(), adm.waiting()), (2, 1));

@@ -87,6 +87,7 @@ pub async fn completions(
         None => v.params.max_tokens = v.params.max_tokens.min(ctx - prompt_tokens),
     }
 
+    let queued_at = Instant::now();
     let slot = ticket
         .start(state.config.queue_timeout())
         .await
@@ -94,6 +95,9 @@ pub async fn completions(
             metrics::counter!("edge_queue_rejections_total").increment(1);
             ApiError::Busy(1)
         })?;
+    // How long this request waited for a running slot: the gateway records
+    // it next to the wait it predicted.
+    let queue_ms = queued_at.elapsed().as_secs_f64() * 1000.0;
     let energy_id = state.next_energy_id.fetch_add(1, Ordering::Relaxed);
     state.reporters.energy.begin(energy_id);
     let stream = match engine.generate(v.params).await {
@@ -118,11 +122,15 @@ pub async fn completions(
         model: engine.model_id.clone(),
         energy_method: state.reporters.energy.method().as_str(),
     };
-    if v.stream {
-        Ok(stream_response(generation, meta, v.include_usage).into_response())
+    let mut response = if v.stream {
+        stream_response(generation, meta, v.include_usage).into_response()
     } else {
-        collect_response(generation, meta).await
+        collect_response(generation, meta).await?
+    };
+    if let Ok(v) = HeaderValue::from_str(&format!("{queue_ms:.1}")) {
+        response.headers_mut().insert("x-queue-ms", v);
     }
+    Ok(response)
 }
 
 struct ResponseMeta {

@@ -129,6 +129,7 @@ pub fn load_report(state: &AppState) -> LoadReport {
         waiting_sequences: count(state.admission.waiting()),
         max_running_sequences: count(state.admission.max_running),
         max_waiting_sequences: count(state.admission.max_waiting),
+        admitted_total: Some(state.admission.admitted_total()),
         prefill_tokens_per_s: rates.prefill_tokens_per_s,
         decode_tokens_per_s: rates.decode_tokens_per_s,
         joules_per_prompt_token: rates.joules_per_prompt_token,

@@ -124,6 +124,16 @@ pub struct Config {
     /// How long a self-registered worker stays listed after its last
     /// heartbeat (workers beat about once a second).
     pub worker_ttl_ms: u64,
+    /// Carbon intensity of the electricity the savings are counted in
+    /// (gCO2 per kWh), for the CO2 saved against all-cloud: exported as
+    /// `gateway_grid_gco2_per_kwh` and the default of `gateway report`.
+    pub grid_gco2_per_kwh: f64,
+    /// Place requests on predicted load: edge queues extrapolated with
+    /// arrival and service rates, the power-of-two choice among near-equal
+    /// edge workers, prefix affinity. `false` routes on the latest load
+    /// reports as they are (the behaviour before prediction), for
+    /// comparison.
+    pub predicted_placement: bool,
 }
 
 /// How log lines are written to stderr.
@@ -173,6 +183,8 @@ impl Default for Config {
             redis_prefix: "gw:".to_owned(),
             redis_timeout_ms: 50,
             worker_ttl_ms: 3_000,
+            grid_gco2_per_kwh: 400.0,
+            predicted_placement: true,
         }
     }
 }
@@ -216,6 +228,8 @@ pub const FIELDS: &[&str] = &[
     "redis_prefix",
     "redis_timeout_ms",
     "worker_ttl_ms",
+    "grid_gco2_per_kwh",
+    "predicted_placement",
 ];
 
 /// Why the configuration cannot be loaded. Messages name the file or the
@@ -334,6 +348,7 @@ impl Config {
         let rates = [
             ("retry_budget_ratio", self.retry_budget_ratio),
             ("retry_budget_min_per_s", self.retry_budget_min_per_s),
+            ("grid_gco2_per_kwh", self.grid_gco2_per_kwh),
         ];
         if let Some((name, _)) = rates.iter().find(|(_, v)| !(v.is_finite() && *v >= 0.0)) {
             return Err(ConfigError::Invalid(format!(

@@ -16,6 +16,8 @@
 //!   (tenants, keys, backends, aliases, policies, privacy rules, ledger).
 //! - [`admin_cli`]: the `migrate` and administration subcommands, executed
 //!   against the store.
+//! - [`report`]: `gateway report`, the savings against all-cloud per
+//!   tenant and period, from the ledger's counterfactual columns.
 //!
 //! Serving (`gateway serve`):
 //!
@@ -81,6 +83,7 @@ pub mod live;
 pub mod privacy;
 pub mod routing;
 pub mod server;
+pub mod report;
 pub mod state;
 pub mod store;
 pub mod telemetry;

@@ -41,6 +41,9 @@ enum Command {
         #[arg(long)]
         listen: Option<SocketAddr>,
     },
+    /// What running at the edge saved against all-cloud (USD, joules,
+    /// CO2), per tenant and period, from the ledger.
+    Report(gateway::report::ReportArgs),
     #[command(flatten)]
     Admin(AdminCommand),
 }
@@ -68,6 +71,18 @@ async fn main() -> anyhow::Result<()> {
             gateway::server::serve(config, shutdown_signal())
                 .await
                 .context("gateway serve failed")
+        }
+        Command::Report(args) => {
+            let store = gateway::server::open_store(&config)
+                .await
+                .context("cannot open the database")?;
+            let mut stdout = std::io::stdout().lock();
+            let now = gateway::store::now_ms();
+            let result =
+                gateway::report::run(&store, &args, config.grid_gco2_per_kwh, now, &mut stdout)
+                    .await;
+            store.close().await;
+            result.map_err(anyhow::Error::from)
         }
         Command::Admin(command) => {
             // The URL may carry a password, so errors name the database kind only.

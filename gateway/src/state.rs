@@ -14,6 +14,7 @@ use crate::fleet::registry::Registry;
 use crate::fleet::{Redis, RedisCallError};
 use crate::ledger::{Ledger, LedgerOptions, SpillError};
 use crate::limits::{InProcessLimiter, Limiter, SharedLimiter, SharedLimiterError};
+use crate::live::load::LoadTracker;
 use crate::live::poller::Poller;
 use crate::live::retry::RetryBudget;
 use crate::live::{InProcessLive, LiveView};
@@ -32,6 +33,11 @@ pub struct Inner {
     pub keys: KeyCache,
     pub catalog: Catalog,
     pub live: Arc<dyn LiveView>,
+    /// Each edge worker's arrival and service rates (from the poller's
+    /// reports) and this gateway's sends, for the predicted queue wait.
+    pub load: Arc<LoadTracker>,
+    /// Which edge worker recently served which leading prompt.
+    pub affinity: Arc<crate::live::affinity::Affinity>,
     /// Failover attempts this gateway may still make (see `live::retry`).
     pub retries: RetryBudget,
     /// Edge workers that registered themselves (shared through Redis when
@@ -112,9 +118,11 @@ impl AppState {
         }
         let ledger = Ledger::start(store.clone(), LedgerOptions::from_config(&config), &tasks)
             .map_err(StartError::Ledger)?;
+        let load = Arc::new(LoadTracker::new());
         let poller = Poller {
             catalog: catalog.clone(),
             live: Arc::clone(&live),
+            tracker: Arc::clone(&load),
             upstreams: upstreams.clone(),
             interval: Config::ms(config.poll_interval_ms),
             timeout: Config::ms(config.poll_timeout_ms),
@@ -133,11 +141,17 @@ impl AppState {
                 keys,
                 catalog,
                 live,
+                load,
+                affinity: Arc::new(crate::live::affinity::Affinity::new()),
                 registry,
                 limiter,
                 upstreams,
                 ledger,
-                metrics: crate::telemetry::metrics_handle(),
+                metrics: {
+                    let handle = crate::telemetry::metrics_handle();
+                    metrics::gauge!("gateway_grid_gco2_per_kwh").set(config.grid_gco2_per_kwh);
+                    handle
+                },
                 tasks,
                 stop,
                 streams_end: CancellationToken::new(),

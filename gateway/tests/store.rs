@@ -15,7 +15,7 @@ use gateway::privacy::{Class, RuleSet, RuleSpec};
 use gateway::routing::{
     Alias, AliasTarget, Backend, BackendKind, Capabilities, ModelMapping, Policy, Zone,
 };
-use gateway::store::{LedgerEntry, LedgerStatus, NewKeySpec, Store, StoreError};
+use gateway::store::{LedgerEntry, LedgerStatus, NewKeySpec, Placement, Store, StoreError};
 use secrecy::ExposeSecret;
 
 on_both_databases!(
@@ -393,6 +393,14 @@ fn ledger_entry(id: &str, status: LedgerStatus, created_at: i64) -> LedgerEntry 
         decision: Some(serde_json::json!({"chosen": {"backend": "edge-1", "score": 0.27}})),
         created_at,
     }
+        placement: Placement {
+            predicted_wait_ms: Some(120.0),
+            actual_wait_ms: Some(97.5),
+            allcloud_backend: Some("cloud-1".into()),
+            allcloud_latency_ms: Some(2150.0),
+            allcloud_joules: Some(25.6),
+            allcloud_usd: Some(0.000146),
+        },
 }
 
 async fn ledger_rows(store: &Store) {
@@ -411,6 +419,7 @@ async fn ledger_rows(store: &Store) {
         decision: None,
         tenant_id: "t2".into(),
         ..ledger_entry("r2", LedgerStatus::Rejected, 2_000)
+        placement: Placement::default(),
     };
     let c = ledger_entry("r3", LedgerStatus::Ok, 3_000);
     // The row with NULLs goes first so the statement is prepared with

@@ -24,6 +24,12 @@ pub struct LoadReport {
     pub waiting_sequences: u32,
     pub max_running_sequences: u32,
     pub max_waiting_sequences: u32,
+    /// Requests admitted since the worker started, from every gateway
+    /// (running, waiting and departed). Two reports give the arrival rate,
+    /// and with the sequences in the system the departure rate; `None` from
+    /// a worker that does not count them.
+    #[serde(default)]
+    pub admitted_total: Option<u64>,
     /// Measured (EWMA) rates; `None` until measured.
     pub prefill_tokens_per_s: Option<f64>,
     pub decode_tokens_per_s: Option<f64>,

@@ -363,6 +363,7 @@ mod tests {
             decision: None,
             created_at: i64::try_from(i).unwrap() + 1,
         }
+            placement: crate::store::Placement::default(),
     }
 
     fn options(spill: &Path) -> LedgerOptions {

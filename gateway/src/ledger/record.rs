@@ -12,8 +12,8 @@ use std::time::Instant;
 use super::Sink;
 use crate::limits::BudgetHold;
 use crate::privacy::{Class, Classification};
-use crate::routing::{Decision, NoRoute, Scored, Zone};
-use crate::store::{LedgerEntry, LedgerStatus};
+use crate::routing::{CloudRates, Decision, NoRoute, Scored, Zone};
+use crate::store::{LedgerEntry, LedgerStatus, Placement};
 
 /// What a row starts with, known at admission.
 #[derive(Debug, Clone)]
@@ -54,6 +54,9 @@ pub struct Record {
     /// The budget held at admission, settled with the row's cost when the
     /// row is finished.
     hold: Option<BudgetHold>,
+    /// The all-cloud counterfactual's backend figures, to price the
+    /// request's actual tokens there when it is done.
+    all_cloud: Option<CloudRates>,
 }
 
 impl Record {
@@ -84,6 +87,7 @@ impl Record {
                 stream: init.stream,
                 decision: None,
                 created_at: init.created_at,
+                placement: Placement::default(),
             },
             sink,
             started: Instant::now(),
@@ -94,6 +98,7 @@ impl Record {
             energy_reported: None,
             finished: false,
             hold: None,
+            all_cloud: None,
         }
     }
 
@@ -115,6 +120,17 @@ impl Record {
 
     pub fn set_decision(&mut self, d: &Decision) {
         self.entry.decision = Some(d.to_json());
+        if let Some(c) = &d.all_cloud {
+            self.entry.placement.allcloud_backend = Some(c.backend.clone());
+            self.all_cloud = Some(c.rates);
+        }
+    }
+
+    /// The wait for a running slot the edge worker measured (ms).
+    pub fn set_actual_wait(&mut self, ms: f64) {
+        if ms.is_finite() && ms >= 0.0 {
+            self.entry.placement.actual_wait_ms = Some(ms);
+        }
     }
 
     /// Why no backend could take the request, in place of a decision.
@@ -135,6 +151,10 @@ impl Record {
         self.entry.predicted_latency_ms = Some(s.prediction.latency_ms);
         self.entry.predicted_energy_j = Some(s.prediction.energy_j);
         self.entry.predicted_cost_usd = Some(s.prediction.cost_usd);
+        self.entry.placement.predicted_wait_ms = Some(s.prediction.queue_ms);
+        // A failover's answer comes from another backend: the previous
+        // attempt's wait is not this one's.
+        self.entry.placement.actual_wait_ms = None;
         self.pricing = Some(pricing);
         self.zone = Some(zone);
     }
@@ -178,6 +198,12 @@ impl Record {
         let (Some(prompt), Some(completion)) = (e.prompt_tokens, e.completion_tokens) else {
             return;
         };
+        if let Some(cloud) = self.all_cloud {
+            let (latency, joules, usd) = cloud.price(prompt, completion);
+            e.placement.allcloud_latency_ms = Some(latency);
+            e.placement.allcloud_joules = Some(joules);
+            e.placement.allcloud_usd = Some(usd);
+        }
         let (prompt, completion) = (f64::from(prompt), f64::from(completion));
         e.usd =
             Some(prompt / 1000.0 * p.price_in_per_1k + completion / 1000.0 * p.price_out_per_1k);
@@ -227,6 +253,7 @@ impl Drop for Record {
             metrics::counter!("gateway_cost_microusd_total", "backend" => backend, "zone" => zone)
                 .increment(to_units(usd, 1e6));
         }
+        record_savings(e, zone);
         let entry = self.entry.clone();
         if let Some(sink) = &self.sink {
             sink.send(entry);
@@ -234,6 +261,26 @@ impl Drop for Record {
             tracing::error!(id = %entry.id, "ledger closed; row not recorded");
         }
     }
+}
+
+/// What rows with an all-cloud counterfactual cost, and what all-cloud
+/// would have cost for them: the difference is what the edge saved (CO2 is
+/// joules times `gateway_grid_gco2_per_kwh`).
+fn record_savings(e: &LedgerEntry, zone: &'static str) {
+    let p = &e.placement;
+    let (Some(cloud_usd), Some(cloud_j), Some(usd), Some(joules)) =
+        (p.allcloud_usd, p.allcloud_joules, e.usd, e.joules)
+    else {
+        return;
+    };
+    metrics::counter!("gateway_allcloud_cost_microusd_total", "zone" => zone)
+        .increment(to_units(cloud_usd, 1e6));
+    metrics::counter!("gateway_allcloud_energy_millijoules_total", "zone" => zone)
+        .increment(to_units(cloud_j, 1e3));
+    metrics::counter!("gateway_counterfactual_actual_cost_microusd_total", "zone" => zone)
+        .increment(to_units(usd, 1e6));
+    metrics::counter!("gateway_counterfactual_actual_energy_millijoules_total", "zone" => zone)
+        .increment(to_units(joules, 1e3));
 }
 
 /// `value × scale`, rounded, as a counter increment (0 for NaN or negative).

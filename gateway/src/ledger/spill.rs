@@ -274,6 +274,7 @@ mod tests {
             decision: Some(serde_json::json!({"chosen": "b"})),
             created_at: 7,
         }
+            placement: crate::store::Placement::default(),
     }
 
     fn ids(batch: &FileBatch) -> Vec<&str> {

@@ -8,6 +8,9 @@
 //! connection, a timeout, a 5xx or a broken stream counts like a failed
 //! poll; an answer counts as a success) and their in-flight counts.
 //!
+//! [`load::LoadTracker`] keeps each edge worker's arrival and service
+//! rates from the same reports, for the predicted queue wait.
+//!
 //! Recovery: after `unhealthy_after` consecutive failures a backend rests
 //! for a cool-down that doubles with each further failure (up to 32 times
 //! the base). When it is over, the backend is *half-open*: one caller
@@ -15,6 +18,8 @@
 //! a success closes the circuit, a failure starts a longer rest. Cloud
 //! backends, which are not polled, recover this way too.
 
+pub mod affinity;
+pub mod load;
 pub mod poller;
 pub mod retry;
 

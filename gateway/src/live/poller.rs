@@ -13,6 +13,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use tokio_util::sync::CancellationToken;
 
+use super::load::LoadTracker;
 use super::LiveView;
 use crate::catalog::Catalog;
 use crate::routing::{Backend, BackendKind};
@@ -22,6 +23,8 @@ use crate::upstream::Upstreams;
 pub struct Poller {
     pub catalog: Catalog,
     pub live: Arc<dyn LiveView>,
+    /// Learns arrival and service rates from the same reports.
+    pub tracker: Arc<LoadTracker>,
     pub upstreams: Upstreams,
     pub interval: Duration,
     pub timeout: Duration,
@@ -60,6 +63,8 @@ impl Poller {
     async fn poll(&self, backend: &Backend) {
         if let Some(load) = self.upstreams.load_report(backend, self.timeout).await {
             metrics::gauge!("gateway_backend_up", "backend" => backend.name.clone()).set(1.0);
+            self.tracker
+                .observe(&backend.id, &load, std::time::Instant::now());
             self.live.report(&backend.id, load);
         } else {
             metrics::gauge!("gateway_backend_up", "backend" => backend.name.clone()).set(0.0);

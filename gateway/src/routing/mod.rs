@@ -7,10 +7,22 @@
 //! The HTTP layer gathers those inputs, calls [`rank`], and stores
 //! [`Decision::to_json`] in the ledger so any choice can be explained later.
 //!
+//! Placement beyond the score: the predicted queue wait of an edge worker
+//! extrapolates its latest report with arrival and service rates
+//! ([`QueueModel`], `queue.rs`), so overflow to the cloud starts before
+//! the SLO breaks; among edge workers of near-equal score the request goes
+//! to the one with the shorter predicted wait of two drawn at random
+//! ([`PowerOfTwo`]); a worker that recently served the request's leading
+//! prompt is predicted to prefill it from its prefix cache. Every decision
+//! also carries the all-cloud counterfactual ([`AllCloud`]): what the best
+//! cloud backend would have cost, privacy aside, for the savings report.
+//!
 //! Privacy is enforced here as a filter, before scoring: a confidential
 //! request never gets a cloud-zone candidate, so no later step (failover,
 //! retry) can pick one from the list. A property test states this.
 
+mod counterfactual;
+mod queue;
 mod rank;
 mod score;
 #[cfg(test)]
@@ -18,10 +30,12 @@ mod tests;
 mod types;
 
 pub use rank::{
+pub use counterfactual::{AllCloud, CloudRates};
+pub use queue::{PowerOfTwo, NEAR_EQUAL_SCORE, PREFIX_CACHE_SPEEDUP};
     rank, resolve_alias, Decision, Excluded, Exclusion, NoRoute, NoRouteCode, RouteReason, Scored,
 };
 pub use score::Prediction;
 pub use types::{
     Alias, AliasTarget, Backend, BackendKind, Capabilities, InvalidPolicy, ModelMapping, Observed,
-    Policy, RequestView, WorkerLoad, Zone, ZoneMismatch,
+    Policy, PrefixKey, QueueModel, RequestView, WorkerLoad, Zone, ZoneMismatch,
 };

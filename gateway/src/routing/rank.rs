@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::counterfactual::{all_cloud, AllCloud};
+use super::queue::{power_of_two, PowerOfTwo};
 use super::score::{predict, score, Prediction, Tokens};
 use super::types::{
     Alias, AliasTarget, BackendKind, Capabilities, Observed, Policy, RequestView, Zone,
@@ -104,6 +106,14 @@ pub struct Decision {
     /// before the first byte reaches the client.
     pub fallbacks: Vec<Scored>,
     pub excluded: Vec<Excluded>,
+    /// The power-of-two choice, when near-equal edge workers were weighed
+    /// by predicted wait.
+    #[serde(default)]
+    pub power_of_two: Option<PowerOfTwo>,
+    /// What the request would have cost in an all-cloud deployment; `None`
+    /// when no cloud backend serves the model.
+    #[serde(default)]
+    pub all_cloud: Option<AllCloud>,
 }
 
 impl Decision {
@@ -188,6 +198,7 @@ pub fn rank(
     let tokens = Tokens {
         prompt: req.prompt_tokens,
         output: max_out.min(policy.expected_output_tokens),
+        prefix: req.prefix.map_or(0, |p| p.tokens),
     };
     let mut serving = 0usize;
     let mut excluded = Vec::new();
@@ -225,6 +236,7 @@ pub fn rank(
             .then(a.score.total_cmp(&b.score))
             .then_with(|| a.backend.cmp(&b.backend))
     });
+    let power_of_two = req.seed.and_then(|seed| power_of_two(&mut ranked, seed));
     let mut ranked = ranked.into_iter();
     let Some(mut chosen) = ranked.next() else {
         return Err(NoRoute {
@@ -243,12 +255,14 @@ pub fn rank(
         chosen,
         fallbacks,
         excluded,
+        power_of_two,
+        all_cloud: all_cloud(backends, target, policy, tokens),
     })
 }
 
 /// The (public, upstream) model this backend would serve `target` as. For a
 /// list, the first listed id the backend serves; for `Any`, its first model.
-fn serves(obs: &Observed<'_>, target: &AliasTarget) -> Option<(String, String)> {
+pub(super) fn serves(obs: &Observed<'_>, target: &AliasTarget) -> Option<(String, String)> {
     let b = obs.backend;
     match target {
         AliasTarget::Any => b

@@ -25,6 +25,13 @@ pub struct Prediction {
     /// report.
     pub active: Option<u32>,
     pub waiting: Option<u32>,
+    /// Sequences predicted ahead of this request now (the report
+    /// extrapolated by the load tracker); `None` without a queue model.
+    #[serde(default)]
+    pub ahead: Option<f64>,
+    /// Prompt tokens predicted to come from the worker's prefix cache.
+    #[serde(default)]
+    pub cached_prompt_tokens: u32,
 }
 
 /// Token counts the prediction is made for.
@@ -32,6 +39,8 @@ pub struct Prediction {
 pub(super) struct Tokens {
     pub prompt: u32,
     pub output: u32,
+    /// Leading prompt tokens a worker that recently saw them has cached.
+    pub prefix: u32,
 }
 
 /// Predicts latency, energy and money for `tokens` on `obs`.
@@ -40,7 +49,9 @@ pub(super) struct Tokens {
 /// now; the worker measures them under its current load. Queue wait only
 /// starts once every running slot is busy: with `c` slots, one frees up
 /// every `service / c` on average, and the request waits for everyone
-/// queued ahead of it plus one slot.
+/// queued ahead of it plus one slot. With a [`QueueModel`](super::QueueModel)
+/// the counts are extrapolated to now (`queue.rs`). A worker that recently
+/// served the request's leading prompt prefills that part from its cache.
 pub(super) fn predict(obs: &Observed<'_>, tokens: Tokens) -> Prediction {
     let b: &Backend = obs.backend;
     let (prefill, decode, j_prompt, j_output) = match obs.load {
@@ -62,16 +73,32 @@ pub(super) fn predict(obs: &Observed<'_>, tokens: Tokens) -> Prediction {
     let (prefill, decode) = (prefill.max(MIN_RATE), decode.max(MIN_RATE));
     let prompt = f64::from(tokens.prompt);
     let output = f64::from(tokens.output);
-    let service_ms = prompt / prefill * 1000.0 + output / decode * 1000.0;
-    let queue_ms = obs.load.map_or(0.0, |l| {
-        let slots = l.max_running_sequences.max(1);
-        let ahead = l.active_sequences + l.waiting_sequences;
-        if ahead < slots {
-            0.0
-        } else {
-            f64::from(ahead - slots + 1) * service_ms / f64::from(slots)
+    let cached = if obs.prefix_cached && obs.load.is_some() {
+        tokens.prefix.min(tokens.prompt)
+    } else {
+        0
+    };
+    let computed = prompt - f64::from(cached);
+    let prefill_ms =
+        (computed + f64::from(cached) / super::queue::PREFIX_CACHE_SPEEDUP) / prefill * 1000.0;
+    let service_ms = prefill_ms + output / decode * 1000.0;
+    let (queue_ms, ahead) = match (obs.queue, obs.load) {
+        (Some(q), Some(_)) => {
+            let w = super::queue::predicted_wait(&q, service_ms);
+            (w.ms, Some(w.ahead))
         }
-    });
+        (None, Some(l)) => {
+            let slots = l.max_running_sequences.max(1);
+            let ahead = l.active_sequences + l.waiting_sequences;
+            let ms = if ahead < slots {
+                0.0
+            } else {
+                f64::from(ahead - slots + 1) * service_ms / f64::from(slots)
+            };
+            (ms, None)
+        }
+        (_, None) => (0.0, None),
+    };
     Prediction {
         latency_ms: b.rtt_ms.max(0.0) + queue_ms + service_ms,
         queue_ms,
@@ -81,6 +108,8 @@ pub(super) fn predict(obs: &Observed<'_>, tokens: Tokens) -> Prediction {
         decode_tps: decode,
         active: obs.load.map(|l| l.active_sequences),
         waiting: obs.load.map(|l| l.waiting_sequences),
+        ahead,
+        cached_prompt_tokens: cached,
     }
 }
 

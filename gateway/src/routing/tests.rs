@@ -50,6 +50,8 @@ fn request(class: Class) -> RequestView {
         prompt_tokens: 100,
         max_output_tokens: Some(64),
         needs: Capabilities::default(),
+        prefix: None,
+        seed: Some(0),
     }
 }
 
@@ -63,6 +65,8 @@ fn obs<'a>(b: &'a Backend, l: Option<&'a WorkerLoad>) -> Observed<'a> {
         healthy: true,
         load: l,
         in_flight: 0,
+        queue: None,
+        prefix_cached: false,
     }
 }
 
@@ -350,14 +354,15 @@ proptest! {
         max_out in prop::option::of(1u32..4096),
         explicit in prop::option::of(arb_class()),
         key_default in arb_class(),
+        seed in any::<u64>(),
     ) {
         // The class comes from the same max rule the HTTP layer uses, so any
         // input combination that yields confidential is covered.
         let class = key_default.max(explicit.unwrap_or(Class::Public));
         let observed: Vec<Observed<'_>> = backends.iter().zip(&states)
-            .map(|(b, (healthy, l, in_flight))| Observed { backend: b, healthy: *healthy, load: l.as_ref(), in_flight: *in_flight })
+            .map(|(b, (healthy, l, in_flight))| Observed { backend: b, healthy: *healthy, load: l.as_ref(), in_flight: *in_flight, queue: None, prefix_cached: false })
             .collect();
-        let req = RequestView { model: "m".into(), class, prompt_tokens: prompt, max_output_tokens: max_out, needs: Capabilities::default() };
+        let req = RequestView { model: "m".into(), class, prompt_tokens: prompt, max_output_tokens: max_out, needs: Capabilities::default(), prefix: None, seed: Some(seed) };
         match rank(&req, &target(), &policy, &observed) {
             Ok(d) if class == Class::Confidential || !policy.allow_cloud => {
                 prop_assert!(d.candidates().all(|c| c.zone == Zone::OnPrem));
@@ -415,4 +420,328 @@ fn a_needed_capability_restricts_candidates_and_otherwise_is_a_400() {
     };
     let d = rank(&req, &target(), &Policy::default(), &observed).unwrap();
     assert_eq!(d.chosen.backend, "edge");
+}
+
+fn queue(in_system: u32, sent_since: u32) -> QueueModel {
+    QueueModel {
+        in_system,
+        slots: 2,
+        age_ms: 0.0,
+        sent_since,
+        arrival_rate: None,
+        local_rate: 0.0,
+        service_ms: Some(1_000.0),
+    }
+}
+
+fn with_queue<'a>(b: &'a Backend, l: &'a WorkerLoad, q: QueueModel) -> Observed<'a> {
+    Observed {
+        queue: Some(q),
+        ..obs(b, Some(l))
+    }
+}
+
+fn wait_of(q: QueueModel) -> f64 {
+    let edge = backend("edge", BackendKind::Edge);
+    let l = load(0, 0);
+    let d = rank(
+        &request(Class::Public),
+        &target(),
+        &Policy::default(),
+        &[with_queue(&edge, &l, q)],
+    )
+    .unwrap();
+    d.chosen.prediction.queue_ms
+}
+
+#[test]
+fn predicted_wait_extrapolates_the_report_to_now() {
+    // Two slots, one second per request: a slot frees every 500 ms.
+    assert!(wait_of(queue(1, 0)).abs() < 1e-9, "a free slot: no wait");
+    assert!((wait_of(queue(2, 0)) - 500.0).abs() < 1e-6);
+    // Requests this gateway sent since the report count as queued.
+    assert!((wait_of(queue(2, 2)) - 1_500.0).abs() < 1e-6);
+    // Other gateways' arrivals since the report: 4/s in all, 0 of them
+    // ours, over half a second = 2 more ahead.
+    let others = QueueModel {
+        age_ms: 500.0,
+        arrival_rate: Some(4.0),
+        ..queue(0, 0)
+    };
+    assert!(
+        (wait_of(others) - 500.0).abs() < 1e-6,
+        "{}",
+        wait_of(others)
+    );
+    // Our own share of the arrival rate is not counted twice.
+    let ours = QueueModel {
+        local_rate: 4.0,
+        ..others
+    };
+    assert!(wait_of(ours).abs() < 1e-9);
+    // Busy slots finish requests meanwhile: 4 in the system, 2 slots, one
+    // second later two have left.
+    let drained = QueueModel {
+        age_ms: 1_000.0,
+        ..queue(4, 0)
+    };
+    assert!((wait_of(drained) - 500.0).abs() < 1e-6);
+    // Unmeasured service time: the request's own predicted service time.
+    let unmeasured = QueueModel {
+        service_ms: None,
+        ..queue(2, 0)
+    };
+    let own = 100.0 / 900.0 * 1000.0 + 64.0 / 60.0 * 1000.0;
+    assert!((wait_of(unmeasured) - own / 2.0).abs() < 1e-6);
+}
+
+#[test]
+fn requests_sent_since_the_report_move_overflow_to_the_cloud_before_the_slo_breaks() {
+    // The report says idle, but this gateway has sent six requests since:
+    // naive counting keeps the edge, the queue model sends to the cloud.
+    let edge = backend("edge", BackendKind::Edge);
+    let mut cloud = backend("cloud", BackendKind::Cloud);
+    cloud.rtt_ms = 1_000.0;
+    let idle = load(0, 0);
+    let policy = Policy {
+        latency_slo_ms: 3_000.0,
+        ..Policy::default()
+    };
+    let naive = [obs(&edge, Some(&idle)), obs(&cloud, None)];
+    let d = rank(&request(Class::Public), &target(), &policy, &naive).unwrap();
+    assert_eq!(d.chosen.backend, "edge");
+    let predicted = [with_queue(&edge, &idle, queue(0, 6)), obs(&cloud, None)];
+    let d = rank(&request(Class::Public), &target(), &policy, &predicted).unwrap();
+    assert_eq!(
+        (d.chosen.backend.as_str(), d.chosen.reason),
+        ("cloud", RouteReason::EdgeOverSlo)
+    );
+    assert!((d.fallbacks[0].prediction.ahead.unwrap() - 6.0).abs() < 1e-9);
+    // A confidential request stays at the edge whatever the queue.
+    let d = rank(
+        &request(Class::Confidential),
+        &target(),
+        &policy,
+        &predicted,
+    )
+    .unwrap();
+    assert!(d.candidates().all(|c| c.zone == Zone::OnPrem));
+}
+
+#[test]
+fn power_of_two_picks_the_shorter_wait_among_near_equal_edges() {
+    // `a` scores slightly better (less energy) but has a request waiting;
+    // `b` is idle. Near-equal, so the shorter predicted wait wins.
+    let mut a = backend("a", BackendKind::Edge);
+    a.joules_per_output_token = 0.10;
+    let b = backend("b", BackendKind::Edge);
+    // Energy as configured, not as reported.
+    let mut la = load(0, 0);
+    la.joules_per_output_token = None;
+    let lb = la.clone();
+    let policy = Policy {
+        latency_slo_ms: 30_000.0,
+        ..Policy::default()
+    };
+    let busy = QueueModel {
+        service_ms: Some(100.0),
+        ..queue(2, 0)
+    };
+    let observed = [with_queue(&a, &la, busy), with_queue(&b, &lb, queue(0, 0))];
+    let plain = |seed| {
+        let req = RequestView {
+            seed: Some(seed),
+            ..request(Class::Public)
+        };
+        rank(&req, &target(), &policy, &observed).unwrap()
+    };
+    for seed in [0, 1, u64::MAX, 0xdead_beef] {
+        let d = plain(seed);
+        assert_eq!(d.chosen.backend, "b", "seed {seed}");
+        assert_eq!(d.fallbacks[0].backend, "a");
+        let p2c = d.power_of_two.unwrap();
+        assert_eq!(p2c.picked, "b");
+        assert_eq!(p2c.compared, ["a".to_owned(), "b".to_owned()]);
+    }
+    // Naive placement (no seed): the better score, whatever the wait.
+    let naive = RequestView {
+        seed: None,
+        ..request(Class::Public)
+    };
+    let d = rank(&naive, &target(), &policy, &observed).unwrap();
+    assert_eq!(d.chosen.backend, "a");
+    assert!(d.power_of_two.is_none());
+    // Not near-equal: a slow worker never wins by a short queue.
+    let mut slow = backend("b", BackendKind::Edge);
+    slow.rtt_ms = 5_000.0;
+    let observed = [
+        with_queue(&a, &la, busy),
+        with_queue(&slow, &lb, queue(0, 0)),
+    ];
+    let d = rank(&request(Class::Public), &target(), &policy, &observed).unwrap();
+    assert_eq!(d.chosen.backend, "a");
+    assert!(d.power_of_two.is_none());
+}
+
+#[test]
+fn power_of_two_draws_every_pair_of_three_near_equal_edges() {
+    let bs: Vec<Backend> = ["a", "b", "c"]
+        .iter()
+        .map(|n| backend(n, BackendKind::Edge))
+        .collect();
+    let l = load(0, 0);
+    // Equal scores; waits differ: c < b < a.
+    let waits = [3, 2, 0];
+    let observed: Vec<Observed<'_>> = bs
+        .iter()
+        .zip(waits)
+        .map(|(b, w)| with_queue(b, &l, queue(w, 0)))
+        .collect();
+    let mut pairs = std::collections::BTreeSet::new();
+    for seed in 0..64u64 {
+        let req = RequestView {
+            seed: Some(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            ..request(Class::Public)
+        };
+        let policy = Policy {
+            w_latency: 0.0,
+            ..Policy::default()
+        };
+        let d = rank(&req, &target(), &policy, &observed).unwrap();
+        let p = d.power_of_two.unwrap();
+        assert_ne!(p.compared[0], p.compared[1]);
+        // The picked one has the shorter wait of the two compared.
+        let wait = |n: &str| waits[["a", "b", "c"].iter().position(|x| *x == n).unwrap()];
+        let other = if p.picked == p.compared[0] {
+            &p.compared[1]
+        } else {
+            &p.compared[0]
+        };
+        assert!(wait(&p.picked) <= wait(other));
+        assert_eq!(d.chosen.backend, p.picked);
+        pairs.insert(p.compared.clone());
+    }
+    assert_eq!(pairs.len(), 3, "{pairs:?}");
+}
+
+#[test]
+fn prefix_affinity_is_weighed_against_load() {
+    let a = backend("a", BackendKind::Edge);
+    let b = backend("b", BackendKind::Edge);
+    let l = load(0, 0);
+    let req = RequestView {
+        prompt_tokens: 900,
+        prefix: Some(PrefixKey {
+            hash: 1,
+            tokens: 800,
+        }),
+        ..request(Class::Public)
+    };
+    let policy = Policy {
+        latency_slo_ms: 30_000.0,
+        ..Policy::default()
+    };
+    let cached = |q| Observed {
+        prefix_cached: true,
+        ..with_queue(&b, &l, q)
+    };
+    // Idle both: the worker holding the prefix prefills 800 of 900 tokens
+    // eight times faster.
+    let d = rank(
+        &req,
+        &target(),
+        &policy,
+        &[with_queue(&a, &l, queue(0, 0)), cached(queue(0, 0))],
+    )
+    .unwrap();
+    assert_eq!(d.chosen.backend, "b");
+    assert_eq!(d.chosen.prediction.cached_prompt_tokens, 800);
+    let saved = 700.0 / 900.0 * 1000.0;
+    let other = &d.fallbacks[0].prediction;
+    assert!((other.latency_ms - d.chosen.prediction.latency_ms - saved).abs() < 1e-6);
+    // Its queue costs more than the cache saves: the idle worker wins.
+    let d = rank(
+        &req,
+        &target(),
+        &policy,
+        &[with_queue(&a, &l, queue(0, 0)), cached(queue(4, 0))],
+    )
+    .unwrap();
+    assert_eq!(d.chosen.backend, "a");
+}
+
+#[test]
+fn every_decision_carries_the_all_cloud_counterfactual() {
+    let edge = backend("edge", BackendKind::Edge);
+    let cloud = backend("cloud", BackendKind::Cloud);
+    let mut dear = backend("dear", BackendKind::Cloud);
+    dear.price_out_per_1k = 1.0;
+    let l = load(0, 0);
+    let observed = [obs(&edge, Some(&l)), obs(&cloud, None), obs(&dear, None)];
+    // Even a confidential request, which may never go there, gets the
+    // cloud's figures: that is what keeping it at home saved.
+    let d = rank(
+        &request(Class::Confidential),
+        &target(),
+        &Policy::default(),
+        &observed,
+    )
+    .unwrap();
+    assert_eq!(d.chosen.backend, "edge");
+    let all = d.all_cloud.unwrap();
+    assert_eq!(all.backend, "cloud");
+    let (latency, joules, usd) = all.rates.price(100, 64);
+    assert!((latency - (80.0 + 100.0 / 5000.0 * 1000.0 + 64.0 / 100.0 * 1000.0)).abs() < 1e-9);
+    assert!((joules - (100.0 * 0.01 + 64.0 * 0.3)).abs() < 1e-9);
+    assert!((usd - (0.1 * 0.0005 + 0.064 * 0.0015)).abs() < 1e-12);
+    assert!((all.prediction.latency_ms - latency).abs() < 1e-9);
+    // No cloud backend serves the model: no counterfactual.
+    let d = rank(
+        &request(Class::Public),
+        &target(),
+        &Policy::default(),
+        &observed[..1],
+    )
+    .unwrap();
+    assert!(d.all_cloud.is_none());
+}
+
+prop_compose! {
+    fn arb_queue()(in_system in 0u32..40, slots in 0u32..8, age_ms in 0.0f64..10_000.0,
+        sent in 0u32..20, rate in prop::option::of(0.0f64..50.0), local in 0.0f64..50.0,
+        service in prop::option::of(0.0f64..20_000.0)) -> QueueModel {
+        QueueModel { in_system, slots, age_ms, sent_since: sent, arrival_rate: rate,
+            local_rate: local, service_ms: service }
+    }
+}
+
+proptest! {
+    /// Placement (queue model, power of two, prefix affinity) never brings
+    /// a cloud backend into a confidential request's candidates.
+    #[test]
+    fn placement_never_ranks_a_cloud_backend_for_confidential(
+        backends in (1usize..6).prop_flat_map(|n| (0..n).map(arb_backend).collect::<Vec<_>>()),
+        queues in prop::collection::vec(prop::option::of(arb_queue()), 6),
+        cached in prop::collection::vec(any::<bool>(), 6),
+        policy in arb_policy(),
+        prompt in 0u32..4_000,
+        prefix_tokens in 0u32..4_000,
+        seed in any::<u64>(),
+    ) {
+        let l = load(1, 3);
+        let observed: Vec<Observed<'_>> = backends.iter().enumerate()
+            .map(|(i, b)| Observed { queue: queues[i], prefix_cached: cached[i], ..obs(b, Some(&l)) })
+            .collect();
+        let req = RequestView {
+            prompt_tokens: prompt,
+            prefix: Some(PrefixKey { hash: 9, tokens: prefix_tokens }),
+            seed: Some(seed),
+            ..request(Class::Confidential)
+        };
+        if let Ok(d) = rank(&req, &target(), &policy, &observed) {
+            prop_assert!(d.candidates().all(|c| c.zone == Zone::OnPrem));
+            prop_assert!(d.chosen.prediction.queue_ms.is_finite());
+            prop_assert!(d.chosen.prediction.queue_ms >= 0.0);
+        }
+    }
 }

@@ -251,6 +251,49 @@ pub struct Observed<'a> {
     /// Requests this gateway has in flight to the backend, used against
     /// `max_concurrency` when there is no load report.
     pub in_flight: u32,
+    /// The worker's queue as the load tracker extrapolates it from its
+    /// latest report (edge workers with a report only); without it the
+    /// report's counts are taken as they are.
+    pub queue: Option<QueueModel>,
+    /// The worker recently served a request with the same leading prompt,
+    /// so that prefix is probably in its prefix cache.
+    pub prefix_cached: bool,
+}
+
+/// What the gateway knows about an edge worker's queue beyond its latest
+/// load report, to predict the wait of a request sent now (see
+/// `live::load`, which keeps these figures per worker, and
+/// `routing::queue`, which turns them into a wait).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct QueueModel {
+    /// Sequences running plus waiting at the latest report, sent by every
+    /// gateway.
+    pub in_system: u32,
+    /// Running slots.
+    pub slots: u32,
+    /// Age of that report, in ms.
+    pub age_ms: f64,
+    /// Requests this gateway sent the worker after that report.
+    pub sent_since: u32,
+    /// Arrival rate at the worker from every gateway (requests/s), from its
+    /// admitted counter over successive reports; `None` until measured.
+    pub arrival_rate: Option<f64>,
+    /// This gateway's own rate of requests to the worker (requests/s).
+    pub local_rate: f64,
+    /// Mean time one request holds a running slot (ms), by Little's law
+    /// over the reports (running sequences / departure rate); `None` until
+    /// measured.
+    pub service_ms: Option<f64>,
+}
+
+/// The leading part of a prompt (its system prompt, say), as a key of the
+/// workers' prefix caches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PrefixKey {
+    /// Hash of the leading text.
+    pub hash: u64,
+    /// Estimated tokens of that text.
+    pub tokens: u32,
 }
 
 /// The request as routing sees it.
@@ -265,6 +308,13 @@ pub struct RequestView {
     /// Features the request needs from a backend (tools, a JSON response
     /// format); a backend without them is not a candidate.
     pub needs: Capabilities,
+    /// The request's leading prompt, for prefix affinity; `None` when it is
+    /// too short to be worth caching.
+    pub prefix: Option<PrefixKey>,
+    /// Random bits for the power-of-two choice among near-equal edge
+    /// workers, drawn by the caller so ranking stays a pure function;
+    /// `None` leaves the ranking by score alone.
+    pub seed: Option<u64>,
 }
 
 /// Which public model ids a requested name can resolve to.

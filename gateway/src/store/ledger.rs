@@ -82,6 +82,35 @@ pub struct LedgerEntry {
     /// predictions, scores and exclusions, to explain the choice later.
     pub decision: Option<serde_json::Value>,
     pub created_at: i64,
+    /// Predicted and actual queue wait, and the all-cloud counterfactual.
+    #[serde(default)]
+    pub placement: Placement,
+}
+
+/// What placement predicted and what the same request would have cost in
+/// the cloud. Stored as columns of their own (`predicted_wait_ms`,
+/// `actual_wait_ms`, `allcloud_*`) so savings are plain sums over the
+/// ledger.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Placement {
+    /// Queue wait for a running slot that routing predicted on the backend
+    /// that served (ms); 0 for a cloud backend.
+    pub predicted_wait_ms: Option<f64>,
+    /// The wait the edge worker measured for this request (ms, its
+    /// `x-queue-ms` header); `None` for cloud backends and for requests
+    /// that never got a slot.
+    pub actual_wait_ms: Option<f64>,
+    /// The cloud backend the request would have gone to in an all-cloud
+    /// deployment (privacy aside); `None` when no cloud backend serves the
+    /// model.
+    pub allcloud_backend: Option<String>,
+    /// Predicted end-to-end latency of the request there (ms), unloaded.
+    pub allcloud_latency_ms: Option<f64>,
+    /// Energy of the request there (J): its tokens at the cloud backend's
+    /// configured joules per token.
+    pub allcloud_joules: Option<f64>,
+    /// Cost of the request there (USD): its tokens at the cloud's prices.
+    pub allcloud_usd: Option<f64>,
 }
 
 impl LedgerEntry {
@@ -108,6 +137,7 @@ impl LedgerEntry {
             &mut self.backend,
             &mut self.route_reason,
             &mut self.error_code,
+            &mut self.placement.allcloud_backend,
         ]
         .into_iter()
         .flatten()
@@ -183,9 +213,10 @@ fn scrub_json(v: &mut serde_json::Value) {
 pub(super) const LEDGER_COLUMNS: &str = "id, tenant_id, key_id, requested_model, resolved_model, backend, \
      route_reason, privacy_class, detectors, predicted_latency_ms, predicted_energy_j, \
      predicted_cost_usd, latency_ms, ttft_ms, prompt_tokens, completion_tokens, joules, usd, status, \
-     http_status, error_code, stream, decision, created_at";
+     http_status, error_code, stream, decision, created_at, predicted_wait_ms, actual_wait_ms, \
+     allcloud_backend, allcloud_latency_ms, allcloud_joules, allcloud_usd";
 
-/// Rows per `INSERT` statement (24 parameters each). Far below SQLite's
+/// Rows per `INSERT` statement (30 parameters each). Far below SQLite's
 /// (32,766) and Postgres's (65,535) limits on bound parameters, and small
 /// on purpose: binding on SQLite looks every parameter up by name, at a cost
 /// that grows with the statement's parameter count.
@@ -238,6 +269,12 @@ fn bind_entry<'q>(query: AnyQuery<'q>, e: &'q LedgerEntry) -> AnyQuery<'q> {
         .bind(flag(e.stream))
         .bind(e.decision.as_ref().map(serde_json::Value::to_string))
         .bind(e.created_at)
+        .bind_opt_f64(e.placement.predicted_wait_ms)
+        .bind_opt_f64(e.placement.actual_wait_ms)
+        .bind(e.placement.allcloud_backend.as_deref())
+        .bind_opt_f64(e.placement.allcloud_latency_ms)
+        .bind_opt_f64(e.placement.allcloud_joules)
+        .bind_opt_f64(e.placement.allcloud_usd)
 }
 
 pub(super) fn entry_from_row(row: &AnyRow) -> Result<LedgerEntry, StoreError> {
@@ -272,6 +309,14 @@ pub(super) fn entry_from_row(row: &AnyRow) -> Result<LedgerEntry, StoreError> {
             .map(|d| serde_json::from_str(&d).map_err(|_| StoreError::Corrupt("decision")))
             .transpose()?,
         created_at: get(row, "created_at")?,
+        placement: Placement {
+            predicted_wait_ms: get(row, "predicted_wait_ms")?,
+            actual_wait_ms: get(row, "actual_wait_ms")?,
+            allcloud_backend: get(row, "allcloud_backend")?,
+            allcloud_latency_ms: get(row, "allcloud_latency_ms")?,
+            allcloud_joules: get(row, "allcloud_joules")?,
+            allcloud_usd: get(row, "allcloud_usd")?,
+        },
     })
 }
 

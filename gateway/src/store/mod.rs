@@ -26,6 +26,7 @@ mod ledger;
 mod rows;
 mod settings;
 mod tenants;
+mod savings;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -36,7 +37,11 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{AnyPool, ConnectOptions, Executor};
 
 pub use error::StoreError;
-pub use ledger::{Appended, LedgerEntry, LedgerStatus};
+pub use ledger::{Appended, LedgerEntry, LedgerStatus, Placement};
+pub use ledger_query::{
+    LedgerFilter, LedgerTotals, SeriesPoint, Totals, MAX_LEDGER_ROWS, MAX_WINDOW_ROWS,
+};
+pub use savings::SavingsBucket;
 pub use tenants::{ApiKey, CreatedKey, NewKeySpec, Tenant};
 
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");

@@ -198,6 +198,9 @@ async fn admit_and_route(
         class: class.class,
         prompt_tokens: req.prompt_estimate,
         max_output_tokens: req.max_tokens,
+    // Naive placement (for comparison) routes on the reports as they are.
+    let predicted = app.config.predicted_placement;
+    let prefix = crate::live::affinity::prefix_of(&req.body).filter(|_| predicted);
         needs: req.needs,
     };
     let target = resolve_alias(&req.model, &snapshot.aliases);
@@ -215,6 +218,11 @@ async fn admit_and_route(
             request_id: record.id(),
             budget_usd,
             stored_spent_usd: key.spent_usd,
+            queue: match b.kind {
+                BackendKind::Edge if predicted => app.load.model(&b.id, now),
+                _ => None,
+            },
+            prefix_cached: prefix.is_some_and(|p| app.affinity.holds(p, &b.id, now)),
             worst_usd: worst_case_usd(req.prompt_estimate, expected_out, prices),
         };
         let hold = app.limiter.reserve(ask).await.map_err(ApiError::Limited)?;
@@ -222,3 +230,5 @@ async fn admit_and_route(
     }
     Ok((decision, snapshot))
 }
+        prefix,
+        seed: predicted.then(rand::random),

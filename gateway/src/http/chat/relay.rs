@@ -45,7 +45,7 @@ use crate::http::{with_gateway_headers, ApiError, RouteHeaders};
 use crate::ledger::{Pricing, Record};
 use crate::privacy::{classify, Class, RuleSet};
 use crate::routing::{
-    Backend, BackendKind, Decision, Exclusion, NoRoute, NoRouteCode, Scored, Zone,
+    Backend, BackendKind, Decision, Exclusion, NoRoute, NoRouteCode, PrefixKey, Scored, Zone,
 };
 use crate::state::AppState;
 use crate::store::LedgerStatus;
@@ -84,6 +84,7 @@ pub async fn execute(
     let class = decision.class;
     // After an upstream said the prompt does not fit, only larger contexts
     // are worth trying.
+    let prefix = crate::live::affinity::prefix_of(&req.body);
     let mut context_floor: Option<u32> = None;
     let mut last_error: Option<AttemptError> = None;
     let mut attempts = 0u32;
@@ -129,6 +130,7 @@ pub async fn execute(
         let in_flight = app.live.begin(&backend.id);
         let body = req.upstream_body(&cand.upstream_model);
         let first_byte = first_byte_deadline(&app.upstreams, &req, backend, cand, context);
+        note_sent(app, backend, prefix);
         // Upstreams see the gateway's own id (the ledger row's), never the
         // client's, so no client header leaves and logs still correlate.
         let request_id = record.id().to_owned();
@@ -139,6 +141,9 @@ pub async fn execute(
         let outcome = match sent {
             Ok(resp) if req.stream => {
                 let attempt = stream::StreamAttempt {
+        if let Some(ms) = sent.as_ref().ok().and_then(queue_ms) {
+            record.set_actual_wait(ms);
+        }
                     upstreams: &app.upstreams,
                     first_token: first_byte,
                     include_usage: req.include_usage,
@@ -185,6 +190,29 @@ pub async fn execute(
 fn no_answer(decision: &Decision, last_error: Option<&AttemptError>) -> ApiError {
     let no_route = |code| {
         ApiError::NoRoute(NoRoute {
+/// Counts a request sent to an edge worker for its queue model, and
+/// remembers that the worker now holds the request's leading prompt.
+fn note_sent(app: &AppState, backend: &Backend, prefix: Option<PrefixKey>) {
+    if backend.kind != BackendKind::Edge {
+        return;
+    }
+    let now = std::time::Instant::now();
+    app.load.sent(&backend.id, now);
+    if let Some(p) = prefix {
+        app.affinity.served(p, &backend.id, now);
+    }
+}
+
+/// The wait for a running slot an edge worker reports with its answer.
+fn queue_ms(resp: &reqwest::Response) -> Option<f64> {
+    resp.headers()
+        .get("x-queue-ms")?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
             code,
             excluded: decision.excluded.clone(),
         })

@@ -1,0 +1,165 @@
+//! Prefix affinity: which edge workers recently served a leading prompt.
+//!
+//! An edge worker keeps the keys and values of its recent sequences in a
+//! prefix cache and prefills a prompt that starts the same way several
+//! times faster. Routing cannot see those caches, so the gateway remembers
+//! where it sent each leading prompt (the system and developer messages at
+//! the start of `messages`, when they are long enough to matter) and tells
+//! routing which candidates probably hold it. Routing weighs that against
+//! load: a cached prefix only shortens the predicted prefill, so a busy
+//! worker still loses to an idle one when its queue costs more than the
+//! prefill saves.
+//!
+//! Each gateway learns its own map; entries expire after [`TTL`] (the
+//! worker's cache is small and turns over), and the map is bounded.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+
+use crate::routing::PrefixKey;
+
+/// How long a worker is assumed to keep a prefix it served.
+pub const TTL: Duration = Duration::from_secs(120);
+
+/// Prefixes remembered at most.
+const CAPACITY: usize = 4_096;
+
+/// Workers remembered per prefix.
+const WORKERS_PER_PREFIX: usize = 4;
+
+/// Leading prompts shorter than this (estimated tokens) are not worth
+/// steering: their prefill is a few milliseconds anyway.
+pub const MIN_PREFIX_TOKENS: u32 = 32;
+
+/// Characters per token assumed for the estimate, as for the prompt.
+const CHARS_PER_TOKEN: usize = 4;
+
+/// Prefix hash → the workers that served it, and when.
+#[derive(Default)]
+pub struct Affinity {
+    seen: Mutex<HashMap<u64, Vec<(String, Instant)>>>,
+}
+
+impl Affinity {
+    #[must_use]
+    pub fn new() -> Affinity {
+        Affinity::default()
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<(String, Instant)>>> {
+        self.seen.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `backend_id` is being sent a request that starts with `prefix`.
+    pub fn served(&self, prefix: PrefixKey, backend_id: &str, now: Instant) {
+        let fresh = |at: &Instant| now.saturating_duration_since(*at) < TTL;
+        let mut map = self.map();
+        if map.len() >= CAPACITY && !map.contains_key(&prefix.hash) {
+            map.retain(|_, workers| workers.iter().any(|(_, at)| fresh(at)));
+            if map.len() >= CAPACITY {
+                // Still full of live entries: forget an arbitrary one.
+                if let Some(k) = map.keys().next().copied() {
+                    map.remove(&k);
+                }
+            }
+        }
+        let workers = map.entry(prefix.hash).or_default();
+        workers.retain(|(id, at)| id != backend_id && fresh(at));
+        workers.insert(0, (backend_id.to_owned(), now));
+        workers.truncate(WORKERS_PER_PREFIX);
+    }
+
+    /// Whether `backend_id` served `prefix` within the last [`TTL`].
+    #[must_use]
+    pub fn holds(&self, prefix: PrefixKey, backend_id: &str, now: Instant) -> bool {
+        self.map().get(&prefix.hash).is_some_and(|workers| {
+            workers
+                .iter()
+                .any(|(id, at)| id == backend_id && now.saturating_duration_since(*at) < TTL)
+        })
+    }
+}
+
+/// The leading prompt of a chat body: the text of the system and developer
+/// messages before the first other message. `None` when there is none or
+/// it is shorter than [`MIN_PREFIX_TOKENS`].
+#[must_use]
+pub fn prefix_of(body: &Map<String, Value>) -> Option<PrefixKey> {
+    let messages = body.get("messages")?.as_array()?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let mut chars = 0usize;
+    for m in messages {
+        let role = m.get("role").and_then(Value::as_str).unwrap_or("");
+        if role != "system" && role != "developer" {
+            break;
+        }
+        let content = m.get("content")?;
+        role.hash(&mut hasher);
+        // The content as the client sent it: a string, or parts.
+        let text = content.to_string();
+        chars += text.chars().count();
+        text.hash(&mut hasher);
+    }
+    let tokens = u32::try_from(chars / CHARS_PER_TOKEN).unwrap_or(u32::MAX);
+    (tokens >= MIN_PREFIX_TOKENS).then(|| PrefixKey {
+        hash: hasher.finish(),
+        tokens,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn body(system: &str, user: &str) -> Map<String, Value> {
+        object(json!({"messages": [
+            {"role": "system", "content": system},
+            {"role": "user", "content": user},
+        ]}))
+    }
+
+    fn object(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn the_leading_system_prompt_is_the_key() {
+        let long = "You are a careful assistant. ".repeat(10);
+        let a = prefix_of(&body(&long, "one")).unwrap();
+        let b = prefix_of(&body(&long, "two")).unwrap();
+        assert_eq!(a, b, "the user's turn is not part of the prefix");
+        assert!(a.tokens >= MIN_PREFIX_TOKENS);
+        let other = prefix_of(&body(&format!("{long}!"), "one")).unwrap();
+        assert_ne!(a.hash, other.hash);
+        assert_eq!(prefix_of(&body("short", "x")), None);
+        assert_eq!(
+            prefix_of(&object(
+                json!({"messages": [{"role": "user", "content": long}]})
+            )),
+            None
+        );
+    }
+
+    #[test]
+    fn workers_are_remembered_per_prefix_until_the_ttl() {
+        let aff = Affinity::new();
+        let p = PrefixKey {
+            hash: 7,
+            tokens: 100,
+        };
+        let now = Instant::now();
+        assert!(!aff.holds(p, "w1", now));
+        aff.served(p, "w1", now);
+        aff.served(p, "w2", now);
+        assert!(aff.holds(p, "w1", now) && aff.holds(p, "w2", now));
+        assert!(!aff.holds(p, "w3", now));
+        assert!(!aff.holds(p, "w1", now + TTL));
+    }
+}
