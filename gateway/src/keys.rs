@@ -15,9 +15,13 @@ use sha2::{Digest, Sha256};
 /// recognise leaked keys.
 pub const KEY_PREFIX: &str = "gw-";
 
-/// Characters of the plaintext kept as the display prefix (`gw-` plus 8 hex
-/// digits): enough to tell keys apart, far too few to guess the rest.
-const DISPLAY_PREFIX_LEN: usize = KEY_PREFIX.len() + 8;
+/// Admin tokens (the admin API's and dashboard's credential) start with
+/// this instead: no admin token is a tenant key, and the other way round.
+pub const ADMIN_TOKEN_PREFIX: &str = "gwadmin-";
+
+/// Hex digits after the prefix kept as the display prefix: enough to tell
+/// keys apart, far too few to guess the rest.
+const DISPLAY_HEX: usize = 8;
 
 /// A freshly generated key. The plaintext is shown to the operator once and
 /// then dropped; only `hash` and `display_prefix` are stored.
@@ -31,12 +35,22 @@ pub struct NewKey {
 /// Generates a key from the thread-local CSPRNG.
 #[must_use]
 pub fn generate() -> NewKey {
+    generate_with_prefix(KEY_PREFIX)
+}
+
+/// Generates an admin token, like a key but with [`ADMIN_TOKEN_PREFIX`].
+#[must_use]
+pub fn generate_admin_token() -> NewKey {
+    generate_with_prefix(ADMIN_TOKEN_PREFIX)
+}
+
+fn generate_with_prefix(prefix: &str) -> NewKey {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
-    let plaintext = format!("{KEY_PREFIX}{}", hex::encode(bytes));
+    let plaintext = format!("{prefix}{}", hex::encode(bytes));
     NewKey {
         hash: hash(&plaintext),
-        display_prefix: plaintext[..DISPLAY_PREFIX_LEN].to_owned(),
+        display_prefix: plaintext[..prefix.len() + DISPLAY_HEX].to_owned(),
         plaintext: SecretString::from(plaintext),
     }
 }

@@ -9,6 +9,7 @@
 //! `max_in_flight`). Bodies are read by the handlers themselves, after
 //! authentication, bounded in size and time.
 
+pub mod admin;
 pub mod chat;
 mod error;
 mod fleet;
@@ -58,6 +59,7 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(health::metrics))
         .route("/openapi.json", get(openapi::document))
         .route("/fleet/workers", post(fleet::heartbeat))
+        .merge(admin::router(&state))
         .fallback(not_found)
         .layer(
             ServiceBuilder::new()

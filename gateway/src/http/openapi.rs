@@ -37,9 +37,17 @@ impl Modify for BearerKey {
     }
 }
 
-/// `GET /openapi.json`.
+/// `GET /openapi.json`: the public API and the admin API.
 pub async fn document() -> impl IntoResponse {
-    Json(ApiDoc::openapi())
+    Json(full())
+}
+
+/// The whole document (the admin API's part comes from its router).
+#[must_use]
+pub fn full() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.merge(super::admin::api_doc());
+    doc
 }
 
 /// A chat completion request. Only the fields the gateway reads are
@@ -115,12 +123,12 @@ struct Model {
 
 /// `{"error":{"message","type","param","code"}}`.
 #[derive(ToSchema)]
-struct Error {
+pub(crate) struct Error {
     error: ErrorObject,
 }
 
 #[derive(ToSchema)]
-struct ErrorObject {
+pub(crate) struct ErrorObject {
     message: String,
     #[schema(rename = "type")]
     kind: String,
@@ -221,5 +229,18 @@ mod tests {
             doc["components"]["securitySchemes"]["api_key"]["scheme"],
             "bearer"
         );
+    }
+
+    #[test]
+    fn the_served_document_includes_the_admin_api_behind_its_own_token() {
+        let doc = serde_json::to_value(full()).unwrap();
+        let create = &doc["paths"]["/admin/api/keys"]["post"];
+        assert_eq!(create["security"][0]["admin_token"], serde_json::json!([]));
+        assert!(create["responses"]["401"].is_object());
+        assert_eq!(
+            doc["components"]["securitySchemes"]["admin_token"]["scheme"],
+            "bearer"
+        );
+        assert!(doc["components"]["schemas"]["BackendAddArgs"].is_object());
     }
 }

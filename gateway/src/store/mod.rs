@@ -19,10 +19,12 @@
 //! driver text, so it is safe to put in an HTTP error body. The driver error
 //! stays reachable through `source()` for logs.
 
+mod admin;
 mod backends;
 pub mod changes;
 mod error;
 mod ledger;
+mod ledger_query;
 mod rows;
 mod settings;
 mod tenants;
@@ -36,12 +38,16 @@ use sqlx::any::{install_default_drivers, AnyPoolOptions};
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{AnyPool, ConnectOptions, Executor};
 
+pub use admin::{AdminSession, AdminToken, CreatedAdminToken, CreatedSession, KeyLimitsUpdate};
 pub use error::StoreError;
 pub use ledger::{Appended, LedgerEntry, LedgerStatus, Placement};
 pub use ledger_query::{
     LedgerFilter, LedgerTotals, SeriesPoint, Totals, MAX_LEDGER_ROWS, MAX_WINDOW_ROWS,
 };
 pub use savings::SavingsBucket;
+pub use ledger_query::{
+    LedgerFilter, LedgerTotals, SeriesPoint, Totals, MAX_LEDGER_ROWS, MAX_WINDOW_ROWS,
+};
 pub use tenants::{ApiKey, CreatedKey, NewKeySpec, Tenant};
 
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");

@@ -1,0 +1,136 @@
+//! The admin API's errors, in OpenAI's shape like every other answer.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use wire::ErrorBody;
+
+use crate::admin_cli::AdminError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminApiError {
+    /// 401 `invalid_admin_token`: no admin token, an unknown or revoked
+    /// one, or a tenant key. The message never says which.
+    #[error("An admin token is required.")]
+    Unauthorized,
+    /// 400 `invalid_request_body` (or `invalid_query`): the input is
+    /// malformed or refused by the same checks as the CLI's.
+    #[error("{message}")]
+    BadRequest { message: String, code: &'static str },
+    /// 404 `not_found`: the named tenant, key, backend, alias, rule or row.
+    #[error("{0}")]
+    NotFound(String),
+    /// 409 `conflict`: the name is taken.
+    #[error("{0}")]
+    Conflict(String),
+    /// 413 `request_too_large`.
+    #[error("Request body is larger than {0} bytes.")]
+    TooLarge(usize),
+    /// 503 `service_unavailable`: the store cannot be reached.
+    #[error("The gateway's database is unavailable; retry shortly.")]
+    Unavailable,
+    /// 500 `internal_error` (logged where it happened).
+    #[error("Internal error.")]
+    Internal,
+}
+
+impl AdminApiError {
+    pub fn bad_body(message: impl Into<String>) -> AdminApiError {
+        AdminApiError::BadRequest {
+            message: message.into(),
+            code: "invalid_request_body",
+        }
+    }
+
+    pub fn bad_query(message: impl Into<String>) -> AdminApiError {
+        AdminApiError::BadRequest {
+            message: message.into(),
+            code: "invalid_query",
+        }
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            AdminApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "invalid_admin_token",
+            ),
+            AdminApiError::BadRequest { code, .. } => {
+                (StatusCode::BAD_REQUEST, "invalid_request_error", code)
+            }
+            AdminApiError::NotFound(_) => {
+                (StatusCode::NOT_FOUND, "invalid_request_error", "not_found")
+            }
+            AdminApiError::Conflict(_) => {
+                (StatusCode::CONFLICT, "invalid_request_error", "conflict")
+            }
+            AdminApiError::TooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                "request_too_large",
+            ),
+            AdminApiError::Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "service_unavailable",
+            ),
+            AdminApiError::Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "internal_error",
+            ),
+        }
+    }
+
+    #[must_use]
+    pub fn status(&self) -> StatusCode {
+        self.parts().0
+    }
+}
+
+impl IntoResponse for AdminApiError {
+    fn into_response(self) -> Response {
+        let (status, kind, code) = self.parts();
+        let body = ErrorBody::new(&self.to_string(), kind, None, code);
+        let mut response = (status, Json(body)).into_response();
+        if matches!(self, AdminApiError::Unauthorized) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<StoreError> for AdminApiError {
+    fn from(e: StoreError) -> AdminApiError {
+        match e {
+            StoreError::Invalid(_) => AdminApiError::bad_body(e.to_string()),
+            StoreError::NotFound(_) => AdminApiError::NotFound(e.to_string()),
+            StoreError::Conflict(_) => AdminApiError::Conflict(e.to_string()),
+            StoreError::Unavailable(_) => {
+                tracing::warn!(error = %e, "admin API: store unavailable");
+                AdminApiError::Unavailable
+            }
+            _ => {
+                tracing::error!(error = %e, source = ?std::error::Error::source(&e), "admin API: store error");
+                AdminApiError::Internal
+            }
+        }
+    }
+}
+
+impl From<AdminError> for AdminApiError {
+    fn from(e: AdminError) -> AdminApiError {
+        match e {
+            AdminError::Store(s) => s.into(),
+            AdminError::UnknownTenant(_) => AdminApiError::NotFound(e.to_string()),
+            AdminError::Usage(_) | AdminError::Zone(_) | AdminError::Rule(_) => {
+                AdminApiError::bad_body(e.to_string())
+            }
+            AdminError::Io(_) => AdminApiError::Internal,
+        }
+    }
+}

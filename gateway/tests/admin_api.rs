@@ -1,0 +1,790 @@
+//! The admin API (`/admin/api`): its credential, every route's refusal of
+//! a missing or tenant credential (enumerated from the OpenAPI document the
+//! router is built from), what the CLI can do over HTTP, changes taking
+//! effect on the next request, errors, and secrets kept out of answers and
+//! logs. Run on SQLite (no change feed: the gateway must drop its own
+//! caches) and on Postgres.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::doc_markdown,
+    clippy::too_many_lines
+)]
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use common::harness::{error_of, mock_cloud, test_config, Gateway};
+use common::TestDb;
+use gateway::config::Config;
+use gateway::keys;
+use secrecy::ExposeSecret;
+use serde_json::{json, Value};
+
+/// Every log line of this test binary at trace level, captured once.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn logs() -> &'static Captured {
+    static LOGS: OnceLock<Captured> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Captured::default();
+        let writer = logs.clone();
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .init();
+        logs
+    })
+}
+
+/// A gateway whose caches would hide a change for a minute: whatever is
+/// seen at once was made visible by the admin API itself (or the change
+/// feed), not by a TTL.
+fn long_caches() -> Config {
+    Config {
+        key_cache_ms: 60_000,
+        settings_cache_ms: 60_000,
+        ..test_config()
+    }
+}
+
+struct Admin<'a> {
+    gw: &'a Gateway,
+    token: String,
+}
+
+impl Admin<'_> {
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self
+            .gw
+            .client
+            .request(method.parse().unwrap(), self.gw.url(path))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (status, v) = self.call(method, path, body).await;
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path}: {status} {v}"
+        );
+        v
+    }
+
+    /// A 4xx in OpenAI's shape with `code`.
+    async fn refused(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        status: u16,
+        code: &str,
+    ) -> Value {
+        let (got, v) = self.call(method, path, body).await;
+        assert_eq!(got, status, "{method} {path}: {v}");
+        assert_eq!(v["error"]["code"], code, "{method} {path}: {v}");
+        for field in ["message", "type", "param"] {
+            assert!(v["error"].get(field).is_some(), "{field} missing in {v}");
+        }
+        v
+    }
+}
+
+async fn admin_token(gw: &Gateway) -> String {
+    let created = gw.store().create_admin_token("ops").await.unwrap();
+    created.plaintext.expose_secret().to_owned()
+}
+
+/// Every path and method of the admin API, from `/openapi.json`, with
+/// path parameters filled in.
+async fn admin_routes(gw: &Gateway) -> Vec<(String, String)> {
+    let doc: Value = gw
+        .client
+        .get(gw.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut routes = Vec::new();
+    let param = regex::Regex::new(r"\{[^}]+\}").unwrap();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        if !path.starts_with("/admin/") {
+            continue;
+        }
+        let filled = param.replace_all(path, "nothing-here").into_owned();
+        for method in item.as_object().unwrap().keys() {
+            if ["get", "post", "put", "patch", "delete"].contains(&method.as_str()) {
+                routes.push((method.to_uppercase(), filled.clone()));
+            }
+        }
+    }
+    routes
+}
+
+#[tokio::test]
+async fn every_admin_route_refuses_a_missing_or_tenant_credential() {
+    let gw = Gateway::start(common::sqlite().await, long_caches()).await;
+    let (_, tenant_key) = common::harness::tenant_and_key(gw.store(), |_| {}).await;
+    let token = admin_token(&gw).await;
+    let revoked = gw.store().create_admin_token("old").await.unwrap();
+    gw.store()
+        .revoke_admin_token(&revoked.token.id)
+        .await
+        .unwrap();
+    let revoked = revoked.plaintext.expose_secret().to_owned();
+
+    let routes = admin_routes(&gw).await;
+    // Tenants, keys (4), backends (5), aliases (3), policies (2), rules
+    // (3), ledger (4): a document that lost its admin part fails here.
+    assert!(
+        routes.len() >= 22,
+        "admin routes in the document: {routes:?}"
+    );
+    let credentials: [(&str, Option<String>); 5] = [
+        ("none", None),
+        ("tenant key", Some(format!("Bearer {tenant_key}"))),
+        ("revoked admin token", Some(format!("Bearer {revoked}"))),
+        ("admin token as basic", Some(format!("Basic {token}"))),
+        ("garbage", Some("Bearer gwadmin-0000".to_owned())),
+    ];
+    for (method, path) in &routes {
+        for (what, auth) in &credentials {
+            let mut req = gw
+                .client
+                .request(method.parse().unwrap(), gw.url(path))
+                .header("content-type", "application/json")
+                .body("{}");
+            if let Some(a) = auth {
+                req = req.header("authorization", a);
+            }
+            let r = req.send().await.unwrap();
+            assert_eq!(
+                r.headers()
+                    .get("www-authenticate")
+                    .map(|v| v.to_str().unwrap()),
+                Some("Bearer"),
+                "{method} {path} with {what}"
+            );
+            let (status, body) = error_of(r).await;
+            assert_eq!(
+                (status, body["error"]["code"].as_str()),
+                (401, Some("invalid_admin_token")),
+                "{method} {path} with {what}: {body}"
+            );
+        }
+        // The route exists: with the token it answers for itself (a 404
+        // here is the API's `not_found`, not the router's unknown URL).
+        let r = gw
+            .client
+            .request(method.parse().unwrap(), gw.url(path))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        assert!(
+            status != 401 && status != 405 && body["error"]["code"] != "unknown_url",
+            "{method} {path} with the admin token: {status} {body}"
+        );
+    }
+}
+
+const CLOUD_KEY: &str = "sk-canary-cloud-0f1e2d3c4b5a69788796";
+
+async fn round_trip(db: TestDb) {
+    let captured = logs().clone();
+    // The cloud backend's credential, named by `api_key_env` only.
+    std::env::set_var("MOCK_CLOUD_KEY", CLOUD_KEY);
+    let cloud = mock_cloud().await;
+    let gw = Gateway::start(db, long_caches()).await;
+    let token = admin_token(&gw).await;
+    let admin = Admin {
+        gw: &gw,
+        token: token.clone(),
+    };
+
+    // Tenants: created, listed, a duplicate is a conflict, bad input a 400.
+    admin
+        .ok("POST", "/admin/api/tenants", Some(json!({"name": "acme"})))
+        .await;
+    admin
+        .refused(
+            "POST",
+            "/admin/api/tenants",
+            Some(json!({"name": "acme"})),
+            409,
+            "conflict",
+        )
+        .await;
+    admin
+        .refused(
+            "POST",
+            "/admin/api/tenants",
+            Some(json!({"name": ""})),
+            400,
+            "invalid_request_body",
+        )
+        .await;
+    admin
+        .refused(
+            "POST",
+            "/admin/api/tenants",
+            Some(json!({"nom": "x"})),
+            400,
+            "invalid_request_body",
+        )
+        .await;
+    let (status, v) = {
+        let r = gw
+            .client
+            .post(gw.url("/admin/api/tenants"))
+            .bearer_auth(&token)
+            .body("{not json")
+            .send()
+            .await
+            .unwrap();
+        error_of(r).await
+    };
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (400, Some("invalid_request_body"))
+    );
+    let tenants = admin.ok("GET", "/admin/api/tenants", None).await;
+    assert_eq!(tenants["data"][0]["name"], "acme");
+
+    // Backends: the CLI's checks, the same messages.
+    let url = format!("http://{}", cloud.addr());
+    let cloud_backend = json!({
+        "name": "cloud", "kind": "cloud", "url": url, "models": ["m=cloud-model"],
+        "price_in": 0.5, "price_out": 1.5, "api_key_env": "MOCK_CLOUD_KEY",
+    });
+    let mut bad = cloud_backend.clone();
+    bad["api_key_env"] = json!("GATEWAY_DATABASE_URL");
+    admin
+        .refused(
+            "POST",
+            "/admin/api/backends",
+            Some(bad),
+            400,
+            "invalid_request_body",
+        )
+        .await;
+    let mut bad = cloud_backend.clone();
+    bad["api_key_env"] = json!("sk-live-not-a-name");
+    admin
+        .refused(
+            "POST",
+            "/admin/api/backends",
+            Some(bad),
+            400,
+            "invalid_request_body",
+        )
+        .await;
+    let mut bad = cloud_backend.clone();
+    bad["zone"] = json!("on-prem");
+    let v = admin
+        .refused(
+            "POST",
+            "/admin/api/backends",
+            Some(bad),
+            400,
+            "invalid_request_body",
+        )
+        .await;
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("on-prem"),
+        "{v}"
+    );
+    let mut bad = cloud_backend.clone();
+    bad["name"] = json!("worker:10.0.0.1:80");
+    admin
+        .refused(
+            "POST",
+            "/admin/api/backends",
+            Some(bad),
+            400,
+            "invalid_request_body",
+        )
+        .await;
+    let mut bad = cloud_backend.clone();
+    bad["models"] = json!(["=x"]);
+    admin
+        .refused(
+            "POST",
+            "/admin/api/backends",
+            Some(bad),
+            400,
+            "invalid_request_body",
+        )
+        .await;
+    let mut bad = cloud_backend.clone();
+    bad["api_key"] = json!("sk-live-123");
+    admin
+        .refused(
+            "POST",
+            "/admin/api/backends",
+            Some(bad),
+            400,
+            "invalid_request_body",
+        )
+        .await;
+    let edge_public =
+        json!({"name": "edge", "kind": "edge", "url": "http://203.0.113.9:8081", "models": ["m"]});
+    admin
+        .refused(
+            "POST",
+            "/admin/api/backends",
+            Some(edge_public),
+            400,
+            "invalid_request_body",
+        )
+        .await;
+    let stored = admin
+        .ok("POST", "/admin/api/backends", Some(cloud_backend.clone()))
+        .await;
+    assert_eq!(
+        (stored["rtt_ms"].as_f64(), stored["context_length"].as_u64()),
+        (Some(1.0), Some(8192)),
+        "the CLI's defaults: {stored}"
+    );
+    admin
+        .refused(
+            "POST",
+            "/admin/api/backends",
+            Some(cloud_backend),
+            409,
+            "conflict",
+        )
+        .await;
+    admin
+        .ok(
+            "PUT",
+            "/admin/api/aliases/auto",
+            Some(json!({"models": ["m"]})),
+        )
+        .await;
+    admin
+        .refused(
+            "PUT",
+            "/admin/api/aliases/auto",
+            Some(json!({"models": []})),
+            400,
+            "invalid_request_body",
+        )
+        .await;
+
+    // Keys: the secret is in the creation's answer only.
+    let made = admin
+        .ok(
+            "POST",
+            "/admin/api/keys",
+            Some(json!({"tenant": "acme", "rpm": 100})),
+        )
+        .await;
+    let secret = made["api_key"].as_str().unwrap().to_owned();
+    let key_id = made["key"]["id"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("gw-"));
+    admin
+        .refused(
+            "POST",
+            "/admin/api/keys",
+            Some(json!({"tenant": "nobody"})),
+            404,
+            "not_found",
+        )
+        .await;
+    admin
+        .refused(
+            "POST",
+            "/admin/api/keys",
+            Some(json!({"tenant": "acme", "budget": -1})),
+            400,
+            "invalid_request_body",
+        )
+        .await;
+    admin
+        .refused(
+            "POST",
+            "/admin/api/keys",
+            Some(json!({"tenant": "acme", "class": "secret"})),
+            400,
+            "invalid_request_body",
+        )
+        .await;
+    let chat =
+        json!({"model": "auto", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4});
+    let r = gw.chat(&secret, &chat).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+
+    // Limits: rpm 1 applies to the very next request (the key is cached
+    // for a minute, so only the API's own invalidation can explain it).
+    let updated = admin
+        .ok(
+            "PATCH",
+            &format!("/admin/api/keys/{key_id}"),
+            Some(json!({"rpm": 1, "budget": 5.0})),
+        )
+        .await;
+    assert_eq!(
+        (
+            updated["requests_per_min"].as_u64(),
+            updated["budget_usd"].as_f64()
+        ),
+        (Some(1), Some(5.0))
+    );
+    assert_eq!(gw.chat(&secret, &chat).await.status(), 200);
+    let (status, v) = error_of(gw.chat(&secret, &chat).await).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (429, Some("rate_limit_exceeded"))
+    );
+    let cleared = admin
+        .ok(
+            "PATCH",
+            &format!("/admin/api/keys/{key_id}"),
+            Some(json!({"rpm": null})),
+        )
+        .await;
+    assert_eq!(
+        (
+            cleared["requests_per_min"].clone(),
+            cleared["budget_usd"].as_f64()
+        ),
+        (Value::Null, Some(5.0))
+    );
+    assert_eq!(gw.chat(&secret, &chat).await.status(), 200);
+    admin
+        .refused(
+            "PATCH",
+            &format!("/admin/api/keys/{key_id}"),
+            Some(json!({})),
+            400,
+            "invalid_request_body",
+        )
+        .await;
+    admin
+        .refused(
+            "PATCH",
+            "/admin/api/keys/no-such-key",
+            Some(json!({"rpm": 3})),
+            404,
+            "not_found",
+        )
+        .await;
+
+    // Policies and privacy rules: validated as by the CLI.
+    admin
+        .refused(
+            "PATCH",
+            "/admin/api/policies/acme",
+            Some(json!({"w_cost": -1.0})),
+            400,
+            "invalid_request_body",
+        )
+        .await;
+    admin
+        .refused(
+            "PATCH",
+            "/admin/api/policies/nobody",
+            Some(json!({"w_cost": 1.0})),
+            404,
+            "not_found",
+        )
+        .await;
+    let p = admin
+        .ok(
+            "PATCH",
+            "/admin/api/policies/acme",
+            Some(json!({"w_cost": 2.0, "allow_cloud": false})),
+        )
+        .await;
+    assert_eq!(
+        (
+            p["policy"]["w_cost"].as_f64(),
+            p["policy"]["w_latency"].as_f64()
+        ),
+        (Some(2.0), Some(1.0))
+    );
+    // The cloud is now off for the tenant: its next request has no route.
+    let (status, v) = error_of(gw.chat(&secret, &chat).await).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (503, Some("no_backend_available")),
+        "{v}"
+    );
+    admin
+        .ok(
+            "PATCH",
+            "/admin/api/policies/acme",
+            Some(json!({"allow_cloud": true})),
+        )
+        .await;
+    assert_eq!(gw.chat(&secret, &chat).await.status(), 200);
+    admin
+        .refused(
+            "POST",
+            "/admin/api/privacy-rules",
+            Some(json!({"name": "x", "pattern": "(", "class": "internal"})),
+            400,
+            "invalid_request_body",
+        )
+        .await;
+    admin
+        .refused(
+            "POST",
+            "/admin/api/privacy-rules",
+            Some(json!({"name": "x", "pattern": "a"})),
+            400,
+            "invalid_request_body",
+        )
+        .await;
+    admin
+        .refused(
+            "POST",
+            "/admin/api/privacy-rules",
+            Some(json!({"name": "nope", "builtin": true})),
+            400,
+            "invalid_request_body",
+        )
+        .await;
+    let rule = admin.ok("POST", "/admin/api/privacy-rules", Some(json!({"name": "project", "pattern": "BLUEBIRD", "class": "confidential", "tenant": "acme"}))).await;
+    // The rule classifies the next request: confidential, and no on-prem
+    // backend exists.
+    let secret_chat = json!({"model": "auto", "messages": [{"role": "user", "content": "about BLUEBIRD"}], "max_tokens": 4});
+    let (status, v) = error_of(gw.chat(&secret, &secret_chat).await).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (503, Some("privacy_route_unavailable"))
+    );
+    admin
+        .ok(
+            "DELETE",
+            &format!("/admin/api/privacy-rules/{}", rule["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(gw.chat(&secret, &secret_chat).await.status(), 200);
+
+    // Backends off and on, on the next request.
+    admin
+        .ok("POST", "/admin/api/backends/cloud/disable", None)
+        .await;
+    let (status, _) = error_of(gw.chat(&secret, &chat).await).await;
+    assert_eq!(status, 503);
+    admin
+        .ok("POST", "/admin/api/backends/cloud/enable", None)
+        .await;
+    assert_eq!(gw.chat(&secret, &chat).await.status(), 200);
+    admin
+        .refused(
+            "POST",
+            "/admin/api/backends/nothing/enable",
+            None,
+            404,
+            "not_found",
+        )
+        .await;
+
+    // Ledger: rows, one by id, totals and series.
+    gw.state.ledger.flush().await;
+    let rows = admin
+        .ok(
+            "GET",
+            "/admin/api/ledger?tenant=acme&status=ok&limit=3",
+            None,
+        )
+        .await;
+    let rows = rows["data"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    assert!(rows
+        .iter()
+        .all(|r| r["backend"] == "cloud" && r["status"] == "ok"));
+    let id = rows[0]["id"].as_str().unwrap();
+    let one = admin
+        .ok("GET", &format!("/admin/api/ledger/rows/{id}"), None)
+        .await;
+    assert_eq!(one["decision"]["chosen"]["backend"], "cloud");
+    let totals = admin
+        .ok("GET", "/admin/api/ledger/totals?tenant=acme", None)
+        .await;
+    let ok = totals["by_status"]["ok"].as_u64().unwrap();
+    assert_eq!(ok, 6, "{totals}");
+    assert_eq!(
+        totals["by_zone"]["cloud"]["requests"].as_u64(),
+        Some(ok),
+        "{totals}"
+    );
+    assert!(totals["usd"].as_f64().unwrap() > 0.0, "{totals}");
+    let by_status: u64 = totals["by_status"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(totals["requests"].as_u64(), Some(by_status), "{totals}");
+    let series = admin
+        .ok("GET", "/admin/api/ledger/series?bucket_ms=3600000", None)
+        .await;
+    assert!(
+        series["data"][0]["by_zone"]["cloud"]["requests"]
+            .as_u64()
+            .unwrap()
+            >= ok
+    );
+    admin
+        .refused(
+            "GET",
+            "/admin/api/ledger?class=secret",
+            None,
+            400,
+            "invalid_query",
+        )
+        .await;
+    admin
+        .refused(
+            "GET",
+            "/admin/api/ledger?limit=many",
+            None,
+            400,
+            "invalid_query",
+        )
+        .await;
+    admin
+        .refused(
+            "GET",
+            "/admin/api/ledger/series?bucket_ms=1",
+            None,
+            400,
+            "invalid_query",
+        )
+        .await;
+    admin
+        .refused("GET", "/admin/api/ledger/rows/none", None, 404, "not_found")
+        .await;
+
+    // Revocation: refused from the next request on.
+    admin
+        .ok("POST", &format!("/admin/api/keys/{key_id}/revoke"), None)
+        .await;
+    let (status, _) = error_of(gw.chat(&secret, &chat).await).await;
+    assert_eq!(status, 401);
+
+    // Secrets: listings show neither the key nor its hash; no answer but
+    // the creation showed the key; the admin token is in no answer and no
+    // log line, nor is the key.
+    let keys = admin
+        .ok("GET", "/admin/api/keys?tenant=acme", None)
+        .await
+        .to_string();
+    let backends = admin
+        .ok("GET", "/admin/api/backends", None)
+        .await
+        .to_string();
+    let ledger = admin
+        .ok("GET", "/admin/api/ledger?limit=1000", None)
+        .await
+        .to_string();
+    for listing in [&keys, &backends, &ledger] {
+        assert!(!listing.contains(&secret[3..]), "key in {listing}");
+        assert!(
+            !listing.contains(&keys::hash(&secret)),
+            "key hash in {listing}"
+        );
+        assert!(!listing.contains(&token[8..]), "admin token in {listing}");
+        assert!(!listing.contains(CLOUD_KEY), "cloud key in {listing}");
+    }
+    gw.state.ledger.flush().await;
+    let logged = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    assert!(
+        logged.contains("admin change"),
+        "the audit lines are logged"
+    );
+    for (what, secret) in [
+        ("admin token", &token[8..]),
+        ("key", &secret[3..]),
+        ("cloud key", CLOUD_KEY),
+    ] {
+        assert!(!logged.contains(secret), "{what} in the logs");
+    }
+}
+
+#[tokio::test]
+async fn round_trip_on_sqlite() {
+    round_trip(common::sqlite().await).await;
+}
+
+#[tokio::test]
+async fn round_trip_on_postgres() {
+    round_trip(common::postgres().await).await;
+}
+
+#[tokio::test]
+async fn admin_tokens_come_from_the_cli_and_revoking_one_ends_it() {
+    let gw = Gateway::start(common::sqlite().await, test_config()).await;
+    let mut out = Vec::new();
+    gateway::admin_cli::run(
+        gw.store(),
+        gateway::admin_cli::AdminCommand::AdminToken(
+            gateway::admin_cli::AdminTokenCommand::Create { name: "ci".into() },
+        ),
+        &mut out,
+    )
+    .await
+    .unwrap();
+    let printed: Value = serde_json::from_slice(&out).unwrap();
+    let token = printed["token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with(keys::ADMIN_TOKEN_PREFIX));
+    let id = printed["admin_token"]["id"].as_str().unwrap().to_owned();
+    let listed = serde_json::to_string(&gw.store().list_admin_tokens().await.unwrap()).unwrap();
+    assert!(!listed.contains(&token[8..]) && !listed.contains(&keys::hash(&token)));
+
+    let get = || {
+        gw.client
+            .get(gw.url("/admin/api/tenants"))
+            .bearer_auth(&token)
+            .send()
+    };
+    assert_eq!(get().await.unwrap().status(), 200);
+    gateway::admin_cli::run(
+        gw.store(),
+        gateway::admin_cli::AdminCommand::AdminToken(
+            gateway::admin_cli::AdminTokenCommand::Revoke { id },
+        ),
+        &mut Vec::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(get().await.unwrap().status(), 401);
+}
