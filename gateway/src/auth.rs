@@ -3,7 +3,11 @@
 //! The presented key is hashed (SHA-256) and looked up by hash; the
 //! plaintext is never stored, logged or kept past the hash. Found keys are
 //! cached for `key_cache_ms` in a size-bounded cache (`moka`, TinyLFU), so
-//! revocation takes effect within that time. Unknown hashes go to a second,
+//! revocation takes effect within that time. A key in use past that time is
+//! served once more while one background task reads it again, so no request
+//! waits for a routine refresh; a key unused for [`STALE_FACTOR`] lifetimes
+//! is read before it is served. Revocation thus takes effect within
+//! `key_cache_ms` plus one store read. Unknown hashes go to a second,
 //! separate cache: a flood of random keys can neither evict valid keys nor
 //! make the same key cost a query twice within the window, and concurrent
 //! lookups of one hash share one query. Expiry is checked on every request
@@ -15,13 +19,15 @@
 //! This module knows no HTTP status: it returns [`AuthError`], which the
 //! HTTP layer renders.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use http::{header, HeaderMap};
 use moka::future::Cache;
 
+use crate::catalog::STALE_FACTOR;
 use crate::keys;
 use crate::store::{now_ms, ApiKey, Store, StoreError};
 
@@ -63,11 +69,22 @@ enum Miss {
     Failed(AuthError),
 }
 
+/// A found key and when it was read.
+struct Found {
+    key: Arc<ApiKey>,
+    at: Instant,
+}
+
 #[derive(Clone)]
 pub struct KeyCache {
     store: Store,
-    found: Cache<String, Arc<ApiKey>>,
+    ttl: Duration,
+    /// Kept for [`STALE_FACTOR`] lifetimes; older than `ttl`, refreshed
+    /// behind the request.
+    found: Cache<String, Arc<Found>>,
     unknown: Cache<String, ()>,
+    /// Hashes a background task is reading again.
+    refreshing: Arc<Mutex<HashSet<String>>>,
     /// Bumped by [`KeyCache::invalidate_all`]: a lookup that started
     /// before a change may have read the old row, so its answer is used
     /// once but not kept.
@@ -79,14 +96,16 @@ impl KeyCache {
     pub fn new(store: Store, ttl: Duration) -> KeyCache {
         KeyCache {
             store,
+            ttl,
             found: Cache::builder()
                 .max_capacity(MAX_ENTRIES)
-                .time_to_live(ttl)
+                .time_to_live(ttl * STALE_FACTOR)
                 .build(),
             unknown: Cache::builder()
                 .max_capacity(MAX_ENTRIES)
                 .time_to_live(ttl)
                 .build(),
+            refreshing: Arc::new(Mutex::new(HashSet::new())),
             generation: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -111,8 +130,11 @@ impl KeyCache {
     }
 
     async fn lookup(&self, hash: String) -> Result<Option<Arc<ApiKey>>, AuthError> {
-        if let Some(key) = self.found.get(&hash).await {
-            return Ok(Some(key));
+        if let Some(found) = self.found.get(&hash).await {
+            if found.at.elapsed() >= self.ttl {
+                self.refresh_behind(hash);
+            }
+            return Ok(Some(Arc::clone(&found.key)));
         }
         if self.unknown.contains_key(&hash) {
             return Ok(None);
@@ -124,7 +146,10 @@ impl KeyCache {
             .found
             .try_get_with(hash.clone(), async move {
                 match store.key_by_hash(&query_hash).await {
-                    Ok(Some(key)) => Ok(Arc::new(key)),
+                    Ok(Some(key)) => Ok(Arc::new(Found {
+                        key: Arc::new(key),
+                        at: Instant::now(),
+                    })),
                     Ok(None) => Err(Miss::Unknown),
                     Err(e) => Err(Miss::Failed(AuthError::from(&e))),
                 }
@@ -132,11 +157,11 @@ impl KeyCache {
             .await;
         let changed = self.generation.load(Ordering::Acquire) != generation;
         match looked_up {
-            Ok(key) => {
+            Ok(found) => {
                 if changed {
                     self.found.invalidate(&hash).await;
                 }
-                Ok(Some(key))
+                Ok(Some(Arc::clone(&found.key)))
             }
             Err(miss) => match *miss {
                 Miss::Unknown => {
@@ -148,6 +173,43 @@ impl KeyCache {
                 Miss::Failed(e) => Err(e),
             },
         }
+    }
+}
+
+impl KeyCache {
+    /// Reads a cached key again in a background task, unless one already
+    /// does: replaced when found, dropped when gone (revoked keys are not
+    /// found), kept when the store fails (until it is too old to serve).
+    fn refresh_behind(&self, hash: String) {
+        let mut refreshing = self
+            .refreshing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !refreshing.insert(hash.clone()) {
+            return;
+        }
+        drop(refreshing);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let generation = this.generation.load(Ordering::Acquire);
+            let read = this.store.key_by_hash(&hash).await;
+            let changed = this.generation.load(Ordering::Acquire) != generation;
+            match read {
+                Ok(Some(key)) if !changed => {
+                    let found = Found {
+                        key: Arc::new(key),
+                        at: Instant::now(),
+                    };
+                    this.found.insert(hash.clone(), Arc::new(found)).await;
+                }
+                Ok(_) => this.found.invalidate(&hash).await,
+                Err(e) => tracing::warn!(error = %e, "key refresh failed; serving the cached key"),
+            }
+            this.refreshing
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&hash);
+        });
     }
 }
 

@@ -3,19 +3,28 @@
 //! path reads the store at most once per `settings_cache_ms` instead of
 //! several times per request.
 //!
+//! An entry older than `settings_cache_ms` is still served while one
+//! background task reads the store again (stale-while-revalidate), so no
+//! request waits for a routine refresh: waiting for it was the gateway's
+//! slowest percentile. A stale entry is served for at most
+//! [`STALE_FACTOR`] lifetimes; after that, and whenever the entry was
+//! invalidated or the lifetime is 0, the request reads the store itself.
+//! Reads are serialised by a mutex so a burst of requests causes one read,
+//! not one per request.
+//!
 //! A refresh that fails keeps serving the previous snapshot (logged): a
 //! database blip should not stop routing to backends that are still there.
-//! Refreshes are serialised by a mutex so a burst of requests after expiry
-//! causes one read, not one per request.
 //!
 //! [`Catalog::invalidate`] drops everything at once (an admin change was
 //! notified, see `fleet::changes`); a read that was under way when it
-//! happened is served but not kept. Edge workers that registered
+//! happened is served but not kept, and the next request reads the store
+//! before it is served, so a privacy rule just added is never missed once
+//! its notification arrived. Edge workers that registered
 //! themselves (`fleet::registry`) are added to each snapshot after the
 //! stored backends; a stored backend with the same URL wins.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -24,6 +33,10 @@ use tokio::sync::watch;
 use crate::privacy::{RuleSet, RuleSpec};
 use crate::routing::{Alias, Backend, Policy};
 use crate::store::{Store, StoreError};
+
+/// How many lifetimes old an entry may be and still be served while a
+/// background read refreshes it.
+pub const STALE_FACTOR: u32 = 4;
 
 /// Backends and aliases as of one read.
 #[derive(Debug)]
@@ -60,6 +73,10 @@ struct Inner {
     tenants: RwLock<HashMap<String, Cached<TenantSettings>>>,
     /// Held while reading the store, so concurrent misses share one read.
     refresh: tokio::sync::Mutex<()>,
+    /// A background refresh of the snapshot is under way.
+    refreshing_snapshot: AtomicBool,
+    /// Tenants whose settings a background task is refreshing.
+    refreshing_tenants: std::sync::Mutex<HashSet<String>>,
     /// Bumped by [`Catalog::invalidate`]; entries of an older generation
     /// are stale whatever their age.
     generation: AtomicU64,
@@ -117,6 +134,8 @@ impl Catalog {
                 snapshot: RwLock::new(None),
                 tenants: RwLock::new(HashMap::new()),
                 refresh: tokio::sync::Mutex::new(()),
+                refreshing_snapshot: AtomicBool::new(false),
+                refreshing_tenants: std::sync::Mutex::new(HashSet::new()),
                 generation: AtomicU64::new(0),
                 workers,
                 merged: RwLock::new(None),
@@ -135,7 +154,21 @@ impl Catalog {
     }
 
     fn fresh<T>(&self, c: &Cached<T>) -> bool {
-        c.generation == self.generation() && c.at.elapsed() < self.inner.ttl
+        self.age(c) == Age::Fresh
+    }
+
+    fn age<T>(&self, c: &Cached<T>) -> Age {
+        let ttl = self.inner.ttl;
+        let age = c.at.elapsed();
+        if c.generation != self.generation() {
+            Age::Expired
+        } else if age < ttl {
+            Age::Fresh
+        } else if age < ttl * STALE_FACTOR {
+            Age::Stale
+        } else {
+            Age::Expired
+        }
     }
 
     /// Backends (stored, then self-registered) and aliases; the stored part
@@ -175,10 +208,36 @@ impl Catalog {
 
     async fn stored_snapshot(&self) -> Result<Arc<Snapshot>, CatalogError> {
         if let Some(c) = read(&self.inner.snapshot).as_ref() {
-            if self.fresh(c) {
-                return Ok(Arc::clone(&c.value));
+            match self.age(c) {
+                Age::Fresh => return Ok(Arc::clone(&c.value)),
+                Age::Stale => {
+                    self.refresh_snapshot_behind();
+                    return Ok(Arc::clone(&c.value));
+                }
+                Age::Expired => {}
             }
         }
+        self.read_snapshot().await
+    }
+
+    /// Starts one background read of the snapshot unless one is running.
+    fn refresh_snapshot_behind(&self) {
+        if self.inner.refreshing_snapshot.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            // A failure is logged and the stale value kept by the read.
+            let _ = this.read_snapshot().await;
+            this.inner
+                .refreshing_snapshot
+                .store(false, Ordering::Release);
+        });
+    }
+
+    /// Reads the snapshot from the store unless a fresh one appeared while
+    /// waiting for the refresh lock.
+    async fn read_snapshot(&self) -> Result<Arc<Snapshot>, CatalogError> {
         let _guard = self.inner.refresh.lock().await;
         let stale = match read(&self.inner.snapshot).as_ref() {
             Some(c) if self.fresh(c) => return Ok(Arc::clone(&c.value)),
@@ -214,10 +273,37 @@ impl Catalog {
     /// The tenant's policy (the default when it has none) and compiled rules.
     pub async fn tenant(&self, tenant_id: &str) -> Result<Arc<TenantSettings>, CatalogError> {
         if let Some(c) = read(&self.inner.tenants).get(tenant_id) {
-            if self.fresh(c) {
-                return Ok(Arc::clone(&c.value));
+            match self.age(c) {
+                Age::Fresh => return Ok(Arc::clone(&c.value)),
+                Age::Stale => {
+                    self.refresh_tenant_behind(tenant_id);
+                    return Ok(Arc::clone(&c.value));
+                }
+                Age::Expired => {}
             }
         }
+        self.read_tenant(tenant_id).await
+    }
+
+    /// Starts one background read of a tenant's settings unless one is
+    /// running.
+    fn refresh_tenant_behind(&self, tenant_id: &str) {
+        if !lock(&self.inner.refreshing_tenants).insert(tenant_id.to_owned()) {
+            return;
+        }
+        let this = self.clone();
+        let tenant_id = tenant_id.to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = this.read_tenant(&tenant_id).await {
+                tracing::warn!(error = %e, tenant_id, "tenant settings refresh failed; serving the previous ones");
+            }
+            lock(&this.inner.refreshing_tenants).remove(&tenant_id);
+        });
+    }
+
+    /// Reads a tenant's settings from the store unless fresh ones appeared
+    /// while waiting for the refresh lock.
+    async fn read_tenant(&self, tenant_id: &str) -> Result<Arc<TenantSettings>, CatalogError> {
         let _guard = self.inner.refresh.lock().await;
         if let Some(c) = read(&self.inner.tenants).get(tenant_id) {
             if self.fresh(c) {
@@ -248,6 +334,20 @@ impl Catalog {
         );
         Ok(value)
     }
+}
+
+/// How an entry stands against the lifetime and the last invalidation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Age {
+    Fresh,
+    /// Past its lifetime: served while a background read replaces it.
+    Stale,
+    /// Invalidated, or too old to serve: the request reads the store.
+    Expired,
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {

@@ -479,6 +479,21 @@ async fn a_full_spill_refuses_new_requests_until_postgres_returns() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(refused.is_some(), "a full spill never refused a request");
+    // Refused before admission: no ledger id, no row (checked below), and
+    // before the body is read, so even a body that does not parse gets 503.
+    assert_eq!(outcomes.last().unwrap().ledger_id, None);
+    let r = gw
+        .client
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(&s.key)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().get("x-gateway-ledger-id").is_none());
+    let refusal: Value = r.json().await.unwrap();
+    assert_eq!(refusal["error"]["code"], "service_unavailable", "{refusal}");
     let (status, ready) = readyz(&gw).await;
     assert_eq!(status, 503);
     assert_eq!(ready["ledger"]["full"], true, "{ready}");

@@ -249,11 +249,20 @@ async fn tokens_per_minute_give_429_with_retry_after() {
     let r = gw.chat(&key, &body(60)).await;
     let retry: u64 = header(&r, "retry-after").parse().unwrap();
     assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    assert!(r.headers().get("x-should-retry").is_none(), "waiting helps");
     let ledger_id = header(&r, "x-gateway-ledger-id").to_owned();
     let (status, err) = error_of(r).await;
     assert_eq!((status, code(&err)), (429, Some("rate_limit_exceeded")));
     assert_eq!(up.count(), 1);
     assert_eq!(gw.row(&ledger_id).await.status, LedgerStatus::Rejected);
+    // A request that alone needs more than the whole minute's tokens can
+    // never pass: no Retry-After, and the SDKs are told not to retry.
+    let r = gw.chat(&key, &body(500)).await;
+    assert!(r.headers().get("retry-after").is_none());
+    assert_eq!(header(&r, "x-should-retry"), "false");
+    let (status, err) = error_of(r).await;
+    assert_eq!((status, code(&err)), (429, Some("rate_limit_exceeded")));
+    assert_eq!(up.count(), 1);
     gw.shutdown().await;
 }
 

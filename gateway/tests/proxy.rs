@@ -13,7 +13,6 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::routing::post;
 use axum::Json;
@@ -21,6 +20,7 @@ use common::harness::{
     chat_body, cloud_backend, error_of, header, mock_cloud, sse_data, tenant_and_key, test_config,
     Gateway,
 };
+use gateway::config::Config;
 use gateway::routing::Policy;
 use gateway::store::LedgerStatus;
 use loadtest::mock_cloud::{Behaviour, MockCloud, MockConfig};
@@ -59,7 +59,12 @@ async fn unknown_fields_pass_through_and_usage_chunk_follows_the_client() {
         .add_backend(&cloud_backend("rec", &url))
         .await
         .unwrap();
-    let gw = Gateway::start(db, test_config()).await;
+    // No settings cache: the backend swapped below is seen at once.
+    let config = Config {
+        settings_cache_ms: 0,
+        ..test_config()
+    };
+    let gw = Gateway::start(db, config).await;
     let (_, key) = tenant_and_key(gw.store(), |_| {}).await;
     let mut body = chat_body("hi", 4);
     body["logit_bias"] = json!({"50256": -100});
@@ -91,8 +96,6 @@ async fn unknown_fields_pass_through_and_usage_chunk_follows_the_client() {
         .add_backend(&cloud_backend("cloud", &mock.base_url()))
         .await
         .unwrap();
-    // Settings are cached briefly; a fresh snapshot has the new backend.
-    tokio::time::sleep(Duration::from_millis(test_config().settings_cache_ms + 50)).await;
     for include_usage in [false, true] {
         let mut body = chat_body("hi", 5);
         body["stream"] = json!(true);
@@ -142,7 +145,12 @@ async fn failover_between_clouds_then_502_when_all_fail() {
         .add_backend(&cloud_backend("b-healthy", &healthy.base_url()))
         .await
         .unwrap();
-    let gw = Gateway::start(db, test_config()).await;
+    // No settings cache: the backend disabled below is seen at once.
+    let config = Config {
+        settings_cache_ms: 0,
+        ..test_config()
+    };
+    let gw = Gateway::start(db, config).await;
     let (tenant, key) = tenant_and_key(gw.store(), |_| {}).await;
     gw.store()
         .set_policy(&tenant, &Policy::default())
@@ -162,7 +170,6 @@ async fn failover_between_clouds_then_502_when_all_fail() {
         .set_backend_enabled("b-healthy", false)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(test_config().settings_cache_ms + 50)).await;
     let (status, err) = error_of(gw.chat(&key, &chat_body("hi", 4)).await).await;
     assert_eq!(
         (status, err["error"]["code"].as_str()),

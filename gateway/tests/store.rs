@@ -384,6 +384,7 @@ fn ledger_entry(id: &str, status: LedgerStatus, created_at: i64) -> LedgerEntry 
         ttft_ms: Some(95.0),
         prompt_tokens: Some(100),
         completion_tokens: Some(64),
+        usage_estimated: false,
         joules: Some(8.2),
         usd: Some(0.0),
         status,
@@ -392,7 +393,6 @@ fn ledger_entry(id: &str, status: LedgerStatus, created_at: i64) -> LedgerEntry 
         stream: true,
         decision: Some(serde_json::json!({"chosen": {"backend": "edge-1", "score": 0.27}})),
         created_at,
-    }
         placement: Placement {
             predicted_wait_ms: Some(120.0),
             actual_wait_ms: Some(97.5),
@@ -401,6 +401,7 @@ fn ledger_entry(id: &str, status: LedgerStatus, created_at: i64) -> LedgerEntry 
             allcloud_joules: Some(25.6),
             allcloud_usd: Some(0.000146),
         },
+    }
 }
 
 async fn ledger_rows(store: &Store) {
@@ -418,8 +419,8 @@ async fn ledger_rows(store: &Store) {
         stream: false,
         decision: None,
         tenant_id: "t2".into(),
-        ..ledger_entry("r2", LedgerStatus::Rejected, 2_000)
         placement: Placement::default(),
+        ..ledger_entry("r2", LedgerStatus::Rejected, 2_000)
     };
     let c = ledger_entry("r3", LedgerStatus::Ok, 3_000);
     // The row with NULLs goes first so the statement is prepared with

@@ -7,6 +7,7 @@ catch.
 
 import json
 
+import httpx
 import openai
 import pytest
 
@@ -132,6 +133,19 @@ def test_exhausted_budget_is_insufficient_quota(gateway):
             model=EDGE_MODEL_ID, messages=_messages(), max_tokens=2
         )
     assert e.value.code == "insufficient_quota"
+
+
+def test_a_spent_budget_is_not_retried_by_the_sdk(gateway):
+    # The SDK's default retries (two, with backoff) are on: the gateway's
+    # `x-should-retry: false` must stop them, since waiting cannot help.
+    sent = []
+    http = httpx.Client(event_hooks={"request": [sent.append]})
+    client = openai.OpenAI(base_url=gateway.base, api_key=gateway.keys["broke"], http_client=http)
+    with pytest.raises(openai.RateLimitError) as e:
+        client.chat.completions.create(model=EDGE_MODEL_ID, messages=_messages(), max_tokens=2)
+    assert e.value.code == "insufficient_quota"
+    assert e.value.response.headers["x-should-retry"] == "false"
+    assert len(sent) == 1
 
 
 def test_confidential_without_a_private_route_is_503(gateway):

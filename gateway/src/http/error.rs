@@ -172,10 +172,17 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status(), Json(self.body())).into_response();
         if let ApiError::Limited(l) = &self {
-            if let Some(secs) = l.retry_after_s() {
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            let h = response.headers_mut();
+            match l.retry_after_s() {
+                Some(secs) => {
+                    h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                }
+                // Waiting cannot help a spent budget or a request larger
+                // than the whole tokens/min limit: the OpenAI SDKs read this
+                // header and do not retry, instead of trying twice more.
+                None => {
+                    h.insert("x-should-retry", HeaderValue::from_static("false"));
+                }
             }
         }
         if matches!(self, ApiError::InvalidKey) {

@@ -354,6 +354,7 @@ mod tests {
             ttft_ms: None,
             prompt_tokens: None,
             completion_tokens: None,
+            usage_estimated: false,
             joules: None,
             usd: None,
             status: LedgerStatus::Ok,
@@ -362,8 +363,8 @@ mod tests {
             stream: false,
             decision: None,
             created_at: i64::try_from(i).unwrap() + 1,
-        }
             placement: crate::store::Placement::default(),
+        }
     }
 
     fn options(spill: &Path) -> LedgerOptions {

@@ -79,6 +79,7 @@ impl Record {
                 ttft_ms: None,
                 prompt_tokens: None,
                 completion_tokens: None,
+                usage_estimated: false,
                 joules: None,
                 usd: None,
                 status: LedgerStatus::Cancelled,
@@ -194,6 +195,7 @@ impl Record {
         if e.prompt_tokens.is_none() && e.backend.is_some() && e.status != LedgerStatus::Error {
             e.prompt_tokens = self.prompt_estimate;
             e.completion_tokens = Some(self.chunks);
+            e.usage_estimated = true;
         }
         let (Some(prompt), Some(completion)) = (e.prompt_tokens, e.completion_tokens) else {
             return;

@@ -265,6 +265,7 @@ mod tests {
             ttft_ms: None,
             prompt_tokens: Some(3),
             completion_tokens: Some(4),
+            usage_estimated: false,
             joules: None,
             usd: Some(0.25),
             status: LedgerStatus::Ok,
@@ -273,8 +274,8 @@ mod tests {
             stream: false,
             decision: Some(serde_json::json!({"chosen": "b"})),
             created_at: 7,
-        }
             placement: crate::store::Placement::default(),
+        }
     }
 
     fn ids(batch: &FileBatch) -> Vec<&str> {

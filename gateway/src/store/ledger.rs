@@ -72,6 +72,13 @@ pub struct LedgerEntry {
     pub ttft_ms: Option<f64>,
     pub prompt_tokens: Option<u32>,
     pub completion_tokens: Option<u32>,
+    /// The token counts (and the cost and energy derived from them) are
+    /// the gateway's estimates, not the upstream's report: the answer ended
+    /// (cancelled, broken off) before its usage arrived. The prompt count is
+    /// the request's size estimate, the completion count the content chunks
+    /// relayed.
+    #[serde(default)]
+    pub usage_estimated: bool,
     pub joules: Option<f64>,
     pub usd: Option<f64>,
     pub status: LedgerStatus,
@@ -212,11 +219,11 @@ fn scrub_json(v: &mut serde_json::Value) {
 
 pub(super) const LEDGER_COLUMNS: &str = "id, tenant_id, key_id, requested_model, resolved_model, backend, \
      route_reason, privacy_class, detectors, predicted_latency_ms, predicted_energy_j, \
-     predicted_cost_usd, latency_ms, ttft_ms, prompt_tokens, completion_tokens, joules, usd, status, \
-     http_status, error_code, stream, decision, created_at, predicted_wait_ms, actual_wait_ms, \
-     allcloud_backend, allcloud_latency_ms, allcloud_joules, allcloud_usd";
+     predicted_cost_usd, latency_ms, ttft_ms, prompt_tokens, completion_tokens, usage_estimated, joules, usd, \
+     status, http_status, error_code, stream, decision, created_at, predicted_wait_ms, \
+     actual_wait_ms, allcloud_backend, allcloud_latency_ms, allcloud_joules, allcloud_usd";
 
-/// Rows per `INSERT` statement (30 parameters each). Far below SQLite's
+/// Rows per `INSERT` statement (31 parameters each). Far below SQLite's
 /// (32,766) and Postgres's (65,535) limits on bound parameters, and small
 /// on purpose: binding on SQLite looks every parameter up by name, at a cost
 /// that grows with the statement's parameter count.
@@ -261,6 +268,7 @@ fn bind_entry<'q>(query: AnyQuery<'q>, e: &'q LedgerEntry) -> AnyQuery<'q> {
         .bind_opt_f64(e.ttft_ms)
         .bind(e.prompt_tokens.map(i64::from))
         .bind(e.completion_tokens.map(i64::from))
+        .bind(flag(e.usage_estimated))
         .bind_opt_f64(e.joules)
         .bind_opt_f64(e.usd)
         .bind(e.status.as_str())
@@ -296,6 +304,7 @@ pub(super) fn entry_from_row(row: &AnyRow) -> Result<LedgerEntry, StoreError> {
         ttft_ms: get(row, "ttft_ms")?,
         prompt_tokens: get_opt_u32(row, "prompt_tokens")?,
         completion_tokens: get_opt_u32(row, "completion_tokens")?,
+        usage_estimated: get_flag(row, "usage_estimated")?,
         joules: get(row, "joules")?,
         usd: get(row, "usd")?,
         status: LedgerStatus::parse(&get::<String>(row, "status")?)

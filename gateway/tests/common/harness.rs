@@ -347,3 +347,23 @@ pub async fn edge_and_cloud(
         key,
     }
 }
+
+/// The sum of the samples of `name` (a counter, gauge, or a histogram's
+/// `_count`/`_sum`/`_bucket`) in Prometheus text whose labels include all
+/// of `labels`; 0 when none matches.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let rest = series.strip_prefix(name)?;
+            let (found, tail) = match rest.strip_prefix('{') {
+                Some(inner) => inner.split_once('}')?,
+                None => ("", rest),
+            };
+            let all = labels
+                .iter()
+                .all(|(k, v)| found.split(',').any(|l| l == format!("{k}=\"{v}\"")));
+            (tail.is_empty() && all).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}

@@ -9,6 +9,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 use tokio::time::Instant;
@@ -181,6 +182,14 @@ async fn answer(
         }
     }
     app.stats.status(200);
+    if behaviour.drop_after_chunks.is_some() || behaviour.stall_after_chunks.is_some() {
+        return Ok(cut_body(
+            Bytes::from(json),
+            behaviour.stall_after_chunks.is_some(),
+            app.shutdown.clone(),
+            guard,
+        ));
+    }
     drop(guard);
     Ok((
         [(
@@ -190,6 +199,38 @@ async fn answer(
         json,
     )
         .into_response())
+}
+
+/// A non-streaming answer broken off midway: the headers promise the whole
+/// body, the first half is sent, then the connection is aborted (`drop`) or
+/// goes silent until the mock shuts down (`stall`).
+fn cut_body(
+    json: Bytes,
+    stall: bool,
+    shutdown: tokio_util::sync::CancellationToken,
+    guard: InFlight,
+) -> Response {
+    let length = json.len();
+    let half = json.slice(..length / 2);
+    let tail = futures::stream::once(async move {
+        if stall {
+            shutdown.cancelled().await;
+        } else {
+            // Let the server flush the first half before the abort.
+            tokio::task::yield_now().await;
+        }
+        drop(guard);
+        Err::<Bytes, _>(std::io::Error::other("body cut by the mock"))
+    });
+    let body = futures::stream::once(async move { Ok(half) }).chain(tail);
+    let mut response = Response::new(Body::from_stream(body));
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    response
 }
 
 /// The instance's behaviour, or a copy with the request's scenario applied.

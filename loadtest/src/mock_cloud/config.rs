@@ -74,10 +74,12 @@ pub struct Behaviour {
     pub fail_probability: f64,
 
     /// Abort the connection after this many SSE events, without `[DONE]`.
+    /// A non-streaming answer is cut after half its body.
     #[arg(long, env = "MOCK_DROP_AFTER_CHUNKS")]
     pub drop_after_chunks: Option<u32>,
 
-    /// Go silent, connection open, after this many SSE events.
+    /// Go silent, connection open, after this many SSE events. A
+    /// non-streaming answer goes silent after half its body.
     #[arg(long, env = "MOCK_STALL_AFTER_CHUNKS")]
     pub stall_after_chunks: Option<u32>,
 

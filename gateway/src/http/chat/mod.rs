@@ -3,12 +3,13 @@
 //! ([`relay`]: attempts and failover; [`stream`]: the SSE relay over the
 //! [`sse`] reader).
 //!
-//! A request is *admitted* once its key is valid and its body parses. From
-//! then on it owns a ledger [`Record`], so it leaves exactly one row
-//! whatever happens: `rejected` when limits, budget or routing refuse it,
-//! `error` when the store or every upstream fails, `ok`, `partial` or
-//! `cancelled` otherwise. Requests refused before that (bad key, bad body)
-//! leave no row: there is no trustworthy tenant or model to record.
+//! A request is *admitted* once its key is valid, the ledger has room for
+//! its row and its body parses. From then on it owns a ledger [`Record`], so
+//! it leaves exactly one row whatever happens: `rejected` when limits,
+//! budget or routing refuse it, `error` when the store or every upstream
+//! fails, `ok`, `partial` or `cancelled` otherwise. Requests refused before
+//! that leave no row: a bad key or body has no trustworthy tenant or model
+//! to record, and a full ledger backlog has no room for one.
 
 use std::sync::Arc;
 
@@ -49,6 +50,13 @@ pub async fn chat_completions(
     if let Err(e) = require_scope(&key, "chat") {
         return reject(e.into());
     }
+    // Once the ledger's backlog is full (memory and spill file, while the
+    // store is slow or down), new requests are refused before their body is
+    // read: otherwise their rows would pile up without bound.
+    if app.ledger.is_full() {
+        metrics::counter!("gateway_rejected_total", "code" => "ledger_backlog").increment(1);
+        return reject(ApiError::Unavailable);
+    }
     let bytes = match read_body(&app, body).await {
         Ok(b) => b,
         Err(e) => return reject(e),
@@ -57,13 +65,6 @@ pub async fn chat_completions(
         Ok(r) => r,
         Err(e) => return reject(e),
     };
-    // Once the ledger's backlog is full (memory and spill file, while the
-    // store is slow or down), new requests are refused: otherwise their
-    // rows would pile up without bound.
-    if app.ledger.is_full() {
-        metrics::counter!("gateway_rejected_total", "code" => "ledger_backlog").increment(1);
-        return reject(ApiError::Unavailable);
-    }
     let mut record = Record::new(
         RecordInit {
             id: uuid::Uuid::new_v4().to_string(),
