@@ -10,11 +10,12 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
-use axum::http::HeaderValue;
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::stream::{self, Stream};
+use tracing::Span;
 
 use crate::engine::EngineError;
 use crate::error::ApiError;
@@ -23,11 +24,28 @@ use crate::openai::{
     AssistantMessage, ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Delta, Usage,
     SYSTEM_FINGERPRINT,
 };
+use crate::trace::{self, GenerationTrace};
 use crate::AppState;
 
 pub async fn completions(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Result<Json<ChatRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let span = trace::request(&headers);
+    let result = handle(state, body, &span).await;
+    let status = match &result {
+        Ok(response) => response.status(),
+        Err(e) => e.status(),
+    };
+    trace::answered(&span, status.as_u16());
+    result
+}
+
+async fn handle(
+    state: AppState,
+    body: Result<Json<ChatRequest>, JsonRejection>,
+    span: &Span,
 ) -> Result<Response, ApiError> {
     let received_at = Instant::now();
     if state.draining.load(Ordering::Acquire) {
@@ -88,8 +106,8 @@ pub async fn completions(
     }
 
     let queued_at = Instant::now();
-    let slot = ticket
-        .start(state.config.queue_timeout())
+    let waiting = state.admission.waiting();
+    let slot = trace::queued(span, waiting, ticket.start(state.config.queue_timeout()))
         .await
         .ok_or_else(|| {
             metrics::counter!("edge_queue_rejections_total").increment(1);
@@ -115,6 +133,7 @@ pub async fn completions(
         energy_id,
         received_at,
         state.config.request_timeout(),
+        GenerationTrace::start(span.clone(), &engine.model_id, prompt_tokens),
     );
     let meta = ResponseMeta {
         id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),

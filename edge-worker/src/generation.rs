@@ -10,6 +10,7 @@ use crate::admission::Slot;
 use crate::energy::Accountant;
 use crate::engine::{Done, Piece, Stream};
 use crate::stats::{LiveStats, Observation};
+use crate::trace::GenerationTrace;
 
 /// What the handler sees of the engine's output.
 #[derive(Debug)]
@@ -56,6 +57,8 @@ pub struct Generation {
     /// A finish that arrived together with the last text; returned by the
     /// call after the one that returned that text.
     pending_finish: Option<Finish>,
+    /// The request's spans; they end with the generation.
+    trace: GenerationTrace,
     _slot: Slot,
 }
 
@@ -69,6 +72,7 @@ impl Generation {
         energy_id: u64,
         received_at: Instant,
         timeout: Duration,
+        trace: GenerationTrace,
     ) -> Self {
         Self {
             stream,
@@ -79,6 +83,7 @@ impl Generation {
             last_token_at: None,
             recorded: false,
             pending_finish: None,
+            trace,
             _slot: slot,
         }
     }
@@ -123,6 +128,7 @@ impl Generation {
         let now = Instant::now();
         match self.last_token_at {
             None => {
+                self.trace.first_token();
                 metrics::histogram!("edge_ttft_seconds")
                     .record(now.duration_since(self.received_at).as_secs_f64());
             }
@@ -146,6 +152,8 @@ impl Generation {
             .increment((joules * 1000.0).round() as u64);
         metrics::histogram!("edge_request_joules").record(joules);
         metrics::counter!("edge_generations_total", "outcome" => "completed").increment(1);
+        self.trace
+            .finished(done.completion_tokens, &done.finish_reason, joules);
         Finish {
             finish_reason: done.finish_reason.clone(),
             prompt_tokens: done.prompt_tokens,
@@ -162,6 +170,7 @@ impl Generation {
             Failure::Timeout => "timeout",
         };
         tracing::warn!(outcome, detail, "generation failed");
+        self.trace.ended(outcome);
         metrics::counter!("edge_generations_total", "outcome" => outcome).increment(1);
         Event::Failed(failure)
     }
@@ -174,6 +183,7 @@ impl Drop for Generation {
             // sequence at its next step, and the slot frees with `_slot`.
             self.reporters.energy.end(self.energy_id);
             metrics::counter!("edge_generations_total", "outcome" => "cancelled").increment(1);
+            self.trace.ended("cancelled");
             tracing::info!("client disconnected; generation cancelled");
         }
     }

@@ -20,6 +20,8 @@
 //! - [`stats`]: moving averages of speed and joules per token.
 //! - [`server`]: start-up, model loading in the background, SIGTERM drain.
 //! - [`error`]: the OpenAI-shaped error type of the HTTP boundary.
+//! - [`trace`]: the spans of a chat completion (queue wait, prefill,
+//!   decode), continuing the gateway's trace; never message text.
 //! - [`openai`]: OpenAI chat wire types. The load report and the error body
 //!   are the shared `wire` crate's, which the gateway parses.
 
@@ -39,6 +41,7 @@ pub mod requantize;
 pub mod routes;
 pub mod server;
 pub mod stats;
+pub mod trace;
 
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, OnceLock};

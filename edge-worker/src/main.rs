@@ -11,14 +11,23 @@ fn main() -> std::process::ExitCode {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new("info,mistralrs_core=warn,mistralrs_quant=warn,candle_core=warn")
     });
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if config.log_json {
-        subscriber.json().init();
+    let format = if config.log_json {
+        otel::LogFormat::Json
     } else {
-        subscriber.init();
-    }
+        otel::LogFormat::Text
+    };
+    // Traces only when the standard OTEL_EXPORTER_OTLP_*ENDPOINT variables
+    // ask for them (see the otel crate); logs either way.
+    let traces = otel::Traces::from_env("edge-worker");
+    let exporting = traces.as_ref().ok().and_then(Option::as_ref);
+    otel::install(filter, format, exporting);
+    let traces = match traces {
+        Ok(traces) => traces,
+        Err(e) => {
+            eprintln!("edge-worker: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -26,7 +35,12 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(edge_worker::run(config)) {
+    let result = runtime.block_on(edge_worker::run(config));
+    drop(runtime);
+    if let Some(traces) = traces {
+        traces.shutdown();
+    }
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("edge-worker: {e}");

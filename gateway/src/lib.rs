@@ -46,7 +46,9 @@
 //! - [`ledger`]: the per-request row guard, the batching writer task (which
 //!   retries while the store is unreachable) and the spill file rows wait
 //!   in meanwhile.
-//! - [`telemetry`]: logs and the Prometheus recorder.
+//! - [`telemetry`]: logs, traces and the Prometheus recorder.
+//! - [`traces`]: the spans of a chat request (OpenTelemetry, GenAI
+//!   conventions; never content or credentials).
 //!
 //! # Invariants
 //!
@@ -87,6 +89,7 @@ pub mod report;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod traces;
 pub mod upstream;
 
 pub use http::app;

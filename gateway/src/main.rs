@@ -67,10 +67,14 @@ async fn main() -> anyhow::Result<()> {
             config
                 .load_worker_token()
                 .context("cannot read the worker token")?;
-            gateway::telemetry::init_logs(config.log_format);
-            gateway::server::serve(config, shutdown_signal())
-                .await
-                .context("gateway serve failed")
+            let traces =
+                gateway::telemetry::init(config.log_format).context("cannot start traces")?;
+            let served = gateway::server::serve(config, shutdown_signal()).await;
+            if let Some(traces) = traces {
+                // Sends the spans still queued; blocking, so off the runtime.
+                let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+            }
+            served.context("gateway serve failed")
         }
         Command::Report(args) => {
             let store = gateway::server::open_store(&config)

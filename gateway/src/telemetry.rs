@@ -1,4 +1,9 @@
-//! Logs and metrics set-up.
+//! Logs, traces and metrics set-up.
+//!
+//! Logs go to stderr. Traces (OpenTelemetry, OTLP over HTTP/protobuf) are
+//! exported only when the standard `OTEL_EXPORTER_OTLP_*ENDPOINT`
+//! variables ask (see the `otel` crate); the spans themselves are made in
+//! [`crate::traces`].
 //!
 //! Metrics go through the `metrics` facade to one process-wide Prometheus
 //! recorder, rendered at `/metrics`. Labels are backend names, statuses,
@@ -128,15 +133,20 @@ fn describe() {
     );
 }
 
-/// Installs the log subscriber (stderr, `RUST_LOG` filter, default `info`).
-pub fn init_logs(format: LogFormat) {
+/// Installs the log subscriber (stderr, `RUST_LOG` filter, default `info`)
+/// and, when the `OTEL_*` variables ask for them, traces. The returned
+/// pipeline must be shut down at exit to send the last spans. Logs are
+/// installed even when the trace settings are refused, so the error can
+/// be reported.
+pub fn init(format: LogFormat) -> Result<Option<otel::Traces>, otel::TracesError> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+    let format = match format {
+        LogFormat::Json => otel::LogFormat::Json,
+        LogFormat::Text => otel::LogFormat::Text,
     };
+    let traces = otel::Traces::from_env("gateway");
+    let exporting = traces.as_ref().ok().and_then(Option::as_ref);
+    otel::install(filter, format, exporting);
+    traces
 }

@@ -21,6 +21,7 @@ use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::redirect;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+use tracing::Span;
 
 use crate::config::Config;
 use crate::routing::{Backend, BackendKind, WorkerLoad, Zone};
@@ -204,12 +205,18 @@ impl Upstreams {
     /// Sends a chat completion body and waits for the response headers, at
     /// most `first_byte`. A non-2xx answer is returned as an error with its
     /// (bounded) body.
+    ///
+    /// An on-prem backend gets the attempt's trace context (`traceparent`)
+    /// so its spans join the request's trace; a cloud backend gets none:
+    /// every trace context and baggage header is removed from the request
+    /// as built, right before it is sent.
     pub async fn send_chat(
         &self,
         backend: &Backend,
         body: Vec<u8>,
         request_id: &str,
         first_byte: Duration,
+        trace: &Span,
     ) -> Result<reqwest::Response, AttemptError> {
         let url = format!("{}/chat/completions", api_base(&backend.base_url));
         let mut req = self
@@ -222,7 +229,13 @@ impl Upstreams {
         if let Some(credential) = self.credential(backend)? {
             req = req.header(AUTHORIZATION, credential);
         }
-        let response = tokio::time::timeout(first_byte, req.send())
+        let mut req = req.build().map_err(|_| AttemptError::Connect)?;
+        match backend.zone {
+            Zone::OnPrem => otel::inject(trace, req.headers_mut()),
+            Zone::Cloud => otel::strip(req.headers_mut()),
+        }
+        let send = self.client(backend).execute(req);
+        let response = tokio::time::timeout(first_byte, send)
             .await
             .map_err(|_| AttemptError::Timeout)?
             .map_err(|e| {

@@ -14,6 +14,7 @@ use crate::limits::BudgetHold;
 use crate::privacy::{Class, Classification};
 use crate::routing::{CloudRates, Decision, NoRoute, Scored, Zone};
 use crate::store::{LedgerEntry, LedgerStatus, Placement};
+use crate::traces::RequestTrace;
 
 /// What a row starts with, known at admission.
 #[derive(Debug, Clone)]
@@ -38,6 +39,9 @@ pub struct Pricing {
 
 pub struct Record {
     entry: LedgerEntry,
+    /// The request's spans; they end with the row (for a stream, when the
+    /// stream does).
+    trace: RequestTrace,
     sink: Option<Sink>,
     started: Instant,
     pricing: Option<Pricing>,
@@ -90,6 +94,7 @@ impl Record {
                 created_at: init.created_at,
                 placement: Placement::default(),
             },
+            trace: RequestTrace::default(),
             sink,
             started: Instant::now(),
             pricing: None,
@@ -106,6 +111,15 @@ impl Record {
     #[must_use]
     pub fn id(&self) -> &str {
         &self.entry.id
+    }
+
+    /// Gives the row the request's spans, to end when it is sent.
+    pub fn set_trace(&mut self, trace: RequestTrace) {
+        self.trace = trace;
+    }
+
+    pub fn trace(&mut self) -> &mut RequestTrace {
+        &mut self.trace
     }
 
     pub fn set_class(&mut self, c: &Classification, prompt_estimate: u32) {
@@ -256,6 +270,7 @@ impl Drop for Record {
                 .increment(to_units(usd, 1e6));
         }
         record_savings(e, zone);
+        self.trace.finish(&self.entry);
         let entry = self.entry.clone();
         if let Some(sink) = &self.sink {
             sink.send(entry);

@@ -79,8 +79,14 @@ impl EdgeWorker {
     /// [`EdgeWorker::start`] on a given address (to restart a worker where
     /// it was).
     pub async fn start_on(listen: &str, extra: &[&str]) -> EdgeWorker {
+        EdgeWorker::start_with_env(listen, extra, &[]).await
+    }
+
+    /// [`EdgeWorker::start_on`] with extra environment variables.
+    pub async fn start_with_env(listen: &str, extra: &[&str], env: &[(&str, &str)]) -> EdgeWorker {
         let mut child = Command::new(binary())
             .env("EDGE_WORKER_TOKEN", WORKER_TOKEN)
+            .envs(env.iter().copied())
             .arg("--model-path")
             .arg(model_path())
             .args(["--listen", listen, "--threads", "1"])

@@ -17,6 +17,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use tracing::Span;
 
 pub mod relay;
 pub mod request;
@@ -35,21 +36,32 @@ use crate::privacy::{classify, request_texts};
 use crate::routing::{rank, resolve_alias, BackendKind, Decision, Observed, RequestView};
 use crate::state::AppState;
 use crate::store::{now_ms, ApiKey, LedgerStatus};
+use crate::traces::{self, RequestTrace};
 
 pub async fn chat_completions(
     State(app): State<AppState>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let span = traces::request(&headers);
+    let response = handle(app, &headers, body, &span).await;
+    traces::answered(&span, response.status().as_u16());
+    response
+}
+
+async fn handle(app: AppState, headers: &HeaderMap, body: Body, span: &Span) -> Response {
     // The key is checked before a byte of the body is read, so an
     // unauthenticated client cannot make the gateway buffer a megabyte.
-    let key = match app.keys.authenticate(&headers).await {
+    let auth = traces::auth(span);
+    let key = match app.keys.authenticate(headers).await {
         Ok(k) => k,
-        Err(e) => return reject(e.into()),
+        Err(e) => return reject_auth(&auth, e.into()),
     };
     if let Err(e) = require_scope(&key, "chat") {
-        return reject(e.into());
+        return reject_auth(&auth, e.into());
     }
+    traces::auth_outcome(&auth, "ok");
+    drop(auth);
     // Once the ledger's backlog is full (memory and spill file, while the
     // store is slow or down), new requests are refused before their body is
     // read: otherwise their rows would pile up without bound.
@@ -61,7 +73,7 @@ pub async fn chat_completions(
         Ok(b) => b,
         Err(e) => return reject(e),
     };
-    let mut req = match ChatRequest::parse(&bytes, &headers) {
+    let mut req = match ChatRequest::parse(&bytes, headers) {
         Ok(r) => r,
         Err(e) => return reject(e),
     };
@@ -76,6 +88,8 @@ pub async fn chat_completions(
         },
         app.ledger.sink(),
     );
+    record.set_trace(RequestTrace::new(span.clone()));
+    traces::parsed(span, &req.model, req.stream, req.max_tokens, &key.tenant_id);
     let routed = admit_and_route(&app, &key, &mut req, &mut record).await;
     match routed {
         Ok((decision, snapshot)) => relay::execute(&app, req, &decision, &snapshot, record).await,
@@ -128,6 +142,11 @@ fn is_length_limit(e: &axum::Error) -> bool {
     false
 }
 
+fn reject_auth(span: &Span, e: ApiError) -> Response {
+    traces::auth_outcome(span, e.code());
+    reject(e)
+}
+
 fn reject(e: ApiError) -> Response {
     metrics::counter!("gateway_rejected_total", "code" => e.code()).increment(1);
     e.into_response()
@@ -153,12 +172,15 @@ async fn admit_and_route(
     req.apply_policy(tenant.policy.allow_store);
     // Everything that will leave: the body as forwarded, after the policy
     // removed what it does not allow. No client header is forwarded.
+    let classify_span = traces::classify(record.trace().request());
     let class = classify(
         request_texts(&req.body),
         key.default_class.max(tenant.policy.default_class),
         req.tag,
         &tenant.rules,
     );
+    traces::classified(&classify_span, &class);
+    drop(classify_span);
     record.set_class(&class, req.prompt_estimate);
     let limits = key.limits();
     app.limiter
@@ -173,8 +195,12 @@ async fn admit_and_route(
         .await
         .map_err(ApiError::Limited)?;
 
+    let route_span = traces::route(record.trace().request());
     let snapshot = app.catalog.snapshot().await?;
     let now = std::time::Instant::now();
+    // Naive placement (for comparison) routes on the reports as they are.
+    let predicted = app.config.predicted_placement;
+    let prefix = crate::live::affinity::prefix_of(&req.body).filter(|_| predicted);
     let lives: Vec<BackendLive> = snapshot
         .backends
         .iter()
@@ -192,6 +218,11 @@ async fn admit_and_route(
                 BackendKind::Cloud => None,
             },
             in_flight: app.live.in_flight(&b.id),
+            queue: match b.kind {
+                BackendKind::Edge if predicted => app.load.model(&b.id, now),
+                _ => None,
+            },
+            prefix_cached: prefix.is_some_and(|p| app.affinity.holds(p, &b.id, now)),
         })
         .collect();
     let view = RequestView {
@@ -199,14 +230,17 @@ async fn admit_and_route(
         class: class.class,
         prompt_tokens: req.prompt_estimate,
         max_output_tokens: req.max_tokens,
-    // Naive placement (for comparison) routes on the reports as they are.
-    let predicted = app.config.predicted_placement;
-    let prefix = crate::live::affinity::prefix_of(&req.body).filter(|_| predicted);
         needs: req.needs,
+        prefix,
+        seed: predicted.then(rand::random),
     };
     let target = resolve_alias(&req.model, &snapshot.aliases);
-    let decision = rank(&view, &target, &tenant.policy, &observed).map_err(ApiError::NoRoute)?;
-    drop(observed);
+    let decision = rank(&view, &target, &tenant.policy, &observed).map_err(|e| {
+        traces::no_route(&route_span, &e);
+        ApiError::NoRoute(e)
+    })?;
+    traces::decided(&route_span, &decision);
+    drop((observed, route_span));
     if let Some(budget_usd) = key.budget_usd {
         // Held from the worst case over every backend the request may
         // reach, failover included; settled by the ledger row.
@@ -219,11 +253,6 @@ async fn admit_and_route(
             request_id: record.id(),
             budget_usd,
             stored_spent_usd: key.spent_usd,
-            queue: match b.kind {
-                BackendKind::Edge if predicted => app.load.model(&b.id, now),
-                _ => None,
-            },
-            prefix_cached: prefix.is_some_and(|p| app.affinity.holds(p, &b.id, now)),
             worst_usd: worst_case_usd(req.prompt_estimate, expected_out, prices),
         };
         let hold = app.limiter.reserve(ask).await.map_err(ApiError::Limited)?;
@@ -231,5 +260,3 @@ async fn admit_and_route(
     }
     Ok((decision, snapshot))
 }
-        prefix,
-        seed: predicted.then(rand::random),

@@ -36,6 +36,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Deserialize;
+use tracing::Span;
 use wire::ErrorBody;
 
 use super::request::ChatRequest;
@@ -49,6 +50,7 @@ use crate::routing::{
 };
 use crate::state::AppState;
 use crate::store::LedgerStatus;
+use crate::traces;
 use crate::upstream::{AttemptError, Upstreams};
 
 /// Usage as upstreams report it; `energy_joules` is the edge worker's
@@ -82,9 +84,9 @@ pub async fn execute(
 ) -> Response {
     record.set_decision(decision);
     let class = decision.class;
+    let prefix = crate::live::affinity::prefix_of(&req.body);
     // After an upstream said the prompt does not fit, only larger contexts
     // are worth trying.
-    let prefix = crate::live::affinity::prefix_of(&req.body);
     let mut context_floor: Option<u32> = None;
     let mut last_error: Option<AttemptError> = None;
     let mut attempts = 0u32;
@@ -128,22 +130,23 @@ pub async fn execute(
             ledger_id: Some(record.id().to_owned()),
         };
         let in_flight = app.live.begin(&backend.id);
+        note_sent(app, backend, prefix);
         let body = req.upstream_body(&cand.upstream_model);
         let first_byte = first_byte_deadline(&app.upstreams, &req, backend, cand, context);
-        note_sent(app, backend, prefix);
         // Upstreams see the gateway's own id (the ledger row's), never the
         // client's, so no client header leaves and logs still correlate.
         let request_id = record.id().to_owned();
+        let trace = record.trace().attempt(backend, cand, attempts).clone();
         let sent = app
             .upstreams
-            .send_chat(backend, body, &request_id, first_byte)
+            .send_chat(backend, body, &request_id, first_byte, &trace)
             .await;
-        let outcome = match sent {
-            Ok(resp) if req.stream => {
-                let attempt = stream::StreamAttempt {
         if let Some(ms) = sent.as_ref().ok().and_then(queue_ms) {
             record.set_actual_wait(ms);
         }
+        let outcome = match sent {
+            Ok(resp) if req.stream => {
+                let attempt = stream::StreamAttempt {
                     upstreams: &app.upstreams,
                     first_token: first_byte,
                     include_usage: req.include_usage,
@@ -160,12 +163,13 @@ pub async fn execute(
         };
         match outcome {
             Ok(response) => {
+                traces::attempt_ok(&trace);
                 app.live.success(&backend.id);
                 return response;
             }
             Err((e, rec)) => {
                 record = rec;
-                note_failure(app, backend, cand, &e);
+                note_failure(app, backend, cand, &e, &trace);
                 if !e.retryable() {
                     return pass_through(e, record, &route);
                 }
@@ -186,10 +190,6 @@ pub async fn execute(
     with_gateway_headers(err.into_response(), &route)
 }
 
-/// The client's error when no candidate answered.
-fn no_answer(decision: &Decision, last_error: Option<&AttemptError>) -> ApiError {
-    let no_route = |code| {
-        ApiError::NoRoute(NoRoute {
 /// Counts a request sent to an edge worker for its queue model, and
 /// remembers that the worker now holds the request's leading prompt.
 fn note_sent(app: &AppState, backend: &Backend, prefix: Option<PrefixKey>) {
@@ -213,6 +213,10 @@ fn queue_ms(resp: &reqwest::Response) -> Option<f64> {
         .ok()
 }
 
+/// The client's error when no candidate answered.
+fn no_answer(decision: &Decision, last_error: Option<&AttemptError>) -> ApiError {
+    let no_route = |code| {
+        ApiError::NoRoute(NoRoute {
             code,
             excluded: decision.excluded.clone(),
         })
@@ -269,7 +273,8 @@ fn first_byte_deadline(
     (base + extra).min(upstreams.timeouts.total)
 }
 
-fn note_failure(app: &AppState, backend: &Backend, cand: &Scored, e: &AttemptError) {
+fn note_failure(app: &AppState, backend: &Backend, cand: &Scored, e: &AttemptError, trace: &Span) {
+    traces::attempt_failed(trace, e);
     tracing::warn!(backend = %backend.name, model = %cand.upstream_model, error = %e, "upstream attempt failed");
     metrics::counter!("gateway_upstream_errors_total", "backend" => backend.name.clone(), "kind" => e.label())
         .increment(1);
