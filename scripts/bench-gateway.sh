@@ -13,6 +13,11 @@
 # instead of the bare mock (same mock, same settings, a copy of the same
 # database): the figures are then what this build adds over the baseline.
 #
+# With BASELINE_ENV="NAME=value …" (and no BASELINE_GATEWAY), A is this same
+# gateway started with those settings, e.g. BASELINE_ENV="GATEWAY_SETTINGS_CACHE_MS=600000
+# GATEWAY_KEY_CACHE_MS=600000" asks whether cache refreshes still cost the
+# request path anything.
+#
 # With REDIS_URL=redis://127.0.0.1:6379/0, A is the same gateway without
 # Redis and B the gateway with it (limits, budget holds and settlements,
 # health and registrations shared through Redis, under a fresh key prefix),
@@ -59,8 +64,9 @@ limits=()
 [[ -n "${REDIS_URL:-}" ]] && limits=(--rpm 100000000 --tpm 2000000000 --budget 1000000)
 key=$("$bin/gateway" key create --tenant bench "${limits[@]}" | sed -n 's/.*"api_key":"\([^"]*\)".*/\1/p')
 
+start_env=() # NAME=value settings for the next start_gateway only
 start_gateway() { # start_gateway <binary> <name>: sets $url and $pid
-  RUST_LOG=warn "$1" serve --listen 127.0.0.1:0 >"$work/$2.out" 2>"$work/$2.log" &
+  env "${start_env[@]}" RUST_LOG=warn "$1" serve --listen 127.0.0.1:0 >"$work/$2.out" 2>"$work/$2.log" &
   pid=$!
   pids+=("$pid")
   url=$(first_line "$work/$2.out")
@@ -91,9 +97,12 @@ elif [[ -n "${REDIS_URL:-}" ]]; then
   baseline_pid=$pid
   a_name=no-redis
   export GATEWAY_REDIS_URL="$REDIS_URL" GATEWAY_REDIS_PREFIX="bench-$$-$RANDOM:"
-elif [[ -n "${BASELINE_GATEWAY:-}" ]]; then
+elif [[ -n "${BASELINE_GATEWAY:-}${BASELINE_ENV:-}" ]]; then
   for f in "$work"/gateway.db*; do cp "$f" "$work/baseline${f#"$work"/gateway}"; done
-  GATEWAY_SQLITE_PATH="$work/baseline.db" start_gateway "$BASELINE_GATEWAY" baseline
+  read -r -a start_env <<<"${BASELINE_ENV:-}"
+  start_env+=("GATEWAY_SQLITE_PATH=$work/baseline.db")
+  start_gateway "${BASELINE_GATEWAY:-$bin/gateway}" baseline
+  start_env=()
   baseline_url="$url/v1"
   baseline_pid=$pid
   a_name=baseline
