@@ -37,6 +37,9 @@ if ((!quickstart)); then
   command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || need+=(docker-compose)
   # Renders deploy/k8s (kubectl kustomize) for tests/deploy/test_k8s.py.
   command -v kubectl >/dev/null || need+=(kubectl)
+  # Headless Chromium for the admin dashboard's browser tests: Playwright
+  # drives this system browser and downloads none of its own.
+  command -v chromium >/dev/null || need+=(chromium)
 fi
 command -v python3 >/dev/null && python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if ((${#need[@]})); then

@@ -788,3 +788,154 @@ async fn admin_tokens_come_from_the_cli_and_revoking_one_ends_it() {
     .unwrap();
     assert_eq!(get().await.unwrap().status(), 401);
 }
+
+/// Every dashboard page and action, from the table the dashboard's router
+/// is built from: without a session a page sends the browser to the
+/// sign-in form and an action is refused, whatever else is presented (a
+/// tenant key as bearer or as the cookie, an admin token as bearer: the
+/// dashboard takes only its session). With a session every page renders,
+/// and an action without the session's CSRF token, or from another origin,
+/// is refused.
+#[tokio::test]
+async fn every_dashboard_route_needs_a_session_and_forms_need_its_csrf_token() {
+    use gateway::http::admin::dashboard::{protected_routes, COOKIE};
+    let gw = Gateway::start(common::sqlite().await, long_caches()).await;
+    let (_, tenant_key) = common::harness::tenant_and_key(gw.store(), |_| {}).await;
+    let token = admin_token(&gw).await;
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let routes = protected_routes();
+    assert!(routes.len() >= 20, "{routes:?}");
+    let param = regex::Regex::new(r"\{[^}]+\}").unwrap();
+    let presented: [(&str, &str, String); 4] = [
+        ("nothing", "x-nothing", String::new()),
+        (
+            "a tenant key",
+            "authorization",
+            format!("Bearer {tenant_key}"),
+        ),
+        (
+            "an admin token as bearer",
+            "authorization",
+            format!("Bearer {token}"),
+        ),
+        (
+            "a tenant key as the cookie",
+            "cookie",
+            format!("{COOKIE}={tenant_key}"),
+        ),
+    ];
+    for (method, path) in &routes {
+        let url = gw.url(&param.replace_all(path, "nothing-here"));
+        for (what, header, value) in &presented {
+            let r = no_redirects
+                .request(method.clone(), &url)
+                .header(*header, value)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body("csrf=x")
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            if method == reqwest::Method::GET {
+                assert_eq!(status, 303, "{method} {path} with {what}");
+                assert_eq!(r.headers()["location"], "/admin/login");
+            } else {
+                let (status, body) = error_of(r).await;
+                assert_eq!(
+                    (status, body["error"]["code"].as_str()),
+                    (401, Some("invalid_admin_token")),
+                    "{method} {path} with {what}"
+                );
+            }
+        }
+    }
+
+    // With a session: every page renders; actions need the CSRF token.
+    let admin = gw
+        .store()
+        .active_admin_token(&keys::hash(&token))
+        .await
+        .unwrap()
+        .unwrap();
+    let session = gw
+        .store()
+        .create_admin_session(&admin.id, 60_000)
+        .await
+        .unwrap();
+    let cookie = format!("{COOKIE}={}", session.cookie.expose_secret());
+    for (method, path) in routes
+        .iter()
+        .filter(|(m, p)| m == reqwest::Method::GET && *p != "/admin")
+    {
+        let r = no_redirects
+            .get(gw.url(path))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{method} {path}");
+        let csp = r.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            csp.contains("script-src 'self'") && !csp.contains("unsafe"),
+            "{csp}"
+        );
+        let html = r.text().await.unwrap();
+        assert!(
+            html.contains(&session.csrf),
+            "{path}: forms carry the CSRF token"
+        );
+        assert!(
+            !html.contains(&token[8..]),
+            "{path}: the admin token is shown"
+        );
+    }
+    let post = |body: String, origin: Option<&'static str>| {
+        let mut req = no_redirects
+            .post(gw.url("/admin/tenants"))
+            .header("cookie", &cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        req.send()
+    };
+    for (what, body, origin) in [
+        ("no token", "name=a".to_owned(), None),
+        ("a wrong token", "name=a&csrf=nope".to_owned(), None),
+        (
+            "another origin",
+            format!("name=a&csrf={}", session.csrf),
+            Some("http://evil.example"),
+        ),
+    ] {
+        let (status, v) = error_of(post(body, origin).await.unwrap()).await;
+        assert_eq!(
+            (status, v["error"]["code"].as_str()),
+            (403, Some("csrf_check_failed")),
+            "{what}"
+        );
+    }
+    assert!(gw.store().find_tenant("a").await.unwrap().is_none());
+    let r = post(format!("name=a&csrf={}", session.csrf), None)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert!(gw.store().find_tenant("a").await.unwrap().is_some());
+
+    // Revoking the token ends its sessions.
+    gw.store().revoke_admin_token(&admin.id).await.unwrap();
+    let r = no_redirects
+        .get(gw.url("/admin/keys"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+}

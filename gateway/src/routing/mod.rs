@@ -28,6 +28,7 @@ mod score;
 #[cfg(test)]
 mod tests;
 mod types;
+mod whatif;
 
 pub use rank::{
 pub use counterfactual::{AllCloud, CloudRates};
@@ -39,3 +40,4 @@ pub use types::{
     Alias, AliasTarget, Backend, BackendKind, Capabilities, InvalidPolicy, ModelMapping, Observed,
     Policy, PrefixKey, QueueModel, RequestView, WorkerLoad, Zone, ZoneMismatch,
 };
+pub use whatif::{rechoose, Rechosen};

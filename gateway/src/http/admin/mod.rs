@@ -16,6 +16,7 @@
 //! Postgres drop theirs on the change notification).
 
 mod api;
+pub mod dashboard;
 mod error;
 
 use axum::extract::{Request, State};
@@ -35,10 +36,12 @@ use crate::store::AdminToken;
 /// Largest admin request body read.
 pub(super) const MAX_ADMIN_BODY: usize = 256 << 10;
 
-/// The admin API's routes (full paths), each behind [`require_token`].
+/// The admin API's routes (full paths), each behind [`require_token`],
+/// and the dashboard's.
 pub fn router(state: &AppState) -> Router<AppState> {
     let (api, _) = api::routes().split_for_parts();
     api.route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .merge(dashboard::router(state))
 }
 
 /// The admin API's part of the OpenAPI document.
