@@ -189,19 +189,17 @@ pub fn auth_outcome(span: &Span, outcome: &'static str) {
     span.record("gateway.auth.outcome", outcome);
 }
 
-/// The `classify` span: the privacy classification. It ends when dropped.
-pub fn classify(request: &Span) -> Span {
-    tracing::info_span!(target: otel::TARGET, parent: request, "classify")
-}
-
-/// The class and the names of the detectors that fired, never what they
+/// Runs the privacy classification in a `classify` span that records the
+/// class and the names of the detectors that fired, never what they
 /// matched.
-pub fn classified(span: &Span, c: &Classification) {
-    if span.is_disabled() {
-        return;
+pub fn classify(request: &Span, run: impl FnOnce() -> Classification) -> Classification {
+    let span = tracing::info_span!(target: otel::TARGET, parent: request, "classify");
+    let c = run();
+    if !span.is_disabled() {
+        span.set_attribute("gateway.privacy.class", c.class.as_str());
+        span.set_attribute("gateway.privacy.detectors", otel::strings(c.fired.clone()));
     }
-    span.set_attribute("gateway.privacy.class", c.class.as_str());
-    span.set_attribute("gateway.privacy.detectors", otel::strings(c.fired.clone()));
+    c
 }
 
 /// The `route` span: candidates, predictions, the winner and why.
@@ -211,11 +209,19 @@ pub fn route(request: &Span) -> Span {
 
 /// The decision: every candidate in failover order with its predicted
 /// latency, energy and cost and its score, the winner and the reason, and
-/// the backends left out with why.
-pub fn decided(span: &Span, d: &Decision) {
+/// the backends left out with why; or why no backend can take the request.
+pub fn decided(span: &Span, decision: Result<&Decision, &NoRoute>) {
     if span.is_disabled() {
         return;
     }
+    let d = match decision {
+        Ok(d) => d,
+        Err(r) => {
+            span.set_attribute("gateway.route.outcome", r.code.as_str());
+            span.set_attribute("error.type", r.code.as_str());
+            return;
+        }
+    };
     let cands: Vec<&Scored> = d.candidates().collect();
     let floats = |f: fn(&Scored) -> f64| otel::floats(cands.iter().map(|c| f(c)));
     span.set_attribute(
@@ -250,15 +256,6 @@ pub fn decided(span: &Span, d: &Decision) {
             format!("{}: {why}", e.backend)
         })),
     );
-}
-
-/// No backend can take the request.
-pub fn no_route(span: &Span, r: &NoRoute) {
-    if span.is_disabled() {
-        return;
-    }
-    span.set_attribute("gateway.route.outcome", r.code.as_str());
-    span.set_attribute("error.type", r.code.as_str());
 }
 
 /// An attempt whose answer started (for a stream: its first token).

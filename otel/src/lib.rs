@@ -38,6 +38,7 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry::{Array, StringValue};
 use opentelemetry_otlp::{ExporterBuildError, WithExportConfig as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -49,7 +50,7 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 pub use opentelemetry::trace::Status;
-pub use opentelemetry::{Array, StringValue, Value};
+pub use opentelemetry::Value;
 pub use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The target of every span and event that belongs in a trace.
@@ -227,14 +228,6 @@ pub fn inject(span: &Span, headers: &mut HeaderMap) {
 pub fn strip(headers: &mut HeaderMap) {
     for name in CONTEXT_HEADERS {
         headers.remove(name);
-    }
-}
-
-/// Sets an attribute on `span`'s OpenTelemetry span; a no-op (the value
-/// is not even built) when the span is disabled.
-pub fn set(span: &Span, key: &'static str, value: impl FnOnce() -> Value) {
-    if !span.is_disabled() {
-        span.set_attribute(key, value());
     }
 }
 

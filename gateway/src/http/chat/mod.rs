@@ -172,15 +172,14 @@ async fn admit_and_route(
     req.apply_policy(tenant.policy.allow_store);
     // Everything that will leave: the body as forwarded, after the policy
     // removed what it does not allow. No client header is forwarded.
-    let classify_span = traces::classify(record.trace().request());
-    let class = classify(
-        request_texts(&req.body),
-        key.default_class.max(tenant.policy.default_class),
-        req.tag,
-        &tenant.rules,
-    );
-    traces::classified(&classify_span, &class);
-    drop(classify_span);
+    let class = traces::classify(record.trace().request(), || {
+        classify(
+            request_texts(&req.body),
+            key.default_class.max(tenant.policy.default_class),
+            req.tag,
+            &tenant.rules,
+        )
+    });
     record.set_class(&class, req.prompt_estimate);
     let limits = key.limits();
     app.limiter
@@ -235,11 +234,9 @@ async fn admit_and_route(
         seed: predicted.then(rand::random),
     };
     let target = resolve_alias(&req.model, &snapshot.aliases);
-    let decision = rank(&view, &target, &tenant.policy, &observed).map_err(|e| {
-        traces::no_route(&route_span, &e);
-        ApiError::NoRoute(e)
-    })?;
-    traces::decided(&route_span, &decision);
+    let decision = rank(&view, &target, &tenant.policy, &observed);
+    traces::decided(&route_span, decision.as_ref());
+    let decision = decision.map_err(ApiError::NoRoute)?;
     drop((observed, route_span));
     if let Some(budget_usd) = key.budget_usd {
         // Held from the worst case over every backend the request may

@@ -163,8 +163,7 @@ pub async fn execute(
         };
         match outcome {
             Ok(response) => {
-                traces::attempt_ok(&trace);
-                app.live.success(&backend.id);
+                note_success(app, backend, &trace);
                 return response;
             }
             Err((e, rec)) => {
@@ -271,6 +270,12 @@ fn first_byte_deadline(
         + p.queue_ms / 1000.0;
     let extra = Duration::try_from_secs_f64(2.0 * service_s).unwrap_or(upstreams.timeouts.total);
     (base + extra).min(upstreams.timeouts.total)
+}
+
+/// The attempt answered: the backend is well, and its span says so.
+fn note_success(app: &AppState, backend: &Backend, trace: &Span) {
+    traces::attempt_ok(trace);
+    app.live.success(&backend.id);
 }
 
 fn note_failure(app: &AppState, backend: &Backend, cand: &Scored, e: &AttemptError, trace: &Span) {
