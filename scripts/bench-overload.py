@@ -44,7 +44,7 @@ import http.client
 import urllib.parse
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-BIN = ROOT / "target/release"
+BIN = pathlib.Path(os.environ.get("BENCH_BIN_DIR", ROOT / "target/release"))
 TOKEN = "bench-worker-token-" + os.urandom(8).hex()
 MODEL = "smollm2-135m-instruct"
 
@@ -169,8 +169,8 @@ def calibrate(edge, slots, seconds):
     return len(done) / (time.time() - start_t), sum(lat) / max(len(lat), 1)
 
 
-def gateway_for(policy, edge, cloud, slo_ms, workdir):
-    db = pathlib.Path(workdir) / f"{policy}.db"
+def gateway_for(policy, load, edge, cloud, slo_ms, workdir):
+    db = pathlib.Path(workdir) / f"{policy}-{load}.db"
     env = {"GATEWAY_SQLITE_PATH": str(db), "GATEWAY_WORKER_TOKEN": TOKEN,
            "GATEWAY_POLL_INTERVAL_MS": "200", "CLOUD_KEY": "mock-key"}
     if policy == "naive":
@@ -376,7 +376,7 @@ def main():
         with tempfile.TemporaryDirectory() as work:
             for load in loads:
                 for policy in policies:
-                    proc, url, key, db = gateway_for(policy, edge, cloud, slo, work)
+                    proc, url, key, db = gateway_for(policy, load, edge, cloud, slo, work)
                     try:
                         raw = run_load(url, key, load * capacity, args.duration,
                                        seed=int(load * 100))

@@ -140,6 +140,8 @@ pub async fn run(
 }
 
 fn line(b: SavingsBucket, tenant: String, start_ms: i64, intensity: f64) -> ReportLine {
+    // Exact below 2^53 requests.
+    #[allow(clippy::cast_precision_loss)]
     let n = (b.requests as f64).max(1.0);
     let saved_joules = b.allcloud_joules - b.joules;
     ReportLine {

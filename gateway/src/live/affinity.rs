@@ -126,7 +126,7 @@ mod tests {
     }
 
     fn object(v: Value) -> Map<String, Value> {
-        v.as_object().unwrap().clone()
+        serde_json::from_value(v).unwrap()
     }
 
     #[test]

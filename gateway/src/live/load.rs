@@ -152,6 +152,8 @@ impl Track {
             self.departed *= kept;
             return;
         };
+        // Exact below 2^53 admissions.
+        #[allow(clippy::cast_precision_loss)]
         let arrived = arrived as f64;
         let departed = (arrived + f64::from(prev.in_system) - f64::from(now.in_system)).max(0.0);
         self.departed = self.departed * kept + departed;

@@ -100,9 +100,14 @@ pub(super) fn power_of_two(ranked: &mut [Scored], seed: u64) -> Option<PowerOfTw
     if n < 2 {
         return None;
     }
-    // Two distinct draws from the near-equal set.
-    let a = (seed % n) as usize;
-    let b = ((seed % n + 1 + (seed >> 32) % (n - 1)) % n) as usize;
+    // Two distinct draws from the near-equal set (both below `n`, a
+    // `usize`).
+    let first = seed % n;
+    let second = (first + 1 + (seed >> 32) % (n - 1)) % n;
+    let (a, b) = (
+        usize::try_from(first).unwrap_or(0),
+        usize::try_from(second).unwrap_or(0),
+    );
     let (a, b) = (near[a.min(b)], near[a.max(b)]);
     let load = |s: &Scored| (s.prediction.queue_ms, s.prediction.ahead.unwrap_or(0.0));
     let winner = match load(&ranked[b]).partial_cmp(&load(&ranked[a])) {

@@ -217,10 +217,9 @@ async fn admit_and_route(
                 BackendKind::Cloud => None,
             },
             in_flight: app.live.in_flight(&b.id),
-            queue: match b.kind {
-                BackendKind::Edge if predicted => app.load.model(&b.id, now),
-                _ => None,
-            },
+            queue: (predicted && b.kind == BackendKind::Edge)
+                .then(|| app.load.model(&b.id, now))
+                .flatten(),
             prefix_cached: prefix.is_some_and(|p| app.affinity.holds(p, &b.id, now)),
         })
         .collect();

@@ -46,7 +46,7 @@ use crate::http::{with_gateway_headers, ApiError, RouteHeaders};
 use crate::ledger::{Pricing, Record};
 use crate::privacy::{classify, Class, RuleSet};
 use crate::routing::{
-    Backend, BackendKind, Decision, Exclusion, NoRoute, NoRouteCode, PrefixKey, Scored, Zone,
+    Backend, BackendKind, Decision, Exclusion, NoRoute, NoRouteCode, Scored, Zone,
 };
 use crate::state::AppState;
 use crate::store::LedgerStatus;
@@ -84,7 +84,6 @@ pub async fn execute(
 ) -> Response {
     record.set_decision(decision);
     let class = decision.class;
-    let prefix = crate::live::affinity::prefix_of(&req.body);
     // After an upstream said the prompt does not fit, only larger contexts
     // are worth trying.
     let mut context_floor: Option<u32> = None;
@@ -130,7 +129,7 @@ pub async fn execute(
             ledger_id: Some(record.id().to_owned()),
         };
         let in_flight = app.live.begin(&backend.id);
-        note_sent(app, backend, prefix);
+        note_sent(app, backend, &req);
         let body = req.upstream_body(&cand.upstream_model);
         let first_byte = first_byte_deadline(&app.upstreams, &req, backend, cand, context);
         // Upstreams see the gateway's own id (the ledger row's), never the
@@ -191,13 +190,13 @@ pub async fn execute(
 
 /// Counts a request sent to an edge worker for its queue model, and
 /// remembers that the worker now holds the request's leading prompt.
-fn note_sent(app: &AppState, backend: &Backend, prefix: Option<PrefixKey>) {
+fn note_sent(app: &AppState, backend: &Backend, req: &ChatRequest) {
     if backend.kind != BackendKind::Edge {
         return;
     }
     let now = std::time::Instant::now();
     app.load.sent(&backend.id, now);
-    if let Some(p) = prefix {
+    if let Some(p) = crate::live::affinity::prefix_of(&req.body) {
         app.affinity.served(p, &backend.id, now);
     }
 }
