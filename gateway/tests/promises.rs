@@ -346,3 +346,44 @@ async fn a_graceful_shutdown_stores_a_row_for_every_request_in_flight() {
     let counts: Vec<(LedgerStatus, u64)> = db.store.count_ledger_by_status().await.unwrap();
     assert_eq!(counts, vec![(LedgerStatus::Ok, N as u64)]);
 }
+
+/// A budgeted request without `max_tokens` holds its worst case: an answer
+/// running to the end of the context. So concurrent requests cannot spend
+/// past the budget by more than one such worst case, and one that no longer
+/// fits is told to set `max_tokens`.
+#[tokio::test]
+async fn a_budgeted_request_without_max_tokens_holds_the_whole_context() {
+    // 1 USD per 1000 tokens each way and a context of 8192: the worst case
+    // of an unbounded request is about 8.2 USD, of one with max_tokens 4
+    // well under a cent.
+    let (gw, up) = one_cloud(test_config(), "cloud", 1.0).await;
+    let (_, key) = tenant_and_key(gw.store(), |k| k.budget_usd = Some(10.0)).await;
+    let unbounded = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+    // One unbounded request in flight holds ~8.2 of the 10 USD...
+    up.set(Mode::StallAfterFirst);
+    let mut first = gw
+        .chat(
+            &key,
+            &json!({"model": "m", "stream": true,
+        "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(first.status(), 200);
+    assert!(first.chunk().await.unwrap().is_some());
+    up.set(Mode::Answer);
+    // ...so a second unbounded one does not fit, and says why...
+    let r = gw.chat(&key, &unbounded).await;
+    assert_eq!(header(&r, "x-should-retry"), "false");
+    let (status, err) = error_of(r).await;
+    assert_eq!((status, code(&err)), (429, Some("insufficient_quota")));
+    let message = err["error"]["message"].as_str().unwrap();
+    assert!(message.contains("max_tokens"), "{message}");
+    // ...while a bounded one does.
+    assert_eq!(gw.chat(&key, &body(4)).await.status(), 200);
+    drop(first);
+    // Once the first is settled (cancelled, a few tokens), its hold is
+    // released and an unbounded request fits again.
+    gw.ledger_counts(3).await;
+    assert_eq!(gw.chat(&key, &unbounded).await.status(), 200);
+    gw.shutdown().await;
+}

@@ -56,6 +56,13 @@ pub enum LimitExceeded {
     TokensOverLimit,
     #[error("budget exhausted")]
     Budget,
+    /// The request sets no `max_tokens`, so its worst case runs to the end
+    /// of the context, and that does not fit what is left of the budget.
+    #[error(
+        "budget too low for a request without max_tokens: its answer could run to the end of \
+         the context; set max_tokens"
+    )]
+    BudgetUnbounded,
 }
 
 impl LimitExceeded {
@@ -66,7 +73,9 @@ impl LimitExceeded {
             LimitExceeded::Requests { retry_after_s } | LimitExceeded::Tokens { retry_after_s } => {
                 Some(retry_after_s)
             }
-            LimitExceeded::TokensOverLimit | LimitExceeded::Budget => None,
+            LimitExceeded::TokensOverLimit
+            | LimitExceeded::Budget
+            | LimitExceeded::BudgetUnbounded => None,
         }
     }
 
@@ -74,7 +83,7 @@ impl LimitExceeded {
     #[must_use]
     pub fn code(self) -> &'static str {
         match self {
-            LimitExceeded::Budget => "insufficient_quota",
+            LimitExceeded::Budget | LimitExceeded::BudgetUnbounded => "insufficient_quota",
             _ => "rate_limit_exceeded",
         }
     }

@@ -30,10 +30,10 @@ use super::{with_gateway_headers, ApiError, RouteHeaders};
 use crate::auth::require_scope;
 use crate::catalog::{CatalogError, Snapshot};
 use crate::ledger::{Record, RecordInit};
-use crate::limits::{worst_case_usd, BudgetAsk};
+use crate::limits::{worst_case_usd, BudgetAsk, LimitExceeded};
 use crate::live::BackendLive;
 use crate::privacy::{classify, request_texts};
-use crate::routing::{rank, resolve_alias, BackendKind, Decision, Observed, RequestView};
+use crate::routing::{rank, resolve_alias, Backend, BackendKind, Decision, Observed, RequestView};
 use crate::state::AppState;
 use crate::store::{now_ms, ApiKey, LedgerStatus};
 use crate::traces::{self, RequestTrace};
@@ -239,19 +239,37 @@ async fn admit_and_route(
     drop((observed, route_span));
     if let Some(budget_usd) = key.budget_usd {
         // Held from the worst case over every backend the request may
-        // reach, failover included; settled by the ledger row.
-        let prices = decision.candidates().filter_map(|c| {
-            let b = snapshot.backends.iter().find(|b| b.id == c.backend_id)?;
-            Some((b.price_in_per_1k, b.price_out_per_1k))
+        // reach, failover included; settled by the ledger row. Without
+        // `max_tokens` an answer may run to the end of the largest context
+        // among them: holding less would let concurrent requests spend past
+        // the budget by more than one request's worst case.
+        let backends: Vec<&Backend> = decision
+            .candidates()
+            .filter_map(|c| snapshot.backends.iter().find(|b| b.id == c.backend_id))
+            .collect();
+        let worst_out = req.max_tokens.unwrap_or_else(|| {
+            backends
+                .iter()
+                .map(|b| relay::context_length(app, b).saturating_sub(req.prompt_estimate))
+                .max()
+                .unwrap_or(expected_out)
         });
+        let prices = backends
+            .iter()
+            .map(|b| (b.price_in_per_1k, b.price_out_per_1k));
         let ask = BudgetAsk {
             key_id: &key.id,
             request_id: record.id(),
             budget_usd,
             stored_spent_usd: key.spent_usd,
-            worst_usd: worst_case_usd(req.prompt_estimate, expected_out, prices),
+            worst_usd: worst_case_usd(req.prompt_estimate, worst_out, prices),
         };
-        let hold = app.limiter.reserve(ask).await.map_err(ApiError::Limited)?;
+        let hold = app.limiter.reserve(ask).await.map_err(|e| match e {
+            LimitExceeded::Budget if req.max_tokens.is_none() => {
+                ApiError::Limited(LimitExceeded::BudgetUnbounded)
+            }
+            e => ApiError::Limited(e),
+        })?;
         record.hold_budget(hold);
     }
     Ok((decision, snapshot))

@@ -235,7 +235,8 @@ fn no_answer(decision: &Decision, last_error: Option<&AttemptError>) -> ApiError
 }
 
 /// The backend's context length: the edge's live report, else its config.
-fn context_length(app: &AppState, backend: &Backend) -> u32 {
+/// The backend's context length: what its worker reports, else as stored.
+pub(super) fn context_length(app: &AppState, backend: &Backend) -> u32 {
     app.live
         .get(&backend.id)
         .load
