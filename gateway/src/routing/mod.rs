@@ -30,9 +30,9 @@ mod tests;
 mod types;
 mod whatif;
 
-pub use rank::{
 pub use counterfactual::{AllCloud, CloudRates};
 pub use queue::{PowerOfTwo, NEAR_EQUAL_SCORE, PREFIX_CACHE_SPEEDUP};
+pub use rank::{
     rank, resolve_alias, Decision, Excluded, Exclusion, NoRoute, NoRouteCode, RouteReason, Scored,
 };
 pub use score::Prediction;

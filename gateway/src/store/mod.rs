@@ -26,9 +26,9 @@ mod error;
 mod ledger;
 mod ledger_query;
 mod rows;
+mod savings;
 mod settings;
 mod tenants;
-mod savings;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -45,9 +45,6 @@ pub use ledger_query::{
     LedgerFilter, LedgerTotals, SeriesPoint, Totals, MAX_LEDGER_ROWS, MAX_WINDOW_ROWS,
 };
 pub use savings::SavingsBucket;
-pub use ledger_query::{
-    LedgerFilter, LedgerTotals, SeriesPoint, Totals, MAX_LEDGER_ROWS, MAX_WINDOW_ROWS,
-};
 pub use tenants::{ApiKey, CreatedKey, NewKeySpec, Tenant};
 
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
