@@ -21,6 +21,7 @@ use common::harness::{
 };
 use futures::StreamExt;
 use gateway::config::Config;
+use gateway::routing::Policy;
 use gateway::store::LedgerStatus;
 use loadtest::mock_cloud::{Behaviour, MockCloud, MockConfig};
 use serde_json::{json, Value};
@@ -235,7 +236,7 @@ async fn an_edge_worker_killed_after_accepting_fails_over_to_the_cloud() {
         gw,
         edge_id,
         key,
-        tenant: _,
+        tenant,
     } = edge_and_cloud(
         common::sqlite().await,
         &[],
@@ -243,6 +244,13 @@ async fn an_edge_worker_killed_after_accepting_fails_over_to_the_cloud() {
         config,
     )
     .await;
+    // A long answer on a shared CPU may be predicted past the default SLO,
+    // which would send it to the cloud first; this test needs the edge.
+    let patient = Policy {
+        latency_slo_ms: 600_000.0,
+        ..Policy::default()
+    };
+    gw.store().set_policy(&tenant, &patient).await.unwrap();
     let request = {
         let gw_client = gw.client.clone();
         let url = gw.url("/v1/chat/completions");
