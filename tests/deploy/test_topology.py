@@ -24,6 +24,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+# The OpenTelemetry variables both binaries read (through the `otel` crate).
+OTEL_VARS = set(re.findall(r'"(OTEL_[A-Z_]+)"', (ROOT / "otel/src/lib.rs").read_text()))
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
@@ -216,7 +218,7 @@ def test_edge_workers_configuration_matches_the_binary(services):
     for w in EDGE_WORKERS:
         svc = services[w]
         for key in _env(svc):
-            assert key in envs or key == "RUST_LOG", f"{w}: {key} is not an edge worker variable"
+            assert key in envs or key == "RUST_LOG" or key in OTEL_VARS, f"{w}: {key} is not an edge worker variable"
         command = svc["command"]
         flags = [c for c in command if c.startswith("--")]
         for flag in flags:
