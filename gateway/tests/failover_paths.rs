@@ -10,7 +10,9 @@
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
-    clippy::doc_markdown
+    clippy::doc_markdown,
+    // Counters and stored settings are compared exactly on purpose.
+    clippy::float_cmp
 )]
 
 mod common;

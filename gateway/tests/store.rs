@@ -399,7 +399,7 @@ fn ledger_entry(id: &str, status: LedgerStatus, created_at: i64) -> LedgerEntry 
             allcloud_backend: Some("cloud-1".into()),
             allcloud_latency_ms: Some(2150.0),
             allcloud_joules: Some(25.6),
-            allcloud_usd: Some(0.000146),
+            allcloud_usd: Some(0.000_146),
         },
     }
 }

@@ -184,7 +184,7 @@ async fn answer(
     app.stats.status(200);
     if behaviour.drop_after_chunks.is_some() || behaviour.stall_after_chunks.is_some() {
         return Ok(cut_body(
-            Bytes::from(json),
+            &Bytes::from(json),
             behaviour.stall_after_chunks.is_some(),
             app.shutdown.clone(),
             guard,
@@ -205,7 +205,7 @@ async fn answer(
 /// body, the first half is sent, then the connection is aborted (`drop`) or
 /// goes silent until the mock shuts down (`stall`).
 fn cut_body(
-    json: Bytes,
+    json: &Bytes,
     stall: bool,
     shutdown: tokio_util::sync::CancellationToken,
     guard: InFlight,
