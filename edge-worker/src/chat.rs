@@ -38,7 +38,7 @@ pub async fn completions(
         Ok(response) => response.status(),
         Err(e) => e.status(),
     };
-    trace::answered(&span, status.as_u16());
+    otel::answered(&span, status.as_u16());
     result
 }
 

@@ -36,18 +36,6 @@ pub fn request(headers: &HeaderMap) -> Span {
     span
 }
 
-/// The answer's status; an error status marks the span failed.
-pub fn answered(request: &Span, status: u16) {
-    if request.is_disabled() {
-        return;
-    }
-    request.set_attribute("http.response.status_code", i64::from(status));
-    if status >= 500 {
-        request.set_attribute("error.type", status.to_string());
-        request.set_status(otel::Status::error(""));
-    }
-}
-
 /// Waits for a running slot (`wait`) inside a `queue wait` span that
 /// records how the wait ended: `slot`, or `timeout`.
 pub async fn queued<T>(

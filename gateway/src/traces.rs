@@ -149,18 +149,6 @@ pub fn request(headers: &HeaderMap) -> Span {
     span
 }
 
-/// The answer's status on the request span; a 5xx marks it failed.
-pub fn answered(request: &Span, status: u16) {
-    if request.is_disabled() {
-        return;
-    }
-    request.set_attribute("http.response.status_code", i64::from(status));
-    if status >= 500 {
-        request.set_attribute("error.type", status.to_string());
-        request.set_status(otel::Status::error(""));
-    }
-}
-
 /// The request as parsed: what the client asked for (no content).
 pub fn parsed(request: &Span, model: &str, stream: bool, max_tokens: Option<u32>, tenant: &str) {
     if request.is_disabled() {

@@ -200,6 +200,18 @@ pub fn install(logs: EnvFilter, format: LogFormat, traces: Option<&Traces>) {
     let _ = tracing_subscriber::registry().with(layers).try_init();
 }
 
+/// Records a server span's HTTP status; a 5xx marks the span failed.
+pub fn answered(request: &Span, status: u16) {
+    if request.is_disabled() {
+        return;
+    }
+    request.set_attribute("http.response.status_code", i64::from(status));
+    if status >= 500 {
+        request.set_attribute("error.type", status.to_string());
+        request.set_status(Status::error(""));
+    }
+}
+
 /// The parent a request names in its `traceparent` (and `tracestate`),
 /// given to `span` before it starts. Nothing happens when traces are off,
 /// the span is disabled, or the header is missing or malformed; baggage is

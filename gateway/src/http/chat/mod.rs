@@ -45,7 +45,7 @@ pub async fn chat_completions(
 ) -> Response {
     let span = traces::request(&headers);
     let response = handle(app, &headers, body, &span).await;
-    traces::answered(&span, response.status().as_u16());
+    otel::answered(&span, response.status().as_u16());
     response
 }
 
