@@ -9,6 +9,26 @@
 #   ./scripts/bench-gateway.sh                     # rates 500 1000 2000, 10 s each
 #   RATES="1000" DURATION=30 ./scripts/bench-gateway.sh
 #
+# In the same run, three more things:
+#
+# - The floor: nginx (Debian's nginx-light, installed if missing) as a plain
+#   reverse proxy in front of the same mock (keep-alive upstream, no access
+#   log, no buffering), run as a local process on its own configuration.
+#   After each A/B comparison, mock direct against nginx at the same rate
+#   (loadtest/scripts/overhead.sh): what one proxy hop costs on this machine.
+# - The highest rate held: for the gateway, nginx and A when A is not the
+#   bare mock (LiteLLM, a baseline gateway), the highest rate of a ladder
+#   (HOLD_RATES, default 250 500 1000 2000 4000 8000; from 25 with LITELLM)
+#   at which the p99 added over the mock direct stays under HOLD_P99_US
+#   (1000) with no errors and no drops. Each rung compares the mock direct
+#   with one target in alternating rounds (HOLD_DURATION seconds, default
+#   DURATION; HOLD_MODE=plain or stream, default plain); the targets take
+#   turns at each rung, and a target stops climbing at its first failure.
+#   HOLD_RATES="" skips it.
+# - Memory: peak and final resident memory (VmHWM, VmRSS) of the gateway,
+#   nginx (master and workers summed) and LiteLLM (its process tree summed);
+#   CPU per request of the gateway, and of nginx and LiteLLM.
+#
 # With BASELINE_GATEWAY=<path to another gateway binary>, A is that gateway
 # instead of the bare mock (same mock, same settings, a copy of the same
 # database): the figures are then what this build adds over the baseline.
@@ -29,15 +49,58 @@
 # gateway's key as its master key: the figures are then this gateway against
 # LiteLLM. LiteLLM saturates far below the default rates; use e.g.
 # RATES="25 50".
+#
+# SKIP_BUILD=1 uses the release binaries as they are instead of running
+# `cargo build` first. JSON reports of the last run are in target/overhead/.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 bin="${CARGO_TARGET_DIR:-$root/target}/release"
-cargo build --release --bins --quiet
+[[ "${SKIP_BUILD:-0}" == 1 ]] || cargo build --release --bins --quiet
+export DURATION=${DURATION:-10}
+hold_p99_us=${HOLD_P99_US:-1000}
+hold_duration=${HOLD_DURATION:-$DURATION}
+hold_mode=${HOLD_MODE:-plain}
+if [[ -n "${LITELLM:-}" ]]; then
+  hold_rates=${HOLD_RATES-25 50 100 250 500 1000 2000 4000 8000}
+else
+  hold_rates=${HOLD_RATES-250 500 1000 2000 4000 8000}
+fi
+out="$root/target/overhead"
+rm -rf "$out"
+mkdir -p "$out"
+
+as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+nginx_bin=$(command -v nginx || true)
+[[ -z "$nginx_bin" && -x /usr/sbin/nginx ]] && nginx_bin=/usr/sbin/nginx
+if [[ -z "$nginx_bin" ]]; then
+  echo "installing nginx-light..." >&2
+  as_root apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq nginx-light >&2
+  nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
+fi
 
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$work"; }
+tree() { # tree <pid>…: the processes and all their descendants
+  local p
+  for p in "$@"; do
+    echo "$p"
+    # shellcheck disable=SC2046 # one pid per word
+    tree $(pgrep -P "$p" || true)
+  done
+}
+cleanup() {
+  local all=()
+  if ((${#pids[@]})); then
+    mapfile -t all < <(tree "${pids[@]}")
+    kill "${pids[@]}" 2>/dev/null || true
+    sleep 0.2
+    kill "${all[@]}" 2>/dev/null || true
+  fi
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
 trap cleanup EXIT INT TERM
 
 first_line() { # first_line <file>: waits for a process's address banner
@@ -48,12 +111,59 @@ first_line() { # first_line <file>: waits for a process's address banner
   echo "no banner in $1" >&2
   exit 1
 }
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # Unpaced mock: answers at once, so what is measured is transport and the
 # gateway, not simulated generation.
 "$bin/mock-cloud" --addr 127.0.0.1:0 --models mock-model --completion-tokens 16 >"$work/mock.out" 2>/dev/null &
 pids+=($!)
 mock=$(first_line "$work/mock.out")
+mock_hostport=${mock#*://}
+mock_hostport=${mock_hostport%%/*}
+
+# nginx in front of the same mock, as a plain local process: its own
+# configuration, prefix and temp paths in the work directory, in the
+# foreground, no access log; a keep-alive pool to the mock and no buffering
+# (SSE passes through as it comes), as the compose load balancer does.
+nginx_port=$(free_port)
+mkdir -p "$work/nginx"
+cat >"$work/nginx/nginx.conf" <<NGINX
+daemon off;
+worker_processes auto;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $work/nginx/body;
+    proxy_temp_path $work/nginx/proxy;
+    fastcgi_temp_path $work/nginx/fastcgi;
+    uwsgi_temp_path $work/nginx/uwsgi;
+    scgi_temp_path $work/nginx/scgi;
+    keepalive_requests 1000000;
+    upstream mock {
+        server $mock_hostport;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:$nginx_port;
+        location / {
+            proxy_pass http://mock;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_request_buffering off;
+        }
+    }
+}
+NGINX
+"$nginx_bin" -p "$work/nginx" -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" &
+nginx_pid=$!
+pids+=("$nginx_pid")
+for _ in $(seq 1 100); do port_open "$nginx_port" && break; sleep 0.1; done
+nginx_url="http://127.0.0.1:$nginx_port/v1"
 
 export GATEWAY_SQLITE_PATH="$work/gateway.db"
 gw() { "$bin/gateway" "$@" >/dev/null; }
@@ -83,10 +193,11 @@ model_list:
       api_base: $mock
       api_key: unused
 YAML
-  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  (cd "$work" && LITELLM_MASTER_KEY="$key" exec "$LITELLM" --config "$work/litellm.yaml" \
+  port=$(free_port)
+  (cd "$work" && LITELLM_MASTER_KEY="$key" LITELLM_LOCAL_MODEL_COST_MAP=True exec "$LITELLM" --config "$work/litellm.yaml" \
     --host 127.0.0.1 --port "$port" --num_workers 1 >"$work/litellm.log" 2>&1) &
-  pids+=($!)
+  litellm_pid=$!
+  pids+=("$litellm_pid")
   for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$port/health/liveliness" >/dev/null && break; sleep 0.3; done
   baseline_url="http://127.0.0.1:$port/v1"
   a_name=litellm
@@ -111,28 +222,125 @@ start_gateway "$bin/gateway" gateway
 gateway="$url"
 gateway_pid=$pid
 
-# One request through the gateway must succeed before measuring anything.
-curl -sf "$gateway/v1/chat/completions" -H "authorization: Bearer $key" \
-  -H 'content-type: application/json' \
-  -d '{"model":"mock-model","messages":[{"role":"user","content":"hi"}]}' >/dev/null
+# One request through the gateway and one through nginx must succeed before
+# measuring anything.
+for target in "$gateway/v1" "$nginx_url"; do
+  curl -sf "$target/chat/completions" -H "authorization: Bearer $key" \
+    -H 'content-type: application/json' \
+    -d '{"model":"mock-model","messages":[{"role":"user","content":"hi"}]}' >/dev/null
+done
 
-echo "A $baseline_url, B (gateway) $gateway/v1 ($(nproc) cores, $(uptime | sed 's/.*load/load/'))"
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user + system
-gateway_cpu0=$(cpu_ticks "$gateway_pid")
-[[ -n "${baseline_pid:-}" ]] && baseline_cpu0=$(cpu_ticks "$baseline_pid")
-A_NAME="$a_name" MOCK_URL="$baseline_url" GATEWAY_URL="$gateway/v1" LOADGEN_API_KEY="$key" LOADGEN="$bin/loadgen" \
-  MODEL=mock-model OUT="$root/target/overhead" "$root/loadtest/scripts/overhead.sh"
-
-# CPU the gateway process spent per request it served (warm-ups included):
-# how much of a core the figures above cost.
-per_request() { # per_request <pid> <ticks before> <db>
-  local ticks n
-  ticks=$(( $(cpu_ticks "$1") - $2 ))
-  n=$(sqlite3 "$3" "select count(*) from request_ledger" 2>/dev/null || echo 0)
-  (( n > 0 )) && echo "$(( ticks * 1000000 / $(getconf CLK_TCK) / n )) us CPU/request over $n requests"
+echo "A $baseline_url, B (gateway) $gateway/v1, nginx $nginx_url ($(nproc) cores, $(uptime | sed 's/.*load/load/'))"
+echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')$(grep -qw avx512f /proc/cpuinfo && echo ', avx512f' || echo ', no avx512f')"
+cpu_ticks() { # cpu_ticks <pid>…: user + system ticks of the processes and their descendants
+  local p t=0
+  for p in $(tree "$@"); do
+    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$t"
 }
-echo "gateway: $(per_request "$gateway_pid" "$gateway_cpu0" "$work/gateway.db")"
-[[ -n "${baseline_pid:-}" ]] && echo "baseline: $(per_request "$baseline_pid" "$baseline_cpu0" "$work/baseline.db")"
+gateway_cpu0=$(cpu_ticks "$gateway_pid")
+nginx_cpu0=$(cpu_ticks "$nginx_pid")
+[[ -n "${baseline_pid:-}" ]] && baseline_cpu0=$(cpu_ticks "$baseline_pid")
+[[ -n "${litellm_pid:-}" ]] && litellm_cpu0=$(cpu_ticks "$litellm_pid")
+A_NAME="$a_name" MOCK_URL="$baseline_url" GATEWAY_URL="$gateway/v1" LOADGEN_API_KEY="$key" LOADGEN="$bin/loadgen" \
+  MODEL=mock-model OUT="$out" NGINX_URL="$nginx_url" DIRECT_URL="$mock" "$root/loadtest/scripts/overhead.sh"
+
+# The highest rate each target holds: climbing the ladder, each target
+# compared with the mock direct, until its added p99 reaches the limit or it
+# fails or drops a request.
+if [[ -n "$hold_rates" ]]; then
+  targets=("gateway $gateway/v1" "nginx $nginx_url")
+  [[ "$a_name" != direct ]] && targets+=("$a_name $baseline_url")
+  declare -A held=() failed=()
+  climbing=("${targets[@]}")
+  hold_flags=()
+  [[ $hold_mode == stream ]] && hold_flags+=(--stream)
+  for rate in $hold_rates; do
+    ((${#climbing[@]})) || break
+    still=()
+    for t in "${climbing[@]}"; do
+      read -r name target <<<"$t"
+      report="$out/held-$name-$rate.json"
+      LOADGEN_API_KEY="$key" "$bin/loadgen" --compare "$mock" "$target" --model mock-model \
+        --rate "$rate" --duration "$hold_duration" "${hold_flags[@]}" --json >"$report"
+      verdict=$(python3 - "$report" "$hold_p99_us" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+a, b, d = r["a"], r["b"], r["added"]
+bad_a = sum(a["errors"].values()) + a["dropped"]
+bad_b = sum(b["errors"].values()) + b["dropped"]
+ok = bad_a == 0 and bad_b == 0 and d["p99_us"] < int(sys.argv[2])
+note = f"added p99 {d['p99_us']:+} us, errors+drops {bad_b}, {b['achieved_rate']:.0f}/s achieved"
+if bad_a:
+    note += f"; the mock direct itself had {bad_a} errors+drops"
+print(("held " if ok else "failed ") + note)
+PY
+)
+      echo "  held? $hold_mode $rate/s $name: $verdict"
+      if [[ $verdict == held* ]]; then
+        held[$name]=$rate
+        still+=("$t")
+      else
+        failed[$name]="$rate/s: ${verdict#failed }"
+      fi
+    done
+    climbing=("${still[@]}")
+  done
+  echo "highest rate held ($hold_mode, added p99 under $hold_p99_us us over the mock direct, no errors or drops; ladder: $hold_rates):"
+  for t in "${targets[@]}"; do
+    read -r name _ <<<"$t"
+    if [[ -n "${failed[$name]:-}" ]]; then
+      echo "  $(printf '%-9s' "$name") ${held[$name]:-none}$([[ -n "${held[$name]:-}" ]] && echo /s)  (first failure at ${failed[$name]})"
+    else
+      echo "  $(printf '%-9s' "$name") ${held[$name]}/s or more (the top of the ladder)"
+    fi
+  done
+fi
+
+# CPU each process spent per request it served (warm-ups included): how
+# much of a core the figures above cost.
+per_request() { # per_request <pid> <ticks before> <requests>
+  local ticks
+  ticks=$(( $(cpu_ticks "$1") - $2 ))
+  (( $3 > 0 )) && echo "$(( ticks * 1000000 / $(getconf CLK_TCK) / $3 )) us CPU/request over $3 requests"
+}
+ledger_rows() { sqlite3 "$1" "select count(*) from request_ledger" 2>/dev/null || echo 0; }
+sent_to() { # sent_to <url>: requests the load generator sent to it in this run, warm-ups included
+  python3 - "$out" "$1" <<'PY'
+import glob, json, sys
+n = 0
+for path in glob.glob(sys.argv[1] + "/*.json"):
+    r = json.load(open(path))
+    for side in (r["a"], r["b"]):
+        if side["target"] == sys.argv[2]:
+            n += side["sent"] + int(side["rate"])  # plus the one-second warm-up
+print(n)
+PY
+}
+echo "gateway: $(per_request "$gateway_pid" "$gateway_cpu0" "$(ledger_rows "$work/gateway.db")")"
+[[ -n "${baseline_pid:-}" ]] && echo "baseline: $(per_request "$baseline_pid" "$baseline_cpu0" "$(ledger_rows "$work/baseline.db")")"
+echo "nginx: $(per_request "$nginx_pid" "$nginx_cpu0" "$(sent_to "$nginx_url")") (master and workers)"
+[[ -n "${litellm_pid:-}" ]] && echo "litellm: $(per_request "$litellm_pid" "$litellm_cpu0" "$(sent_to "$baseline_url")") (its process tree)"
 
 rows=$(sqlite3 "$work/gateway.db" "select status, count(*) from request_ledger group by status" 2>/dev/null || true)
 [[ -n "$rows" ]] && echo "ledger rows by status: $(echo "$rows" | tr '\n' ' ')"
+
+# Resident memory at the end of the run: the peak (VmHWM) and now (VmRSS),
+# summed over a process tree (a sum of peaks: an upper bound on the tree's
+# peak when its processes peaked at different times).
+memory() { # memory <name> <pid>
+  local p files=()
+  for p in $(tree "$2"); do [[ -r /proc/$p/status ]] && files+=("/proc/$p/status"); done
+  ((${#files[@]})) || return 0
+  awk -v name="$1" -v n="${#files[@]}" '
+    /^VmHWM:/ { hwm += $2 } /^VmRSS:/ { rss += $2 }
+    END { printf "  %-9s peak %7.1f MiB  final %7.1f MiB  (%d process%s)\n", name, hwm / 1024, rss / 1024, n, (n > 1 ? "es" : "") }
+  ' "${files[@]}"
+}
+echo "resident memory (peak = VmHWM, final = VmRSS):"
+memory gateway "$gateway_pid"
+[[ -n "${baseline_pid:-}" ]] && memory "$a_name" "$baseline_pid"
+memory nginx "$nginx_pid"
+[[ -n "${litellm_pid:-}" ]] && memory litellm "$litellm_pid"
+true
