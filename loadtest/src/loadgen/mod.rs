@@ -9,9 +9,16 @@
 //! noisy machine, two separate runs minutes apart differ by more than the
 //! sub-millisecond overhead being measured; interleaving exposes both targets
 //! to the same noise, and the ABBA order cancels a steady drift.
+//!
+//! [`scenario::run`] drives one target through a scenario file (phases,
+//! privacy mix, events) and [`Digest`] turns the run into a report with
+//! plots.
 
+mod digest;
+mod plot;
 mod report;
 mod request;
+pub mod scenario;
 mod schedule;
 mod table;
 
@@ -23,8 +30,10 @@ use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use serde_json::{json, Value};
 
+pub use digest::{fetch_ledger, Digest, Ledger};
 pub use report::{Added, CompareReport, Percentiles, RunReport};
 pub use request::RequestSpec;
+pub use scenario::{Scenario, ScenarioRun};
 
 use report::Recorder;
 use schedule::{run_phase, Driver, Phase};

@@ -105,12 +105,22 @@ struct Inner {
     elapsed: Duration,
 }
 
+/// What a gateway's response headers say about where a request ran
+/// (`x-gateway-backend`, `x-gateway-ledger-id`); empty for other targets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Route {
+    pub backend: Option<Box<str>>,
+    pub ledger_id: Option<Box<str>>,
+}
+
 /// The outcome of one request.
 pub(crate) enum Outcome {
     /// A complete, successful response.
     Ok {
         latency: Duration,
         ttft: Option<Duration>,
+        /// Where a gateway says it ran the request.
+        route: Route,
     },
     /// A failure of the given kind.
     Failed(String),
@@ -161,7 +171,7 @@ impl Recorder {
             i.sent += 1;
             i.lag.saturating_record(micros(lag));
             match outcome {
-                Outcome::Ok { latency, ttft } => {
+                Outcome::Ok { latency, ttft, .. } => {
                     i.ok += 1;
                     i.latency.saturating_record(micros(latency));
                     if let Some(ttft) = ttft {
@@ -270,6 +280,7 @@ mod tests {
                 Outcome::Ok {
                     latency: Duration::from_millis(ms),
                     ttft: None,
+                    route: Route::default(),
                 },
             );
         }

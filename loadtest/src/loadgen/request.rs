@@ -9,7 +9,7 @@ use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use reqwest::header::HeaderMap;
 
-use super::report::Outcome;
+use super::report::{Outcome, Route};
 
 /// What every request of a run sends.
 #[derive(Clone, Debug)]
@@ -48,13 +48,15 @@ pub(crate) async fn send(
         let _ = response.bytes().await;
         return (lag, Outcome::Failed(status.as_u16().to_string()));
     }
+    let route = route_of(response.headers());
     let outcome = if spec.stream {
-        read_stream(response, scheduled).await
+        read_stream(response, scheduled, route).await
     } else {
         match response.bytes().await {
             Ok(_) => Outcome::Ok {
                 latency: scheduled.elapsed(),
                 ttft: None,
+                route,
             },
             Err(e) => Outcome::Failed(body_kind(&e)),
         }
@@ -65,7 +67,7 @@ pub(crate) async fn send(
 /// Reads an SSE answer to its end. A stream that ends without `[DONE]`, or
 /// breaks, counts as `incomplete_stream`: that is what a client sees when an
 /// upstream dies mid-answer.
-async fn read_stream(response: reqwest::Response, scheduled: Instant) -> Outcome {
+async fn read_stream(response: reqwest::Response, scheduled: Instant, route: Route) -> Outcome {
     let mut events = response.bytes_stream().eventsource();
     let mut ttft = None;
     let mut done = false;
@@ -89,6 +91,20 @@ async fn read_stream(response: reqwest::Response, scheduled: Instant) -> Outcome
     Outcome::Ok {
         latency: scheduled.elapsed(),
         ttft,
+        route,
+    }
+}
+
+fn route_of(headers: &HeaderMap) -> Route {
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(Box::from)
+    };
+    Route {
+        backend: get("x-gateway-backend"),
+        ledger_id: get("x-gateway-ledger-id"),
     }
 }
 

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 use tokio_util::task::TaskTracker;
 
-use super::report::Recorder;
+use super::report::{Outcome, Recorder};
 use super::request::{send, RequestSpec};
 
 /// Lead time before the first due request, so it is not late by the time
@@ -64,6 +64,26 @@ impl Drop for Outstanding {
     }
 }
 
+/// Where a dispatch reports each scheduled request.
+pub(crate) trait Sink: Send + Sync + 'static {
+    /// Request `index` of the plan was not sent: `max_in_flight` requests
+    /// were outstanding.
+    fn dropped(&self, index: usize);
+    /// Request `index` of the plan left `lag` after its due time and ended
+    /// with `outcome`.
+    fn record(&self, index: usize, lag: Duration, outcome: Outcome);
+}
+
+impl Sink for Recorder {
+    fn dropped(&self, _: usize) {
+        Recorder::dropped(self);
+    }
+
+    fn record(&self, _: usize, lag: Duration, outcome: Outcome) {
+        Recorder::record(self, lag, outcome);
+    }
+}
+
 /// Runs `phase` against the driver's target, recording into `recorder`, and
 /// waits for every sent request to finish.
 pub(crate) async fn run_phase(
@@ -71,32 +91,49 @@ pub(crate) async fn run_phase(
     phase: &Phase,
     recorder: &Arc<Recorder>,
 ) -> Result<(), tokio::task::JoinError> {
-    let count = phase.count();
     let interval = Duration::from_secs_f64(1.0 / phase.rate);
+    let plan = (0..phase.count()).map(move |i| (interval.mul_f64(i as f64), 0));
+    let started = dispatch(vec![driver.clone()], plan, recorder.clone()).await?;
+    recorder.phase(phase.duration, started.elapsed());
+    Ok(())
+}
+
+/// Sends each planned request `(offset from the start, driver)` at its due
+/// time whatever happened to the earlier ones, reports it to `sink` by its
+/// position in the plan, waits for every sent request to finish, and
+/// returns when the schedule started. The plan must be in time order.
+pub(crate) async fn dispatch<P>(
+    drivers: Vec<Arc<Driver>>,
+    plan: P,
+    sink: Arc<impl Sink>,
+) -> Result<Instant, tokio::task::JoinError>
+where
+    P: Iterator<Item = (Duration, usize)> + Send + 'static,
+{
     let tracker = TaskTracker::new();
     let in_flight = Arc::new(AtomicUsize::new(0));
     let handle = Handle::current();
     let start = Instant::now() + LEAD;
 
     let dispatch = {
-        let (driver, recorder, tracker) = (driver.clone(), recorder.clone(), tracker.clone());
-        let in_flight = in_flight.clone();
+        let tracker = tracker.clone();
         tokio::task::spawn_blocking(move || {
-            for i in 0..count {
-                let due = start + interval.mul_f64(i as f64);
+            for (index, (offset, d)) in plan.enumerate() {
+                let due = start + offset;
                 sleep_until(due);
+                let driver = drivers[d].clone();
                 if in_flight.load(Ordering::Acquire) >= driver.max_in_flight {
-                    recorder.dropped();
+                    sink.dropped(index);
                     continue;
                 }
                 in_flight.fetch_add(1, Ordering::AcqRel);
                 let outstanding = Outstanding(in_flight.clone());
-                let (driver, recorder) = (driver.clone(), recorder.clone());
+                let sink = sink.clone();
                 tracker.spawn_on(
                     async move {
                         let (lag, outcome) =
                             send(&driver.client, &driver.url, &driver.spec, due).await;
-                        recorder.record(lag, outcome);
+                        sink.record(index, lag, outcome);
                         drop(outstanding);
                     },
                     &handle,
@@ -107,8 +144,7 @@ pub(crate) async fn run_phase(
     dispatch.await?;
     tracker.close();
     tracker.wait().await;
-    recorder.phase(phase.duration, start.elapsed());
-    Ok(())
+    Ok(start)
 }
 
 /// Waits until `due`: sleeps until shortly before it, then yields the CPU in
