@@ -203,9 +203,14 @@ done
 # Where the requests went and what they cost: ledger rows by status (every
 # request, warm-ups included), CPU per request of the two gateways together
 # and of nginx, and resident memory.
-sleep 1 # the ledger writers' last batches
+total=-1 # until the ledger writers' last batches are in (at most 30 s)
+for _ in $(seq 1 30); do
+  sleep 1
+  now=$(psql "$pg_url/$db" -tAc "select count(*) from request_ledger")
+  ((now == total)) && break
+  total=$now
+done
 rows=$(psql "$pg_url/$db" -tAc "select status || ' ' || count(*) from request_ledger group by status")
-total=$(psql "$pg_url/$db" -tAc "select count(*) from request_ledger")
 echo "ledger rows by status: $(echo "$rows" | tr '\n' ' ')"
 through_lb=$(python3 - "$out" "$lb/v1" <<'PY'
 import glob, json, sys

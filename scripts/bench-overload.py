@@ -12,7 +12,10 @@ alike:
               (GATEWAY_PREDICTED_PLACEMENT=false, the behaviour before
               prediction);
 - predicted:  edge and cloud, routed on the predicted queue wait, with the
-              power-of-two choice and prefix affinity (the default).
+              power-of-two choice and prefix affinity (the default);
+- hedged:     predicted, plus hedging: a request the edge has not started
+              answering by its predicted first token plus HEDGE_MARGIN_MS
+              also starts in the cloud, and the first answer wins.
 
 First the edge worker's capacity is measured (closed loop, as many clients
 as it has running slots, requests of the benchmark's shape, straight to the
@@ -55,7 +58,8 @@ CLOUD = {"ttft_ms": 500, "tps": 60, "price_in": 0.00015, "price_out": 0.0006,
          "j_prompt": 0.03, "j_output": 0.3, "rtt_ms": 80}
 MIX = [("public", 0.5), ("internal", 0.3), ("confidential", 0.2)]
 MAX_TOKENS = 32
-POLICIES = ["all-edge", "all-cloud", "naive", "predicted"]
+POLICIES = ["all-edge", "all-cloud", "naive", "predicted", "hedged"]
+HEDGE_MARGIN_MS = 300
 
 
 def question(rng):
@@ -198,7 +202,8 @@ def gateway_for(policy, load, edge, cloud, slo_ms, workdir):
           "--decode-tps", str(CLOUD["tps"]))
     admin("policy", "set", "--tenant", "bench", "--slo-ms", str(slo_ms),
           "--expected-output-tokens", str(MAX_TOKENS),
-          "--allow-cloud", "false" if policy == "all-edge" else "true")
+          "--allow-cloud", "false" if policy == "all-edge" else "true",
+          *(["--hedge-margin-ms", str(HEDGE_MARGIN_MS)] if policy == "hedged" else []))
     key = json.loads(admin("key", "create", "--tenant", "bench"))["api_key"]
     proc, url = start([gw, "serve", "--listen", "127.0.0.1:0"], env, "listening")
     wait_ready(url + "/healthz")
@@ -277,7 +282,7 @@ def summarise(results, db):
 # --- SVG plots --------------------------------------------------------------
 
 COLORS = {"all-edge": "#1b9e77", "all-cloud": "#d95f02", "naive": "#7570b3",
-          "predicted": "#e7298a"}
+          "predicted": "#e7298a", "hedged": "#66a61e"}
 
 
 def svg_plot(path, title, xlabel, ylabel, series, points_only=False):

@@ -164,6 +164,28 @@ where
     Option::<T>::deserialize(d).map(|v| Some(Limit(v)))
 }
 
+/// Like [`present`] for a number that may also be switched off by `null`
+/// or the string `"none"` (what the dashboard's form sends).
+fn number_or_none<'de, D>(d: D) -> Result<Option<Limit<f64>>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NumberOrNone {
+        Number(f64),
+        Word(String),
+    }
+    match Option::<NumberOrNone>::deserialize(d)? {
+        None => Ok(Some(Limit(None))),
+        Some(NumberOrNone::Number(v)) => Ok(Some(Limit(Some(v)))),
+        Some(NumberOrNone::Word(w)) if w == "none" => Ok(Some(Limit(None))),
+        Some(NumberOrNone::Word(w)) => Err(serde::de::Error::custom(format!(
+            "expected a number or \"none\", got \"{w}\""
+        ))),
+    }
+}
+
 fn parse_limit<T: std::str::FromStr>(s: &str) -> Result<Limit<T>, String> {
     if s == "none" {
         return Ok(Limit(None));
@@ -349,6 +371,18 @@ pub struct PolicySetArgs {
     /// Forward a request's `store: true` to the upstream (off by default).
     #[arg(long)]
     pub allow_store: Option<bool>,
+    /// Hedging: ms past an edge worker's predicted first byte after which
+    /// the request also starts in the cloud; `none` turns it off.
+    #[arg(long, value_parser = parse_limit::<f64>)]
+    #[serde(default, deserialize_with = "number_or_none")]
+    #[schema(value_type = Option<f64>)]
+    pub hedge_margin_ms: Option<Limit<f64>>,
+    /// Cascade: mean token log-probability (<= 0) below which an edge
+    /// answer is asked of the cloud instead; `none` turns it off.
+    #[arg(long, value_parser = parse_limit::<f64>, allow_hyphen_values = true)]
+    #[serde(default, deserialize_with = "number_or_none")]
+    #[schema(value_type = Option<f64>)]
+    pub cascade_min_logprob: Option<Limit<f64>>,
 }
 
 #[derive(Debug, Clone, Subcommand)]

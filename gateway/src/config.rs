@@ -93,6 +93,12 @@ pub struct Config {
     /// trial request (or poll) may use it again: a success restores it, a
     /// failure doubles the rest, up to 32 times this.
     pub unhealthy_cooldown_ms: u64,
+    /// Largest share of a pool, in percent, that failures may eject at
+    /// once; at least one backend may always be ejected. A pool is the
+    /// backends of one zone serving the requested model. Past the cap the
+    /// ejected backends whose rest ends soonest are tried again, so a
+    /// fault on the gateway's side (its network, say) cannot empty a pool.
+    pub max_ejection_percent: u32,
     /// Failover attempts allowed per request, over the last ten seconds
     /// (0.2: retries add at most 20% to the upstream load).
     pub retry_budget_ratio: f64,
@@ -173,6 +179,7 @@ impl Default for Config {
             max_connections: 10_000,
             max_in_flight: 4_096,
             unhealthy_cooldown_ms: 5_000,
+            max_ejection_percent: 50,
             retry_budget_ratio: 0.2,
             retry_budget_min_per_s: 5.0,
             max_upstream_error_bytes: 64 << 10,
@@ -218,6 +225,7 @@ pub const FIELDS: &[&str] = &[
     "max_connections",
     "max_in_flight",
     "unhealthy_cooldown_ms",
+    "max_ejection_percent",
     "retry_budget_ratio",
     "retry_budget_min_per_s",
     "max_upstream_error_bytes",
@@ -358,6 +366,11 @@ impl Config {
         if self.ledger_spill_max_bytes == 0 {
             return Err(ConfigError::Invalid(
                 "ledger_spill_max_bytes must be > 0".to_owned(),
+            ));
+        }
+        if self.max_ejection_percent > 100 {
+            return Err(ConfigError::Invalid(
+                "max_ejection_percent must be at most 100".to_owned(),
             ));
         }
         if self.unhealthy_after == 0 {

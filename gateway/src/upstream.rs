@@ -72,6 +72,10 @@ pub enum AttemptError {
     /// The upstream key's environment variable is not set.
     #[error("upstream key not configured")]
     NoKey,
+    /// Not sent: a confidential request and a cloud-zone backend. Routing
+    /// never pairs them; this is the last check before a send.
+    #[error("confidential request refused for a cloud backend")]
+    PrivacyBlocked,
 }
 
 impl AttemptError {
@@ -98,7 +102,9 @@ impl AttemptError {
             | AttemptError::Body
             | AttemptError::Failed => true,
             AttemptError::Status { status, .. } => *status >= 500,
-            AttemptError::ContextLength | AttemptError::NoKey => false,
+            AttemptError::ContextLength | AttemptError::NoKey | AttemptError::PrivacyBlocked => {
+                false
+            }
         }
     }
 
@@ -119,6 +125,7 @@ impl AttemptError {
             AttemptError::Failed => "stream_failed",
             AttemptError::Body => "body",
             AttemptError::NoKey => "no_key",
+            AttemptError::PrivacyBlocked => "privacy_blocked",
         }
     }
 }

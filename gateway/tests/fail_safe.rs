@@ -357,6 +357,59 @@ async fn a_failed_cloud_backend_recovers_after_its_cool_down() {
     gw.shutdown().await;
 }
 
+/// Two on-premises backends fail together (as they would if the fault were
+/// the gateway's own network): the ejection cap keeps half of the pool in
+/// routing, so once they recover the next request is served at once
+/// instead of waiting out a minute's rest. Without the cap (100%) the same
+/// request finds no backend.
+#[tokio::test]
+async fn failures_cannot_eject_more_than_the_capped_share_of_a_pool() {
+    async fn after_both_failed(max_ejection_percent: u32) -> (u16, String, [usize; 2]) {
+        let config = Config {
+            unhealthy_after: 1,
+            unhealthy_cooldown_ms: 60_000,
+            max_ejection_percent,
+            ..quick()
+        };
+        let busted =
+            r#"{"error":{"message":"down","type":"server_error","param":null,"code":"x"}}"#;
+        let (a, b) = (StandIn::start().await, StandIn::start().await);
+        let db = common::sqlite().await;
+        // Not polled (an OpenAI-compatible server in the rack), so only
+        // requests judge their health; `a` is preferred.
+        for (name, up, price) in [("a", &a, 0.0), ("b", &b, 1.0)] {
+            up.set(Mode::Status(503, busted.into()));
+            let on_prem = gateway::routing::Backend {
+                kind: gateway::routing::BackendKind::Cloud,
+                ..backend(name, &up.url, Zone::OnPrem, price)
+            };
+            db.store.add_backend(&on_prem).await.unwrap();
+        }
+        let gw = Gateway::start(db, config).await;
+        let (_, key) = tenant_and_key(gw.store(), |_| {}).await;
+        // Tried on a, failed over to b: both fail, both are ejected.
+        assert_eq!(gw.chat(&key, &body(false)).await.status(), 502);
+        assert_eq!((a.count(), b.count()), (1, 1));
+        a.set(Mode::Answer);
+        b.set(Mode::Answer);
+        let r = gw.chat(&key, &body(false)).await;
+        let status = r.status().as_u16();
+        let served_by = r
+            .headers()
+            .get("x-gateway-backend")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        gw.shutdown().await;
+        (status, served_by, [a.count(), b.count()])
+    }
+
+    // Half of two may be out: a, whose rest ends first, is readmitted.
+    assert_eq!(after_both_failed(50).await, (200, "a".to_owned(), [2, 1]));
+    // No cap: the whole pool rests, and nothing was tried.
+    let (status, _, counts) = after_both_failed(100).await;
+    assert_eq!((status, counts), (503, [1, 1]));
+}
+
 #[tokio::test]
 async fn a_slow_non_streaming_edge_answer_is_awaited_not_redone() {
     let edge = StandIn::start().await;

@@ -2,7 +2,9 @@
 //! the admin API (`http::admin`): one place decides what a valid backend,
 //! policy, rule or key change is, whoever asks for it.
 
-use crate::admin_cli::{BackendAddArgs, KeyCreateArgs, KeyUpdateArgs, PolicySetArgs, RuleAddArgs};
+use crate::admin_cli::{
+    BackendAddArgs, KeyCreateArgs, KeyUpdateArgs, Limit, PolicySetArgs, RuleAddArgs,
+};
 use crate::privacy::{PrivacyRule, RuleSpec};
 use crate::routing::{
     Alias, AliasTarget, Backend, BackendKind, Capabilities, ModelMapping, Policy, Zone,
@@ -199,6 +201,12 @@ pub async fn set_policy(store: &Store, a: &PolicySetArgs) -> Result<(Tenant, Pol
     }
     if let Some(n) = a.expected_output_tokens {
         p.expected_output_tokens = n;
+    }
+    if let Some(Limit(m)) = a.hedge_margin_ms {
+        p.hedge_margin_ms = m;
+    }
+    if let Some(Limit(t)) = a.cascade_min_logprob {
+        p.cascade_min_logprob = t;
     }
     store.set_policy(&t.id, &p).await?;
     Ok((t, p))

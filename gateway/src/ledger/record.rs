@@ -141,6 +141,14 @@ impl Record {
         }
     }
 
+    /// Adds `value` under `key` to the row's decision: what a hedge or a
+    /// cascade did, so that every attempt of the request is in its row.
+    pub fn note_in_decision(&mut self, key: &str, value: serde_json::Value) {
+        if let Some(serde_json::Value::Object(d)) = &mut self.entry.decision {
+            d.insert(key.to_owned(), value);
+        }
+    }
+
     /// The wait for a running slot the edge worker measured (ms).
     pub fn set_actual_wait(&mut self, ms: f64) {
         if ms.is_finite() && ms >= 0.0 {

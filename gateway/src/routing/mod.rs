@@ -17,11 +17,15 @@
 //! also carries the all-cloud counterfactual ([`AllCloud`]): what the best
 //! cloud backend would have cost, privacy aside, for the savings report.
 //!
+//! Failures may eject at most `max_ejection_percent` of a pool at once
+//! ([`cap_ejections`]); past that the soonest-rested backends are tried.
+//!
 //! Privacy is enforced here as a filter, before scoring: a confidential
 //! request never gets a cloud-zone candidate, so no later step (failover,
 //! retry) can pick one from the list. A property test states this.
 
 mod counterfactual;
+mod eject;
 mod queue;
 mod rank;
 mod score;
@@ -31,6 +35,7 @@ mod types;
 mod whatif;
 
 pub use counterfactual::{AllCloud, CloudRates};
+pub use eject::cap_ejections;
 pub use queue::{PowerOfTwo, NEAR_EQUAL_SCORE, PREFIX_CACHE_SPEEDUP};
 pub use rank::{
     rank, resolve_alias, Decision, Excluded, Exclusion, NoRoute, NoRouteCode, RouteReason, Scored,

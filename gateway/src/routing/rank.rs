@@ -114,6 +114,11 @@ pub struct Decision {
     /// when no cloud backend serves the model.
     #[serde(default)]
     pub all_cloud: Option<AllCloud>,
+    /// Ejected backends readmitted because failures had ejected more of
+    /// their pool than the cap allows (see `cap_ejections`); these are
+    /// tried without waiting for their circuit's trial.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub readmitted: Vec<String>,
 }
 
 impl Decision {
@@ -257,6 +262,7 @@ pub fn rank(
         excluded,
         power_of_two,
         all_cloud: all_cloud(backends, target, policy, tokens),
+        readmitted: Vec::new(),
     })
 }
 

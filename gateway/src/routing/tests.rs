@@ -745,3 +745,63 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn failures_eject_at_most_the_capped_share_of_a_pool() {
+    let now = std::time::Instant::now();
+    let ms = |n: u64| Some(now + std::time::Duration::from_millis(n));
+    let edges: Vec<Backend> = (0..4)
+        .map(|i| backend(&format!("e{i}"), BackendKind::Edge))
+        .collect();
+    let mut other = backend("other-model", BackendKind::Edge);
+    other.models[0].public = "n".into();
+    let cloud = backend("c", BackendKind::Cloud);
+    let all: Vec<&Backend> = edges.iter().chain([&other, &cloud]).collect();
+    let observe = |unhealthy: &[usize]| -> Vec<Observed<'_>> {
+        all.iter()
+            .enumerate()
+            .map(|(i, b)| Observed {
+                healthy: !unhealthy.contains(&i),
+                ..obs(b, None)
+            })
+            .collect()
+    };
+    // e0..e3 rest until 400, 100, 300, 200 ms from now; the other model's
+    // worker and the cloud are resting too.
+    let rests = [ms(400), ms(100), ms(300), ms(200), ms(50), ms(50)];
+    let healthy = |o: &[Observed<'_>]| -> Vec<bool> { o.iter().map(|o| o.healthy).collect() };
+
+    // Half of the four-worker pool may be out: two ejected stay ejected.
+    let mut o = observe(&[0, 2, 4, 5]);
+    assert!(cap_ejections(&mut o, &rests, &target(), 50).is_empty());
+    assert_eq!(healthy(&o), [false, true, false, true, false, false]);
+
+    // All four ejected: the two whose rest ends soonest are readmitted.
+    // The other model's worker is not in the pool; the cloud (a pool of
+    // one, whose one backend may always be ejected) stays out.
+    let mut o = observe(&[0, 1, 2, 3, 4, 5]);
+    let mut back = cap_ejections(&mut o, &rests, &target(), 50);
+    back.sort_unstable();
+    assert_eq!(back, [1, 3]);
+    assert_eq!(healthy(&o), [false, true, false, true, false, false]);
+
+    // 100% is no cap; 0% still lets one backend out.
+    let mut o = observe(&[0, 1, 2, 3]);
+    assert!(cap_ejections(&mut o, &rests, &target(), 100).is_empty());
+    let mut o = observe(&[0, 1, 2, 3]);
+    assert_eq!(cap_ejections(&mut o, &rests, &target(), 0).len(), 3);
+    assert_eq!(healthy(&o), [false, true, true, true, true, true]);
+
+    // A disabled worker is not in the pool and is never readmitted.
+    let mut disabled = edges.clone();
+    disabled[1].enabled = false;
+    let mut o: Vec<Observed<'_>> = disabled
+        .iter()
+        .map(|b| Observed {
+            healthy: b.name != "e0" && b.name != "e1",
+            ..obs(b, None)
+        })
+        .collect();
+    // e1 is disabled: the pool is three, one of them (e0) ejected.
+    assert!(cap_ejections(&mut o, &rests, &target(), 50).is_empty());
+}

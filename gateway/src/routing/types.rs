@@ -190,6 +190,16 @@ pub struct Policy {
     /// the upstream must not keep the exchange.
     #[serde(default)]
     pub allow_store: bool,
+    /// Hedging: when an edge worker has not started answering by its
+    /// predicted time plus this margin (ms), the same request starts in
+    /// the cloud and the first to answer wins. `None`: off.
+    #[serde(default)]
+    pub hedge_margin_ms: Option<f64>,
+    /// Cascade: a non-streaming answer from an edge worker whose mean token
+    /// log-probability is below this is asked of the cloud instead.
+    /// `None`: off.
+    #[serde(default)]
+    pub cascade_min_logprob: Option<f64>,
 }
 
 impl Default for Policy {
@@ -207,6 +217,8 @@ impl Default for Policy {
             allow_cloud: true,
             expected_output_tokens: 256,
             allow_store: false,
+            hedge_margin_ms: None,
+            cascade_min_logprob: None,
         }
     }
 }
@@ -230,6 +242,20 @@ impl Policy {
         }
         if self.expected_output_tokens == 0 {
             return Err(InvalidPolicy("expected_output_tokens must be > 0"));
+        }
+        if self
+            .hedge_margin_ms
+            .is_some_and(|m| !m.is_finite() || m < 0.0)
+        {
+            return Err(InvalidPolicy("hedge_margin_ms must be finite and >= 0"));
+        }
+        if self
+            .cascade_min_logprob
+            .is_some_and(|t| !t.is_finite() || t > 0.0)
+        {
+            return Err(InvalidPolicy(
+                "cascade_min_logprob must be finite and <= 0 (a log-probability)",
+            ));
         }
         Ok(())
     }

@@ -3,7 +3,9 @@
 
 use sqlx::any::AnyRow;
 
-use super::rows::{execute_one, flag, get, get_class, get_flag, get_json, get_u32, to_json};
+use super::rows::{
+    execute_one, flag, get, get_class, get_flag, get_json, get_u32, to_json, BindExt,
+};
 use super::{new_id, now_ms, Store, StoreError};
 use crate::privacy::{Class, PrivacyRule, RuleSpec};
 use crate::routing::{Alias, Policy};
@@ -78,15 +80,17 @@ impl Store {
         policy.validate().map_err(|e| StoreError::Invalid(e.0))?;
         sqlx::query(
             "INSERT INTO routing_policies (tenant_id, w_latency, w_energy, w_cost, latency_slo_ms, \
-             energy_ref_j, cost_ref_usd, default_class, allow_cloud, expected_output_tokens, updated_at, allow_store) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+             energy_ref_j, cost_ref_usd, default_class, allow_cloud, expected_output_tokens, updated_at, allow_store, \
+             hedge_margin_ms, cascade_min_logprob) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
              ON CONFLICT (tenant_id) DO UPDATE SET w_latency = excluded.w_latency, \
              w_energy = excluded.w_energy, w_cost = excluded.w_cost, \
              latency_slo_ms = excluded.latency_slo_ms, energy_ref_j = excluded.energy_ref_j, \
              cost_ref_usd = excluded.cost_ref_usd, default_class = excluded.default_class, \
              allow_cloud = excluded.allow_cloud, \
              expected_output_tokens = excluded.expected_output_tokens, updated_at = excluded.updated_at, \
-             allow_store = excluded.allow_store",
+             allow_store = excluded.allow_store, hedge_margin_ms = excluded.hedge_margin_ms, \
+             cascade_min_logprob = excluded.cascade_min_logprob",
         )
         .bind(tenant_id)
         .bind(policy.w_latency)
@@ -100,6 +104,8 @@ impl Store {
         .bind(i64::from(policy.expected_output_tokens))
         .bind(now_ms())
         .bind(flag(policy.allow_store))
+        .bind_opt_f64(policy.hedge_margin_ms)
+        .bind_opt_f64(policy.cascade_min_logprob)
         .execute(&self.pool)
         .await
         .map_err(|e| StoreError::from_sqlx(e, "policy"))?;
@@ -111,7 +117,8 @@ impl Store {
     pub async fn get_policy(&self, tenant_id: &str) -> Result<Option<Policy>, StoreError> {
         let row = sqlx::query(
             "SELECT w_latency, w_energy, w_cost, latency_slo_ms, energy_ref_j, cost_ref_usd, \
-             default_class, allow_cloud, expected_output_tokens, allow_store FROM routing_policies WHERE tenant_id = $1",
+             default_class, allow_cloud, expected_output_tokens, allow_store, hedge_margin_ms, \
+             cascade_min_logprob FROM routing_policies WHERE tenant_id = $1",
         )
         .bind(tenant_id)
         .fetch_optional(&self.pool)
@@ -131,6 +138,8 @@ impl Store {
             allow_cloud: get_flag(&row, "allow_cloud")?,
             expected_output_tokens: get_u32(&row, "expected_output_tokens")?,
             allow_store: get_flag(&row, "allow_store")?,
+            hedge_margin_ms: get(&row, "hedge_margin_ms")?,
+            cascade_min_logprob: get(&row, "cascade_min_logprob")?,
         }))
     }
 

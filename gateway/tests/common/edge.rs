@@ -123,6 +123,18 @@ impl EdgeWorker {
         }
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, …) to the worker: a stopped worker
+    /// keeps its connections open and answers nothing, as a wedged host.
+    pub fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .args([format!("-{signal}"), child.id().to_string()])
+                .status()
+                .expect("run kill");
+            assert!(status.success(), "kill -{signal} failed");
+        }
+    }
+
     /// SIGKILL: the process dies at once, mid-request if one is running.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

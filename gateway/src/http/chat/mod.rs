@@ -19,6 +19,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use tracing::Span;
 
+mod collab;
 pub mod relay;
 pub mod request;
 pub mod sse;
@@ -30,10 +31,12 @@ use super::{with_gateway_headers, ApiError, RouteHeaders};
 use crate::auth::require_scope;
 use crate::catalog::{CatalogError, Snapshot};
 use crate::ledger::{Record, RecordInit};
-use crate::limits::{worst_case_usd, BudgetAsk, LimitExceeded};
+use crate::limits::{worst_case_usd, BudgetAsk, BudgetHold, LimitExceeded};
 use crate::live::BackendLive;
 use crate::privacy::{classify, request_texts};
-use crate::routing::{rank, resolve_alias, Backend, BackendKind, Decision, Observed, RequestView};
+use crate::routing::{
+    cap_ejections, rank, resolve_alias, Backend, BackendKind, Decision, Observed, RequestView,
+};
 use crate::state::AppState;
 use crate::store::{now_ms, ApiKey, LedgerStatus};
 use crate::traces::{self, RequestTrace};
@@ -205,7 +208,7 @@ async fn admit_and_route(
         .iter()
         .map(|b| app.live.get(&b.id))
         .collect();
-    let observed: Vec<Observed<'_>> = snapshot
+    let mut observed: Vec<Observed<'_>> = snapshot
         .backends
         .iter()
         .zip(&lives)
@@ -233,44 +236,70 @@ async fn admit_and_route(
         seed: predicted.then(rand::random),
     };
     let target = resolve_alias(&req.model, &snapshot.aliases);
-    let decision = rank(&view, &target, &tenant.policy, &observed);
+    let rest_ends: Vec<_> = lives.iter().map(|l| l.retry_at).collect();
+    let readmitted = cap_ejections(
+        &mut observed,
+        &rest_ends,
+        &target,
+        app.config.max_ejection_percent,
+    );
+    let decision = rank(&view, &target, &tenant.policy, &observed).map(|mut d| {
+        d.readmitted = readmitted
+            .iter()
+            .map(|&i| snapshot.backends[i].id.clone())
+            .collect();
+        d
+    });
     traces::decided(&route_span, decision.as_ref());
     let decision = decision.map_err(ApiError::NoRoute)?;
     drop((observed, route_span));
     if let Some(budget_usd) = key.budget_usd {
-        // Held from the worst case over every backend the request may
-        // reach, failover included; settled by the ledger row. Without
-        // `max_tokens` an answer may run to the end of the largest context
-        // among them: holding less would let concurrent requests spend past
-        // the budget by more than one request's worst case.
-        let backends: Vec<&Backend> = decision
-            .candidates()
-            .filter_map(|c| snapshot.backends.iter().find(|b| b.id == c.backend_id))
-            .collect();
-        let worst_out = req.max_tokens.unwrap_or_else(|| {
-            backends
-                .iter()
-                .map(|b| relay::context_length(app, b).saturating_sub(req.prompt_estimate))
-                .max()
-                .unwrap_or(expected_out)
-        });
-        let prices = backends
-            .iter()
-            .map(|b| (b.price_in_per_1k, b.price_out_per_1k));
-        let ask = BudgetAsk {
-            key_id: &key.id,
-            request_id: record.id(),
-            budget_usd,
-            stored_spent_usd: key.spent_usd,
-            worst_usd: worst_case_usd(req.prompt_estimate, worst_out, prices),
-        };
-        let hold = app.limiter.reserve(ask).await.map_err(|e| match e {
-            LimitExceeded::Budget if req.max_tokens.is_none() => {
-                ApiError::Limited(LimitExceeded::BudgetUnbounded)
-            }
-            e => ApiError::Limited(e),
-        })?;
+        let hold = hold_budget(app, key, req, record, &decision, &snapshot, budget_usd).await?;
         record.hold_budget(hold);
     }
     Ok((decision, snapshot))
+}
+
+/// Holds the request's worst-case cost against the key's budget: the
+/// worst case over every backend the request may reach, failover included;
+/// settled by the ledger row. Without `max_tokens` an answer may run to the
+/// end of the largest context among them: holding less would let
+/// concurrent requests spend past the budget by more than one request's
+/// worst case.
+async fn hold_budget(
+    app: &AppState,
+    key: &ApiKey,
+    req: &ChatRequest,
+    record: &Record,
+    decision: &Decision,
+    snapshot: &Snapshot,
+    budget_usd: f64,
+) -> Result<BudgetHold, ApiError> {
+    let backends: Vec<&Backend> = decision
+        .candidates()
+        .filter_map(|c| snapshot.backends.iter().find(|b| b.id == c.backend_id))
+        .collect();
+    let worst_out = req.max_tokens.unwrap_or_else(|| {
+        backends
+            .iter()
+            .map(|b| relay::context_length(app, b).saturating_sub(req.prompt_estimate))
+            .max()
+            .unwrap_or(decision.policy.expected_output_tokens)
+    });
+    let prices = backends
+        .iter()
+        .map(|b| (b.price_in_per_1k, b.price_out_per_1k));
+    let ask = BudgetAsk {
+        key_id: &key.id,
+        request_id: record.id(),
+        budget_usd,
+        stored_spent_usd: key.spent_usd,
+        worst_usd: worst_case_usd(req.prompt_estimate, worst_out, prices),
+    };
+    app.limiter.reserve(ask).await.map_err(|e| match e {
+        LimitExceeded::Budget if req.max_tokens.is_none() => {
+            ApiError::Limited(LimitExceeded::BudgetUnbounded)
+        }
+        e => ApiError::Limited(e),
+    })
 }

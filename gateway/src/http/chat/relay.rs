@@ -40,10 +40,11 @@ use tracing::Span;
 use wire::ErrorBody;
 
 use super::request::ChatRequest;
-use super::stream;
+use super::{collab, stream};
 use crate::catalog::Snapshot;
 use crate::http::{with_gateway_headers, ApiError, RouteHeaders};
 use crate::ledger::{Pricing, Record};
+use crate::live::InFlight;
 use crate::privacy::{classify, Class, RuleSet};
 use crate::routing::{
     Backend, BackendKind, Decision, Exclusion, NoRoute, NoRouteCode, Scored, Zone,
@@ -89,11 +90,16 @@ pub async fn execute(
     let mut context_floor: Option<u32> = None;
     let mut last_error: Option<AttemptError> = None;
     let mut attempts = 0u32;
+    // Backends a hedge or a cascade already tried.
+    let mut tried: Vec<String> = Vec::new();
     app.retries.request();
     for (i, cand) in decision.candidates().enumerate() {
         let Some(backend) = snapshot.backends.iter().find(|b| b.id == cand.backend_id) else {
             continue;
         };
+        if tried.contains(&backend.id) {
+            continue;
+        }
         if backend.zone == Zone::Cloud && class >= Class::Confidential {
             tracing::error!(backend = %backend.name, "refused to send a confidential request to the cloud");
             metrics::counter!("gateway_privacy_blocks_total").increment(1);
@@ -110,7 +116,7 @@ pub async fn execute(
             tracing::warn!(backend = %backend.name, "retry budget spent; no further failover");
             break;
         }
-        if !app.live.claim_trial(&backend.id) {
+        if !decision.readmitted.contains(&backend.id) && !app.live.claim_trial(&backend.id) {
             // Another request holds this backend's recovery trial.
             continue;
         }
@@ -122,59 +128,48 @@ pub async fn execute(
             "failover"
         };
         record.set_backend(cand, backend.zone, reason, pricing(app, backend));
-        let route = RouteHeaders {
-            backend: Some(backend.name.clone()),
-            reason: Some(reason),
-            class: Some(class),
-            ledger_id: Some(record.id().to_owned()),
-        };
-        let in_flight = app.live.begin(&backend.id);
-        note_sent(app, backend, &req);
-        let body = req.upstream_body(&cand.upstream_model);
-        let first_byte = first_byte_deadline(&app.upstreams, &req, backend, cand, context);
-        // Upstreams see the gateway's own id (the ledger row's), never the
-        // client's, so no client header leaves and logs still correlate.
-        let request_id = record.id().to_owned();
-        let trace = record.trace().attempt(backend, cand, attempts).clone();
-        let sent = app
-            .upstreams
-            .send_chat(backend, body, &request_id, first_byte, &trace)
-            .await;
-        if let Some(ms) = sent.as_ref().ok().and_then(queue_ms) {
-            record.set_actual_wait(ms);
-        }
-        let outcome = match sent {
-            Ok(resp) if req.stream => {
-                let attempt = stream::StreamAttempt {
-                    upstreams: &app.upstreams,
-                    first_token: first_byte,
-                    include_usage: req.include_usage,
-                    shutdown: app.streams_end.clone(),
-                };
-                stream::start(attempt, resp, record, in_flight)
-                    .await
-                    .map(|r| with_gateway_headers(r, &route))
-            }
-            Ok(resp) => json_answer(&app.upstreams, resp, record)
-                .await
-                .map(|r| with_gateway_headers(r, &route)),
-            Err(e) => Err((e, record)),
+        let attempt = Attempt::prepare(
+            app,
+            &mut req,
+            (backend, cand, reason),
+            context,
+            &mut record,
+            attempts,
+        );
+        // The first choice may be hedged or cascaded to the cloud, as the
+        // policy says (never a confidential request).
+        let outcome = if i == 0 {
+            let mut first = collab::First {
+                app,
+                decision,
+                snapshot,
+                req: &mut req,
+                record: &mut record,
+                attempts: &mut attempts,
+            };
+            first.run(attempt).await
+        } else {
+            attempt.run(app, &req).await.map_err(|f| vec![f])
         };
         match outcome {
-            Ok(response) => {
-                note_success(app, backend, &trace);
-                return response;
-            }
-            Err((e, rec)) => {
-                record = rec;
-                note_failure(app, backend, cand, &e, &trace);
-                if !e.retryable() {
-                    return pass_through(e, record, &route);
+            Ok(answered) => return deliver(app, answered, record, class),
+            Err(failures) => {
+                let mut last = None;
+                for f in failures {
+                    tried.push(f.backend.id.clone());
+                    last = Some(f);
                 }
-                if matches!(e, AttemptError::ContextLength) {
+                let Some(last) = last else {
+                    continue;
+                };
+                if !last.error.retryable() {
+                    let route = route_headers(last.backend, last.reason, class, &record);
+                    return pass_through(last.error, record, &route);
+                }
+                if matches!(last.error, AttemptError::ContextLength) {
                     context_floor = Some(context_floor.map_or(context, |f| f.max(context)));
                 }
-                last_error = Some(e);
+                last_error = Some(last.error);
             }
         }
     }
@@ -186,6 +181,182 @@ pub async fn execute(
     };
     record.finish(LedgerStatus::Error, err.status().as_u16(), Some(err.code()));
     with_gateway_headers(err.into_response(), &route)
+}
+
+/// A backend, the candidate it came from, and why it was chosen.
+pub(super) type Target<'a> = (&'a Backend, &'a Scored, &'static str);
+
+/// One attempt at one backend, ready to send.
+pub(super) struct Attempt<'a> {
+    pub target: Target<'a>,
+    pub body: Vec<u8>,
+    first_byte: Duration,
+    trace: Span,
+    request_id: String,
+    /// The request is confidential: a cloud-zone backend is refused.
+    confidential: bool,
+}
+
+/// An answer read far enough to commit to: a stream past its first token,
+/// or a whole JSON body.
+pub(super) enum Answer {
+    Stream(stream::Primed),
+    Json { body: Bytes, usage: Option<Usage> },
+}
+
+/// A successful attempt, not yet shown to the client.
+pub(super) struct Answered<'a> {
+    pub target: Target<'a>,
+    pub answer: Answer,
+    in_flight: InFlight,
+    queue_ms: Option<f64>,
+    trace: Span,
+}
+
+/// A failed attempt.
+pub(super) struct Failed<'a> {
+    pub backend: &'a Backend,
+    pub reason: &'static str,
+    pub error: AttemptError,
+}
+
+impl<'a> Attempt<'a> {
+    /// The attempt's body, deadline and trace span.
+    pub(super) fn prepare(
+        app: &AppState,
+        req: &mut ChatRequest,
+        target: Target<'a>,
+        context: u32,
+        record: &mut Record,
+        number: u32,
+    ) -> Self {
+        let (backend, cand, _) = target;
+        Attempt {
+            target,
+            body: req.upstream_body(&cand.upstream_model),
+            first_byte: first_byte_deadline(&app.upstreams, req, backend, cand, context),
+            trace: record.trace().attempt(backend, cand, number).clone(),
+            // Upstreams see the gateway's own id (the ledger row's), never
+            // the client's, so no client header leaves and logs still
+            // correlate.
+            request_id: record.id().to_owned(),
+            confidential: record.class() >= Class::Confidential,
+        }
+    }
+
+    /// Sends the request and reads the answer up to its first token (a
+    /// stream) or to its end (JSON). A failure is noted against the
+    /// backend's health.
+    pub(super) async fn run(
+        self,
+        app: &AppState,
+        req: &ChatRequest,
+    ) -> Result<Answered<'a>, Failed<'a>> {
+        let (backend, cand, reason) = self.target;
+        if self.confidential && backend.zone == Zone::Cloud {
+            // Whoever chose this backend (failover, a hedge, a cascade),
+            // nothing confidential leaves.
+            tracing::error!(backend = %backend.name, "refused to send a confidential request to the cloud");
+            metrics::counter!("gateway_privacy_blocks_total").increment(1);
+            return Err(Failed {
+                backend,
+                reason,
+                error: AttemptError::PrivacyBlocked,
+            });
+        }
+        let in_flight = app.live.begin(&backend.id);
+        note_sent(app, backend, req);
+        let answered = async {
+            let resp = app
+                .upstreams
+                .send_chat(
+                    backend,
+                    self.body,
+                    &self.request_id,
+                    self.first_byte,
+                    &self.trace,
+                )
+                .await?;
+            let queue_ms = queue_ms(&resp);
+            let answer = if req.stream {
+                let attempt = stream::StreamAttempt {
+                    upstreams: &app.upstreams,
+                    first_token: self.first_byte,
+                    include_usage: req.include_usage,
+                    shutdown: app.streams_end.clone(),
+                };
+                Answer::Stream(stream::prime(attempt, resp).await?)
+            } else {
+                read_json(&app.upstreams, resp).await?
+            };
+            Ok::<_, AttemptError>((answer, queue_ms))
+        }
+        .await;
+        match answered {
+            Ok((answer, queue_ms)) => Ok(Answered {
+                target: self.target,
+                answer,
+                in_flight,
+                queue_ms,
+                trace: self.trace,
+            }),
+            Err(error) => {
+                note_failure(app, backend, cand, &error, &self.trace);
+                Err(Failed {
+                    backend,
+                    reason,
+                    error,
+                })
+            }
+        }
+    }
+}
+
+/// Commits an answer to the client and the ledger.
+pub(super) fn deliver(
+    app: &AppState,
+    a: Answered<'_>,
+    mut record: Record,
+    class: Class,
+) -> Response {
+    let (backend, cand, reason) = a.target;
+    record.set_backend(cand, backend.zone, reason, pricing(app, backend));
+    if let Some(ms) = a.queue_ms {
+        record.set_actual_wait(ms);
+    }
+    note_success(app, backend, &a.trace);
+    let route = route_headers(backend, reason, class, &record);
+    let response = match a.answer {
+        Answer::Stream(primed) => stream::relay(primed, record, a.in_flight),
+        Answer::Json { body, usage } => {
+            record.first_token();
+            if let Some(u) = usage {
+                record.set_usage(u.prompt_tokens, u.completion_tokens, u.energy_joules);
+            }
+            record.finish(LedgerStatus::Ok, 200, None);
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                Body::from(body),
+            )
+                .into_response()
+        }
+    };
+    with_gateway_headers(response, &route)
+}
+
+fn route_headers(
+    backend: &Backend,
+    reason: &'static str,
+    class: Class,
+    record: &Record,
+) -> RouteHeaders {
+    RouteHeaders {
+        backend: Some(backend.name.clone()),
+        reason: Some(reason),
+        class: Some(class),
+        ledger_id: Some(record.id().to_owned()),
+    }
 }
 
 /// Counts a request sent to an edge worker for its queue model, and
@@ -364,40 +535,29 @@ fn safe_to_echo(text: &str) -> bool {
         })
 }
 
-/// Buffers a non-streaming answer (bounded in size and by the idle
-/// timeout), records its usage and returns it unchanged.
-async fn json_answer(
+/// Buffers a non-streaming answer, bounded in size and by the idle
+/// timeout. A 200 whose body is not a JSON object (cut off, or an HTML
+/// page from a proxy in between) is not an answer.
+async fn read_json(
     upstreams: &Upstreams,
     mut resp: reqwest::Response,
-    mut record: Record,
-) -> Result<Response, (AttemptError, Record)> {
+) -> Result<Answer, AttemptError> {
     let mut buf: Vec<u8> = Vec::new();
     loop {
         let chunk = match tokio::time::timeout(upstreams.timeouts.idle, resp.chunk()).await {
-            Err(_) => return Err((AttemptError::Timeout, record)),
-            Ok(Err(_)) => return Err((AttemptError::Body, record)),
+            Err(_) => return Err(AttemptError::Timeout),
+            Ok(Err(_)) => return Err(AttemptError::Body),
             Ok(Ok(None)) => break,
             Ok(Ok(Some(c))) => c,
         };
         if buf.len() + chunk.len() > upstreams.max_body_bytes {
-            return Err((AttemptError::Body, record));
+            return Err(AttemptError::Body);
         }
         buf.extend_from_slice(&chunk);
     }
-    // A 200 whose body is not a JSON object (cut off, or an HTML page from
-    // a proxy in between) is not an answer.
-    let Ok(answer) = serde_json::from_slice::<WithUsage>(&buf) else {
-        return Err((AttemptError::Body, record));
-    };
-    record.first_token();
-    if let Some(u) = answer.usage {
-        record.set_usage(u.prompt_tokens, u.completion_tokens, u.energy_joules);
-    }
-    record.finish(LedgerStatus::Ok, 200, None);
-    Ok((
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        Body::from(Bytes::from(buf)),
-    )
-        .into_response())
+    let answer = serde_json::from_slice::<WithUsage>(&buf).map_err(|_| AttemptError::Body)?;
+    Ok(Answer::Json {
+        body: Bytes::from(buf),
+        usage: answer.usage,
+    })
 }

@@ -161,37 +161,59 @@ pub(super) struct StreamAttempt<'a> {
     pub shutdown: CancellationToken,
 }
 
-/// Waits for the first token; on success returns the streaming response.
-pub(super) async fn start(
+/// A stream whose first token has arrived, not yet committed to the
+/// client: the events read so far and the rest of the upstream.
+pub(super) struct Primed {
+    events: Events,
+    held: VecDeque<String>,
+    include_usage: bool,
+    idle: Duration,
+    shutdown: CancellationToken,
+}
+
+/// Waits for the first token of `resp`. Nothing is sent to the client and
+/// nothing recorded: the caller decides whether this stream is the answer
+/// (hedged requests race two).
+pub(super) async fn prime(
     attempt: StreamAttempt<'_>,
     resp: reqwest::Response,
-    record: Record,
-    in_flight: InFlight,
-) -> Result<Response, (AttemptError, Record)> {
+) -> Result<Primed, AttemptError> {
     let mut events = Events {
         chunks: Box::pin(resp.bytes_stream()),
         reader: SseReader::new(attempt.upstreams.max_event_bytes),
         ready: VecDeque::new(),
     };
     let held = match tokio::time::timeout(attempt.first_token, first_token(&mut events)).await {
-        Err(_) => return Err((AttemptError::Timeout, record)),
-        Ok(Err(e)) => return Err((e, record)),
+        Err(_) => return Err(AttemptError::Timeout),
+        Ok(Err(e)) => return Err(e),
         Ok(Ok(held)) => held,
     };
-    let relay = Relay {
+    Ok(Primed {
         events,
-        record: Some(record),
-        _in_flight: in_flight,
+        held,
         include_usage: attempt.include_usage,
         idle: attempt.upstreams.timeouts.idle,
-        held,
         shutdown: attempt.shutdown,
+    })
+}
+
+/// Commits a primed stream to the client: the streaming response, which
+/// owns the ledger record and the in-flight guard until it ends.
+pub(super) fn relay(primed: Primed, record: Record, in_flight: InFlight) -> Response {
+    let relay = Relay {
+        events: primed.events,
+        record: Some(record),
+        _in_flight: in_flight,
+        include_usage: primed.include_usage,
+        idle: primed.idle,
+        held: primed.held,
+        shutdown: primed.shutdown,
     };
     let body = futures::stream::unfold(relay, |mut relay| async move {
         let out = relay.next_frame().await?;
         Some((Ok::<Bytes, Infallible>(out), relay))
     });
-    Ok((
+    (
         StatusCode::OK,
         [
             (header::CONTENT_TYPE, "text/event-stream"),
@@ -199,7 +221,7 @@ pub(super) async fn start(
         ],
         Body::from_stream(body),
     )
-        .into_response())
+        .into_response()
 }
 
 /// Reads events up to and including the first token. An error event or a

@@ -222,13 +222,16 @@ fn decision_row(e: &LedgerEntry, names: &HashMap<String, String>) -> Markup {
 /// The all-cloud counterfactual of one served row: what it would have
 /// cost in USD and joules had it run in the cloud.
 ///
-/// HOOK (all-cloud counterfactual): the router records the cloud
-/// alternative in the decision (`all_cloud`: the cloud backend's rates and
-/// prediction); priced at the row's actual tokens where the rates are
-/// there, else its prediction. Older rows fall back to the best cloud
-/// candidate the decision scored. Once the ledger stores counterfactual
-/// columns of its own, read them here first; the page needs nothing else.
+/// The ledger's own columns (`allcloud_usd`, `allcloud_joules`: the row's
+/// tokens at the cloud's rates, written with the row) come first. Rows
+/// written before those columns existed fall back to the decision's
+/// `all_cloud` record (priced at the row's tokens where its rates are there,
+/// else its prediction), and older ones to the best cloud candidate the
+/// decision scored.
 fn all_cloud(e: &LedgerEntry) -> Option<(f64, f64)> {
+    if let (Some(usd), Some(joules)) = (e.placement.allcloud_usd, e.placement.allcloud_joules) {
+        return Some((usd, joules));
+    }
     let recorded = e.decision.as_ref()?.get("all_cloud");
     if let (Some(rates), Some(prompt), Some(completion)) = (
         recorded.and_then(|a| a.get("rates")),
@@ -530,4 +533,34 @@ async fn whatif_body(
             }
         }
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn row(extra: &serde_json::Value) -> LedgerEntry {
+        let mut v = serde_json::json!({
+            "id": "r", "tenant_id": "t", "key_id": "k", "requested_model": "m",
+            "privacy_class": "public", "detectors": [], "status": "ok", "stream": false,
+            "created_at": 0, "prompt_tokens": 1000, "completion_tokens": 1000,
+            "decision": {"all_cloud": {"rates": {"price_in_per_1k": 1.0, "price_out_per_1k": 2.0,
+                "joules_per_prompt_token": 0.5, "joules_per_output_token": 1.0}}}
+        });
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn the_ledger_columns_come_before_the_decision_record() {
+        // Older rows: priced from the decision's rates at the row's tokens.
+        assert_eq!(all_cloud(&row(&serde_json::json!({}))), Some((3.0, 1500.0)));
+        let stored = row(&serde_json::json!({
+            "placement": {"allcloud_usd": 0.25, "allcloud_joules": 40.0}
+        }));
+        assert_eq!(all_cloud(&stored), Some((0.25, 40.0)));
+    }
 }
