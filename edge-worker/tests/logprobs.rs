@@ -96,13 +96,20 @@ fn assert_spells(entries: &[(String, f64, Vec<u8>)], finish: &str, text: &str) {
 #[tokio::test]
 async fn one_logprob_per_token_with_the_greedy_choice_on_top() {
     let w = Worker::start(&[]).await;
-    let plain = greedy("Name three colours of the rainbow.", 24);
+    // One answer cut by max_tokens, one that ends its turn (whose last
+    // token adds no text).
+    greedy_answer(&w, "Name three colours of the rainbow.", 24, "length").await;
+    greedy_answer(&w, "Hi", 40, "stop").await;
+}
+
+async fn greedy_answer(w: &Worker, prompt: &str, max_tokens: u32, finish: &str) {
+    let plain = greedy(prompt, max_tokens);
     let body = with_logprobs(plain.clone(), 2);
 
     let r: Value = w.chat(&body).await.json().await.unwrap();
     let choice = &r["choices"][0];
     let text = choice["message"]["content"].as_str().unwrap();
-    let finish = choice["finish_reason"].as_str().unwrap();
+    assert_eq!(choice["finish_reason"], finish, "{r}");
     assert!(!text.is_empty(), "{r}");
     assert_eq!(choice["logprobs"]["refusal"], Value::Null, "{r}");
     let content = choice["logprobs"]["content"].as_array().unwrap();
