@@ -21,8 +21,8 @@ use crate::engine::EngineError;
 use crate::error::ApiError;
 use crate::generation::{Event, Failure, Finish, Generation};
 use crate::openai::{
-    AssistantMessage, ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Delta, Usage,
-    SYSTEM_FINGERPRINT,
+    AssistantMessage, ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Delta, Logprobs,
+    Usage, SYSTEM_FINGERPRINT,
 };
 use crate::trace::{self, GenerationTrace};
 use crate::AppState;
@@ -118,6 +118,7 @@ async fn handle(
     let queue_ms = queued_at.elapsed().as_secs_f64() * 1000.0;
     let energy_id = state.next_energy_id.fetch_add(1, Ordering::Relaxed);
     state.reporters.energy.begin(energy_id);
+    let meta = ResponseMeta::new(&engine.model_id, &state, v.params.logprobs.is_some());
     let stream = match engine.generate(v.params).await {
         Ok(stream) => stream,
         Err(e) => {
@@ -135,12 +136,6 @@ async fn handle(
         state.config.request_timeout(),
         GenerationTrace::start(span.clone(), &engine.model_id, prompt_tokens),
     );
-    let meta = ResponseMeta {
-        id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
-        created: unix_now(),
-        model: engine.model_id.clone(),
-        energy_method: state.reporters.energy.method().as_str(),
-    };
     let mut response = if v.stream {
         stream_response(generation, meta, v.include_usage).into_response()
     } else {
@@ -157,9 +152,21 @@ struct ResponseMeta {
     created: u64,
     model: String,
     energy_method: &'static str,
+    /// Whether the request asked for log-probabilities.
+    logprobs: bool,
 }
 
 impl ResponseMeta {
+    fn new(model: &str, state: &AppState, logprobs: bool) -> Self {
+        Self {
+            id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
+            created: unix_now(),
+            model: model.to_owned(),
+            energy_method: state.reporters.energy.method().as_str(),
+            logprobs,
+        }
+    }
+
     fn usage(&self, f: &Finish) -> Usage {
         Usage {
             prompt_tokens: f.prompt_tokens,
@@ -170,7 +177,12 @@ impl ResponseMeta {
         }
     }
 
-    fn chunk(&self, delta: Delta<'_>, finish_reason: Option<&str>) -> String {
+    fn chunk(
+        &self,
+        delta: Delta<'_>,
+        finish_reason: Option<&str>,
+        logprobs: Option<Logprobs<'_>>,
+    ) -> String {
         let chunk = ChatChunk {
             id: &self.id,
             object: "chat.completion.chunk",
@@ -181,7 +193,7 @@ impl ResponseMeta {
                 index: 0,
                 delta,
                 finish_reason,
-                logprobs: None,
+                logprobs,
             }],
             usage: None,
         };
@@ -211,9 +223,13 @@ fn failure_error(f: Failure) -> ApiError {
 
 async fn collect_response(mut g: Generation, meta: ResponseMeta) -> Result<Response, ApiError> {
     let mut text = String::new();
+    let mut logprobs = Vec::new();
     while let Some(event) = g.next().await {
         match event {
-            Event::Delta(t) => text.push_str(&t),
+            Event::Delta(d) => {
+                text.push_str(&d.text);
+                logprobs.extend(d.logprobs);
+            }
             Event::Failed(f) => return Err(failure_error(f)),
             Event::Finished(f) => {
                 let body = ChatCompletion {
@@ -229,7 +245,7 @@ async fn collect_response(mut g: Generation, meta: ResponseMeta) -> Result<Respo
                             content: text,
                         },
                         finish_reason: f.finish_reason.clone(),
-                        logprobs: None,
+                        logprobs: meta.logprobs.then(|| Logprobs::of(&logprobs)),
                     }],
                     usage: meta.usage(&f),
                 };
@@ -283,19 +299,22 @@ fn stream_response(
                     });
                 }
                 Phase::Start | Phase::Streaming => match g.next().await {
-                    Some(Event::Delta(t)) => {
+                    Some(Event::Delta(d)) => {
                         let role = matches!(phase, Phase::Start).then_some("assistant");
                         let data = meta.chunk(
                             Delta {
                                 role,
-                                content: Some(&t),
+                                // Empty only for tokens that add no text
+                                // but carry their log-probabilities.
+                                content: Some(d.text.as_str()).filter(|t| !t.is_empty()),
                             },
                             None,
+                            meta.logprobs.then(|| Logprobs::of(&d.logprobs)),
                         );
                         (data, Phase::Streaming)
                     }
                     Some(Event::Finished(f)) => {
-                        let data = meta.chunk(Delta::default(), Some(&f.finish_reason));
+                        let data = meta.chunk(Delta::default(), Some(&f.finish_reason), None);
                         (data, Phase::Finished(Some(f)))
                     }
                     Some(Event::Failed(f)) => {

@@ -14,13 +14,13 @@ use candle_core::Device;
 use either::Either;
 use indexmap::IndexMap;
 use mistralrs_core::llguidance::api::TopLevelGrammar;
-use mistralrs_core::llguidance::toktrie::TokTrie;
+use mistralrs_core::llguidance::toktrie::{TokEnv, TokTrie};
 use mistralrs_core::llguidance::ParserFactory;
 use mistralrs_core::{
     AutoDeviceMapParams, Constraint, CustomLogitsProcessor, DefaultSchedulerMethod,
     DeviceMapSetting, GGUFLoaderBuilder, GGUFSpecificConfig, MessageContent, MistralRs,
-    MistralRsBuilder, ModelDType, NormalRequest, Request, RequestMessage, Response, SamplingParams,
-    SchedulerConfig, StopTokens, TokenSource, TokenizationRequest,
+    MistralRsBuilder, ModelDType, NormalRequest, Request, RequestMessage, Response,
+    ResponseLogprob, SamplingParams, SchedulerConfig, StopTokens, TokenSource, TokenizationRequest,
 };
 use tokio::sync::mpsc;
 
@@ -92,6 +92,9 @@ pub struct GenerateParams {
     /// seed samples the same tokens, whatever else runs beside it.
     pub seed: Option<u64>,
     pub format: OutputFormat,
+    /// `None`: no log-probabilities, and none computed. `Some(n)`: each
+    /// generated token's, with the `n` most likely tokens at its position.
+    pub logprobs: Option<usize>,
 }
 
 pub struct Engine {
@@ -113,6 +116,8 @@ pub struct Engine {
     /// picks `<|endoftext|>`); without this stop, a finished JSON answer
     /// would run on, invisibly, to `max_tokens` and report `length`.
     grammar_stop: Option<(u32, String)>,
+    /// The vocabulary's exact bytes per token, for log-probabilities.
+    vocab: Option<TokEnv>,
 }
 
 impl Engine {
@@ -206,6 +211,7 @@ impl Engine {
             model_id: options.model_id,
             context_length,
             attach_pool: crate::pool::attach_processor(options.threads),
+            vocab: grammars.as_ref().map(|factory| factory.tok_env().clone()),
             grammars,
             grammar_stop,
         })
@@ -257,6 +263,7 @@ impl Engine {
         // never waits on a slow client (which would stall every sequence in
         // the batch); memory stays bounded by max_tokens.
         let (tx, rx) = mpsc::channel(params.max_tokens + 4);
+        let logprobs = params.logprobs;
         let (constraint, stop_toks) = self.constraint(params.format, params.stop);
         // mistralrs reads a missing temperature as 1 and samples greedily
         // only below 1e-7, which matches OpenAI's semantics as they are.
@@ -265,7 +272,7 @@ impl Engine {
             top_k: None,
             top_p: params.top_p,
             min_p: None,
-            top_n_logprobs: 0,
+            top_n_logprobs: logprobs.unwrap_or(0),
             frequency_penalty: params.frequency_penalty,
             presence_penalty: params.presence_penalty,
             repetition_penalty: None,
@@ -284,7 +291,7 @@ impl Engine {
             },
             sampling_params: sampling,
             response: tx,
-            return_logprobs: false,
+            return_logprobs: logprobs.is_some(),
             is_streaming: true,
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             constraint,
@@ -298,7 +305,10 @@ impl Engine {
             truncate_sequence: false,
         };
         self.send(Request::Normal(Box::new(request))).await?;
-        Ok(Stream { rx })
+        Ok(Stream {
+            rx,
+            vocab: logprobs.and(self.vocab.clone()),
+        })
     }
 
     /// The grammar constraint for a format, and the stops that go with it.
@@ -350,12 +360,44 @@ pub struct Done {
     pub decode_seconds: f64,
 }
 
+/// A token and its log-probability: the natural logarithm of its
+/// probability in the model's distribution at that position (after
+/// frequency and presence penalties and, for a constrained answer, the
+/// grammar's mask; before temperature and `top_p`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    /// The token's text; a token that holds part of a character shows
+    /// U+FFFD where `bytes` has the exact bytes. Special tokens (the end of
+    /// a turn) by their name.
+    pub text: String,
+    pub bytes: Vec<u8>,
+    /// At most 0, at least [`LOGPROB_FLOOR`].
+    pub logprob: f64,
+}
+
+/// Where a log-probability is too small to be told from zero probability
+/// (a token the grammar rules out): OpenAI reports these as -9999.
+pub const LOGPROB_FLOOR: f64 = -9999.0;
+
+/// One generated token's log-probability, with the most likely tokens at
+/// its position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprobs {
+    pub chosen: TokenLogprob,
+    /// Most likely first; as many as the request asked for.
+    pub top: Vec<TokenLogprob>,
+}
+
 /// One step of a generation.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Piece {
     /// New text, if any; `done` on the last piece (which may carry text).
+    /// With log-probabilities asked for, each piece is one generated token
+    /// and carries its [`TokenLogprobs`], even when its text is held back
+    /// (part of a character, which comes with the next piece's text).
     Chunk {
         text: Option<String>,
+        logprobs: Option<TokenLogprobs>,
         done: Option<Done>,
     },
     /// The engine failed the sequence; the last piece.
@@ -366,6 +408,9 @@ pub enum Piece {
 /// engine's next decode step (mistralrs notices the closed channel).
 pub struct Stream {
     rx: mpsc::Receiver<Response>,
+    /// Set when log-probabilities were asked for (and the model has a
+    /// vocabulary to spell tokens with).
+    vocab: Option<TokEnv>,
 }
 
 impl Stream {
@@ -379,6 +424,10 @@ impl Stream {
                     .as_ref()
                     .and_then(|c| c.delta.content.clone())
                     .filter(|t| !t.is_empty());
+                let logprobs = choice
+                    .as_ref()
+                    .and_then(|c| c.logprobs.as_ref())
+                    .map(|l| token_logprobs(l, self.vocab.as_ref()));
                 let done = chunk.usage.map(|usage| Done {
                     finish_reason: choice
                         .and_then(|c| c.finish_reason)
@@ -388,7 +437,11 @@ impl Stream {
                     prefill_seconds: f64::from(usage.total_prompt_time_sec),
                     decode_seconds: f64::from(usage.total_completion_time_sec),
                 });
-                Piece::Chunk { text, done }
+                Piece::Chunk {
+                    text,
+                    logprobs,
+                    done,
+                }
             }
             Response::InternalError(e) | Response::ValidationError(e) => {
                 Piece::Failed(e.to_string())
@@ -396,6 +449,44 @@ impl Stream {
             Response::ModelError(e, _) => Piece::Failed(e),
             _ => Piece::Failed("unexpected engine response".to_string()),
         })
+    }
+}
+
+/// mistralrs's logprobs of one token in plain terms. Tokens are spelt from
+/// the vocabulary's bytes: mistralrs decodes a token's text lossily, and
+/// the chosen token's `token` is the text streamed with it, not its own.
+fn token_logprobs(l: &ResponseLogprob, vocab: Option<&TokEnv>) -> TokenLogprobs {
+    let token = |id: u32, fallback: &[u8], logprob: f32| {
+        let bytes = vocab.map_or_else(
+            || fallback.to_vec(),
+            |v| v.tok_trie().decode_ext(&[id], true),
+        );
+        let logprob = f64::from(logprob);
+        TokenLogprob {
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+            bytes,
+            // NaN fails the comparison and lands on the floor too.
+            logprob: if logprob >= LOGPROB_FLOOR {
+                logprob.min(0.0)
+            } else {
+                LOGPROB_FLOOR
+            },
+        }
+    };
+    TokenLogprobs {
+        chosen: token(
+            l.token_id,
+            l.bytes.as_deref().unwrap_or_default(),
+            l.logprob,
+        ),
+        top: l
+            .top_logprobs
+            .iter()
+            .map(|t| {
+                let text = t.bytes.as_deref().unwrap_or_default();
+                token(t.token, text.as_bytes(), t.logprob)
+            })
+            .collect(),
     }
 }
 

@@ -8,19 +8,28 @@ use std::time::{Duration, Instant};
 
 use crate::admission::Slot;
 use crate::energy::Accountant;
-use crate::engine::{Done, Piece, Stream};
+use crate::engine::{Done, Piece, Stream, TokenLogprobs};
 use crate::stats::{LiveStats, Observation};
 use crate::trace::GenerationTrace;
 
 /// What the handler sees of the engine's output.
 #[derive(Debug)]
 pub enum Event {
-    /// New text.
-    Delta(String),
+    /// New text, with the log-probabilities of the tokens that made it
+    /// when they were asked for. Text is empty only for tokens that add none
+    /// (the end of the turn), which still carry their log-probabilities.
+    Delta(Delta),
     /// The sequence ended; the last event.
     Finished(Finish),
     /// The engine failed or the deadline passed; the last event.
     Failed(Failure),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Delta {
+    pub text: String,
+    /// One per token, in order; empty unless asked for.
+    pub logprobs: Vec<TokenLogprobs>,
 }
 
 #[derive(Debug, Clone)]
@@ -57,6 +66,9 @@ pub struct Generation {
     /// A finish that arrived together with the last text; returned by the
     /// call after the one that returned that text.
     pending_finish: Option<Finish>,
+    /// Log-probabilities of tokens whose text has not been handed out yet
+    /// (part of a character); they go with the next text.
+    pending_logprobs: Vec<TokenLogprobs>,
     /// The request's spans; they end with the generation.
     trace: GenerationTrace,
     _slot: Slot,
@@ -83,6 +95,7 @@ impl Generation {
             last_token_at: None,
             recorded: false,
             pending_finish: None,
+            pending_logprobs: Vec::new(),
             trace,
             _slot: slot,
         }
@@ -103,25 +116,46 @@ impl Generation {
                 Ok(Some(p)) => p,
             };
             match piece {
-                Piece::Chunk { text, done } => {
+                Piece::Chunk {
+                    text,
+                    logprobs,
+                    done,
+                } => {
                     if text.is_some() {
                         self.mark_token();
                     }
+                    self.pending_logprobs.extend(logprobs);
                     match (text, done) {
                         (None, None) => {}
-                        (Some(text), None) => return Some(Event::Delta(text)),
-                        (None, Some(done)) => return Some(Event::Finished(self.finish(&done))),
+                        (Some(text), None) => return Some(self.delta(text)),
+                        (None, Some(done)) => {
+                            let finish = self.finish(&done);
+                            if self.pending_logprobs.is_empty() {
+                                return Some(Event::Finished(finish));
+                            }
+                            // The last tokens added no text (the end of the
+                            // turn): their log-probabilities go out first.
+                            self.pending_finish = Some(finish);
+                            return Some(self.delta(String::new()));
+                        }
                         // A final chunk can carry the last piece of text too;
                         // hand it out first and keep the finish for next call.
                         (Some(text), Some(done)) => {
                             self.pending_finish = Some(self.finish(&done));
-                            return Some(Event::Delta(text));
+                            return Some(self.delta(text));
                         }
                     }
                 }
                 Piece::Failed(e) => return Some(self.fail(Failure::Engine, &e)),
             }
         }
+    }
+
+    fn delta(&mut self, text: String) -> Event {
+        Event::Delta(Delta {
+            text,
+            logprobs: std::mem::take(&mut self.pending_logprobs),
+        })
     }
 
     fn mark_token(&mut self) {

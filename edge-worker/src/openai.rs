@@ -7,6 +7,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::engine::{TokenLogprob, TokenLogprobs};
+
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
     pub model: String,
@@ -53,6 +55,13 @@ pub struct ChatRequest {
     pub functions: Option<Value>,
     #[serde(default)]
     pub function_call: Option<Value>,
+    /// Return each output token's log-probability.
+    #[serde(default)]
+    pub logprobs: Option<bool>,
+    /// How many of the most likely tokens to return at each position, 0 to
+    /// 20; only with `logprobs: true`.
+    #[serde(default)]
+    pub top_logprobs: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,22 +122,74 @@ pub struct Usage {
 }
 
 #[derive(Debug, Serialize)]
-pub struct ChatCompletion {
+pub struct ChatCompletion<'a> {
     pub id: String,
     pub object: &'static str,
     pub created: u64,
     pub model: String,
     pub system_fingerprint: &'static str,
-    pub choices: Vec<Choice>,
+    pub choices: Vec<Choice<'a>>,
     pub usage: Usage,
 }
 
 #[derive(Debug, Serialize)]
-pub struct Choice {
+pub struct Choice<'a> {
     pub index: u32,
     pub message: AssistantMessage,
     pub finish_reason: String,
-    pub logprobs: Option<()>,
+    /// `null` unless the request asked for `logprobs`.
+    pub logprobs: Option<Logprobs<'a>>,
+}
+
+/// A choice's `logprobs`: one entry per generated token, in order (in a
+/// stream, the tokens of that chunk).
+#[derive(Debug, Serialize)]
+pub struct Logprobs<'a> {
+    pub content: Vec<LogprobEntry<'a>>,
+    /// OpenAI's log-probabilities of refusal tokens; this worker has none.
+    pub refusal: Option<()>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LogprobEntry<'a> {
+    pub token: &'a str,
+    /// Natural logarithm of the token's probability.
+    pub logprob: f64,
+    /// The token's exact bytes (part of a character when `token` shows
+    /// U+FFFD).
+    pub bytes: &'a [u8],
+    /// The most likely tokens at this position, most likely first; as many
+    /// as `top_logprobs` asked for.
+    pub top_logprobs: Vec<TopLogprob<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TopLogprob<'a> {
+    pub token: &'a str,
+    pub logprob: f64,
+    pub bytes: &'a [u8],
+}
+
+impl<'a> Logprobs<'a> {
+    pub fn of(tokens: &'a [TokenLogprobs]) -> Self {
+        let top = |t: &'a TokenLogprob| TopLogprob {
+            token: &t.text,
+            logprob: t.logprob,
+            bytes: &t.bytes,
+        };
+        Self {
+            content: tokens
+                .iter()
+                .map(|t| LogprobEntry {
+                    token: &t.chosen.text,
+                    logprob: t.chosen.logprob,
+                    bytes: &t.chosen.bytes,
+                    top_logprobs: t.top.iter().map(top).collect(),
+                })
+                .collect(),
+            refusal: None,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -154,7 +215,7 @@ pub struct ChunkChoice<'a> {
     pub index: u32,
     pub delta: Delta<'a>,
     pub finish_reason: Option<&'a str>,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<Logprobs<'a>>,
 }
 
 #[derive(Debug, Serialize, Default)]

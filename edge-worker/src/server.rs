@@ -252,6 +252,7 @@ async fn warm_up(engine: &Engine, state: &AppState) -> Result<(), EngineError> {
             presence_penalty: None,
             seed: None,
             format: OutputFormat::Text,
+            logprobs: None,
         })
         .await?;
     while let Some(piece) = stream.recv().await {

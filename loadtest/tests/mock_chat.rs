@@ -229,6 +229,56 @@ async fn models_lists_accepted_models() {
     mock.shutdown().await.unwrap();
 }
 
+/// `logprobs: true` gives every token a fixed log-probability, in the
+/// completion and in each streamed token's chunk; `top_logprobs` alone is a
+/// 400 naming it, as at `OpenAI`.
+#[tokio::test]
+async fn logprobs_are_fixed_fakes_when_asked_for() {
+    let mock = default_mock().await;
+    let asked = json!({"max_tokens": 3, "logprobs": true, "top_logprobs": 2});
+    let body: Value = post_chat(&mock, &chat_body("m", asked.clone()), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let content = body["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap();
+    assert_eq!(content.len(), 3);
+    let text: String = content
+        .iter()
+        .map(|e| e["token"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, body["choices"][0]["message"]["content"]);
+    assert!(content.iter().all(|e| e["logprob"] == -0.1));
+    assert!(content
+        .iter()
+        .all(|e| e["top_logprobs"].as_array().unwrap().len() == 2));
+
+    let mut streamed = asked.clone();
+    streamed["stream"] = json!(true);
+    let sse = read_sse(post_chat(&mock, &chat_body("m", streamed), None).await).await;
+    let entries: Vec<Value> = sse.data[..sse.data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array().cloned())
+        .flatten()
+        .collect();
+    assert_eq!(entries, *content);
+
+    for extra in [
+        json!({"top_logprobs": 2}),
+        json!({"logprobs": true, "top_logprobs": 21}),
+    ] {
+        let response = post_chat(&mock, &chat_body("m", extra.clone()), None).await;
+        assert_eq!(response.status(), 400, "{extra}");
+        let error: Value = response.json().await.unwrap();
+        assert_openai_error(&error, "invalid_request_error", None);
+        assert_eq!(error["error"]["param"], "top_logprobs");
+    }
+    mock.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn bad_body_and_bad_scenario_are_400() {
     let mock = default_mock().await;

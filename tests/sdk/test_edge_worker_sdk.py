@@ -92,6 +92,37 @@ def test_streaming_with_usage_matches_non_streaming(client):
     assert chunks[-1].usage.prompt_tokens == whole.usage.prompt_tokens
 
 
+def test_logprobs_parse_into_the_sdk_types(client):
+    kwargs = dict(
+        model=MODEL_ID,
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        temperature=0,
+        max_tokens=12,
+        logprobs=True,
+        top_logprobs=2,
+    )
+    r = client.chat.completions.create(**kwargs)
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens
+    for entry in content:
+        assert entry.logprob <= 0
+        assert [t.token for t in entry.top_logprobs][0] == entry.token
+        assert len(entry.top_logprobs) == 2
+    chunks = list(client.chat.completions.create(**kwargs, stream=True))
+    streamed = [
+        entry
+        for c in chunks
+        if c.choices and c.choices[0].logprobs
+        for entry in c.choices[0].logprobs.content
+    ]
+    assert [e.token for e in streamed] == [e.token for e in content]
+    plain = client.chat.completions.create(**{**kwargs, "logprobs": None, "top_logprobs": None})
+    assert plain.choices[0].logprobs is None
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(**{**kwargs, "logprobs": None})
+    assert e.value.param == "top_logprobs"
+
+
 def test_models_list(client):
     ids = [m.id for m in client.models.list()]
     assert ids == [MODEL_ID]

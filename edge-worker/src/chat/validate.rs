@@ -102,6 +102,29 @@ fn refuse_tools(req: &ChatRequest) -> Result<(), ApiError> {
     }
 }
 
+/// The most `top_logprobs` OpenAI accepts.
+const MAX_TOP_LOGPROBS: i64 = 20;
+
+/// `logprobs` and `top_logprobs`: `None` when not asked for, else how many
+/// of the most likely tokens to return per position. `top_logprobs` needs
+/// `logprobs: true`, as OpenAI requires.
+fn logprobs(logprobs: Option<bool>, top: Option<i64>) -> Result<Option<usize>, ApiError> {
+    let asked = logprobs.unwrap_or(false);
+    match top {
+        Some(n) if !(0..=MAX_TOP_LOGPROBS).contains(&n) => Err(ApiError::invalid(
+            "top_logprobs",
+            "invalid_value",
+            format!("top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {n}"),
+        )),
+        Some(_) if !asked => Err(ApiError::invalid(
+            "top_logprobs",
+            "invalid_value",
+            "top_logprobs requires logprobs to be true",
+        )),
+        n => Ok(asked.then(|| usize::try_from(n.unwrap_or(0)).unwrap_or(0))),
+    }
+}
+
 fn bad_format(message: impl Into<String>) -> ApiError {
     ApiError::invalid("response_format", "invalid_value", message)
 }
@@ -184,6 +207,7 @@ pub(super) fn validate(
             format!("top_p must be in (0, 1], got {p}"),
         ));
     }
+    let logprobs = logprobs(req.logprobs, req.top_logprobs)?;
     let stop = req
         .stop
         .map(crate::openai::Stop::into_vec)
@@ -211,6 +235,7 @@ pub(super) fn validate(
             presence_penalty: req.presence_penalty,
             seed: req.seed.map(i64::cast_unsigned),
             format,
+            logprobs,
         },
     })
 }
@@ -271,6 +296,42 @@ mod tests {
             body[k] = v.clone();
         }
         serde_json::from_value(body).unwrap()
+    }
+
+    #[test]
+    fn logprobs_are_asked_for_with_an_optional_top_count() {
+        for (extra, want) in [
+            (json!({}), Ok(None)),
+            (json!({"logprobs": false}), Ok(None)),
+            (json!({"logprobs": null, "top_logprobs": null}), Ok(None)),
+            (json!({"logprobs": true}), Ok(Some(0))),
+            (json!({"logprobs": true, "top_logprobs": 0}), Ok(Some(0))),
+            (json!({"logprobs": true, "top_logprobs": 20}), Ok(Some(20))),
+            (json!({"top_logprobs": 2}), Err("top_logprobs")),
+            (
+                json!({"logprobs": false, "top_logprobs": 0}),
+                Err("top_logprobs"),
+            ),
+            (
+                json!({"logprobs": true, "top_logprobs": 21}),
+                Err("top_logprobs"),
+            ),
+            (
+                json!({"logprobs": true, "top_logprobs": -1}),
+                Err("top_logprobs"),
+            ),
+        ] {
+            let req = request(&extra);
+            let got = match logprobs(req.logprobs, req.top_logprobs) {
+                Ok(n) => Ok(n),
+                Err(ApiError::InvalidParam { param, code, .. }) => {
+                    assert_eq!(code, "invalid_value");
+                    Err(param)
+                }
+                Err(e) => panic!("{e:?}"),
+            };
+            assert_eq!(got, want.map_err(String::from), "{extra}");
+        }
     }
 
     #[test]

@@ -22,6 +22,58 @@ pub struct Answer<'a> {
     pub completion_tokens: u32,
     /// `"stop"` or `"length"`.
     pub finish_reason: &'static str,
+    /// `None` unless the request asked for `logprobs`; then how many
+    /// `top_logprobs` each token lists.
+    pub logprobs: Option<u32>,
+}
+
+/// Every token's log-probability in the mock's answers; the alternatives
+/// listed in `top_logprobs` (the next filler words) are less likely by
+/// [`TOP_LOGPROB_STEP`] each.
+pub const TOKEN_LOGPROB: f64 = -0.1;
+/// See [`TOKEN_LOGPROB`].
+pub const TOP_LOGPROB_STEP: f64 = 3.0;
+
+#[derive(Serialize)]
+struct Logprobs {
+    content: Vec<TokenEntry>,
+    refusal: Option<()>,
+}
+
+#[derive(Serialize)]
+struct TokenEntry {
+    token: &'static str,
+    logprob: f64,
+    bytes: &'static [u8],
+    top_logprobs: Vec<TopLogprob>,
+}
+
+#[derive(Serialize)]
+struct TopLogprob {
+    token: &'static str,
+    logprob: f64,
+    bytes: &'static [u8],
+}
+
+/// Token `i`'s entry, with `top` alternatives: itself first.
+fn entry(i: u32, top: u32) -> TokenEntry {
+    let filler = Filler::get();
+    let token = filler.piece(i);
+    TokenEntry {
+        token,
+        logprob: TOKEN_LOGPROB,
+        bytes: token.as_bytes(),
+        top_logprobs: (0..top)
+            .map(|k| {
+                let token = filler.piece(i.saturating_add(k));
+                TopLogprob {
+                    token,
+                    logprob: f64::from(k).mul_add(-TOP_LOGPROB_STEP, TOKEN_LOGPROB),
+                    bytes: token.as_bytes(),
+                }
+            })
+            .collect(),
+    }
 }
 
 // The field names are the wire format's.
@@ -58,7 +110,7 @@ struct Completion<'a> {
 struct Choice<'a> {
     index: u32,
     message: Message<'a>,
-    logprobs: Option<()>,
+    logprobs: Option<Logprobs>,
     finish_reason: &'static str,
 }
 
@@ -83,7 +135,12 @@ pub fn completion(answer: &Answer<'_>) -> Result<Vec<u8>, serde_json::Error> {
                 content: Filler::get().prefix(answer.completion_tokens),
                 refusal: None,
             },
-            logprobs: None,
+            logprobs: answer.logprobs.map(|top| Logprobs {
+                content: (0..answer.completion_tokens)
+                    .map(|i| entry(i, top))
+                    .collect(),
+                refusal: None,
+            }),
             finish_reason: answer.finish_reason,
         }],
         usage: answer.usage(),
@@ -103,6 +160,8 @@ const ROLE_CHOICE: &[u8] =
     br#"{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"logprobs":null,"finish_reason":null}"#;
 const CONTENT_OPEN: &[u8] = br#"{"index":0,"delta":{"content":""#;
 const CONTENT_CLOSE: &[u8] = br#""},"logprobs":null,"finish_reason":null}"#;
+const LOGPROBS_OPEN: &[u8] = br#""},"logprobs":{"content":["#;
+const LOGPROBS_CLOSE: &[u8] = br#"],"refusal":null},"finish_reason":null}"#;
 
 /// Builds the stream `OpenAI` sends: a role chunk, one chunk per token, a chunk
 /// with the finish reason, with `include_usage` a chunk with empty `choices`
@@ -140,10 +199,17 @@ pub fn sse(answer: &Answer<'_>, include_usage: bool) -> Result<SseBody, serde_js
     let filler = Filler::get();
     for i in 0..n {
         // Filler words are plain ASCII letters, so they need no JSON escaping.
-        event(
-            &mut buf,
-            &[CONTENT_OPEN, filler.piece(i).as_bytes(), CONTENT_CLOSE],
-        );
+        let piece = filler.piece(i).as_bytes();
+        match answer.logprobs {
+            None => event(&mut buf, &[CONTENT_OPEN, piece, CONTENT_CLOSE]),
+            Some(top) => {
+                let entry = serde_json::to_vec(&entry(i, top))?;
+                event(
+                    &mut buf,
+                    &[CONTENT_OPEN, piece, LOGPROBS_OPEN, &entry, LOGPROBS_CLOSE],
+                );
+            }
+        }
     }
     let finish = format!(
         r#"{{"index":0,"delta":{{}},"logprobs":null,"finish_reason":"{}"}}"#,
@@ -178,6 +244,7 @@ mod tests {
             prompt_tokens: 3,
             completion_tokens: n,
             finish_reason: "length",
+            logprobs: None,
         }
     }
 
@@ -221,6 +288,49 @@ mod tests {
         .unwrap();
         assert_eq!(usage["choices"], serde_json::json!([]));
         assert_eq!(usage["usage"]["total_tokens"], 5);
+    }
+
+    #[test]
+    fn logprobs_come_one_per_token_when_asked_for() {
+        let asked = Answer {
+            logprobs: Some(2),
+            ..answer(3)
+        };
+        let body = sse(&asked, false).unwrap();
+        let mut tokens = 0;
+        for event in &events(&body)[..body.ends.len() - 1] {
+            let json = event.trim_start_matches("data: ").trim_end();
+            let value: serde_json::Value = serde_json::from_str(json).unwrap();
+            let choice = &value["choices"][0];
+            let Some(piece) = choice["delta"]["content"]
+                .as_str()
+                .filter(|p| !p.is_empty())
+            else {
+                assert_eq!(choice["logprobs"], serde_json::Value::Null);
+                continue;
+            };
+            let entry = &choice["logprobs"]["content"][0];
+            assert_eq!(entry["token"], piece);
+            assert_eq!(entry["logprob"], TOKEN_LOGPROB);
+            assert_eq!(entry["top_logprobs"][0]["token"], piece);
+            assert_eq!(
+                entry["top_logprobs"][1]["logprob"],
+                TOKEN_LOGPROB - TOP_LOGPROB_STEP
+            );
+            tokens += 1;
+        }
+        assert_eq!(tokens, 3);
+
+        let whole: serde_json::Value =
+            serde_json::from_slice(&completion(&asked).unwrap()).unwrap();
+        let content = whole["choices"][0]["logprobs"]["content"]
+            .as_array()
+            .unwrap();
+        assert_eq!(content.len(), 3);
+        assert_eq!(content[2]["bytes"], serde_json::json!(b" says".to_vec()));
+        let plain: serde_json::Value =
+            serde_json::from_slice(&completion(&answer(3)).unwrap()).unwrap();
+        assert_eq!(plain["choices"][0]["logprobs"], serde_json::Value::Null);
     }
 
     #[test]

@@ -34,6 +34,8 @@ struct ChatRequest<'a> {
     max_completion_tokens: Option<u32>,
     stream: Option<bool>,
     stream_options: Option<StreamOptions>,
+    logprobs: Option<bool>,
+    top_logprobs: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -110,6 +112,7 @@ async fn answer(
             message: format!("Invalid chat completion request: {e}"),
             param: None,
         })?;
+    let logprobs = logprobs(&request)?;
     app.stats.model(&request.model);
     if !behaviour.accepts_model(&request.model) {
         return Err(MockError::ModelNotFound(request.model.into_owned()));
@@ -153,6 +156,7 @@ async fn answer(
         prompt_tokens: request.prompt_tokens(),
         completion_tokens: tokens,
         finish_reason,
+        logprobs,
     };
     let internal = |e: serde_json::Error| MockError::Internal(e.to_string());
 
@@ -231,6 +235,21 @@ fn cut_body(
     );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     response
+}
+
+/// `None` unless `logprobs: true`; then how many `top_logprobs` (0 to 20).
+/// `top_logprobs` alone is refused, as `OpenAI` does.
+fn logprobs(request: &ChatRequest<'_>) -> Result<Option<u32>, MockError> {
+    let asked = request.logprobs.unwrap_or(false);
+    match request.top_logprobs {
+        Some(n) if n > 20 || !asked => Err(MockError::BadRequest {
+            message: format!(
+                "Invalid value for 'top_logprobs': {n}; it must be between 0 and 20 and needs 'logprobs' set to true."
+            ),
+            param: Some("top_logprobs"),
+        }),
+        n => Ok(asked.then(|| n.unwrap_or(0))),
+    }
 }
 
 /// The instance's behaviour, or a copy with the request's scenario applied.

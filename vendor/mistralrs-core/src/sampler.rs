@@ -1055,7 +1055,20 @@ impl Sampler {
         for processor in &self.logits_processors {
             logits = processor.apply(&logits, context)?;
         }
-        let next_token = if sample_speculative {
+        // Logprobs, when asked for, are the natural logarithms of the model's
+        // distribution over the vocabulary (after penalties and logits
+        // processors, before temperature and truncation), computed once here
+        // for whichever token is drawn. The sampling paths below reported
+        // base-10 logarithms of what they had at hand: raw logits when greedy
+        // (NaN for a negative logit) and tempered, truncated probabilities
+        // otherwise; they now skip that work.
+        let log_probs = if return_logprobs {
+            Some(log_softmax(&logits.to_vec1::<f32>()?))
+        } else {
+            None
+        };
+        let return_logprobs = false;
+        let mut next_token = if sample_speculative {
             match self.temperature {
                 None => self.sample_speculative_top_kp_min_p(
                     logits,
@@ -1096,8 +1109,44 @@ impl Sampler {
                 }
             }
         };
+        if let Some(log_probs) = log_probs {
+            next_token.logprob = log_probs[next_token.token as usize];
+            next_token.top_logprobs = Some(self.top_log_probs(&log_probs)?);
+        }
         Ok(next_token)
     }
+
+    /// The `top_n_logprobs` most likely tokens of a log-softmax, most likely
+    /// first, with their text.
+    fn top_log_probs(&self, log_probs: &[f32]) -> Result<Vec<TopLogprob>> {
+        let mut values = log_probs.to_vec();
+        partial_sort_top_k(&mut values, self.top_n_logprobs, false)
+            .into_iter()
+            .map(|(token, logprob)| {
+                let bytes = match &self.tokenizer {
+                    Some(tokenizer) => Some(
+                        tokenizer
+                            .decode(&[token], false)
+                            .map_err(|e| Error::Msg(e.to_string()))?,
+                    ),
+                    None => None,
+                };
+                Ok(TopLogprob {
+                    token,
+                    logprob,
+                    bytes,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Natural-log softmax; a token masked to negative infinity stays there.
+fn log_softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    let log_sum = sum.ln() as f32;
+    logits.iter().map(|&l| l - max - log_sum).collect()
 }
 
 #[cfg(test)]

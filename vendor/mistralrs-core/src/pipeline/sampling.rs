@@ -89,6 +89,13 @@ pub(crate) async fn finish_or_add_toks_to_seq(
                     seq.finalize_reasoning();
                 }
                 let delta_result = seq.get_delta();
+                // A token whose text is held back (the start of a UTF-8
+                // sequence) still gets its chunk, without text, when logprobs
+                // were asked for: every token's logprob reaches the client.
+                let delta_result = match delta_result {
+                    Ok(None) if seq.return_logprobs() => Ok(Some(String::new())),
+                    other => other,
+                };
                 if let Some(delta) = crate::handle_seq_error_ok!(delta_result, seq.responder()) {
                     if seq.get_mut_group().is_chat {
                         let (content_delta, reasoning_delta) = if seq.reasoning_mode().is_some() {
@@ -151,6 +158,7 @@ pub(crate) async fn finish_or_add_toks_to_seq(
                             logprobs: if seq.return_logprobs() {
                                 Some(crate::ResponseLogprob {
                                     token: delta,
+                                    token_id: logprobs.token,
                                     bytes: logprobs.bytes.clone().map(|b| b.into_bytes()),
                                     logprob: logprobs.logprob,
                                     top_logprobs: logprobs.top_logprobs.unwrap().clone(),
@@ -168,6 +176,7 @@ pub(crate) async fn finish_or_add_toks_to_seq(
                                 logprobs: if seq.return_logprobs() {
                                     Some(crate::ResponseLogprob {
                                         token: delta,
+                                        token_id: logprobs.token,
                                         bytes: logprobs.bytes.clone().map(|b| b.into_bytes()),
                                         logprob: logprobs.logprob,
                                         top_logprobs: logprobs.top_logprobs.unwrap().clone(),
@@ -248,6 +257,7 @@ pub(crate) async fn finish_or_add_toks_to_seq(
                         ))?.decode(&[logprob.token], false),
                         seq.responder()
                     ),
+                        token_id: logprob.token,
                         bytes: logprob.bytes.clone().map(|b| b.into_bytes()),
                         logprob: logprob.logprob,
                         top_logprobs: logprob.top_logprobs.clone().unwrap(),
