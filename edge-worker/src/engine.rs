@@ -239,6 +239,12 @@ impl Engine {
     /// included: exactly the prompt the model will see.
     pub async fn prompt_tokens(&self, messages: &[EngineMessage]) -> Result<usize, EngineError> {
         let (tx, mut rx) = mpsc::channel(1);
+        // mistralrs's engine thread panics when a tokenization's answer
+        // finds the receiver gone, as it did when the client went away
+        // meanwhile, and every running generation died with the thread.
+        // So the receiver lives in a task of its own until the answer
+        // comes, whatever happens to this request.
+        let answer = tokio::spawn(async move { rx.recv().await });
         let request = Request::Tokenize(TokenizationRequest {
             text: Either::Left(messages.to_vec()),
             tools: None,
@@ -249,10 +255,10 @@ impl Engine {
             response: tx,
         });
         self.send(request).await?;
-        match rx.recv().await {
-            Some(Ok(tokens)) => Ok(tokens.len()),
-            Some(Err(e)) => Err(EngineError::Rejected(format!("{e:#}"))),
-            None => Err(EngineError::Closed),
+        match answer.await {
+            Ok(Some(Ok(tokens))) => Ok(tokens.len()),
+            Ok(Some(Err(e))) => Err(EngineError::Rejected(format!("{e:#}"))),
+            Ok(None) | Err(_) => Err(EngineError::Closed),
         }
     }
 

@@ -115,6 +115,52 @@ async fn distinct_prompts_leave_memory_flat() {
     );
 }
 
+/// A client that goes away while its prompt waits to be tokenized (the
+/// engine thread answers tokenizations between decode steps) must cost
+/// nothing but its own request: the engine once panicked on the closed
+/// channel and took every running generation down with it.
+#[tokio::test]
+async fn clients_gone_during_tokenization_leave_running_generations_alone() {
+    let w = Worker::start(&[]).await;
+    let mut body = greedy("Write a very long essay about the sea.", 200);
+    body["stream"] = json!(true);
+    let resp = w.chat(&body).await;
+    assert_eq!(resp.status(), 200);
+    let mut stream = resp.bytes_stream();
+    let mut text = Vec::new();
+    while !text.windows(5).any(|w| w == b"data:") {
+        text.extend_from_slice(&stream.next().await.unwrap().unwrap());
+    }
+    // While it decodes, requests whose clients give up after 1 to 20 ms:
+    // most are waiting for their tokenization then.
+    for i in 0..40u64 {
+        let sent = w
+            .client
+            .post(w.url("/v1/chat/completions"))
+            .timeout(Duration::from_millis(1 + i % 20))
+            .json(&greedy(&format!("Count to {i}."), 4))
+            .send()
+            .await;
+        if let Ok(r) = sent {
+            let _ = r.bytes().await;
+        }
+    }
+    while let Some(chunk) = stream.next().await {
+        text.extend_from_slice(&chunk.unwrap());
+    }
+    let text = String::from_utf8(text).unwrap();
+    assert!(
+        text.trim_end().ends_with("data: [DONE]") && !text.contains("\"error\""),
+        "the running generation did not finish: {}",
+        &text[text.len().saturating_sub(300)..]
+    );
+    let metrics = w.metrics().await;
+    assert!(
+        !metrics.contains("edge_generations_total{outcome=\"error\"}"),
+        "{metrics}"
+    );
+}
+
 #[tokio::test]
 async fn a_dropped_stream_frees_its_slot_promptly() {
     let w = Worker::start(&[]).await;

@@ -79,8 +79,12 @@ impl Caches {
                 match next {
                     Ok(change) => self.apply(&change),
                     Err(e) => {
+                        // The caches are kept: the feed usually fails
+                        // because Postgres went away, and dropped caches
+                        // would make every request read the store that is
+                        // gone. Changes missed meanwhile are covered by the
+                        // drop on reconnection, and the TTLs until then.
                         tracing::warn!(error = %e, "admin change feed failed; reconnecting");
-                        self.drop_all("change feed failed");
                         break;
                     }
                 }

@@ -10,6 +10,7 @@
 //! | `budget:{key_id}` | hash | `spent` (seeded from the store, raised to it, plus settlements) and `reserved` (sum of holds), nano-USD |
 //! | `holds:{key_id}` | hash | request id → `"{nano-USD} {gateway id} {deadline ms}"` |
 //! | `holders` | set | key ids with outstanding holds, for the reconciler |
+//! | `settled:{request_id}` | string | a request settled, expiring after [`SETTLED_TTL_MS`]: a settlement counts once |
 //! | `gateway:{id}` | string | a gateway's heartbeat, expiring when it stops beating |
 //! | `gateways` | sorted set | gateway id → last beat (ms), to count the live ones |
 //!
@@ -59,6 +60,10 @@ impl Keys {
         format!("{}holders", self.base)
     }
 
+    fn settled(&self, request_id: &str) -> String {
+        format!("{}settled:{request_id}", self.base)
+    }
+
     fn gateway(&self, id: &str) -> String {
         format!("{}gateway:{id}", self.base)
     }
@@ -91,14 +96,24 @@ return {1, 0}
     )
 });
 
+/// How long a settlement is remembered, so that it counts once. A call
+/// that timed out may still run: a stalled Redis runs the commands queued
+/// on its connections when it resumes, while the gateway, which could not
+/// know, sends the settlement again once Redis answers a heartbeat (within
+/// a second of coming back, plus the time to send what it queued). Two
+/// minutes covers both, for one short key per request.
+pub const SETTLED_TTL_MS: u64 = 120_000;
+
 /// Holds `worst` for a request if the budget allows it (see
-/// [`super::check_budget`], the same rule). Idempotent per request id.
-/// Also marks the calling gateway alive, so no reconciler can release the
-/// hold before the gateway's first heartbeat.
+/// [`super::check_budget`], the same rule). Idempotent per request id, and
+/// a no-op for a request already settled (a timed-out reserve that Redis
+/// ran late, after the request ended on a fallback hold). Also marks the
+/// calling gateway alive, so no reconciler can release the hold before the
+/// gateway's first heartbeat.
 static RESERVE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local account, holds, holders, gateway = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local account, holds, holders, gateway, settled = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local key_id, request_id, worst, budget, stored = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local gateway_id, gateway_ttl, hold_ttl = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
 if redis.call('EXISTS', gateway) == 0 then
@@ -111,7 +126,7 @@ if tonumber(stored) > spent then
   spent = tonumber(stored)
 end
 local reserved = tonumber(redis.call('HGET', account, 'reserved') or '0')
-if redis.call('HEXISTS', holds, request_id) == 1 then
+if redis.call('HEXISTS', holds, request_id) == 1 or redis.call('EXISTS', settled) == 1 then
   return {1, spent, reserved}
 end
 if spent >= budget or spent + reserved + worst > budget then
@@ -129,13 +144,17 @@ return {1, spent, reserved + worst}
 
 /// Releases a request's hold (if still there) and adds its actual spend,
 /// but only to a spend figure that exists: a restarted Redis seeds the
-/// figure again from the store, which will hold this spend. Returns the
+/// figure again from the store, which will hold this spend. Only the first
+/// settlement of a request counts (see [`SETTLED_TTL_MS`]). Returns the
 /// amount released.
 static SETTLE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local account, holds, holders = KEYS[1], KEYS[2], KEYS[3]
+local account, holds, holders, settled = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local key_id, request_id, actual = ARGV[1], ARGV[2], ARGV[3]
+if not redis.call('SET', settled, '1', 'NX', 'PX', ARGV[4]) then
+  return 0
+end
 local released = 0
 local hold = redis.call('HGET', holds, request_id)
 if hold then
@@ -271,6 +290,7 @@ pub async fn reserve<C: ConnectionLike + Send>(
         .key(keys.holds(hold.key_id))
         .key(keys.holders())
         .key(keys.gateway(hold.gateway_id))
+        .key(keys.settled(hold.request_id))
         .arg(hold.key_id)
         .arg(hold.request_id)
         .arg(hold.worst)
@@ -288,8 +308,9 @@ pub async fn reserve<C: ConnectionLike + Send>(
     })
 }
 
-/// Releases the hold of `s` and counts its spend; returns the amount
-/// released (0 when the hold was already gone).
+/// Releases the hold of `s` and counts its spend, once per request however
+/// often it is sent; returns the amount released (0 when the hold was
+/// already gone, or the request already settled).
 pub async fn settle<C: ConnectionLike + Send>(
     con: &mut C,
     keys: &Keys,
@@ -299,9 +320,11 @@ pub async fn settle<C: ConnectionLike + Send>(
         .key(keys.account(&s.key_id))
         .key(keys.holds(&s.key_id))
         .key(keys.holders())
+        .key(keys.settled(&s.request_id))
         .arg(&s.key_id)
         .arg(&s.request_id)
         .arg(s.actual_nusd)
+        .arg(SETTLED_TTL_MS)
         .invoke_async(con)
         .await
 }
@@ -500,11 +523,23 @@ mod tests {
                 .admitted
         );
         assert_eq!(figures(&mut con, &keys, "k").await.unwrap(), Some((0, 80)));
-        // `a` cost 10: 40 released, 10 spent; settling again releases nothing
-        // but counts the spend (a retried settlement must not be sent twice).
+        // `a` cost 10: 40 released, 10 spent; settling again (a retry of a
+        // call that timed out but ran) releases and counts nothing, and a
+        // reserve that Redis runs after the settlement holds nothing.
         assert_eq!(
             settle(&mut con, &keys, &settlement("a", 10)).await.unwrap(),
             40
+        );
+        assert_eq!(figures(&mut con, &keys, "k").await.unwrap(), Some((10, 40)));
+        assert_eq!(
+            settle(&mut con, &keys, &settlement("a", 10)).await.unwrap(),
+            0
+        );
+        assert!(
+            reserve(&mut con, &keys, &hold("a", "g1", 40))
+                .await
+                .unwrap()
+                .admitted
         );
         assert_eq!(figures(&mut con, &keys, "k").await.unwrap(), Some((10, 40)));
         assert!(

@@ -7,7 +7,9 @@
 //! number of gateways it last saw alive), which keeps the fleet's total
 //! near the limit without any coordination. The first call that succeeds
 //! again returns to Redis; settlements that could not be sent wait in a
-//! bounded queue and are sent then.
+//! bounded queue and are sent then. A call that timed out may still have
+//! run (a stalled Redis runs what queued once it resumes), so a settlement
+//! counts once however often it is sent (see [`scripts::SETTLED_TTL_MS`]).
 //!
 //! A background task ([`SharedLimiter::start`]) beats this gateway's
 //! heartbeat, counts the live gateways, runs the reconciler (releasing the

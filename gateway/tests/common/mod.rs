@@ -4,15 +4,19 @@
 //! [`edge`]: the real edge-worker process; in [`harness`]: the gateway
 //! served over such a database, with seeding and waiting helpers; in
 //! [`process`]: the gateway binary as a child process, for fleets of
-//! several gateways and for killing one.
+//! several gateways and for killing one; in [`pg_cluster`] and
+//! [`redis_server`]: a private Postgres and Redis a test may stop; in
+//! [`cloud_recorder`]: what a cloud backend received.
 
 // Each test binary uses a different part of the harness.
 #![allow(dead_code, clippy::expect_used, clippy::panic, clippy::doc_markdown)]
 
+pub mod cloud_recorder;
 pub mod edge;
 pub mod harness;
 pub mod pg_cluster;
 pub mod process;
+pub mod redis_server;
 pub mod stand_in;
 
 use gateway::store::Store;

@@ -110,6 +110,31 @@ impl GatewayProcess {
         }
     }
 
+    /// SIGTERM, then waits up to `within` for the process to exit; its
+    /// exit status, or `None` when it was still running (it is then
+    /// killed).
+    pub async fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(exit) = child.try_wait().expect("wait for gateway") {
+                return Some(exit);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            // A child's exit has no async signal here but `try_wait`.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// SIGKILL: the process dies at once, with whatever it held.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
