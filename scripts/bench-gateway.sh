@@ -311,7 +311,16 @@ per_request() { # per_request <pid> <ticks before> <requests>
   ticks=$(( $(cpu_ticks "$1") - $2 ))
   (( $3 > 0 )) && echo "$(( ticks * 1000000 / $(getconf CLK_TCK) / $3 )) us CPU/request over $3 requests"
 }
-ledger_rows() { sqlite3 "$1" "select count(*) from request_ledger" 2>/dev/null || echo 0; }
+ledger_rows() { # ledger_rows <db>: once the writer has stored its last batches (at most 30 s)
+  local n=-1 now
+  for _ in $(seq 1 30); do
+    now=$(sqlite3 "$1" "select count(*) from request_ledger" 2>/dev/null || echo 0)
+    ((now == n)) && break
+    n=$now
+    sleep 1
+  done
+  echo "$n"
+}
 sent_to() { # sent_to <url>: requests the load generator sent to it in this run, warm-ups included
   python3 - "$out" "$1" <<'PY'
 import glob, json, sys
