@@ -368,8 +368,8 @@ pub struct Done {
 
 /// A token and its log-probability: the natural logarithm of its
 /// probability in the model's distribution at that position (after
-/// frequency and presence penalties and, for a constrained answer, the
-/// grammar's mask; before temperature and `top_p`).
+/// frequency and presence penalties, before temperature and `top_p`; where
+/// a grammar overruled the model's pick, over the tokens it allows).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenLogprob {
     /// The token's text; a token that holds part of a character shows

@@ -17,7 +17,8 @@ use crate::trace::GenerationTrace;
 pub enum Event {
     /// New text, with the log-probabilities of the tokens that made it
     /// when they were asked for. Text is empty only for tokens that add none
-    /// (the end of the turn), which still carry their log-probabilities.
+    /// (the end of the turn, or the start of a character that `max_tokens`
+    /// cut off), which still carry their log-probabilities.
     Delta(Delta),
     /// The sequence ended; the last event.
     Finished(Finish),
@@ -134,7 +135,8 @@ impl Generation {
                                 return Some(Event::Finished(finish));
                             }
                             // The last tokens added no text (the end of the
-                            // turn): their log-probabilities go out first.
+                            // turn, a cut character): their log-probabilities
+                            // go out first.
                             self.pending_finish = Some(finish);
                             return Some(self.delta(String::new()));
                         }
