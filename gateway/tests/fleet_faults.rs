@@ -644,6 +644,18 @@ impl Fleet {
         GatewayProcess::start(&env).await
     }
 
+    /// Waits until a (confidential) probe streams, and checks that an
+    /// on-prem backend serves it; its backend and ledger id.
+    async fn streaming_home(&self, p: &mut Probe) -> (String, String) {
+        let (backend, id) = p.streaming().await;
+        assert_eq!(
+            self.on_prem.get(&backend),
+            Some(&true),
+            "a confidential request was served by {backend}"
+        );
+        (backend, id)
+    }
+
     async fn redis_figures(&self) -> (i64, i64) {
         let mut con = self.redis.connection().await.unwrap();
         scripts::figures(&mut con, &Keys::new(PREFIX), &self.key_id)
@@ -983,7 +995,7 @@ async fn faults_under_load_lose_nothing_admitted_and_keep_confidential_requests_
         .collect();
     let mut served_by = Vec::new();
     for p in &mut probes {
-        served_by.push(p.streaming().await.0);
+        served_by.push(fleet.streaming_home(p).await.0);
     }
     let victim_name = if served_by.iter().any(|b| b == "edge-0") {
         "edge-0"
@@ -1030,7 +1042,7 @@ async fn faults_under_load_lose_nothing_admitted_and_keep_confidential_requests_
     let t = Instant::now();
     let mut probes: Vec<Probe> = (0..2).map(|_| Probe::start(&ctx, &gw_a.base)).collect();
     for p in &mut probes {
-        p.streaming().await;
+        fleet.streaming_home(p).await;
     }
     ctx.set_targets(vec![gw_b.base.clone()]);
     let old_a = gw_a.base.clone();
@@ -1082,7 +1094,7 @@ async fn faults_under_load_lose_nothing_admitted_and_keep_confidential_requests_
     let mut probes: Vec<Probe> = (0..2).map(|_| Probe::start(&ctx, &gw_b.base)).collect();
     let mut probe_ids = Vec::new();
     for p in &mut probes {
-        probe_ids.push(p.streaming().await.1);
+        probe_ids.push(fleet.streaming_home(p).await.1);
     }
     ctx.set_targets(vec![gw_a.base.clone()]);
     let killed_base = gw_b.base.clone();
