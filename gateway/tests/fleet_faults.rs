@@ -1312,7 +1312,7 @@ async fn faults_under_load_lose_nothing_admitted_and_keep_confidential_requests_
     // covers the noise of the model sharing two cores with everything
     // else. Confidential ones queue on the edge workers, whose latency
     // moves by seconds with the CPU they get: for them the bound is twice
-    // the p99 before.
+    // the p99 before plus two seconds (and the Redis calls).
     let redis_cost = 3.0 * REDIS_TIMEOUT_MS as f64;
     let (_, _, public_before) = latency(&outcomes, baseline.from, baseline.to, Some(false));
     let (_, _, public_during) = latency(&outcomes, redis_down.from, redis_down.to, Some(false));
@@ -1328,7 +1328,7 @@ async fn faults_under_load_lose_nothing_admitted_and_keep_confidential_requests_
     );
     let (_, _, conf_before) = latency(&outcomes, baseline.from, baseline.to, Some(true));
     let (_, _, conf_during) = latency(&outcomes, redis_down.from, redis_down.to, Some(true));
-    let bound = 2.0 * conf_before + redis_cost;
+    let bound = 2.0 * conf_before + 2_000.0 + redis_cost;
     assert!(
         conf_during <= bound,
         "confidential p99 {conf_during:.0} ms with Redis paused, {conf_before:.0} ms before; \
