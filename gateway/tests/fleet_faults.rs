@@ -85,6 +85,9 @@ const EDGE_PRICE_OUT: f64 = 1.0;
 const CLOUD_PRICE_IN: f64 = 0.05;
 const CLOUD_PRICE_OUT: f64 = 0.1;
 
+/// How long Postgres stays down.
+const PG_DOWN: Duration = Duration::from_secs(6);
+
 const PROMPT: &str = "Write a long story about a cat who sails around the world.";
 
 /// The Redis key prefix of this fleet (the Redis is the test's own).
@@ -553,8 +556,8 @@ struct Fleet {
     tenant: String,
     key: String,
     key_id: String,
-    /// Each gateway's spill directory, kept across its restarts.
-    spill: Vec<tempfile::TempDir>,
+    /// Gateway A's spill directory, kept across its restart.
+    spill: tempfile::TempDir,
 }
 
 impl Fleet {
@@ -609,19 +612,21 @@ impl Fleet {
             tenant,
             key,
             key_id,
-            spill: vec![tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()],
+            spill: tempfile::tempdir().unwrap(),
         }
     }
 
-    /// Starts gateway `i` (0 or 1), with its own spill directory, and
-    /// waits until it is ready.
+    /// Starts gateway A (0) or B (1) and waits until it is ready. A keeps
+    /// ledger rows the store cannot take in a spill file (as the container
+    /// image does), B in memory only (the default): a Postgres outage
+    /// tests both.
     async fn gateway(&self, i: usize) -> GatewayProcess {
         let db = self.pg.url();
         let redis = self.redis.url();
-        let spill = self.spill[i].path().display().to_string();
+        let spill = self.spill.path().display().to_string();
         let timeout = REDIS_TIMEOUT_MS.to_string();
         let grace = SHUTDOWN_GRACE_MS.to_string();
-        let env = [
+        let mut env = vec![
             ("GATEWAY_DATABASE_URL", db.as_str()),
             ("GATEWAY_REDIS_URL", redis.as_str()),
             ("GATEWAY_REDIS_PREFIX", PREFIX),
@@ -629,12 +634,26 @@ impl Fleet {
             // Keys and settings outlive a Postgres restart in the caches.
             ("GATEWAY_KEY_CACHE_MS", "600000"),
             ("GATEWAY_SETTINGS_CACHE_MS", "600000"),
-            ("GATEWAY_LEDGER_SPILL_DIR", spill.as_str()),
             ("GATEWAY_SHUTDOWN_GRACE_MS", grace.as_str()),
             // A restarted worker is tried again within a second.
             ("GATEWAY_UNHEALTHY_COOLDOWN_MS", "1000"),
         ];
+        if i == 0 {
+            env.push(("GATEWAY_LEDGER_SPILL_DIR", spill.as_str()));
+        }
         GatewayProcess::start(&env).await
+    }
+
+    /// Waits until a (confidential) probe streams, and checks that an
+    /// on-prem backend serves it; its backend and ledger id.
+    async fn streaming_home(&self, p: &mut Probe) -> (String, String) {
+        let (backend, id) = p.streaming().await;
+        assert_eq!(
+            self.on_prem.get(&backend),
+            Some(&true),
+            "a confidential request was served by {backend}"
+        );
+        (backend, id)
     }
 
     async fn redis_figures(&self) -> (i64, i64) {
@@ -949,13 +968,15 @@ async fn faults_under_load_lose_nothing_admitted_and_keep_confidential_requests_
     tokio::time::sleep(Duration::from_secs(2)).await;
     mark(&mut phases, "Redis resumed", t);
 
-    // --- 2. Postgres stopped for two seconds, then started again: long
-    // enough for the gateways to move rows to their spill files (after a
-    // second without the store) and to find their pooled connections dead.
+    // --- 2. Postgres stopped for six seconds, then started again: long
+    // enough for gateway A to move rows to its spill file (after a
+    // second without the store) and for the ledger writers' attempts to
+    // fail (the pool waits 5 s for a connection) and be retried; B keeps
+    // its rows in memory meanwhile.
     let t = Instant::now();
     fleet.pg.stop().await;
     let stopped = Instant::now();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(PG_DOWN).await;
     let (mut waiting, mut spilled) = (0.0, 0.0);
     for gw in [&gw_a, &gw_b] {
         waiting += gw.metric("gateway_ledger_memory_rows").await.unwrap_or(0.0);
@@ -964,7 +985,7 @@ async fn faults_under_load_lose_nothing_admitted_and_keep_confidential_requests_
     fleet.pg.resume().await;
     let pg_down = stopped.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    mark(&mut phases, "Postgres stopped 2 s, restarted", t);
+    mark(&mut phases, "Postgres stopped 6 s, restarted", t);
 
     // --- 3. An edge worker SIGKILLed mid-stream, then restarted.
     let t = Instant::now();
@@ -974,7 +995,7 @@ async fn faults_under_load_lose_nothing_admitted_and_keep_confidential_requests_
         .collect();
     let mut served_by = Vec::new();
     for p in &mut probes {
-        served_by.push(p.streaming().await.0);
+        served_by.push(fleet.streaming_home(p).await.0);
     }
     let victim_name = if served_by.iter().any(|b| b == "edge-0") {
         "edge-0"
@@ -1021,7 +1042,7 @@ async fn faults_under_load_lose_nothing_admitted_and_keep_confidential_requests_
     let t = Instant::now();
     let mut probes: Vec<Probe> = (0..2).map(|_| Probe::start(&ctx, &gw_a.base)).collect();
     for p in &mut probes {
-        p.streaming().await;
+        fleet.streaming_home(p).await;
     }
     ctx.set_targets(vec![gw_b.base.clone()]);
     let old_a = gw_a.base.clone();
@@ -1073,7 +1094,7 @@ async fn faults_under_load_lose_nothing_admitted_and_keep_confidential_requests_
     let mut probes: Vec<Probe> = (0..2).map(|_| Probe::start(&ctx, &gw_b.base)).collect();
     let mut probe_ids = Vec::new();
     for p in &mut probes {
-        probe_ids.push(p.streaming().await.1);
+        probe_ids.push(fleet.streaming_home(p).await.1);
     }
     ctx.set_targets(vec![gw_a.base.clone()]);
     let killed_base = gw_b.base.clone();
@@ -1175,7 +1196,7 @@ async fn faults_under_load_lose_nothing_admitted_and_keep_confidential_requests_
     );
     println!(
         "Redis paused 4.0 s: {fallbacks} decisions on the gateways' fallback shares; Postgres \
-         down {:.1} s, {waiting} rows waiting in memory and {spilled} in the spill files as it \
+         down {:.1} s, {waiting} rows waiting in memory and {spilled} in A's spill file as it \
          came back; SIGTERMed gateway \
          exited in {:.2} s",
         pg_down.as_secs_f64(),
@@ -1291,7 +1312,7 @@ async fn faults_under_load_lose_nothing_admitted_and_keep_confidential_requests_
     // covers the noise of the model sharing two cores with everything
     // else. Confidential ones queue on the edge workers, whose latency
     // moves by seconds with the CPU they get: for them the bound is twice
-    // the p99 before.
+    // the p99 before plus two seconds (and the Redis calls).
     let redis_cost = 3.0 * REDIS_TIMEOUT_MS as f64;
     let (_, _, public_before) = latency(&outcomes, baseline.from, baseline.to, Some(false));
     let (_, _, public_during) = latency(&outcomes, redis_down.from, redis_down.to, Some(false));
@@ -1307,7 +1328,7 @@ async fn faults_under_load_lose_nothing_admitted_and_keep_confidential_requests_
     );
     let (_, _, conf_before) = latency(&outcomes, baseline.from, baseline.to, Some(true));
     let (_, _, conf_during) = latency(&outcomes, redis_down.from, redis_down.to, Some(true));
-    let bound = 2.0 * conf_before + redis_cost;
+    let bound = 2.0 * conf_before + 2_000.0 + redis_cost;
     assert!(
         conf_during <= bound,
         "confidential p99 {conf_during:.0} ms with Redis paused, {conf_before:.0} ms before; \
@@ -1315,7 +1336,7 @@ async fn faults_under_load_lose_nothing_admitted_and_keep_confidential_requests_
     );
     // 2. Postgres: requests sent while it was down did not wait for it
     // (keys and settings come from the caches, rows wait in memory and the
-    // spill files): their p99 stays within a second of the p99 before.
+    // spill file): their p99 stays within a second of the p99 before.
     let pg_back = stopped + pg_down;
     let (n, _, public_pg) = latency(&outcomes, stopped, pg_back, Some(false));
     let bound = public_before + 1_000.0;
