@@ -56,6 +56,10 @@
 # `cargo build` first. JSON reports of the last run are in target/overhead/.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+if [[ -n "${LITELLM:-}" ]]; then # absolute: LiteLLM starts in the work directory
+  [[ $LITELLM == */* ]] || LITELLM=$(command -v "$LITELLM")
+  LITELLM=$(realpath -s "$LITELLM")
+fi
 cd "$root"
 bin="${CARGO_TARGET_DIR:-$root/target}/release"
 [[ "${SKIP_BUILD:-0}" == 1 ]] || cargo build --release --bins --quiet
