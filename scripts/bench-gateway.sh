@@ -106,6 +106,10 @@ cleanup() {
     kill "${all[@]}" 2>/dev/null || true
   fi
   wait 2>/dev/null || true
+  if [[ -n "${GATEWAY_REDIS_PREFIX:-}" ]]; then # this run's keys only
+    redis-cli -u "$REDIS_URL" --scan --pattern "$GATEWAY_REDIS_PREFIX*" 2>/dev/null \
+      | xargs -r redis-cli -u "$REDIS_URL" del >/dev/null 2>&1 || true
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT INT TERM
