@@ -1,0 +1,158 @@
+//! The privacy scan's cost against the body's size: every text of a chat
+//! body gathered, normalised and run through the builtin detectors
+//! (`request_texts` then `classify`, as the chat handler does), at 1 KB,
+//! 100 KB and 1 MB, for several shapes of body. The peer in the same run is
+//! `serde_json`'s parse of the same bytes, which the gateway does anyway and
+//! which is linear: the scan's cost per byte, and its ratio to the parse's,
+//! must stay flat from 1 KB to 1 MB.
+//!
+//!     cargo bench -p gateway --bench privacy_scan
+//!     cargo build --release --all-targets && target/release/deps/privacy_scan-* --bench
+//!
+//! Shapes: English prose in one message; the same prose with non-ASCII
+//! letters, so that every text is normalised (NFKC); many short messages;
+//! one message of thousands of content parts; one tool whose JSON schema
+//! has thousands of distinct keys (the shape that was quadratic); digits
+//! everywhere, so the card and IBAN validators run on every candidate.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use gateway::privacy::{classify, request_texts, Class, RuleSet};
+use serde_json::{json, Map, Value};
+
+const SIZES: [(usize, &str); 3] = [(1 << 10, "1 KB"), (100 << 10, "100 KB"), (1 << 20, "1 MB")];
+
+const WORDS: &[&str] = &[
+    "the", "gateway", "routes", "each", "request", "to", "an", "edge", "worker", "or",
+    "cloud", "by", "cost", "latency", "energy", "and", "privacy", "model", "answer",
+    "quickly", "with", "care", "for", "data", "that", "never", "leaves", "premises",
+];
+
+/// Text of about `len` bytes from `word(i)`, separated by spaces.
+fn text(len: usize, word: impl Fn(usize) -> String) -> String {
+    let mut s = String::with_capacity(len + 16);
+    let mut i = 0;
+    while s.len() < len {
+        s.push_str(&word(i));
+        s.push(' ');
+        i += 1;
+    }
+    s
+}
+
+fn prose(i: usize) -> String {
+    WORDS[(i * 7 + i / 3) % WORDS.len()].to_owned()
+}
+
+fn accented(i: usize) -> String {
+    ["café", "naïve", "Ørsted", "straße", "ｆｕｌｌ", "déjà"][i % 6].to_owned() + &prose(i)
+}
+
+fn digits(i: usize) -> String {
+    // Card-like and IBAN-like runs that fail their checksums, so every
+    // candidate is validated and none fires.
+    match i % 3 {
+        0 => format!("4111 1111 1111 {:04}", (i * 37) % 10_000 | 1),
+        1 => format!("DE{:02}37040044053201300{:01}", i % 97, i % 9),
+        _ => format!("{}", i * 7_919),
+    }
+}
+
+fn chat(messages: Vec<Value>) -> Value {
+    json!({"model": "m", "messages": messages, "max_tokens": 16})
+}
+
+/// The body of one shape at about `size` bytes.
+fn body(shape: &str, size: usize) -> Vec<u8> {
+    let v = match shape {
+        "prose" => chat(vec![json!({"role": "user", "content": text(size, prose)})]),
+        "non-ascii" => chat(vec![json!({"role": "user", "content": text(size, accented)})]),
+        "digits" => chat(vec![json!({"role": "user", "content": text(size, digits)})]),
+        "messages" => chat(
+            (0..size / 100)
+                .map(|i| json!({"role": "user", "content": text(80, |j| prose(i + j))}))
+                .collect(),
+        ),
+        "parts" => chat(vec![json!({"role": "user", "content": (0..size / 60)
+            .map(|i| json!({"type": "text", "text": text(20, |j| prose(i + j))}))
+            .collect::<Vec<_>>()})]),
+        "schema-keys" => {
+            let properties: Map<String, Value> = (0..size / 40)
+                .map(|i| (format!("field_{i}"), json!({"type": "string", "description": prose(i)})))
+                .collect();
+            json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                "tools": [{"type": "function", "function": {"name": "f",
+                    "parameters": {"type": "object", "properties": properties}}}]})
+        }
+        other => unreachable!("unknown shape {other}"),
+    };
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+/// The best time per call of `f` over a few batches of about 0.2 s each.
+fn best(mut f: impl FnMut()) -> Duration {
+    f();
+    let mut best = Duration::MAX;
+    for _ in 0..5 {
+        let start = Instant::now();
+        let mut n = 0u32;
+        while start.elapsed() < Duration::from_millis(200) || n < 2 {
+            f();
+            n += 1;
+        }
+        best = best.min(start.elapsed() / n);
+    }
+    best
+}
+
+fn parse(bytes: &[u8]) -> Map<String, Value> {
+    match serde_json::from_slice(bytes) {
+        Ok(Value::Object(map)) => map,
+        _ => Map::new(),
+    }
+}
+
+fn main() {
+    // `cargo test --benches` runs this with no `--bench` flag: a quick
+    // smoke run only.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let Some(rules) = RuleSet::builtins() else {
+        eprintln!("the builtin detectors did not compile");
+        std::process::exit(1);
+    };
+    println!(
+        "{:<12} {:>7} {:>10} {:>10} {:>9} {:>9} {:>11} {:>10}",
+        "shape", "size", "parse µs", "scan µs", "parse ns/B", "scan ns/B", "scan/parse", "vs 1 KB"
+    );
+    for shape in ["prose", "non-ascii", "digits", "messages", "parts", "schema-keys"] {
+        let mut first_per_byte = None;
+        for (size, label) in SIZES {
+            if quick && size > 1 << 10 {
+                continue;
+            }
+            let bytes = body(shape, size);
+            let map = parse(&bytes);
+            let parse_t = best(|| {
+                black_box(parse(black_box(&bytes)));
+            });
+            let scan_t = best(|| {
+                black_box(classify(request_texts(black_box(&map)), Class::Public, None, rules));
+            });
+            let per_byte = |t: Duration| t.as_nanos() as f64 / bytes.len() as f64;
+            let scan_pb = per_byte(scan_t);
+            let first = *first_per_byte.get_or_insert(scan_pb);
+            println!(
+                "{:<12} {:>7} {:>10.1} {:>10.1} {:>9.2} {:>9.2} {:>11.2} {:>9.2}x",
+                shape,
+                label,
+                parse_t.as_secs_f64() * 1e6,
+                scan_t.as_secs_f64() * 1e6,
+                per_byte(parse_t),
+                scan_pb,
+                scan_t.as_secs_f64() / parse_t.as_secs_f64(),
+                scan_pb / first,
+            );
+        }
+    }
+}

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Where the gateway's CPU goes: the gateway set up as in bench-gateway.sh
+# (embedded SQLite, one cloud backend on the unpaced mock, every request
+# authenticated, classified, routed and written to the ledger), driven at a
+# fixed open-loop rate by loadgen while `perf record` samples the gateway
+# process with DWARF call stacks.
+#
+#   ./scripts/profile-gateway.sh                    # 1000/s, 15 s, non-streaming
+#   RATE=100 DURATION=20 STREAM=1 ./scripts/profile-gateway.sh
+#
+# Writes to target/profile/: perf.data, the top functions by their own
+# samples (self.txt) and with what they call (children.txt), the samples per
+# thread (threads.txt), and the CPU per request from /proc. Needs `perf`
+# (Debian: linux-perf). SKIP_BUILD=1 uses the release binaries as they are.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+bin="${CARGO_TARGET_DIR:-$root/target}/release"
+[[ "${SKIP_BUILD:-0}" == 1 ]] || cargo build --release --bins --quiet
+rate=${RATE:-1000}
+duration=${DURATION:-15}
+out="$root/target/profile"
+rm -rf "$out"
+mkdir -p "$out"
+command -v perf >/dev/null || { echo "perf is missing (Debian: apt-get install linux-perf)" >&2; exit 1; }
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  ((${#pids[@]})) && kill "${pids[@]}" 2>/dev/null
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+first_line() {
+  for _ in $(seq 1 300); do
+    [[ -s "$1" ]] && { head -n 1 "$1" | awk '{print $NF}'; return; }
+    sleep 0.1
+  done
+  echo "no banner in $1" >&2
+  exit 1
+}
+
+"$bin/mock-cloud" --addr 127.0.0.1:0 --models mock-model --completion-tokens 16 >"$work/mock.out" 2>/dev/null &
+pids+=($!)
+mock=$(first_line "$work/mock.out")
+export GATEWAY_SQLITE_PATH="$work/gateway.db"
+gw() { "$bin/gateway" "$@" >/dev/null; }
+gw migrate
+gw tenant create bench
+gw backend add --name cloud --kind cloud --url "$mock" --model mock-model --rtt-ms 1
+key=$("$bin/gateway" key create --tenant bench | sed -n 's/.*"api_key":"\([^"]*\)".*/\1/p')
+RUST_LOG=warn "$bin/gateway" serve --listen 127.0.0.1:0 >"$work/gateway.out" 2>"$work/gateway.log" &
+gateway_pid=$!
+pids+=("$gateway_pid")
+gateway=$(first_line "$work/gateway.out")
+for _ in $(seq 1 100); do curl -sf "$gateway/readyz" >/dev/null && break; sleep 0.1; done
+
+flags=()
+[[ "${STREAM:-0}" == 1 ]] && flags+=(--stream)
+# A warm-up, so that connection set-up and first-use allocations are not
+# what the profile shows.
+LOADGEN_API_KEY="$key" "$bin/loadgen" --url "$gateway/v1" --model mock-model --rate "$rate" --duration 3 "${flags[@]}" >/dev/null
+
+ticks() { awk '{print $14 + $15}' "/proc/$gateway_pid/stat"; }
+echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')$(grep -qw avx512f /proc/cpuinfo && echo ', avx512f' || echo ', no avx512f'); $(nproc) cores, $(uptime | sed 's/.*load/load/')"
+t0=$(ticks)
+perf record -q -F 999 --call-graph dwarf,16384 -p "$gateway_pid" -o "$out/perf.data" -- sleep "$((duration + 1))" 2>"$out/perf-record.log" &
+perf_pid=$!
+sleep 0.5
+LOADGEN_API_KEY="$key" "$bin/loadgen" --url "$gateway/v1" --model mock-model --rate "$rate" --duration "$duration" "${flags[@]}" | tee "$out/loadgen.txt"
+t1=$(ticks)
+wait "$perf_pid" || true
+requests=$((rate * duration))
+echo "gateway CPU: $(( (t1 - t0) * 1000000 / $(getconf CLK_TCK) / requests )) us per request ($requests requests at $rate/s, perf sampling included)" | tee "$out/cpu.txt"
+
+perf report -i "$out/perf.data" --no-children --sort symbol --percent-limit 0.5 --stdio 2>/dev/null | grep -v '^$' >"$out/self.txt" || true
+perf report -i "$out/perf.data" --children --sort symbol --percent-limit 2 --stdio -g none 2>/dev/null | grep -v '^$' >"$out/children.txt" || true
+perf report -i "$out/perf.data" --no-children --sort comm --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' >"$out/threads.txt" || true
+echo "== threads"; head -12 "$out/threads.txt"
+echo "== top functions (self)"; grep -v '^#' "$out/self.txt" | head -40
+echo "reports in $out"
