@@ -24,9 +24,9 @@ use serde_json::{json, Map, Value};
 const SIZES: [(usize, &str); 3] = [(1 << 10, "1 KB"), (100 << 10, "100 KB"), (1 << 20, "1 MB")];
 
 const WORDS: &[&str] = &[
-    "the", "gateway", "routes", "each", "request", "to", "an", "edge", "worker", "or",
-    "cloud", "by", "cost", "latency", "energy", "and", "privacy", "model", "answer",
-    "quickly", "with", "care", "for", "data", "that", "never", "leaves", "premises",
+    "the", "gateway", "routes", "each", "request", "to", "an", "edge", "worker", "or", "cloud",
+    "by", "cost", "latency", "energy", "and", "privacy", "model", "answer", "quickly", "with",
+    "care", "for", "data", "that", "never", "leaves", "premises",
 ];
 
 /// Text of about `len` bytes from `word(i)`, separated by spaces.
@@ -67,7 +67,9 @@ fn chat(messages: Vec<Value>) -> Value {
 fn body(shape: &str, size: usize) -> Vec<u8> {
     let v = match shape {
         "prose" => chat(vec![json!({"role": "user", "content": text(size, prose)})]),
-        "non-ascii" => chat(vec![json!({"role": "user", "content": text(size, accented)})]),
+        "non-ascii" => chat(vec![
+            json!({"role": "user", "content": text(size, accented)}),
+        ]),
         "digits" => chat(vec![json!({"role": "user", "content": text(size, digits)})]),
         "messages" => chat(
             (0..size / 100)
@@ -79,7 +81,12 @@ fn body(shape: &str, size: usize) -> Vec<u8> {
             .collect::<Vec<_>>()})]),
         "schema-keys" => {
             let properties: Map<String, Value> = (0..size / 40)
-                .map(|i| (format!("field_{i}"), json!({"type": "string", "description": prose(i)})))
+                .map(|i| {
+                    (
+                        format!("field_{i}"),
+                        json!({"type": "string", "description": prose(i)}),
+                    )
+                })
                 .collect();
             json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
                 "tools": [{"type": "function", "function": {"name": "f",
@@ -125,7 +132,14 @@ fn main() {
         "{:<12} {:>7} {:>10} {:>10} {:>9} {:>9} {:>11} {:>10}",
         "shape", "size", "parse µs", "scan µs", "parse ns/B", "scan ns/B", "scan/parse", "vs 1 KB"
     );
-    for shape in ["prose", "non-ascii", "digits", "messages", "parts", "schema-keys"] {
+    for shape in [
+        "prose",
+        "non-ascii",
+        "digits",
+        "messages",
+        "parts",
+        "schema-keys",
+    ] {
         let mut first_per_byte = None;
         for (size, label) in SIZES {
             if quick && size > 1 << 10 {
@@ -137,7 +151,12 @@ fn main() {
                 black_box(parse(black_box(&bytes)));
             });
             let scan_t = best(|| {
-                black_box(classify(request_texts(black_box(&map)), Class::Public, None, rules));
+                black_box(classify(
+                    request_texts(black_box(&map)),
+                    Class::Public,
+                    None,
+                    rules,
+                ));
             });
             let per_byte = |t: Duration| t.as_nanos() as f64 / bytes.len() as f64;
             let scan_pb = per_byte(scan_t);

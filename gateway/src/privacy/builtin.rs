@@ -20,6 +20,13 @@
 //! negated Unicode class repeated this often compiles past the regex size
 //! limit. They err towards finding: a false finding keeps a request
 //! on the premises, a missed one leaks it.
+//!
+//! Word boundaries are ASCII ones (`(?-u:\b)`): a letter outside ASCII
+//! next to a token counts as a boundary, so `SchlüsseléAKIA…` is still
+//! found (a Unicode `\b` sees no boundary between two letters). They also
+//! keep the scan on the regex crate's DFA, which gives up on Unicode word
+//! boundaries as soon as the text holds a byte outside ASCII, falling back
+//! to an engine about a hundred times slower per byte.
 
 use std::net::Ipv6Addr;
 
@@ -40,8 +47,7 @@ pub(super) struct Builtin {
 /// Every builtin detector name, for validating operator rule rows.
 pub const BUILTIN_NAMES: &[&str] = &["card", "email", "iban", "ip_address", "phone", "secret"];
 
-const IPV4: &str =
-    r"\b(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\b";
+const IPV4: &str = r"(?-u:\b)(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?-u:\b)";
 
 pub(super) const BUILTINS: &[Builtin] = &[
     Builtin {
@@ -99,13 +105,13 @@ pub(super) const BUILTINS: &[Builtin] = &[
     },
     Builtin {
         name: "secret",
-        pattern: r"(?i)\b(?:sk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{36,}|xox[abprs]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35}|gw-[0-9a-f]{64})\b",
+        pattern: r"(?i)(?-u:\b)(?:sk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{36,}|xox[abprs]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35}|gw-[0-9a-f]{64})(?-u:\b)",
         validate: None,
         class: Class::Confidential,
     },
     Builtin {
         name: "secret",
-        pattern: r"\beyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}",
+        pattern: r"(?-u:\b)eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}",
         validate: None,
         class: Class::Confidential,
     },
@@ -308,6 +314,16 @@ mod tests {
                 &[],
             ),
             ("a plain sentence about the weather in spring", &[]),
+            // Glued to letters outside ASCII: a word boundary between
+            // "é" and "A" is ASCII's, not Unicode's (where both are word
+            // characters and the token would go unseen).
+            ("SchlüsseléAKIAIOSFODNN7EXAMPLEü", &["secret"]),
+            ("clésk-proj-abcdefghijklmnopqrstuvwx", &["secret"]),
+            ("hôté192.168.10.4é", &["ip_address"]),
+            (
+                "jetonéeyJhbGciOiJIUzI1.eyJzdWIiOiIxMjM0.SflKxwRJSMeKKF2QT4",
+                &["secret"],
+            ),
         ];
         for (text, expected) in cases {
             let expected: Vec<String> = expected.iter().map(|s| (*s).to_owned()).collect();

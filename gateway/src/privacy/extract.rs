@@ -141,4 +141,31 @@ mod tests {
             "{got:?}"
         );
     }
+
+    #[test]
+    fn one_field_is_joined_in_document_order_among_many_fields() {
+        // Thousands of distinct keys in one tool schema: every string of
+        // one field name is joined in the order it came, whatever fields
+        // lie between (the grouping sorts by field name, stably).
+        let mut properties = Map::new();
+        for i in 0..5_000 {
+            properties.insert(
+                format!("p{i:05}"),
+                serde_json::json!({"description": format!("<{i}>"), "title": "t"}),
+            );
+        }
+        let body = serde_json::json!({"tools": [{"type": "function", "function":
+            {"name": "f", "parameters": {"properties": properties}}}]});
+        let Value::Object(map) = body else {
+            unreachable!("the body is an object")
+        };
+        let got = request_texts(&map);
+        let want: String = (0..5_000).map(|i| format!("<{i}>")).collect();
+        assert!(got.iter().any(|t| *t == want), "no joined descriptions");
+        assert!(
+            got.iter().any(|t| *t == "t".repeat(5_000)),
+            "no joined titles"
+        );
+        assert!(got.iter().any(|t| *t == "p04999"), "a key was not seen");
+    }
 }
