@@ -74,9 +74,9 @@ wait "$perf_pid" || true
 requests=$((rate * duration))
 echo "gateway CPU: $(( (t1 - t0) * 1000000 / $(getconf CLK_TCK) / requests )) us per request ($requests requests at $rate/s, perf sampling included)" | tee "$out/cpu.txt"
 
-perf report -i "$out/perf.data" --no-children --sort symbol --percent-limit 0.5 --stdio 2>/dev/null | grep -v '^$' >"$out/self.txt" || true
+perf report -i "$out/perf.data" --no-children --sort symbol --percent-limit 0.5 --stdio -g none 2>/dev/null | grep -v '^$' >"$out/self.txt" || true
 perf report -i "$out/perf.data" --children --sort symbol --percent-limit 2 --stdio -g none 2>/dev/null | grep -v '^$' >"$out/children.txt" || true
-perf report -i "$out/perf.data" --no-children --sort comm --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' >"$out/threads.txt" || true
+perf report -i "$out/perf.data" --no-children --sort comm --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' >"$out/threads.txt" || true
 echo "== threads"; head -12 "$out/threads.txt"
 echo "== top functions (self)"; grep -v '^#' "$out/self.txt" | head -40
 echo "reports in $out"

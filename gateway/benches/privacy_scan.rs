@@ -53,30 +53,28 @@ fn digits(i: usize) -> String {
     // Card-like and IBAN-like runs that fail their checksums, so every
     // candidate is validated and none fires.
     match i % 3 {
-        0 => format!("4111 1111 1111 {:04}", (i * 37) % 10_000 | 1),
+        0 => format!("4111 1111 1111 {:04}", ((i * 37) % 10_000) | 1),
         1 => format!("DE{:02}37040044053201300{:01}", i % 97, i % 9),
         _ => format!("{}", i * 7_919),
     }
 }
 
-fn chat(messages: Vec<Value>) -> Value {
+fn chat(messages: &[Value]) -> Value {
     json!({"model": "m", "messages": messages, "max_tokens": 16})
 }
 
 /// The body of one shape at about `size` bytes.
 fn body(shape: &str, size: usize) -> Vec<u8> {
     let v = match shape {
-        "prose" => chat(vec![json!({"role": "user", "content": text(size, prose)})]),
-        "non-ascii" => chat(vec![
-            json!({"role": "user", "content": text(size, accented)}),
-        ]),
-        "digits" => chat(vec![json!({"role": "user", "content": text(size, digits)})]),
+        "prose" => chat(&[json!({"role": "user", "content": text(size, prose)})]),
+        "non-ascii" => chat(&[json!({"role": "user", "content": text(size, accented)})]),
+        "digits" => chat(&[json!({"role": "user", "content": text(size, digits)})]),
         "messages" => chat(
-            (0..size / 100)
+            &(0..size / 100)
                 .map(|i| json!({"role": "user", "content": text(80, |j| prose(i + j))}))
-                .collect(),
+                .collect::<Vec<_>>(),
         ),
-        "parts" => chat(vec![json!({"role": "user", "content": (0..size / 60)
+        "parts" => chat(&[json!({"role": "user", "content": (0..size / 60)
             .map(|i| json!({"type": "text", "text": text(20, |j| prose(i + j))}))
             .collect::<Vec<_>>()})]),
         "schema-keys" => {

@@ -162,9 +162,11 @@ pub(crate) struct Sink {
 }
 
 impl Sink {
-    /// Hands a row to the writer. Never waits and never drops the row
+    /// Hands a row to the writer, its text fields scrubbed of NUL (see
+    /// [`LedgerEntry::scrub_nul`]). Never waits and never drops the row
     /// while the writer runs.
-    pub(crate) fn send(&self, entry: LedgerEntry) {
+    pub(crate) fn send(&self, mut entry: LedgerEntry) {
+        entry.scrub_nul();
         let shared = &self.ledger.inner.shared;
         shared.enqueued.fetch_add(1, Ordering::AcqRel);
         shared.memory_rows.fetch_add(1, Ordering::AcqRel);
@@ -419,6 +421,30 @@ mod tests {
             .collect();
         assert_eq!(ids, ["r4", "r3", "r2", "r1", "r0"]);
         assert_eq!(ledger.backlog().spill_rows, 0);
+        ledger.close();
+        tasks.close();
+        tasks.wait().await;
+    }
+
+    /// Client text can hold NUL, which Postgres refuses: the sink scrubs
+    /// every row it is handed, so the writer stores them as they come.
+    #[tokio::test]
+    async fn rows_are_scrubbed_of_nul_on_their_way_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = store(&dir.path().join("gateway.db")).await;
+        let tasks = TaskTracker::new();
+        let ledger = Ledger::start(db.clone(), options(&dir.path().join("spill")), &tasks).unwrap();
+        let mut r = row(0);
+        r.requested_model = "a\0b".into();
+        r.decision = Some(serde_json::json!({"k\0": "v\0"}));
+        ledger.sink().unwrap().send(r);
+        ledger.flush().await;
+        let stored = db.ledger_entry("r0").await.unwrap().unwrap();
+        assert_eq!(stored.requested_model, "a\u{fffd}b");
+        assert_eq!(
+            stored.decision,
+            Some(serde_json::json!({"k\u{fffd}": "v\u{fffd}"}))
+        );
         ledger.close();
         tasks.close();
         tasks.wait().await;

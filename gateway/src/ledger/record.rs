@@ -279,7 +279,13 @@ impl Drop for Record {
         }
         record_savings(e, zone);
         self.trace.finish(&self.entry);
-        let entry = self.entry.clone();
+        // The record ends here: its decision (the costly field to copy)
+        // moves into the row rather than being cloned.
+        let decision = self.entry.decision.take();
+        let entry = LedgerEntry {
+            decision,
+            ..self.entry.clone()
+        };
         if let Some(sink) = &self.sink {
             sink.send(entry);
         } else {

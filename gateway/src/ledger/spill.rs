@@ -198,7 +198,12 @@ impl Spill {
             batch.end += n as u64;
             batch.lines += 1;
             match serde_json::from_slice::<LedgerEntry>(&line) {
-                Ok(row) => batch.rows.push(row),
+                Ok(mut row) => {
+                    // Written scrubbed by this version; maybe not by an
+                    // older one.
+                    row.scrub_nul();
+                    batch.rows.push(row);
+                }
                 Err(e) => {
                     tracing::error!(error = %e, offset = batch.end - n as u64,
                         "unreadable ledger spill line; moved to {REJECTED_FILE}");

@@ -255,16 +255,15 @@ impl Writer {
         }
     }
 
-    /// Waits up to [`LINGER`] for memory to fill a batch.
+    /// Lets a batch gather for [`LINGER`] unless one is already waiting.
+    /// It sleeps rather than waits on the inbox: a wait on the inbox would
+    /// wake this task (and often a parked worker thread) for every row
+    /// sent meanwhile, hundreds of wake-ups a second under load, where
+    /// sleeping costs one.
     async fn linger(&mut self, memory: &mut VecDeque<LedgerEntry>) {
-        let deadline = tokio::time::Instant::now() + LINGER;
-        let mut buf = Vec::new();
-        while memory.len() < self.batch {
-            let room = self.batch - memory.len();
-            match tokio::time::timeout_at(deadline, self.rx.recv_many(&mut buf, room)).await {
-                Ok(n) if n > 0 => memory.extend(buf.drain(..)),
-                _ => return,
-            }
+        if memory.len() < self.batch {
+            tokio::time::sleep(LINGER).await;
+            self.absorb(memory);
         }
     }
 
@@ -429,11 +428,10 @@ fn jitter(d: Duration) -> Duration {
 
 /// Stores a batch in one transaction; if that fails for a reason other
 /// than an unreachable store (one row the database refuses), row by row,
-/// so one bad row cannot take the others down with it.
+/// so one bad row cannot take the others down with it. Rows arrive
+/// scrubbed of NUL (by the sink, or when read from the spill file).
 async fn store_rows(store: &Store, rows: &[LedgerEntry]) -> Stored {
-    let mut rows = rows.to_vec();
-    rows.iter_mut().for_each(LedgerEntry::scrub_nul);
-    match store.insert_ledger_batch(&rows).await {
+    match store.insert_ledger_batch(rows).await {
         Ok(appended) => {
             count_appended(appended.inserted, appended.duplicates);
             return Stored::Done;
@@ -446,7 +444,7 @@ async fn store_rows(store: &Store, rows: &[LedgerEntry]) -> Stored {
             tracing::warn!(error = %e, rows = rows.len(), "ledger batch failed; storing rows one by one");
         }
     }
-    for entry in &rows {
+    for entry in rows {
         if let Stored::Unreachable = store_row(store, entry).await {
             // Rows stored one by one so far are skipped when the batch is
             // retried.

@@ -160,7 +160,10 @@ mod tests {
             unreachable!("the body is an object")
         };
         let got = request_texts(&map);
-        let want: String = (0..5_000).map(|i| format!("<{i}>")).collect();
+        let want = (0..5_000)
+            .map(|i| format!("<{i}>"))
+            .collect::<Vec<_>>()
+            .concat();
         assert!(got.iter().any(|t| *t == want), "no joined descriptions");
         assert!(
             got.iter().any(|t| *t == "t".repeat(5_000)),
