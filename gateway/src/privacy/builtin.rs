@@ -25,8 +25,9 @@
 //! next to a token counts as a boundary, so `SchlüsseléAKIA…` is still
 //! found (a Unicode `\b` sees no boundary between two letters). They also
 //! keep the scan on the regex crate's DFA, which gives up on Unicode word
-//! boundaries as soon as the text holds a byte outside ASCII, falling back
-//! to an engine about a hundred times slower per byte.
+//! boundaries as soon as the text holds a byte outside ASCII and falls
+//! back to a slower engine (the whole scan of such text took 205 ns a byte
+//! with Unicode boundaries, 44 with ASCII ones; `benches/privacy_scan.rs`).
 
 use std::net::Ipv6Addr;
 
