@@ -44,9 +44,9 @@ use super::spill::{FileBatch, Spill};
 use super::Shared;
 use crate::store::{LedgerEntry, Store, StoreError};
 
-/// How long the writer waits for a batch to fill once a row is waiting.
-/// Under load this turns hundreds of one-row writes a second into a few
-/// dozen batches; it delays when a row becomes visible, never an answer.
+/// How long the writer lets a batch gather once a row is waiting. Under
+/// load this turns hundreds of one-row writes a second into a few dozen
+/// batches; it delays when a row becomes visible, never an answer.
 const LINGER: Duration = Duration::from_millis(10);
 
 /// First and longest wait between attempts while the store is unreachable.
