@@ -75,16 +75,8 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-first_line() { # first_line <file>: waits for a process's address banner
-  for _ in $(seq 1 300); do
-    [[ -s "$1" ]] && { head -n 1 "$1" | awk '{print $NF}'; return; }
-    sleep 0.1
-  done
-  echo "no banner in $1" >&2
-  exit 1
-}
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# shellcheck source=lib/procs.sh
+source "$root/scripts/lib/procs.sh"
 
 "$bin/mock-cloud" --addr 127.0.0.1:0 --models mock-model --completion-tokens 16 >"$work/mock.out" 2>/dev/null &
 pids+=($!)

@@ -32,14 +32,8 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT INT TERM
-first_line() {
-  for _ in $(seq 1 300); do
-    [[ -s "$1" ]] && { head -n 1 "$1" | awk '{print $NF}'; return; }
-    sleep 0.1
-  done
-  echo "no banner in $1" >&2
-  exit 1
-}
+# shellcheck source=lib/procs.sh
+source "$root/scripts/lib/procs.sh"
 
 "$bin/mock-cloud" --addr 127.0.0.1:0 --models mock-model --completion-tokens 16 >"$work/mock.out" 2>/dev/null &
 pids+=($!)
