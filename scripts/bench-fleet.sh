@@ -78,9 +78,7 @@ trap cleanup EXIT INT TERM
 # shellcheck source=lib/procs.sh
 source "$root/scripts/lib/procs.sh"
 
-"$bin/mock-cloud" --addr 127.0.0.1:0 --models mock-model --completion-tokens 16 >"$work/mock.out" 2>/dev/null &
-pids+=($!)
-mock=$(first_line "$work/mock.out")
+start_mock --completion-tokens 16
 
 psql "$pg_url/postgres" -qc "create database $db" >/dev/null
 export GATEWAY_DATABASE_URL="$pg_url/$db" GATEWAY_REDIS_URL="$redis_url" GATEWAY_REDIS_PREFIX="$prefix"

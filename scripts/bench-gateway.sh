@@ -119,9 +119,7 @@ source "$root/scripts/lib/procs.sh"
 
 # Unpaced mock: answers at once, so what is measured is transport and the
 # gateway, not simulated generation.
-"$bin/mock-cloud" --addr 127.0.0.1:0 --models mock-model --completion-tokens 16 >"$work/mock.out" 2>/dev/null &
-pids+=($!)
-mock=$(first_line "$work/mock.out")
+start_mock --completion-tokens 16
 mock_hostport=${mock#*://}
 mock_hostport=${mock_hostport%%/*}
 

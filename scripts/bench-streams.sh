@@ -33,22 +33,9 @@ trap cleanup EXIT INT TERM
 # shellcheck source=lib/procs.sh
 source "$root/scripts/lib/procs.sh"
 
-"$bin/mock-cloud" --addr 127.0.0.1:0 --models mock-model --completion-tokens "$tokens" \
-  --ttft-ms 500 --tokens-per-second "$tps" >"$work/mock.out" 2>/dev/null &
-pids+=($!)
-mock=$(first_line "$work/mock.out")
-export GATEWAY_SQLITE_PATH="$work/gateway.db"
-gw() { "$bin/gateway" "$@" >/dev/null; }
-gw migrate
-gw tenant create bench
-gw backend add --name cloud --kind cloud --url "$mock" --model mock-model --rtt-ms 1
-key=$("$bin/gateway" key create --tenant bench | sed -n 's/.*"api_key":"\([^"]*\)".*/\1/p')
-RUST_LOG=warn "$bin/gateway" serve --listen 127.0.0.1:0 >"$work/gateway.out" 2>"$work/gateway.log" &
-gateway_pid=$!
-pids+=("$gateway_pid")
-gateway=$(first_line "$work/gateway.out")
+start_mock --completion-tokens "$tokens" --ttft-ms 500 --tokens-per-second "$tps"
+start_bench_gateway
 port=${gateway##*:}
-for _ in $(seq 1 100); do curl -sf "$gateway/readyz" >/dev/null && break; sleep 0.1; done
 
 kib() { awk -v f="$1" '$1 == f":" {print $2}' "/proc/$gateway_pid/status"; }
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'); $(nproc) cores, $(uptime | sed 's/.*load/load/')"

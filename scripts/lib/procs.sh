@@ -13,3 +13,30 @@ first_line() {
 }
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# The functions below use the caller's $bin (release binaries), $work (a
+# scratch directory) and pids (an array the caller's cleanup kills).
+
+# start_mock [mock-cloud flags…]: starts the mock cloud serving mock-model
+# and sets $mock to its URL.
+start_mock() {
+  "$bin/mock-cloud" --addr 127.0.0.1:0 --models mock-model "$@" >"$work/mock.out" 2>/dev/null &
+  pids+=($!)
+  mock=$(first_line "$work/mock.out")
+}
+
+# start_bench_gateway: a gateway on embedded SQLite in $work, with $mock as
+# its one cloud backend and one tenant; sets $key (an API key), $gateway
+# (its URL) and $gateway_pid, and waits until it is ready.
+start_bench_gateway() {
+  export GATEWAY_SQLITE_PATH="$work/gateway.db"
+  "$bin/gateway" migrate >/dev/null
+  "$bin/gateway" tenant create bench >/dev/null
+  "$bin/gateway" backend add --name cloud --kind cloud --url "$mock" --model mock-model --rtt-ms 1 >/dev/null
+  key=$("$bin/gateway" key create --tenant bench | sed -n 's/.*"api_key":"\([^"]*\)".*/\1/p')
+  RUST_LOG=warn "$bin/gateway" serve --listen 127.0.0.1:0 >"$work/gateway.out" 2>"$work/gateway.log" &
+  gateway_pid=$!
+  pids+=("$gateway_pid")
+  gateway=$(first_line "$work/gateway.out")
+  for _ in $(seq 1 100); do curl -sf "$gateway/readyz" >/dev/null && break; sleep 0.1; done
+}
