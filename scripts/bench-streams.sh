@@ -22,16 +22,9 @@ tokens=20
 tps=4 # with a 500 ms first token: about 5.5 s a stream
 ulimit -n "$(ulimit -Hn)"
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  ((${#pids[@]})) && kill "${pids[@]}" 2>/dev/null
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
 # shellcheck source=lib/procs.sh
 source "$root/scripts/lib/procs.sh"
+scratch
 
 start_mock --completion-tokens "$tokens" --ttft-ms 500 --tokens-per-second "$tps"
 start_bench_gateway

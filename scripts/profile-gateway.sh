@@ -24,16 +24,9 @@ rm -rf "$out"
 mkdir -p "$out"
 command -v perf >/dev/null || { echo "perf is missing (Debian: apt-get install linux-perf)" >&2; exit 1; }
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  ((${#pids[@]})) && kill "${pids[@]}" 2>/dev/null
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
 # shellcheck source=lib/procs.sh
 source "$root/scripts/lib/procs.sh"
+scratch
 
 start_mock --completion-tokens 16
 start_bench_gateway

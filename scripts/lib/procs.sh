@@ -14,6 +14,15 @@ first_line() {
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# scratch: makes $work (a scratch directory) and an empty pids array, and
+# on exit kills every pid in it and removes $work. For scripts that need
+# no other clean-up.
+scratch() {
+  work=$(mktemp -d)
+  pids=()
+  trap '((${#pids[@]})) && kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT INT TERM
+}
+
 # The functions below use the caller's $bin (release binaries), $work (a
 # scratch directory) and pids (an array the caller's cleanup kills).
 
