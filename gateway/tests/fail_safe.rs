@@ -464,6 +464,58 @@ async fn shutdown_ends_open_streams_with_an_error_event_and_a_cancelled_row() {
     assert_eq!(row.status, LedgerStatus::Cancelled);
 }
 
+/// Requests still waiting for their answer (a stream before its first
+/// token, a JSON answer) when the grace runs out get a 503 that names their
+/// ledger row, not a connection closed without a word.
+#[tokio::test]
+async fn shutdown_answers_requests_still_waiting_with_a_503_and_a_cancelled_row() {
+    let config = Config {
+        shutdown_grace_ms: 300,
+        upstream_first_byte_timeout_ms: 60_000,
+        upstream_idle_timeout_ms: 60_000,
+        ..quick()
+    };
+    let (gw, up, key) = one_cloud(config, Mode::Hang).await;
+    let waiting: Vec<_> = [false, true]
+        .into_iter()
+        .map(|stream| {
+            let request = gw
+                .client
+                .post(format!("{}/v1/chat/completions", gw.base))
+                .bearer_auth(&key)
+                .json(&body(stream))
+                .send();
+            tokio::spawn(async move {
+                let r = request.await.unwrap();
+                let id = header(&r, "x-gateway-ledger-id").to_owned();
+                (id, error_of(r).await)
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while up.count() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the requests never reached the backend"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let db = tokio::time::timeout(Duration::from_secs(10), gw.shutdown())
+        .await
+        .expect("shutdown hung with requests waiting");
+    for answer in waiting {
+        let (id, (status, body)) = tokio::time::timeout(Duration::from_secs(5), answer)
+            .await
+            .expect("no answer after the server stopped")
+            .unwrap();
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["error"]["code"], "server_shutting_down");
+        let row = db.store.ledger_entry(&id).await.unwrap().unwrap();
+        assert_eq!(row.status, LedgerStatus::Cancelled);
+        assert_eq!(row.http_status, Some(503));
+    }
+}
+
 /// Three on-prem stand-ins that all answer 500, health tracking turned off
 /// (so every request tries every candidate): with an unlimited budget each
 /// request costs three upstream attempts; with a 20% budget and no floor,

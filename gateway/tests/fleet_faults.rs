@@ -1067,10 +1067,11 @@ async fn faults_under_load_lose_nothing_admitted_and_keep_confidential_requests_
     print_phases(&outcomes, &phases);
     let so_far = admitted(&outcomes);
     let rows = fleet.rows_for(&so_far).await;
-    // Requests the SIGTERMed gateway was still waiting on (no first token
-    // yet) when its grace ran out: their connections are closed without a
-    // response (README, "Routing": "closes the remaining connections"), so
-    // the client never learns the id of the `cancelled` row they leave.
+    // Requests the SIGTERMed gateway was still waiting on when its grace ran
+    // out are answered 503 `server_shutting_down` with their row's id; only
+    // one caught between admission and its first attempt can still see its
+    // connection closed, leaving a `cancelled` row the client never learns
+    // the id of.
     let unanswered = outcomes
         .iter()
         .filter(|o| o.spec.gateway == old_a && o.status.is_none())
@@ -1252,8 +1253,9 @@ async fn faults_under_load_lose_nothing_admitted_and_keep_confidential_requests_
             continue;
         }
         // 4a. Open on the gateway when it was SIGTERMed: finished within
-        // the grace, or ended by it with `server_shutting_down` and a
-        // `cancelled` row, or (no first token yet) closed unanswered.
+        // the grace, or ended by it with `server_shutting_down` (an error
+        // event, or a 503 before the first token) and a `cancelled` row, or
+        // closed unanswered.
         if o.spec.gateway == old_a && open_at(o, sigterm_at) {
             if o.error_code.as_deref() == Some("server_shutting_down") && !o.done {
                 let row = by_id[o.ledger_id.as_deref().unwrap()];

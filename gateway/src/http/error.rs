@@ -54,6 +54,11 @@ pub enum ApiError {
     /// being handled.
     #[error("The gateway is at capacity; retry shortly.")]
     Overloaded,
+    /// 503 `server_shutting_down`: the request was still waiting for its
+    /// answer when the server's shutdown grace ran out; retrying it (on
+    /// another gateway) is safe.
+    #[error("The gateway is shutting down; retry the request.")]
+    ShuttingDown,
     /// 500 `internal_error`: a bug or an unexpected store failure.
     #[error("Internal error.")]
     Internal,
@@ -108,7 +113,9 @@ impl ApiError {
                 }
             },
             ApiError::Upstream => StatusCode::BAD_GATEWAY,
-            ApiError::Unavailable | ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::Overloaded | ApiError::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -126,6 +133,7 @@ impl ApiError {
             ApiError::NoRoute(r) => r.code.as_str(),
             ApiError::Upstream => "upstream_error",
             ApiError::Unavailable | ApiError::Overloaded => "service_unavailable",
+            ApiError::ShuttingDown => "server_shutting_down",
             ApiError::Internal => "internal_error",
         }
     }
@@ -146,7 +154,10 @@ impl ApiError {
             ApiError::Limited(l) if l.code() == "insufficient_quota" => "insufficient_quota",
             ApiError::Limited(_) => "rate_limit_error",
             ApiError::Upstream => "upstream_error",
-            ApiError::Unavailable | ApiError::Overloaded | ApiError::Internal => "server_error",
+            ApiError::Unavailable
+            | ApiError::Overloaded
+            | ApiError::ShuttingDown
+            | ApiError::Internal => "server_error",
         }
     }
 

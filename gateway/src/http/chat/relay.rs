@@ -76,14 +76,70 @@ struct WithUsage {
 const MAX_UPSTREAM_MESSAGE: usize = 512;
 
 /// Runs the request on the decision's candidates and returns the answer.
+///
+/// A request still waiting for its answer when the server's shutdown grace
+/// runs out is answered 503 `server_shutting_down`, with its ledger id and a
+/// `cancelled` row, instead of a connection closed without a word: the
+/// client may retry at once, on another gateway.
 pub async fn execute(
     app: &AppState,
-    mut req: ChatRequest,
+    req: ChatRequest,
     decision: &Decision,
     snapshot: &Snapshot,
     mut record: Record,
 ) -> Response {
     record.set_decision(decision);
+    let class = decision.class;
+    let shutdown = app.streams_end.clone();
+    let outcome = tokio::select! {
+        // An answer that is ready goes out even when the grace ran out too.
+        biased;
+        outcome = try_candidates(app, req, decision, snapshot, &mut record) => outcome,
+        () = shutdown.cancelled() => Outcome::ShuttingDown,
+    };
+    let (err, status) = match outcome {
+        Outcome::Answered(answered) => return deliver(app, answered, record, class),
+        Outcome::Refused(last) => {
+            let route = route_headers(last.backend, last.reason, class, &record);
+            return pass_through(last.error, record, &route);
+        }
+        Outcome::Unanswered(last_error) => (
+            no_answer(decision, last_error.as_ref()),
+            LedgerStatus::Error,
+        ),
+        Outcome::ShuttingDown => (ApiError::ShuttingDown, LedgerStatus::Cancelled),
+    };
+    let route = RouteHeaders {
+        class: Some(class),
+        ledger_id: Some(record.id().to_owned()),
+        ..RouteHeaders::default()
+    };
+    record.finish(status, err.status().as_u16(), Some(err.code()));
+    with_gateway_headers(err.into_response(), &route)
+}
+
+/// How trying the candidates ended.
+enum Outcome<'a> {
+    /// One answered.
+    Answered(Answered<'a>),
+    /// One failed in a way another backend cannot fix (a client error): its
+    /// answer goes to the client as it is.
+    Refused(Failed<'a>),
+    /// None answered; the last retryable failure, if any was tried.
+    Unanswered(Option<AttemptError>),
+    /// The server's shutdown grace ran out first.
+    ShuttingDown,
+}
+
+/// Tries the decision's candidates in order, failing over while the retry
+/// budget allows.
+async fn try_candidates<'a>(
+    app: &AppState,
+    mut req: ChatRequest,
+    decision: &'a Decision,
+    snapshot: &'a Snapshot,
+    record: &mut Record,
+) -> Outcome<'a> {
     let class = decision.class;
     // After an upstream said the prompt does not fit, only larger contexts
     // are worth trying.
@@ -133,7 +189,7 @@ pub async fn execute(
             &mut req,
             (backend, cand, reason),
             context,
-            &mut record,
+            record,
             attempts,
         );
         // The first choice may be hedged or cascaded to the cloud, as the
@@ -144,7 +200,7 @@ pub async fn execute(
                 decision,
                 snapshot,
                 req: &mut req,
-                record: &mut record,
+                record: &mut *record,
                 attempts: &mut attempts,
             };
             first.run(attempt).await
@@ -152,7 +208,7 @@ pub async fn execute(
             attempt.run(app, &req).await.map_err(|f| vec![f])
         };
         match outcome {
-            Ok(answered) => return deliver(app, answered, record, class),
+            Ok(answered) => return Outcome::Answered(answered),
             Err(failures) => {
                 let mut last = None;
                 for f in failures {
@@ -163,8 +219,7 @@ pub async fn execute(
                     continue;
                 };
                 if !last.error.retryable() {
-                    let route = route_headers(last.backend, last.reason, class, &record);
-                    return pass_through(last.error, record, &route);
+                    return Outcome::Refused(last);
                 }
                 if matches!(last.error, AttemptError::ContextLength) {
                     context_floor = Some(context_floor.map_or(context, |f| f.max(context)));
@@ -173,14 +228,7 @@ pub async fn execute(
             }
         }
     }
-    let err = no_answer(decision, last_error.as_ref());
-    let route = RouteHeaders {
-        class: Some(class),
-        ledger_id: Some(record.id().to_owned()),
-        ..RouteHeaders::default()
-    };
-    record.finish(LedgerStatus::Error, err.status().as_u16(), Some(err.code()));
-    with_gateway_headers(err.into_response(), &route)
+    Outcome::Unanswered(last_error)
 }
 
 /// A backend, the candidate it came from, and why it was chosen.

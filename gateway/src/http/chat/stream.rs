@@ -35,6 +35,7 @@ use wire::ErrorBody;
 
 use super::relay::Usage;
 use super::sse::{frame, SseReader};
+use crate::http::ApiError;
 use crate::ledger::Record;
 use crate::live::InFlight;
 use crate::store::LedgerStatus;
@@ -327,16 +328,9 @@ impl Relay {
     /// Ends the stream because the gateway is shutting down; the row says
     /// `cancelled`.
     fn end_for_shutdown(&mut self) -> Bytes {
-        self.finish(LedgerStatus::Cancelled, Some("server_shutting_down"));
-        Bytes::from(
-            ErrorBody::new(
-                "The gateway is shutting down; retry the request.",
-                "server_error",
-                None,
-                "server_shutting_down",
-            )
-            .sse_event(),
-        )
+        let err = ApiError::ShuttingDown;
+        self.finish(LedgerStatus::Cancelled, Some(err.code()));
+        Bytes::from(err.body().sse_event())
     }
 
     fn finish(&mut self, status: LedgerStatus, code: Option<&str>) {
