@@ -139,6 +139,51 @@ async fn stop_sequences_and_max_tokens_are_honoured() {
     );
 }
 
+/// `max_tokens` that ends inside a character (this model spells a kana in
+/// two byte tokens): the answer is exactly `max_tokens` tokens, finished by
+/// length, with the incomplete character left out, streamed or not. It used
+/// to be a 500 on odd counts, and two tokens for `max_tokens: 1`.
+#[tokio::test]
+async fn max_tokens_inside_a_character_is_honoured() {
+    let w = Worker::start(&[]).await;
+    let prompt = "Write the Japanese word for cat in kanji, nothing else: 猫. Repeat it: ";
+    let full: Value = w.chat(&greedy(prompt, 8)).await.json().await.unwrap();
+    let text = full["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(
+        text.chars().any(|c| c.len_utf8() > 1),
+        "the greedy answer has no multi-byte character to cut: `{text}`"
+    );
+    for max_tokens in 1..=5 {
+        let r = w.chat(&greedy(prompt, max_tokens)).await;
+        assert_eq!(r.status(), 200, "max_tokens {max_tokens}");
+        let r: Value = r.json().await.unwrap();
+        assert_eq!(r["usage"]["completion_tokens"], max_tokens, "{r}");
+        assert_eq!(r["choices"][0]["finish_reason"], "length", "{r}");
+        let content = r["choices"][0]["message"]["content"].as_str().unwrap();
+        assert!(
+            text.starts_with(content) && !content.contains('\u{fffd}'),
+            "max_tokens {max_tokens}: `{content}` is not a clean prefix of `{text}`"
+        );
+
+        let mut body = greedy(prompt, max_tokens);
+        body["stream"] = json!(true);
+        body["stream_options"] = json!({"include_usage": true});
+        let events = sse_events(w.chat(&body).await).await;
+        assert_eq!(events.last().unwrap(), "[DONE]", "{events:?}");
+        let chunks: Vec<Value> = events[..events.len() - 1]
+            .iter()
+            .map(|e| serde_json::from_str(e).unwrap())
+            .collect();
+        let streamed: String = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(streamed, content, "max_tokens {max_tokens}: {events:?}");
+        let usage = &chunks.last().unwrap()["usage"];
+        assert_eq!(usage["completion_tokens"], max_tokens, "{events:?}");
+    }
+}
+
 /// A prompt that shares a long prefix (a system prompt) with an earlier one
 /// is prefilled from the prefix cache; its greedy answer must be the one a
 /// worker without the cache computes from scratch.

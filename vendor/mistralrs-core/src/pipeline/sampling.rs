@@ -92,8 +92,16 @@ pub(crate) async fn finish_or_add_toks_to_seq(
                 // A token whose text is held back (the start of a UTF-8
                 // sequence) still gets its chunk, without text, when logprobs
                 // were asked for: every token's logprob reaches the client.
+                // So does the last token of a sequence, which carries the
+                // finish reason and the usage: when the sequence ends inside
+                // a character (`max_tokens` reached), the incomplete bytes
+                // are dropped. Without this chunk the sequence ended with no
+                // last response, or ran past `max_tokens` to complete the
+                // character.
                 let delta_result = match delta_result {
-                    Ok(None) if seq.return_logprobs() => Ok(Some(String::new())),
+                    Ok(None) if seq.return_logprobs() || is_done.is_some() => {
+                        Ok(Some(String::new()))
+                    }
                     other => other,
                 };
                 if let Some(delta) = crate::handle_seq_error_ok!(delta_result, seq.responder()) {
