@@ -6,8 +6,9 @@ llama.cpp through `llama_cpp.server`), driven by the same streaming client,
 in interleaved rounds so that machine noise hits both alike. Reports decode
 tokens/s and TTFT at concurrency 1, aggregate tokens/s at concurrency 8, CPU
 time per output token at concurrency 1 (what energy per token follows when
-the watts per busy core are the same), and peak RSS, with ratios (edge
-worker / llama.cpp).
+the watts per busy core are the same), and resident memory (after loading,
+after the c=1 and c=8 requests, at the end, and at its peak), with ratios
+(edge worker / llama.cpp).
 
 Usage: .venv/bin/python scripts/bench-edge.py [--threads 2] [--rounds 3]
            [--variant NAME="EDGE-WORKER ARGS"]... [--baseline PATH]
@@ -147,11 +148,16 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def peak_rss_mib(pid):
+def rss_mib(pid, field="VmRSS"):
+    """Resident memory now (VmRSS) or at its peak so far (VmHWM)."""
     for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def peak_rss_mib(pid):
+    return rss_mib(pid, "VmHWM")
 
 
 def cpu_model():
@@ -187,9 +193,12 @@ def main():
         servers["baseline"] = start_edge(args.threads, binary=args.baseline)
     servers["llama.cpp"] = start_llama(args.threads)
     try:
-        samples = {k: {"ttft": [], "decode": [], "agg8": [], "cpu_ms": []} for k in servers}
-        for name, (_, base, model) in servers.items():
+        samples = {k: {"ttft": [], "decode": [], "agg8": [], "cpu_ms": [], "rss_c1": [],
+                       "rss_c8": []} for k in servers}
+        loaded = {}
+        for name, (proc, base, model) in servers.items():
             one_request(base, model, 8)  # warm-up, not measured
+            loaded[name] = rss_mib(proc.pid)
         for _ in range(args.rounds):
             for name, (proc, base, model) in servers.items():
                 cpu_before, tokens = cpu_seconds(proc.pid), 0
@@ -200,7 +209,9 @@ def main():
                     tokens += n
                 cpu = cpu_seconds(proc.pid) - cpu_before
                 samples[name]["cpu_ms"].append(cpu * 1000 / max(tokens, 1))
+                samples[name]["rss_c1"].append(rss_mib(proc.pid))
                 samples[name]["agg8"].append(concurrent_run(base, model, 8, args.max_tokens))
+                samples[name]["rss_c8"].append(rss_mib(proc.pid))
         report = {}
         for name, (proc, _, _) in servers.items():
             s = samples[name]
@@ -209,6 +220,10 @@ def main():
                 "ttft_ms_c1": statistics.median(s["ttft"]),
                 "aggregate_tok_s_c8": statistics.median(s["agg8"]),
                 "cpu_ms_per_token_c1": statistics.median(s["cpu_ms"]),
+                "rss_loaded_mib": loaded[name],
+                "rss_after_c1_mib": max(s["rss_c1"]),
+                "rss_after_c8_mib": max(s["rss_c8"]),
+                "rss_after_run_mib": rss_mib(proc.pid),
                 "peak_rss_mib": peak_rss_mib(proc.pid),
             }
     finally:
@@ -231,7 +246,10 @@ def main():
     print(f"{'metric':<24}{head}")
     for key, label in [("decode_tok_s_c1", "decode tok/s (c=1)"), ("ttft_ms_c1", "TTFT ms (c=1)"),
                        ("aggregate_tok_s_c8", "aggregate tok/s (c=8)"),
-                       ("cpu_ms_per_token_c1", "CPU ms/token (c=1)"), ("peak_rss_mib", "peak RSS MiB")]:
+                       ("cpu_ms_per_token_c1", "CPU ms/token (c=1)"),
+                       ("rss_loaded_mib", "RSS MiB, loaded"), ("rss_after_c1_mib", "RSS MiB, after c=1"),
+                       ("rss_after_c8_mib", "RSS MiB, after c=8"), ("rss_after_run_mib", "RSS MiB, at the end"),
+                       ("peak_rss_mib", "peak RSS MiB")]:
         row = "".join(f"{report[n][key]:>14.1f}" for n in ours) + f"{l[key]:>14.1f}"
         row += "".join(f"{report[n][key] / l[key]:>20.2f}" for n in ours)
         print(f"{label:<24}{row}")

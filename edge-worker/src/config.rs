@@ -72,11 +72,18 @@ pub struct Config {
     /// sharing their prefix (a common system prompt) skips that part of the
     /// prefill: with the bundled model, a 240-token shared system prompt
     /// takes the first token from about 1.5 s to 0.19 s. The kept caches
-    /// cost memory, each as much as its tokens' keys and values (peak RSS
-    /// about 1.2 times that without the cache, see docs/benchmarks.md);
-    /// least recently used ones go first; 0 turns the prefix cache off.
+    /// cost memory, each as much as its tokens' keys and values, and are
+    /// bounded by `--prefix-cache-mib` too: least recently used ones go
+    /// first once either bound is passed; 0 turns the prefix cache off.
     #[arg(long, env = "EDGE_PREFIX_CACHE_SEQUENCES", default_value_t = 16)]
     pub prefix_cache_sequences: usize,
+
+    /// Most memory, in MiB, that the prefix cache's kept keys and values may
+    /// hold. With the bundled model a token's keys and values take 45 KiB,
+    /// so the default keeps about 700 tokens of finished prompts: a shared
+    /// system prompt or two, which is what the cache is for.
+    #[arg(long, env = "EDGE_PREFIX_CACHE_MIB", default_value_t = 32)]
+    pub prefix_cache_mib: usize,
 
     /// Longest a request may wait in the queue before it gets 429.
     #[arg(long, env = "EDGE_QUEUE_TIMEOUT_MS", default_value_t = 30_000)]

@@ -45,6 +45,8 @@ pub struct EngineOptions {
     pub threads: usize,
     /// Finished sequences kept in the prefix cache; 0 turns it off.
     pub prefix_cache_sequences: usize,
+    /// The most bytes of keys and values the prefix cache holds.
+    pub prefix_cache_bytes: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -194,6 +196,7 @@ impl Engine {
         let scheduler = SchedulerConfig::DefaultScheduler {
             method: DefaultSchedulerMethod::Fixed(max_running),
         };
+        mistralrs_core::set_prefix_cache_max_bytes(options.prefix_cache_bytes);
         let runner = MistralRsBuilder::new(pipeline, scheduler, false, None)
             .with_model_id(options.model_id.clone())
             .with_no_prefix_cache(options.prefix_cache_sequences == 0)

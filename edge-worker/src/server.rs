@@ -80,6 +80,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         // one per core (set by `configure_threads` before anything ran).
         threads: rayon::current_num_threads(),
         prefix_cache_sequences: config.prefix_cache_sequences,
+        prefix_cache_bytes: config.prefix_cache_mib.saturating_mul(1 << 20),
     };
     let drain_timeout = config.drain_timeout();
     let facts = ModelFacts {

@@ -1,3 +1,5 @@
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use candle_core::{Result, Tensor};
 use indexmap::IndexMap;
 use tracing::info;
@@ -8,6 +10,18 @@ use crate::{
     pipeline::KvCache,
     sequence::Sequence,
 };
+
+/// The most bytes of KV cache that finished sequences may hold in the
+/// prefix cache, beside its count of sequences; unlimited by default. A
+/// count alone bounds memory only by the longest prompt the model accepts.
+static MAX_BYTES: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// Bounds the prefix cache by the bytes of KV cache it holds: the least
+/// recently used sequences go first once either bound is passed. Applies to
+/// every engine in the process.
+pub fn set_prefix_cache_max_bytes(bytes: usize) {
+    MAX_BYTES.store(bytes, Ordering::Relaxed);
+}
 
 #[derive(PartialEq, Eq, Debug, Hash)]
 struct Tokens(Vec<u32>);
@@ -54,6 +68,20 @@ impl CacheElement {
             })
             .min()
             .unwrap_or(usize::MAX)
+    }
+
+    /// The bytes its tensors hold.
+    fn bytes(&self) -> usize {
+        let size = |t: Option<&Tensor>| t.map_or(0, |t| t.elem_count() * t.dtype().size_in_bytes());
+        self.cache
+            .iter()
+            .flatten()
+            .map(|layer| match layer {
+                KvCache::Normal { k, v } => size(k.all_data()) + size(v.all_data()),
+                KvCache::Rotating { k, v } => size(k.all_data()) + size(v.all_data()),
+                KvCache::Shared { .. } => 0,
+            })
+            .sum()
     }
 
     fn can_rewind_to(&self, len: usize) -> bool {
@@ -201,8 +229,9 @@ impl PrefixCacheManagerV2 {
         }
     }
 
-    /// Evict the oldest caches beyond `n_on_device`, wherever they are kept.
-    /// Returns the number of evicted sequences.
+    /// Evict the least recently used caches beyond `n_on_device` or beyond
+    /// the byte bound ([`set_prefix_cache_max_bytes`]), wherever they are
+    /// kept. Returns the number of evicted sequences.
     ///
     /// Upstream counted only caches on an accelerator, so on CPU every
     /// finished sequence stayed cached: memory grew with each new prompt.
@@ -210,8 +239,16 @@ impl PrefixCacheManagerV2 {
         if self.no_prefix_cache {
             return Ok(0);
         }
-        let n_evicted = self.caches.len().saturating_sub(self.n_on_device);
-        self.caches.drain(..n_evicted);
+        let max_bytes = MAX_BYTES.load(Ordering::Relaxed);
+        let mut bytes: usize = self.caches.values().map(CacheElement::bytes).sum();
+        let mut n_evicted = 0;
+        while self.caches.len() > self.n_on_device || bytes > max_bytes {
+            let Some((_, oldest)) = self.caches.shift_remove_index(0) else {
+                break;
+            };
+            bytes -= oldest.bytes();
+            n_evicted += 1;
+        }
         Ok(n_evicted)
     }
 
@@ -464,6 +501,33 @@ mod tests {
         k.append(&src)?;
         v.append(&src)?;
         Ok(KvCache::Normal { k, v })
+    }
+
+    #[test]
+    fn evicts_least_recently_used_beyond_the_byte_bound() -> candle_core::Result<()> {
+        let element = |len| -> candle_core::Result<CacheElement> {
+            Ok(CacheElement {
+                cache: vec![Some(make_normal_kv_cache(len)?)],
+                recurrent_snapshots: None,
+                audio_hashes: None,
+                image_hashes: None,
+                video_hashes: None,
+            })
+        };
+        // Each element holds k and v of `len` F32 values: 8 bytes a token.
+        let mut prefix_cacher = PrefixCacheManagerV2::new(16, false, false);
+        prefix_cacher.caches.insert(vec![1].into(), element(10)?);
+        prefix_cacher.caches.insert(vec![2].into(), element(20)?);
+        prefix_cacher.caches.insert(vec![3].into(), element(30)?);
+        assert_eq!(prefix_cacher.caches[0].bytes(), 80);
+
+        super::set_prefix_cache_max_bytes(400);
+        assert_eq!(prefix_cacher.evict_caches()?, 1);
+        assert_eq!(prefix_cacher.evict_caches()?, 0);
+        super::set_prefix_cache_max_bytes(usize::MAX);
+        let left: Vec<_> = prefix_cacher.caches.keys().map(|k| k.0.clone()).collect();
+        assert_eq!(left, vec![vec![2], vec![3]]);
+        Ok(())
     }
 
     #[test]

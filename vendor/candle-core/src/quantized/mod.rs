@@ -401,6 +401,9 @@ pub trait QuantizedType: Send + Sync {
     fn matmul_t(&self, mkn: (usize, usize, usize), lhs: &[f32], dst: &mut [f32]) -> Result<()>;
     fn matmul_t_f16(&self, mkn: (usize, usize, usize), lhs: &[f16], dst: &mut [f16]) -> Result<()>;
     fn dequantize(&self, elem_count: usize) -> Result<CpuStorage>;
+    /// Rows `rows` of a row-major matrix with rows of `row_len` values,
+    /// dequantized one after the other.
+    fn dequantize_rows(&self, row_len: usize, rows: &[u32]) -> Result<CpuStorage>;
     fn storage_size_in_bytes(&self) -> usize;
     fn as_ptr(&self) -> *const u8;
     fn block_size(&self) -> usize;
@@ -442,6 +445,22 @@ impl<T: k_quants::GgmlType + Send + Sync> QuantizedType for Vec<T> {
     fn dequantize(&self, elem_count: usize) -> Result<CpuStorage> {
         let mut ys = vec![0.0f32; elem_count];
         T::to_float(self.as_slice(), &mut ys);
+        Ok(CpuStorage::F32(ys))
+    }
+
+    fn dequantize_rows(&self, row_len: usize, rows: &[u32]) -> Result<CpuStorage> {
+        if row_len % T::BLCK_SIZE != 0 {
+            crate::bail!("rows of {row_len} values are not whole blocks of {}", T::BLCK_SIZE)
+        }
+        let blocks = row_len / T::BLCK_SIZE;
+        let mut ys = vec![0.0f32; rows.len() * row_len];
+        for (&row, ys) in rows.iter().zip(ys.chunks_exact_mut(row_len)) {
+            let start = row as usize * blocks;
+            let Some(xs) = self.get(start..start + blocks) else {
+                crate::bail!("row {row} is out of range")
+            };
+            T::to_float(xs, ys);
+        }
         Ok(CpuStorage::F32(ys))
     }
 
@@ -627,6 +646,33 @@ impl QTensor {
         let storage = self.storage.dequantize(self.shape.elem_count())?;
         let none = crate::op::BackpropOp::none();
         crate::tensor::from_storage(storage, self.shape.clone(), none, false).to_device(device)
+    }
+
+    /// An embedding lookup in a quantized table: the rows of this 2-D
+    /// tensor that `ids` (u32, any shape) name, dequantized to F32, with
+    /// shape `ids.dims() + [columns]`. On the CPU only those rows are
+    /// dequantized, so the table can stay quantized in memory; each row's
+    /// values are the same as in [`Self::dequantize`].
+    pub fn embedding(&self, ids: &Tensor) -> Result<Tensor> {
+        let (_, columns) = self.shape.dims2()?;
+        let mut dims = ids.dims().to_vec();
+        dims.push(columns);
+        let ids = ids.flatten_all()?.to_dtype(crate::DType::U32)?;
+        let rows = match &self.storage {
+            QStorage::Cpu(storage) => {
+                let rows = storage.dequantize_rows(columns, &ids.to_vec1::<u32>()?)?;
+                let none = crate::op::BackpropOp::none();
+                crate::tensor::from_storage(
+                    Storage::Cpu(rows),
+                    (ids.elem_count(), columns),
+                    none,
+                    false,
+                )
+                .to_device(ids.device())?
+            }
+            _ => self.dequantize(ids.device())?.embedding(&ids)?,
+        };
+        rows.reshape(dims)
     }
 
     pub fn dequantize_f16(&self, device: &Device) -> Result<Tensor> {
