@@ -221,8 +221,9 @@ def main():
                 "aggregate_tok_s_c8": statistics.median(s["agg8"]),
                 "cpu_ms_per_token_c1": statistics.median(s["cpu_ms"]),
                 "rss_loaded_mib": loaded[name],
-                "rss_after_c1_mib": max(s["rss_c1"]),
-                "rss_after_c8_mib": max(s["rss_c8"]),
+                # The first round's: later rounds' c=1 figures follow a c=8 run.
+                "rss_after_c1_mib": s["rss_c1"][0],
+                "rss_after_c8_mib": s["rss_c8"][0],
                 "rss_after_run_mib": rss_mib(proc.pid),
                 "peak_rss_mib": peak_rss_mib(proc.pid),
             }
