@@ -17,6 +17,9 @@ pub struct GgufInfo {
     pub architecture: String,
     pub quantization: String,
     pub context_length: usize,
+    /// The bytes one token's keys and values take in the engine's cache
+    /// (F32 on the CPU); `None` when the header does not say enough.
+    pub kv_bytes_per_token: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,13 +90,33 @@ pub fn inspect(path: &Path) -> Result<GgufInfo, GgufError> {
         .and_then(file_type_name)
         .map_or_else(|| dominant_type(&header), str::to_string);
 
+    let kv_bytes_per_token = kv_bytes_per_token(&header, &architecture);
     Ok(GgufInfo {
         path: path.to_path_buf(),
         name,
         architecture,
         quantization,
         context_length: usize::try_from(context_length).unwrap_or(usize::MAX),
+        kv_bytes_per_token,
     })
+}
+
+/// Layers × KV heads × (key + value width) × 4 bytes, from the header's
+/// `{arch}.*` keys as llama.cpp names them. A head's width defaults to the
+/// embedding width over the heads, and the KV heads to the heads (no
+/// grouped-query attention). `None` when a key is missing or per layer.
+fn kv_bytes_per_token(header: &Header, arch: &str) -> Option<u64> {
+    let get = |key: &str| header.get(&format!("{arch}.{key}")).and_then(Value::as_u64);
+    let layers = get("block_count")?;
+    let heads = get("attention.head_count").filter(|&h| h > 0)?;
+    let kv_heads = get("attention.head_count_kv").unwrap_or(heads);
+    let width = get("embedding_length")? / heads;
+    let key = get("attention.key_length").unwrap_or(width);
+    let value = get("attention.value_length").unwrap_or(width);
+    layers
+        .checked_mul(kv_heads)?
+        .checked_mul(key.checked_add(value)?)?
+        .checked_mul(4)
 }
 
 /// The default model id of a local file: its name up to the first dot

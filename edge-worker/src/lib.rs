@@ -65,6 +65,8 @@ pub struct ModelFacts {
     /// The quantization the engine computes with, after re-quantization;
     /// set once the model has loaded.
     pub served_quantization: OnceLock<String>,
+    /// The prefix cache's capacity, when it is on and its size is known.
+    pub prefix_cache: Option<wire::PrefixCache>,
 }
 
 /// Shared state of all handlers; cheap to clone.

@@ -139,6 +139,7 @@ pub fn load_report(state: &AppState) -> LoadReport {
         // `pool`); false means the slow path, e.g. with one compute thread.
         engine_in_compute_pool: crate::pool::engine_attached(),
         capabilities: CAPABILITIES,
+        prefix_cache: state.facts.prefix_cache,
         ready: engine.is_some() && !draining,
         draining,
     }

@@ -86,6 +86,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let facts = ModelFacts {
         quantization,
         served_quantization: std::sync::OnceLock::new(),
+        prefix_cache: prefix_cache_capacity(&options),
     };
     let requant = (config.requantize, config.cache_dir.clone());
     let state = AppState::new(config, token, facts, reporters, metrics);
@@ -130,6 +131,20 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         tracing::info!("stopped");
     }
     result
+}
+
+/// The prefix cache's capacity in sequences and tokens, for the load report
+/// (the gateway's prefix affinity judges by it what the cache still holds).
+/// Unknown for a hub model, whose header is read only by the engine.
+fn prefix_cache_capacity(options: &EngineOptions) -> Option<wire::PrefixCache> {
+    let ModelSource::File(info) = &options.source else {
+        return None;
+    };
+    let per_token = info.kv_bytes_per_token.filter(|&b| b > 0)?;
+    (options.prefix_cache_sequences > 0).then(|| wire::PrefixCache {
+        sequences: u32::try_from(options.prefix_cache_sequences).unwrap_or(u32::MAX),
+        tokens: options.prefix_cache_bytes as u64 / per_token,
+    })
 }
 
 /// Checks the model file (or names the hub repository) and settles the id.

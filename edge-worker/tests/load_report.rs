@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Worker, MODEL};
-use wire::{Capabilities, LoadReport};
+use wire::{Capabilities, LoadReport, PrefixCache};
 
 async fn report(w: &Worker) -> LoadReport {
     let response = w.get("/v1/worker/load").await;
@@ -19,7 +19,20 @@ async fn report(w: &Worker) -> LoadReport {
 
 #[tokio::test]
 async fn the_load_report_parses_as_the_wire_type_while_loading_and_after() {
-    let w = Worker::spawn(&["--max-running", "3", "--max-waiting", "5"], &[]).await;
+    let w = Worker::spawn(
+        &[
+            "--max-running",
+            "3",
+            "--max-waiting",
+            "5",
+            "--prefix-cache-sequences",
+            "6",
+            "--prefix-cache-mib",
+            "9",
+        ],
+        &[],
+    )
+    .await;
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut loading = Vec::new();
     let ready = loop {
@@ -47,9 +60,16 @@ async fn the_load_report_parses_as_the_wire_type_while_loading_and_after() {
         json_schema: true,
         tools: false,
     };
+    // SmolLM2-135M: 30 layers × 3 KV heads × (64 + 64) values × 4 bytes
+    // = 46,080 bytes of keys and values a token; 9 MiB hold 204 tokens.
+    let cache = PrefixCache {
+        sequences: 6,
+        tokens: 9 * 1024 * 1024 / 46_080,
+    };
     for r in loading.iter().chain([&ready]) {
         assert_eq!(r.capabilities, expected);
         assert!(r.energy_method.is_some());
+        assert_eq!(r.prefix_cache, Some(cache));
     }
     assert_eq!(ready.model.as_deref(), Some(MODEL));
     assert_eq!(ready.context_length, Some(8192));

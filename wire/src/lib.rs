@@ -19,4 +19,4 @@ pub mod load;
 
 pub use error::ErrorBody;
 pub use fleet::{plain_base_url, Heartbeat, HeartbeatAck};
-pub use load::{Capabilities, LoadReport};
+pub use load::{Capabilities, LoadReport, PrefixCache};

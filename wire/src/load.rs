@@ -45,6 +45,10 @@ pub struct LoadReport {
     /// What the worker can honour beyond plain chat.
     #[serde(default)]
     pub capabilities: Capabilities,
+    /// How much the worker's prefix cache holds; `None` when the cache is
+    /// off or its size in tokens is unknown.
+    #[serde(default)]
+    pub prefix_cache: Option<PrefixCache>,
     /// The model is loaded and the worker is not draining.
     pub ready: bool,
     /// The worker is shutting down and takes no new work.
@@ -62,6 +66,15 @@ pub struct Capabilities {
     /// `tools` / `tool_choice` (function calling).
     #[serde(default)]
     pub tools: bool,
+}
+
+/// The capacity of a worker's prefix cache: the finished sequences (prompt
+/// and answer) whose keys and values it keeps, least recently used out
+/// first once either bound is passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrefixCache {
+    pub sequences: u32,
+    pub tokens: u64,
 }
 
 impl LoadReport {
@@ -90,6 +103,7 @@ mod tests {
         assert_eq!(r.model, None);
         assert!(!r.ready);
         assert_eq!(r.capabilities, Capabilities::default());
+        assert_eq!(r.prefix_cache, None);
         assert!(!r.saturated());
     }
 }

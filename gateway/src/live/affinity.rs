@@ -11,9 +11,15 @@
 //! prefill saves.
 //!
 //! Each gateway learns its own map; entries expire after [`TTL`] (the
-//! worker's cache is small and turns over), and the map is bounded.
+//! worker's cache is small and turns over), and the map is bounded. Where a
+//! worker reports its cache's capacity (sequences and tokens), a prefix also
+//! counts as held only while the requests this gateway sent the worker since
+//! then would not have pushed it out: the cache keeps every finished
+//! sequence, least recently used out first. Other gateways' requests push
+//! entries out too, unseen here, so with several gateways this still
+//! overestimates what a worker holds.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -21,6 +27,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 
 use crate::routing::PrefixKey;
+use wire::PrefixCache;
 
 /// How long a worker is assumed to keep a prefix it served.
 pub const TTL: Duration = Duration::from_secs(120);
@@ -38,10 +45,23 @@ pub const MIN_PREFIX_TOKENS: u32 = 32;
 /// Characters per token assumed for the estimate, as for the prompt.
 const CHARS_PER_TOKEN: usize = 4;
 
-/// Prefix hash → the workers that served it, and when.
+/// Requests remembered per worker, newest first: more than any worker's
+/// prefix cache holds.
+const RECENT_PER_WORKER: usize = 256;
+
+/// Prefix hash → the workers that served it, and when; and per worker the
+/// requests it was sent, newest first.
 #[derive(Default)]
 pub struct Affinity {
     seen: Mutex<HashMap<u64, Vec<(String, Instant)>>>,
+    recent: Mutex<HashMap<String, VecDeque<Sent>>>,
+}
+
+/// A request sent to a worker, as its prefix cache will keep it.
+struct Sent {
+    prefix: Option<u64>,
+    /// Its prompt and answer, at most (what the cache keeps of it).
+    tokens: u64,
 }
 
 impl Affinity {
@@ -54,8 +74,24 @@ impl Affinity {
         self.seen.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// `backend_id` is being sent a request that starts with `prefix`.
-    pub fn served(&self, prefix: PrefixKey, backend_id: &str, now: Instant) {
+    /// `backend_id` is being sent a request of at most `tokens` (prompt and
+    /// answer) that starts with `prefix`, if it has one worth steering.
+    pub fn sent(&self, prefix: Option<PrefixKey>, backend_id: &str, tokens: u64, now: Instant) {
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+            let sent = recent.entry(backend_id.to_owned()).or_default();
+            sent.push_front(Sent {
+                prefix: prefix.map(|p| p.hash),
+                tokens,
+            });
+            sent.truncate(RECENT_PER_WORKER);
+        }
+        if let Some(prefix) = prefix {
+            self.served(prefix, backend_id, now);
+        }
+    }
+
+    fn served(&self, prefix: PrefixKey, backend_id: &str, now: Instant) {
         let fresh = |at: &Instant| now.saturating_duration_since(*at) < TTL;
         let mut map = self.map();
         if map.len() >= CAPACITY && !map.contains_key(&prefix.hash) {
@@ -73,14 +109,41 @@ impl Affinity {
         workers.truncate(WORKERS_PER_PREFIX);
     }
 
-    /// Whether `backend_id` served `prefix` within the last [`TTL`].
+    /// Whether `backend_id` served `prefix` within the last [`TTL`], and,
+    /// when its `cache` capacity is known, whether what it was sent since
+    /// would have left it in the cache.
     #[must_use]
-    pub fn holds(&self, prefix: PrefixKey, backend_id: &str, now: Instant) -> bool {
-        self.map().get(&prefix.hash).is_some_and(|workers| {
+    pub fn holds(
+        &self,
+        prefix: PrefixKey,
+        backend_id: &str,
+        now: Instant,
+        cache: Option<PrefixCache>,
+    ) -> bool {
+        let recent_enough = self.map().get(&prefix.hash).is_some_and(|workers| {
             workers
                 .iter()
                 .any(|(id, at)| id == backend_id && now.saturating_duration_since(*at) < TTL)
-        })
+        });
+        let Some(cache) = cache.filter(|_| recent_enough) else {
+            return recent_enough;
+        };
+        let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(sent) = recent.get(backend_id) else {
+            return false;
+        };
+        let (mut sequences, mut tokens) = (0u64, 0u64);
+        for s in sent {
+            sequences += 1;
+            tokens = tokens.saturating_add(s.tokens);
+            if sequences > u64::from(cache.sequences) || tokens > cache.tokens {
+                return false;
+            }
+            if s.prefix == Some(prefix.hash) {
+                return true;
+            }
+        }
+        false
     }
 }
 
@@ -155,11 +218,46 @@ mod tests {
             tokens: 100,
         };
         let now = Instant::now();
-        assert!(!aff.holds(p, "w1", now));
-        aff.served(p, "w1", now);
-        aff.served(p, "w2", now);
-        assert!(aff.holds(p, "w1", now) && aff.holds(p, "w2", now));
-        assert!(!aff.holds(p, "w3", now));
-        assert!(!aff.holds(p, "w1", now + TTL));
+        assert!(!aff.holds(p, "w1", now, None));
+        aff.sent(Some(p), "w1", 200, now);
+        aff.sent(Some(p), "w2", 200, now);
+        assert!(aff.holds(p, "w1", now, None) && aff.holds(p, "w2", now, None));
+        assert!(!aff.holds(p, "w3", now, None));
+        assert!(!aff.holds(p, "w1", now + TTL, None));
+    }
+
+    /// The worker's cache keeps `sequences` finished requests and `tokens`
+    /// tokens of them: a prefix is held until the requests sent after it
+    /// would have pushed it out, whichever bound they pass first.
+    #[test]
+    fn a_prefix_is_held_while_the_worker_cache_has_room_for_it() {
+        let aff = Affinity::new();
+        let p = PrefixKey {
+            hash: 7,
+            tokens: 100,
+        };
+        let cache = Some(PrefixCache {
+            sequences: 3,
+            tokens: 1_000,
+        });
+        let now = Instant::now();
+        aff.sent(Some(p), "w1", 300, now);
+        aff.sent(None, "w1", 300, now);
+        aff.sent(None, "w2", 900, now);
+        assert!(aff.holds(p, "w1", now, cache), "2 sequences, 600 tokens");
+        aff.sent(None, "w1", 300, now);
+        assert!(aff.holds(p, "w1", now, cache), "3 sequences, 900 tokens");
+        aff.sent(None, "w1", 50, now);
+        assert!(!aff.holds(p, "w1", now, cache), "4 sequences");
+        assert!(aff.holds(p, "w1", now, None), "without a capacity, the TTL");
+
+        // A long answer fills the cache before the count does.
+        aff.sent(Some(p), "w1", 300, now);
+        assert!(aff.holds(p, "w1", now, cache));
+        aff.sent(None, "w1", 701, now);
+        assert!(!aff.holds(p, "w1", now, cache), "1,001 tokens");
+        // Sent again, it is the newest entry and held again.
+        aff.sent(Some(p), "w1", 300, now);
+        assert!(aff.holds(p, "w1", now, cache));
     }
 }

@@ -223,7 +223,10 @@ async fn admit_and_route(
             queue: (predicted && b.kind == BackendKind::Edge)
                 .then(|| app.load.model(&b.id, now))
                 .flatten(),
-            prefix_cached: prefix.is_some_and(|p| app.affinity.holds(p, &b.id, now)),
+            prefix_cached: prefix.is_some_and(|p| {
+                let cache = live.load.as_ref().and_then(|l| l.prefix_cache);
+                app.affinity.holds(p, &b.id, now, cache)
+            }),
         })
         .collect();
     let view = RequestView {

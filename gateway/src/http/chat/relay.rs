@@ -415,9 +415,11 @@ fn note_sent(app: &AppState, backend: &Backend, req: &ChatRequest) {
     }
     let now = std::time::Instant::now();
     app.load.sent(&backend.id, now);
-    if let Some(p) = crate::live::affinity::prefix_of(&req.body) {
-        app.affinity.served(p, &backend.id, now);
-    }
+    // What the worker's prefix cache keeps of it: the prompt and at most
+    // `max_tokens` of answer (the edge worker's default without one).
+    let tokens = u64::from(req.prompt_estimate) + u64::from(req.max_tokens.unwrap_or(256));
+    let prefix = crate::live::affinity::prefix_of(&req.body);
+    app.affinity.sent(prefix, &backend.id, tokens, now);
 }
 
 /// The wait for a running slot an edge worker reports with its answer.
