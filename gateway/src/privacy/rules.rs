@@ -71,14 +71,74 @@ impl RuleSpec {
     }
 }
 
+/// Compiles a pattern with its word boundaries made ASCII ones (see
+/// [`ascii_word_boundaries`]); a pattern the rewrite cannot take is
+/// compiled as written.
 fn compile_one(name: &str, pattern: &str) -> Result<Regex, RuleError> {
-    RegexBuilder::new(pattern)
-        .size_limit(PATTERN_SIZE_LIMIT)
-        .build()
+    let build = |p: &str| RegexBuilder::new(p).size_limit(PATTERN_SIZE_LIMIT).build();
+    ascii_word_boundaries(pattern)
+        .and_then(|ascii| build(&ascii).ok())
+        .map_or_else(|| build(pattern), Ok)
         .map_err(|e| RuleError::BadPattern {
             name: name.to_owned(),
             reason: e.to_string(),
         })
+}
+
+/// `pattern` with every word boundary (`\b`, `\b{start}`, `\<`, …) made an
+/// ASCII one, as in `(?-u:\b)`. A Unicode boundary sees none between an
+/// accented letter and a code glued to it (`cléPRJ-1234`), so a rule
+/// written with `\b` would let that text leave unseen; an ASCII one counts
+/// any letter outside ASCII as a boundary, which can only make a rule match
+/// more (the direction privacy fails in). It also keeps the scan on the
+/// regex crate's fast engine for text outside ASCII. `\B` stays as written
+/// (an ASCII `\B` could match inside a character). `None` when the pattern
+/// does not parse; the regex compiler then reports why.
+fn ascii_word_boundaries(pattern: &str) -> Option<String> {
+    use regex_syntax::ast::{
+        parse::Parser, print::Printer, AssertionKind, Ast, Flag, Flags, FlagsItem, FlagsItemKind,
+        Group, GroupKind,
+    };
+    fn rewrite(ast: &mut Ast) {
+        match ast {
+            Ast::Assertion(a)
+                if !matches!(
+                    a.kind,
+                    AssertionKind::StartLine
+                        | AssertionKind::EndLine
+                        | AssertionKind::StartText
+                        | AssertionKind::EndText
+                        | AssertionKind::NotWordBoundary
+                ) =>
+            {
+                let span = a.span;
+                let item = |kind| FlagsItem { span, kind };
+                let assertion = std::mem::replace(ast, Ast::empty(span));
+                *ast = Ast::group(Group {
+                    span,
+                    kind: GroupKind::NonCapturing(Flags {
+                        span,
+                        items: vec![
+                            item(FlagsItemKind::Negation),
+                            item(FlagsItemKind::Flag(Flag::Unicode)),
+                        ],
+                    }),
+                    ast: Box::new(assertion),
+                });
+            }
+            Ast::Repetition(r) => rewrite(&mut r.ast),
+            Ast::Group(g) => rewrite(&mut g.ast),
+            Ast::Alternation(a) => a.asts.iter_mut().for_each(rewrite),
+            Ast::Concat(c) => c.asts.iter_mut().for_each(rewrite),
+            _ => {}
+        }
+    }
+    // The parser's default nesting limit bounds the recursion.
+    let mut ast = Parser::new().parse(pattern).ok()?;
+    rewrite(&mut ast);
+    let mut out = String::new();
+    Printer::new().print(&ast, &mut out).ok()?;
+    Some(out)
 }
 
 struct Detector {
@@ -200,6 +260,62 @@ impl RuleSet {
 mod tests {
     use super::super::{classify, Class};
     use super::*;
+
+    /// An operator's `\b` is an ASCII boundary: a project code glued to an
+    /// accented word is still seen (with Unicode boundaries `cléPRJ-1234`
+    /// went unseen), every boundary form is rewritten, and what cannot be
+    /// rewritten still compiles as written.
+    #[test]
+    fn operator_word_boundaries_are_ascii() {
+        let rule = |pattern: &str| {
+            RuleSet::compile(&[RuleSpec::Regex {
+                name: "project".into(),
+                pattern: pattern.into(),
+                class: Class::Confidential,
+            }])
+            .unwrap()
+        };
+        let class =
+            |rules: &RuleSet, text: &str| classify([text], Class::Public, None, rules).class;
+        let word = rule(r"\bPRJ-\d{4}\b");
+        for text in [
+            "PRJ-1234",
+            "cléPRJ-1234",
+            "PRJ-1234é",
+            "«PRJ-1234»",
+            "ñPRJ-1234ü",
+        ] {
+            assert_eq!(class(&word, text), Class::Confidential, "{text}");
+        }
+        for text in ["XPRJ-1234", "PRJ-12345", "PRJ-1234_"] {
+            assert_eq!(class(&word, text), Class::Public, "{text}");
+        }
+        for pattern in [
+            r"\b{start}PRJ\b{end}",
+            r"\<PRJ\>",
+            r"(?i:\bprj)",
+            r"(?:\bPRJ)+",
+        ] {
+            assert_eq!(
+                class(&rule(pattern), "éPRJ"),
+                Class::Confidential,
+                "{pattern}"
+            );
+        }
+        assert_eq!(
+            ascii_word_boundaries(r"^a\bb|\B$").as_deref(),
+            Some(r"^a(?-u:\b)b|\B$")
+        );
+        assert_eq!(class(&rule(r"\BPRJ"), "xPRJ"), Class::Confidential);
+        assert!(matches!(
+            RuleSet::compile(&[RuleSpec::Regex {
+                name: "bad".into(),
+                pattern: r"\b(".into(),
+                class: Class::Confidential,
+            }]),
+            Err(RuleError::BadPattern { .. })
+        ));
+    }
 
     #[test]
     fn builtin_toggle_and_class_override() {
