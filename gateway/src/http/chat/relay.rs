@@ -98,7 +98,7 @@ pub async fn execute(
         () = shutdown.cancelled() => Outcome::ShuttingDown,
     };
     let (err, status) = match outcome {
-        Outcome::Answered(answered) => return deliver(app, answered, record, class),
+        Outcome::Answered(answered) => return deliver(app, *answered, record, class),
         Outcome::Refused(last) => {
             let route = route_headers(last.backend, last.reason, class, &record);
             return pass_through(last.error, record, &route);
@@ -121,7 +121,7 @@ pub async fn execute(
 /// How trying the candidates ended.
 enum Outcome<'a> {
     /// One answered.
-    Answered(Answered<'a>),
+    Answered(Box<Answered<'a>>),
     /// One failed in a way another backend cannot fix (a client error): its
     /// answer goes to the client as it is.
     Refused(Failed<'a>),
@@ -208,7 +208,7 @@ async fn try_candidates<'a>(
             attempt.run(app, &req).await.map_err(|f| vec![f])
         };
         match outcome {
-            Ok(answered) => return Outcome::Answered(answered),
+            Ok(answered) => return Outcome::Answered(Box::new(answered)),
             Err(failures) => {
                 let mut last = None;
                 for f in failures {
