@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{greedy, sse_events, Worker, MODEL};
+use common::{greedy, sse_chunks, sse_events, Worker, MODEL};
 use serde_json::{json, Value};
 
 #[tokio::test]
@@ -54,16 +54,7 @@ async fn greedy_generation_is_deterministic_and_streaming_matches() {
         .to_str()
         .unwrap()
         .starts_with("text/event-stream"));
-    let events = sse_events(response).await;
-    assert_eq!(events.last().unwrap(), "[DONE]");
-    let chunks: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
-    let streamed: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
+    let (chunks, streamed) = sse_chunks(response).await;
     assert_eq!(streamed, text);
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     let finish_chunk = &chunks[chunks.len() - 2];
@@ -168,19 +159,10 @@ async fn max_tokens_inside_a_character_is_honoured() {
         let mut body = greedy(prompt, max_tokens);
         body["stream"] = json!(true);
         body["stream_options"] = json!({"include_usage": true});
-        let events = sse_events(w.chat(&body).await).await;
-        assert_eq!(events.last().unwrap(), "[DONE]", "{events:?}");
-        let chunks: Vec<Value> = events[..events.len() - 1]
-            .iter()
-            .map(|e| serde_json::from_str(e).unwrap())
-            .collect();
-        let streamed: String = chunks
-            .iter()
-            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-            .collect();
-        assert_eq!(streamed, content, "max_tokens {max_tokens}: {events:?}");
+        let (chunks, streamed) = sse_chunks(w.chat(&body).await).await;
+        assert_eq!(streamed, content, "max_tokens {max_tokens}: {chunks:?}");
         let usage = &chunks.last().unwrap()["usage"];
-        assert_eq!(usage["completion_tokens"], max_tokens, "{events:?}");
+        assert_eq!(usage["completion_tokens"], max_tokens, "{chunks:?}");
     }
 }
 

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{greedy, sse_events, Worker};
+use common::{greedy, sse_chunks, Worker};
 use serde_json::{json, Value};
 
 /// One short string: the model can always close the object well within
@@ -71,16 +71,7 @@ async fn json_schema_answers_match_the_schema_streamed_or_not() {
     let mut body = ask(&city_format(), 64);
     body["stream"] = json!(true);
     body["stream_options"] = json!({"include_usage": true});
-    let events = sse_events(w.chat(&body).await).await;
-    assert_eq!(events.last().unwrap(), "[DONE]");
-    let chunks: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
-    let streamed: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
+    let (chunks, streamed) = sse_chunks(w.chat(&body).await).await;
     assert_eq!(streamed, text);
     assert_city(&streamed);
     assert_eq!(

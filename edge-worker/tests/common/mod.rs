@@ -252,6 +252,26 @@ pub async fn sse_events(response: reqwest::Response) -> Vec<String> {
         .collect()
 }
 
+/// A whole chat SSE response, which must end with `[DONE]`: its chunks, and
+/// the text their deltas carry, concatenated.
+pub async fn sse_chunks(response: reqwest::Response) -> (Vec<Value>, String) {
+    let events = sse_events(response).await;
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("[DONE]"),
+        "{events:?}"
+    );
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let text = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    (chunks, text)
+}
+
 /// Polls the load report until `pred` holds or `within` passes.
 pub async fn wait_load(worker: &Worker, within: Duration, pred: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + within;
