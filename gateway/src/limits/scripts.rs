@@ -174,12 +174,13 @@ return released
     )
 });
 
-/// Releases every hold whose gateway stopped beating (killed) or whose
-/// deadline passed. Returns how many it released.
+/// Releases every hold whose deadline passed and, when `ARGV[2]` is `1`,
+/// every hold whose gateway stopped beating (killed). Returns how many it
+/// released.
 static RECONCILE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local holders, base = KEYS[1], ARGV[1]
+local holders, base, release_dead = KEYS[1], ARGV[1], ARGV[2] == '1'
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local released = 0
@@ -189,7 +190,8 @@ for _, key_id in ipairs(redis.call('SMEMBERS', holders)) do
   local all = redis.call('HGETALL', holds)
   for i = 1, #all, 2 do
     local amount, gateway, deadline = string.match(all[i + 1], '^(%d+) (%S+) (%d+)$')
-    if (not amount) or tonumber(deadline) < now or redis.call('EXISTS', base .. 'gateway:' .. gateway) == 0 then
+    if (not amount) or tonumber(deadline) < now
+        or (release_dead and redis.call('EXISTS', base .. 'gateway:' .. gateway) == 0) then
       redis.call('HDEL', holds, all[i])
       if amount then
         local left = redis.call('HINCRBY', account, 'reserved', -tonumber(amount))
@@ -329,11 +331,17 @@ pub async fn settle<C: ConnectionLike + Send>(
         .await
 }
 
-/// Releases the holds of dead gateways and past deadlines.
-pub async fn reconcile<C: ConnectionLike + Send>(con: &mut C, keys: &Keys) -> RedisResult<i64> {
+/// Releases the holds past their deadline and, with `release_dead`, those
+/// of gateways that stopped beating.
+pub async fn reconcile<C: ConnectionLike + Send>(
+    con: &mut C,
+    keys: &Keys,
+    release_dead: bool,
+) -> RedisResult<i64> {
     RECONCILE
         .key(keys.holders())
         .arg(&keys.base)
+        .arg(if release_dead { "1" } else { "0" })
         .invoke_async(con)
         .await
 }
@@ -619,19 +627,29 @@ mod tests {
         assert_eq!(figures(&mut con, &keys, "k").await.unwrap(), Some((0, 60)));
         // Redis expires the dead gateway's mark within milliseconds.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        let mut released = 0;
-        while released < 2 && std::time::Instant::now() < deadline {
-            released += reconcile(&mut con, &keys).await.unwrap();
+        while std::time::Instant::now() < deadline {
+            let exists: bool = redis::cmd("EXISTS")
+                .arg(keys.gateway("dead"))
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            if !exists {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(released, 2);
+        // Until the caller has seen Redis answer steadily, a missing mark
+        // may be a Redis stall's, not a death: only the deadline counts.
+        assert_eq!(reconcile(&mut con, &keys, false).await.unwrap(), 1);
+        assert_eq!(figures(&mut con, &keys, "k").await.unwrap(), Some((0, 30)));
+        assert_eq!(reconcile(&mut con, &keys, true).await.unwrap(), 1);
         assert_eq!(figures(&mut con, &keys, "k").await.unwrap(), Some((0, 10)));
         // The live one's hold stays until settled, then the holder set empties.
         assert_eq!(
             settle(&mut con, &keys, &settlement("a", 7)).await.unwrap(),
             10
         );
-        assert_eq!(reconcile(&mut con, &keys).await.unwrap(), 0);
+        assert_eq!(reconcile(&mut con, &keys, true).await.unwrap(), 0);
         let holders: Vec<String> = redis::cmd("SMEMBERS")
             .arg(keys.holders())
             .query_async(&mut con)

@@ -49,6 +49,16 @@ const BEAT: Duration = Duration::from_secs(1);
 /// long.
 const GATEWAY_TTL: Duration = Duration::from_secs(3);
 
+/// Heartbeats in a row Redis must answer before this gateway releases the
+/// holds of gateways that stopped beating: more than a gateway's life
+/// without a beat. When Redis itself stalls (paused, or too slow for the
+/// calls' timeout) every gateway's mark can expire at once; the first
+/// reconciler to run afterwards would take the live gateways for killed
+/// ones and release the holds of requests still running, letting new
+/// requests spend past the budget. Holds past their deadline are released
+/// at every beat.
+const STEADY_BEATS: u32 = (GATEWAY_TTL.as_millis() / BEAT.as_millis()) as u32 + 1;
+
 /// Settlements kept while Redis is unreachable. Past it the oldest are
 /// dropped: their holds are released by the reconciler at their deadline,
 /// and their spend reaches Redis through the store's figure.
@@ -461,6 +471,8 @@ async fn beat(inner: Arc<Inner>, stop: CancellationToken) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let keys = &inner.keys;
     let id = inner.gateway_id.as_str();
+    // Heartbeats Redis answered in a row (see `STEADY_BEATS`).
+    let mut answered = 0u32;
     loop {
         tokio::select! {
             () = stop.cancelled() => break,
@@ -473,13 +485,16 @@ async fn beat(inner: Arc<Inner>, stop: CancellationToken) {
             })
             .await;
         let Some(live) = live else {
+            answered = 0;
             continue;
         };
+        answered = answered.saturating_add(1);
+        let release_dead = answered >= STEADY_BEATS;
         inner.live_gateways.store(live.max(1), Ordering::Relaxed);
         metrics::gauge!("gateway_fleet_gateways").set(f64::from(live));
         let released = inner
             .call("reconcile", |mut con| async move {
-                scripts::reconcile(&mut con, keys).await
+                scripts::reconcile(&mut con, keys, release_dead).await
             })
             .await;
         if let Some(n) = released.filter(|n| *n > 0) {
