@@ -923,6 +923,12 @@ async fn fallback_decisions(gw: &GatewayProcess) -> f64 {
     metric(&text, "gateway_limits_fallback_total", &[])
 }
 
+/// Budget holds the gateway's reconciler has released.
+async fn holds_reconciled(gw: &GatewayProcess) -> f64 {
+    let text = gw.metrics().await;
+    metric(&text, "gateway_budget_holds_reconciled_total", &[])
+}
+
 // ---------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -954,6 +960,7 @@ async fn faults_under_load_lose_nothing_admitted_and_keep_confidential_requests_
 
     // --- 1. Redis paused: connections stay open, nothing answers.
     let fallbacks_before = fallback_decisions(&gw_a).await + fallback_decisions(&gw_b).await;
+    let reconciled_before = holds_reconciled(&gw_a).await + holds_reconciled(&gw_b).await;
     let t = Instant::now();
     fleet.redis.pause();
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -986,6 +993,17 @@ async fn faults_under_load_lose_nothing_admitted_and_keep_confidential_requests_
     let pg_down = stopped.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
     mark(&mut phases, "Postgres stopped 6 s, restarted", t);
+    // The Redis pause outlived every gateway's 3 s heartbeat, yet both
+    // gateways lived through it: no reconciler may have taken them for
+    // killed and released their running requests' holds (every hold's
+    // deadline is over a minute away), here 8 s and more after Redis came
+    // back.
+    let reconciled = holds_reconciled(&gw_a).await + holds_reconciled(&gw_b).await;
+    assert!(
+        (reconciled - reconciled_before).abs() < 0.5,
+        "{} holds of live gateways were released after the Redis stall",
+        reconciled - reconciled_before
+    );
 
     // --- 3. An edge worker SIGKILLed mid-stream, then restarted.
     let t = Instant::now();
