@@ -5,7 +5,7 @@ use std::sync::Arc;
 use candle_core::quantized::QMatMul;
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, D};
-use candle_nn::{Embedding, LayerNorm};
+use candle_nn::LayerNorm;
 use mistralrs_quant::GgufMatMul;
 use mistralrs_quant::QuantMethod;
 use mistralrs_quant::QuantMethodConfig;
@@ -132,7 +132,7 @@ impl LayerWeights {
 }
 
 pub struct ModelWeights {
-    tok_embeddings: Embedding,
+    tok_embeddings: Arc<QTensor>,
     layers: Vec<LayerWeights>,
     output_norm: LayerNorm,
     output: QLinear,
@@ -245,8 +245,8 @@ impl ModelConfig::FromGGUF for ModelWeights {
 
         let (cos, sin) = precomput_freqs_cis(rope_dim, 10_000., device, max_seq_len, dtype)?;
 
-        let tok_embeddings = ct.tensor("token_embd.weight", device)?;
-        let tok_embeddings = tok_embeddings.dequantize(device)?;
+        // Kept quantized; rows are dequantized as they are looked up.
+        let tok_embeddings = Arc::new(ct.tensor("token_embd.weight", device)?);
         let output_norm = layer_norm(
             ct.tensor("output_norm.weight", device)?,
             ct.tensor("output_norm.bias", device)?,
@@ -329,7 +329,7 @@ impl ModelConfig::FromGGUF for ModelWeights {
             })
         }
         Ok(Self {
-            tok_embeddings: Embedding::new(tok_embeddings, embedding_length),
+            tok_embeddings,
             layers,
             output_norm,
             output,
@@ -350,7 +350,7 @@ impl ModelWeights {
         context_lens: Vec<(usize, usize)>,
         metadata: Option<(Vec<(Tensor, Tensor)>, &PagedAttentionInputMetadata)>,
     ) -> Result<Tensor> {
-        let mut xs = self.tok_embeddings.forward(input_ids)?;
+        let mut xs = self.tok_embeddings.embedding(input_ids)?;
         let cache = &mut self.cache.normal().0;
         let mask = CausalMasker.make_causal_mask_matrix(
             input_ids,

@@ -16,7 +16,6 @@ use crate::utils::progress::{new_multi_progress, NiceProgressBar};
 use candle_core::quantized::QMatMul;
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, D};
-use candle_nn::Embedding;
 use mistralrs_quant::{GgufMatMul, QuantMethod, QuantMethodConfig};
 
 #[derive(Clone)]
@@ -149,7 +148,7 @@ impl LayerWeights {
 }
 
 pub struct ModelWeights {
-    tok_embeddings: Embedding,
+    tok_embeddings: Arc<QTensor>,
     layers: Vec<LayerWeights>,
     output_norm: RmsNorm,
     output: QMatMul,
@@ -256,8 +255,8 @@ impl ModelConfig::FromGGUF for ModelWeights {
 
         let (cos, sin) = precomput_freqs_cis(rope_dim, 10_000., device, context_window, dtype)?;
 
-        let tok_embeddings = ct.tensor("token_embd.weight", device)?;
-        let tok_embeddings = tok_embeddings.dequantize(device)?;
+        // Kept quantized; rows are dequantized as they are looked up.
+        let tok_embeddings = Arc::new(ct.tensor("token_embd.weight", device)?);
         let output_norm = rms_norm(ct.tensor("output_norm.weight", device)?, rms_eps)?;
         let output = QMatMul::from_qtensor(ct.tensor("output.weight", device)?)?;
         let mut layers = Vec::with_capacity(block_count);
@@ -344,7 +343,7 @@ impl ModelConfig::FromGGUF for ModelWeights {
             })
         }
         Ok(Self {
-            tok_embeddings: Embedding::new(tok_embeddings, embedding_length),
+            tok_embeddings,
             layers,
             output_norm,
             output,
@@ -369,7 +368,7 @@ impl ModelWeights {
         metadata: Option<(Vec<(Tensor, Tensor)>, &PagedAttentionInputMetadata)>,
     ) -> Result<Tensor> {
         let (_b_sz, seq_len) = input_ids.dims2()?;
-        let mut xs = self.tok_embeddings.forward(input_ids)?;
+        let mut xs = self.tok_embeddings.embedding(input_ids)?;
         let cache = &mut self.cache.normal().0;
         let mask = CausalMasker.make_sliding_window_causal_mask_matrix(
             input_ids,

@@ -17,7 +17,7 @@ use crate::utils::progress::{new_multi_progress, NiceProgressBar};
 use candle_core::quantized::QMatMul;
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
-use candle_nn::{Embedding, LayerNorm};
+use candle_nn::LayerNorm;
 use mistralrs_quant::{GgufMatMul, QuantMethod, QuantMethodConfig};
 
 #[derive(Clone)]
@@ -135,7 +135,7 @@ impl LayerWeights {
 }
 
 pub struct ModelWeights {
-    tok_embeddings: Embedding,
+    tok_embeddings: Arc<QTensor>,
     layers: Vec<LayerWeights>,
     output_norm: LayerNorm,
     output: QMatMul,
@@ -213,8 +213,8 @@ impl ModelConfig::FromGGUF for ModelWeights {
             rope_freq_base,
         } = PropsGGUF::try_from(metadata).or_else(|err| candle_core::bail!("{err}"))?;
 
-        let tok_embeddings = ct.tensor("token_embd.weight", device)?;
-        let tok_embeddings = tok_embeddings.dequantize(device)?;
+        // Kept quantized; rows are dequantized as they are looked up.
+        let tok_embeddings = Arc::new(ct.tensor("token_embd.weight", device)?);
         let head_dim = embedding_length / head_count;
         let output_norm = layer_norm(
             ct.tensor("output_norm.weight", device)?,
@@ -338,7 +338,7 @@ impl ModelConfig::FromGGUF for ModelWeights {
             })
         }
         Ok(Self {
-            tok_embeddings: Embedding::new(tok_embeddings, embedding_length),
+            tok_embeddings,
             layers,
             output_norm,
             output,
@@ -359,7 +359,7 @@ impl ModelWeights {
         metadata: Option<(Vec<(Tensor, Tensor)>, &PagedAttentionInputMetadata)>,
     ) -> Result<Tensor> {
         let (_b_sz, seq_len) = input_ids.dims2()?;
-        let mut xs = self.tok_embeddings.forward(input_ids)?;
+        let mut xs = self.tok_embeddings.embedding(input_ids)?;
         let cache = &mut self.cache.normal().0;
         let mask = CausalMasker.make_causal_mask_matrix(
             input_ids,
