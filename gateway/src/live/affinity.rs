@@ -79,7 +79,13 @@ impl Affinity {
     pub fn sent(&self, prefix: Option<PrefixKey>, backend_id: &str, tokens: u64, now: Instant) {
         {
             let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
-            let sent = recent.entry(backend_id.to_owned()).or_default();
+            // The worker's id is copied once, when it is first sent a request.
+            if !recent.contains_key(backend_id) {
+                recent.insert(backend_id.to_owned(), VecDeque::new());
+            }
+            let Some(sent) = recent.get_mut(backend_id) else {
+                return;
+            };
             sent.push_front(Sent {
                 prefix: prefix.map(|p| p.hash),
                 tokens,
