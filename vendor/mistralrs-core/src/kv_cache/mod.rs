@@ -274,67 +274,77 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
         let mut new_k_cache = Vec::new();
         let mut new_v_cache = Vec::new();
 
+        // The batch's capacity along the sequence axis, per layer: the
+        // largest of its sequences'. Caches grow in blocks and keep the
+        // capacity of the last batch they were part of, so sequences of the
+        // same length can hold different capacities.
+        let mut capacities = Vec::new();
         for layer in 0..pipeline.get_metadata().num_hidden_layers {
             // Preallocate combined k and v caches across all sequences, avoiding Tensor::cat copies
             let batch_len = seqs.len();
-            // Use the first sequence as template
-            let (first_k, first_v) = {
-                let src_cache = if modify_draft_cache {
-                    seqs[0].normal_draft_cache()
-                } else {
-                    seqs[0].normal_cache()
-                };
-                let Some(cache) = src_cache.get(layer).unwrap().as_ref() else {
-                    new_k_cache.push(None);
-                    new_v_cache.push(None);
-                    continue;
-                };
-                match cache {
-                    KvCache::Normal { k, v } => {
-                        (k.all_data.clone().unwrap(), v.all_data.clone().unwrap())
-                    }
-                    KvCache::Rotating { k, v } => {
-                        (k.all_data.clone().unwrap(), v.all_data.clone().unwrap())
-                    }
-                    KvCache::Shared { .. } => {
-                        new_k_cache.push(None);
-                        new_v_cache.push(None);
-                        continue;
-                    }
-                }
-            };
-            // Build dims for batched cache
-            let mut dims_k = first_k.dims().to_vec();
-            let mut dims_v = first_v.dims().to_vec();
-            dims_k[0] *= batch_len;
-            dims_v[0] *= batch_len;
-            let batch_k = Tensor::zeros(dims_k.clone(), first_k.dtype(), first_k.device()).unwrap();
-            let batch_v = Tensor::zeros(dims_v.clone(), first_v.dtype(), first_v.device()).unwrap();
-            // Fill each sequence's cache slice
-            for (i, seq) in seqs.iter_mut().enumerate() {
+            let mut srcs = Vec::with_capacity(batch_len);
+            for seq in seqs.iter_mut() {
                 let src_cache = if modify_draft_cache {
                     seq.normal_draft_cache()
                 } else {
                     seq.normal_cache()
                 };
-                let Some(cache) = src_cache.get(layer).unwrap().as_ref() else {
+                srcs.push(match src_cache.get(layer).unwrap().as_ref() {
+                    Some(KvCache::Normal { k, v }) => Some((
+                        k.dim,
+                        k.all_data.clone().unwrap(),
+                        v.all_data.clone().unwrap(),
+                    )),
+                    Some(KvCache::Rotating { k, v }) => Some((
+                        k.dim,
+                        k.all_data.clone().unwrap(),
+                        v.all_data.clone().unwrap(),
+                    )),
+                    Some(KvCache::Shared { .. }) | None => None,
+                });
+            }
+            // Use the first sequence as template
+            let Some((dim, first_k, first_v)) = srcs[0].clone() else {
+                new_k_cache.push(None);
+                new_v_cache.push(None);
+                capacities.push(None);
+                continue;
+            };
+            let capacity = srcs
+                .iter()
+                .flatten()
+                .map(|(_, k, _)| k.dims()[dim])
+                .max()
+                .unwrap_or(0);
+            // Build dims for batched cache
+            let mut dims_k = first_k.dims().to_vec();
+            let mut dims_v = first_v.dims().to_vec();
+            dims_k[0] *= batch_len;
+            dims_v[0] *= batch_len;
+            dims_k[dim] = capacity;
+            dims_v[dim] = capacity;
+            let batch_k = Tensor::zeros(dims_k.clone(), first_k.dtype(), first_k.device()).unwrap();
+            let batch_v = Tensor::zeros(dims_v.clone(), first_v.dtype(), first_v.device()).unwrap();
+            // Fill each sequence's cache slice, padded to the batch's capacity
+            for (i, src) in srcs.into_iter().enumerate() {
+                let Some((_, src_k, src_v)) = src else {
                     continue;
                 };
-                let (src_k, src_v) = match cache {
-                    KvCache::Normal { k, v } => {
-                        (k.all_data.clone().unwrap(), v.all_data.clone().unwrap())
+                let pad = |t: Tensor| {
+                    let short = capacity - t.dims()[dim];
+                    if short == 0 {
+                        t
+                    } else {
+                        t.pad_with_zeros(dim, 0, short).unwrap()
                     }
-                    KvCache::Rotating { k, v } => {
-                        (k.all_data.clone().unwrap(), v.all_data.clone().unwrap())
-                    }
-                    KvCache::Shared { .. } => continue,
                 };
                 let offset = i * first_k.dims()[0];
-                batch_k.slice_set(&src_k, 0, offset).unwrap();
-                batch_v.slice_set(&src_v, 0, offset).unwrap();
+                batch_k.slice_set(&pad(src_k), 0, offset).unwrap();
+                batch_v.slice_set(&pad(src_v), 0, offset).unwrap();
             }
             new_k_cache.push(Some(batch_k));
             new_v_cache.push(Some(batch_v));
+            capacities.push(Some(capacity));
         }
 
         let seq0_cache = if modify_draft_cache {
@@ -358,7 +368,8 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                     let template_cache_dim = old_k.dim;
                     let template_cache_csl = old_k.current_seq_len;
                     let template_cache_msl = old_k.max_seq_len;
-                    let template_cache_capsl = old_k.capacity_seq_len;
+                    let template_cache_capsl =
+                        capacities[layer_idx].unwrap_or(old_k.capacity_seq_len);
 
                     caches.push(KvCache::Normal {
                         k: SingleCache {
@@ -381,7 +392,8 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                     let template_cache_dim = old_k.dim;
                     let template_cache_csl = old_k.current_seq_len;
                     let template_cache_msl = old_k.max_seq_len;
-                    let template_cache_capsl = old_k.capacity_seq_len;
+                    let template_cache_capsl =
+                        capacities[layer_idx].unwrap_or(old_k.capacity_seq_len);
 
                     caches.push(KvCache::Rotating {
                         k: RotatingCache {
