@@ -6,7 +6,7 @@
 // the metrics test compares them exactly on purpose.
 #![allow(clippy::float_cmp)]
 
-mod common;
+use crate::common;
 
 use common::{greedy, sse_chunks, sse_events, Worker, MODEL};
 use serde_json::{json, Value};

@@ -8,7 +8,7 @@
 // entry's, the same number, compared exactly on purpose.
 #![allow(clippy::float_cmp)]
 
-mod common;
+use crate::common;
 
 use common::{greedy, sse_events, Worker};
 use serde_json::{json, Value};

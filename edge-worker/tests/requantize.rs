@@ -3,7 +3,7 @@
 //! and the result is cached.
 
 #![allow(clippy::unwrap_used)]
-mod common;
+use crate::common;
 
 use std::fs::File;
 use std::io::BufReader;

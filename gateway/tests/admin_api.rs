@@ -13,10 +13,7 @@
     clippy::too_many_lines
 )]
 
-mod common;
-
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use crate::common;
 
 use common::harness::{error_of, mock_cloud, test_config, Gateway};
 use common::TestDb;
@@ -24,35 +21,6 @@ use gateway::config::Config;
 use gateway::keys;
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
-
-/// Every log line of this test binary at trace level, captured once.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn logs() -> &'static Captured {
-    static LOGS: OnceLock<Captured> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = Captured::default();
-        let writer = logs.clone();
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .init();
-        logs
-    })
-}
 
 /// A gateway whose caches would hide a change for a minute: whatever is
 /// seen at once was made visible by the admin API itself (or the change
@@ -224,7 +192,7 @@ async fn every_admin_route_refuses_a_missing_or_tenant_credential() {
 const CLOUD_KEY: &str = "sk-canary-cloud-0f1e2d3c4b5a69788796";
 
 async fn round_trip(db: TestDb) {
-    let captured = logs().clone();
+    let captured = common::logs::capture();
     // The cloud backend's credential, named by `api_key_env` only.
     std::env::set_var("MOCK_CLOUD_KEY", CLOUD_KEY);
     let cloud = mock_cloud().await;
@@ -726,7 +694,7 @@ async fn round_trip(db: TestDb) {
         assert!(!listing.contains(CLOUD_KEY), "cloud key in {listing}");
     }
     gw.state.ledger.flush().await;
-    let logged = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    let logged = captured.text();
     assert!(
         logged.contains("admin change"),
         "the audit lines are logged"

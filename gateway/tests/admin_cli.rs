@@ -8,8 +8,6 @@
     clippy::float_cmp
 )]
 
-mod common;
-
 use gateway::keys;
 use gateway::privacy::Class;
 use gateway::routing::{AliasTarget, ModelMapping, Zone};

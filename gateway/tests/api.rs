@@ -9,7 +9,7 @@
     clippy::doc_markdown
 )]
 
-mod common;
+use crate::common;
 
 use common::edge::MODEL;
 use common::harness::{

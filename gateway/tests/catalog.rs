@@ -17,7 +17,7 @@
     clippy::float_cmp
 )]
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -9,7 +9,7 @@
     clippy::doc_markdown
 )]
 
-mod common;
+use crate::common;
 
 use common::harness::{chat_body, cloud_backend, edge_and_cloud, header, test_config, EdgeSetup};
 use futures::StreamExt;

@@ -10,7 +10,7 @@
     clippy::doc_markdown
 )]
 
-mod common;
+use crate::common;
 
 use common::edge::EdgeWorker;
 use common::harness::{

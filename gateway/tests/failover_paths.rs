@@ -15,7 +15,7 @@
     clippy::float_cmp
 )]
 
-mod common;
+use crate::common;
 
 use common::harness::{
     chat_body, cloud_backend, edge_and_cloud, header, metric, tenant_and_key, test_config,

@@ -33,7 +33,7 @@
     clippy::too_many_lines
 )]
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;

@@ -11,7 +11,7 @@
     clippy::doc_markdown
 )]
 
-mod common;
+use crate::common;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -14,7 +14,7 @@
     clippy::cast_precision_loss
 )]
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

@@ -11,7 +11,7 @@
     clippy::doc_markdown
 )]
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

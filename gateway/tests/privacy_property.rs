@@ -18,7 +18,7 @@
     clippy::doc_markdown
 )]
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -12,7 +12,7 @@
     clippy::doc_markdown
 )]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

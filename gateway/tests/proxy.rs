@@ -10,7 +10,7 @@
     clippy::doc_markdown
 )]
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 

@@ -12,10 +12,7 @@
     clippy::doc_markdown
 )]
 
-mod common;
-
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use crate::common;
 
 use common::harness::{tenant_and_key, test_config, Gateway};
 use common::stand_in::{backend, Mode, StandIn};
@@ -24,36 +21,15 @@ use gateway::routing::Zone;
 use secrecy::SecretString;
 use serde_json::json;
 
-/// Everything the tracing subscriber writes.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 const UPSTREAM_KEY: &str = "sk-canary-upstream-5f0c9e1d2b3a4f6e7d8c";
 const WORKER_TOKEN: &str = "wt-canary-worker-8a7b6c5d4e3f2a1b0c9d";
 const WRONG_KEY: &str = "gw-canary-wrong-key-0123456789abcdef";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_appears_in_logs_errors_metrics_or_the_ledger() {
-    let logs = Captured::default();
-    let writer = logs.clone();
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .init();
-    // The variable the cloud backend names; this test binary sets nothing
-    // else in its environment.
+    let logs = common::logs::capture();
+    // The variable the cloud backend names, named for this test alone: the
+    // test process's environment is shared.
     std::env::set_var("CANARY_CLOUD_KEY", UPSTREAM_KEY);
 
     let edge = StandIn::start().await;
@@ -127,7 +103,7 @@ async fn no_secret_appears_in_logs_errors_metrics_or_the_ledger() {
     assert!(auth(&edge).contains(&format!("Bearer {WORKER_TOKEN}")));
 
     gw.shutdown().await;
-    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let logs = logs.text();
     assert!(logs.lines().count() > 20, "trace logging captured nothing");
     let everything = format!("{logs}\n{seen}");
     for canary in [key.as_str(), UPSTREAM_KEY, WORKER_TOKEN, WRONG_KEY] {

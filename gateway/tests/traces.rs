@@ -17,7 +17,7 @@
     clippy::too_many_lines
 )]
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -14,6 +14,7 @@
 pub mod cloud_recorder;
 pub mod edge;
 pub mod harness;
+pub mod logs;
 pub mod pg_cluster;
 pub mod process;
 pub mod redis_server;
