@@ -82,7 +82,7 @@ async fn handle(app: AppState, headers: &HeaderMap, body: Body, span: &Span) -> 
     };
     let mut record = Record::new(
         RecordInit {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: ledger_id(),
             tenant_id: key.tenant_id.clone(),
             key_id: key.id.clone(),
             requested_model: req.model.clone(),
@@ -305,4 +305,37 @@ async fn hold_budget(
         }
         e => ApiError::Limited(e),
     })
+}
+
+/// A new ledger row's id: a UUIDv7, ordered by time, so the ledger's
+/// primary key takes each row at the end of its index rather than on a
+/// random page (fewer pages written per batch). Its 74 random bits are a
+/// v4's, through uuid's builder: the crate's `v7` feature would change its
+/// features for everything that depends on it for this one constructor.
+fn ledger_id() -> String {
+    let random = uuid::Uuid::new_v4();
+    let mut bits = [0u8; 10];
+    bits.copy_from_slice(&random.as_bytes()[6..]);
+    let ms = u64::try_from(now_ms()).unwrap_or(0);
+    uuid::Builder::from_unix_timestamp_millis(ms, &bits)
+        .into_uuid()
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ledger_id;
+
+    #[test]
+    fn ledger_ids_are_version_7_and_sort_by_time() {
+        let first = ledger_id();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let second = ledger_id();
+        for id in [&first, &second] {
+            let u = uuid::Uuid::parse_str(id).expect("a UUID");
+            assert_eq!(u.get_version_num(), 7, "{id}");
+            assert_eq!(u.get_variant(), uuid::Variant::RFC4122, "{id}");
+        }
+        assert!(first < second, "{first} then {second}");
+    }
 }
