@@ -12,12 +12,16 @@ after the c=1 and c=8 requests, at the end, and at its peak), with ratios
 
 Usage: .venv/bin/python scripts/bench-edge.py [--threads 2] [--rounds 3]
            [--variant NAME="EDGE-WORKER ARGS"]... [--baseline PATH]
+           [--edge-binary PATH] [--llama-python PATH] [--simd LABEL]
 
 Each --variant adds another edge worker with extra arguments to the same
 interleaved rounds, e.g. --variant q8_0="--requantize q8_0", to compare
 settings of the worker against each other and against llama.cpp in one run.
 --baseline PATH adds an edge worker from another build (an older binary),
-to compare two builds in one run.
+to compare two builds in one run. --edge-binary and --llama-python replace
+the edge worker under test and the Python (with llama-cpp-python) that runs
+llama.cpp: `scripts/bench-edge-avx2.sh` passes builds of both restricted to
+AVX2, and --simd names the instruction set they were built for.
 """
 
 import argparse
@@ -79,10 +83,10 @@ def start_edge(threads, extra=(), binary=ROOT / "target/release/edge-worker"):
     return proc, base, "smollm2-135m-instruct"
 
 
-def start_llama(threads):
+def start_llama(threads, python=sys.executable):
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(MODEL),
+        [python, "-m", "llama_cpp.server", "--model", str(MODEL),
          "--host", "127.0.0.1", "--port", str(port), "--n_threads", str(threads),
          "--n_threads_batch", str(threads), "--n_ctx", "2048", "--model_alias", "smol",
          # By default a new request aborts the running one; queue instead.
@@ -122,23 +126,37 @@ def concurrent_run(base, model, n, max_tokens):
     return sum(r[2] for r in results) / wall
 
 
-def in_process_llama(threads, max_tokens, runs=3):
-    """llama.cpp through its Python bindings, no HTTP: the floor of what
-    llama.cpp costs. Returns the median decode tokens/s."""
-    from llama_cpp import Llama
+IN_PROCESS = """
+import statistics, sys, time
+from llama_cpp import Llama
+model, threads, max_tokens, runs, serial, prompt = sys.argv[1:]
+llm = Llama(model_path=model, n_threads=int(threads), n_threads_batch=int(threads),
+            n_ctx=2048, verbose=False)
+rates = []
+for i in range(int(runs)):
+    stamps = []
+    for chunk in llm.create_chat_completion(
+            messages=[{"role": "user", "content": f"Story number {int(serial) + i}. {prompt}"}],
+            temperature=0, max_tokens=int(max_tokens), stream=True):
+        if chunk["choices"][0]["delta"].get("content"):
+            stamps.append(time.perf_counter())
+    rates.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
+print(statistics.median(rates))
+"""
 
-    llm = Llama(model_path=str(MODEL), n_threads=threads, n_threads_batch=threads,
-                n_ctx=2048, verbose=False)
-    rates = []
-    for _ in range(runs):
-        stamps = []
-        for chunk in llm.create_chat_completion(
-                messages=[{"role": "user", "content": fresh_prompt()}], temperature=0,
-                max_tokens=max_tokens, stream=True):
-            if chunk["choices"][0]["delta"].get("content"):
-                stamps.append(time.perf_counter())
-        rates.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
-    return statistics.median(rates)
+
+def in_process_llama(threads, max_tokens, python=sys.executable, runs=3):
+    """llama.cpp through its Python bindings, no HTTP: the floor of what
+    llama.cpp costs. Returns the median decode tokens/s. Runs in a child
+    process of the Python that holds the llama.cpp build under test, with
+    prompts numbered on from the served rounds' (see `fresh_prompt`)."""
+    serial = next(_SERIAL)
+    for _ in range(runs - 1):
+        next(_SERIAL)
+    out = subprocess.run([python, "-c", IN_PROCESS, str(MODEL), str(threads), str(max_tokens),
+                          str(runs), str(serial), PROMPT],
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def cpu_seconds(pid):
@@ -161,11 +179,16 @@ def peak_rss_mib(pid):
 
 
 def cpu_model():
-    """The CPU's name and SIMD level: the development machine's CPU varies
-    between runs, and absolute figures only compare on the same CPU."""
+    """The CPU's name, family and SIMD level: the development machine's CPU
+    varies between runs, and absolute figures only compare on the same CPU
+    (the family tells AMD's generations apart where the name does not:
+    25 is Zen 3 and Zen 4, 26 is Zen 5)."""
     info = pathlib.Path("/proc/cpuinfo").read_text()
     name = next((l.split(":", 1)[1].strip() for l in info.splitlines()
                  if l.startswith("model name")), "unknown CPU")
+    family = next((l.split(":", 1)[1].strip() for l in info.splitlines()
+                   if l.startswith("cpu family")), "?")
+    name = f"{name}, family {family}"
     flags = set(next((l.split(":", 1)[1].split() for l in info.splitlines()
                       if l.startswith("flags")), []))
     simd = "AVX-512 VNNI" if "avx512_vnni" in flags else "AVX-512" if "avx512f" in flags \
@@ -181,17 +204,23 @@ def main():
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--variant", action="append", default=[], metavar='NAME="ARGS"',
                     help="another edge worker with these extra arguments")
+    ap.add_argument("--edge-binary", metavar="PATH", default=ROOT / "target/release/edge-worker",
+                    help="the edge worker under test (default: the release build)")
+    ap.add_argument("--llama-python", metavar="PATH", default=sys.executable,
+                    help="a Python whose llama-cpp-python is the llama.cpp build to compare")
+    ap.add_argument("--simd", metavar="LABEL",
+                    help="the instruction set both builds were restricted to, for the report")
     ap.add_argument("--baseline", metavar="PATH",
                     help="another edge worker from this binary (an older build)")
     args = ap.parse_args()
 
-    servers = {"edge-worker": start_edge(args.threads)}
+    servers = {"edge-worker": start_edge(args.threads, binary=args.edge_binary)}
     for variant in args.variant:
         name, _, extra = variant.partition("=")
-        servers[name] = start_edge(args.threads, shlex.split(extra))
+        servers[name] = start_edge(args.threads, shlex.split(extra), binary=args.edge_binary)
     if args.baseline:
         servers["baseline"] = start_edge(args.threads, binary=args.baseline)
-    servers["llama.cpp"] = start_llama(args.threads)
+    servers["llama.cpp"] = start_llama(args.threads, args.llama_python)
     try:
         samples = {k: {"ttft": [], "decode": [], "agg8": [], "cpu_ms": [], "rss_c1": [],
                        "rss_c8": []} for k in servers}
@@ -233,13 +262,15 @@ def main():
             proc.wait(timeout=60)
 
     # After the servers stop, so it runs alone.
-    report["llama.cpp"]["decode_tok_s_c1_in_process"] = in_process_llama(args.threads, args.max_tokens)
+    report["llama.cpp"]["decode_tok_s_c1_in_process"] = in_process_llama(
+        args.threads, args.max_tokens, args.llama_python)
+    cpu = cpu_model() + (f"; both built for {args.simd} only" if args.simd else "")
     if args.json:
-        print(json.dumps({"cpu": cpu_model(), **report}, indent=2))
+        print(json.dumps({"cpu": cpu, **report}, indent=2))
         return
     ours = [name for name in report if name != "llama.cpp"]
     l = report["llama.cpp"]
-    print(f"CPU {cpu_model()}")
+    print(f"CPU {cpu}")
     print(f"model {MODEL.name}, {args.threads} threads, greedy, max_tokens {args.max_tokens}, "
           f"{args.rounds} interleaved rounds (medians); ratio = ours / llama.cpp")
     head = "".join(f"{n:>14}" for n in ours) + f"{'llama.cpp':>14}"
