@@ -6,7 +6,7 @@
 
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 
 use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -17,6 +17,12 @@ use tracing_subscriber::Layer as _;
 static CAPTURING: AtomicUsize = AtomicUsize::new(0);
 /// The same count, and the lines kept, changed together under the lock.
 static KEPT: Mutex<(usize, Vec<u8>)> = Mutex::new((0, Vec::new()));
+
+/// The lock, also after a test panicked holding it: one failing test must
+/// not fail the others that capture.
+fn kept() -> MutexGuard<'static, (usize, Vec<u8>)> {
+    KEPT.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// Lines are kept from its start until it is dropped.
 pub struct Capture {
@@ -36,7 +42,7 @@ pub fn capture() -> Capture {
             .try_init()
             .expect("the only log subscriber of the test process");
     });
-    let mut kept = KEPT.lock().unwrap();
+    let mut kept = kept();
     kept.0 += 1;
     CAPTURING.store(kept.0, Ordering::Relaxed);
     Capture { from: kept.1.len() }
@@ -45,13 +51,13 @@ pub fn capture() -> Capture {
 impl Capture {
     /// Everything logged since this capture started.
     pub fn text(&self) -> String {
-        String::from_utf8_lossy(&KEPT.lock().unwrap().1[self.from..]).into_owned()
+        String::from_utf8_lossy(&kept().1[self.from..]).into_owned()
     }
 }
 
 impl Drop for Capture {
     fn drop(&mut self) {
-        let mut kept = KEPT.lock().unwrap();
+        let mut kept = kept();
         kept.0 -= 1;
         CAPTURING.store(kept.0, Ordering::Relaxed);
         if kept.0 == 0 {
@@ -64,7 +70,7 @@ struct Sink;
 
 impl Write for Sink {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let mut kept = KEPT.lock().unwrap();
+        let mut kept = kept();
         if kept.0 > 0 {
             kept.1.extend_from_slice(buf);
         }
