@@ -49,12 +49,24 @@ const CHARS_PER_TOKEN: usize = 4;
 /// prefix cache holds.
 const RECENT_PER_WORKER: usize = 256;
 
+/// Workers whose recent requests are remembered at most. Workers come and
+/// go under new ids (a restarted pod registers under its new name), so the
+/// map is bounded like the prefixes': those sent nothing within [`TTL`]
+/// go first, since no prefix they served is still counted as held.
+const WORKERS: usize = 1_024;
+
 /// Prefix hash → the workers that served it, and when; and per worker the
 /// requests it was sent, newest first.
 #[derive(Default)]
 pub struct Affinity {
     seen: Mutex<HashMap<u64, Vec<(String, Instant)>>>,
-    recent: Mutex<HashMap<String, VecDeque<Sent>>>,
+    recent: Mutex<HashMap<String, Recent>>,
+}
+
+/// What one worker was sent, newest first, and when it was last sent one.
+struct Recent {
+    last: Instant,
+    sent: VecDeque<Sent>,
 }
 
 /// A request sent to a worker, as its prefix cache will keep it.
@@ -81,16 +93,32 @@ impl Affinity {
             let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
             // The worker's id is copied once, when it is first sent a request.
             if !recent.contains_key(backend_id) {
-                recent.insert(backend_id.to_owned(), VecDeque::new());
+                if recent.len() >= WORKERS {
+                    recent.retain(|_, r| now.saturating_duration_since(r.last) < TTL);
+                    if recent.len() >= WORKERS {
+                        // Still full of live workers: forget an arbitrary one.
+                        if let Some(k) = recent.keys().next().cloned() {
+                            recent.remove(&k);
+                        }
+                    }
+                }
+                recent.insert(
+                    backend_id.to_owned(),
+                    Recent {
+                        last: now,
+                        sent: VecDeque::new(),
+                    },
+                );
             }
-            let Some(sent) = recent.get_mut(backend_id) else {
+            let Some(worker) = recent.get_mut(backend_id) else {
                 return;
             };
-            sent.push_front(Sent {
+            worker.last = now;
+            worker.sent.push_front(Sent {
                 prefix: prefix.map(|p| p.hash),
                 tokens,
             });
-            sent.truncate(RECENT_PER_WORKER);
+            worker.sent.truncate(RECENT_PER_WORKER);
         }
         if let Some(prefix) = prefix {
             self.served(prefix, backend_id, now);
@@ -135,11 +163,11 @@ impl Affinity {
             return recent_enough;
         };
         let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(sent) = recent.get(backend_id) else {
+        let Some(worker) = recent.get(backend_id) else {
             return false;
         };
         let (mut sequences, mut tokens) = (0u64, 0u64);
-        for s in sent {
+        for s in &worker.sent {
             sequences += 1;
             tokens = tokens.saturating_add(s.tokens);
             if sequences > u64::from(cache.sequences) || tokens > cache.tokens {
@@ -265,5 +293,37 @@ mod tests {
         // Sent again, it is the newest entry and held again.
         aff.sent(Some(p), "w1", 300, now);
         assert!(aff.holds(p, "w1", now, cache));
+    }
+
+    /// Workers that stop being sent requests (a restarted pod under a new
+    /// id) do not accumulate: past the bound, those idle for the TTL go.
+    #[test]
+    fn workers_that_left_are_forgotten_past_the_bound() {
+        let aff = Affinity::new();
+        let now = Instant::now();
+        for i in 0..WORKERS {
+            aff.sent(None, &format!("gone-{i}"), 10, now);
+        }
+        let workers = || aff.recent.lock().unwrap().len();
+        assert_eq!(workers(), WORKERS);
+        // Within the TTL they are all live: one makes room for the next.
+        aff.sent(None, "live", 10, now + TTL / 2);
+        assert_eq!(workers(), WORKERS);
+        aff.sent(None, "new", 10, now + TTL);
+        assert_eq!(
+            workers(),
+            2,
+            "only the workers sent something within the TTL"
+        );
+        let p = PrefixKey {
+            hash: 9,
+            tokens: 100,
+        };
+        let cache = Some(PrefixCache {
+            sequences: 3,
+            tokens: 1_000,
+        });
+        aff.sent(Some(p), "new", 10, now + TTL);
+        assert!(aff.holds(p, "new", now + TTL, cache));
     }
 }

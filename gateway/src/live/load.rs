@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::routing::{QueueModel, WorkerLoad};
 
@@ -26,8 +26,10 @@ use crate::routing::{QueueModel, WorkerLoad};
 pub const HALF_LIFE_S: f64 = 5.0;
 
 /// What is tracked of one worker.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Track {
+    /// When it last reported or was sent a request.
+    touched: Instant,
     /// The latest report's counts and when it arrived.
     last: Option<Sample>,
     /// Arrival rate from every gateway (requests/s).
@@ -55,6 +57,12 @@ struct Sample {
 /// Departures below this (decayed) count leave the service time unknown.
 const MIN_DEPARTURES: f64 = 0.5;
 
+/// Workers tracked at most. Workers come and go under new ids (a restarted
+/// pod registers under its new name), so past this bound those neither
+/// reported nor sent anything for [`FORGET_AFTER`] are forgotten.
+const WORKERS: usize = 1_024;
+const FORGET_AFTER: Duration = Duration::from_secs(120);
+
 /// Per-worker arrival and service rates. Cheap to share behind an `Arc`.
 #[derive(Debug, Default)]
 pub struct LoadTracker {
@@ -72,9 +80,25 @@ impl LoadTracker {
         LoadTracker::default()
     }
 
-    fn with<T>(&self, backend_id: &str, f: impl FnOnce(&mut Track) -> T) -> T {
+    /// Runs `f` on the track of `backend_id`, started at `now` if new.
+    fn with<T>(&self, backend_id: &str, now: Instant, f: impl FnOnce(&mut Track) -> T) -> T {
         let mut map = self.tracks.lock().unwrap_or_else(PoisonError::into_inner);
-        f(map.entry(backend_id.to_owned()).or_default())
+        if let Some(track) = map.get_mut(backend_id) {
+            track.touched = track.touched.max(now);
+            return f(track);
+        }
+        if map.len() >= WORKERS {
+            map.retain(|_, t| now.saturating_duration_since(t.touched) < FORGET_AFTER);
+            if map.len() >= WORKERS {
+                // Still full of live workers: forget an arbitrary one.
+                if let Some(k) = map.keys().next().cloned() {
+                    map.remove(&k);
+                }
+            }
+        }
+        f(map
+            .entry(backend_id.to_owned())
+            .or_insert_with(|| Track::new(now)))
     }
 
     /// A load report of `backend_id`, received at `now`.
@@ -88,7 +112,7 @@ impl LoadTracker {
             slots: report.max_running_sequences,
             admitted: report.admitted_total,
         };
-        self.with(backend_id, |t| {
+        self.with(backend_id, now, |t| {
             if let Some(prev) = t.last {
                 t.learn(prev, sample);
             }
@@ -99,7 +123,7 @@ impl LoadTracker {
 
     /// This gateway sends a request to `backend_id` at `now`.
     pub fn sent(&self, backend_id: &str, now: Instant) {
-        self.with(backend_id, |t| {
+        self.with(backend_id, now, |t| {
             t.sent_since = t.sent_since.saturating_add(1);
             let kept = t.local_at.map_or(0.0, |at| {
                 decay(now.saturating_duration_since(at).as_secs_f64())
@@ -114,7 +138,8 @@ impl LoadTracker {
     /// report.
     #[must_use]
     pub fn model(&self, backend_id: &str, now: Instant) -> Option<QueueModel> {
-        self.with(backend_id, |t| {
+        let map = self.tracks.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(backend_id).and_then(|t| {
             let last = t.last?;
             let local_rate = t.local_at.map_or(0.0, |at| {
                 t.local_rate * decay(now.saturating_duration_since(at).as_secs_f64())
@@ -133,6 +158,19 @@ impl LoadTracker {
 }
 
 impl Track {
+    fn new(now: Instant) -> Track {
+        Track {
+            touched: now,
+            last: None,
+            arrivals: None,
+            busy_s: 0.0,
+            departed: 0.0,
+            sent_since: 0,
+            local_rate: 0.0,
+            local_at: None,
+        }
+    }
+
     /// Updates the rates from two successive reports.
     fn learn(&mut self, prev: Sample, now: Sample) {
         let dt = now.at.saturating_duration_since(prev.at).as_secs_f64();
@@ -234,5 +272,25 @@ mod tests {
         t.observe("w", &report(1, 0, 100), t0 + Duration::from_secs(2));
         t.observe("w", &report(1, 0, 3), t0 + Duration::from_secs(3));
         assert_eq!(t.model("w", t0).unwrap().arrival_rate, None);
+    }
+
+    /// Workers that leave (a restarted pod under a new id) do not
+    /// accumulate: past the bound, those silent for `FORGET_AFTER` go, and
+    /// asking for a model tracks nothing.
+    #[test]
+    fn workers_that_left_are_forgotten_past_the_bound() {
+        let t = LoadTracker::new();
+        let now = Instant::now();
+        assert!(t.model("never-seen", now).is_none());
+        for i in 0..WORKERS {
+            t.sent(&format!("gone-{i}"), now);
+        }
+        let tracked = || t.tracks.lock().unwrap().len();
+        assert_eq!(tracked(), WORKERS);
+        t.observe("live", &report(1, 0, 5), now + FORGET_AFTER / 2);
+        assert_eq!(tracked(), WORKERS, "all live: one made room");
+        t.sent("new", now + FORGET_AFTER);
+        assert_eq!(tracked(), 2);
+        assert!(t.model("live", now + FORGET_AFTER).is_some());
     }
 }
