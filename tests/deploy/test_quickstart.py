@@ -41,6 +41,23 @@ def _session_pids(sid):
     return pids
 
 
+def _what_is_left(sid):
+    """The session's processes still running, and the end of each log the
+    quick start writes: what a shutdown that hangs was doing."""
+    lines = []
+    for pid in _session_pids(sid):
+        try:
+            cmd = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            state = pathlib.Path(f"/proc/{pid}/status").read_text().splitlines()[2]
+        except OSError:
+            continue
+        lines.append(f"{pid} {state} {cmd.decode(errors='replace')[:200]}")
+    for log in sorted((ROOT / ".cache").glob("*.log")):
+        tail = log.read_text(errors="replace").splitlines()[-15:]
+        lines.append(f"--- {log.name}\n" + "\n".join(tail))
+    return "\n".join(lines)
+
+
 @pytest.mark.parametrize("interrupt", ["process_group", "script_alone"])
 def test_quickstart_snippets_work_and_ctrl_c_stops_everything(interrupt):
     busy = [p for p in PORTS if not _port_free(p)]
@@ -101,8 +118,9 @@ def test_quickstart_snippets_work_and_ctrl_c_stops_everything(interrupt):
     try:
         proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
+        stuck = _what_is_left(proc.pid)
         os.killpg(proc.pid, signal.SIGKILL)
-        raise AssertionError("run.sh still running 60 s after Ctrl-C") from None
+        raise AssertionError(f"run.sh still running 60 s after Ctrl-C\n{stuck}") from None
     deadline = time.monotonic() + 10
     while _session_pids(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
