@@ -64,7 +64,10 @@ def test_quickstart_snippets_work_and_ctrl_c_stops_everything(interrupt):
     assert not busy, f"ports {busy} are taken; the quick start needs them"
 
     proc = subprocess.Popen(
-        ["bash", str(ROOT / "scripts" / "run.sh")],
+        # SIGINT at its default, as in a terminal: a shell that starts with
+        # it ignored (anything run in the background of a non-interactive
+        # shell does) cannot trap it, and Ctrl-C would do nothing.
+        ["env", "--default-signal=INT", "bash", str(ROOT / "scripts" / "run.sh")],
         cwd=ROOT,
         env=dict(os.environ, MOCK_CLOUD="1"),
         stdout=subprocess.PIPE,
