@@ -93,15 +93,9 @@ impl Affinity {
             let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
             // The worker's id is copied once, when it is first sent a request.
             if !recent.contains_key(backend_id) {
-                if recent.len() >= WORKERS {
-                    recent.retain(|_, r| now.saturating_duration_since(r.last) < TTL);
-                    if recent.len() >= WORKERS {
-                        // Still full of live workers: forget an arbitrary one.
-                        if let Some(k) = recent.keys().next().cloned() {
-                            recent.remove(&k);
-                        }
-                    }
-                }
+                super::make_room(&mut recent, WORKERS, |r| {
+                    now.saturating_duration_since(r.last) < TTL
+                });
                 recent.insert(
                     backend_id.to_owned(),
                     Recent {
@@ -128,14 +122,10 @@ impl Affinity {
     fn served(&self, prefix: PrefixKey, backend_id: &str, now: Instant) {
         let fresh = |at: &Instant| now.saturating_duration_since(*at) < TTL;
         let mut map = self.map();
-        if map.len() >= CAPACITY && !map.contains_key(&prefix.hash) {
-            map.retain(|_, workers| workers.iter().any(|(_, at)| fresh(at)));
-            if map.len() >= CAPACITY {
-                // Still full of live entries: forget an arbitrary one.
-                if let Some(k) = map.keys().next().copied() {
-                    map.remove(&k);
-                }
-            }
+        if !map.contains_key(&prefix.hash) {
+            super::make_room(&mut map, CAPACITY, |workers| {
+                workers.iter().any(|(_, at)| fresh(at))
+            });
         }
         let workers = map.entry(prefix.hash).or_default();
         workers.retain(|(id, at)| id != backend_id && fresh(at));

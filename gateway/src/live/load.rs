@@ -87,15 +87,9 @@ impl LoadTracker {
             track.touched = track.touched.max(now);
             return f(track);
         }
-        if map.len() >= WORKERS {
-            map.retain(|_, t| now.saturating_duration_since(t.touched) < FORGET_AFTER);
-            if map.len() >= WORKERS {
-                // Still full of live workers: forget an arbitrary one.
-                if let Some(k) = map.keys().next().cloned() {
-                    map.remove(&k);
-                }
-            }
-        }
+        super::make_room(&mut map, WORKERS, |t| {
+            now.saturating_duration_since(t.touched) < FORGET_AFTER
+        });
         f(map
             .entry(backend_id.to_owned())
             .or_insert_with(|| Track::new(now)))

@@ -32,6 +32,25 @@ use tokio::sync::watch;
 
 use crate::routing::WorkerLoad;
 
+/// Makes room in a map bounded to `cap` entries for one new key: entries
+/// `live` rejects go first, and if every entry is live, an arbitrary one.
+/// For the per-worker and per-prefix maps, whose keys come and go (a
+/// restarted pod registers under a new name).
+pub(crate) fn make_room<K, V>(map: &mut HashMap<K, V>, cap: usize, mut live: impl FnMut(&V) -> bool)
+where
+    K: Clone + Eq + std::hash::Hash,
+{
+    if map.len() < cap {
+        return;
+    }
+    map.retain(|_, v| live(v));
+    if map.len() >= cap {
+        if let Some(k) = map.keys().next().cloned() {
+            map.remove(&k);
+        }
+    }
+}
+
 /// One backend's live state.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BackendLive {
