@@ -274,11 +274,6 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
         let mut new_k_cache = Vec::new();
         let mut new_v_cache = Vec::new();
 
-        // The batch's capacity along the sequence axis, per layer: the
-        // largest of its sequences'. Caches grow in blocks and keep the
-        // capacity of the last batch they were part of, so sequences of the
-        // same length can hold different capacities.
-        let mut capacities = Vec::new();
         for layer in 0..pipeline.get_metadata().num_hidden_layers {
             // Preallocate combined k and v caches across all sequences, avoiding Tensor::cat copies
             let batch_len = seqs.len();
@@ -307,9 +302,12 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
             let Some((dim, first_k, first_v)) = srcs[0].clone() else {
                 new_k_cache.push(None);
                 new_v_cache.push(None);
-                capacities.push(None);
                 continue;
             };
+            // The batch's capacity along the sequence axis: the largest of
+            // its sequences'. Caches grow in blocks and keep the capacity of
+            // the last batch they were part of, so sequences of the same
+            // length can hold different capacities.
             let capacity = srcs
                 .iter()
                 .flatten()
@@ -344,7 +342,6 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
             }
             new_k_cache.push(Some(batch_k));
             new_v_cache.push(Some(batch_v));
-            capacities.push(Some(capacity));
         }
 
         let seq0_cache = if modify_draft_cache {
@@ -368,8 +365,10 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                     let template_cache_dim = old_k.dim;
                     let template_cache_csl = old_k.current_seq_len;
                     let template_cache_msl = old_k.max_seq_len;
-                    let template_cache_capsl =
-                        capacities[layer_idx].unwrap_or(old_k.capacity_seq_len);
+                    // The batch's, which may exceed this sequence's.
+                    let template_cache_capsl = k_cache
+                        .as_ref()
+                        .map_or(old_k.capacity_seq_len, |k| k.dims()[old_k.dim]);
 
                     caches.push(KvCache::Normal {
                         k: SingleCache {
@@ -392,8 +391,10 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                     let template_cache_dim = old_k.dim;
                     let template_cache_csl = old_k.current_seq_len;
                     let template_cache_msl = old_k.max_seq_len;
-                    let template_cache_capsl =
-                        capacities[layer_idx].unwrap_or(old_k.capacity_seq_len);
+                    // The batch's, which may exceed this sequence's.
+                    let template_cache_capsl = k_cache
+                        .as_ref()
+                        .map_or(old_k.capacity_seq_len, |k| k.dims()[old_k.dim]);
 
                     caches.push(KvCache::Rotating {
                         k: RotatingCache {
