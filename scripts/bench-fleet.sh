@@ -13,8 +13,8 @@
 #   RATES="250 1000" DURATION=10 ./scripts/bench-fleet.sh
 #
 # The key has requests/min, tokens/min and a budget (the backend has prices),
-# so every request runs the GCRA scripts and a budget hold and settlement in
-# Redis, as in the compose topology; every request leaves a ledger row in
+# so every request runs its admission script (both rates and a budget hold)
+# and a settlement in Redis, as in the compose topology; every request leaves a ledger row in
 # Postgres. Postgres and Redis are started by scripts/services.sh when they
 # do not answer on 127.0.0.1:5432 and :6379 (SKIP_SERVICES=1 to manage them
 # yourself; PG_URL, default postgres://postgres@127.0.0.1:5432, and
@@ -233,6 +233,9 @@ for n in 1 2; do
     /^gateway_(limits_)?redis_errors_total/ { errors += $NF }
     END { printf "%s: sees %d gateways; %d limit checks fell back to its local share; %d Redis calls failed\n", name, fleet, fallback, errors }'
 done
+# The time each request's admission waited on Redis, as each gateway timed
+# it: what Redis cost a request, apart from the rest of the machine's noise.
+python3 "$root/scripts/lib/redis-wait.py" "gateway-1=${gateway_urls[0]}" "gateway-2=${gateway_urls[1]}"
 memory() { # memory <name> <pid>: VmHWM and VmRSS summed over its process tree
   local p files=()
   for p in $(tree "$2"); do [[ -r /proc/$p/status ]] && files+=("/proc/$p/status"); done

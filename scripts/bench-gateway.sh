@@ -336,6 +336,9 @@ echo "gateway: $(per_request "$gateway_pid" "$gateway_cpu0" "$(ledger_rows "$wor
 echo "nginx: $(per_request "$nginx_pid" "$nginx_cpu0" "$(sent_to "$nginx_url")") (master and workers)"
 [[ -n "${litellm_pid:-}" ]] && echo "litellm: $(per_request "$litellm_pid" "$litellm_cpu0" "$(sent_to "$baseline_url")") (its process tree)"
 
+# With Redis: the time each request's admission waited on it, as the
+# gateway timed it (the end-to-end difference above is two noisy tails).
+[[ -n "${REDIS_URL:-}" ]] && python3 "$root/scripts/lib/redis-wait.py" "gateway=$gateway"
 rows=$(sqlite3 "$work/gateway.db" "select status, count(*) from request_ledger group by status" 2>/dev/null || true)
 [[ -n "$rows" ]] && echo "ledger rows by status: $(echo "$rows" | tr '\n' ' ')"
 

@@ -10,8 +10,8 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use super::{
-    budget_nusd, ceil_secs, to_nusd, Book, BudgetAsk, BudgetHold, KeyLimits, LimitExceeded,
-    Limiter, Settle,
+    budget_nusd, ceil_secs, to_nusd, Admission, Book, BudgetAsk, BudgetHold, KeyLimits,
+    LimitExceeded, Limiter, Settle,
 };
 
 type Buckets = Mutex<HashMap<String, (u32, Arc<DefaultDirectRateLimiter>)>>;
@@ -83,17 +83,9 @@ fn bucket(buckets: &Buckets, key_id: &str, per_min: NonZeroU32) -> Arc<DefaultDi
     }
 }
 
-#[async_trait::async_trait]
-impl Limiter for InProcessLimiter {
-    async fn check_request(&self, key: &KeyLimits) -> Result<(), LimitExceeded> {
-        self.request(key)
-    }
-
-    async fn check_tokens(&self, key: &KeyLimits, tokens: u32) -> Result<(), LimitExceeded> {
-        self.tokens(key, tokens)
-    }
-
-    async fn reserve(&self, ask: BudgetAsk<'_>) -> Result<BudgetHold, LimitExceeded> {
+impl InProcessLimiter {
+    /// Holds `ask`'s worst case against its key's budget.
+    pub fn reserve(&self, ask: &BudgetAsk<'_>) -> Result<BudgetHold, LimitExceeded> {
         self.book.reserve(
             ask.key_id,
             ask.request_id,
@@ -103,6 +95,17 @@ impl Limiter for InProcessLimiter {
         )?;
         let settler: Arc<dyn Settle> = self.book.clone();
         Ok(BudgetHold::new(ask.key_id, ask.request_id, settler))
+    }
+}
+
+/// The checks in turn; one refused stops the others, but those already
+/// passed stay counted.
+#[async_trait::async_trait]
+impl Limiter for InProcessLimiter {
+    async fn admit(&self, a: Admission<'_>) -> Result<Option<BudgetHold>, LimitExceeded> {
+        self.request(a.limits)?;
+        self.tokens(a.limits, a.tokens)?;
+        a.budget.map(|ask| self.reserve(&ask)).transpose()
     }
 }
 
@@ -124,49 +127,46 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn requests_per_minute_with_retry_after() {
+    #[test]
+    fn requests_per_minute_with_retry_after() {
         let l = InProcessLimiter::new();
         let k = key("a", Some(2), None);
-        assert_eq!(l.check_request(&k).await, Ok(()));
-        assert_eq!(l.check_request(&k).await, Ok(()));
-        let err = l.check_request(&k).await.unwrap_err();
+        assert_eq!(l.request(&k), Ok(()));
+        assert_eq!(l.request(&k), Ok(()));
+        let err = l.request(&k).unwrap_err();
         // One request replenishes every 30 s.
         let retry = err.retry_after_s().unwrap();
         assert!((1..=30).contains(&retry), "{retry}");
         assert_eq!(err.code(), "rate_limit_exceeded");
         // Keys do not share buckets, and no limit means unlimited.
-        assert_eq!(l.check_request(&key("b", Some(2), None)).await, Ok(()));
+        assert_eq!(l.request(&key("b", Some(2), None)), Ok(()));
         for _ in 0..100 {
-            assert_eq!(l.check_request(&key("c", None, None)).await, Ok(()));
+            assert_eq!(l.request(&key("c", None, None)), Ok(()));
         }
     }
 
-    #[tokio::test]
-    async fn raising_a_limit_takes_effect() {
+    #[test]
+    fn raising_a_limit_takes_effect() {
         let l = InProcessLimiter::new();
-        assert_eq!(l.check_request(&key("a", Some(1), None)).await, Ok(()));
-        assert!(l.check_request(&key("a", Some(1), None)).await.is_err());
-        assert_eq!(l.check_request(&key("a", Some(5), None)).await, Ok(()));
+        assert_eq!(l.request(&key("a", Some(1), None)), Ok(()));
+        assert!(l.request(&key("a", Some(1), None)).is_err());
+        assert_eq!(l.request(&key("a", Some(5), None)), Ok(()));
     }
 
-    #[tokio::test]
-    async fn tokens_per_minute() {
+    #[test]
+    fn tokens_per_minute() {
         let l = InProcessLimiter::new();
         let k = key("a", None, Some(1000));
-        assert_eq!(l.check_tokens(&k, 600).await, Ok(()));
+        assert_eq!(l.tokens(&k, 600), Ok(()));
         assert!(
-            matches!(l.check_tokens(&k, 600).await, Err(LimitExceeded::Tokens { retry_after_s }) if retry_after_s >= 1)
+            matches!(l.tokens(&k, 600), Err(LimitExceeded::Tokens { retry_after_s }) if retry_after_s >= 1)
         );
-        assert_eq!(
-            l.check_tokens(&k, 1001).await,
-            Err(LimitExceeded::TokensOverLimit)
-        );
-        assert_eq!(l.check_tokens(&k, 0).await, Ok(()));
+        assert_eq!(l.tokens(&k, 1001), Err(LimitExceeded::TokensOverLimit));
+        assert_eq!(l.tokens(&k, 0), Ok(()));
     }
 
-    #[tokio::test]
-    async fn budget_holds_are_exact_under_concurrency() {
+    #[test]
+    fn budget_holds_are_exact_under_concurrency() {
         // 100 concurrent requests, each worth 1/10 of the budget: exactly
         // ten are held, and a settled one frees room for one more.
         let l = Arc::new(InProcessLimiter::new());
@@ -180,7 +180,7 @@ mod tests {
                 stored_spent_usd: 0.0,
                 worst_usd: 0.1,
             };
-            if let Ok(h) = l.reserve(ask).await {
+            if let Ok(h) = l.reserve(&ask) {
                 holds.push(h);
             }
         }
@@ -193,14 +193,51 @@ mod tests {
             stored_spent_usd: 0.0,
             worst_usd: 0.05,
         };
-        let x = l.reserve(ask("x")).await.unwrap();
-        assert_eq!(
-            l.reserve(ask("y")).await.unwrap_err(),
-            LimitExceeded::Budget
-        );
+        let x = l.reserve(&ask("x")).unwrap();
+        assert_eq!(l.reserve(&ask("y")).unwrap_err(), LimitExceeded::Budget);
         assert_eq!(l.book.figures("k"), Some((50_000_000, 950_000_000)));
         // Dropped unsettled, holds are released with no spend.
         drop((holds, x));
         assert_eq!(l.book.figures("k"), Some((50_000_000, 0)));
+    }
+
+    #[tokio::test]
+    async fn admission_runs_every_check_and_holds_only_with_a_budget() {
+        let l = InProcessLimiter::new();
+        let k = key("a", Some(1), Some(100));
+        let ask = BudgetAsk {
+            key_id: "a",
+            request_id: "r1",
+            budget_usd: 1.0,
+            stored_spent_usd: 0.0,
+            worst_usd: 0.5,
+        };
+        let hold = l
+            .admit(Admission {
+                limits: &k,
+                tokens: 50,
+                budget: Some(ask),
+            })
+            .await
+            .unwrap();
+        assert!(hold.is_some());
+        assert_eq!(l.book.figures("a"), Some((0, 500_000_000)));
+        // The second request of the minute is refused before its budget.
+        let second = Admission {
+            limits: &k,
+            tokens: 10,
+            budget: None,
+        };
+        assert!(matches!(
+            l.admit(second).await,
+            Err(LimitExceeded::Requests { .. })
+        ));
+        let unlimited = key("b", None, None);
+        let free = Admission {
+            limits: &unlimited,
+            tokens: 10,
+            budget: None,
+        };
+        assert!(l.admit(free).await.unwrap().is_none());
     }
 }

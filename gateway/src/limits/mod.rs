@@ -104,17 +104,26 @@ pub struct BudgetAsk<'a> {
     pub worst_usd: f64,
 }
 
+/// Everything a request is admitted against: its key's rates and, when
+/// the key has a budget, a hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Admission<'a> {
+    pub limits: &'a KeyLimits,
+    /// Tokens charged against tokens/min: the prompt plus the expected
+    /// output.
+    pub tokens: u32,
+    pub budget: Option<BudgetAsk<'a>>,
+}
+
 /// Admission checks for one request.
 #[async_trait::async_trait]
 pub trait Limiter: Send + Sync {
-    /// Counts one request against the key's requests/min.
-    async fn check_request(&self, key: &KeyLimits) -> Result<(), LimitExceeded>;
-    /// Charges `tokens` against the key's tokens/min.
-    async fn check_tokens(&self, key: &KeyLimits, tokens: u32) -> Result<(), LimitExceeded>;
-    /// Holds the request's worst case against the key's budget, or refuses
-    /// with [`LimitExceeded::Budget`] when spend plus outstanding holds
-    /// plus this one would pass it.
-    async fn reserve(&self, ask: BudgetAsk<'_>) -> Result<BudgetHold, LimitExceeded>;
+    /// Counts one request against the key's requests/min, charges its
+    /// tokens against tokens/min, and holds its worst case against the
+    /// key's budget ([`LimitExceeded::Budget`] when spend plus outstanding
+    /// holds plus this one would pass it). The hold, when asked for, is
+    /// returned to be settled by the ledger row.
+    async fn admit(&self, a: Admission<'_>) -> Result<Option<BudgetHold>, LimitExceeded>;
 }
 
 /// How a hold ends: released, with the actual spend counted. Called from

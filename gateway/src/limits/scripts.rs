@@ -73,25 +73,81 @@ impl Keys {
     }
 }
 
-/// GCRA over one key: `limit` per minute, a burst of `limit`, charging
-/// `n`. Returns `{1, 0}` when admitted, `{0, wait_us}` when not.
-static GCRA: LazyLock<Script> = LazyLock::new(|| {
+/// Every admission check of one request, all or nothing: the key's
+/// requests/min and tokens/min (GCRA: `limit` per minute, a burst of
+/// `limit`) and its budget hold. Nothing is written unless all pass, so a
+/// request refused by one check costs the others nothing, and the request
+/// path waits on Redis once.
+///
+/// `KEYS`: rpm, tpm, account, holds, holders, gateway, settled. `ARGV`:
+/// the rpm interval (µs) and limit (0: none), the tpm interval, limit and
+/// tokens, then the hold (see [`Hold`]; an empty key id: no hold).
+///
+/// The hold follows [`super::check_budget`]'s rule. It is idempotent per
+/// request id, and a no-op for a request already settled (an admission
+/// that timed out and that Redis ran late, after the request ended on a
+/// fallback hold). It also marks the calling gateway alive, so no
+/// reconciler can release it before the gateway's first heartbeat.
+///
+/// Returns `{0, spent, reserved}` when admitted (reserved after the hold),
+/// `{1, wait_µs}` or `{2, wait_µs}` when the requests or tokens rate
+/// refuses, and `{3, spent, reserved}` when the budget does.
+static ADMIT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[1])
-local tau = interval * tonumber(ARGV[2])
-local n = tonumber(ARGV[3])
-local tat = tonumber(redis.call('GET', KEYS[1]))
-if (not tat) or tat < now then tat = now end
-local new_tat = tat + n * interval
-local allow_at = new_tat - tau
-if allow_at > now then
-  return {0, math.ceil(allow_at - now)}
+local function gcra(key, interval, limit, n)
+  local tat = tonumber(redis.call('GET', key))
+  if (not tat) or tat < now then tat = now end
+  local new_tat = tat + n * interval
+  local allow_at = new_tat - interval * limit
+  if allow_at > now then return nil, math.ceil(allow_at - now) end
+  return new_tat
 end
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
-return {1, 0}
+local rpm_tat, tpm_tat, wait
+if tonumber(ARGV[2]) > 0 then
+  rpm_tat, wait = gcra(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), 1)
+  if not rpm_tat then return {1, wait} end
+end
+if tonumber(ARGV[4]) > 0 then
+  tpm_tat, wait = gcra(KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]))
+  if not tpm_tat then return {2, wait} end
+end
+local spent, reserved = 0, 0
+local key_id = ARGV[6]
+if key_id ~= '' then
+  local account, holds, holders, gateway, settled = KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+  local request_id, worst, budget, stored = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10]
+  local gateway_id, gateway_ttl, hold_ttl = ARGV[11], tonumber(ARGV[12]), tonumber(ARGV[13])
+  if redis.call('EXISTS', gateway) == 0 then
+    redis.call('SET', gateway, '1', 'PX', gateway_ttl)
+  end
+  redis.call('HSETNX', account, 'spent', stored)
+  spent = tonumber(redis.call('HGET', account, 'spent'))
+  if tonumber(stored) > spent then
+    redis.call('HSET', account, 'spent', stored)
+    spent = tonumber(stored)
+  end
+  reserved = tonumber(redis.call('HGET', account, 'reserved') or '0')
+  if redis.call('HEXISTS', holds, request_id) == 0 and redis.call('EXISTS', settled) == 0 then
+    if spent >= budget or spent + reserved + worst > budget then
+      return {3, spent, reserved}
+    end
+    local deadline = math.floor(now / 1000) + hold_ttl
+    redis.call('HINCRBY', account, 'reserved', ARGV[8])
+    redis.call('HSET', holds, request_id, ARGV[8] .. ' ' .. gateway_id .. ' ' .. string.format('%.0f', deadline))
+    redis.call('SADD', holders, key_id)
+    reserved = reserved + worst
+  end
+end
+if rpm_tat then
+  redis.call('SET', KEYS[1], string.format('%.0f', rpm_tat), 'PX', math.ceil((rpm_tat - now) / 1000) + 1)
+end
+if tpm_tat then
+  redis.call('SET', KEYS[2], string.format('%.0f', tpm_tat), 'PX', math.ceil((tpm_tat - now) / 1000) + 1)
+end
+return {0, spent, reserved}
 ",
     )
 });
@@ -103,44 +159,6 @@ return {1, 0}
 /// a second of coming back, plus the time to send what it queued). Two
 /// minutes covers both, for one short key per request.
 pub const SETTLED_TTL_MS: u64 = 120_000;
-
-/// Holds `worst` for a request if the budget allows it (see
-/// [`super::check_budget`], the same rule). Idempotent per request id, and
-/// a no-op for a request already settled (a timed-out reserve that Redis
-/// ran late, after the request ended on a fallback hold). Also marks the
-/// calling gateway alive, so no reconciler can release the hold before the
-/// gateway's first heartbeat.
-static RESERVE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local account, holds, holders, gateway, settled = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local key_id, request_id, worst, budget, stored = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
-local gateway_id, gateway_ttl, hold_ttl = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
-if redis.call('EXISTS', gateway) == 0 then
-  redis.call('SET', gateway, '1', 'PX', gateway_ttl)
-end
-redis.call('HSETNX', account, 'spent', stored)
-local spent = tonumber(redis.call('HGET', account, 'spent'))
-if tonumber(stored) > spent then
-  redis.call('HSET', account, 'spent', stored)
-  spent = tonumber(stored)
-end
-local reserved = tonumber(redis.call('HGET', account, 'reserved') or '0')
-if redis.call('HEXISTS', holds, request_id) == 1 or redis.call('EXISTS', settled) == 1 then
-  return {1, spent, reserved}
-end
-if spent >= budget or spent + reserved + worst > budget then
-  return {0, spent, reserved}
-end
-local t = redis.call('TIME')
-local deadline = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + hold_ttl
-redis.call('HINCRBY', account, 'reserved', ARGV[3])
-redis.call('HSET', holds, request_id, ARGV[3] .. ' ' .. gateway_id .. ' ' .. string.format('%.0f', deadline))
-redis.call('SADD', holders, key_id)
-return {1, spent, reserved + worst}
-",
-    )
-});
 
 /// Releases a request's hold (if still there) and adds its actual spend,
 /// but only to a spend figure that exists: a restarted Redis seeds the
@@ -225,42 +243,9 @@ return redis.call('ZCARD', gateways)
     )
 });
 
-/// One key's limit for [`gcra`].
-#[derive(Debug, Clone, Copy)]
-pub enum Rate {
-    Requests,
-    Tokens,
-}
-
-/// Charges `n` against `limit` per minute on `key_id`'s bucket. `Ok(None)`:
-/// admitted; `Ok(Some(wait))`: refused until `wait` has passed.
-pub async fn gcra<C: ConnectionLike + Send>(
-    con: &mut C,
-    keys: &Keys,
-    rate: Rate,
-    key_id: &str,
-    limit: u32,
-    n: u32,
-) -> RedisResult<Option<Duration>> {
-    let key = match rate {
-        Rate::Requests => keys.rpm(key_id),
-        Rate::Tokens => keys.tpm(key_id),
-    };
-    let interval_us = 60_000_000.0 / f64::from(limit.max(1));
-    let (admitted, wait_us): (i64, i64) = GCRA
-        .key(key)
-        .arg(interval_us)
-        .arg(limit)
-        .arg(n)
-        .invoke_async(con)
-        .await?;
-    Ok((admitted == 0).then(|| Duration::from_micros(wait_us.max(0).cast_unsigned())))
-}
-
-/// What [`reserve`] is asked to hold, all money in nano-USD.
+/// A budget hold for [`admit`], all money in nano-USD.
 #[derive(Debug, Clone, Copy)]
 pub struct Hold<'a> {
-    pub key_id: &'a str,
     pub request_id: &'a str,
     pub budget: i64,
     pub stored_spent: i64,
@@ -273,40 +258,81 @@ pub struct Hold<'a> {
     pub hold_ttl_ms: u64,
 }
 
-/// The answer of [`reserve`]: whether the hold was made, and the key's
-/// figures seen (before this hold when refused, after it when made).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Reserved {
-    pub admitted: bool,
-    pub spent: i64,
-    pub reserved: i64,
+/// What [`admit`] checks for one request of one key.
+#[derive(Debug, Clone, Copy)]
+pub struct Admit<'a> {
+    pub key_id: &'a str,
+    /// The key's requests/min, if limited.
+    pub requests_per_min: Option<u32>,
+    /// The key's tokens/min, if limited, and the tokens to charge.
+    pub tokens: Option<(u32, u32)>,
+    pub hold: Option<Hold<'a>>,
 }
 
-pub async fn reserve<C: ConnectionLike + Send>(
+/// The answer of [`admit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Admitted; the key's budget figures after the hold (both 0 without
+    /// a hold).
+    Admitted { spent: i64, reserved: i64 },
+    /// The requests rate refused; admitted again after the wait.
+    Requests(Duration),
+    /// The tokens rate refused.
+    Tokens(Duration),
+    /// The budget refused; its figures as they stand.
+    Budget { spent: i64, reserved: i64 },
+}
+
+/// Runs every check of `a` in one round trip (see [`ADMIT`]).
+pub async fn admit<C: ConnectionLike + Send>(
     con: &mut C,
     keys: &Keys,
-    hold: &Hold<'_>,
-) -> RedisResult<Reserved> {
-    let (admitted, spent, reserved): (i64, i64, i64) = RESERVE
-        .key(keys.account(hold.key_id))
-        .key(keys.holds(hold.key_id))
+    a: &Admit<'_>,
+) -> RedisResult<Verdict> {
+    let interval_us = |limit: u32| 60_000_000.0 / f64::from(limit.max(1));
+    let rpm = a.requests_per_min.unwrap_or(0);
+    let (tpm, tokens) = a.tokens.unwrap_or((0, 0));
+    // Without a hold its keys are named all the same (the script leaves
+    // them alone), so every call passes the same seven.
+    let (request_id, gateway_id) = a.hold.map_or(("", ""), |h| (h.request_id, h.gateway_id));
+    let mut call = ADMIT.key(keys.rpm(a.key_id));
+    call.key(keys.tpm(a.key_id))
+        .key(keys.account(a.key_id))
+        .key(keys.holds(a.key_id))
         .key(keys.holders())
-        .key(keys.gateway(hold.gateway_id))
-        .key(keys.settled(hold.request_id))
-        .arg(hold.key_id)
-        .arg(hold.request_id)
-        .arg(hold.worst)
-        .arg(hold.budget)
-        .arg(hold.stored_spent)
-        .arg(hold.gateway_id)
-        .arg(hold.gateway_ttl_ms)
-        .arg(hold.hold_ttl_ms)
-        .invoke_async(con)
-        .await?;
-    Ok(Reserved {
-        admitted: admitted == 1,
-        spent,
-        reserved,
+        .key(keys.gateway(gateway_id))
+        .key(keys.settled(request_id))
+        .arg(interval_us(rpm))
+        .arg(rpm)
+        .arg(interval_us(tpm))
+        .arg(tpm)
+        .arg(tokens);
+    match a.hold {
+        Some(h) => call
+            .arg(a.key_id)
+            .arg(h.request_id)
+            .arg(h.worst)
+            .arg(h.budget)
+            .arg(h.stored_spent)
+            .arg(h.gateway_id)
+            .arg(h.gateway_ttl_ms)
+            .arg(h.hold_ttl_ms),
+        None => call.arg(""),
+    };
+    let answer: Vec<i64> = call.invoke_async(con).await?;
+    let at = |i: usize| answer.get(i).copied().unwrap_or(0);
+    let wait = || Duration::from_micros(at(1).max(0).cast_unsigned());
+    Ok(match at(0) {
+        1 => Verdict::Requests(wait()),
+        2 => Verdict::Tokens(wait()),
+        3 => Verdict::Budget {
+            spent: at(1),
+            reserved: at(2),
+        },
+        _ => Verdict::Admitted {
+            spent: at(1),
+            reserved: at(2),
+        },
     })
 }
 
@@ -414,7 +440,6 @@ mod tests {
 
     fn hold<'a>(request_id: &'a str, gateway_id: &'a str, worst: i64) -> Hold<'a> {
         Hold {
-            key_id: "k",
             request_id,
             budget: 100,
             stored_spent: 0,
@@ -423,6 +448,67 @@ mod tests {
             gateway_ttl_ms: 60_000,
             hold_ttl_ms: 60_000,
         }
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    enum Rate {
+        Requests,
+        Tokens,
+    }
+
+    /// [`admit`] with one rate only: `None` when admitted, else the wait.
+    async fn gcra(
+        con: &mut MultiplexedConnection,
+        keys: &Keys,
+        rate: Rate,
+        key_id: &str,
+        limit: u32,
+        n: u32,
+    ) -> RedisResult<Option<Duration>> {
+        let a = Admit {
+            key_id,
+            requests_per_min: matches!(rate, Rate::Requests).then_some(limit),
+            tokens: matches!(rate, Rate::Tokens).then_some((limit, n)),
+            hold: None,
+        };
+        Ok(match admit(con, keys, &a).await? {
+            Verdict::Requests(wait) | Verdict::Tokens(wait) => Some(wait),
+            Verdict::Admitted { .. } | Verdict::Budget { .. } => None,
+        })
+    }
+
+    #[derive(Debug, PartialEq, Eq)]
+    struct Answer {
+        admitted: bool,
+        spent: i64,
+        reserved: i64,
+    }
+
+    /// [`admit`] with key `k`'s budget hold only.
+    async fn reserve(
+        con: &mut MultiplexedConnection,
+        keys: &Keys,
+        hold: &Hold<'_>,
+    ) -> RedisResult<Answer> {
+        let a = Admit {
+            key_id: "k",
+            requests_per_min: None,
+            tokens: None,
+            hold: Some(*hold),
+        };
+        Ok(match admit(con, keys, &a).await? {
+            Verdict::Admitted { spent, reserved } => Answer {
+                admitted: true,
+                spent,
+                reserved,
+            },
+            Verdict::Budget { spent, reserved } => Answer {
+                admitted: false,
+                spent,
+                reserved,
+            },
+            other => panic!("a hold alone was refused by a rate: {other:?}"),
+        })
     }
 
     fn settlement(request_id: &str, actual: i64) -> Settlement {
@@ -497,6 +583,53 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn admission_is_all_or_nothing() {
+        let (mut con, keys) = redis().await;
+        let all = |request_id: &'static str, tokens: u32, worst: i64| Admit {
+            key_id: "k",
+            requests_per_min: Some(2),
+            tokens: Some((100, tokens)),
+            hold: Some(hold(request_id, "g1", worst)),
+        };
+        // The budget refuses (101 > 100): neither rate is charged.
+        assert_eq!(
+            admit(&mut con, &keys, &all("a", 60, 101)).await.unwrap(),
+            Verdict::Budget {
+                spent: 0,
+                reserved: 0
+            }
+        );
+        // The tokens rate refuses (60 + 60 > 100): no request is counted
+        // and nothing is held.
+        assert_eq!(
+            admit(&mut con, &keys, &all("b", 60, 10)).await.unwrap(),
+            Verdict::Admitted {
+                spent: 0,
+                reserved: 10
+            }
+        );
+        assert!(matches!(
+            admit(&mut con, &keys, &all("c", 60, 10)).await.unwrap(),
+            Verdict::Tokens(wait) if wait > Duration::ZERO
+        ));
+        assert_eq!(figures(&mut con, &keys, "k").await.unwrap(), Some((0, 10)));
+        // So the key still has its second request of the minute, and the
+        // third is refused by the requests rate before anything else.
+        assert_eq!(
+            admit(&mut con, &keys, &all("d", 40, 10)).await.unwrap(),
+            Verdict::Admitted {
+                spent: 0,
+                reserved: 20
+            }
+        );
+        assert!(matches!(
+            admit(&mut con, &keys, &all("e", 0, 10)).await.unwrap(),
+            Verdict::Requests(wait) if wait > Duration::from_secs(20)
+        ));
+        assert_eq!(figures(&mut con, &keys, "k").await.unwrap(), Some((0, 20)));
+    }
+
+    #[tokio::test]
     async fn reserve_settle_and_the_budget_rule() {
         let (mut con, keys) = redis().await;
         // Budget 100: holds of 40 and 40 fit, a third does not.
@@ -517,7 +650,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             refused,
-            Reserved {
+            Answer {
                 admitted: false,
                 spent: 0,
                 reserved: 80

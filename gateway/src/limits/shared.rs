@@ -1,7 +1,9 @@
 //! Limits and budgets shared by every gateway on one Redis.
 //!
-//! Each check is one Lua script ([`super::scripts`]) bounded by
-//! `redis_timeout_ms`. When a call times out or fails, the gateway does not
+//! A request's admission (both rates and the budget hold, all or nothing)
+//! is one Lua script ([`super::scripts`]), one round trip bounded by
+//! `redis_timeout_ms`; the time it waited is the histogram
+//! `gateway_limits_redis_seconds`. When a call times out or fails, the gateway does not
 //! wait and does not fail the request: it decides from an in-process
 //! limiter holding its *share* of each limit (the limit divided by the
 //! number of gateways it last saw alive), which keeps the fleet's total
@@ -24,7 +26,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::RedisResult;
@@ -34,10 +36,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::local::worst_nusd;
-use super::scripts::{self, Hold, Keys, Rate};
+use super::scripts::{self, Admit, Hold, Keys, Verdict};
 use super::{
-    budget_nusd, ceil_secs, to_nusd, Book, BudgetAsk, BudgetHold, InProcessLimiter, KeyLimits,
-    LimitExceeded, Limiter, Settle, Settlement,
+    budget_nusd, ceil_secs, to_nusd, Admission, Book, BudgetAsk, BudgetHold, InProcessLimiter,
+    KeyLimits, LimitExceeded, Limiter, Settle, Settlement,
 };
 use crate::config::Config;
 
@@ -295,7 +297,6 @@ impl Inner {
     /// A budget hold from this gateway's share of what Redis last said was
     /// left: `(budget - spent - reserved) / live gateways`.
     fn reserve_locally(&self, ask: &BudgetAsk<'_>) -> Result<(), LimitExceeded> {
-        metrics::counter!("gateway_limits_fallback_total", "check" => "budget").increment(1);
         let budget = budget_nusd(ask.budget_usd);
         let (spent, reserved) = self
             .last_seen
@@ -345,100 +346,102 @@ impl Settle for FallbackSettle {
 
 #[async_trait::async_trait]
 impl Limiter for SharedLimiter {
-    async fn check_request(&self, key: &KeyLimits) -> Result<(), LimitExceeded> {
-        let Some(limit) = key.requests_per_min.filter(|l| *l > 0) else {
-            return Ok(());
-        };
-        let inner = &self.inner;
-        let keys = &inner.keys;
-        let answer = inner
-            .call("requests", |mut con| async move {
-                scripts::gcra(&mut con, keys, Rate::Requests, &key.key_id, limit, 1).await
-            })
-            .await;
-        match answer {
-            Some(None) => Ok(()),
-            Some(Some(wait)) => Err(LimitExceeded::Requests {
-                retry_after_s: ceil_secs(wait),
-            }),
-            None => {
-                metrics::counter!("gateway_limits_fallback_total", "check" => "requests")
-                    .increment(1);
-                inner.fallback.request(&inner.shared_out(key))
-            }
-        }
-    }
-
-    async fn check_tokens(&self, key: &KeyLimits, tokens: u32) -> Result<(), LimitExceeded> {
-        let Some(limit) = key.tokens_per_min.filter(|l| *l > 0) else {
-            return Ok(());
-        };
-        if tokens == 0 {
-            return Ok(());
-        }
-        if tokens > limit {
+    async fn admit(&self, a: Admission<'_>) -> Result<Option<BudgetHold>, LimitExceeded> {
+        let limits = a.limits;
+        let requests_per_min = limits.requests_per_min.filter(|l| *l > 0);
+        let tokens_per_min = limits.tokens_per_min.filter(|l| *l > 0 && a.tokens > 0);
+        if tokens_per_min.is_some_and(|l| a.tokens > l) {
             return Err(LimitExceeded::TokensOverLimit);
         }
+        if requests_per_min.is_none() && tokens_per_min.is_none() && a.budget.is_none() {
+            return Ok(None);
+        }
         let inner = &self.inner;
+        let ask = Admit {
+            key_id: &limits.key_id,
+            requests_per_min,
+            tokens: tokens_per_min.map(|l| (l, a.tokens)),
+            hold: a.budget.map(|b| Hold {
+                request_id: b.request_id,
+                budget: budget_nusd(b.budget_usd),
+                stored_spent: to_nusd(b.stored_spent_usd),
+                worst: worst_nusd(b.worst_usd),
+                gateway_id: &inner.gateway_id,
+                gateway_ttl_ms: GATEWAY_TTL.as_millis() as u64,
+                hold_ttl_ms: inner.hold_ttl.as_millis() as u64,
+            }),
+        };
         let keys = &inner.keys;
-        let answer = inner
-            .call("tokens", |mut con| async move {
-                scripts::gcra(&mut con, keys, Rate::Tokens, &key.key_id, limit, tokens).await
+        let started = Instant::now();
+        let verdict = inner
+            .call("admit", |mut con| async move {
+                scripts::admit(&mut con, keys, &ask).await
             })
             .await;
-        match answer {
-            Some(None) => Ok(()),
-            Some(Some(wait)) => Err(LimitExceeded::Tokens {
+        metrics::histogram!("gateway_limits_redis_seconds").record(started.elapsed().as_secs_f64());
+        let seen = |spent: i64, reserved: i64| {
+            if let Some(b) = &a.budget {
+                inner
+                    .last_seen
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(b.key_id.to_owned(), (spent, reserved));
+            }
+        };
+        match verdict {
+            None => self.admit_locally(a),
+            Some(Verdict::Requests(wait)) => Err(LimitExceeded::Requests {
                 retry_after_s: ceil_secs(wait),
             }),
-            None => {
-                metrics::counter!("gateway_limits_fallback_total", "check" => "tokens")
-                    .increment(1);
-                // More than this gateway's share but within the key's
-                // limit: Redis may take it again in a moment.
-                match inner.fallback.tokens(&inner.shared_out(key), tokens) {
-                    Err(LimitExceeded::TokensOverLimit) => {
-                        Err(LimitExceeded::Tokens { retry_after_s: 1 })
-                    }
-                    other => other,
-                }
+            Some(Verdict::Tokens(wait)) => Err(LimitExceeded::Tokens {
+                retry_after_s: ceil_secs(wait),
+            }),
+            Some(Verdict::Budget { spent, reserved }) => {
+                seen(spent, reserved);
+                Err(LimitExceeded::Budget)
+            }
+            Some(Verdict::Admitted { spent, reserved }) => {
+                seen(spent, reserved);
+                Ok(a.budget.map(|b| {
+                    let settler: Arc<dyn Settle> = Arc::new(RedisSettle(Arc::clone(inner)));
+                    BudgetHold::new(b.key_id, b.request_id, settler)
+                }))
             }
         }
     }
+}
 
-    async fn reserve(&self, ask: BudgetAsk<'_>) -> Result<BudgetHold, LimitExceeded> {
+impl SharedLimiter {
+    /// Admission while Redis cannot be reached: from this gateway's share
+    /// of each limit and of what Redis last said was left of the budget.
+    fn admit_locally(&self, a: Admission<'_>) -> Result<Option<BudgetHold>, LimitExceeded> {
         let inner = &self.inner;
-        let hold = Hold {
-            key_id: ask.key_id,
-            request_id: ask.request_id,
-            budget: budget_nusd(ask.budget_usd),
-            stored_spent: to_nusd(ask.stored_spent_usd),
-            worst: worst_nusd(ask.worst_usd),
-            gateway_id: &inner.gateway_id,
-            gateway_ttl_ms: GATEWAY_TTL.as_millis() as u64,
-            hold_ttl_ms: inner.hold_ttl.as_millis() as u64,
+        let fallback = |check: &'static str| {
+            metrics::counter!("gateway_limits_fallback_total", "check" => check).increment(1);
         };
-        let keys = &inner.keys;
-        let answer = inner
-            .call("reserve", |mut con| async move {
-                scripts::reserve(&mut con, keys, &hold).await
-            })
-            .await;
-        let Some(reserved) = answer else {
-            inner.reserve_locally(&ask)?;
-            let settler: Arc<dyn Settle> = Arc::new(FallbackSettle(Arc::clone(inner)));
-            return Ok(BudgetHold::new(ask.key_id, ask.request_id, settler));
-        };
-        inner
-            .last_seen
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(ask.key_id.to_owned(), (reserved.spent, reserved.reserved));
-        if !reserved.admitted {
-            return Err(LimitExceeded::Budget);
+        let shared = inner.shared_out(a.limits);
+        if shared.requests_per_min.is_some_and(|l| l > 0) {
+            fallback("requests");
+            inner.fallback.request(&shared)?;
         }
-        let settler: Arc<dyn Settle> = Arc::new(RedisSettle(Arc::clone(inner)));
-        Ok(BudgetHold::new(ask.key_id, ask.request_id, settler))
+        if shared.tokens_per_min.is_some_and(|l| l > 0) && a.tokens > 0 {
+            fallback("tokens");
+            // More than this gateway's share but within the key's limit:
+            // Redis may take it again in a moment.
+            match inner.fallback.tokens(&shared, a.tokens) {
+                Err(LimitExceeded::TokensOverLimit) => {
+                    return Err(LimitExceeded::Tokens { retry_after_s: 1 })
+                }
+                other => other?,
+            }
+        }
+        let Some(ask) = a.budget else {
+            return Ok(None);
+        };
+        fallback("budget");
+        inner.reserve_locally(&ask)?;
+        let settler: Arc<dyn Settle> = Arc::new(FallbackSettle(Arc::clone(inner)));
+        Ok(Some(BudgetHold::new(ask.key_id, ask.request_id, settler)))
     }
 }
 
@@ -511,9 +514,54 @@ async fn beat(inner: Arc<Inner>, stop: CancellationToken) {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    /// Admission with one check at a time.
+    impl SharedLimiter {
+        async fn check_request(&self, key: &KeyLimits) -> Result<(), LimitExceeded> {
+            let only = KeyLimits {
+                tokens_per_min: None,
+                ..key.clone()
+            };
+            let a = Admission {
+                limits: &only,
+                tokens: 0,
+                budget: None,
+            };
+            self.admit(a).await.map(drop)
+        }
+
+        async fn check_tokens(&self, key: &KeyLimits, tokens: u32) -> Result<(), LimitExceeded> {
+            let only = KeyLimits {
+                requests_per_min: None,
+                ..key.clone()
+            };
+            let a = Admission {
+                limits: &only,
+                tokens,
+                budget: None,
+            };
+            self.admit(a).await.map(drop)
+        }
+
+        async fn reserve(&self, ask: BudgetAsk<'_>) -> Result<BudgetHold, LimitExceeded> {
+            let none = KeyLimits {
+                key_id: ask.key_id.to_owned(),
+                requests_per_min: None,
+                tokens_per_min: None,
+            };
+            let a = Admission {
+                limits: &none,
+                tokens: 0,
+                budget: Some(ask),
+            };
+            self.admit(a)
+                .await
+                .map(|h| h.expect("a budget ask is held"))
+        }
+    }
 
     /// A limiter whose Redis never answers (nothing listens on port 1), as
     /// one gateway of two.

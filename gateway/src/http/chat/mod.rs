@@ -31,7 +31,7 @@ use super::{with_gateway_headers, ApiError, RouteHeaders};
 use crate::auth::require_scope;
 use crate::catalog::{CatalogError, Snapshot};
 use crate::ledger::{Record, RecordInit};
-use crate::limits::{worst_case_usd, BudgetAsk, BudgetHold, LimitExceeded};
+use crate::limits::{worst_case_usd, Admission, BudgetAsk, LimitExceeded};
 use crate::live::BackendLive;
 use crate::privacy::{classify, request_texts};
 use crate::routing::{
@@ -184,18 +184,6 @@ async fn admit_and_route(
         )
     });
     record.set_class(&class, req.prompt_estimate);
-    let limits = key.limits();
-    app.limiter
-        .check_request(&limits)
-        .await
-        .map_err(ApiError::Limited)?;
-    let expected_out = req
-        .max_tokens
-        .unwrap_or(tenant.policy.expected_output_tokens);
-    app.limiter
-        .check_tokens(&limits, req.prompt_estimate.saturating_add(expected_out))
-        .await
-        .map_err(ApiError::Limited)?;
 
     let route_span = traces::route(record.trace().request());
     let snapshot = app.catalog.snapshot().await?;
@@ -256,28 +244,42 @@ async fn admit_and_route(
     traces::decided(&route_span, decision.as_ref());
     let decision = decision.map_err(ApiError::NoRoute)?;
     drop((observed, route_span));
-    if let Some(budget_usd) = key.budget_usd {
-        let hold = hold_budget(app, key, req, record, &decision, &snapshot, budget_usd).await?;
+    let limits = key.limits();
+    let expected_out = req
+        .max_tokens
+        .unwrap_or(tenant.policy.expected_output_tokens);
+    let admission = Admission {
+        limits: &limits,
+        tokens: req.prompt_estimate.saturating_add(expected_out),
+        budget: key
+            .budget_usd
+            .map(|budget_usd| budget_ask(app, key, req, record, &decision, &snapshot, budget_usd)),
+    };
+    let unbounded = admission.budget.is_some() && req.max_tokens.is_none();
+    let hold = app.limiter.admit(admission).await.map_err(|e| match e {
+        LimitExceeded::Budget if unbounded => ApiError::Limited(LimitExceeded::BudgetUnbounded),
+        e => ApiError::Limited(e),
+    })?;
+    if let Some(hold) = hold {
         record.hold_budget(hold);
     }
     Ok((decision, snapshot))
 }
 
-/// Holds the request's worst-case cost against the key's budget: the
-/// worst case over every backend the request may reach, failover included;
-/// settled by the ledger row. Without `max_tokens` an answer may run to the
-/// end of the largest context among them: holding less would let
-/// concurrent requests spend past the budget by more than one request's
-/// worst case.
-async fn hold_budget(
+/// What to hold against the key's budget: the request's worst-case cost
+/// over every backend it may reach, failover included; settled by the
+/// ledger row. Without `max_tokens` an answer may run to the end of the
+/// largest context among them: holding less would let concurrent requests
+/// spend past the budget by more than one request's worst case.
+fn budget_ask<'a>(
     app: &AppState,
-    key: &ApiKey,
+    key: &'a ApiKey,
     req: &ChatRequest,
-    record: &Record,
+    record: &'a Record,
     decision: &Decision,
     snapshot: &Snapshot,
     budget_usd: f64,
-) -> Result<BudgetHold, ApiError> {
+) -> BudgetAsk<'a> {
     let backends: Vec<&Backend> = decision
         .candidates()
         .filter_map(|c| snapshot.backends.iter().find(|b| b.id == c.backend_id))
@@ -292,19 +294,13 @@ async fn hold_budget(
     let prices = backends
         .iter()
         .map(|b| (b.price_in_per_1k, b.price_out_per_1k));
-    let ask = BudgetAsk {
+    BudgetAsk {
         key_id: &key.id,
         request_id: record.id(),
         budget_usd,
         stored_spent_usd: key.spent_usd,
         worst_usd: worst_case_usd(req.prompt_estimate, worst_out, prices),
-    };
-    app.limiter.reserve(ask).await.map_err(|e| match e {
-        LimitExceeded::Budget if req.max_tokens.is_none() => {
-            ApiError::Limited(LimitExceeded::BudgetUnbounded)
-        }
-        e => ApiError::Limited(e),
-    })
+    }
 }
 
 /// A new ledger row's id: a UUIDv7, ordered by time, so the ledger's

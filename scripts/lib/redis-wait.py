@@ -1,0 +1,49 @@
+#!/usr/bin/env python3
+"""What Redis cost each request's admission, read from gateways' /metrics.
+
+    python3 scripts/lib/redis-wait.py NAME=URL [NAME=URL ...]
+
+Each gateway times the one Redis call of a request's admission (both rates
+and the budget hold, one script) into the histogram
+`gateway_limits_redis_seconds`. This prints, per gateway, how many
+admissions it timed and the bucket bounds that hold their median and 99th
+percentile: "p99 <= 100 us" means at least 99% of admissions waited on
+Redis for at most 100 microseconds.
+"""
+import sys
+import urllib.request
+
+
+def buckets(url):
+    text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+    out = []
+    for line in text.splitlines():
+        if line.startswith("gateway_limits_redis_seconds_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            out.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
+    return sorted(out)
+
+
+def bound(cumulative, q):
+    total = cumulative[-1][1]
+    for le, n in cumulative:
+        if n >= q * total:
+            return le
+    return float("inf")
+
+
+def micros(le):
+    return "over 100 ms" if le == float("inf") else f"<= {le * 1e6:.0f} us"
+
+
+for arg in sys.argv[1:]:
+    name, url = arg.split("=", 1)
+    b = buckets(url)
+    if not b or b[-1][1] == 0:
+        print(f"{name}: no admission timed on Redis")
+        continue
+    print(
+        f"{name}: Redis wait per admission over {b[-1][1]:.0f} admissions: "
+        f"p50 {micros(bound(b, 0.5))}, p99 {micros(bound(b, 0.99))}, "
+        f"p99.9 {micros(bound(b, 0.999))}"
+    )
