@@ -88,6 +88,11 @@ impl Traces {
     /// The pipeline the environment asks for, or `None` when traces are
     /// off. `service` names the process unless `OTEL_SERVICE_NAME` (or a
     /// `service.name` in `OTEL_RESOURCE_ATTRIBUTES`) does.
+    ///
+    /// Also makes ring the process's rustls crypto provider, whether or not
+    /// traces are on: the exporter's HTTP client (reqwest 0.13, shared with
+    /// the edge worker's mistralrs) is built without a provider of its own,
+    /// and panics when it meets no process default.
     pub fn from_env(service: &'static str) -> Result<Option<Traces>, TracesError> {
         Self::from_vars(service, |name| std::env::var(name).ok())
     }
@@ -96,6 +101,8 @@ impl Traces {
         service: &'static str,
         var: impl Fn(&str) -> Option<String>,
     ) -> Result<Option<Traces>, TracesError> {
+        // An error only says a provider was installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         if !wanted(&var)? {
             return Ok(None);
         }
@@ -332,6 +339,25 @@ mod tests {
         ];
         for (pairs, on) in cases {
             assert_eq!(wanted(&vars(pairs)).ok(), Some(*on), "{pairs:?}");
+        }
+    }
+
+    #[test]
+    fn the_exporter_builds_its_tls_client() {
+        // The exporter's client is built with rustls whatever the
+        // endpoint's scheme; with no crypto provider in the process, that
+        // panics.
+        let traces = Traces::from_vars(
+            "test",
+            vars(&[(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "https://collector.invalid:4318",
+            )]),
+        );
+        let traces = traces.ok().flatten();
+        assert!(traces.is_some());
+        if let Some(t) = traces {
+            t.shutdown();
         }
     }
 

@@ -99,12 +99,7 @@ pub use device_map::{
 };
 pub use gguf::{GGUFArchitecture, GGUF_MULTI_FILE_DELIMITER};
 pub use mistralrs_audio::AudioInput;
-pub use mistralrs_mcp::{
-    CalledFunction, Function, Tool, ToolCallback, ToolCallbackWithTool, ToolType,
-};
-pub use mistralrs_mcp::{
-    McpClient, McpClientConfig, McpServerConfig, McpServerSource, McpToolInfo,
-};
+pub use tools::{CalledFunction, Function, Tool, ToolCallback, ToolCallbackWithTool, ToolType};
 pub use mistralrs_quant::{IsqBits, IsqType, MULTI_LORA_DELIMITER};
 pub use paged_attention::{MemoryGpuConfig, PagedAttentionConfig, PagedCacheType};
 pub use pipeline::hf::{hf_home_dir, hf_hub_cache_dir, hf_token_path};
@@ -187,7 +182,6 @@ impl Default for EngineConfig {
 #[derive(Clone)]
 pub struct AddModelConfig {
     pub engine_config: EngineConfig,
-    pub mcp_client_config: Option<McpClientConfig>,
     /// Optional loader config for enabling model unload/reload support.
     /// Without this, models cannot be unloaded and reloaded.
     pub loader_config: Option<ModelLoaderConfig>,
@@ -197,14 +191,8 @@ impl AddModelConfig {
     pub fn new(engine_config: EngineConfig) -> Self {
         Self {
             engine_config,
-            mcp_client_config: None,
             loader_config: None,
         }
-    }
-
-    pub fn with_mcp_config(mut self, mcp_config: McpClientConfig) -> Self {
-        self.mcp_client_config = Some(mcp_config);
-        self
     }
 
     /// Set the loader config for enabling model unload/reload support.
@@ -263,8 +251,6 @@ pub struct UnloadedModelState {
     pub scheduler_config: SchedulerConfig,
     /// Engine configuration
     pub engine_config: EngineConfig,
-    /// MCP client configuration
-    pub mcp_client_config: Option<McpClientConfig>,
     /// Model category (Text, Multimodal, etc.)
     pub category: ModelCategory,
     /// Model metadata configuration
@@ -325,7 +311,6 @@ struct RebootState {
     search_callback: Option<Arc<search::SearchCallback>>,
     tool_callbacks: tools::ToolCallbacks,
     tool_callbacks_with_tools: tools::ToolCallbacksWithTools,
-    mcp_client_config: Option<McpClientConfig>,
     /// Optional loader config for reloading after unload
     loader_config: Option<ModelLoaderConfig>,
 }
@@ -398,7 +383,6 @@ pub struct MistralRsBuilder {
     search_callback: Option<Arc<SearchCallback>>,
     tool_callbacks: tools::ToolCallbacks,
     tool_callbacks_with_tools: tools::ToolCallbacksWithTools,
-    mcp_client_config: Option<McpClientConfig>,
     loader_config: Option<ModelLoaderConfig>,
 }
 
@@ -426,7 +410,6 @@ impl MistralRsBuilder {
             search_callback: None,
             tool_callbacks: HashMap::new(),
             tool_callbacks_with_tools: HashMap::new(),
-            mcp_client_config: None,
             loader_config: None,
         }
     }
@@ -500,12 +483,6 @@ impl MistralRsBuilder {
                 tool,
             },
         );
-        self
-    }
-
-    /// Configure MCP client to connect to external MCP servers.
-    pub fn with_mcp_client(mut self, config: McpClientConfig) -> Self {
-        self.mcp_client_config = Some(config);
         self
     }
 
@@ -646,8 +623,7 @@ impl MistralRs {
             search_embedding_model,
             search_callback,
             tool_callbacks,
-            mut tool_callbacks_with_tools,
-            mcp_client_config,
+            tool_callbacks_with_tools,
             loader_config,
         } = config;
 
@@ -659,43 +635,6 @@ impl MistralRs {
         let no_prefix_cache = no_prefix_cache.unwrap_or(false);
         let prefix_cache_n = prefix_cache_n.unwrap_or(16);
         let disable_eos_stop = disable_eos_stop.unwrap_or(false);
-
-        // Initialize MCP client if configured
-        if let Some(config) = &mcp_client_config {
-            let mut mcp_client = McpClient::new(config.clone());
-            let total_servers = config.servers.len();
-
-            match mcp_client.initialize().await {
-                Ok(()) => {
-                    let mcp_callbacks_with_tools = mcp_client.get_tool_callbacks_with_tools();
-                    let tools_count = mcp_callbacks_with_tools.len();
-
-                    // Merge MCP tool callbacks with tools into the new collection
-                    for (name, callback_with_tool) in mcp_callbacks_with_tools {
-                        tool_callbacks_with_tools.insert(name.clone(), callback_with_tool.clone());
-                    }
-
-                    if tools_count == 0 {
-                        warn!(
-                            "MCP client initialized but no tools were registered from {} servers",
-                            total_servers
-                        );
-                    } else {
-                        info!(
-                            "MCP client initialized successfully with {} tools from {} servers",
-                            tools_count, total_servers
-                        );
-                    }
-                }
-                Err(e) => {
-                    warn!(
-                        "Failed to initialize MCP client with {} configured servers: {}",
-                        total_servers, e
-                    );
-                    warn!("Continuing without MCP functionality. Check your MCP configuration and server availability.");
-                }
-            }
-        }
 
         let reboot_state = RebootState {
             pipeline: pipeline.clone(),
@@ -709,7 +648,6 @@ impl MistralRs {
             search_callback: search_callback.clone(),
             tool_callbacks: tool_callbacks.clone(),
             tool_callbacks_with_tools: tool_callbacks_with_tools.clone(),
-            mcp_client_config: mcp_client_config.clone(),
             loader_config,
         };
 
@@ -1214,7 +1152,6 @@ impl MistralRs {
             search_callback: config.engine_config.search_callback.clone(),
             tool_callbacks: config.engine_config.tool_callbacks.clone(),
             tool_callbacks_with_tools: config.engine_config.tool_callbacks_with_tools.clone(),
-            mcp_client_config: config.mcp_client_config.clone(),
             loader_config: config.loader_config.clone(),
         };
 
@@ -1399,40 +1336,6 @@ impl MistralRs {
         }
     }
 
-    /// Check if MCP client is configured for a specific model
-    pub fn has_mcp_client(&self, model_id: Option<&str>) -> Result<bool, String> {
-        let resolved_model_id = self
-            .resolve_alias_or_default(model_id)
-            .map_err(|e| e.to_string())?;
-
-        let engines = self
-            .engines
-            .read()
-            .map_err(|_| "Failed to acquire read lock on engines")?;
-        if let Some(engine_instance) = engines.get(&resolved_model_id) {
-            Ok(engine_instance.reboot_state.mcp_client_config.is_some())
-        } else {
-            Err(format!("Model {resolved_model_id} not found"))
-        }
-    }
-
-    /// Get config for a specific model
-    pub fn config(&self, model_id: Option<&str>) -> Result<MistralRsConfig, String> {
-        let resolved_model_id = self
-            .resolve_alias_or_default(model_id)
-            .map_err(|e| e.to_string())?;
-
-        let engines = self
-            .engines
-            .read()
-            .map_err(|_| "Failed to acquire read lock on engines")?;
-        if let Some(engine_instance) = engines.get(&resolved_model_id) {
-            Ok(engine_instance.config.clone())
-        } else {
-            Err(format!("Model {resolved_model_id} not found"))
-        }
-    }
-
     /// Unload a model from memory while preserving its configuration for later reload.
     /// The model can be reloaded automatically when a request is sent to it, or manually
     /// using `reload_model()`.
@@ -1489,7 +1392,6 @@ impl MistralRs {
                     .tool_callbacks_with_tools
                     .clone(),
             },
-            mcp_client_config: engine_instance.reboot_state.mcp_client_config.clone(),
             category: engine_instance.category.clone(),
             mistralrs_config: engine_instance.config.clone(),
         };
@@ -1628,7 +1530,6 @@ impl MistralRs {
                 .engine_config
                 .tool_callbacks_with_tools
                 .clone(),
-            mcp_client_config: unloaded_state.mcp_client_config.clone(),
             loader_config: Some(unloaded_state.loader_config.clone()),
         };
 

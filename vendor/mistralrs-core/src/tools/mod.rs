@@ -1,5 +1,6 @@
 mod request;
 mod response;
+mod types;
 
 use candle_core::Result;
 use regex::Regex;
@@ -13,10 +14,7 @@ use std::sync::{Arc, OnceLock};
 use uuid::Uuid;
 
 use crate::Pipeline;
-use mistralrs_mcp::CalledFunction;
-
-// Re-export the types so they're accessible as tools::Type
-pub use mistralrs_mcp::{ToolCallback, ToolCallbackWithTool};
+pub use types::{CalledFunction, Function, Tool, ToolCallback, ToolCallbackWithTool, ToolType};
 
 /// Collection of callbacks keyed by tool name.
 pub type ToolCallbacks = HashMap<String, Arc<ToolCallback>>;
