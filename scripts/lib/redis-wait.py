@@ -14,14 +14,18 @@ import sys
 import urllib.request
 
 
-def buckets(url):
+def scrape(url):
+    """The histogram's cumulative buckets, and the admissions decided on the
+    gateway's local share instead (Redis down, slow or failing)."""
     text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
-    out = []
+    out, fallback = [], 0.0
     for line in text.splitlines():
         if line.startswith("gateway_limits_redis_seconds_bucket{"):
             le = line.split('le="', 1)[1].split('"', 1)[0]
             out.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
-    return sorted(out)
+        elif line.startswith("gateway_limits_fallback_total{"):
+            fallback += float(line.rsplit(" ", 1)[1])
+    return sorted(out), fallback
 
 
 def bound(cumulative, q):
@@ -38,12 +42,15 @@ def micros(le):
 
 for arg in sys.argv[1:]:
     name, url = arg.split("=", 1)
-    b = buckets(url)
+    b, fallback = scrape(url)
     if not b or b[-1][1] == 0:
         print(f"{name}: no admission timed on Redis")
         continue
     print(
         f"{name}: Redis wait per admission over {b[-1][1]:.0f} admissions: "
         f"p50 {micros(bound(b, 0.5))}, p99 {micros(bound(b, 0.99))}, "
-        f"p99.9 {micros(bound(b, 0.999))}"
+        f"p99.9 {micros(bound(b, 0.999))}; checks decided on the local share "
+        f"instead: {fallback:.0f}"
     )
+    print(f"  buckets (le us: admissions): " + ", ".join(
+        f"{'inf' if le == float('inf') else f'{le * 1e6:.0f}'}: {n:.0f}" for le, n in b))

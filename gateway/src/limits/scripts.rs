@@ -165,6 +165,10 @@ pub const SETTLED_TTL_MS: u64 = 120_000;
 /// figure again from the store, which will hold this spend. Only the first
 /// settlement of a request counts (see [`SETTLED_TTL_MS`]). Returns the
 /// amount released.
+///
+/// A hold of nothing (a request whose backends are all free) is released
+/// without `HINCRBY`: Lua writes its negation as `-0`, which Redis refuses
+/// as an integer (the reconciler skips it likewise).
 static SETTLE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -178,8 +182,10 @@ local hold = redis.call('HGET', holds, request_id)
 if hold then
   released = tonumber(string.match(hold, '^(%d+)')) or 0
   redis.call('HDEL', holds, request_id)
-  local left = redis.call('HINCRBY', account, 'reserved', -released)
-  if left < 0 then redis.call('HSET', account, 'reserved', '0') end
+  if released > 0 then
+    local left = redis.call('HINCRBY', account, 'reserved', -released)
+    if left < 0 then redis.call('HSET', account, 'reserved', '0') end
+  end
 end
 if tonumber(actual) > 0 and redis.call('HEXISTS', account, 'spent') == 1 then
   redis.call('HINCRBY', account, 'spent', actual)
@@ -211,7 +217,7 @@ for _, key_id in ipairs(redis.call('SMEMBERS', holders)) do
     if (not amount) or tonumber(deadline) < now
         or (release_dead and redis.call('EXISTS', base .. 'gateway:' .. gateway) == 0) then
       redis.call('HDEL', holds, all[i])
-      if amount then
+      if amount and tonumber(amount) > 0 then
         local left = redis.call('HINCRBY', account, 'reserved', -tonumber(amount))
         if left < 0 then redis.call('HSET', account, 'reserved', '0') end
       end
@@ -723,6 +729,32 @@ mod tests {
             .filter(|a| *a)
             .count();
         assert_eq!(admitted, 10);
+    }
+
+    #[tokio::test]
+    async fn a_hold_of_nothing_settles_and_reconciles() {
+        // A request whose backends are all free holds 0; releasing it
+        // must not fail (Redis refuses "-0" as an integer).
+        let (mut con, keys) = redis().await;
+        assert!(
+            reserve(&mut con, &keys, &hold("free", "g1", 0))
+                .await
+                .unwrap()
+                .admitted
+        );
+        assert_eq!(
+            settle(&mut con, &keys, &settlement("free", 0))
+                .await
+                .unwrap(),
+            0
+        );
+        let mut dying = hold("free-2", "dead", 0);
+        dying.hold_ttl_ms = 0;
+        assert!(reserve(&mut con, &keys, &dying).await.unwrap().admitted);
+        // Past its deadline (the millisecond it was made in).
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(reconcile(&mut con, &keys, false).await.unwrap(), 1);
+        assert_eq!(figures(&mut con, &keys, "k").await.unwrap(), Some((0, 0)));
     }
 
     #[tokio::test]

@@ -192,7 +192,9 @@ impl Inner {
                 Some(v)
             }
             Ok(Err(e)) => {
-                self.mark_down(what, &format!("{:?}", e.kind()));
+                // The server's message (a script's error, say): it names no
+                // secret, and tells what failed better than its kind.
+                self.mark_down(what, &e.to_string());
                 None
             }
             Err(_) => {
