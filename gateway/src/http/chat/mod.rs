@@ -172,7 +172,7 @@ async fn admit_and_route(
     record: &mut Record,
 ) -> Result<(Decision, Arc<Snapshot>), ApiError> {
     let tenant = app.catalog.tenant(&key.tenant_id).await?;
-    req.apply_policy(tenant.policy.allow_store);
+    req.apply_policy(&tenant.policy);
     // Everything that will leave: the body as forwarded, after the policy
     // removed what it does not allow. No client header is forwarded.
     let class = traces::classify(record.trace().request(), || {

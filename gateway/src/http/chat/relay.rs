@@ -415,9 +415,13 @@ fn note_sent(app: &AppState, backend: &Backend, req: &ChatRequest) {
     }
     let now = std::time::Instant::now();
     app.load.sent(&backend.id, now);
-    // What the worker's prefix cache keeps of it: the prompt and at most
-    // `max_tokens` of answer (the edge worker's default without one).
-    let tokens = u64::from(req.prompt_estimate) + u64::from(req.max_tokens.unwrap_or(256));
+    // What the worker's prefix cache keeps of it: the prompt and the answer,
+    // as long as the policy expects within `max_tokens` (as routing
+    // predicts it).
+    let answer = req.max_tokens.map_or(req.expected_output_tokens, |m| {
+        m.min(req.expected_output_tokens)
+    });
+    let tokens = u64::from(req.prompt_estimate) + u64::from(answer);
     let prefix = crate::live::affinity::prefix_of(&req.body);
     app.affinity.sent(prefix, &backend.id, tokens, now);
 }

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 
 use super::ApiError;
 use crate::privacy::Class;
-use crate::routing::Capabilities;
+use crate::routing::{Capabilities, Policy};
 
 /// Header with which a client tags a request's privacy class.
 pub const PRIVACY_HEADER: &str = "x-privacy-class";
@@ -75,6 +75,9 @@ pub struct ChatRequest {
     pub tag: Option<Class>,
     /// What a backend must support to answer it faithfully.
     pub needs: Capabilities,
+    /// The answer's expected length in tokens, without `max_tokens`: the
+    /// tenant policy's, once applied.
+    pub expected_output_tokens: u32,
 }
 
 fn bad(message: impl Into<String>, code: &'static str, param: &'static str) -> ApiError {
@@ -162,13 +165,16 @@ impl ChatRequest {
             prompt_estimate,
             tag,
             needs,
+            expected_output_tokens: Policy::default().expected_output_tokens,
         })
     }
 
-    /// Applies the tenant's policy to what is forwarded: `store: true`
-    /// only where the policy allows it.
-    pub fn apply_policy(&mut self, allow_store: bool) {
-        if !allow_store {
+    /// Applies the tenant's policy: `store: true` is forwarded only where
+    /// the policy allows it, and the policy says how long an answer is
+    /// expected to run.
+    pub fn apply_policy(&mut self, policy: &Policy) {
+        self.expected_output_tokens = policy.expected_output_tokens;
+        if !policy.allow_store {
             self.body.remove("store");
         }
     }
@@ -418,14 +424,17 @@ mod tests {
                 "litellm_params":{},"custom_llm_provider":"openai","store":true,"user":"u"}"#,
         )
         .unwrap();
-        req.apply_policy(false);
+        req.apply_policy(&Policy::default());
         let sent: Map<String, Value> = serde_json::from_slice(&req.upstream_body("up")).unwrap();
         let mut keys: Vec<&str> = sent.keys().map(String::as_str).collect();
         keys.sort_unstable();
         assert_eq!(keys, ["messages", "model", "user"]);
 
         let mut req = parse(r#"{"model":"m","messages":[{}],"store":true}"#).unwrap();
-        req.apply_policy(true);
+        req.apply_policy(&Policy {
+            allow_store: true,
+            ..Policy::default()
+        });
         let sent: Value = serde_json::from_slice(&req.upstream_body("up")).unwrap();
         assert_eq!(sent["store"], true);
     }
