@@ -53,15 +53,16 @@ struct Fleet {
     redis_url: String,
 }
 
-/// `edges` edge workers registered as priced backends, then two gateway
-/// processes on the database and `redis_url` under a prefix of this test's
-/// own; returns once both gateways count each other.
-async fn fleet(edges: usize, redis_url: &str) -> Fleet {
+/// `edges` edge workers registered as backends at `price_out` USD per 1000
+/// output tokens, then two gateway processes on the database and
+/// `redis_url` under a prefix of this test's own; returns once both
+/// gateways count each other.
+async fn fleet(edges: usize, redis_url: &str, price_out: f64) -> Fleet {
     let db = common::postgres().await;
     let workers = futures::future::join_all((0..edges).map(|_| EdgeWorker::start(&[]))).await;
     for (i, w) in workers.iter().enumerate() {
         let mut backend = edge_backend(&format!("edge-{i}"), &w.base);
-        backend.price_out_per_1k = PRICE_OUT;
+        backend.price_out_per_1k = price_out;
         db.store.add_backend(&backend).await.unwrap();
     }
     let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
@@ -181,7 +182,7 @@ where
 
 #[tokio::test]
 async fn a_budget_for_ten_requests_admits_at_most_ten_across_two_gateways() {
-    let fleet = fleet(2, &shared_redis_url()).await;
+    let fleet = fleet(2, &shared_redis_url(), PRICE_OUT).await;
     // The worst case of one request is its MAX_TOKENS at PRICE_OUT.
     let worst = f64::from(MAX_TOKENS) / 1000.0 * PRICE_OUT;
     let (tenant, key) = tenant_and_key(&fleet.db.store, |s: &mut NewKeySpec| {
@@ -229,7 +230,7 @@ async fn a_budget_for_ten_requests_admits_at_most_ten_across_two_gateways() {
 
 #[tokio::test]
 async fn requests_per_minute_hold_across_two_gateways() {
-    let fleet = fleet(2, &shared_redis_url()).await;
+    let fleet = fleet(2, &shared_redis_url(), PRICE_OUT).await;
     let (_, key) = tenant_and_key(&fleet.db.store, |s: &mut NewKeySpec| {
         s.requests_per_min = Some(10);
     })
@@ -268,6 +269,49 @@ async fn requests_per_minute_hold_across_two_gateways() {
         .parse()
         .unwrap();
     assert!((1..=6).contains(&retry), "{retry}");
+}
+
+/// A budget whose requests go to a free backend holds nothing per request.
+/// Releasing such a hold once failed in Redis (its negation, `-0`, is not
+/// an integer to Redis), and every failure sent the admissions after it to
+/// the gateway's local share.
+#[tokio::test]
+async fn free_requests_settle_in_redis_without_falling_back() {
+    let fleet = fleet(1, &shared_redis_url(), 0.0).await;
+    let (_, key) = tenant_and_key(&fleet.db.store, |s: &mut NewKeySpec| {
+        s.budget_usd = Some(1.0);
+    })
+    .await;
+    let con = redis_con(&fleet.redis_url).await;
+    let markers = format!("{}limits:settled:*", fleet.prefix);
+    for round in 1..=2_usize {
+        let results = burst(&fleet, &key, 6, &chat_body("Say hi.", 1)).await;
+        assert_eq!(count(&results, 200, None), 6, "{results:?}");
+        eventually("every request settled in Redis", || {
+            let (mut con, markers) = (con.clone(), markers.clone());
+            async move {
+                let settled: Vec<String> = redis::cmd("KEYS")
+                    .arg(&markers)
+                    .query_async(&mut con)
+                    .await
+                    .unwrap();
+                settled.len() == 6 * round
+            }
+        })
+        .await;
+    }
+    // A settlement's answer reaches its gateway's metrics right after the
+    // script ran.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut failed = 0.0;
+    for gw in &fleet.gateways {
+        failed += labelled(
+            &gw.metrics().await,
+            "gateway_limits_redis_errors_total{call=\"settle\"}",
+        );
+    }
+    assert!(failed < 1.0, "{failed} settlements failed in Redis");
+    assert!(fallbacks(&fleet).await < 1.0, "every decision was Redis's");
 }
 
 /// A Redis server of this test's own, so the test can stop it.
@@ -331,7 +375,7 @@ fn labelled(metrics: &str, name_and_labels: &str) -> f64 {
 #[tokio::test]
 async fn with_redis_down_requests_flow_on_each_gateways_share() {
     let mut redis = OwnRedis::start(free_port()).await;
-    let fleet = fleet(1, &redis_url(redis.port)).await;
+    let fleet = fleet(1, &redis_url(redis.port), PRICE_OUT).await;
     let (_, key) = tenant_and_key(&fleet.db.store, |s: &mut NewKeySpec| {
         s.requests_per_min = Some(20);
     })
@@ -392,7 +436,7 @@ async fn with_redis_down_requests_flow_on_each_gateways_share() {
 
 #[tokio::test]
 async fn a_killed_gateways_budget_holds_are_released_by_the_others() {
-    let mut fleet = fleet(1, &shared_redis_url()).await;
+    let mut fleet = fleet(1, &shared_redis_url(), PRICE_OUT).await;
     // Long answers keep three requests in flight; the budget pays for three.
     let max_tokens = 400;
     let worst = f64::from(max_tokens) / 1000.0 * PRICE_OUT;
