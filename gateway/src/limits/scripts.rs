@@ -342,6 +342,36 @@ pub async fn admit<C: ConnectionLike + Send>(
     })
 }
 
+/// Settles every one of `batch` in one round trip: a pipeline that loads
+/// the script first (so a restarted Redis cannot answer `NOSCRIPT`), then
+/// runs it once per settlement. An error may leave some settled and some
+/// not; sending them again is safe, since each counts once.
+pub async fn settle_batch<C: ConnectionLike + Send>(
+    con: &mut C,
+    keys: &Keys,
+    batch: &[Settlement],
+) -> RedisResult<()> {
+    let calls: Vec<_> = batch.iter().map(|s| settle_call(keys, s)).collect();
+    let mut pipe = redis::pipe();
+    pipe.load_script(&SETTLE).ignore();
+    for call in &calls {
+        pipe.invoke_script(call).ignore();
+    }
+    pipe.query_async(con).await
+}
+
+fn settle_call<'a>(keys: &Keys, s: &Settlement) -> redis::ScriptInvocation<'a> {
+    let mut call = SETTLE.key(keys.account(&s.key_id));
+    call.key(keys.holds(&s.key_id))
+        .key(keys.holders())
+        .key(keys.settled(&s.request_id))
+        .arg(&s.key_id)
+        .arg(&s.request_id)
+        .arg(s.actual_nusd)
+        .arg(SETTLED_TTL_MS);
+    call
+}
+
 /// Releases the hold of `s` and counts its spend, once per request however
 /// often it is sent; returns the amount released (0 when the hold was
 /// already gone, or the request already settled).
@@ -350,17 +380,7 @@ pub async fn settle<C: ConnectionLike + Send>(
     keys: &Keys,
     s: &Settlement,
 ) -> RedisResult<i64> {
-    SETTLE
-        .key(keys.account(&s.key_id))
-        .key(keys.holds(&s.key_id))
-        .key(keys.holders())
-        .key(keys.settled(&s.request_id))
-        .arg(&s.key_id)
-        .arg(&s.request_id)
-        .arg(s.actual_nusd)
-        .arg(SETTLED_TTL_MS)
-        .invoke_async(con)
-        .await
+    settle_call(keys, s).invoke_async(con).await
 }
 
 /// Releases the holds past their deadline and, with `release_dead`, those
@@ -755,6 +775,34 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(5)).await;
         assert_eq!(reconcile(&mut con, &keys, false).await.unwrap(), 1);
         assert_eq!(figures(&mut con, &keys, "k").await.unwrap(), Some((0, 0)));
+    }
+
+    #[tokio::test]
+    async fn a_batch_settles_each_once() {
+        let (mut con, keys) = redis().await;
+        for (id, worst) in [("a", 30), ("b", 20), ("free", 0)] {
+            assert!(
+                reserve(&mut con, &keys, &hold(id, "g1", worst))
+                    .await
+                    .unwrap()
+                    .admitted
+            );
+        }
+        let batch = [
+            settlement("a", 10),
+            settlement("b", 5),
+            settlement("free", 0),
+            settlement("never-held", 7),
+        ];
+        settle_batch(&mut con, &keys, &batch).await.unwrap();
+        // Each counted once, sent again or not: 10 + 5 + 7 spent, nothing
+        // held.
+        settle_batch(&mut con, &keys, &batch).await.unwrap();
+        assert_eq!(figures(&mut con, &keys, "k").await.unwrap(), Some((22, 0)));
+        assert_eq!(
+            settle(&mut con, &keys, &settlement("a", 10)).await.unwrap(),
+            0
+        );
     }
 
     #[tokio::test]

@@ -18,7 +18,8 @@
 //! holds of gateways whose heartbeat expired, i.e. killed ones, and of
 //! holds past their deadline) and retries queued settlements, once a
 //! second. Settlements arrive from `Drop` (a ledger record's), so they go
-//! through a channel to a second task that sends them.
+//! through a channel to a second task that sends them, those that arrive
+//! within a few milliseconds of each other in one round trip.
 //!
 //! Logs and metrics name key ids at most, never key material.
 
@@ -65,6 +66,12 @@ const STEADY_BEATS: u32 = (GATEWAY_TTL.as_millis() / BEAT.as_millis()) as u32 + 
 /// dropped: their holds are released by the reconciler at their deadline,
 /// and their spend reaches Redis through the store's figure.
 const MAX_PENDING: usize = 100_000;
+
+/// How long the settler waits after a settlement for others to send with
+/// it, and how many it sends at most in one round trip. A hold is released
+/// that much later, which only delays room in a budget, never adds any.
+const SETTLE_LINGER: Duration = Duration::from_millis(10);
+const SETTLE_BATCH: usize = 64;
 
 /// Why the shared limiter cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -254,16 +261,20 @@ impl Inner {
         metrics::gauge!("gateway_budget_settlements_pending").set(pending.len() as f64);
     }
 
-    async fn send_settlement(&self, s: Settlement) {
+    /// Sends settlements in one round trip; queues them all when it fails
+    /// (each counts once, so those that did land may be sent again).
+    async fn send_settlements(&self, batch: Vec<Settlement>) {
         let keys = &self.keys;
         let sent = self
             .call("settle", |mut con| {
-                let s = s.clone();
-                async move { scripts::settle(&mut con, keys, &s).await }
+                let batch = &batch;
+                async move { scripts::settle_batch(&mut con, keys, batch).await }
             })
             .await;
         if sent.is_none() {
-            self.queue(s);
+            for s in batch {
+                self.queue(s);
+            }
         }
     }
 
@@ -458,13 +469,27 @@ async fn settler(
         tokio::select! {
             () = stop.cancelled() => break,
             next = rx.recv() => match next {
-                Some(s) => inner.send_settlement(s).await,
+                Some(s) => {
+                    // Those that follow within the linger go in the same
+                    // round trip.
+                    tokio::time::sleep(SETTLE_LINGER).await;
+                    let mut batch = vec![s];
+                    while batch.len() < SETTLE_BATCH {
+                        let Ok(s) = rx.try_recv() else { break };
+                        batch.push(s);
+                    }
+                    inner.send_settlements(batch).await;
+                }
                 None => return,
             },
         }
     }
+    let mut rest = Vec::new();
     while let Ok(s) = rx.try_recv() {
-        inner.send_settlement(s).await;
+        rest.push(s);
+    }
+    for batch in rest.chunks(SETTLE_BATCH) {
+        inner.send_settlements(batch.to_vec()).await;
     }
     inner.flush_pending().await;
 }
