@@ -87,6 +87,8 @@ struct Outcome {
     took: Duration,
     status: u16,
     ledger_id: Option<String>,
+    /// `error.code` of an answer that is not a 200.
+    code: Option<String>,
 }
 
 async fn send(client: &reqwest::Client, base: &str, key: &str) -> Outcome {
@@ -103,13 +105,28 @@ async fn send(client: &reqwest::Client, base: &str, key: &str) -> Outcome {
         .get("x-gateway-ledger-id")
         .map(|v| v.to_str().unwrap().to_owned());
     let status = r.status().as_u16();
-    let _ = r.bytes().await;
+    let body = r.bytes().await.unwrap_or_default();
+    let code = (status != 200)
+        .then(|| serde_json::from_slice::<serde_json::Value>(&body).ok())
+        .flatten()
+        .and_then(|v| v["error"]["code"].as_str().map(str::to_owned));
     Outcome {
         sent,
         took: sent.elapsed(),
         status,
         ledger_id,
+        code,
     }
+}
+
+/// How many answers were not a 200, and their (status, code) counts.
+fn non_200(outcomes: &[Outcome]) -> (usize, std::collections::BTreeMap<(u16, String), usize>) {
+    let mut by = std::collections::BTreeMap::new();
+    for o in outcomes.iter().filter(|o| o.status != 200) {
+        *by.entry((o.status, o.code.clone().unwrap_or_default()))
+            .or_insert(0) += 1;
+    }
+    (by.values().sum(), by)
 }
 
 /// The requests sent in one stretch of a run.
@@ -353,16 +370,18 @@ async fn postgres_stopped_and_restarted_under_load_loses_nothing() {
         .iter()
         .any(|s| s.at >= down && s.at < up && s.reachable == Some(false));
     let recovery = drained_after(&samples, up);
+    let (failed, failed_by) = non_200(&outcomes);
     println!(
         "postgres outage under load: {} requests, {} admitted, {} ledger rows, {} non-200 \
-         answers; before the fault: {before}; stopped {:.1} s: {outage}; restart ({:.1} s \
+         answers {:?}; before the fault: {before}; stopped {:.1} s: {outage}; restart ({:.1} s \
          down) and the second after: {restarting}; backlog at the end of the outage {:?}; most \
          rows in the spill file {max_spill}, in memory {max_memory}; spill file empty {:.2} s \
          after postgres was back; spend {spent:.3} USD = rows {cost:.3} USD",
         outcomes.len(),
         admitted.len(),
         stored.len(),
-        outcomes.iter().filter(|o| o.status != 200).count(),
+        failed,
+        failed_by,
         up.duration_since(down).as_secs_f64(),
         restarted.duration_since(restart).as_secs_f64(),
         during,

@@ -3,11 +3,11 @@
 //! A request's admission (both rates and the budget hold, all or nothing)
 //! is one Lua script ([`super::scripts`]), one round trip bounded by
 //! `redis_timeout_ms`; the time it waited is the histogram
-//! `gateway_limits_redis_seconds`. When a call times out or fails, the gateway does not
-//! wait and does not fail the request: it decides from an in-process
-//! limiter holding its *share* of each limit (the limit divided by the
-//! number of gateways it last saw alive), which keeps the fleet's total
-//! near the limit without any coordination. The first call that succeeds
+//! `gateway_limits_redis_seconds`. When a call times out or fails, the
+//! gateway does not wait and does not fail the request: it decides from an
+//! in-process limiter holding its *share* of each limit (the limit divided
+//! by the number of gateways it last saw alive), which keeps the fleet's
+//! total near the limit without any coordination. The first call that succeeds
 //! again returns to Redis; settlements that could not be sent wait in a
 //! bounded queue and are sent then. A call that timed out may still have
 //! run (a stalled Redis runs what queued once it resumes), so a settlement
