@@ -141,12 +141,13 @@ if key_id ~= '' then
     reserved = reserved + worst
   end
 end
-if rpm_tat then
-  redis.call('SET', KEYS[1], string.format('%.0f', rpm_tat), 'PX', math.ceil((rpm_tat - now) / 1000) + 1)
+local function charge(key, tat)
+  if tat then
+    redis.call('SET', key, string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
+  end
 end
-if tpm_tat then
-  redis.call('SET', KEYS[2], string.format('%.0f', tpm_tat), 'PX', math.ceil((tpm_tat - now) / 1000) + 1)
-end
+charge(KEYS[1], rpm_tat)
+charge(KEYS[2], tpm_tat)
 return {0, spent, reserved}
 ",
     )
@@ -372,17 +373,6 @@ fn settle_call<'a>(keys: &Keys, s: &Settlement) -> redis::ScriptInvocation<'a> {
     call
 }
 
-/// Releases the hold of `s` and counts its spend, once per request however
-/// often it is sent; returns the amount released (0 when the hold was
-/// already gone, or the request already settled).
-pub async fn settle<C: ConnectionLike + Send>(
-    con: &mut C,
-    keys: &Keys,
-    s: &Settlement,
-) -> RedisResult<i64> {
-    settle_call(keys, s).invoke_async(con).await
-}
-
 /// Releases the holds past their deadline and, with `release_dead`, those
 /// of gateways that stopped beating.
 pub async fn reconcile<C: ConnectionLike + Send>(
@@ -474,6 +464,16 @@ mod tests {
             gateway_ttl_ms: 60_000,
             hold_ttl_ms: 60_000,
         }
+    }
+
+    /// Settles `s` alone; returns the amount released (0 when the hold was
+    /// already gone, or the request already settled).
+    async fn settle(
+        con: &mut MultiplexedConnection,
+        keys: &Keys,
+        s: &Settlement,
+    ) -> RedisResult<i64> {
+        settle_call(keys, s).invoke_async(con).await
     }
 
     #[derive(Debug, Clone, Copy)]

@@ -264,44 +264,41 @@ impl Inner {
     /// Sends settlements in one round trip; queues them all when it fails
     /// (each counts once, so those that did land may be sent again).
     async fn send_settlements(&self, batch: Vec<Settlement>) {
-        let keys = &self.keys;
-        let sent = self
-            .call("settle", |mut con| {
-                let batch = &batch;
-                async move { scripts::settle_batch(&mut con, keys, batch).await }
-            })
-            .await;
-        if sent.is_none() {
+        if !self.settle_batch(&batch).await {
             for s in batch {
                 self.queue(s);
             }
         }
     }
 
-    /// Sends queued settlements, oldest first, until one fails.
+    /// Whether Redis took `batch` (see [`scripts::settle_batch`]).
+    async fn settle_batch(&self, batch: &[Settlement]) -> bool {
+        let keys = &self.keys;
+        self.call("settle", |mut con| async move {
+            scripts::settle_batch(&mut con, keys, batch).await
+        })
+        .await
+        .is_some()
+    }
+
+    /// Sends queued settlements, oldest first and a batch at a time, until
+    /// a batch fails; that one goes back to the front of the queue.
     async fn flush_pending(&self) {
         loop {
-            let next = self
-                .pending
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .pop_front();
-            let Some(s) = next else {
+            let batch: Vec<Settlement> = {
+                let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+                let n = pending.len().min(SETTLE_BATCH);
+                pending.drain(..n).collect()
+            };
+            if batch.is_empty() {
                 metrics::gauge!("gateway_budget_settlements_pending").set(0.0);
                 return;
-            };
-            let keys = &self.keys;
-            let sent = self
-                .call("settle", |mut con| {
-                    let s = s.clone();
-                    async move { scripts::settle(&mut con, keys, &s).await }
-                })
-                .await;
-            if sent.is_none() {
-                self.pending
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push_front(s);
+            }
+            if !self.settle_batch(&batch).await {
+                let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+                for s in batch.into_iter().rev() {
+                    pending.push_front(s);
+                }
                 return;
             }
         }
