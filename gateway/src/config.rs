@@ -127,6 +127,12 @@ pub struct Config {
     /// Longest any one Redis call may take; past it the call counts as
     /// failed and the gateway keeps its local view.
     pub redis_timeout_ms: u64,
+    /// How long a lease of a key's limits lives after each renewal: with
+    /// Redis, each gateway holds a small slice of every busy key's rates
+    /// and budget, granted ahead of need, and admits from it without a
+    /// round trip (`limits` module). 0: no leases, every admission asks
+    /// Redis.
+    pub redis_lease_ms: u64,
     /// How long a self-registered worker stays listed after its last
     /// heartbeat (workers beat about once a second).
     pub worker_ttl_ms: u64,
@@ -189,6 +195,7 @@ impl Default for Config {
             redis_url: None,
             redis_prefix: "gw:".to_owned(),
             redis_timeout_ms: 50,
+            redis_lease_ms: 2_000,
             worker_ttl_ms: 3_000,
             grid_gco2_per_kwh: 400.0,
             predicted_placement: true,
@@ -235,6 +242,7 @@ pub const FIELDS: &[&str] = &[
     "redis_url",
     "redis_prefix",
     "redis_timeout_ms",
+    "redis_lease_ms",
     "worker_ttl_ms",
     "grid_gco2_per_kwh",
     "predicted_placement",
@@ -366,6 +374,14 @@ impl Config {
         if self.ledger_spill_max_bytes == 0 {
             return Err(ConfigError::Invalid(
                 "ledger_spill_max_bytes must be > 0".to_owned(),
+            ));
+        }
+        // A lease's budget hold outlives its last renewal by the longest
+        // request plus a minute; a lease used for longer could admit
+        // requests on a hold the reconciler already released.
+        if self.redis_lease_ms > 30_000 {
+            return Err(ConfigError::Invalid(
+                "redis_lease_ms must be at most 30000".to_owned(),
             ));
         }
         if self.max_ejection_percent > 100 {

@@ -664,8 +664,25 @@ impl Fleet {
             .unwrap_or((0, 0))
     }
 
-    /// The budget holds in Redis now: request id → the holding gateway's
-    /// id.
+    /// Of `gateways`, those whose heartbeat mark is in Redis now.
+    async fn alive(&self, gateways: &HashSet<String>) -> HashSet<String> {
+        let mut con = self.redis.connection().await.unwrap();
+        let mut out = HashSet::new();
+        for g in gateways {
+            let exists: bool = redis::cmd("EXISTS")
+                .arg(format!("{PREFIX}limits:gateway:{g}"))
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            if exists {
+                out.insert(g.clone());
+            }
+        }
+        out
+    }
+
+    /// The budget holds in Redis now: request id (or `lease:{gateway id}`
+    /// for a gateway's lease) → the holding gateway's id.
     async fn holds(&self) -> HashMap<String, String> {
         let mut con = self.redis.connection().await.unwrap();
         let holds: HashMap<String, String> = redis::cmd("HGETALL")
@@ -1111,30 +1128,45 @@ async fn faults_under_load_lose_nothing_admitted_and_keep_confidential_requests_
     let load = Load::start(&ctx);
     let t = Instant::now();
     let mut probes: Vec<Probe> = (0..2).map(|_| Probe::start(&ctx, &gw_b.base)).collect();
-    let mut probe_ids = Vec::new();
     for p in &mut probes {
-        probe_ids.push(fleet.streaming_home(p).await.1);
+        fleet.streaming_home(p).await;
     }
     ctx.set_targets(vec![gw_a.base.clone()]);
     let killed_base = gw_b.base.clone();
-    // The holds of the victim at the kill: those of its gateway id, which
-    // the probes' holds name.
+    // The holds at the kill, each naming its gateway: in-flight requests'
+    // own, and each gateway's lease of the key's budget, from which the
+    // probes may have been admitted. The victim is the holder alive at the
+    // kill whose heartbeat then lapses; the survivor keeps beating.
     let holds = fleet.holds().await;
-    let victim_id = holds
-        .get(&probe_ids[0])
-        .expect("the probe holds budget")
-        .clone();
-    let victim_holds: HashSet<String> = holds
-        .into_iter()
-        .filter(|(_, g)| *g == victim_id)
-        .map(|(id, _)| id)
-        .collect();
+    let holders: HashSet<String> = holds.values().cloned().collect();
+    let alive_at_kill = fleet.alive(&holders).await;
     let mut gw_b = gw_b;
     let sigkill_at = Instant::now();
     gw_b.kill();
     for p in probes {
         p.end(false).await;
     }
+    let (f, alive) = (&fleet, &alive_at_kill);
+    eventually(
+        "the killed gateway's heartbeat lapses",
+        Duration::from_secs(10),
+        move || async move { f.alive(alive).await.len() < alive.len() },
+    )
+    .await;
+    let lapsed: Vec<String> = alive_at_kill
+        .difference(&fleet.alive(&alive_at_kill).await)
+        .cloned()
+        .collect();
+    assert_eq!(lapsed.len(), 1, "holders that stopped beating: {lapsed:?}");
+    let victim_holds: HashSet<String> = holds
+        .into_iter()
+        .filter(|(_, g)| *g == lapsed[0])
+        .map(|(id, _)| id)
+        .collect();
+    assert!(
+        !victim_holds.is_empty(),
+        "the killed gateway held no budget"
+    );
     let (f, vh) = (&fleet, &victim_holds);
     eventually(
         "the killed gateway's holds released",

@@ -102,6 +102,7 @@ mod tests {
             key_id: "k".into(),
             request_id: req.into(),
             actual_nusd: actual,
+            drawn: None,
         }
     }
 

@@ -6,8 +6,10 @@
 //!   [`Book`] in this process. Exact for a single gateway.
 //! - [`SharedLimiter`] (with `redis_url`): the same checks as Lua scripts in
 //!   Redis ([`scripts`]), so every gateway of a fleet draws on one bucket
-//!   and one budget. When Redis is slow or down it falls back to an
-//!   in-process limiter holding this gateway's share of each limit.
+//!   and one budget; a busy key's requests are admitted from slices of its
+//!   limits that Redis leased to the gateway ahead of need, without a round
+//!   trip. When Redis is slow or down it falls back to an in-process
+//!   limiter holding this gateway's share of each limit.
 //!
 //! Tokens are charged at admission with the request's estimate (prompt plus
 //! expected output), because the real count is only known after the answer
@@ -23,6 +25,7 @@
 //! in integer nano-USD so that holds and releases cancel exactly.
 
 mod book;
+mod lease;
 mod local;
 pub mod scripts;
 mod shared;
@@ -139,6 +142,9 @@ pub struct Settlement {
     pub request_id: String,
     /// What the request actually cost, in nano-USD.
     pub actual_nusd: i64,
+    /// For a request admitted from its gateway's lease (no hold of its
+    /// own): the worst case it drew from the lease, in nano-USD.
+    pub drawn: Option<i64>,
 }
 
 /// A budget reservation owned by one request. [`BudgetHold::settle`] ends
@@ -151,11 +157,23 @@ pub struct BudgetHold {
 
 impl BudgetHold {
     pub(crate) fn new(key_id: &str, request_id: &str, settler: Arc<dyn Settle>) -> BudgetHold {
+        BudgetHold::drawn(key_id, request_id, None, settler)
+    }
+
+    /// A hold of `drawn` nano-USD taken from the gateway's lease of the
+    /// key's budget rather than held in its own name.
+    pub(crate) fn drawn(
+        key_id: &str,
+        request_id: &str,
+        drawn: Option<i64>,
+        settler: Arc<dyn Settle>,
+    ) -> BudgetHold {
         BudgetHold {
             settlement: Some(Settlement {
                 key_id: key_id.to_owned(),
                 request_id: request_id.to_owned(),
                 actual_nusd: 0,
+                drawn,
             }),
             settler,
         }

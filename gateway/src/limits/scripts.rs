@@ -52,7 +52,7 @@ impl Keys {
         format!("{}budget:{key_id}", self.base)
     }
 
-    fn holds(&self, key_id: &str) -> String {
+    pub(crate) fn holds(&self, key_id: &str) -> String {
         format!("{}holds:{key_id}", self.base)
     }
 
@@ -93,18 +93,9 @@ impl Keys {
 /// `{1, wait_µs}` or `{2, wait_µs}` when the requests or tokens rate
 /// refuses, and `{3, spent, reserved}` when the budget does.
 static ADMIT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
+        "{PRELUDE}{}",
         r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local function gcra(key, interval, limit, n)
-  local tat = tonumber(redis.call('GET', key))
-  if (not tat) or tat < now then tat = now end
-  local new_tat = tat + n * interval
-  local allow_at = new_tat - interval * limit
-  if allow_at > now then return nil, math.ceil(allow_at - now) end
-  return new_tat
-end
 local rpm_tat, tpm_tat, wait
 if tonumber(ARGV[2]) > 0 then
   rpm_tat, wait = gcra(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), 1)
@@ -117,40 +108,176 @@ end
 local spent, reserved = 0, 0
 local key_id = ARGV[6]
 if key_id ~= '' then
-  local account, holds, holders, gateway, settled = KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-  local request_id, worst, budget, stored = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10]
-  local gateway_id, gateway_ttl, hold_ttl = ARGV[11], tonumber(ARGV[12]), tonumber(ARGV[13])
-  if redis.call('EXISTS', gateway) == 0 then
-    redis.call('SET', gateway, '1', 'PX', gateway_ttl)
-  end
-  redis.call('HSETNX', account, 'spent', stored)
-  spent = tonumber(redis.call('HGET', account, 'spent'))
-  if tonumber(stored) > spent then
-    redis.call('HSET', account, 'spent', stored)
-    spent = tonumber(stored)
-  end
-  reserved = tonumber(redis.call('HGET', account, 'reserved') or '0')
+  local account, holds, holders, settled = KEYS[3], KEYS[4], KEYS[5], KEYS[7]
+  local request_id, worst, budget = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9])
+  local gateway_id, hold_ttl = ARGV[11], tonumber(ARGV[13])
+  mark_alive(KEYS[6], ARGV[12])
+  spent, reserved = figures(account, ARGV[10])
   if redis.call('HEXISTS', holds, request_id) == 0 and redis.call('EXISTS', settled) == 0 then
     if spent >= budget or spent + reserved + worst > budget then
       return {3, spent, reserved}
     end
-    local deadline = math.floor(now / 1000) + hold_ttl
     redis.call('HINCRBY', account, 'reserved', ARGV[8])
-    redis.call('HSET', holds, request_id, ARGV[8] .. ' ' .. gateway_id .. ' ' .. string.format('%.0f', deadline))
+    redis.call('HSET', holds, request_id, hold_value(ARGV[8], gateway_id, hold_ttl))
     redis.call('SADD', holders, key_id)
     reserved = reserved + worst
   end
+end
+charge(KEYS[1], rpm_tat)
+charge(KEYS[2], tpm_tat)
+return {0, spent, reserved}
+"
+    ))
+});
+
+/// The functions [`ADMIT`], [`LEASE`] and [`UNLEASE`] share: Redis's time
+/// in µs, the GCRA step (`limit` per minute as one emission every
+/// `interval` µs, a burst of `limit`; the new arrival time, or nothing and
+/// the wait), writing an arrival time back, a gateway's mark, a budget's
+/// figures (spend seeded from the store's figure and raised to it), and a
+/// hold's value.
+const PRELUDE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local function gcra(key, interval, limit, n)
+  local tat = tonumber(redis.call('GET', key))
+  if (not tat) or tat < now then tat = now end
+  local new_tat = tat + n * interval
+  local allow_at = new_tat - interval * limit
+  if allow_at > now then return nil, math.ceil(allow_at - now) end
+  return new_tat
 end
 local function charge(key, tat)
   if tat then
     redis.call('SET', key, string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
   end
 end
+local function mark_alive(gateway, ttl)
+  if redis.call('EXISTS', gateway) == 0 then
+    redis.call('SET', gateway, '1', 'PX', ttl)
+  end
+end
+local function figures(account, stored)
+  redis.call('HSETNX', account, 'spent', stored)
+  local spent = tonumber(redis.call('HGET', account, 'spent'))
+  if tonumber(stored) > spent then
+    redis.call('HSET', account, 'spent', stored)
+    spent = tonumber(stored)
+  end
+  return spent, tonumber(redis.call('HGET', account, 'reserved') or '0')
+end
+local function hold_value(amount, gateway_id, ttl_ms)
+  if type(amount) == 'number' then amount = string.format('%.0f', amount) end
+  local deadline = math.floor(now / 1000) + ttl_ms
+  return amount .. ' ' .. gateway_id .. ' ' .. string.format('%.0f', deadline)
+end
+";
+
+/// A lease: a slice of a key's rates and budget granted to one gateway
+/// ahead of need, from which it admits requests without a round trip
+/// (`super::lease`). All or nothing, like [`ADMIT`]: each rate is charged
+/// the slice's count at once (GCRA, as if that many requests arrived now),
+/// and the budget slice is added to the gateway's lease hold, a hold like a
+/// request's (field `lease:{gateway id}` of `holds:{key_id}`, the same
+/// value format, so the reconciler releases a dead gateway's lease as it
+/// releases its requests' holds), which also takes a fresh deadline. A
+/// slice of nothing still checks its limit: a lease of no budget is only
+/// granted while spend is below the budget.
+///
+/// `KEYS`: rpm, tpm, account, holds, holders, gateway. `ARGV`: the rpm
+/// interval, limit (0: none) and slice; the tpm interval, limit and slice;
+/// then the key id (empty: no budget), the lease's field, the budget slice,
+/// the budget, the stored spend, the gateway id, its mark's ttl and the
+/// hold's ttl (ms).
+///
+/// Returns `{0, spent, reserved}` when granted, `{1 | 2, wait_µs}` when a
+/// rate refuses, `{3, spent, reserved}` when the budget does.
+static LEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{PRELUDE}{}",
+        r"
+local rpm_tat, tpm_tat, wait
+if tonumber(ARGV[2]) > 0 and tonumber(ARGV[3]) > 0 then
+  rpm_tat, wait = gcra(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))
+  if not rpm_tat then return {1, wait} end
+end
+if tonumber(ARGV[5]) > 0 and tonumber(ARGV[6]) > 0 then
+  tpm_tat, wait = gcra(KEYS[2], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]))
+  if not tpm_tat then return {2, wait} end
+end
+local spent, reserved = 0, 0
+local key_id = ARGV[7]
+if key_id ~= '' then
+  local account, holds, field = KEYS[3], KEYS[4], ARGV[8]
+  local slice, budget = tonumber(ARGV[9]), tonumber(ARGV[10])
+  mark_alive(KEYS[6], ARGV[13])
+  spent, reserved = figures(account, ARGV[11])
+  if spent >= budget or spent + reserved + slice > budget then
+    return {3, spent, reserved}
+  end
+  local held = 0
+  local lease = redis.call('HGET', holds, field)
+  if lease then held = tonumber(string.match(lease, '^(%d+)')) or 0 end
+  if slice > 0 then
+    redis.call('HINCRBY', account, 'reserved', ARGV[9])
+    reserved = reserved + slice
+  end
+  redis.call('HSET', holds, field, hold_value(held + slice, ARGV[12], tonumber(ARGV[14])))
+  redis.call('SADD', KEYS[5], key_id)
+end
 charge(KEYS[1], rpm_tat)
 charge(KEYS[2], tpm_tat)
 return {0, spent, reserved}
-",
-    )
+"
+    ))
+});
+
+/// Gives back what a lease did not use: each rate's arrival time moves
+/// back by the unused count (never before now), and the unused budget
+/// leaves the lease hold and the key's reserved sum; a lease hold left at
+/// nothing is removed.
+///
+/// `KEYS`: rpm, tpm, account, holds, holders. `ARGV`: the rpm interval and
+/// unused requests, the tpm interval and unused tokens, the key id, the
+/// lease's field and the unused budget.
+static UNLEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{PRELUDE}{}",
+        r"
+local function give_back(key, interval, n)
+  local tat = tonumber(redis.call('GET', key))
+  if n <= 0 or not tat then return end
+  local back = tat - n * interval
+  if back <= now then
+    redis.call('DEL', key)
+  else
+    charge(key, back)
+  end
+end
+give_back(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))
+give_back(KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4]))
+local account, holds, field = KEYS[3], KEYS[4], ARGV[6]
+local lease = redis.call('HGET', holds, field)
+if lease then
+  local held, gateway_id, deadline = string.match(lease, '^(%d+) (%S+) (%d+)$')
+  local back = math.min(tonumber(held) or 0, tonumber(ARGV[7]))
+  if back > 0 then
+    local left = redis.call('HINCRBY', account, 'reserved', -back)
+    if left < 0 then redis.call('HSET', account, 'reserved', '0') end
+  end
+  local rest = (tonumber(held) or 0) - back
+  if rest > 0 then
+    redis.call('HSET', holds, field, string.format('%.0f', rest) .. ' ' .. gateway_id .. ' ' .. deadline)
+  else
+    redis.call('HDEL', holds, field)
+  end
+  if redis.call('HLEN', holds) == 0 then
+    redis.call('SREM', KEYS[5], ARGV[5])
+  end
+end
+return 0
+"
+    ))
 });
 
 /// How long a settlement is remembered, so that it counts once. A call
@@ -164,8 +291,11 @@ pub const SETTLED_TTL_MS: u64 = 120_000;
 /// Releases a request's hold (if still there) and adds its actual spend,
 /// but only to a spend figure that exists: a restarted Redis seeds the
 /// figure again from the store, which will hold this spend. Only the first
-/// settlement of a request counts (see [`SETTLED_TTL_MS`]). Returns the
-/// amount released.
+/// settlement of a request counts (see [`SETTLED_TTL_MS`]). A request
+/// admitted from a lease (`ARGV[5]`, the lease's field, not empty) had no
+/// hold of its own: its worst case (`ARGV[6]`) leaves the lease hold
+/// instead, which stays, however small, until the gateway gives it back or
+/// the reconciler releases it. Returns the amount released.
 ///
 /// A hold of nothing (a request whose backends are all free) is released
 /// without `HINCRBY`: Lua writes its negation as `-0`, which Redis refuses
@@ -183,10 +313,18 @@ local hold = redis.call('HGET', holds, request_id)
 if hold then
   released = tonumber(string.match(hold, '^(%d+)')) or 0
   redis.call('HDEL', holds, request_id)
-  if released > 0 then
-    local left = redis.call('HINCRBY', account, 'reserved', -released)
-    if left < 0 then redis.call('HSET', account, 'reserved', '0') end
+elseif ARGV[5] ~= '' then
+  local lease = redis.call('HGET', holds, ARGV[5])
+  if lease then
+    local held, gateway_id, deadline = string.match(lease, '^(%d+) (%S+) (%d+)$')
+    released = math.min(tonumber(held) or 0, tonumber(ARGV[6]))
+    local rest = string.format('%.0f', (tonumber(held) or 0) - released)
+    redis.call('HSET', holds, ARGV[5], rest .. ' ' .. gateway_id .. ' ' .. deadline)
   end
+end
+if released > 0 then
+  local left = redis.call('HINCRBY', account, 'reserved', -released)
+  if left < 0 then redis.call('HSET', account, 'reserved', '0') end
 end
 if tonumber(actual) > 0 and redis.call('HEXISTS', account, 'spent') == 1 then
   redis.call('HINCRBY', account, 'spent', actual)
@@ -250,19 +388,12 @@ return redis.call('ZCARD', gateways)
     )
 });
 
-/// A budget hold for [`admit`], all money in nano-USD.
+/// A budget hold for [`admit`]: the request's worst case, in nano-USD.
 #[derive(Debug, Clone, Copy)]
 pub struct Hold<'a> {
     pub request_id: &'a str,
-    pub budget: i64,
-    pub stored_spent: i64,
     pub worst: i64,
-    pub gateway_id: &'a str,
-    /// How long the gateway's mark lives if it has none yet.
-    pub gateway_ttl_ms: u64,
-    /// How long the hold may outlive its request before the reconciler
-    /// releases it anyway.
-    pub hold_ttl_ms: u64,
+    pub terms: BudgetTerms<'a>,
 }
 
 /// What [`admit`] checks for one request of one key.
@@ -296,12 +427,13 @@ pub async fn admit<C: ConnectionLike + Send>(
     keys: &Keys,
     a: &Admit<'_>,
 ) -> RedisResult<Verdict> {
-    let interval_us = |limit: u32| 60_000_000.0 / f64::from(limit.max(1));
     let rpm = a.requests_per_min.unwrap_or(0);
     let (tpm, tokens) = a.tokens.unwrap_or((0, 0));
     // Without a hold its keys are named all the same (the script leaves
     // them alone), so every call passes the same seven.
-    let (request_id, gateway_id) = a.hold.map_or(("", ""), |h| (h.request_id, h.gateway_id));
+    let (request_id, gateway_id) = a
+        .hold
+        .map_or(("", ""), |h| (h.request_id, h.terms.gateway_id));
     let mut call = ADMIT.key(keys.rpm(a.key_id));
     call.key(keys.tpm(a.key_id))
         .key(keys.account(a.key_id))
@@ -319,17 +451,21 @@ pub async fn admit<C: ConnectionLike + Send>(
             .arg(a.key_id)
             .arg(h.request_id)
             .arg(h.worst)
-            .arg(h.budget)
-            .arg(h.stored_spent)
-            .arg(h.gateway_id)
-            .arg(h.gateway_ttl_ms)
-            .arg(h.hold_ttl_ms),
+            .arg(h.terms.budget)
+            .arg(h.terms.stored_spent)
+            .arg(h.terms.gateway_id)
+            .arg(h.terms.gateway_ttl_ms)
+            .arg(h.terms.hold_ttl_ms),
         None => call.arg(""),
     };
-    let answer: Vec<i64> = call.invoke_async(con).await?;
+    Ok(verdict(&call.invoke_async::<Vec<i64>>(con).await?))
+}
+
+/// Reads the answer of [`ADMIT`] or [`LEASE`].
+fn verdict(answer: &[i64]) -> Verdict {
     let at = |i: usize| answer.get(i).copied().unwrap_or(0);
     let wait = || Duration::from_micros(at(1).max(0).cast_unsigned());
-    Ok(match at(0) {
+    match at(0) {
         1 => Verdict::Requests(wait()),
         2 => Verdict::Tokens(wait()),
         3 => Verdict::Budget {
@@ -340,19 +476,22 @@ pub async fn admit<C: ConnectionLike + Send>(
             spent: at(1),
             reserved: at(2),
         },
-    })
+    }
 }
 
 /// Settles every one of `batch` in one round trip: a pipeline that loads
 /// the script first (so a restarted Redis cannot answer `NOSCRIPT`), then
 /// runs it once per settlement. An error may leave some settled and some
-/// not; sending them again is safe, since each counts once.
+/// not; sending them again is safe, since each counts once. Settlements
+/// drawn from a lease draw from `gateway_id`'s.
 pub async fn settle_batch<C: ConnectionLike + Send>(
     con: &mut C,
     keys: &Keys,
     batch: &[Settlement],
+    gateway_id: &str,
 ) -> RedisResult<()> {
-    let calls: Vec<_> = batch.iter().map(|s| settle_call(keys, s)).collect();
+    let lease = lease_field(gateway_id);
+    let calls: Vec<_> = batch.iter().map(|s| settle_call(keys, s, &lease)).collect();
     let mut pipe = redis::pipe();
     pipe.load_script(&SETTLE).ignore();
     for call in &calls {
@@ -361,7 +500,7 @@ pub async fn settle_batch<C: ConnectionLike + Send>(
     pipe.query_async(con).await
 }
 
-fn settle_call<'a>(keys: &Keys, s: &Settlement) -> redis::ScriptInvocation<'a> {
+fn settle_call<'a>(keys: &Keys, s: &Settlement, lease: &str) -> redis::ScriptInvocation<'a> {
     let mut call = SETTLE.key(keys.account(&s.key_id));
     call.key(keys.holds(&s.key_id))
         .key(keys.holders())
@@ -370,7 +509,122 @@ fn settle_call<'a>(keys: &Keys, s: &Settlement) -> redis::ScriptInvocation<'a> {
         .arg(&s.request_id)
         .arg(s.actual_nusd)
         .arg(SETTLED_TTL_MS);
+    match s.drawn {
+        Some(drawn) => call.arg(lease).arg(drawn),
+        None => call.arg("").arg(0),
+    };
     call
+}
+
+/// The field of `holds:{key_id}` that holds a gateway's lease of the key's
+/// budget.
+#[must_use]
+pub fn lease_field(gateway_id: &str) -> String {
+    format!("lease:{gateway_id}")
+}
+
+/// One rate's part of a lease: the key's limit per minute and a count
+/// (requests or tokens).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateSlice {
+    pub limit: u32,
+    pub count: u64,
+}
+
+/// The parts of a lease (asked for, granted, left or given back); `None`:
+/// the lease has no such part.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Slices {
+    pub requests: Option<RateSlice>,
+    pub tokens: Option<RateSlice>,
+    /// Nano-USD.
+    pub budget: Option<i64>,
+}
+
+/// The terms a budget hold or lease is made on, money in nano-USD.
+#[derive(Debug, Clone, Copy)]
+pub struct BudgetTerms<'a> {
+    pub budget: i64,
+    pub stored_spent: i64,
+    pub gateway_id: &'a str,
+    /// How long the gateway's mark lives if it has none yet.
+    pub gateway_ttl_ms: u64,
+    /// How long the hold may outlive its request (or the lease its last
+    /// renewal) before the reconciler releases it anyway.
+    pub hold_ttl_ms: u64,
+}
+
+fn interval_us(limit: u32) -> f64 {
+    60_000_000.0 / f64::from(limit.max(1))
+}
+
+/// Asks for a lease of `ask` on `key_id` in one round trip (see
+/// [`LEASE`]); the budget slice only with `terms`. The answer reads as
+/// [`admit`]'s.
+pub async fn lease<C: ConnectionLike + Send>(
+    con: &mut C,
+    keys: &Keys,
+    key_id: &str,
+    ask: &Slices,
+    terms: Option<&BudgetTerms<'_>>,
+) -> RedisResult<Verdict> {
+    let rpm = ask.requests.unwrap_or_default();
+    let tpm = ask.tokens.unwrap_or_default();
+    let gateway_id = terms.map_or("", |t| t.gateway_id);
+    let mut call = LEASE.key(keys.rpm(key_id));
+    call.key(keys.tpm(key_id))
+        .key(keys.account(key_id))
+        .key(keys.holds(key_id))
+        .key(keys.holders())
+        .key(keys.gateway(gateway_id))
+        .arg(interval_us(rpm.limit))
+        .arg(rpm.limit)
+        .arg(rpm.count)
+        .arg(interval_us(tpm.limit))
+        .arg(tpm.limit)
+        .arg(tpm.count);
+    match terms {
+        Some(t) => call
+            .arg(key_id)
+            .arg(lease_field(t.gateway_id))
+            .arg(ask.budget.unwrap_or(0))
+            .arg(t.budget)
+            .arg(t.stored_spent)
+            .arg(t.gateway_id)
+            .arg(t.gateway_ttl_ms)
+            .arg(t.hold_ttl_ms),
+        None => call.arg(""),
+    };
+    Ok(verdict(&call.invoke_async::<Vec<i64>>(con).await?))
+}
+
+/// Gives back `rest`, the unused part of `gateway_id`'s lease on `key_id`
+/// (see [`UNLEASE`]).
+pub async fn unlease<C: ConnectionLike + Send>(
+    con: &mut C,
+    keys: &Keys,
+    key_id: &str,
+    rest: &Slices,
+    gateway_id: &str,
+) -> RedisResult<()> {
+    let rpm = rest.requests.unwrap_or_default();
+    let tpm = rest.tokens.unwrap_or_default();
+    let _: i64 = UNLEASE
+        .key(keys.rpm(key_id))
+        .key(keys.tpm(key_id))
+        .key(keys.account(key_id))
+        .key(keys.holds(key_id))
+        .key(keys.holders())
+        .arg(interval_us(rpm.limit))
+        .arg(rpm.count)
+        .arg(interval_us(tpm.limit))
+        .arg(tpm.count)
+        .arg(key_id)
+        .arg(lease_field(gateway_id))
+        .arg(rest.budget.unwrap_or(0))
+        .invoke_async(con)
+        .await?;
+    Ok(())
 }
 
 /// Releases the holds past their deadline and, with `release_dead`, those
@@ -454,15 +708,23 @@ mod tests {
         (con, Keys::new(&prefix))
     }
 
-    fn hold<'a>(request_id: &'a str, gateway_id: &'a str, worst: i64) -> Hold<'a> {
-        Hold {
-            request_id,
+    /// A budget of 100 nano-USD, nothing spent, marks and holds that live
+    /// a minute.
+    fn terms(gateway_id: &str) -> BudgetTerms<'_> {
+        BudgetTerms {
             budget: 100,
             stored_spent: 0,
-            worst,
             gateway_id,
             gateway_ttl_ms: 60_000,
             hold_ttl_ms: 60_000,
+        }
+    }
+
+    fn hold<'a>(request_id: &'a str, gateway_id: &'a str, worst: i64) -> Hold<'a> {
+        Hold {
+            request_id,
+            worst,
+            terms: terms(gateway_id),
         }
     }
 
@@ -473,7 +735,7 @@ mod tests {
         keys: &Keys,
         s: &Settlement,
     ) -> RedisResult<i64> {
-        settle_call(keys, s).invoke_async(con).await
+        settle_call(keys, s, "").invoke_async(con).await
     }
 
     #[derive(Debug, Clone, Copy)]
@@ -542,6 +804,7 @@ mod tests {
             key_id: "k".into(),
             request_id: request_id.into(),
             actual_nusd: actual,
+            drawn: None,
         }
     }
 
@@ -723,10 +986,10 @@ mod tests {
         );
         // The stored figure raises spend, never lowers it.
         let mut raised = hold("e", "g1", 1);
-        raised.stored_spent = 60;
+        raised.terms.stored_spent = 60;
         let r = reserve(&mut con, &keys, &raised).await.unwrap();
         assert_eq!((r.admitted, r.spent), (false, 60));
-        raised.stored_spent = 5;
+        raised.terms.stored_spent = 5;
         assert_eq!(reserve(&mut con, &keys, &raised).await.unwrap().spent, 60);
     }
 
@@ -769,7 +1032,7 @@ mod tests {
             0
         );
         let mut dying = hold("free-2", "dead", 0);
-        dying.hold_ttl_ms = 0;
+        dying.terms.hold_ttl_ms = 0;
         assert!(reserve(&mut con, &keys, &dying).await.unwrap().admitted);
         // Past its deadline (the millisecond it was made in).
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -794,10 +1057,10 @@ mod tests {
             settlement("free", 0),
             settlement("never-held", 7),
         ];
-        settle_batch(&mut con, &keys, &batch).await.unwrap();
+        settle_batch(&mut con, &keys, &batch, "g1").await.unwrap();
         // Each counted once, sent again or not: 10 + 5 + 7 spent, nothing
         // held.
-        settle_batch(&mut con, &keys, &batch).await.unwrap();
+        settle_batch(&mut con, &keys, &batch, "g1").await.unwrap();
         assert_eq!(figures(&mut con, &keys, "k").await.unwrap(), Some((22, 0)));
         assert_eq!(
             settle(&mut con, &keys, &settlement("a", 10)).await.unwrap(),
@@ -831,11 +1094,11 @@ mod tests {
         );
         // A gateway whose mark expires, as a SIGKILLed one's does.
         let mut dying = hold("b", "dead", 20);
-        dying.gateway_ttl_ms = 1;
+        dying.terms.gateway_ttl_ms = 1;
         assert!(reserve(&mut con, &keys, &dying).await.unwrap().admitted);
         // A live gateway's hold past its deadline.
         let mut late = hold("c", "alive", 30);
-        late.hold_ttl_ms = 0;
+        late.terms.hold_ttl_ms = 0;
         assert!(reserve(&mut con, &keys, &late).await.unwrap().admitted);
         assert_eq!(figures(&mut con, &keys, "k").await.unwrap(), Some((0, 60)));
         // Redis expires the dead gateway's mark within milliseconds.
@@ -870,6 +1133,177 @@ mod tests {
             .unwrap();
         assert!(holders.is_empty());
         assert_eq!(figures(&mut con, &keys, "k").await.unwrap(), Some((7, 0)));
+    }
+
+    /// Admits requests of `k` (10 a minute) one at a time until one is
+    /// refused; how many were.
+    async fn requests_left(con: &mut MultiplexedConnection, keys: &Keys) -> usize {
+        let mut n = 0;
+        while gcra(con, keys, Rate::Requests, "k", 10, 1)
+            .await
+            .unwrap()
+            .is_none()
+        {
+            n += 1;
+            assert!(n <= 10, "more than the limit admitted");
+        }
+        n
+    }
+
+    fn lease_of(requests: u64, tokens: u64, budget: i64) -> Slices {
+        Slices {
+            requests: Some(RateSlice {
+                limit: 10,
+                count: requests,
+            }),
+            tokens: Some(RateSlice {
+                limit: 1000,
+                count: tokens,
+            }),
+            budget: Some(budget),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lease_is_charged_when_granted_and_given_back_when_unused() {
+        let (mut con, keys) = redis().await;
+        let g1 = terms("g1");
+        assert_eq!(
+            lease(&mut con, &keys, "k", &lease_of(4, 400, 40), Some(&g1))
+                .await
+                .unwrap(),
+            Verdict::Admitted {
+                spent: 0,
+                reserved: 40
+            }
+        );
+        // Renewed: the lease hold grows, under one field.
+        assert_eq!(
+            lease(&mut con, &keys, "k", &lease_of(0, 0, 10), Some(&g1))
+                .await
+                .unwrap(),
+            Verdict::Admitted {
+                spent: 0,
+                reserved: 50
+            }
+        );
+        // Everyone else sees the limits less the lease: 6 requests of 10,
+        // 600 tokens of 1000, 50 nano-USD of 100.
+        assert_eq!(
+            gcra(&mut con, &keys, Rate::Tokens, "k", 1000, 601)
+                .await
+                .unwrap()
+                .map(|w| w > Duration::ZERO),
+            Some(true)
+        );
+        assert_eq!(
+            gcra(&mut con, &keys, Rate::Tokens, "k", 1000, 600)
+                .await
+                .unwrap(),
+            None
+        );
+        assert!(
+            !reserve(&mut con, &keys, &hold("a", "g2", 51))
+                .await
+                .unwrap()
+                .admitted
+        );
+        assert!(
+            reserve(&mut con, &keys, &hold("a", "g2", 50))
+                .await
+                .unwrap()
+                .admitted
+        );
+        assert_eq!(requests_left(&mut con, &keys).await, 6);
+        // A request the lease admitted (worst 20, cost 5) settles from the
+        // lease hold; settling it again counts nothing.
+        let drawn = Settlement {
+            drawn: Some(20),
+            ..settlement("from-lease", 5)
+        };
+        settle_batch(&mut con, &keys, std::slice::from_ref(&drawn), "g1")
+            .await
+            .unwrap();
+        settle_batch(&mut con, &keys, &[drawn], "g1").await.unwrap();
+        assert_eq!(figures(&mut con, &keys, "k").await.unwrap(), Some((5, 80)));
+        let field: String = redis::cmd("HGET")
+            .arg(keys.holds("k"))
+            .arg(lease_field("g1"))
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert!(field.starts_with("30 g1 "), "{field}");
+        // The unused rest given back: the lease hold goes, and so does the
+        // charge of the four unused requests.
+        unlease(&mut con, &keys, "k", &lease_of(4, 400, 30), "g1")
+            .await
+            .unwrap();
+        assert_eq!(figures(&mut con, &keys, "k").await.unwrap(), Some((5, 50)));
+        assert_eq!(requests_left(&mut con, &keys).await, 4);
+        let fields: Vec<String> = redis::cmd("HKEYS")
+            .arg(keys.holds("k"))
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert_eq!(fields, vec!["a".to_owned()]);
+    }
+
+    #[tokio::test]
+    async fn a_lease_is_all_or_nothing_and_checks_a_budget_even_for_free() {
+        let (mut con, keys) = redis().await;
+        let g1 = terms("g1");
+        // The budget refuses 101: no rate is charged.
+        assert_eq!(
+            lease(&mut con, &keys, "k", &lease_of(4, 400, 101), Some(&g1))
+                .await
+                .unwrap(),
+            Verdict::Budget {
+                spent: 0,
+                reserved: 0
+            }
+        );
+        // The requests rate refuses 11: nothing is held.
+        assert!(matches!(
+            lease(&mut con, &keys, "k", &lease_of(11, 0, 10), Some(&g1)).await.unwrap(),
+            Verdict::Requests(wait) if wait > Duration::ZERO
+        ));
+        assert_eq!(figures(&mut con, &keys, "k").await.unwrap(), Some((0, 0)));
+        assert_eq!(requests_left(&mut con, &keys).await, 10);
+        // A lease of no budget is only granted while spend is below it.
+        let mut spent = g1;
+        spent.stored_spent = 100;
+        assert!(matches!(
+            lease(&mut con, &keys, "k", &lease_of(0, 0, 0), Some(&spent))
+                .await
+                .unwrap(),
+            Verdict::Budget { spent: 100, .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_dead_gateways_lease_is_released_by_the_reconciler() {
+        let (mut con, keys) = redis().await;
+        let mut dying = terms("dead");
+        dying.gateway_ttl_ms = 1;
+        assert!(matches!(
+            lease(&mut con, &keys, "k", &lease_of(0, 0, 70), Some(&dying))
+                .await
+                .unwrap(),
+            Verdict::Admitted { reserved: 70, .. }
+        ));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(reconcile(&mut con, &keys, true).await.unwrap(), 1);
+        assert_eq!(figures(&mut con, &keys, "k").await.unwrap(), Some((0, 0)));
+        // A request it admitted, settled afterwards, counts its spend and
+        // releases nothing more.
+        let late = Settlement {
+            drawn: Some(20),
+            ..settlement("late", 5)
+        };
+        settle_batch(&mut con, &keys, &[late], "dead")
+            .await
+            .unwrap();
+        assert_eq!(figures(&mut con, &keys, "k").await.unwrap(), Some((5, 0)));
     }
 
     #[tokio::test]

@@ -1,9 +1,17 @@
 //! Limits and budgets shared by every gateway on one Redis.
 //!
-//! A request's admission (both rates and the budget hold, all or nothing)
-//! is one Lua script ([`super::scripts`]), one round trip bounded by
-//! `redis_timeout_ms`; the time it waited is the histogram
-//! `gateway_limits_redis_seconds`. When a call times out or fails, the
+//! A busy key's requests are admitted from this gateway's *lease* of it
+//! ([`super::lease`]): a slice of each rate and of the budget that Redis
+//! granted ahead of need and already counts against the key, renewed in
+//! the background before it runs out, so that the request waits on no
+//! round trip. A request the lease cannot admit (the key's first, a key
+//! whose limits are too small to slice, a budget near its end) takes the
+//! exact path: its admission (both rates and the budget hold, all or
+//! nothing) is one Lua script ([`super::scripts`]), one round trip bounded
+//! by `redis_timeout_ms`. What each admission waited on Redis (0 from a
+//! lease) is the histogram `gateway_limits_redis_seconds`; admissions from
+//! a lease count in `gateway_limits_leased_total`, renewals' round trips in
+//! `gateway_limits_lease_seconds`. When a call times out or fails, the
 //! gateway does not wait and does not fail the request: it decides from an
 //! in-process limiter holding its *share* of each limit (the limit divided
 //! by the number of gateways it last saw alive), which keeps the fleet's
@@ -36,8 +44,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::lease::{Leases, Need};
 use super::local::worst_nusd;
-use super::scripts::{self, Admit, Hold, Keys, Verdict};
+use super::scripts::{self, Admit, BudgetTerms, Hold, Keys, RateSlice, Slices, Verdict};
 use super::{
     budget_nusd, ceil_secs, to_nusd, Admission, Book, BudgetAsk, BudgetHold, InProcessLimiter,
     KeyLimits, LimitExceeded, Limiter, Settle, Settlement,
@@ -72,6 +81,21 @@ const MAX_PENDING: usize = 100_000;
 /// that much later, which only delays room in a budget, never adds any.
 const SETTLE_LINGER: Duration = Duration::from_millis(10);
 const SETTLE_BATCH: usize = 64;
+
+/// A lease's slices: each rate's is `LEASE_RATE_SECONDS` of the key's
+/// limit shared among the live gateways, and none below
+/// `MIN_RATE_SLICE` (requests) or `MIN_TOKEN_SLICES` requests' tokens;
+/// the budget's is up to `MAX_BUDGET_SLICE` worst cases, at most an
+/// eighth of each gateway's share of what is left, and none below
+/// `MIN_BUDGET_SLICE` worst cases. So a key with small limits, or a budget
+/// near its end, stays on the exact path, and what one gateway's lease can
+/// strand is a second of each rate and an eighth of what the budget has
+/// left.
+const LEASE_RATE_SECONDS: u32 = 1;
+const MIN_RATE_SLICE: u64 = 2;
+const MIN_TOKEN_SLICES: u64 = 4;
+const MAX_BUDGET_SLICE: i64 = 256;
+const MIN_BUDGET_SLICE: i64 = 8;
 
 /// Why the shared limiter cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +136,8 @@ struct Inner {
     last_seen: Mutex<HashMap<String, (i64, i64)>>,
     /// Settlements that could not be sent, oldest first.
     pending: Mutex<VecDeque<Settlement>>,
+    /// This gateway's leases of each key's limits.
+    leases: Leases,
     settlements: mpsc::UnboundedSender<Settlement>,
 }
 
@@ -153,6 +179,7 @@ impl SharedLimiter {
                 fallback_book: Arc::new(Book::new()),
                 last_seen: Mutex::new(HashMap::new()),
                 pending: Mutex::new(VecDeque::new()),
+                leases: Leases::new(Config::ms(config.redis_lease_ms)),
                 settlements: tx,
             }),
         };
@@ -275,7 +302,7 @@ impl Inner {
     async fn settle_batch(&self, batch: &[Settlement]) -> bool {
         let keys = &self.keys;
         self.call("settle", |mut con| async move {
-            scripts::settle_batch(&mut con, keys, batch).await
+            scripts::settle_batch(&mut con, keys, batch, &self.gateway_id).await
         })
         .await
         .is_some()
@@ -301,6 +328,115 @@ impl Inner {
                 }
                 return;
             }
+        }
+    }
+
+    /// The terms of a hold or lease on a budget.
+    fn terms(&self, budget_usd: f64, stored_spent_usd: f64) -> BudgetTerms<'_> {
+        BudgetTerms {
+            budget: budget_nusd(budget_usd),
+            stored_spent: to_nusd(stored_spent_usd),
+            gateway_id: &self.gateway_id,
+            gateway_ttl_ms: GATEWAY_TTL.as_millis() as u64,
+            hold_ttl_ms: self.hold_ttl.as_millis() as u64,
+        }
+    }
+
+    /// Notes a key's budget figures as Redis reported them.
+    fn seen(&self, key_id: &str, spent: i64, reserved: i64) {
+        self.last_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key_id.to_owned(), (spent, reserved));
+    }
+
+    /// The slices of a lease for requests like `a` (see
+    /// `LEASE_RATE_SECONDS`), or `None` when a limit is too small, or a
+    /// budget too near its end, to lease.
+    fn lease_size(&self, a: &Admission<'_>, need: &Need) -> Option<Slices> {
+        let n = u64::from(self.share());
+        let rate = |limit: u32, min: u64| {
+            let count = u64::from(limit) * u64::from(LEASE_RATE_SECONDS) / 60 / n;
+            (count >= min.max(1)).then_some(RateSlice { limit, count })
+        };
+        let requests = match need.requests {
+            Some(limit) => Some(rate(limit, MIN_RATE_SLICE)?),
+            None => None,
+        };
+        let tokens = match (a.limits.tokens_per_min, need.tokens) {
+            (Some(limit), Some(t)) => Some(rate(limit, MIN_TOKEN_SLICES * u64::from(t))?),
+            _ => None,
+        };
+        let budget = match (a.budget, need.budget) {
+            (Some(ask), Some(worst)) => {
+                let (spent, reserved) = self
+                    .last_seen
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get(ask.key_id)
+                    .copied()
+                    .unwrap_or((0, 0));
+                let left = budget_nusd(ask.budget_usd)
+                    .saturating_sub(spent.max(to_nusd(ask.stored_spent_usd)))
+                    .saturating_sub(reserved);
+                let slices = (left / (8 * n.cast_signed() * worst.max(1))).min(MAX_BUDGET_SLICE);
+                if slices < MIN_BUDGET_SLICE {
+                    return None;
+                }
+                Some(slices * worst)
+            }
+            _ => None,
+        };
+        Some(Slices {
+            requests,
+            tokens,
+            budget,
+        })
+    }
+
+    /// Renews `key_id`'s lease toward `size`, asking what it lacks.
+    async fn renew(&self, key_id: &str, size: Slices, terms: Option<BudgetTerms<'_>>) {
+        let ask = self.leases.lacking(key_id, &size);
+        let keys = &self.keys;
+        let started = Instant::now();
+        let verdict = self
+            .call("lease", |mut con| async move {
+                scripts::lease(&mut con, keys, key_id, &ask, terms.as_ref()).await
+            })
+            .await;
+        metrics::histogram!("gateway_limits_lease_seconds").record(started.elapsed().as_secs_f64());
+        let now = Instant::now();
+        match verdict {
+            Some(Verdict::Admitted { spent, reserved }) => {
+                if terms.is_some() {
+                    self.seen(key_id, spent, reserved);
+                }
+                self.leases.granted(key_id, &ask, size, now);
+            }
+            Some(Verdict::Budget { spent, reserved }) => {
+                self.seen(key_id, spent, reserved);
+                self.leases.refused(key_id, now);
+            }
+            _ => self.leases.refused(key_id, now),
+        }
+    }
+
+    /// Gives back the leases past their life (all of them on `stop`).
+    async fn give_back(&self, stop: bool) {
+        let ended = if stop {
+            self.leases.drain()
+        } else {
+            self.leases.expired(Instant::now())
+        };
+        let keys = &self.keys;
+        let id = self.gateway_id.as_str();
+        for (key_id, rest) in &ended {
+            // Lost if Redis does not answer: the rates' part lapses by
+            // itself, the budget's with the lease hold's deadline.
+            self.call("unlease", |mut con| async move {
+                scripts::unlease(&mut con, keys, key_id, rest, id).await
+            })
+            .await;
         }
     }
 
@@ -366,6 +502,17 @@ impl Limiter for SharedLimiter {
         if requests_per_min.is_none() && tokens_per_min.is_none() && a.budget.is_none() {
             return Ok(None);
         }
+        let need = Need {
+            requests: requests_per_min,
+            tokens: tokens_per_min.map(|_| a.tokens),
+            budget: a.budget.map(|b| worst_nusd(b.worst_usd)),
+        };
+        if self.admit_from_lease(&a, need) {
+            return Ok(a.budget.map(|b| {
+                let settler: Arc<dyn Settle> = Arc::new(RedisSettle(Arc::clone(&self.inner)));
+                BudgetHold::drawn(b.key_id, b.request_id, need.budget, settler)
+            }));
+        }
         let inner = &self.inner;
         let ask = Admit {
             key_id: &limits.key_id,
@@ -373,12 +520,8 @@ impl Limiter for SharedLimiter {
             tokens: tokens_per_min.map(|l| (l, a.tokens)),
             hold: a.budget.map(|b| Hold {
                 request_id: b.request_id,
-                budget: budget_nusd(b.budget_usd),
-                stored_spent: to_nusd(b.stored_spent_usd),
                 worst: worst_nusd(b.worst_usd),
-                gateway_id: &inner.gateway_id,
-                gateway_ttl_ms: GATEWAY_TTL.as_millis() as u64,
-                hold_ttl_ms: inner.hold_ttl.as_millis() as u64,
+                terms: inner.terms(b.budget_usd, b.stored_spent_usd),
             }),
         };
         let keys = &inner.keys;
@@ -391,11 +534,7 @@ impl Limiter for SharedLimiter {
         metrics::histogram!("gateway_limits_redis_seconds").record(started.elapsed().as_secs_f64());
         let seen = |spent: i64, reserved: i64| {
             if let Some(b) = &a.budget {
-                inner
-                    .last_seen
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(b.key_id.to_owned(), (spent, reserved));
+                inner.seen(b.key_id, spent, reserved);
             }
         };
         match verdict {
@@ -422,6 +561,40 @@ impl Limiter for SharedLimiter {
 }
 
 impl SharedLimiter {
+    /// Admission from this gateway's lease of the key, when it has enough
+    /// of every part `need` asks for: no round trip. Starts the lease's
+    /// renewal in the background when it runs low or old (or the key has
+    /// none yet). Whether it admitted.
+    fn admit_from_lease(&self, a: &Admission<'_>, need: Need) -> bool {
+        let inner = &self.inner;
+        if !inner.leases.enabled() {
+            return false;
+        }
+        let now = Instant::now();
+        let key_id = &a.limits.key_id;
+        let take = inner.leases.take(key_id, need, now);
+        if take.renew {
+            match inner.lease_size(a, &need) {
+                Some(size) => {
+                    let inner = Arc::clone(inner);
+                    let key_id = key_id.clone();
+                    let budget = a.budget.map(|b| (b.budget_usd, b.stored_spent_usd));
+                    tokio::spawn(async move {
+                        let terms = budget.map(|(budget, stored)| inner.terms(budget, stored));
+                        inner.renew(&key_id, size, terms).await;
+                    });
+                }
+                None => inner.leases.refused(key_id, now),
+            }
+        }
+        if take.admitted {
+            // Waited on Redis for nothing.
+            metrics::histogram!("gateway_limits_redis_seconds").record(0.0);
+            metrics::counter!("gateway_limits_leased_total").increment(1);
+        }
+        take.admitted
+    }
+
     /// Admission while Redis cannot be reached: from this gateway's share
     /// of each limit and of what Redis last said was left of the budget.
     fn admit_locally(&self, a: Admission<'_>) -> Result<Option<BudgetHold>, LimitExceeded> {
@@ -528,8 +701,10 @@ async fn beat(inner: Arc<Inner>, stop: CancellationToken) {
             metrics::counter!("gateway_budget_holds_reconciled_total").increment(n.cast_unsigned());
             tracing::info!(released = n, "released budget holds of stopped requests");
         }
+        inner.give_back(false).await;
         inner.flush_pending().await;
     }
+    inner.give_back(true).await;
     let _ = inner
         .call("leave", |mut con| async move {
             scripts::leave(&mut con, keys, id).await
@@ -594,6 +769,95 @@ mod tests {
         let limiter = SharedLimiter::start(&Config::default(), &url, tasks, stop).unwrap();
         limiter.inner.live_gateways.store(2, Ordering::Relaxed);
         limiter
+    }
+
+    /// Two gateways on the real Redis (`TEST_REDIS_URL`), under a prefix
+    /// of their own.
+    fn pair(tasks: &TaskTracker, stop: &CancellationToken) -> (SharedLimiter, SharedLimiter, Keys) {
+        let url =
+            std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+        let config = Config {
+            redis_prefix: format!("test:{}:", uuid::Uuid::new_v4().simple()),
+            ..Config::default()
+        };
+        let url = secrecy::SecretString::from(url);
+        let a = SharedLimiter::start(&config, &url, tasks, stop).unwrap();
+        let b = SharedLimiter::start(&config, &url, tasks, stop).unwrap();
+        for g in [&a, &b] {
+            g.inner.live_gateways.store(2, Ordering::Relaxed);
+        }
+        (a, b, Keys::new(&config.redis_prefix))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn leases_admit_without_round_trips_and_never_past_the_budget() {
+        let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
+        let (a, b, keys) = pair(&tasks, &stop);
+        // Plenty of both rates; a budget for 2000 requests' worst case.
+        let key = KeyLimits {
+            key_id: "k".into(),
+            requests_per_min: Some(6_000_000),
+            tokens_per_min: Some(60_000_000),
+        };
+        let worst_usd = 1e-6;
+        let ids: Vec<String> = (0..3000).map(|i| format!("r{i}")).collect();
+        let mut holds = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            let gateway = if i % 2 == 0 { &a } else { &b };
+            let ask = Admission {
+                limits: &key,
+                tokens: 100,
+                budget: Some(BudgetAsk {
+                    key_id: "k",
+                    request_id: id,
+                    budget_usd: 2000.0 * worst_usd,
+                    stored_spent_usd: 0.0,
+                    worst_usd,
+                }),
+            };
+            match gateway.admit(ask).await {
+                Ok(hold) => holds.push(hold.expect("a budget ask is held")),
+                Err(e) => assert_eq!(e, LimitExceeded::Budget),
+            }
+            // Other requests' turn, the leases' renewals among them.
+            tokio::task::yield_now().await;
+        }
+        let admitted = holds.len();
+        // Requests admitted on the exact path hold in their own name.
+        let mut con = a.inner.con.clone();
+        let fields: Vec<String> = redis::cmd("HKEYS")
+            .arg(keys.holds("k"))
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let exact = fields.iter().filter(|f| !f.starts_with("lease:")).count();
+        println!("admitted {admitted} of 3000 on a budget for 2000, {exact} with a round trip");
+        assert!(admitted <= 2000, "{admitted} admitted on a budget for 2000");
+        // What the leases strand at the end is a few slices of the last,
+        // smallest size.
+        assert!(admitted >= 1900, "only {admitted} admitted");
+        assert!(
+            exact * 4 < admitted,
+            "{exact} of {admitted} waited on Redis"
+        );
+
+        // Renewals under way finish (a lease granted after its gateway
+        // stopped would be left to the reconciler).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Each settles at half its worst case; once the gateways stop
+        // (giving their leases back), Redis holds nothing and counts
+        // exactly the spend.
+        for h in holds {
+            h.settle(worst_usd / 2.0);
+        }
+        stop.cancel();
+        tasks.close();
+        tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+            .await
+            .unwrap();
+        let figures = scripts::figures(&mut con, &keys, "k").await.unwrap();
+        let spent = i64::try_from(admitted).unwrap() * 500;
+        assert_eq!(figures, Some((spent, 0)));
     }
 
     #[tokio::test]
