@@ -134,10 +134,22 @@ impl Leases {
     }
 
     /// Adds a granted renewal (`granted`, toward `size`) to the lease,
-    /// which lives `life` from `now`.
-    pub fn granted(&self, key_id: &str, granted: &Slices, size: Slices, now: Instant) {
+    /// which lives `life` from `now`. With `lost_budget`, Redis held no
+    /// budget for the lease before this grant, so only the grant is left
+    /// of it.
+    pub fn granted(
+        &self,
+        key_id: &str,
+        granted: &Slices,
+        size: Slices,
+        lost_budget: bool,
+        now: Instant,
+    ) {
         let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
         let lease = map.entry(key_id.to_owned()).or_default();
+        if lost_budget {
+            lease.left.budget = None;
+        }
         let add = |left: &mut Option<RateSlice>, granted: Option<RateSlice>| {
             if let Some(g) = granted {
                 let l = left.get_or_insert(RateSlice {
@@ -268,7 +280,7 @@ mod tests {
         let leases = Leases::new(LIFE);
         let now = Instant::now();
         let size = slices(4, 100, 40);
-        leases.granted("k", &size, size, now);
+        leases.granted("k", &size, size, false, now);
         // Each admission takes a request, its tokens and its worst case.
         let t = leases.take("k", need(10, 10), now);
         assert_eq!(
@@ -290,8 +302,12 @@ mod tests {
         // A renewal of what it lacks tops each part up to its slice.
         let lacking = leases.lacking("k", &size);
         assert_eq!(lacking, slices(4, 40, 40));
-        leases.granted("k", &lacking, size, now);
+        leases.granted("k", &lacking, size, false, now);
         assert_eq!(leases.lacking("k", &size), slices(0, 0, 0));
+        // A grant on a lease hold Redis no longer had: the budget left is
+        // the grant's alone.
+        leases.granted("k", &slices(0, 0, 5), size, true, now);
+        assert_eq!(leases.lacking("k", &size), slices(0, 0, 35));
     }
 
     #[test]
@@ -299,7 +315,7 @@ mod tests {
         let leases = Leases::new(LIFE);
         let now = Instant::now();
         let size = slices(10, 100, 40);
-        leases.granted("k", &size, size, now);
+        leases.granted("k", &size, size, false, now);
         // Too many tokens, then too dear: nothing is taken from any part.
         assert!(!leases.take("k", need(101, 1), now).admitted);
         assert!(!leases.take("k", need(1, 41), now).admitted);
@@ -310,7 +326,7 @@ mod tests {
             budget: None,
             ..size
         };
-        leases.granted("r", &rates_only, rates_only, now);
+        leases.granted("r", &rates_only, rates_only, false, now);
         assert!(!leases.take("r", need(1, 1), now).admitted);
         let no_budget = Need {
             budget: None,
@@ -324,7 +340,7 @@ mod tests {
         let leases = Leases::new(LIFE);
         let now = Instant::now();
         let size = slices(10, 100, 40);
-        leases.granted("k", &size, size, now);
+        leases.granted("k", &size, size, false, now);
         assert!(leases.take("k", need(10, 10), now).admitted);
         // Past half its life it asks to be renewed; past its life it
         // admits nothing more.
@@ -338,7 +354,7 @@ mod tests {
         );
         assert!(leases.drain().is_empty());
         // Drained on stop, whatever their age.
-        leases.granted("k", &size, size, now);
+        leases.granted("k", &size, size, false, now);
         assert_eq!(leases.drain(), vec![("k".to_owned(), size)]);
     }
 

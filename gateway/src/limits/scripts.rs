@@ -190,8 +190,10 @@ end
 /// the budget, the stored spend, the gateway id, its mark's ttl and the
 /// hold's ttl (ms).
 ///
-/// Returns `{0, spent, reserved}` when granted, `{1 | 2, wait_µs}` when a
-/// rate refuses, `{3, spent, reserved}` when the budget does.
+/// Returns `{0, spent, reserved, lost}` when granted, where `lost` is 1 if
+/// the gateway had no lease hold (never had one, gave it back, or Redis
+/// lost it), `{1 | 2, wait_µs}` when a rate refuses, `{3, spent, reserved}`
+/// when the budget does.
 static LEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{PRELUDE}{}",
@@ -205,7 +207,7 @@ if tonumber(ARGV[5]) > 0 and tonumber(ARGV[6]) > 0 then
   tpm_tat, wait = gcra(KEYS[2], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]))
   if not tpm_tat then return {2, wait} end
 end
-local spent, reserved = 0, 0
+local spent, reserved, lost = 0, 0, 0
 local key_id = ARGV[7]
 if key_id ~= '' then
   local account, holds, field = KEYS[3], KEYS[4], ARGV[8]
@@ -217,7 +219,7 @@ if key_id ~= '' then
   end
   local held = 0
   local lease = redis.call('HGET', holds, field)
-  if lease then held = tonumber(string.match(lease, '^(%d+)')) or 0 end
+  if lease then held = tonumber(string.match(lease, '^(%d+)')) or 0 else lost = 1 end
   if slice > 0 then
     redis.call('HINCRBY', account, 'reserved', ARGV[9])
     reserved = reserved + slice
@@ -227,7 +229,7 @@ if key_id ~= '' then
 end
 charge(KEYS[1], rpm_tat)
 charge(KEYS[2], tpm_tat)
-return {0, spent, reserved}
+return {0, spent, reserved, lost}
 "
     ))
 });
@@ -560,14 +562,15 @@ fn interval_us(limit: u32) -> f64 {
 
 /// Asks for a lease of `ask` on `key_id` in one round trip (see
 /// [`LEASE`]); the budget slice only with `terms`. The answer reads as
-/// [`admit`]'s.
+/// [`admit`]'s, and says whether the gateway had no lease hold before this
+/// one (so that whatever it thinks is left of one is not there).
 pub async fn lease<C: ConnectionLike + Send>(
     con: &mut C,
     keys: &Keys,
     key_id: &str,
     ask: &Slices,
     terms: Option<&BudgetTerms<'_>>,
-) -> RedisResult<Verdict> {
+) -> RedisResult<(Verdict, bool)> {
     let rpm = ask.requests.unwrap_or_default();
     let tpm = ask.tokens.unwrap_or_default();
     let gateway_id = terms.map_or("", |t| t.gateway_id);
@@ -595,7 +598,8 @@ pub async fn lease<C: ConnectionLike + Send>(
             .arg(t.hold_ttl_ms),
         None => call.arg(""),
     };
-    Ok(verdict(&call.invoke_async::<Vec<i64>>(con).await?))
+    let answer: Vec<i64> = call.invoke_async(con).await?;
+    Ok((verdict(&answer), answer.get(3) == Some(&1)))
 }
 
 /// Gives back `rest`, the unused part of `gateway_id`'s lease on `key_id`
@@ -1172,20 +1176,26 @@ mod tests {
             lease(&mut con, &keys, "k", &lease_of(4, 400, 40), Some(&g1))
                 .await
                 .unwrap(),
-            Verdict::Admitted {
-                spent: 0,
-                reserved: 40
-            }
+            (
+                Verdict::Admitted {
+                    spent: 0,
+                    reserved: 40
+                },
+                true
+            )
         );
         // Renewed: the lease hold grows, under one field.
         assert_eq!(
             lease(&mut con, &keys, "k", &lease_of(0, 0, 10), Some(&g1))
                 .await
                 .unwrap(),
-            Verdict::Admitted {
-                spent: 0,
-                reserved: 50
-            }
+            (
+                Verdict::Admitted {
+                    spent: 0,
+                    reserved: 50
+                },
+                false
+            )
         );
         // Everyone else sees the limits less the lease: 6 requests of 10,
         // 600 tokens of 1000, 50 nano-USD of 100.
@@ -1246,6 +1256,13 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(fields, vec!["a".to_owned()]);
+        // So the next lease starts afresh, and says so.
+        assert!(
+            lease(&mut con, &keys, "k", &lease_of(0, 0, 10), Some(&g1))
+                .await
+                .unwrap()
+                .1
+        );
     }
 
     #[tokio::test]
@@ -1256,7 +1273,8 @@ mod tests {
         assert_eq!(
             lease(&mut con, &keys, "k", &lease_of(4, 400, 101), Some(&g1))
                 .await
-                .unwrap(),
+                .unwrap()
+                .0,
             Verdict::Budget {
                 spent: 0,
                 reserved: 0
@@ -1264,7 +1282,7 @@ mod tests {
         );
         // The requests rate refuses 11: nothing is held.
         assert!(matches!(
-            lease(&mut con, &keys, "k", &lease_of(11, 0, 10), Some(&g1)).await.unwrap(),
+            lease(&mut con, &keys, "k", &lease_of(11, 0, 10), Some(&g1)).await.unwrap().0,
             Verdict::Requests(wait) if wait > Duration::ZERO
         ));
         assert_eq!(figures(&mut con, &keys, "k").await.unwrap(), Some((0, 0)));
@@ -1275,7 +1293,8 @@ mod tests {
         assert!(matches!(
             lease(&mut con, &keys, "k", &lease_of(0, 0, 0), Some(&spent))
                 .await
-                .unwrap(),
+                .unwrap()
+                .0,
             Verdict::Budget { spent: 100, .. }
         ));
     }
@@ -1288,7 +1307,8 @@ mod tests {
         assert!(matches!(
             lease(&mut con, &keys, "k", &lease_of(0, 0, 70), Some(&dying))
                 .await
-                .unwrap(),
+                .unwrap()
+                .0,
             Verdict::Admitted { reserved: 70, .. }
         ));
         tokio::time::sleep(Duration::from_millis(20)).await;

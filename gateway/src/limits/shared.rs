@@ -407,13 +407,16 @@ impl Inner {
         metrics::histogram!("gateway_limits_lease_seconds").record(started.elapsed().as_secs_f64());
         let now = Instant::now();
         match verdict {
-            Some(Verdict::Admitted { spent, reserved }) => {
+            Some((Verdict::Admitted { spent, reserved }, lost)) => {
                 if terms.is_some() {
                     self.seen(key_id, spent, reserved);
                 }
-                self.leases.granted(key_id, &ask, size, now);
+                // Redis had no lease hold (it restarted, say): what this
+                // gateway thought was left of one is not held, so it goes.
+                self.leases
+                    .granted(key_id, &ask, size, lost && terms.is_some(), now);
             }
-            Some(Verdict::Budget { spent, reserved }) => {
+            Some((Verdict::Budget { spent, reserved }, _)) => {
                 self.seen(key_id, spent, reserved);
                 self.leases.refused(key_id, now);
             }
