@@ -237,15 +237,20 @@ return {0, spent, reserved, lost}
 /// Gives back what a lease did not use: each rate's arrival time moves
 /// back by the unused count (never before now), and the unused budget
 /// leaves the lease hold and the key's reserved sum; a lease hold left at
-/// nothing is removed.
+/// nothing is removed. Each give-back counts once, like a settlement (a
+/// call that timed out may have run, and is sent again).
 ///
-/// `KEYS`: rpm, tpm, account, holds, holders. `ARGV`: the rpm interval and
-/// unused requests, the tpm interval and unused tokens, the key id, the
-/// lease's field and the unused budget.
+/// `KEYS`: rpm, tpm, account, holds, holders, settled (the give-back's
+/// marker). `ARGV`: the rpm interval and unused requests, the tpm interval
+/// and unused tokens, the key id, the lease's field, the unused budget and
+/// the marker's ttl.
 static UNLEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{PRELUDE}{}",
         r"
+if not redis.call('SET', KEYS[6], '1', 'NX', 'PX', ARGV[8]) then
+  return 0
+end
 local function give_back(key, interval, n)
   local tat = tonumber(redis.call('GET', key))
   if n <= 0 or not tat then return end
@@ -603,13 +608,14 @@ pub async fn lease<C: ConnectionLike + Send>(
 }
 
 /// Gives back `rest`, the unused part of `gateway_id`'s lease on `key_id`
-/// (see [`UNLEASE`]).
+/// (see [`UNLEASE`]); `id` names this give-back, so that it counts once.
 pub async fn unlease<C: ConnectionLike + Send>(
     con: &mut C,
     keys: &Keys,
     key_id: &str,
     rest: &Slices,
     gateway_id: &str,
+    id: &str,
 ) -> RedisResult<()> {
     let rpm = rest.requests.unwrap_or_default();
     let tpm = rest.tokens.unwrap_or_default();
@@ -619,6 +625,7 @@ pub async fn unlease<C: ConnectionLike + Send>(
         .key(keys.account(key_id))
         .key(keys.holds(key_id))
         .key(keys.holders())
+        .key(keys.settled(&format!("unlease:{id}")))
         .arg(interval_us(rpm.limit))
         .arg(rpm.count)
         .arg(interval_us(tpm.limit))
@@ -626,6 +633,7 @@ pub async fn unlease<C: ConnectionLike + Send>(
         .arg(key_id)
         .arg(lease_field(gateway_id))
         .arg(rest.budget.unwrap_or(0))
+        .arg(SETTLED_TTL_MS)
         .invoke_async(con)
         .await?;
     Ok(())
@@ -1245,7 +1253,12 @@ mod tests {
         assert!(field.starts_with("30 g1 "), "{field}");
         // The unused rest given back: the lease hold goes, and so does the
         // charge of the four unused requests.
-        unlease(&mut con, &keys, "k", &lease_of(4, 400, 30), "g1")
+        let rest = lease_of(4, 400, 30);
+        unlease(&mut con, &keys, "k", &rest, "g1", "g1:1")
+            .await
+            .unwrap();
+        // Sent again (a call that timed out but ran): counted once.
+        unlease(&mut con, &keys, "k", &rest, "g1", "g1:1")
             .await
             .unwrap();
         assert_eq!(figures(&mut con, &keys, "k").await.unwrap(), Some((5, 50)));

@@ -33,7 +33,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -138,6 +138,12 @@ struct Inner {
     pending: Mutex<VecDeque<Settlement>>,
     /// This gateway's leases of each key's limits.
     leases: Leases,
+    /// Ended leases whose unused budget Redis did not take back yet, each
+    /// with the id that makes its give-back count once; sent again at
+    /// every beat.
+    unreturned: Mutex<VecDeque<(String, String, Slices)>>,
+    /// Numbers this gateway's give-backs.
+    give_backs: AtomicU64,
     settlements: mpsc::UnboundedSender<Settlement>,
 }
 
@@ -180,6 +186,8 @@ impl SharedLimiter {
                 last_seen: Mutex::new(HashMap::new()),
                 pending: Mutex::new(VecDeque::new()),
                 leases: Leases::new(Config::ms(config.redis_lease_ms)),
+                unreturned: Mutex::new(VecDeque::new()),
+                give_backs: AtomicU64::new(0),
                 settlements: tx,
             }),
         };
@@ -424,22 +432,53 @@ impl Inner {
         }
     }
 
-    /// Gives back the leases past their life (all of them on `stop`).
+    /// Gives back the leases past their life (all of them on `stop`), and
+    /// what earlier give-backs could not.
     async fn give_back(&self, stop: bool) {
         let ended = if stop {
             self.leases.drain()
         } else {
             self.leases.expired(Instant::now())
         };
+        let mut todo: Vec<(String, String, Slices)> = self
+            .unreturned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+            .collect();
+        for (key_id, rest) in ended {
+            let n = self.give_backs.fetch_add(1, Ordering::Relaxed);
+            todo.push((key_id, format!("{}:{n}", self.gateway_id), rest));
+        }
         let keys = &self.keys;
-        let id = self.gateway_id.as_str();
-        for (key_id, rest) in &ended {
-            // Lost if Redis does not answer: the rates' part lapses by
-            // itself, the budget's with the lease hold's deadline.
-            self.call("unlease", |mut con| async move {
-                scripts::unlease(&mut con, keys, key_id, rest, id).await
-            })
-            .await;
+        let gateway_id = self.gateway_id.as_str();
+        for (key_id, id, rest) in todo {
+            let sent = self
+                .call("unlease", |mut con| {
+                    let (key_id, id) = (&key_id, &id);
+                    async move { scripts::unlease(&mut con, keys, key_id, &rest, gateway_id, id).await }
+                })
+                .await;
+            // Not taken: the budget's part is sent again at the next beat
+            // (until then it stays held, which only withholds room); the
+            // rates' part, at most a second of each rate, is not: the
+            // buckets recover it by themselves as time passes.
+            if sent.is_none() && rest.budget.is_some_and(|b| b > 0) {
+                let budget_only = Slices {
+                    budget: rest.budget,
+                    ..Slices::default()
+                };
+                let mut unreturned = self
+                    .unreturned
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if unreturned.len() >= MAX_PENDING {
+                    if let Some((key_id, ..)) = unreturned.pop_front() {
+                        tracing::warn!(%key_id, "lease give-back queue full; the oldest stays held");
+                    }
+                }
+                unreturned.push_back((key_id, id, budget_only));
+            }
         }
     }
 
@@ -861,6 +900,44 @@ mod tests {
         let figures = scripts::figures(&mut con, &keys, "k").await.unwrap();
         let spent = i64::try_from(admitted).unwrap() * 500;
         assert_eq!(figures, Some((spent, 0)));
+    }
+
+    #[tokio::test]
+    async fn a_give_back_redis_did_not_take_is_kept_for_the_budget_alone() {
+        let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
+        let limiter = unreachable(&tasks, &stop);
+        let inner = &limiter.inner;
+        let rest = Slices {
+            requests: Some(RateSlice {
+                limit: 600,
+                count: 5,
+            }),
+            tokens: None,
+            budget: Some(40),
+        };
+        inner
+            .leases
+            .granted("k", &rest, rest, false, Instant::now());
+        inner.give_back(true).await;
+        inner.give_back(true).await;
+        let kept: Vec<_> = inner.unreturned.lock().unwrap().iter().cloned().collect();
+        // Kept once, under one id, without the rates' part.
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        let (key_id, id, slices) = &kept[0];
+        assert_eq!(key_id, "k");
+        assert!(id.starts_with(&inner.gateway_id), "{id}");
+        assert_eq!(
+            *slices,
+            Slices {
+                budget: Some(40),
+                ..Slices::default()
+            }
+        );
+        stop.cancel();
+        tasks.close();
+        tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
