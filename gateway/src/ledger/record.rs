@@ -13,7 +13,7 @@ use super::Sink;
 use crate::limits::BudgetHold;
 use crate::privacy::{Class, Classification};
 use crate::routing::{CloudRates, Decision, NoRoute, Scored, Zone};
-use crate::store::{LedgerEntry, LedgerStatus, Placement};
+use crate::store::{LedgerEntry, LedgerStatus};
 use crate::traces::RequestTrace;
 
 /// What a row starts with, known at admission.
@@ -66,34 +66,14 @@ pub struct Record {
 impl Record {
     pub(crate) fn new(init: RecordInit, sink: Option<Sink>) -> Record {
         Record {
-            entry: LedgerEntry {
-                id: init.id,
-                tenant_id: init.tenant_id,
-                key_id: init.key_id,
-                requested_model: init.requested_model,
-                resolved_model: None,
-                backend: None,
-                route_reason: None,
-                privacy_class: Class::Public,
-                detectors: Vec::new(),
-                predicted_latency_ms: None,
-                predicted_energy_j: None,
-                predicted_cost_usd: None,
-                latency_ms: None,
-                ttft_ms: None,
-                prompt_tokens: None,
-                completion_tokens: None,
-                usage_estimated: false,
-                joules: None,
-                usd: None,
-                status: LedgerStatus::Cancelled,
-                http_status: None,
-                error_code: None,
-                stream: init.stream,
-                decision: None,
-                created_at: init.created_at,
-                placement: Placement::default(),
-            },
+            entry: LedgerEntry::new(
+                init.id,
+                init.tenant_id,
+                init.key_id,
+                init.requested_model,
+                init.stream,
+                init.created_at,
+            ),
             trace: RequestTrace::default(),
             sink,
             started: Instant::now(),
@@ -279,13 +259,17 @@ impl Drop for Record {
         }
         record_savings(e, zone);
         self.trace.finish(&self.entry);
-        // The record ends here: its decision (the costly field to copy)
-        // moves into the row rather than being cloned.
-        let decision = self.entry.decision.take();
-        let entry = LedgerEntry {
-            decision,
-            ..self.entry.clone()
-        };
+        // The record ends here: its row moves out rather than being cloned
+        // (an empty one, which allocates nothing, takes its place).
+        let blank = LedgerEntry::new(
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            false,
+            0,
+        );
+        let entry = std::mem::replace(&mut self.entry, blank);
         if let Some(sink) = &self.sink {
             sink.send(entry);
         } else {

@@ -121,6 +121,47 @@ pub struct Placement {
 }
 
 impl LedgerEntry {
+    /// A row of a request just admitted: who asked for what, and when;
+    /// nothing else known yet.
+    #[must_use]
+    pub fn new(
+        id: String,
+        tenant_id: String,
+        key_id: String,
+        requested_model: String,
+        stream: bool,
+        created_at: i64,
+    ) -> LedgerEntry {
+        LedgerEntry {
+            id,
+            tenant_id,
+            key_id,
+            requested_model,
+            resolved_model: None,
+            backend: None,
+            route_reason: None,
+            privacy_class: Class::Public,
+            detectors: Vec::new(),
+            predicted_latency_ms: None,
+            predicted_energy_j: None,
+            predicted_cost_usd: None,
+            latency_ms: None,
+            ttft_ms: None,
+            prompt_tokens: None,
+            completion_tokens: None,
+            usage_estimated: false,
+            joules: None,
+            usd: None,
+            status: LedgerStatus::Cancelled,
+            http_status: None,
+            error_code: None,
+            stream,
+            decision: None,
+            created_at,
+            placement: Placement::default(),
+        }
+    }
+
     /// Replaces NUL characters, which Postgres text and JSON columns cannot
     /// hold, in every text field. Client text reaches some of them (the
     /// requested model, inside the decision), and a row must never fail
