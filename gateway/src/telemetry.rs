@@ -22,9 +22,10 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 
-/// Buckets (seconds) for the time a request's admission waits on Redis:
-/// a loopback round trip is tens of microseconds, and the calls time out
-/// at `redis_timeout_ms` (50 ms by default).
+/// Buckets (seconds) for the time a request's admission waits on Redis,
+/// and a lease renewal's round trip: a loopback round trip is tens of
+/// microseconds, and the calls time out at `redis_timeout_ms` (50 ms by
+/// default).
 const REDIS_BUCKETS: &[f64] = &[
     0.000_025, 0.000_05, 0.000_075, 0.000_1, 0.000_125, 0.000_15, 0.000_2, 0.000_25, 0.000_3,
     0.000_4, 0.000_5, 0.000_75, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -40,7 +41,7 @@ pub fn metrics_handle() -> Option<PrometheusHandle> {
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), LATENCY_BUCKETS)
                 .ok()?
                 .set_buckets_for_metric(
-                    Matcher::Full("gateway_limits_redis_seconds".to_owned()),
+                    Matcher::Prefix("gateway_limits_".to_owned()),
                     REDIS_BUCKETS,
                 )
                 .ok()?;
@@ -78,7 +79,15 @@ fn describe() {
     metrics::describe_histogram!("gateway_ttft_seconds", "Time to the first upstream token");
     metrics::describe_histogram!(
         "gateway_limits_redis_seconds",
-        "Time a request's admission (rates and budget hold, one script) waited on Redis"
+        "Time a request's admission waited on Redis: 0 from a lease, else one script (rates and budget hold)"
+    );
+    metrics::describe_counter!(
+        "gateway_limits_leased_total",
+        "Admissions decided from this gateway's lease of the key's limits, with no Redis round trip"
+    );
+    metrics::describe_histogram!(
+        "gateway_limits_lease_seconds",
+        "Round trip of a lease renewal (in the background, off the request path)"
     );
     metrics::describe_counter!(
         "gateway_upstream_errors_total",
