@@ -11,6 +11,11 @@
 //! sizes, which the caller keeps small against each limit, and given back
 //! when the lease ends.
 //!
+//! A lease is for one set of the key's limits ([`Terms`]): when an admin
+//! changes a limit or the budget, the next request finds no lease for the
+//! new terms and takes the exact path while a new lease is asked for; the
+//! old one is no longer used and is given back when its life ends.
+//!
 //! Each key's lease is renewed in the background before it runs low (below
 //! half of a part's slice) or old (past half its life), one renewal at a
 //! time; an admission never waits for one. A lease not renewed within its
@@ -35,6 +40,15 @@ pub(super) struct Need {
     pub budget: Option<i64>,
 }
 
+/// The limits a lease was granted under: a key's requests/min,
+/// tokens/min and budget (nano-USD), as the request saw them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Terms {
+    pub requests_per_min: Option<u32>,
+    pub tokens_per_min: Option<u32>,
+    pub budget: Option<i64>,
+}
+
 /// What [`Leases::take`] decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Take {
@@ -56,11 +70,32 @@ struct Lease {
     retry_at: Option<Instant>,
 }
 
-/// This gateway's leases, by key id.
+/// This gateway's leases, by key id and then by terms (one, but for the
+/// moments after a change of the key's limits).
 #[derive(Debug)]
 pub(super) struct Leases {
     life: Duration,
-    map: Mutex<HashMap<String, Lease>>,
+    map: Mutex<HashMap<String, Vec<(Terms, Lease)>>>,
+}
+
+/// The lease of `key_id` under `terms`, created if missing (always
+/// `Some`; an `Option` only because the map is searched twice).
+fn entry<'a>(
+    map: &'a mut HashMap<String, Vec<(Terms, Lease)>>,
+    key_id: &str,
+    terms: Terms,
+) -> Option<&'a mut Lease> {
+    if !map.contains_key(key_id) {
+        map.insert(key_id.to_owned(), Vec::new());
+    }
+    let leases = map.get_mut(key_id)?;
+    if !leases.iter().any(|(t, _)| *t == terms) {
+        leases.push((terms, Lease::default()));
+    }
+    leases
+        .iter_mut()
+        .find(|(t, _)| *t == terms)
+        .map(|(_, lease)| lease)
 }
 
 impl Leases {
@@ -78,12 +113,9 @@ impl Leases {
 
     /// Admits `need` from `key_id`'s lease if every part it needs has
     /// enough left, and says whether the lease should be renewed.
-    pub fn take(&self, key_id: &str, need: Need, now: Instant) -> Take {
+    pub fn take(&self, key_id: &str, terms: Terms, need: Need, now: Instant) -> Take {
         let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-        if !map.contains_key(key_id) {
-            map.insert(key_id.to_owned(), Lease::default());
-        }
-        let Some(lease) = map.get_mut(key_id) else {
+        let Some(lease) = entry(&mut map, key_id, terms) else {
             return Take {
                 admitted: false,
                 renew: false,
@@ -115,9 +147,11 @@ impl Leases {
 
     /// What a renewal to `size` must ask for: each part of `size` less
     /// what is left of it.
-    pub fn lacking(&self, key_id: &str, size: &Slices) -> Slices {
-        let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-        let left = map.get(key_id).map(|l| l.left).unwrap_or_default();
+    pub fn lacking(&self, key_id: &str, terms: Terms, size: &Slices) -> Slices {
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        let left = entry(&mut map, key_id, terms)
+            .map(|l| l.left)
+            .unwrap_or_default();
         let rate = |size: Option<RateSlice>, left: Option<RateSlice>| {
             size.map(|s| RateSlice {
                 limit: s.limit,
@@ -140,13 +174,16 @@ impl Leases {
     pub fn granted(
         &self,
         key_id: &str,
+        terms: Terms,
         granted: &Slices,
         size: Slices,
         lost_budget: bool,
         now: Instant,
     ) {
         let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-        let lease = map.entry(key_id.to_owned()).or_default();
+        let Some(lease) = entry(&mut map, key_id, terms) else {
+            return;
+        };
         if lost_budget {
             lease.left.budget = None;
         }
@@ -172,9 +209,9 @@ impl Leases {
     }
 
     /// A renewal was refused or failed: none before half a life.
-    pub fn refused(&self, key_id: &str, now: Instant) {
+    pub fn refused(&self, key_id: &str, terms: Terms, now: Instant) {
         let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(lease) = map.get_mut(key_id) {
+        if let Some(lease) = entry(&mut map, key_id, terms) {
             lease.renewing = false;
             lease.retry_at = Some(now + self.life / 2);
         }
@@ -186,14 +223,17 @@ impl Leases {
     pub fn expired(&self, now: Instant) -> Vec<(String, Slices)> {
         let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
         let mut out = Vec::new();
-        map.retain(|key_id, lease| {
-            let over = !lease.renewing
-                && lease.until.is_none_or(|u| u <= now)
-                && lease.retry_at.is_none_or(|r| r <= now);
-            if over && lease.until.is_some() {
-                out.push((key_id.clone(), lease.left));
-            }
-            !over
+        map.retain(|key_id, leases| {
+            leases.retain(|(_, lease)| {
+                let over = !lease.renewing
+                    && lease.until.is_none_or(|u| u <= now)
+                    && lease.retry_at.is_none_or(|r| r <= now);
+                if over && lease.until.is_some() {
+                    out.push((key_id.clone(), lease.left));
+                }
+                !over
+            });
+            !leases.is_empty()
         });
         out
     }
@@ -202,8 +242,12 @@ impl Leases {
     pub fn drain(&self) -> Vec<(String, Slices)> {
         let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
         map.drain()
-            .filter(|(_, l)| l.until.is_some())
-            .map(|(k, l)| (k, l.left))
+            .flat_map(|(k, leases)| {
+                leases
+                    .into_iter()
+                    .filter(|(_, l)| l.until.is_some())
+                    .map(move |(_, l)| (k.clone(), l.left))
+            })
             .collect()
     }
 }
@@ -232,6 +276,11 @@ mod tests {
     use super::*;
 
     const LIFE: Duration = Duration::from_secs(2);
+    const T: Terms = Terms {
+        requests_per_min: Some(600),
+        tokens_per_min: Some(60_000),
+        budget: Some(1_000),
+    };
 
     fn slices(requests: u64, tokens: u64, budget: i64) -> Slices {
         Slices {
@@ -259,7 +308,7 @@ mod tests {
     fn a_key_without_a_lease_asks_for_one_once() {
         let leases = Leases::new(LIFE);
         let now = Instant::now();
-        let first = leases.take("k", need(10, 5), now);
+        let first = leases.take("k", T, need(10, 5), now);
         assert_eq!(
             first,
             Take {
@@ -268,11 +317,11 @@ mod tests {
             }
         );
         // The renewal is under way: no second one.
-        assert!(!leases.take("k", need(10, 5), now).renew);
+        assert!(!leases.take("k", T, need(10, 5), now).renew);
         // Refused: none before half a life, then one again.
-        leases.refused("k", now);
-        assert!(!leases.take("k", need(10, 5), now + LIFE / 4).renew);
-        assert!(leases.take("k", need(10, 5), now + LIFE / 2).renew);
+        leases.refused("k", T, now);
+        assert!(!leases.take("k", T, need(10, 5), now + LIFE / 4).renew);
+        assert!(leases.take("k", T, need(10, 5), now + LIFE / 2).renew);
     }
 
     #[test]
@@ -280,9 +329,9 @@ mod tests {
         let leases = Leases::new(LIFE);
         let now = Instant::now();
         let size = slices(4, 100, 40);
-        leases.granted("k", &size, size, false, now);
+        leases.granted("k", T, &size, size, false, now);
         // Each admission takes a request, its tokens and its worst case.
-        let t = leases.take("k", need(10, 10), now);
+        let t = leases.take("k", T, need(10, 10), now);
         assert_eq!(
             t,
             Take {
@@ -290,24 +339,24 @@ mod tests {
                 renew: false
             }
         );
-        assert_eq!(leases.lacking("k", &size), slices(1, 10, 10));
+        assert_eq!(leases.lacking("k", T, &size), slices(1, 10, 10));
         // Two of four requests left: not below half yet; the third takes
         // the requests below half and asks for a renewal.
-        assert!(!leases.take("k", need(10, 10), now).renew);
-        let t = leases.take("k", need(10, 10), now);
+        assert!(!leases.take("k", T, need(10, 10), now).renew);
+        let t = leases.take("k", T, need(10, 10), now);
         assert!(t.admitted && t.renew, "{t:?}");
         // The fourth still fits; a fifth does not.
-        assert!(leases.take("k", need(10, 10), now).admitted);
-        assert!(!leases.take("k", need(10, 10), now).admitted);
+        assert!(leases.take("k", T, need(10, 10), now).admitted);
+        assert!(!leases.take("k", T, need(10, 10), now).admitted);
         // A renewal of what it lacks tops each part up to its slice.
-        let lacking = leases.lacking("k", &size);
+        let lacking = leases.lacking("k", T, &size);
         assert_eq!(lacking, slices(4, 40, 40));
-        leases.granted("k", &lacking, size, false, now);
-        assert_eq!(leases.lacking("k", &size), slices(0, 0, 0));
+        leases.granted("k", T, &lacking, size, false, now);
+        assert_eq!(leases.lacking("k", T, &size), slices(0, 0, 0));
         // A grant on a lease hold Redis no longer had: the budget left is
         // the grant's alone.
-        leases.granted("k", &slices(0, 0, 5), size, true, now);
-        assert_eq!(leases.lacking("k", &size), slices(0, 0, 35));
+        leases.granted("k", T, &slices(0, 0, 5), size, true, now);
+        assert_eq!(leases.lacking("k", T, &size), slices(0, 0, 35));
     }
 
     #[test]
@@ -315,24 +364,24 @@ mod tests {
         let leases = Leases::new(LIFE);
         let now = Instant::now();
         let size = slices(10, 100, 40);
-        leases.granted("k", &size, size, false, now);
+        leases.granted("k", T, &size, size, false, now);
         // Too many tokens, then too dear: nothing is taken from any part.
-        assert!(!leases.take("k", need(101, 1), now).admitted);
-        assert!(!leases.take("k", need(1, 41), now).admitted);
-        assert_eq!(leases.lacking("k", &size), slices(0, 0, 0));
+        assert!(!leases.take("k", T, need(101, 1), now).admitted);
+        assert!(!leases.take("k", T, need(1, 41), now).admitted);
+        assert_eq!(leases.lacking("k", T, &size), slices(0, 0, 0));
         // A limit the lease was not granted for (a budget added since) is
         // not admitted from it either.
         let rates_only = Slices {
             budget: None,
             ..size
         };
-        leases.granted("r", &rates_only, rates_only, false, now);
-        assert!(!leases.take("r", need(1, 1), now).admitted);
+        leases.granted("r", T, &rates_only, rates_only, false, now);
+        assert!(!leases.take("r", T, need(1, 1), now).admitted);
         let no_budget = Need {
             budget: None,
             ..need(1, 0)
         };
-        assert!(leases.take("r", no_budget, now).admitted);
+        assert!(leases.take("r", T, no_budget, now).admitted);
     }
 
     #[test]
@@ -340,13 +389,13 @@ mod tests {
         let leases = Leases::new(LIFE);
         let now = Instant::now();
         let size = slices(10, 100, 40);
-        leases.granted("k", &size, size, false, now);
-        assert!(leases.take("k", need(10, 10), now).admitted);
+        leases.granted("k", T, &size, size, false, now);
+        assert!(leases.take("k", T, need(10, 10), now).admitted);
         // Past half its life it asks to be renewed; past its life it
         // admits nothing more.
-        assert!(leases.take("k", need(10, 10), now + LIFE * 3 / 4).renew);
-        leases.refused("k", now + LIFE * 3 / 4);
-        assert!(!leases.take("k", need(10, 10), now + LIFE).admitted);
+        assert!(leases.take("k", T, need(10, 10), now + LIFE * 3 / 4).renew);
+        leases.refused("k", T, now + LIFE * 3 / 4);
+        assert!(!leases.take("k", T, need(10, 10), now + LIFE).admitted);
         assert!(leases.expired(now + LIFE / 2).is_empty());
         assert_eq!(
             leases.expired(now + LIFE * 2),
@@ -354,8 +403,35 @@ mod tests {
         );
         assert!(leases.drain().is_empty());
         // Drained on stop, whatever their age.
-        leases.granted("k", &size, size, false, now);
+        leases.granted("k", T, &size, size, false, now);
         assert_eq!(leases.drain(), vec![("k".to_owned(), size)]);
+    }
+
+    #[test]
+    fn a_change_of_limits_leaves_the_old_lease_unused_until_given_back() {
+        let leases = Leases::new(LIFE);
+        let now = Instant::now();
+        let size = slices(10, 100, 40);
+        leases.granted("k", T, &size, size, false, now);
+        // The budget lowered: nothing is admitted from the old lease, and a
+        // lease for the new terms is asked for.
+        let lowered = Terms {
+            budget: Some(500),
+            ..T
+        };
+        let t = leases.take("k", lowered, need(1, 1), now);
+        assert_eq!(
+            t,
+            Take {
+                admitted: false,
+                renew: true
+            }
+        );
+        assert_eq!(leases.lacking("k", T, &size), slices(0, 0, 0));
+        // Both end with their lives; the old one's rest is given back whole.
+        leases.refused("k", lowered, now);
+        assert_eq!(leases.expired(now + LIFE * 2), vec![("k".to_owned(), size)]);
+        assert!(leases.drain().is_empty());
     }
 
     #[test]

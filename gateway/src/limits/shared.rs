@@ -44,7 +44,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::lease::{Leases, Need};
+use super::lease::{Leases, Need, Terms};
 use super::local::worst_nusd;
 use super::scripts::{self, Admit, BudgetTerms, Hold, Keys, RateSlice, Slices, Verdict};
 use super::{
@@ -402,9 +402,16 @@ impl Inner {
         })
     }
 
-    /// Renews `key_id`'s lease toward `size`, asking what it lacks.
-    async fn renew(&self, key_id: &str, size: Slices, terms: Option<BudgetTerms<'_>>) {
-        let ask = self.leases.lacking(key_id, &size);
+    /// Renews `key_id`'s lease under `lease_terms` toward `size`, asking
+    /// what it lacks.
+    async fn renew(
+        &self,
+        key_id: &str,
+        lease_terms: Terms,
+        size: Slices,
+        terms: Option<BudgetTerms<'_>>,
+    ) {
+        let ask = self.leases.lacking(key_id, lease_terms, &size);
         let keys = &self.keys;
         let started = Instant::now();
         let verdict = self
@@ -421,14 +428,15 @@ impl Inner {
                 }
                 // Redis had no lease hold (it restarted, say): what this
                 // gateway thought was left of one is not held, so it goes.
+                let lost = lost && terms.is_some();
                 self.leases
-                    .granted(key_id, &ask, size, lost && terms.is_some(), now);
+                    .granted(key_id, lease_terms, &ask, size, lost, now);
             }
             Some((Verdict::Budget { spent, reserved }, _)) => {
                 self.seen(key_id, spent, reserved);
-                self.leases.refused(key_id, now);
+                self.leases.refused(key_id, lease_terms, now);
             }
-            _ => self.leases.refused(key_id, now),
+            _ => self.leases.refused(key_id, lease_terms, now),
         }
     }
 
@@ -614,7 +622,12 @@ impl SharedLimiter {
         }
         let now = Instant::now();
         let key_id = &a.limits.key_id;
-        let take = inner.leases.take(key_id, need, now);
+        let lease_terms = Terms {
+            requests_per_min: a.limits.requests_per_min,
+            tokens_per_min: a.limits.tokens_per_min,
+            budget: a.budget.map(|b| budget_nusd(b.budget_usd)),
+        };
+        let take = inner.leases.take(key_id, lease_terms, need, now);
         if take.renew {
             match inner.lease_size(a, &need) {
                 Some(size) => {
@@ -623,10 +636,10 @@ impl SharedLimiter {
                     let budget = a.budget.map(|b| (b.budget_usd, b.stored_spent_usd));
                     tokio::spawn(async move {
                         let terms = budget.map(|(budget, stored)| inner.terms(budget, stored));
-                        inner.renew(&key_id, size, terms).await;
+                        inner.renew(&key_id, lease_terms, size, terms).await;
                     });
                 }
-                None => inner.leases.refused(key_id, now),
+                None => inner.leases.refused(key_id, lease_terms, now),
             }
         }
         if take.admitted {
@@ -917,7 +930,7 @@ mod tests {
         };
         inner
             .leases
-            .granted("k", &rest, rest, false, Instant::now());
+            .granted("k", Terms::default(), &rest, rest, false, Instant::now());
         inner.give_back(true).await;
         inner.give_back(true).await;
         let kept: Vec<_> = inner.unreturned.lock().unwrap().iter().cloned().collect();
