@@ -58,6 +58,16 @@ struct Fleet {
 /// `redis_url` under a prefix of this test's own; returns once both
 /// gateways count each other.
 async fn fleet(edges: usize, redis_url: &str, price_out: f64) -> Fleet {
+    fleet_with(edges, redis_url, price_out, &[]).await
+}
+
+/// [`fleet`] with more settings for both gateways.
+async fn fleet_with(
+    edges: usize,
+    redis_url: &str,
+    price_out: f64,
+    settings: &[(&str, &str)],
+) -> Fleet {
     let db = common::postgres().await;
     let workers = futures::future::join_all((0..edges).map(|_| EdgeWorker::start(&[]))).await;
     for (i, w) in workers.iter().enumerate() {
@@ -70,12 +80,13 @@ async fn fleet(edges: usize, redis_url: &str, price_out: f64) -> Fleet {
     // The model runs on the same cores as the gateways here, so the 50 ms
     // default would send calls to the fallback under load; the fallback has
     // a test of its own.
-    let env = [
+    let mut env = vec![
         ("GATEWAY_DATABASE_URL", db_url.as_str()),
         ("GATEWAY_REDIS_URL", redis_url),
         ("GATEWAY_REDIS_PREFIX", prefix.as_str()),
         ("GATEWAY_REDIS_TIMEOUT_MS", "1000"),
     ];
+    env.extend_from_slice(settings);
     let (a, b) = tokio::join!(GatewayProcess::start(&env), GatewayProcess::start(&env));
     for gw in [&a, &b] {
         gw.wait_metric("gateway_fleet_gateways", |n| n >= 2.0).await;
@@ -271,47 +282,74 @@ async fn requests_per_minute_hold_across_two_gateways() {
     assert!((1..=6).contains(&retry), "{retry}");
 }
 
-/// A budget whose requests go to a free backend holds nothing per request.
-/// Releasing such a hold once failed in Redis (its negation, `-0`, is not
-/// an integer to Redis), and every failure sent the admissions after it to
-/// the gateway's local share.
+/// A budget whose requests go to a free backend holds nothing per request,
+/// whether each request holds in its own name or draws on its gateway's
+/// lease. Releasing such a hold once failed in Redis (its negation, `-0`,
+/// is not an integer to Redis), and every failure sent the admissions
+/// after it to the gateway's local share.
 #[tokio::test]
 async fn free_requests_settle_in_redis_without_falling_back() {
-    let fleet = fleet(1, &shared_redis_url(), 0.0).await;
-    let (_, key) = tenant_and_key(&fleet.db.store, |s: &mut NewKeySpec| {
-        s.budget_usd = Some(1.0);
-    })
-    .await;
-    let con = redis_con(&fleet.redis_url).await;
-    let markers = format!("{}limits:settled:*", fleet.prefix);
-    for round in 1..=2_usize {
-        let results = burst(&fleet, &key, 6, &chat_body("Say hi.", 1)).await;
-        assert_eq!(count(&results, 200, None), 6, "{results:?}");
-        eventually("every request settled in Redis", || {
-            let (mut con, markers) = (con.clone(), markers.clone());
-            async move {
-                let settled: Vec<String> = redis::cmd("KEYS")
-                    .arg(&markers)
-                    .query_async(&mut con)
-                    .await
-                    .unwrap();
-                settled.len() == 6 * round
-            }
+    for lease_ms in ["0", "2000"] {
+        let settings = [("GATEWAY_REDIS_LEASE_MS", lease_ms)];
+        let fleet = fleet_with(1, &shared_redis_url(), 0.0, &settings).await;
+        let (_, key) = tenant_and_key(&fleet.db.store, |s: &mut NewKeySpec| {
+            s.budget_usd = Some(1.0);
         })
         .await;
-    }
-    // A settlement's answer reaches its gateway's metrics right after the
-    // script ran.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut failed = 0.0;
-    for gw in &fleet.gateways {
-        failed += labelled(
-            &gw.metrics().await,
-            "gateway_limits_redis_errors_total{call=\"settle\"}",
+        let key_id = fleet.db.store.list_keys(None).await.unwrap()[0].id.clone();
+        let con = redis_con(&fleet.redis_url).await;
+        let markers = format!("{}limits:settled:*", fleet.prefix);
+        let holds = format!("{}limits:holds:{key_id}", fleet.prefix);
+        for round in 1..=2_usize {
+            let results = burst(&fleet, &key, 6, &chat_body("Say hi.", 1)).await;
+            assert_eq!(count(&results, 200, None), 6, "{results:?}");
+            eventually("every request settled in Redis", || {
+                let (mut con, markers, holds) = (con.clone(), markers.clone(), holds.clone());
+                async move {
+                    let settled: Vec<String> = redis::cmd("KEYS")
+                        .arg(&markers)
+                        .query_async(&mut con)
+                        .await
+                        .unwrap();
+                    let held: Vec<String> = redis::cmd("HKEYS")
+                        .arg(&holds)
+                        .query_async(&mut con)
+                        .await
+                        .unwrap();
+                    // Without leases, one marker per request; with them,
+                    // one per request that held in its own name and one per
+                    // batch of those that drew on a lease. Either way no
+                    // request's own hold is left.
+                    let own_holds = held.iter().filter(|h| !h.starts_with("lease:")).count();
+                    own_holds == 0
+                        && if lease_ms == "0" {
+                            settled.len() == 6 * round
+                        } else {
+                            settled.len() >= round
+                        }
+                }
+            })
+            .await;
+        }
+        // A settlement's answer reaches its gateway's metrics right after
+        // the script ran.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut failed = 0.0;
+        for gw in &fleet.gateways {
+            failed += labelled(
+                &gw.metrics().await,
+                "gateway_limits_redis_errors_total{call=\"settle\"}",
+            );
+        }
+        assert!(
+            failed < 1.0,
+            "leases {lease_ms} ms: {failed} settlements failed in Redis"
+        );
+        assert!(
+            fallbacks(&fleet).await < 1.0,
+            "leases {lease_ms} ms: every decision was Redis's"
         );
     }
-    assert!(failed < 1.0, "{failed} settlements failed in Redis");
-    assert!(fallbacks(&fleet).await < 1.0, "every decision was Redis's");
 }
 
 /// A Redis server of this test's own, so the test can stop it.

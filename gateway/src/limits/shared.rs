@@ -142,8 +142,8 @@ struct Inner {
     /// with the id that makes its give-back count once; sent again at
     /// every beat.
     unreturned: Mutex<VecDeque<(String, String, Slices)>>,
-    /// Numbers this gateway's give-backs.
-    give_backs: AtomicU64,
+    /// Numbers this gateway's give-backs and merged settlements.
+    seq: AtomicU64,
     settlements: mpsc::UnboundedSender<Settlement>,
 }
 
@@ -187,7 +187,7 @@ impl SharedLimiter {
                 pending: Mutex::new(VecDeque::new()),
                 leases: Leases::new(Config::ms(config.redis_lease_ms)),
                 unreturned: Mutex::new(VecDeque::new()),
-                give_backs: AtomicU64::new(0),
+                seq: AtomicU64::new(0),
                 settlements: tx,
             }),
         };
@@ -299,11 +299,19 @@ impl Inner {
     /// Sends settlements in one round trip; queues them all when it fails
     /// (each counts once, so those that did land may be sent again).
     async fn send_settlements(&self, batch: Vec<Settlement>) {
+        let batch = merge_drawn(batch, || format!("batch:{}", self.next_id()));
         if !self.settle_batch(&batch).await {
             for s in batch {
                 self.queue(s);
             }
         }
+    }
+
+    /// A name of this gateway's own for one give-back or merged
+    /// settlement: its marker in Redis makes it count once.
+    fn next_id(&self) -> String {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        format!("{}:{n}", self.gateway_id)
     }
 
     /// Whether Redis took `batch` (see [`scripts::settle_batch`]).
@@ -455,8 +463,7 @@ impl Inner {
             .drain(..)
             .collect();
         for (key_id, rest) in ended {
-            let n = self.give_backs.fetch_add(1, Ordering::Relaxed);
-            todo.push((key_id, format!("{}:{n}", self.gateway_id), rest));
+            todo.push((key_id, self.next_id(), rest));
         }
         let keys = &self.keys;
         let gateway_id = self.gateway_id.as_str();
@@ -514,6 +521,33 @@ impl Inner {
             worst_nusd(ask.worst_usd),
         )
     }
+}
+
+/// `batch` with the settlements of requests a lease admitted merged into
+/// one per key (their costs and draws summed) under a name from `id`, so
+/// that Redis runs one script and keeps one marker for them rather than one
+/// per request. Settlements of holds of their own pass as they are.
+fn merge_drawn(batch: Vec<Settlement>, mut id: impl FnMut() -> String) -> Vec<Settlement> {
+    let mut out = Vec::with_capacity(batch.len());
+    let mut merged: Vec<Settlement> = Vec::new();
+    for s in batch {
+        let Some(drawn) = s.drawn else {
+            out.push(s);
+            continue;
+        };
+        match merged.iter_mut().find(|m| m.key_id == s.key_id) {
+            Some(m) => {
+                m.actual_nusd = m.actual_nusd.saturating_add(s.actual_nusd);
+                m.drawn = Some(m.drawn.unwrap_or(0).saturating_add(drawn));
+            }
+            None => merged.push(Settlement {
+                request_id: id(),
+                ..s
+            }),
+        }
+    }
+    out.extend(merged);
+    out
 }
 
 /// A hold made in Redis: settled there.
@@ -913,6 +947,37 @@ mod tests {
         let figures = scripts::figures(&mut con, &keys, "k").await.unwrap();
         let spent = i64::try_from(admitted).unwrap() * 500;
         assert_eq!(figures, Some((spent, 0)));
+    }
+
+    #[test]
+    fn settlements_from_a_lease_merge_per_key_and_the_others_stay_apart() {
+        let s = |key: &str, req: &str, actual: i64, drawn: Option<i64>| Settlement {
+            key_id: key.into(),
+            request_id: req.into(),
+            actual_nusd: actual,
+            drawn,
+        };
+        let batch = vec![
+            s("k1", "a", 5, Some(10)),
+            s("k2", "b", 3, None),
+            s("k1", "c", 7, Some(20)),
+            s("k2", "d", 0, Some(5)),
+            s("k2", "e", 4, None),
+        ];
+        let mut n = 0;
+        let merged = merge_drawn(batch, || {
+            n += 1;
+            format!("m{n}")
+        });
+        assert_eq!(
+            merged,
+            vec![
+                s("k2", "b", 3, None),
+                s("k2", "e", 4, None),
+                s("k1", "m1", 12, Some(30)),
+                s("k2", "m2", 0, Some(5)),
+            ]
+        );
     }
 
     #[tokio::test]
