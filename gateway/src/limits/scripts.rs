@@ -10,7 +10,7 @@
 //! | `budget:{key_id}` | hash | `spent` (seeded from the store, raised to it, plus settlements) and `reserved` (sum of holds), nano-USD |
 //! | `holds:{key_id}` | hash | request id → `"{nano-USD} {gateway id} {deadline ms}"` |
 //! | `holders` | set | key ids with outstanding holds, for the reconciler |
-//! | `settled:{request_id}` | string | a request settled, expiring after [`SETTLED_TTL_MS`]: a settlement counts once |
+//! | `settled:{id}` | string | a settlement (a request's, or a batch's of leased requests) or a lease's give-back done, expiring after [`SETTLED_TTL_MS`]: each counts once |
 //! | `gateway:{id}` | string | a gateway's heartbeat, expiring when it stops beating |
 //! | `gateways` | sorted set | gateway id → last beat (ms), to count the live ones |
 //!
