@@ -335,37 +335,20 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::privacy::Class;
     use crate::store::LedgerStatus;
 
     fn row(i: usize) -> LedgerEntry {
         LedgerEntry {
-            id: format!("r{i}"),
-            tenant_id: "t".into(),
-            key_id: "k".into(),
-            requested_model: "m".into(),
-            resolved_model: None,
-            backend: None,
-            route_reason: None,
-            privacy_class: Class::Public,
-            detectors: Vec::new(),
-            predicted_latency_ms: None,
-            predicted_energy_j: None,
-            predicted_cost_usd: None,
-            latency_ms: None,
-            ttft_ms: None,
-            prompt_tokens: None,
-            completion_tokens: None,
-            usage_estimated: false,
-            joules: None,
-            usd: None,
             status: LedgerStatus::Ok,
             http_status: Some(200),
-            error_code: None,
-            stream: false,
-            decision: None,
-            created_at: i64::try_from(i).unwrap() + 1,
-            placement: crate::store::Placement::default(),
+            ..LedgerEntry::new(
+                format!("r{i}"),
+                "t".into(),
+                "k".into(),
+                "m".into(),
+                false,
+                i64::try_from(i).unwrap() + 1,
+            )
         }
     }
 

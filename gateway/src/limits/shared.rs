@@ -385,16 +385,7 @@ impl Inner {
         };
         let budget = match (a.budget, need.budget) {
             (Some(ask), Some(worst)) => {
-                let (spent, reserved) = self
-                    .last_seen
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .get(ask.key_id)
-                    .copied()
-                    .unwrap_or((0, 0));
-                let left = budget_nusd(ask.budget_usd)
-                    .saturating_sub(spent.max(to_nusd(ask.stored_spent_usd)))
-                    .saturating_sub(reserved);
+                let left = self.budget_left(&ask);
                 let slices = (left / (8 * n.cast_signed() * worst.max(1))).min(MAX_BUDGET_SLICE);
                 if slices < MIN_BUDGET_SLICE {
                     return None;
@@ -497,22 +488,27 @@ impl Inner {
         }
     }
 
-    /// A budget hold from this gateway's share of what Redis last said was
-    /// left: `(budget - spent - reserved) / live gateways`.
-    fn reserve_locally(&self, ask: &BudgetAsk<'_>) -> Result<(), LimitExceeded> {
-        let budget = budget_nusd(ask.budget_usd);
+    /// What is left of `ask`'s budget as Redis last reported it (spend
+    /// raised to the store's figure), never below 0: `budget - spent -
+    /// reserved`.
+    fn budget_left(&self, ask: &BudgetAsk<'_>) -> i64 {
         let (spent, reserved) = self
             .last_seen
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(ask.key_id)
             .copied()
-            .unwrap_or((to_nusd(ask.stored_spent_usd), 0));
-        let left = budget
+            .unwrap_or((0, 0));
+        budget_nusd(ask.budget_usd)
             .saturating_sub(spent.max(to_nusd(ask.stored_spent_usd)))
             .saturating_sub(reserved)
-            .max(0);
-        let share = left / i64::from(self.share());
+            .max(0)
+    }
+
+    /// A budget hold from this gateway's share of what Redis last said was
+    /// left: `(budget - spent - reserved) / live gateways`.
+    fn reserve_locally(&self, ask: &BudgetAsk<'_>) -> Result<(), LimitExceeded> {
+        let share = self.budget_left(ask) / i64::from(self.share());
         self.fallback_book.reserve(
             ask.key_id,
             ask.request_id,
