@@ -22,7 +22,7 @@ use common::process::GatewayProcess;
 use common::TestDb;
 use gateway::limits::scripts::{self, Keys};
 use gateway::limits::to_nusd;
-use gateway::store::NewKeySpec;
+use gateway::store::{KeyLimitsUpdate, NewKeySpec};
 use sqlx::Connection;
 
 /// USD per 1000 output tokens of the edge backends; input is free, so a
@@ -348,6 +348,63 @@ async fn free_requests_settle_in_redis_without_falling_back() {
         assert!(
             fallbacks(&fleet).await < 1.0,
             "leases {lease_ms} ms: every decision was Redis's"
+        );
+    }
+}
+
+/// A budget an admin lowers binds on both gateways within a second, though
+/// each was admitting the key's requests from a lease of the old budget.
+#[tokio::test]
+async fn a_lowered_budget_binds_within_a_second_though_both_gateways_hold_leases() {
+    let fleet = fleet(1, &shared_redis_url(), PRICE_OUT).await;
+    let (_, key) = tenant_and_key(&fleet.db.store, |s: &mut NewKeySpec| {
+        s.budget_usd = Some(1_000.0);
+    })
+    .await;
+    let key_id = fleet.db.store.list_keys(None).await.unwrap()[0].id.clone();
+    let body = chat_body("Say hi.", 1);
+    // A key's first requests take the exact path while its lease is
+    // granted; the later ones are admitted from it.
+    for _ in 0..3 {
+        let results = burst(&fleet, &key, 4, &body).await;
+        assert_eq!(count(&results, 200, None), 4, "{results:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for gw in &fleet.gateways {
+        let leased = labelled(&gw.metrics().await, "gateway_limits_leased_total");
+        assert!(leased >= 1.0, "{} admitted nothing from a lease", gw.base);
+    }
+    let lowered = KeyLimitsUpdate {
+        budget_usd: Some(Some(0.0)),
+        ..KeyLimitsUpdate::default()
+    };
+    fleet
+        .db
+        .store
+        .update_key_limits(&key_id, lowered)
+        .await
+        .unwrap();
+    let since = Instant::now();
+    for gw in &fleet.gateways {
+        loop {
+            let r = gw.chat(&key, &body).await;
+            let status = r.status().as_u16();
+            if status == 429 {
+                let answer: serde_json::Value = r.json().await.unwrap();
+                assert_eq!(answer["error"]["code"], "insufficient_quota");
+                break;
+            }
+            assert_eq!(status, 200);
+            assert!(
+                since.elapsed() < Duration::from_secs(1),
+                "{} still admits on the old budget after 1 s",
+                gw.base
+            );
+        }
+        println!(
+            "lowered budget binds on {} after {:?}",
+            gw.base,
+            since.elapsed()
         );
     }
 }
