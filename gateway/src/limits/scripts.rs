@@ -264,15 +264,14 @@ end
 give_back(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))
 give_back(KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4]))
 local account, holds, field = KEYS[3], KEYS[4], ARGV[6]
-local lease = redis.call('HGET', holds, field)
-if lease then
-  local held, gateway_id, deadline = string.match(lease, '^(%d+) (%S+) (%d+)$')
-  local back = math.min(tonumber(held) or 0, tonumber(ARGV[7]))
+local held, gateway_id, deadline = string.match(redis.call('HGET', holds, field) or '', '^(%d+) (%S+) (%d+)$')
+if held then
+  local back = math.min(tonumber(held), tonumber(ARGV[7]))
   if back > 0 then
     local left = redis.call('HINCRBY', account, 'reserved', -back)
     if left < 0 then redis.call('HSET', account, 'reserved', '0') end
   end
-  local rest = (tonumber(held) or 0) - back
+  local rest = tonumber(held) - back
   if rest > 0 then
     redis.call('HSET', holds, field, string.format('%.0f', rest) .. ' ' .. gateway_id .. ' ' .. deadline)
   else
@@ -321,11 +320,10 @@ if hold then
   released = tonumber(string.match(hold, '^(%d+)')) or 0
   redis.call('HDEL', holds, request_id)
 elseif ARGV[5] ~= '' then
-  local lease = redis.call('HGET', holds, ARGV[5])
-  if lease then
-    local held, gateway_id, deadline = string.match(lease, '^(%d+) (%S+) (%d+)$')
-    released = math.min(tonumber(held) or 0, tonumber(ARGV[6]))
-    local rest = string.format('%.0f', (tonumber(held) or 0) - released)
+  local held, gateway_id, deadline = string.match(redis.call('HGET', holds, ARGV[5]) or '', '^(%d+) (%S+) (%d+)$')
+  if held then
+    released = math.min(tonumber(held), tonumber(ARGV[6]))
+    local rest = string.format('%.0f', tonumber(held) - released)
     redis.call('HSET', holds, ARGV[5], rest .. ' ' .. gateway_id .. ' ' .. deadline)
   end
 end
