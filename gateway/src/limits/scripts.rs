@@ -173,6 +173,30 @@ local function hold_value(amount, gateway_id, ttl_ms)
 end
 ";
 
+/// The functions [`SETTLE`], [`UNLEASE`] and [`RECONCILE`] share:
+/// releasing an amount from a key's reserved sum (never below 0, and
+/// nothing for 0: Lua writes minus zero as `-0`, which Redis refuses as an
+/// integer), and taking up to an amount from a lease hold, whose value keeps
+/// its gateway and deadline (what was taken and what is left; nothing for a
+/// hold that is missing or malformed).
+const HOLD_FNS: &str = r"
+local function unreserve(account, amount)
+  if amount > 0 then
+    local left = redis.call('HINCRBY', account, 'reserved', -amount)
+    if left < 0 then redis.call('HSET', account, 'reserved', '0') end
+  end
+end
+local function draw_lease(holds, field, amount)
+  local held, gateway_id, deadline =
+    string.match(redis.call('HGET', holds, field) or '', '^(%d+) (%S+) (%d+)$')
+  if not held then return 0, nil end
+  local taken = math.min(tonumber(held), amount)
+  local rest = tonumber(held) - taken
+  redis.call('HSET', holds, field, string.format('%.0f', rest) .. ' ' .. gateway_id .. ' ' .. deadline)
+  return taken, rest
+end
+";
+
 /// A lease: a slice of a key's rates and budget granted to one gateway
 /// ahead of need, from which it admits requests without a round trip
 /// (`super::lease`). All or nothing, like [`ADMIT`]: each rate is charged
@@ -246,7 +270,7 @@ return {0, spent, reserved, lost}
 /// the marker's ttl.
 static UNLEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{PRELUDE}{}",
+        "{PRELUDE}{HOLD_FNS}{}",
         r"
 if not redis.call('SET', KEYS[6], '1', 'NX', 'PX', ARGV[8]) then
   return 0
@@ -263,23 +287,14 @@ local function give_back(key, interval, n)
 end
 give_back(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))
 give_back(KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4]))
-local account, holds, field = KEYS[3], KEYS[4], ARGV[6]
-local held, gateway_id, deadline = string.match(redis.call('HGET', holds, field) or '', '^(%d+) (%S+) (%d+)$')
-if held then
-  local back = math.min(tonumber(held), tonumber(ARGV[7]))
-  if back > 0 then
-    local left = redis.call('HINCRBY', account, 'reserved', -back)
-    if left < 0 then redis.call('HSET', account, 'reserved', '0') end
-  end
-  local rest = tonumber(held) - back
-  if rest > 0 then
-    redis.call('HSET', holds, field, string.format('%.0f', rest) .. ' ' .. gateway_id .. ' ' .. deadline)
-  else
-    redis.call('HDEL', holds, field)
-  end
-  if redis.call('HLEN', holds) == 0 then
-    redis.call('SREM', KEYS[5], ARGV[5])
-  end
+local holds, field = KEYS[4], ARGV[6]
+local back, rest = draw_lease(holds, field, tonumber(ARGV[7]))
+unreserve(KEYS[3], back)
+if rest == 0 then
+  redis.call('HDEL', holds, field)
+end
+if redis.call('HLEN', holds) == 0 then
+  redis.call('SREM', KEYS[5], ARGV[5])
 end
 return 0
 "
@@ -304,10 +319,11 @@ pub const SETTLED_TTL_MS: u64 = 120_000;
 /// the reconciler releases it. Returns the amount released.
 ///
 /// A hold of nothing (a request whose backends are all free) is released
-/// without `HINCRBY`: Lua writes its negation as `-0`, which Redis refuses
-/// as an integer (the reconciler skips it likewise).
+/// without `HINCRBY` ([`HOLD_FNS`]' `unreserve`, which the reconciler and
+/// the give-back use too).
 static SETTLE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
+        "{HOLD_FNS}{}",
         r"
 local account, holds, holders, settled = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local key_id, request_id, actual = ARGV[1], ARGV[2], ARGV[3]
@@ -320,17 +336,9 @@ if hold then
   released = tonumber(string.match(hold, '^(%d+)')) or 0
   redis.call('HDEL', holds, request_id)
 elseif ARGV[5] ~= '' then
-  local held, gateway_id, deadline = string.match(redis.call('HGET', holds, ARGV[5]) or '', '^(%d+) (%S+) (%d+)$')
-  if held then
-    released = math.min(tonumber(held), tonumber(ARGV[6]))
-    local rest = string.format('%.0f', tonumber(held) - released)
-    redis.call('HSET', holds, ARGV[5], rest .. ' ' .. gateway_id .. ' ' .. deadline)
-  end
+  released = draw_lease(holds, ARGV[5], tonumber(ARGV[6]))
 end
-if released > 0 then
-  local left = redis.call('HINCRBY', account, 'reserved', -released)
-  if left < 0 then redis.call('HSET', account, 'reserved', '0') end
-end
+unreserve(account, released)
 if tonumber(actual) > 0 and redis.call('HEXISTS', account, 'spent') == 1 then
   redis.call('HINCRBY', account, 'spent', actual)
 end
@@ -338,15 +346,16 @@ if redis.call('HLEN', holds) == 0 then
   redis.call('SREM', holders, key_id)
 end
 return released
-",
-    )
+"
+    ))
 });
 
 /// Releases every hold whose deadline passed and, when `ARGV[2]` is `1`,
 /// every hold whose gateway stopped beating (killed). Returns how many it
 /// released.
 static RECONCILE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
+        "{HOLD_FNS}{}",
         r"
 local holders, base, release_dead = KEYS[1], ARGV[1], ARGV[2] == '1'
 local t = redis.call('TIME')
@@ -361,10 +370,7 @@ for _, key_id in ipairs(redis.call('SMEMBERS', holders)) do
     if (not amount) or tonumber(deadline) < now
         or (release_dead and redis.call('EXISTS', base .. 'gateway:' .. gateway) == 0) then
       redis.call('HDEL', holds, all[i])
-      if amount and tonumber(amount) > 0 then
-        local left = redis.call('HINCRBY', account, 'reserved', -tonumber(amount))
-        if left < 0 then redis.call('HSET', account, 'reserved', '0') end
-      end
+      unreserve(account, tonumber(amount) or 0)
       released = released + 1
     end
   end
@@ -373,8 +379,8 @@ for _, key_id in ipairs(redis.call('SMEMBERS', holders)) do
   end
 end
 return released
-",
-    )
+"
+    ))
 });
 
 /// Marks a gateway alive for `ttl` ms and returns how many gateways beat

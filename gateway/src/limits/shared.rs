@@ -347,6 +347,13 @@ impl Inner {
         }
     }
 
+    /// `ask`'s hold as Redis holds it: in its own name, or `drawn` from
+    /// this gateway's lease. Settled in Redis.
+    fn hold(self: &Arc<Self>, ask: &BudgetAsk<'_>, drawn: Option<i64>) -> BudgetHold {
+        let settler: Arc<dyn Settle> = Arc::new(RedisSettle(Arc::clone(self)));
+        BudgetHold::drawn(ask.key_id, ask.request_id, drawn, settler)
+    }
+
     /// The terms of a hold or lease on a budget.
     fn terms(&self, budget_usd: f64, stored_spent_usd: f64) -> BudgetTerms<'_> {
         BudgetTerms {
@@ -588,10 +595,7 @@ impl Limiter for SharedLimiter {
             budget: a.budget.map(|b| worst_nusd(b.worst_usd)),
         };
         if self.admit_from_lease(&a, need) {
-            return Ok(a.budget.map(|b| {
-                let settler: Arc<dyn Settle> = Arc::new(RedisSettle(Arc::clone(&self.inner)));
-                BudgetHold::drawn(b.key_id, b.request_id, need.budget, settler)
-            }));
+            return Ok(a.budget.map(|b| self.inner.hold(&b, need.budget)));
         }
         let inner = &self.inner;
         let ask = Admit {
@@ -631,10 +635,7 @@ impl Limiter for SharedLimiter {
             }
             Some(Verdict::Admitted { spent, reserved }) => {
                 seen(spent, reserved);
-                Ok(a.budget.map(|b| {
-                    let settler: Arc<dyn Settle> = Arc::new(RedisSettle(Arc::clone(inner)));
-                    BudgetHold::new(b.key_id, b.request_id, settler)
-                }))
+                Ok(a.budget.map(|b| inner.hold(&b, None)))
             }
         }
     }
