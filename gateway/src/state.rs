@@ -12,7 +12,7 @@ use crate::fleet::changes::Caches;
 use crate::fleet::health::SharedLive;
 use crate::fleet::registry::Registry;
 use crate::fleet::{Redis, RedisCallError};
-use crate::ledger::{Ledger, LedgerOptions, SpillError};
+use crate::ledger::{Ledger, LedgerError, LedgerOptions};
 use crate::limits::{InProcessLimiter, Limiter, SharedLimiter, SharedLimiterError};
 use crate::live::load::LoadTracker;
 use crate::live::poller::Poller;
@@ -74,8 +74,8 @@ impl std::ops::Deref for AppState {
 pub enum StartError {
     #[error("cannot build the upstream HTTP client")]
     Client(#[source] reqwest::Error),
-    #[error("cannot open the ledger spill file")]
-    Ledger(#[source] SpillError),
+    #[error("cannot start the ledger")]
+    Ledger(#[source] LedgerError),
     #[error("cannot set up the shared limits")]
     Limits(#[source] SharedLimiterError),
     #[error("invalid redis_url")]

@@ -58,7 +58,10 @@ async fn chat_and_ledger_round_trip(db: common::TestDb) {
         "{usd}"
     );
     assert!(row.predicted_latency_ms.is_some() && row.latency_ms.is_some());
-    assert_eq!(row.decision.as_ref().unwrap()["chosen"]["backend"], "cloud");
+    assert_eq!(
+        row.decision.as_ref().unwrap().value().unwrap()["chosen"]["backend"],
+        "cloud"
+    );
 
     let r = gw
         .chat(

@@ -54,7 +54,10 @@ async fn failover_to_cloud_when_the_edge_dies_before_the_first_byte() {
             (row.status, row.backend.as_deref()),
             (LedgerStatus::Ok, Some("cloud"))
         );
-        assert_eq!(row.decision.unwrap()["chosen"]["backend"], "edge");
+        assert_eq!(
+            row.decision.unwrap().value().unwrap()["chosen"]["backend"],
+            "edge"
+        );
     }
     assert_eq!(mock.stats().requests_total, 2);
     assert!(

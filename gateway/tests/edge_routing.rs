@@ -126,7 +126,7 @@ async fn cloud_when_the_edge_would_break_the_slo() {
     assert_eq!(header(&r, "x-gateway-backend"), "cloud");
     assert_eq!(header(&r, "x-gateway-route-reason"), "edge_over_slo");
     let row = gw.row(header(&r, "x-gateway-ledger-id")).await;
-    let decision = row.decision.unwrap();
+    let decision = row.decision.unwrap().value().unwrap();
     assert_eq!(decision["fallbacks"][0]["backend"], "edge");
     assert_eq!(decision["fallbacks"][0]["meets_slo"], false);
     assert_eq!(mock.stats().requests_total, 1);

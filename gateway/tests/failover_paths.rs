@@ -285,7 +285,10 @@ async fn an_edge_worker_killed_after_accepting_fails_over_to_the_cloud() {
         (row.status, row.backend.as_deref()),
         (LedgerStatus::Ok, Some("cloud"))
     );
-    assert_eq!(row.decision.unwrap()["chosen"]["backend"], "edge");
+    assert_eq!(
+        row.decision.unwrap().value().unwrap()["chosen"]["backend"],
+        "edge"
+    );
     let counts = gw.ledger_counts(1).await;
     assert_eq!(counts.get(&LedgerStatus::Ok), Some(&1), "{counts:?}");
     gw.shutdown().await;

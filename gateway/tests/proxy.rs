@@ -163,7 +163,10 @@ async fn failover_between_clouds_then_502_when_all_fail() {
     assert_eq!(header(&r, "x-gateway-route-reason"), "failover");
     let row = gw.row(header(&r, "x-gateway-ledger-id")).await;
     assert_eq!(row.backend.as_deref(), Some("b-healthy"));
-    assert_eq!(row.decision.unwrap()["chosen"]["backend"], "a-failing");
+    assert_eq!(
+        row.decision.unwrap().value().unwrap()["chosen"]["backend"],
+        "a-failing"
+    );
     assert_eq!(failing.stats().requests_total, 1);
 
     gw.store()

@@ -13,7 +13,9 @@ use gateway::privacy::{Class, RuleSet, RuleSpec};
 use gateway::routing::{
     Alias, AliasTarget, Backend, BackendKind, Capabilities, ModelMapping, Policy, Zone,
 };
-use gateway::store::{LedgerEntry, LedgerStatus, NewKeySpec, Placement, Store, StoreError};
+use gateway::store::{
+    DecisionJson, LedgerEntry, LedgerStatus, NewKeySpec, Placement, Store, StoreError,
+};
 use secrecy::ExposeSecret;
 
 on_both_databases!(
@@ -389,7 +391,9 @@ fn ledger_entry(id: &str, status: LedgerStatus, created_at: i64) -> LedgerEntry 
         http_status: Some(200),
         error_code: None,
         stream: true,
-        decision: Some(serde_json::json!({"chosen": {"backend": "edge-1", "score": 0.27}})),
+        decision: DecisionJson::new(
+            &serde_json::json!({"chosen": {"backend": "edge-1", "score": 0.27}}),
+        ),
         created_at,
         placement: Placement {
             predicted_wait_ms: Some(120.0),
@@ -458,12 +462,15 @@ async fn ledger_rows_with_nul_are_stored(store: &Store) {
     let mut e = ledger_entry("nul", LedgerStatus::Ok, 5_000);
     e.requested_model = "a\0b".into();
     e.error_code = Some("c\0".into());
-    e.decision = Some(serde_json::json!({"requested_model": "a\0b", "k\0": ["x\0"]}));
+    e.decision = DecisionJson::new(&serde_json::json!({"requested_model": "a\0b", "k\0": ["x\0"]}));
     e.scrub_nul();
     store.insert_ledger(&e).await.unwrap();
     let stored = store.ledger_entry("nul").await.unwrap().unwrap();
     assert_eq!(stored.requested_model, "a\u{fffd}b");
-    assert_eq!(stored.decision.unwrap()["k\u{fffd}"][0], "x\u{fffd}");
+    assert_eq!(
+        stored.decision.unwrap().value().unwrap()["k\u{fffd}"][0],
+        "x\u{fffd}"
+    );
 
     let minimal = ledger_entry("min", LedgerStatus::Partial, 6_000).minimal();
     store.insert_ledger(&minimal).await.unwrap();

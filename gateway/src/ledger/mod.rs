@@ -1,10 +1,11 @@
 //! The ledger writer: request handlers hand finished rows to an inbox; one
-//! background task stores them in batches, each in one transaction with
-//! the spend it adds to each key.
+//! background task, on a thread and runtime of its own, stores them in
+//! batches, each in one transaction with the spend it adds to each key.
 //!
 //! Why a writer task: a request's answer must not wait on a database
 //! write, and one writer batching rows costs the store far less than one
-//! insert per handler. Handlers never wait on it.
+//! insert per handler. Handlers never wait on it. Why a thread of its
+//! own: see [`Ledger::start`].
 //!
 //! # When the store is down
 //!
@@ -48,6 +49,15 @@ pub use spill::SpillError;
 
 use crate::config::Config;
 use crate::store::{now_ms, LedgerEntry, Store};
+
+/// Why the ledger could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error(transparent)]
+    Spill(#[from] SpillError),
+    #[error("cannot start the ledger writer")]
+    Writer(#[source] std::io::Error),
+}
 
 /// How the ledger holds rows the store has not taken yet.
 #[derive(Debug, Clone)]
@@ -181,12 +191,20 @@ impl Sink {
 
 impl Ledger {
     /// Opens the spill file (replaying what it holds) and starts the
-    /// writer on `tracker`.
+    /// writer; `tracker` waits for it to end.
+    ///
+    /// The writer runs on a thread of its own, on a runtime of its own.
+    /// Encoding a batch of rows is a burst of CPU that does not yield: on
+    /// the request runtime's workers it held up every request queued
+    /// behind it, on its own thread the kernel shares the cores fairly.
+    /// The store's pool is shared with the request runtime: SQLite
+    /// connections run on threads of their own anyway, and a Postgres
+    /// connection works from either runtime while both run.
     pub fn start(
         store: Store,
         options: LedgerOptions,
         tracker: &TaskTracker,
-    ) -> Result<Ledger, SpillError> {
+    ) -> Result<Ledger, LedgerError> {
         let spill = options
             .spill_dir
             .as_deref()
@@ -213,19 +231,32 @@ impl Ledger {
             reachable: AtomicU8::new(0),
             written_tx,
         });
-        tracker.spawn(
-            writer::Writer {
-                store,
-                rx,
-                shared: Arc::clone(&shared),
-                spill: spill.map(|s| Arc::new(Mutex::new(s))),
-                batch: options.batch.max(1),
-                memory_rows: options.memory_rows,
-                memory_bytes: options.memory_bytes,
-                spill_max_bytes: options.spill_max_bytes,
-            }
-            .run(),
-        );
+        let writer = writer::Writer {
+            store,
+            rx,
+            shared: Arc::clone(&shared),
+            spill: spill.map(|s| Arc::new(Mutex::new(s))),
+            batch: options.batch.max(1),
+            memory_rows: options.memory_rows,
+            memory_bytes: options.memory_bytes,
+            spill_max_bytes: options.spill_max_bytes,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(LedgerError::Writer)?;
+        let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("ledger-writer".into())
+            .spawn(move || {
+                runtime.block_on(writer.run());
+                drop(runtime);
+                let _ = ended_tx.send(());
+            })
+            .map_err(LedgerError::Writer)?;
+        tracker.spawn(async move {
+            let _ = ended_rx.await;
+        });
         Ok(Ledger {
             inner: Arc::new(Inner {
                 tx: Mutex::new(Some(tx)),
@@ -335,7 +366,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::store::LedgerStatus;
+    use crate::store::{DecisionJson, LedgerStatus};
 
     fn row(i: usize) -> LedgerEntry {
         LedgerEntry {
@@ -419,13 +450,13 @@ mod tests {
         let ledger = Ledger::start(db.clone(), options(&dir.path().join("spill")), &tasks).unwrap();
         let mut r = row(0);
         r.requested_model = "a\0b".into();
-        r.decision = Some(serde_json::json!({"k\0": "v\0"}));
+        r.decision = DecisionJson::new(&serde_json::json!({"k\0": "v\0"}));
         ledger.sink().unwrap().send(r);
         ledger.flush().await;
         let stored = db.ledger_entry("r0").await.unwrap().unwrap();
         assert_eq!(stored.requested_model, "a\u{fffd}b");
         assert_eq!(
-            stored.decision,
+            stored.decision.and_then(|d| d.value()),
             Some(serde_json::json!({"k\u{fffd}": "v\u{fffd}"}))
         );
         ledger.close();

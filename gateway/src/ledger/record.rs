@@ -13,7 +13,7 @@ use super::Sink;
 use crate::limits::BudgetHold;
 use crate::privacy::{Class, Classification};
 use crate::routing::{CloudRates, Decision, NoRoute, Scored, Zone};
-use crate::store::{LedgerEntry, LedgerStatus};
+use crate::store::{DecisionJson, LedgerEntry, LedgerStatus};
 use crate::traces::RequestTrace;
 
 /// What a row starts with, known at admission.
@@ -114,7 +114,7 @@ impl Record {
     }
 
     pub fn set_decision(&mut self, d: &Decision) {
-        self.entry.decision = Some(d.to_json());
+        self.entry.decision = DecisionJson::new(d);
         if let Some(c) = &d.all_cloud {
             self.entry.placement.allcloud_backend = Some(c.backend.clone());
             self.all_cloud = Some(c.rates);
@@ -124,8 +124,8 @@ impl Record {
     /// Adds `value` under `key` to the row's decision: what a hedge or a
     /// cascade did, so that every attempt of the request is in its row.
     pub fn note_in_decision(&mut self, key: &str, value: serde_json::Value) {
-        if let Some(serde_json::Value::Object(d)) = &mut self.entry.decision {
-            d.insert(key.to_owned(), value);
+        if let Some(d) = &mut self.entry.decision {
+            d.insert(key, value);
         }
     }
 
@@ -138,7 +138,7 @@ impl Record {
 
     /// Why no backend could take the request, in place of a decision.
     pub fn set_no_route(&mut self, r: &NoRoute) {
-        self.entry.decision = serde_json::to_value(r).ok();
+        self.entry.decision = DecisionJson::new(r);
     }
 
     /// Gives the row the request's budget hold, to settle when it is done.

@@ -277,7 +277,7 @@ mod tests {
             http_status: Some(200),
             error_code: None,
             stream: false,
-            decision: Some(serde_json::json!({"chosen": "b"})),
+            decision: crate::store::DecisionJson::new(&serde_json::json!({"chosen": "b"})),
             created_at: 7,
             placement: crate::store::Placement::default(),
         }

@@ -45,9 +45,12 @@ use super::Shared;
 use crate::store::{LedgerEntry, Store, StoreError};
 
 /// How long the writer lets a batch gather once a row is waiting. Under
-/// load this turns hundreds of one-row writes a second into a few dozen
-/// batches; it delays when a row becomes visible, never an answer.
-const LINGER: Duration = Duration::from_millis(10);
+/// load this turns a thousand one-row writes a second into twenty
+/// batches; it delays when a row becomes visible, never an answer. Each
+/// batch costs a transaction, a commit and round trips to the store
+/// whatever its size: at 1,000 requests/s, 50 ms against 10 ms took the
+/// gateway's CPU per request from 409 to 346 µs on embedded SQLite.
+const LINGER: Duration = Duration::from_millis(50);
 
 /// First and longest wait between attempts while the store is unreachable.
 /// Each attempt against a stopped Postgres also waits out the pool's

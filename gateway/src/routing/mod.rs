@@ -5,7 +5,7 @@
 //! policy, backend configs, the latest live load and health), so it is
 //! tested without a network and the same inputs always give the same ranking.
 //! The HTTP layer gathers those inputs, calls [`rank`], and stores
-//! [`Decision::to_json`] in the ledger so any choice can be explained later.
+//! the [`Decision`] (serialised) in the ledger so any choice can be explained later.
 //!
 //! Placement beyond the score: the predicted queue wait of an edge worker
 //! extrapolates its latest report with arrival and service rates

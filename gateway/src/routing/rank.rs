@@ -126,12 +126,6 @@ impl Decision {
     pub fn candidates(&self) -> impl Iterator<Item = &Scored> {
         std::iter::once(&self.chosen).chain(self.fallbacks.iter())
     }
-
-    /// The decision as a JSON value for the ledger.
-    #[must_use]
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
-    }
 }
 
 /// Why no backend can take the request; `code()` is the OpenAI error code.

@@ -245,7 +245,7 @@ fn ties_break_by_name_and_decision_serialises() {
     .unwrap();
     assert_eq!(d.chosen.backend, "a");
     assert_eq!(d.fallbacks[0].reason, RouteReason::Failover);
-    let json = d.to_json();
+    let json = serde_json::to_value(&d).unwrap();
     assert_eq!(json["chosen"]["reason"], "lowest_score");
     assert_eq!(json["class"], "public");
     let back: Decision = serde_json::from_value(json).unwrap();

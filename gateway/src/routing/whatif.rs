@@ -1,7 +1,7 @@
 //! What-if: a recorded decision re-ranked under other policy weights.
 //!
 //! The ledger keeps every decision's scored candidates with their
-//! predictions ([`Decision::to_json`]). Re-scoring those predictions with
+//! predictions (the [`Decision`] as serialised). Re-scoring those predictions with
 //! another policy's weights and references, in the order [`rank`] uses
 //! (candidates that keep the SLO first, then the lowest score, then the
 //! name), says which backend that policy would have chosen and what it

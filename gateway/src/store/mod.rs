@@ -40,7 +40,7 @@ use sqlx::{AnyPool, ConnectOptions, Executor};
 
 pub use admin::{AdminSession, AdminToken, CreatedAdminToken, CreatedSession, KeyLimitsUpdate};
 pub use error::StoreError;
-pub use ledger::{Appended, LedgerEntry, LedgerStatus, Placement};
+pub use ledger::{Appended, DecisionJson, LedgerEntry, LedgerStatus, Placement};
 pub use ledger_query::{
     LedgerFilter, LedgerTotals, SeriesPoint, Totals, MAX_LEDGER_ROWS, MAX_WINDOW_ROWS,
 };

@@ -42,7 +42,7 @@ fn query<T: for<'de> Deserialize<'de> + Default>(uri: &Uri) -> (T, Option<String
 fn decision_of(e: &LedgerEntry) -> Option<Decision> {
     e.decision
         .as_ref()
-        .and_then(|d| serde_json::from_value(d.clone()).ok())
+        .and_then(|d| serde_json::from_str(d.as_str()).ok())
 }
 
 async fn tenant_names(app: &AppState) -> Result<HashMap<String, String>, AdminApiError> {
@@ -232,7 +232,8 @@ fn all_cloud(e: &LedgerEntry) -> Option<(f64, f64)> {
     if let (Some(usd), Some(joules)) = (e.placement.allcloud_usd, e.placement.allcloud_joules) {
         return Some((usd, joules));
     }
-    let recorded = e.decision.as_ref()?.get("all_cloud");
+    let decision = e.decision.as_ref()?.value()?;
+    let recorded = decision.get("all_cloud");
     if let (Some(rates), Some(prompt), Some(completion)) = (
         recorded.and_then(|a| a.get("rates")),
         e.prompt_tokens,
