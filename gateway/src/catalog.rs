@@ -50,7 +50,10 @@ pub struct Snapshot {
 #[derive(Debug)]
 pub struct TenantSettings {
     pub policy: Policy,
-    pub rules: RuleSet,
+    pub rules: Arc<RuleSet>,
+    /// The rows `rules` was compiled from: a refresh that reads the same
+    /// rows keeps the compiled set instead of building its regexes again.
+    specs: Vec<RuleSpec>,
 }
 
 struct Cached<T> {
@@ -319,11 +322,22 @@ impl Catalog {
             .into_iter()
             .map(|r| r.spec)
             .collect();
-        let rules = RuleSet::compile(&specs).map_err(|e| {
-            tracing::error!(error = %e, tenant_id, "stored privacy rules do not compile");
-            CatalogError::Rules
-        })?;
-        let value = Arc::new(TenantSettings { policy, rules });
+        let unchanged = read(&self.inner.tenants)
+            .get(tenant_id)
+            .filter(|c| c.value.specs == specs)
+            .map(|c| Arc::clone(&c.value.rules));
+        let rules = match unchanged {
+            Some(rules) => rules,
+            None => Arc::new(RuleSet::compile(&specs).map_err(|e| {
+                tracing::error!(error = %e, tenant_id, "stored privacy rules do not compile");
+                CatalogError::Rules
+            })?),
+        };
+        let value = Arc::new(TenantSettings {
+            policy,
+            rules,
+            specs,
+        });
         write(&self.inner.tenants).insert(
             tenant_id.to_owned(),
             Cached {
