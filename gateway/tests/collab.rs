@@ -74,7 +74,7 @@ async fn a_stalled_edge_is_hedged_to_the_cloud() {
     let row = gw.row(&ledger_id).await;
     assert_eq!(row.backend.as_deref(), Some("cloud"));
     assert_eq!(row.route_reason.as_deref(), Some("hedge"));
-    let hedge = &row.decision.unwrap().value().unwrap()["hedge"];
+    let hedge = &decision(&row)["hedge"];
     assert_eq!(hedge["started"], true, "{hedge}");
     assert_eq!(hedge["winner"], "cloud", "{hedge}");
     assert!(hedge["after_ms"].as_f64().unwrap() >= 300.0, "{hedge}");
@@ -104,13 +104,7 @@ async fn a_confidential_request_is_never_hedged() {
     assert_eq!(err["error"]["code"], "privacy_route_unavailable", "{err}");
     assert_eq!(mock.stats().requests_total, 0);
     let row = gw.row(&ledger_id).await;
-    assert!(row
-        .decision
-        .unwrap()
-        .value()
-        .unwrap()
-        .get("hedge")
-        .is_none());
+    assert!(decision(&row).get("hedge").is_none());
     gw.shutdown().await;
 }
 
@@ -125,13 +119,7 @@ async fn a_prompt_edge_answer_is_not_hedged() {
     let ledger_id = header(&r, "x-gateway-ledger-id").to_owned();
     assert_eq!(mock.stats().requests_total, 0);
     let row = gw.row(&ledger_id).await;
-    assert!(row
-        .decision
-        .unwrap()
-        .value()
-        .unwrap()
-        .get("hedge")
-        .is_none());
+    assert!(decision(&row).get("hedge").is_none());
     gw.shutdown().await;
 }
 
@@ -159,7 +147,7 @@ async fn a_low_confidence_edge_answer_is_escalated_to_the_cloud() {
     assert!(answer["choices"][0]["logprobs"].is_null(), "{answer}");
     assert_eq!(mock.stats().requests_total, 1);
     let row = gw.row(&ledger_id).await;
-    let cascade = &row.decision.unwrap().value().unwrap()["cascade"];
+    let cascade = &decision(&row)["cascade"];
     assert_eq!(cascade["escalated"], true, "{cascade}");
     assert!(cascade["mean_logprob"].as_f64().unwrap() < 0.0, "{cascade}");
     assert!(
@@ -181,7 +169,7 @@ async fn a_confident_edge_answer_is_kept() {
     let answer: Value = r.json().await.unwrap();
     assert!(answer["choices"][0]["logprobs"].is_null(), "{answer}");
     let row = gw.row(&ledger_id).await;
-    let cascade = &row.decision.unwrap().value().unwrap()["cascade"];
+    let cascade = &decision(&row)["cascade"];
     assert_eq!(cascade["escalated"], false, "{cascade}");
     assert!(
         cascade["mean_logprob"].as_f64().unwrap() <= 0.0,
@@ -216,13 +204,7 @@ async fn confidential_requests_and_streams_are_not_cascaded() {
     let answer: Value = r.json().await.unwrap();
     assert!(answer["choices"][0]["logprobs"].is_null(), "{answer}");
     let row = gw.row(&ledger_id).await;
-    assert!(row
-        .decision
-        .unwrap()
-        .value()
-        .unwrap()
-        .get("cascade")
-        .is_none());
+    assert!(decision(&row).get("cascade").is_none());
 
     let mut body = chat_body("Name a colour.", 8);
     body["stream"] = json!(true);
@@ -232,13 +214,15 @@ async fn confidential_requests_and_streams_are_not_cascaded() {
     // The row is written when the stream ends.
     assert_eq!(sse_data(r).await.last().map(String::as_str), Some("[DONE]"));
     let row = gw.row(&ledger_id).await;
-    assert!(row
-        .decision
-        .unwrap()
-        .value()
-        .unwrap()
-        .get("cascade")
-        .is_none());
+    assert!(decision(&row).get("cascade").is_none());
     assert_eq!(mock.stats().requests_total, 0);
     gw.shutdown().await;
+}
+
+/// The row's decision as a JSON tree.
+fn decision(row: &gateway::store::LedgerEntry) -> Value {
+    row.decision
+        .as_ref()
+        .and_then(|d| d.value())
+        .expect("a decision")
 }

@@ -60,7 +60,7 @@ pub struct DecisionJson(Box<RawValue>);
 
 impl DecisionJson {
     /// `value` as JSON text; `None` if it cannot be serialised (a map with
-    /// non-string keys, a float that is not finite).
+    /// keys that are not strings).
     pub fn new<T: Serialize + ?Sized>(value: &T) -> Option<DecisionJson> {
         serde_json::value::to_raw_value(value)
             .ok()
