@@ -223,6 +223,6 @@ async fn confidential_requests_and_streams_are_not_cascaded() {
 fn decision(row: &gateway::store::LedgerEntry) -> Value {
     row.decision
         .as_ref()
-        .and_then(|d| d.value())
+        .and_then(gateway::store::DecisionJson::value)
         .expect("a decision")
 }
