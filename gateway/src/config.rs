@@ -89,6 +89,12 @@ pub struct Config {
     /// Requests handled at once; beyond it a request gets 503
     /// `service_unavailable` at once instead of queueing.
     pub max_in_flight: usize,
+    /// Threads that serve client connections, each with a single-threaded
+    /// runtime of its own (0: one per CPU). A connection stays on the
+    /// thread it was given, with its upstream connections, so a request
+    /// is handled from its first byte to its last without waking another
+    /// thread.
+    pub serve_threads: usize,
     /// After `unhealthy_after` failures a backend rests this long, then one
     /// trial request (or poll) may use it again: a success restores it, a
     /// failure doubles the rest, up to 32 times this.
@@ -184,6 +190,7 @@ impl Default for Config {
             body_read_timeout_ms: 30_000,
             max_connections: 10_000,
             max_in_flight: 4_096,
+            serve_threads: 0,
             unhealthy_cooldown_ms: 5_000,
             max_ejection_percent: 50,
             retry_budget_ratio: 0.2,
@@ -231,6 +238,7 @@ pub const FIELDS: &[&str] = &[
     "body_read_timeout_ms",
     "max_connections",
     "max_in_flight",
+    "serve_threads",
     "unhealthy_cooldown_ms",
     "max_ejection_percent",
     "retry_budget_ratio",

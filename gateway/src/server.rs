@@ -8,12 +8,23 @@
 //! connections still open after the grace period, so that none outlives the
 //! server.
 //!
+//! Connections are served on `serve_threads` threads (one per CPU by
+//! default), each running a single-threaded runtime with upstream clients
+//! of its own. The accept loop hands each new connection to the thread with
+//! the fewest open ones, and the connection stays there: its requests, their
+//! upstream calls and their answers run on one thread, as in an event loop
+//! per core, instead of waking another runtime worker at each step (on a
+//! work-stealing runtime a request's parts cross threads several times, a
+//! futex wake-up and a context switch each). Background work (the poller,
+//! caches' refreshes, the ledger writer's hand-off) stays on the main runtime.
+//!
 //! Shutdown, in order: stop accepting; let open requests finish for up to
 //! `shutdown_grace_ms`; then end the streams still running with an SSE
 //! error event (their ledger rows say `cancelled`), give them a moment to
 //! send it, and close what is left; finally flush the ledger.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,8 +33,8 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use secrecy::ExposeSecret;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::config::Config;
@@ -47,6 +58,8 @@ pub enum ServeError {
     },
     #[error("server failed")]
     Serve(#[source] std::io::Error),
+    #[error("cannot start a serving thread")]
+    Thread(#[source] std::io::Error),
 }
 
 /// Opens and migrates the configured store.
@@ -78,10 +91,10 @@ pub async fn serve(
     let state = AppState::start(config, store.clone())?;
     println!("gateway listening on http://{addr}");
     tracing::info!(%addr, "gateway listening");
-    serve_on(listener, state.clone(), shutdown).await;
+    let served = serve_on(listener, state.clone(), shutdown).await;
     state.shutdown().await;
     store.close().await;
-    Ok(())
+    served
 }
 
 /// The accept loop over `listener` for `state`'s app, until `shutdown`
@@ -91,7 +104,7 @@ pub async fn serve_on(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) {
+) -> Result<(), ServeError> {
     let config = &state.config;
     let grace = Config::ms(config.shutdown_grace_ms);
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -103,7 +116,7 @@ pub async fn serve_on(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(256);
-    let service = TowerToHyperService::new(crate::http::app(state.clone()));
+    let threads = ServeThreads::start(&state)?;
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
@@ -120,8 +133,8 @@ pub async fn serve_on(
             () = &mut shutdown => break,
             accepted = listener.accept() => accepted,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let stream = match accepted.and_then(|(stream, _)| stream.into_std()) {
+            Ok(stream) => stream,
             Err(e) => {
                 // Out of file descriptors and the like: back off briefly
                 // instead of spinning.
@@ -130,21 +143,32 @@ pub async fn serve_on(
                 continue;
             }
         };
-        // SSE sends many small writes; with Nagle's algorithm on, each
-        // waits for the client's delayed ACK (about 40 ms on Linux).
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service.clone())
-            .into_owned();
-        let conn = graceful.watch(conn);
-        connections.spawn(async move {
-            if let Err(e) = conn.await {
+        let thread = threads.least_busy();
+        let open = thread.open_guard();
+        let service = thread.service.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let conn = async move {
+            // Registered with the serving thread's own reactor.
+            let stream = match TcpStream::from_std(stream) {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot serve an accepted connection");
+                    return;
+                }
+            };
+            // SSE sends many small writes; with Nagle's algorithm on, each
+            // waits for the client's delayed ACK (about 40 ms on Linux).
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
-            drop(slot);
-        });
+            drop((slot, open));
+        };
+        connections.spawn_on(conn, &thread.runtime);
     }
     drop(listener);
     tracing::info!("shutting down: draining open requests");
@@ -160,4 +184,108 @@ pub async fn serve_on(
         .await;
     }
     connections.shutdown().await;
+    state.keep_until_shutdown(threads.into_runtimes());
+    Ok(())
+}
+
+type Service = TowerToHyperService<axum::Router>;
+
+/// The serving threads (see the module docs): never empty.
+struct ServeThreads {
+    first: ServeThread,
+    rest: Vec<ServeThread>,
+}
+
+struct ServeThread {
+    runtime: tokio::runtime::Handle,
+    /// The app over this thread's own upstream clients.
+    service: Service,
+    /// Connections open on this thread.
+    open: Arc<AtomicUsize>,
+    thread: RuntimeThread,
+}
+
+/// A thread running a single-threaded runtime until told to stop.
+pub(crate) struct RuntimeThread {
+    /// Dropped to end the runtime.
+    stop: oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl RuntimeThread {
+    fn start(name: String) -> std::io::Result<(RuntimeThread, tokio::runtime::Handle)> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new().name(name).spawn(move || {
+            // Dropping the runtime afterwards ends the tasks still on it.
+            let _ = runtime.block_on(stopped);
+        })?;
+        Ok((RuntimeThread { stop, thread }, handle))
+    }
+
+    /// Ends the runtime and waits for the thread.
+    pub(crate) async fn stop(self) {
+        drop(self.stop);
+        let thread = self.thread;
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
+}
+
+/// Counts a connection as open on its thread until dropped.
+struct OpenGuard(Arc<AtomicUsize>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl ServeThread {
+    fn open_guard(&self) -> OpenGuard {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        OpenGuard(Arc::clone(&self.open))
+    }
+}
+
+impl ServeThreads {
+    /// Starts `serve_threads` threads (0: one per CPU).
+    fn start(state: &AppState) -> Result<ServeThreads, ServeError> {
+        let count = match state.config.serve_threads {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            n => n,
+        };
+        let start = |index: usize| -> Result<ServeThread, ServeError> {
+            let (thread, runtime) =
+                RuntimeThread::start(format!("serve-{index}")).map_err(ServeError::Thread)?;
+            Ok(ServeThread {
+                runtime,
+                service: TowerToHyperService::new(crate::http::app(state.with_own_clients()?)),
+                open: Arc::new(AtomicUsize::new(0)),
+                thread,
+            })
+        };
+        Ok(ServeThreads {
+            first: start(0)?,
+            rest: (1..count).map(start).collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// The thread with the fewest open connections.
+    fn least_busy(&self) -> &ServeThread {
+        let open = |t: &ServeThread| t.open.load(Ordering::Relaxed);
+        self.rest.iter().fold(
+            &self.first,
+            |best, t| if open(t) < open(best) { t } else { best },
+        )
+    }
+
+    fn into_runtimes(self) -> Vec<RuntimeThread> {
+        std::iter::once(self.first)
+            .chain(self.rest)
+            .map(|t| t.thread)
+            .collect()
+    }
 }

@@ -1,6 +1,6 @@
 //! The serving state shared by every handler, and its background tasks.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -18,13 +18,19 @@ use crate::live::load::LoadTracker;
 use crate::live::poller::Poller;
 use crate::live::retry::RetryBudget;
 use crate::live::{InProcessLive, LiveView};
+use crate::server::RuntimeThread;
 use crate::store::Store;
 use crate::upstream::Upstreams;
 
-/// Cheap to clone: one `Arc`.
+/// Cheap to clone: two `Arc`s.
 #[derive(Clone)]
 pub struct AppState {
     inner: Arc<Inner>,
+    /// The upstream HTTP clients. Each serving thread has clients of its
+    /// own ([`AppState::with_own_clients`]): a pooled connection is driven
+    /// by the runtime that opened it, so shared clients would hand every
+    /// upstream answer from one thread to another.
+    pub upstreams: Upstreams,
 }
 
 pub struct Inner {
@@ -44,7 +50,6 @@ pub struct Inner {
     /// configured); the catalog lists the serving ones.
     pub registry: Registry,
     pub limiter: Arc<dyn Limiter>,
-    pub upstreams: Upstreams,
     pub ledger: Ledger,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// The poller, the ledger writer, the worker registry's refresh, the
@@ -59,6 +64,11 @@ pub struct Inner {
     /// One permit per request being handled (`max_in_flight`); a request
     /// that finds none gets 503 at once.
     pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// The serving threads' runtimes (see `server`), ended last at
+    /// shutdown: a database or Redis connection opened during a request is
+    /// driven by the runtime that opened it, and the ledger's last rows may
+    /// still go through it.
+    serve_threads: std::sync::Mutex<Vec<RuntimeThread>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -137,6 +147,7 @@ impl AppState {
             None => Arc::new(InProcessLimiter::new()),
         };
         Ok(AppState {
+            upstreams,
             inner: Arc::new(Inner {
                 keys,
                 catalog,
@@ -145,7 +156,6 @@ impl AppState {
                 affinity: Arc::new(crate::live::affinity::Affinity::new()),
                 registry,
                 limiter,
-                upstreams,
                 ledger,
                 metrics: {
                     let handle = crate::telemetry::metrics_handle();
@@ -156,10 +166,20 @@ impl AppState {
                 stop,
                 streams_end: CancellationToken::new(),
                 in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
+                serve_threads: std::sync::Mutex::default(),
                 retries: RetryBudget::new(config.retry_budget_ratio, config.retry_budget_min_per_s),
                 store,
                 config,
             }),
+        })
+    }
+
+    /// The same state with upstream clients of its own, for a serving
+    /// thread (see [`AppState::upstreams`]).
+    pub fn with_own_clients(&self) -> Result<AppState, StartError> {
+        Ok(AppState {
+            inner: Arc::clone(&self.inner),
+            upstreams: Upstreams::new(&self.config).map_err(StartError::Client)?,
         })
     }
 
@@ -168,12 +188,30 @@ impl AppState {
         self.streams_end.cancel();
     }
 
+    /// Keeps serving threads' runtimes until [`AppState::shutdown`].
+    pub(crate) fn keep_until_shutdown(&self, threads: Vec<RuntimeThread>) {
+        self.serve_threads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(threads);
+    }
+
     /// Stops the poller, closes the ledger queue and waits until every
-    /// queued row is stored. Call after the server stopped taking requests.
+    /// queued row is stored, then ends the serving threads. Call after the
+    /// server stopped taking requests.
     pub async fn shutdown(&self) {
         self.stop.cancel();
         self.ledger.close();
         self.tasks.close();
         self.tasks.wait().await;
+        let threads = std::mem::take(
+            &mut *self
+                .serve_threads
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for thread in threads {
+            thread.stop().await;
+        }
     }
 }

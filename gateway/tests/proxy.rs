@@ -183,3 +183,92 @@ async fn failover_between_clouds_then_502_when_all_fail() {
     assert_eq!(counts.get(&LedgerStatus::Error), Some(&1));
     gw.shutdown().await;
 }
+
+/// Serving threads, each with upstream clients of its own: three client
+/// connections, given to three threads, reach the upstream over three
+/// connections and reuse them (one shared pool would have used one for
+/// these one-at-a-time requests, no pooling six). On Postgres, whose
+/// connections opened during these requests belong to the serving threads'
+/// runtimes, every row is stored by the time shutdown returns.
+#[tokio::test]
+async fn each_serving_thread_has_its_own_upstream_connections() {
+    use std::collections::HashSet;
+    use std::net::SocketAddr;
+
+    use axum::extract::ConnectInfo;
+
+    let peers = Arc::new(Mutex::new(Vec::<SocketAddr>::new()));
+    let seen = Arc::clone(&peers);
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        post(move |ConnectInfo(peer): ConnectInfo<SocketAddr>| {
+            let seen = Arc::clone(&seen);
+            async move {
+                seen.lock().unwrap().push(peer);
+                Json(json!({
+                    "id": "x", "object": "chat.completion", "created": 0, "model": "cloud-model",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                                 "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+                }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+
+    let db = common::postgres().await;
+    db.store
+        .add_backend(&cloud_backend("threads", &url))
+        .await
+        .unwrap();
+    let config = Config {
+        serve_threads: 3,
+        ..test_config()
+    };
+    let gw = Gateway::start(db, config).await;
+    let (_, key) = tenant_and_key(gw.store(), |_| {}).await;
+    // One client per connection, each connected before the next: the
+    // accept loop gives each to the thread with the fewest open ones.
+    let clients: Vec<reqwest::Client> = (0..3).map(|_| reqwest::Client::new()).collect();
+    for _round in 0..2 {
+        for client in &clients {
+            let r = client
+                .post(gw.url("/v1/chat/completions"))
+                .bearer_auth(&key)
+                .json(&chat_body("hi", 1))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            assert_eq!(header(&r, "x-gateway-backend"), "threads");
+        }
+    }
+    let peers: Vec<SocketAddr> = peers.lock().unwrap().clone();
+    assert_eq!(peers.len(), 6);
+    let distinct: HashSet<_> = peers.iter().collect();
+    assert_eq!(distinct.len(), 3, "upstream connections: {peers:?}");
+    assert_eq!(
+        &peers[..3],
+        &peers[3..],
+        "each thread reuses its connection in the same order"
+    );
+
+    let db = gw.shutdown().await;
+    let counts: std::collections::HashMap<_, _> = db
+        .store
+        .count_ledger_by_status()
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(counts.get(&LedgerStatus::Ok), Some(&6), "{counts:?}");
+}

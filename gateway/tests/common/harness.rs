@@ -146,7 +146,7 @@ pub struct Gateway {
     pub base: String,
     pub client: reqwest::Client,
     stop: CancellationToken,
-    server: tokio::task::JoinHandle<()>,
+    server: tokio::task::JoinHandle<Result<(), gateway::server::ServeError>>,
 }
 
 impl Gateway {
@@ -259,7 +259,10 @@ impl Gateway {
     /// Stops serving and flushes the ledger.
     pub async fn shutdown(self) -> TestDb {
         self.stop.cancel();
-        let _ = self.server.await;
+        self.server
+            .await
+            .expect("server task")
+            .expect("server ended cleanly");
         self.state.shutdown().await;
         self.db
     }
