@@ -52,6 +52,12 @@
 # LiteLLM. LiteLLM saturates far below the default rates; use e.g.
 # RATES="25 50".
 #
+# With BARE_PROXY=1, A is `bare-proxy` (loadtest/src/bin/bare_proxy.rs): the
+# gateway's HTTP stack (axum and hyper in, reqwest out, one single-threaded
+# runtime per CPU) relaying to the same mock with nothing in between. The
+# figures are then what the gateway's own work (authentication,
+# classification, routing, metrics, the ledger) adds over its libraries.
+#
 # SKIP_BUILD=1 uses the release binaries as they are instead of running
 # `cargo build` first. JSON reports of the last run are in target/overhead/.
 set -euo pipefail
@@ -197,11 +203,17 @@ YAML
   port=$(free_port)
   (cd "$work" && LITELLM_MASTER_KEY="$key" LITELLM_LOCAL_MODEL_COST_MAP=True exec "$LITELLM" --config "$work/litellm.yaml" \
     --host 127.0.0.1 --port "$port" --num_workers 1 >"$work/litellm.log" 2>&1) &
-  litellm_pid=$!
-  pids+=("$litellm_pid")
+  peer_pid=$!
+  pids+=("$peer_pid")
   for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$port/health/liveliness" >/dev/null && break; sleep 0.3; done
   baseline_url="http://127.0.0.1:$port/v1"
   a_name=litellm
+elif [[ "${BARE_PROXY:-0}" == 1 ]]; then
+  "$bin/bare-proxy" --upstream "$mock" >"$work/bare.out" 2>"$work/bare.log" &
+  peer_pid=$!
+  pids+=("$peer_pid")
+  baseline_url="$(first_line "$work/bare.out")/v1"
+  a_name=bare
 elif [[ -n "${REDIS_URL:-}" ]]; then
   for f in "$work"/gateway.db*; do cp "$f" "$work/baseline${f#"$work"/gateway}"; done
   GATEWAY_SQLITE_PATH="$work/baseline.db" start_gateway "$bin/gateway" baseline
@@ -243,7 +255,7 @@ cpu_ticks() { # cpu_ticks <pid>…: user + system ticks of the processes and the
 gateway_cpu0=$(cpu_ticks "$gateway_pid")
 nginx_cpu0=$(cpu_ticks "$nginx_pid")
 [[ -n "${baseline_pid:-}" ]] && baseline_cpu0=$(cpu_ticks "$baseline_pid")
-[[ -n "${litellm_pid:-}" ]] && litellm_cpu0=$(cpu_ticks "$litellm_pid")
+[[ -n "${peer_pid:-}" ]] && peer_cpu0=$(cpu_ticks "$peer_pid")
 A_NAME="$a_name" MOCK_URL="$baseline_url" GATEWAY_URL="$gateway/v1" LOADGEN_API_KEY="$key" LOADGEN="$bin/loadgen" \
   MODEL=mock-model OUT="$out" NGINX_URL="$nginx_url" DIRECT_URL="$mock" "$root/loadtest/scripts/overhead.sh"
 
@@ -334,7 +346,7 @@ PY
 echo "gateway: $(per_request "$gateway_pid" "$gateway_cpu0" "$(ledger_rows "$work/gateway.db")")"
 [[ -n "${baseline_pid:-}" ]] && echo "baseline: $(per_request "$baseline_pid" "$baseline_cpu0" "$(ledger_rows "$work/baseline.db")")"
 echo "nginx: $(per_request "$nginx_pid" "$nginx_cpu0" "$(sent_to "$nginx_url")") (master and workers)"
-[[ -n "${litellm_pid:-}" ]] && echo "litellm: $(per_request "$litellm_pid" "$litellm_cpu0" "$(sent_to "$baseline_url")") (its process tree)"
+[[ -n "${peer_pid:-}" ]] && echo "$a_name: $(per_request "$peer_pid" "$peer_cpu0" "$(sent_to "$baseline_url")") (its process tree)"
 
 # With Redis: the time each request's admission waited on it, as the
 # gateway timed it (the end-to-end difference above is two noisy tails).
@@ -358,5 +370,5 @@ echo "resident memory (peak = VmHWM, final = VmRSS):"
 memory gateway "$gateway_pid"
 [[ -n "${baseline_pid:-}" ]] && memory "$a_name" "$baseline_pid"
 memory nginx "$nginx_pid"
-[[ -n "${litellm_pid:-}" ]] && memory litellm "$litellm_pid"
+[[ -n "${peer_pid:-}" ]] && memory "$a_name" "$peer_pid"
 true

@@ -1,0 +1,152 @@
+//! `bare-proxy`: the gateway's HTTP stack with nothing between its two
+//! halves, for benchmarks. `POST /v1/chat/completions` is taken by axum
+//! (hyper), its body forwarded by reqwest to the upstream as it came, with
+//! the client's `Authorization`, and the answer relayed back chunk by chunk:
+//! no authentication, classification, routing, metrics or ledger. Like the
+//! gateway, it serves on one single-threaded runtime per CPU, each with an
+//! upstream client of its own (here each thread has its own listener on the
+//! same port, `SO_REUSEPORT`, and the kernel spreads the connections).
+//!
+//! What it costs per request is the floor under the gateway's own cost on
+//! the same libraries: `scripts/bench-gateway.sh` with `BARE_PROXY=1`
+//! measures the gateway against it.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::serve::ListenerExt;
+use axum::Router;
+use clap::Parser;
+use tokio::net::TcpSocket;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "A bare reverse proxy on the gateway's HTTP stack, for benchmarks"
+)]
+struct Cli {
+    /// Where to listen; port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// The upstream's OpenAI base URL, e.g. `http://127.0.0.1:9000/v1`.
+    #[arg(long)]
+    upstream: String,
+    /// Serving threads (0: one per CPU).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+struct Proxy {
+    client: reqwest::Client,
+    url: String,
+}
+
+fn listener(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+async fn forward(State(proxy): State<Arc<Proxy>>, headers: HeaderMap, body: Bytes) -> Response {
+    let mut request = proxy
+        .client
+        .post(&proxy.url)
+        .header(CONTENT_TYPE, "application/json")
+        .body(body);
+    if let Some(auth) = headers.get(AUTHORIZATION) {
+        request = request.header(AUTHORIZATION, auth);
+    }
+    match request.send().await {
+        Ok(answer) => {
+            let mut response = Response::builder().status(answer.status());
+            if let Some(kind) = answer.headers().get(CONTENT_TYPE) {
+                response = response.header(CONTENT_TYPE, kind);
+            }
+            response
+                .body(Body::from_stream(answer.bytes_stream()))
+                .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+        }
+        Err(_) => StatusCode::BAD_GATEWAY.into_response(),
+    }
+}
+
+/// Serves on `listener` until the process ends.
+fn serve(listener: std::net::TcpListener, url: String) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .tcp_nodelay(true)
+            .build()
+            .map_err(std::io::Error::other)?;
+        let app = Router::new()
+            .route("/v1/chat/completions", post(forward))
+            .with_state(Arc::new(Proxy { client, url }));
+        let listener = tokio::net::TcpListener::from_std(listener)?.tap_io(|stream| {
+            let _ = stream.set_nodelay(true);
+        });
+        axum::serve(listener, app).await
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let threads = match cli.threads {
+        0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        n => n,
+    };
+    let url = format!("{}/chat/completions", cli.upstream.trim_end_matches('/'));
+    // The listeners are bound here, on a runtime only for that, so that the
+    // first one fixes the port the others share.
+    let bound = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .and_then(|rt| {
+            rt.block_on(async {
+                let first = listener(cli.listen)?;
+                let addr = first.local_addr()?;
+                let mut all = vec![first.into_std()?];
+                for _ in 1..threads {
+                    all.push(listener(addr)?.into_std()?);
+                }
+                Ok::<_, std::io::Error>((addr, all))
+            })
+        });
+    let (addr, listeners) = match bound {
+        Ok(bound) => bound,
+        Err(error) => {
+            eprintln!("bare-proxy: cannot listen on {}: {error}", cli.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    // Scripts read this line to learn the port when they asked for port 0.
+    println!("bare-proxy listening on http://{addr}");
+    let handles: Vec<_> = listeners
+        .into_iter()
+        .map(|l| {
+            let url = url.clone();
+            std::thread::spawn(move || serve(l, url))
+        })
+        .collect();
+    for handle in handles {
+        if let Ok(Err(error)) = handle.join() {
+            eprintln!("bare-proxy: {error}");
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}
