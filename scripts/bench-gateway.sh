@@ -58,6 +58,14 @@
 # figures are then what the gateway's own work (authentication,
 # classification, routing, metrics, the ledger) adds over its libraries.
 #
+# With DATABASE_URL=postgres://USER@HOST:PORT/DB (a server on which the user may
+# create databases), the gateway stores into a fresh database of its own on
+# that server, dropped at the end, instead of the embedded SQLite: the
+# ledger's inserts then run in Postgres's processes, whose CPU per request
+# (the server's whole process tree) is reported beside the gateway's. Not
+# with BASELINE_GATEWAY, BASELINE_ENV or REDIS_URL, whose A side is a copy of
+# the SQLite file.
+#
 # SKIP_BUILD=1 uses the release binaries as they are instead of running
 # `cargo build` first. JSON reports of the last run are in target/overhead/.
 set -euo pipefail
@@ -116,6 +124,9 @@ cleanup() {
     redis-cli -u "$REDIS_URL" --scan --pattern "$GATEWAY_REDIS_PREFIX*" 2>/dev/null \
       | xargs -r redis-cli -u "$REDIS_URL" del >/dev/null 2>&1 || true
   fi
+  if [[ -n "${bench_db:-}" ]]; then
+    psql "$DATABASE_URL" -qc "drop database if exists $bench_db" >/dev/null 2>&1 || true
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT INT TERM
@@ -173,6 +184,26 @@ for _ in $(seq 1 100); do port_open "$nginx_port" && break; sleep 0.1; done
 nginx_url="http://127.0.0.1:$nginx_port/v1"
 
 export GATEWAY_SQLITE_PATH="$work/gateway.db"
+pg_pid=""
+if [[ -n "${DATABASE_URL:-}" ]]; then
+  if [[ -n "${BASELINE_GATEWAY:-}${BASELINE_ENV:-}${REDIS_URL:-}" ]]; then
+    echo "error: DATABASE_URL cannot be combined with BASELINE_GATEWAY, BASELINE_ENV or REDIS_URL" >&2
+    exit 2
+  fi
+  bench_db="bench_gateway_$$"
+  psql "$DATABASE_URL" -qc "create database $bench_db" >/dev/null
+  export GATEWAY_DATABASE_URL="${DATABASE_URL%/*}/$bench_db"
+  # The server's first process, whose tree holds every backend.
+  pg_pid=$(pgrep -o -x postgres || true)
+fi
+# The gateway's ledger, by status, one "status|count" line each.
+ledger_query() { # ledger_query <sql>
+  if [[ -n "${GATEWAY_DATABASE_URL:-}" ]]; then
+    psql "$GATEWAY_DATABASE_URL" -tAc "$1" 2>/dev/null
+  else
+    sqlite3 "$work/gateway.db" "$1" 2>/dev/null
+  fi
+}
 gw() { "$bin/gateway" "$@" >/dev/null; }
 gw migrate
 gw tenant create bench
@@ -253,6 +284,7 @@ cpu_ticks() { # cpu_ticks <pid>…: user + system ticks of the processes and the
   echo "$t"
 }
 gateway_cpu0=$(cpu_ticks "$gateway_pid")
+[[ -n "$pg_pid" ]] && pg_cpu0=$(cpu_ticks "$pg_pid")
 nginx_cpu0=$(cpu_ticks "$nginx_pid")
 [[ -n "${baseline_pid:-}" ]] && baseline_cpu0=$(cpu_ticks "$baseline_pid")
 [[ -n "${peer_pid:-}" ]] && peer_cpu0=$(cpu_ticks "$peer_pid")
@@ -321,10 +353,14 @@ per_request() { # per_request <pid> <ticks before> <requests>
   ticks=$(( $(cpu_ticks "$1") - $2 ))
   (( $3 > 0 )) && echo "$(( ticks * 1000000 / $(getconf CLK_TCK) / $3 )) us CPU/request over $3 requests"
 }
-ledger_rows() { # ledger_rows <db>: once the writer has stored its last batches (at most 30 s)
+ledger_rows() { # ledger_rows [<sqlite db>]: once the writer has stored its last batches (at most 30 s)
   local n=-1 now
   for _ in $(seq 1 30); do
-    now=$(sqlite3 "$1" "select count(*) from request_ledger" 2>/dev/null || echo 0)
+    if [[ -n "${1:-}" ]]; then
+      now=$(sqlite3 "$1" "select count(*) from request_ledger" 2>/dev/null || echo 0)
+    else
+      now=$(ledger_query "select count(*) from request_ledger" || echo 0)
+    fi
     ((now == n)) && break
     n=$now
     sleep 1
@@ -343,7 +379,9 @@ for path in glob.glob(sys.argv[1] + "/*.json"):
 print(n)
 PY
 }
-echo "gateway: $(per_request "$gateway_pid" "$gateway_cpu0" "$(ledger_rows "$work/gateway.db")")"
+gateway_rows=$(ledger_rows)
+echo "gateway: $(per_request "$gateway_pid" "$gateway_cpu0" "$gateway_rows")"
+[[ -n "$pg_pid" ]] && echo "postgres: $(per_request "$pg_pid" "$pg_cpu0" "$gateway_rows") (the server's process tree, per gateway request)"
 [[ -n "${baseline_pid:-}" ]] && echo "baseline: $(per_request "$baseline_pid" "$baseline_cpu0" "$(ledger_rows "$work/baseline.db")")"
 echo "nginx: $(per_request "$nginx_pid" "$nginx_cpu0" "$(sent_to "$nginx_url")") (master and workers)"
 [[ -n "${peer_pid:-}" ]] && echo "$a_name: $(per_request "$peer_pid" "$peer_cpu0" "$(sent_to "$baseline_url")") (its process tree)"
@@ -351,7 +389,7 @@ echo "nginx: $(per_request "$nginx_pid" "$nginx_cpu0" "$(sent_to "$nginx_url")")
 # With Redis: the time each request's admission waited on it, as the
 # gateway timed it (the end-to-end difference above is two noisy tails).
 [[ -n "${REDIS_URL:-}" ]] && python3 "$root/scripts/lib/redis-wait.py" "gateway=$gateway"
-rows=$(sqlite3 "$work/gateway.db" "select status, count(*) from request_ledger group by status" 2>/dev/null || true)
+rows=$(ledger_query "select status, count(*) from request_ledger group by status" || true)
 [[ -n "$rows" ]] && echo "ledger rows by status: $(echo "$rows" | tr '\n' ' ')"
 
 # Resident memory at the end of the run: the peak (VmHWM) and now (VmRSS),
