@@ -12,8 +12,10 @@
 
 use crate::common;
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use axum::extract::ConnectInfo;
 use axum::routing::post;
 use axum::Json;
 use common::harness::{
@@ -26,28 +28,40 @@ use gateway::store::LedgerStatus;
 use loadtest::mock_cloud::{Behaviour, MockCloud, MockConfig};
 use serde_json::{json, Value};
 
-/// A stand-in upstream that records the bodies it receives.
-async fn recording_upstream() -> (String, Arc<Mutex<Vec<Value>>>) {
+/// A request as the stand-in upstream received it.
+struct Received {
+    /// The gateway's end of the connection it came over.
+    peer: SocketAddr,
+    body: Value,
+}
+
+/// A stand-in upstream that records the requests it receives.
+async fn recording_upstream() -> (String, Arc<Mutex<Vec<Received>>>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let store = Arc::clone(&seen);
     let app = axum::Router::new().route(
         "/v1/chat/completions",
-        post(move |Json(body): Json<Value>| {
-            let store = Arc::clone(&store);
-            async move {
-                store.lock().unwrap().push(body);
-                Json(json!({
-                    "id": "x", "object": "chat.completion", "created": 0, "model": "cloud-model",
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
-                                 "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
-                }))
-            }
-        }),
+        post(
+            move |ConnectInfo(peer): ConnectInfo<SocketAddr>, Json(body): Json<Value>| {
+                let store = Arc::clone(&store);
+                async move {
+                    store.lock().unwrap().push(Received { peer, body });
+                    Json(json!({
+                        "id": "x", "object": "chat.completion", "created": 0, "model": "cloud-model",
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                                     "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+                    }))
+                }
+            },
+        ),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, app).await.unwrap();
+    });
     (url, seen)
 }
 
@@ -72,7 +86,7 @@ async fn unknown_fields_pass_through_and_usage_chunk_follows_the_client() {
     body["user"] = json!("u-1");
     let r = gw.chat(&key, &body).await;
     assert_eq!(r.status(), 200);
-    let got = seen.lock().unwrap().pop().unwrap();
+    let got = seen.lock().unwrap().pop().unwrap().body;
     assert_eq!(
         got["model"], "cloud-model",
         "model is rewritten to the upstream's name"
@@ -193,38 +207,8 @@ async fn failover_between_clouds_then_502_when_all_fail() {
 #[tokio::test]
 async fn each_serving_thread_has_its_own_upstream_connections() {
     use std::collections::HashSet;
-    use std::net::SocketAddr;
 
-    use axum::extract::ConnectInfo;
-
-    let peers = Arc::new(Mutex::new(Vec::<SocketAddr>::new()));
-    let seen = Arc::clone(&peers);
-    let app = axum::Router::new().route(
-        "/v1/chat/completions",
-        post(move |ConnectInfo(peer): ConnectInfo<SocketAddr>| {
-            let seen = Arc::clone(&seen);
-            async move {
-                seen.lock().unwrap().push(peer);
-                Json(json!({
-                    "id": "x", "object": "chat.completion", "created": 0, "model": "cloud-model",
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
-                                 "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
-                }))
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
-
+    let (url, seen) = recording_upstream().await;
     let db = common::postgres().await;
     db.store
         .add_backend(&cloud_backend("threads", &url))
@@ -252,7 +236,7 @@ async fn each_serving_thread_has_its_own_upstream_connections() {
             assert_eq!(header(&r, "x-gateway-backend"), "threads");
         }
     }
-    let peers: Vec<SocketAddr> = peers.lock().unwrap().clone();
+    let peers: Vec<SocketAddr> = seen.lock().unwrap().iter().map(|r| r.peer).collect();
     assert_eq!(peers.len(), 6);
     let distinct: HashSet<_> = peers.iter().collect();
     assert_eq!(distinct.len(), 3, "upstream connections: {peers:?}");
