@@ -15,8 +15,10 @@
 //! upstream calls and their answers run on one thread, as in an event loop
 //! per core, instead of waking another runtime worker at each step (on a
 //! work-stealing runtime a request's parts cross threads several times, a
-//! futex wake-up and a context switch each). Background work (the poller,
-//! caches' refreshes, the ledger writer's hand-off) stays on the main runtime.
+//! futex wake-up and a context switch each). The background tasks (the
+//! poller, the worker registry, the change feed) stay on the main runtime
+//! and the ledger writer on a thread of its own; a cache refresh that a
+//! request starts runs on that request's thread.
 //!
 //! Shutdown, in order: stop accepting; let open requests finish for up to
 //! `shutdown_grace_ms`; then end the streams still running with an SSE
