@@ -66,6 +66,12 @@
 # with BASELINE_GATEWAY, BASELINE_ENV or REDIS_URL, whose A side is a copy of
 # the SQLite file.
 #
+# With SERIES=1, after the comparisons one more non-streaming run per rate,
+# A against the gateway, keeps every request's due time and latency
+# (loadgen --series, in target/overhead/series-RATE.csv) and prints the
+# gateway's stalls: its requests slower than A's p99, grouped, and the time
+# between them (scripts/lib/stalls.py), to tell a periodic cause from others.
+#
 # SKIP_BUILD=1 uses the release binaries as they are instead of running
 # `cargo build` first. JSON reports of the last run are in target/overhead/.
 set -euo pipefail
@@ -290,6 +296,15 @@ nginx_cpu0=$(cpu_ticks "$nginx_pid")
 [[ -n "${peer_pid:-}" ]] && peer_cpu0=$(cpu_ticks "$peer_pid")
 A_NAME="$a_name" MOCK_URL="$baseline_url" GATEWAY_URL="$gateway/v1" LOADGEN_API_KEY="$key" LOADGEN="$bin/loadgen" \
   MODEL=mock-model OUT="$out" NGINX_URL="$nginx_url" DIRECT_URL="$mock" "$root/loadtest/scripts/overhead.sh"
+
+if [[ "${SERIES:-0}" == 1 ]]; then
+  for rate in ${RATES:-500 1000 2000}; do
+    LOADGEN_API_KEY="$key" "$bin/loadgen" --compare "$baseline_url" "$gateway/v1" --model mock-model \
+      --rate "$rate" --duration "$DURATION" --series "$out/series-$rate.csv" --json >"$out/series-$rate.json"
+    echo "stalls at $rate/s ($a_name against the gateway):"
+    python3 "$root/scripts/lib/stalls.py" "$out/series-$rate.csv"
+  done
+fi
 
 # The highest rate each target holds: climbing the ladder, each target
 # compared with the mock direct, until its added p99 reaches the limit or it

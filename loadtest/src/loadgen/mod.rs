@@ -24,7 +24,7 @@ mod table;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
@@ -77,6 +77,12 @@ pub struct LoadConfig {
     /// Seconds per round in compare mode.
     #[arg(long, default_value_t = 1.0)]
     pub round: f64,
+    /// Compare mode: also write every successful measured request as a CSV
+    /// line `side,due_us,latency_us` (side `a` or `b`; due times in
+    /// microseconds from the first due request, one clock for both sides),
+    /// to tie slow requests to when they were due.
+    #[arg(long, value_name = "FILE")]
+    pub series: Option<PathBuf>,
 }
 
 impl Default for LoadConfig {
@@ -94,6 +100,7 @@ impl Default for LoadConfig {
             headers: Vec::new(),
             timeout: 30.0,
             round: 1.0,
+            series: None,
         }
     }
 }
@@ -127,6 +134,14 @@ pub enum LoadError {
     /// The dispatch thread failed.
     #[error("dispatch thread failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    /// The series file could not be written.
+    #[error("cannot write the series file {path}: {source}")]
+    Series {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// A configured load generator; cheap to reuse for several runs.
@@ -203,12 +218,27 @@ impl LoadGen {
             rate: self.config.rate,
             duration: Duration::from_secs_f64(self.config.duration / f64::from(rounds)),
         };
-        let recorders = [Arc::new(Recorder::new()?), Arc::new(Recorder::new()?)];
+        let recorder = || {
+            if self.config.series.is_some() {
+                Recorder::with_series()
+            } else {
+                Recorder::new()
+            }
+        };
+        let recorders = [Arc::new(recorder()?), Arc::new(recorder()?)];
         for r in 0..rounds {
             let order = if r % 2 == 0 { [0, 1] } else { [1, 0] };
             for i in order {
                 run_phase(&drivers[i], &round, &recorders[i]).await?;
             }
+        }
+        if let Some(path) = &self.config.series {
+            write_series(path, &recorders[0].series(), &recorders[1].series()).map_err(
+                |source| LoadError::Series {
+                    path: path.clone(),
+                    source,
+                },
+            )?;
         }
         let stream = self.spec.stream;
         let report_a = recorders[0].report(a, stream, self.config.rate);
@@ -246,6 +276,30 @@ impl LoadGen {
             max_in_flight: self.config.max_in_flight,
         }))
     }
+}
+
+/// Writes both sides' samples as `side,due_us,latency_us` lines, in due
+/// order, due times counted from the earliest of either side.
+fn write_series(
+    path: &std::path::Path,
+    a: &[(Instant, u64)],
+    b: &[(Instant, u64)],
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut rows: Vec<(Instant, &str, u64)> = a
+        .iter()
+        .map(|&(due, us)| (due, "a", us))
+        .chain(b.iter().map(|&(due, us)| (due, "b", us)))
+        .collect();
+    rows.sort_by_key(|&(due, _, _)| due);
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(out, "side,due_us,latency_us")?;
+    if let Some(&(epoch, _, _)) = rows.first() {
+        for (due, side, us) in rows {
+            writeln!(out, "{side},{},{us}", (due - epoch).as_micros())?;
+        }
+    }
+    out.flush()
 }
 
 /// The chat completions URL for `url`: an `OpenAI` base URL (ending in `/v1`)
@@ -321,6 +375,22 @@ pub fn request_spec(config: &LoadConfig) -> Result<RequestSpec, LoadError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn series_lists_both_sides_in_due_order_from_the_first() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let dir = std::env::temp_dir().join(format!("series-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("series.csv");
+        write_series(&path, &[(at(5), 300), (at(1), 200)], &[(at(3), 900)]).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            text,
+            "side,due_us,latency_us\na,0,200\nb,2000,900\na,4000,300\n"
+        );
+    }
 
     #[test]
     fn endpoint_appends_to_base_urls_only() {

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
@@ -103,6 +103,9 @@ struct Inner {
     errors: BTreeMap<String, u64>,
     duration: Duration,
     elapsed: Duration,
+    /// Each successful request's due time and latency in microseconds,
+    /// when asked for (`LoadConfig::series`).
+    series: Option<Vec<(Instant, u64)>>,
 }
 
 /// What a gateway's response headers say about where a request ran
@@ -150,8 +153,22 @@ impl Recorder {
                 errors: BTreeMap::new(),
                 duration: Duration::ZERO,
                 elapsed: Duration::ZERO,
+                series: None,
             }),
         })
+    }
+
+    /// A recorder that also keeps every successful request's due time and
+    /// latency ([`Recorder::series`]).
+    pub(crate) fn with_series() -> Result<Self, hdrhistogram::CreationError> {
+        let r = Self::new()?;
+        r.with(|i| i.series = Some(Vec::new()));
+        Ok(r)
+    }
+
+    /// The due times and latencies (µs) kept so far, in completion order.
+    pub(crate) fn series(&self) -> Vec<(Instant, u64)> {
+        self.with(|i| i.series.clone().unwrap_or_default())
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
@@ -165,7 +182,7 @@ impl Recorder {
         });
     }
 
-    pub(crate) fn record(&self, lag: Duration, outcome: Outcome) {
+    pub(crate) fn record(&self, due: Instant, lag: Duration, outcome: Outcome) {
         self.with(|i| {
             i.scheduled += 1;
             i.sent += 1;
@@ -174,6 +191,9 @@ impl Recorder {
                 Outcome::Ok { latency, ttft, .. } => {
                     i.ok += 1;
                     i.latency.saturating_record(micros(latency));
+                    if let Some(series) = &mut i.series {
+                        series.push((due, micros(latency)));
+                    }
                     if let Some(ttft) = ttft {
                         i.ttft.saturating_record(micros(ttft));
                     }
@@ -276,6 +296,7 @@ mod tests {
         let r = Recorder::new().unwrap();
         for ms in 1..=100 {
             r.record(
+                Instant::now(),
                 Duration::from_micros(5),
                 Outcome::Ok {
                     latency: Duration::from_millis(ms),
@@ -284,7 +305,11 @@ mod tests {
                 },
             );
         }
-        r.record(Duration::ZERO, Outcome::Failed("503".into()));
+        r.record(
+            Instant::now(),
+            Duration::ZERO,
+            Outcome::Failed("503".into()),
+        );
         r.dropped();
         r.phase(Duration::from_secs(2), Duration::from_secs(2));
         let report = r.report("http://x", false, 51.0);

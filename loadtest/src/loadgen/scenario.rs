@@ -269,7 +269,7 @@ impl Sink for Samples {
         self.set(index, |s| s.result = Some(Err("dropped".to_owned())));
     }
 
-    fn record(&self, index: usize, _lag: Duration, outcome: Outcome) {
+    fn record(&self, index: usize, _due: Instant, _lag: Duration, outcome: Outcome) {
         self.set(index, |s| match outcome {
             Outcome::Ok {
                 latency,

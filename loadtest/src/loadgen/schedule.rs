@@ -69,9 +69,9 @@ pub(crate) trait Sink: Send + Sync + 'static {
     /// Request `index` of the plan was not sent: `max_in_flight` requests
     /// were outstanding.
     fn dropped(&self, index: usize);
-    /// Request `index` of the plan left `lag` after its due time and ended
-    /// with `outcome`.
-    fn record(&self, index: usize, lag: Duration, outcome: Outcome);
+    /// Request `index` of the plan, due at `due`, left `lag` after it and
+    /// ended with `outcome`.
+    fn record(&self, index: usize, due: Instant, lag: Duration, outcome: Outcome);
 }
 
 impl Sink for Recorder {
@@ -79,8 +79,8 @@ impl Sink for Recorder {
         Recorder::dropped(self);
     }
 
-    fn record(&self, _: usize, lag: Duration, outcome: Outcome) {
-        Recorder::record(self, lag, outcome);
+    fn record(&self, _: usize, due: Instant, lag: Duration, outcome: Outcome) {
+        Recorder::record(self, due, lag, outcome);
     }
 }
 
@@ -133,7 +133,7 @@ where
                     async move {
                         let (lag, outcome) =
                             send(&driver.client, &driver.url, &driver.spec, due).await;
-                        sink.record(index, lag, outcome);
+                        sink.record(index, due, lag, outcome);
                         drop(outstanding);
                     },
                     &handle,
