@@ -69,7 +69,7 @@
 # With SERIES=1, after the comparisons one more non-streaming run per rate,
 # A against the gateway, keeps every request's due time and latency
 # (loadgen --series, in target/overhead/series-RATE.csv) and prints the
-# gateway's stalls: its requests slower than A's p99, grouped, and the time
+# gateway's stalls: its requests slower than its own p99, grouped, and the time
 # between them (scripts/lib/stalls.py), to tell a periodic cause from others.
 #
 # SKIP_BUILD=1 uses the release binaries as they are instead of running

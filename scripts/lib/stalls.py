@@ -2,8 +2,8 @@
 """Slow requests in a `loadgen --compare … --series FILE` run, and when they
 were due.
 
-Side B's requests slower than side A's p99 (or --threshold-us) are grouped
-into stalls: slow requests due within --gap-ms of each other. Printed: how
+Side B's slowest requests, those above B's own p99 (or --threshold-us),
+the ones that make its tail, are grouped into stalls: slow requests due within --gap-ms of each other. Printed: how
 many, how long, and the time between the starts of consecutive stalls in
 the same round (B's requests come in rounds, between A's). A cause with a
 period (a timer, a batch written every N ms) shows as intervals clustered
@@ -39,7 +39,8 @@ def main():
             (a if row["side"] == "a" else b).append(sample)
     b.sort()
     a_latencies = sorted(latency for _, latency in a)
-    threshold = args.threshold_us or percentile(a_latencies, 0.99)
+    b_latencies = sorted(latency for _, latency in b)
+    threshold = args.threshold_us or percentile(b_latencies, 0.99)
 
     # Rounds: B's due times, split where A's round left a gap.
     round_of, round_no, last = {}, 0, None
@@ -60,7 +61,8 @@ def main():
             stalls.append([due, due, 1, latency])
 
     slow = sum(s[2] for s in stalls)
-    print(f"B: {len(b)} requests, {slow} over {threshold} us (A's p99 {percentile(a_latencies, 0.99)} us), "
+    print(f"B: {len(b)} requests, {slow} over {threshold} us (B's p50 {percentile(b_latencies, 0.5)} us, "
+          f"A's p50 / p99 {percentile(a_latencies, 0.5)} / {percentile(a_latencies, 0.99)} us), "
           f"in {len(stalls)} stalls")
     if not stalls:
         return
