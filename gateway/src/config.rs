@@ -392,6 +392,13 @@ impl Config {
                 "redis_lease_ms must be at most 30000".to_owned(),
             ));
         }
+        // Each serving thread holds a runtime and upstream pools of its
+        // own; beyond a core each there is nothing to gain.
+        if self.serve_threads > 1024 {
+            return Err(ConfigError::Invalid(
+                "serve_threads must be at most 1024 (0: one per CPU)".to_owned(),
+            ));
+        }
         if self.max_ejection_percent > 100 {
             return Err(ConfigError::Invalid(
                 "max_ejection_percent must be at most 100".to_owned(),
@@ -536,5 +543,11 @@ mod tests {
             .to_string();
         assert!(!err.contains("secret-ish"), "{err}");
         assert!(Config::load(None, env(&[("GATEWAY_POLL_INTERVAL_MS", "0")])).is_err());
+        let err = Config::load(None, env(&[("GATEWAY_SERVE_THREADS", "100000")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("serve_threads"), "{err}");
+        let ok = Config::load(None, env(&[("GATEWAY_SERVE_THREADS", "1024")])).unwrap();
+        assert_eq!(ok.serve_threads, 1024);
     }
 }
