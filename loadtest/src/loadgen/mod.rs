@@ -233,12 +233,15 @@ impl LoadGen {
             }
         }
         if let Some(path) = &self.config.series {
-            write_series(path, &recorders[0].series(), &recorders[1].series()).map_err(
-                |source| LoadError::Series {
-                    path: path.clone(),
-                    source,
-                },
-            )?;
+            write_series(
+                path,
+                &recorders[0].take_series(),
+                &recorders[1].take_series(),
+            )
+            .map_err(|source| LoadError::Series {
+                path: path.clone(),
+                source,
+            })?;
         }
         let stream = self.spec.stream;
         let report_a = recorders[0].report(a, stream, self.config.rate);

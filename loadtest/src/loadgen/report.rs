@@ -166,9 +166,10 @@ impl Recorder {
         Ok(r)
     }
 
-    /// The due times and latencies (µs) kept so far, in completion order.
-    pub(crate) fn series(&self) -> Vec<(Instant, u64)> {
-        self.with(|i| i.series.clone().unwrap_or_default())
+    /// The due times and latencies (µs) kept so far, in completion order;
+    /// the recorder keeps an empty series after.
+    pub(crate) fn take_series(&self) -> Vec<(Instant, u64)> {
+        self.with(|i| i.series.as_mut().map(std::mem::take).unwrap_or_default())
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
