@@ -1,4 +1,6 @@
 #![deny(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
+// Without the `vision` feature, code that only the vision models call is unused.
+#![cfg_attr(not(feature = "vision"), allow(dead_code, unused_imports))]
 use candle_core::Device;
 use engine::Engine;
 pub use engine::{
