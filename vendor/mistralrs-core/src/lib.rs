@@ -1,6 +1,10 @@
 #![deny(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
-// Without the `vision` feature, code that only the vision models call is unused.
-#![cfg_attr(not(feature = "vision"), allow(dead_code, unused_imports))]
+// Without the `vision` or `plain-models` feature, code that only the models
+// left out call is unused.
+#![cfg_attr(
+    not(all(feature = "vision", feature = "plain-models")),
+    allow(dead_code, unused_imports)
+)]
 use candle_core::Device;
 use engine::Engine;
 pub use engine::{

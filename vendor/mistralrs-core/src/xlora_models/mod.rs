@@ -1,14 +1,22 @@
 mod classifier;
 mod config;
+#[cfg(feature = "plain-models")]
 mod gemma;
+#[cfg(feature = "plain-models")]
 mod gemma2;
+#[cfg(feature = "plain-models")]
 mod llama;
+#[cfg(feature = "plain-models")]
 mod mistral;
+#[cfg(feature = "plain-models")]
 mod mixtral;
+#[cfg(feature = "plain-models")]
 mod phi2;
+#[cfg(feature = "plain-models")]
 mod phi3;
 mod quantized_llama;
 mod quantized_phi3;
+#[cfg(feature = "plain-models")]
 mod starcoder2;
 
 use std::sync::Arc;
@@ -19,15 +27,23 @@ use crate::{
 };
 use candle_core::{DType, Device, Result, Tensor};
 pub(crate) use config::XLoraConfig;
+#[cfg(feature = "plain-models")]
 pub(crate) use gemma::XLoraModel as XLoraGemma;
+#[cfg(feature = "plain-models")]
 pub(crate) use gemma2::Model as XLoraGemma2;
+#[cfg(feature = "plain-models")]
 pub(crate) use llama::XLoraLlama;
+#[cfg(feature = "plain-models")]
 pub(crate) use mistral::XLoraModel as XLoraMistral;
+#[cfg(feature = "plain-models")]
 pub(crate) use mixtral::XLoraModel as XLoraMixtral;
+#[cfg(feature = "plain-models")]
 pub(crate) use phi2::Model as XLoraPhi2;
+#[cfg(feature = "plain-models")]
 pub(crate) use phi3::Model as XLoraPhi3;
 pub(crate) use quantized_llama::ModelWeights as XLoraQLlama;
 pub(crate) use quantized_phi3::ModelWeights as XLoraQPhi3;
+#[cfg(feature = "plain-models")]
 pub(crate) use starcoder2::Model as XLoraStarcoder2;
 use tokio::sync::Mutex;
 
