@@ -12,6 +12,13 @@
 # samples (self.txt) and with what they call (children.txt), the samples per
 # thread (threads.txt), and the CPU per request from /proc. Needs `perf`
 # (Debian: linux-perf). SKIP_BUILD=1 uses the release binaries as they are.
+#
+# SCHED=1 records the scheduler instead (`perf sched record`, every CPU):
+# how long the gateway's threads, once woken, waited for a CPU, and which
+# tasks held it meanwhile (scripts/lib/schedwait.py), the same for the
+# mock cloud, and loadgen's latencies beside them. This is what shows
+# whether a latency tail is the gateway's work or time spent runnable but
+# not running on a machine whose cores the client and upstream share.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -39,6 +46,21 @@ LOADGEN_API_KEY="$key" "$bin/loadgen" --url "$gateway/v1" --model mock-model --r
 
 ticks() { awk '{print $14 + $15}' "/proc/$gateway_pid/stat"; }
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')$(grep -qw avx512f /proc/cpuinfo && echo ', avx512f' || echo ', no avx512f'); $(nproc) cores, $(uptime | sed 's/.*load/load/')"
+if [[ "${SCHED:-0}" == 1 ]]; then
+  perf sched record -a -o "$out/sched.data" -- sleep "$((duration + 1))" 2>"$out/perf-record.log" &
+  perf_pid=$!
+  sleep 0.5
+  LOADGEN_API_KEY="$key" "$bin/loadgen" --url "$gateway/v1" --model mock-model --rate "$rate" --duration "$duration" "${flags[@]}" | tee "$out/loadgen.txt"
+  wait "$perf_pid" || true
+  perf sched timehist -i "$out/sched.data" 2>/dev/null >"$out/timehist.txt" || true
+  echo "== the gateway's threads"
+  python3 "$root/scripts/lib/schedwait.py" --pid "$gateway_pid" <"$out/timehist.txt" | tee "$out/sched-gateway.txt"
+  echo "== the mock cloud's threads"
+  python3 "$root/scripts/lib/schedwait.py" --pid "${pids[0]}" <"$out/timehist.txt" | tee "$out/sched-mock.txt"
+  echo "reports in $out"
+  exit 0
+fi
+
 t0=$(ticks)
 perf record -q -F 999 --call-graph dwarf,16384 -p "$gateway_pid" -o "$out/perf.data" -- sleep "$((duration + 1))" 2>"$out/perf-record.log" &
 perf_pid=$!
