@@ -16,16 +16,12 @@ import collections
 import re
 import sys
 
+from stalls import percentile
+
 LINE = re.compile(
     r"^\s*(?P<time>\d+\.\d+)\s+\[(?P<cpu>\d+)\]\s+(?P<comm>.*?)\[(?P<tid>\d+)(?:/(?P<pid>\d+))?\]"
     r"\s+(?P<wait>[\d.]+)\s+(?P<delay>[\d.]+)\s+(?P<run>[\d.]+)"
 )
-
-
-def percentile(sorted_values, q):
-    if not sorted_values:
-        return 0.0
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
 def main():
