@@ -709,10 +709,17 @@ impl Fleet {
             if pred(figures) {
                 return figures;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: Redis (spent, held) still {figures:?} nano-USD after 30 s"
-            );
+            if Instant::now() >= deadline {
+                // Which holds are left, and whether their gateways still
+                // beat, tells a lease never returned from a killed
+                // gateway's hold never released.
+                let holds = self.holds().await;
+                let alive = self.alive(&holds.values().cloned().collect()).await;
+                panic!(
+                    "{what}: Redis (spent, held) still {figures:?} nano-USD after 30 s; \
+                     holds (id → gateway): {holds:?}; of those gateways still beating: {alive:?}"
+                );
+            }
             // Settlements and the reconciler run in other processes: poll.
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
