@@ -1,4 +1,53 @@
 pub(crate) mod auto_device_map;
+// A loader whose models a feature left out (`normal_loaders/unsupported.rs`,
+// `multimodal_loaders/unsupported.rs`): every figure it is asked for is the
+// error `$refuse()` gives. Defined before the modules that use it.
+#[cfg(not(all(feature = "vision", feature = "plain-models")))]
+macro_rules! unsupported_device_mapping {
+    ($name:ident, $refuse:ident) => {
+        impl DeviceMappedModelLoader for $name {
+            fn mapped_max_act_size_elems(
+                &self,
+                _config: &str,
+                _params: &AutoDeviceMapParams,
+            ) -> Result<usize> {
+                $refuse()
+            }
+            fn non_mapped_max_act_size_elems(
+                &self,
+                _config: &str,
+                _params: &AutoDeviceMapParams,
+            ) -> Result<usize> {
+                $refuse()
+            }
+            fn non_mapped_size_in_bytes(
+                &self,
+                _config: &str,
+                _dtype: DType,
+                _weight_pack_factor: usize,
+                _matformer_config: Option<&MatformerSliceConfig>,
+            ) -> Result<usize> {
+                $refuse()
+            }
+            fn layer_sizes_in_bytes(
+                &self,
+                _config: &str,
+                _dtype: DType,
+                _weight_pack_factor: usize,
+                _matformer_config: Option<&MatformerSliceConfig>,
+            ) -> Result<Vec<usize>> {
+                $refuse()
+            }
+            fn num_layers(&self, _config: &str) -> Result<usize> {
+                $refuse()
+            }
+            fn model_config(&self, _config: &str) -> Result<Box<dyn ModelConfigLike>> {
+                $refuse()
+            }
+        }
+    };
+}
+
 mod diffusion_loaders;
 mod embedding_loaders;
 mod multimodal_loaders;

@@ -1,7 +1,6 @@
 // Without the `vision` feature the concrete loaders and the models they
-// load are not compiled (a third of the crate); the imports below serve them.
-#![cfg_attr(not(feature = "vision"), allow(unused_imports))]
-
+// load are not compiled (a third of the crate); some imports below serve
+// only them (unused imports are allowed crate-wide then, in lib.rs).
 use std::any::Any;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;

@@ -50,46 +50,7 @@ macro_rules! unsupported_loaders {
 
         impl IsqModelLoader for $name {}
 
-        impl DeviceMappedModelLoader for $name {
-            fn mapped_max_act_size_elems(
-                &self,
-                _config: &str,
-                _params: &AutoDeviceMapParams,
-            ) -> Result<usize> {
-                unsupported()
-            }
-            fn non_mapped_max_act_size_elems(
-                &self,
-                _config: &str,
-                _params: &AutoDeviceMapParams,
-            ) -> Result<usize> {
-                unsupported()
-            }
-            fn non_mapped_size_in_bytes(
-                &self,
-                _config: &str,
-                _dtype: DType,
-                _weight_pack_factor: usize,
-                _matformer_config: Option<&MatformerSliceConfig>,
-            ) -> Result<usize> {
-                unsupported()
-            }
-            fn layer_sizes_in_bytes(
-                &self,
-                _config: &str,
-                _dtype: DType,
-                _weight_pack_factor: usize,
-                _matformer_config: Option<&MatformerSliceConfig>,
-            ) -> Result<Vec<usize>> {
-                unsupported()
-            }
-            fn num_layers(&self, _config: &str) -> Result<usize> {
-                unsupported()
-            }
-            fn model_config(&self, _config: &str) -> Result<Box<dyn ModelConfigLike>> {
-                unsupported()
-            }
-        }
+        unsupported_device_mapping!($name, unsupported);
     )*};
 }
 
