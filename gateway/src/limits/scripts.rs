@@ -11,6 +11,7 @@
 //! | `holds:{key_id}` | hash | request id → `"{nano-USD} {gateway id} {deadline ms}"` |
 //! | `holders` | set | key ids with outstanding holds, for the reconciler |
 //! | `settled:{id}` | string | a settlement (a request's, or a batch's of leased requests) or a lease's give-back done, expiring after [`SETTLED_TTL_MS`]: each counts once |
+//! | `settled:lease:{grant id}` | string | `granted` once a lease grant ran, `revoked` once revoked (it can no longer run); same expiry |
 //! | `gateway:{id}` | string | a gateway's heartbeat, expiring when it stops beating |
 //! | `gateways` | sorted set | gateway id → last beat (ms), to count the live ones |
 //!
@@ -208,7 +209,16 @@ end
 /// slice of nothing still checks its limit: a lease of no budget is only
 /// granted while spend is below the budget.
 ///
-/// `KEYS`: rpm, tpm, account, holds, holders, gateway. `ARGV`: the rpm
+/// Each grant is named, and its marker (`settled:lease:{grant id}`) says
+/// whether it ran: `granted`, or `revoked` by a later [`UNLEASE`] in revoke
+/// mode. A call that timed out may still run (a stalled Redis runs what
+/// queued once it resumes), and the gateway, which took it for refused,
+/// would never give that slice back: it revokes the grant instead, which
+/// gives the slice back if the grant ran and stops it from running later
+/// if not.
+///
+/// `KEYS`: rpm, tpm, account, holds, holders, gateway, the grant's marker.
+/// `ARGV`: the rpm
 /// interval, limit (0: none) and slice; the tpm interval, limit and slice;
 /// then the key id (empty: no budget), the lease's field, the budget slice,
 /// the budget, the stored spend, the gateway id, its mark's ttl and the
@@ -217,11 +227,12 @@ end
 /// Returns `{0, spent, reserved, lost}` when granted, where `lost` is 1 if
 /// the gateway had no lease hold (never had one, gave it back, or Redis
 /// lost it), `{1 | 2, wait_µs}` when a rate refuses, `{3, spent, reserved}`
-/// when the budget does.
+/// when the budget does, `{4}` when the grant was revoked before it ran.
 static LEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{PRELUDE}{}",
+        "{PRELUDE}{}{SETTLED_TTL_MS}{}",
         r"
+if redis.call('EXISTS', KEYS[7]) == 1 then return {4} end
 local rpm_tat, tpm_tat, wait
 if tonumber(ARGV[2]) > 0 and tonumber(ARGV[3]) > 0 then
   rpm_tat, wait = gcra(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))
@@ -253,6 +264,9 @@ if key_id ~= '' then
 end
 charge(KEYS[1], rpm_tat)
 charge(KEYS[2], tpm_tat)
+redis.call('SET', KEYS[7], 'granted', 'PX', ",
+        r"
+)
 return {0, spent, reserved, lost}
 "
     ))
@@ -264,15 +278,24 @@ return {0, spent, reserved, lost}
 /// nothing is removed. Each give-back counts once, like a settlement (a
 /// call that timed out may have run, and is sent again).
 ///
-/// `KEYS`: rpm, tpm, account, holds, holders, settled (the give-back's
-/// marker). `ARGV`: the rpm interval and unused requests, the tpm interval
-/// and unused tokens, the key id, the lease's field, the unused budget and
-/// the marker's ttl.
+/// In revoke mode (`ARGV[9]` is `1`) it gives back a whole grant whose
+/// answer was lost, but only if [`LEASE`] ran it; either way the grant's
+/// marker then says `revoked`, so the grant can no longer run and a second
+/// revoke gives back nothing.
+///
+/// `KEYS`: rpm, tpm, account, holds, holders, the marker (the give-back's,
+/// or in revoke mode the grant's). `ARGV`: the rpm interval and unused
+/// requests, the tpm interval and unused tokens, the key id, the lease's
+/// field, the unused budget, the marker's ttl and the mode.
 static UNLEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{PRELUDE}{HOLD_FNS}{}",
         r"
-if not redis.call('SET', KEYS[6], '1', 'NX', 'PX', ARGV[8]) then
+if ARGV[9] == '1' then
+  local was = redis.call('GET', KEYS[6])
+  redis.call('SET', KEYS[6], 'revoked', 'PX', ARGV[8])
+  if was ~= 'granted' then return 0 end
+elseif not redis.call('SET', KEYS[6], '1', 'NX', 'PX', ARGV[8]) then
   return 0
 end
 local function give_back(key, interval, n)
@@ -570,16 +593,20 @@ fn interval_us(limit: u32) -> f64 {
 }
 
 /// Asks for a lease of `ask` on `key_id` in one round trip (see
-/// [`LEASE`]); the budget slice only with `terms`. The answer reads as
-/// [`admit`]'s, and says whether the gateway had no lease hold before this
-/// one (so that whatever it thinks is left of one is not there).
+/// [`LEASE`]); the budget slice only with `terms`. `grant` names this ask:
+/// if its answer is lost, [`unlease`] with [`GiveBack::Revoke`] of the
+/// same name undoes it. The
+/// answer reads as [`admit`]'s, and says whether the gateway had no lease
+/// hold before this one (so that whatever it thinks is left of one is not
+/// there); `None`: the grant was revoked before it ran.
 pub async fn lease<C: ConnectionLike + Send>(
     con: &mut C,
     keys: &Keys,
     key_id: &str,
+    grant: &str,
     ask: &Slices,
     terms: Option<&BudgetTerms<'_>>,
-) -> RedisResult<(Verdict, bool)> {
+) -> RedisResult<Option<(Verdict, bool)>> {
     let rpm = ask.requests.unwrap_or_default();
     let tpm = ask.tokens.unwrap_or_default();
     let gateway_id = terms.map_or("", |t| t.gateway_id);
@@ -589,6 +616,7 @@ pub async fn lease<C: ConnectionLike + Send>(
         .key(keys.holds(key_id))
         .key(keys.holders())
         .key(keys.gateway(gateway_id))
+        .key(grant_marker(keys, grant))
         .arg(interval_us(rpm.limit))
         .arg(rpm.limit)
         .arg(rpm.count)
@@ -608,36 +636,59 @@ pub async fn lease<C: ConnectionLike + Send>(
         None => call.arg(""),
     };
     let answer: Vec<i64> = call.invoke_async(con).await?;
-    Ok((verdict(&answer), answer.get(3) == Some(&1)))
+    if answer.first() == Some(&4) {
+        return Ok(None);
+    }
+    Ok(Some((verdict(&answer), answer.get(3) == Some(&1))))
 }
 
-/// Gives back `rest`, the unused part of `gateway_id`'s lease on `key_id`
-/// (see [`UNLEASE`]); `id` names this give-back, so that it counts once.
+fn grant_marker(keys: &Keys, grant: &str) -> String {
+    keys.settled(&format!("lease:{grant}"))
+}
+
+/// What goes back to Redis from a lease: the unused rest of one that
+/// ended, or the whole of a grant whose answer was lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GiveBack {
+    /// The unused rest of `gateway_id`'s lease; the id makes it count
+    /// once.
+    Rest(String),
+    /// Everything a grant of this name asked for, if it ran at all.
+    Revoke(String),
+}
+
+/// Gives `slices` of `gateway_id`'s lease on `key_id` back (see
+/// [`UNLEASE`]).
 pub async fn unlease<C: ConnectionLike + Send>(
     con: &mut C,
     keys: &Keys,
     key_id: &str,
-    rest: &Slices,
+    slices: &Slices,
     gateway_id: &str,
-    id: &str,
+    what: &GiveBack,
 ) -> RedisResult<()> {
-    let rpm = rest.requests.unwrap_or_default();
-    let tpm = rest.tokens.unwrap_or_default();
+    let rpm = slices.requests.unwrap_or_default();
+    let tpm = slices.tokens.unwrap_or_default();
+    let (marker, revoke) = match what {
+        GiveBack::Rest(id) => (keys.settled(&format!("unlease:{id}")), "0"),
+        GiveBack::Revoke(grant) => (grant_marker(keys, grant), "1"),
+    };
     let _: i64 = UNLEASE
         .key(keys.rpm(key_id))
         .key(keys.tpm(key_id))
         .key(keys.account(key_id))
         .key(keys.holds(key_id))
         .key(keys.holders())
-        .key(keys.settled(&format!("unlease:{id}")))
+        .key(marker)
         .arg(interval_us(rpm.limit))
         .arg(rpm.count)
         .arg(interval_us(tpm.limit))
         .arg(tpm.count)
         .arg(key_id)
         .arg(lease_field(gateway_id))
-        .arg(rest.budget.unwrap_or(0))
+        .arg(slices.budget.unwrap_or(0))
         .arg(SETTLED_TTL_MS)
+        .arg(revoke)
         .invoke_async(con)
         .await?;
     Ok(())
@@ -1166,6 +1217,19 @@ mod tests {
         n
     }
 
+    /// A lease of `ask` on key `k` under a grant name of its own, not
+    /// revoked.
+    async fn grant(
+        con: &mut MultiplexedConnection,
+        keys: &Keys,
+        ask: &Slices,
+        terms: Option<&BudgetTerms<'_>>,
+    ) -> RedisResult<(Verdict, bool)> {
+        let name = uuid::Uuid::new_v4().simple().to_string();
+        let answer = lease(con, keys, "k", &name, ask, terms).await?;
+        Ok(answer.expect("a grant never revoked runs"))
+    }
+
     fn lease_of(requests: u64, tokens: u64, budget: i64) -> Slices {
         Slices {
             requests: Some(RateSlice {
@@ -1185,7 +1249,7 @@ mod tests {
         let (mut con, keys) = redis().await;
         let g1 = terms("g1");
         assert_eq!(
-            lease(&mut con, &keys, "k", &lease_of(4, 400, 40), Some(&g1))
+            grant(&mut con, &keys, &lease_of(4, 400, 40), Some(&g1))
                 .await
                 .unwrap(),
             (
@@ -1198,7 +1262,7 @@ mod tests {
         );
         // Renewed: the lease hold grows, under one field.
         assert_eq!(
-            lease(&mut con, &keys, "k", &lease_of(0, 0, 10), Some(&g1))
+            grant(&mut con, &keys, &lease_of(0, 0, 10), Some(&g1))
                 .await
                 .unwrap(),
             (
@@ -1258,11 +1322,12 @@ mod tests {
         // The unused rest given back: the lease hold goes, and so does the
         // charge of the four unused requests.
         let rest = lease_of(4, 400, 30);
-        unlease(&mut con, &keys, "k", &rest, "g1", "g1:1")
+        let once = GiveBack::Rest("g1:1".into());
+        unlease(&mut con, &keys, "k", &rest, "g1", &once)
             .await
             .unwrap();
         // Sent again (a call that timed out but ran): counted once.
-        unlease(&mut con, &keys, "k", &rest, "g1", "g1:1")
+        unlease(&mut con, &keys, "k", &rest, "g1", &once)
             .await
             .unwrap();
         assert_eq!(figures(&mut con, &keys, "k").await.unwrap(), Some((5, 50)));
@@ -1275,7 +1340,7 @@ mod tests {
         assert_eq!(fields, vec!["a".to_owned()]);
         // So the next lease starts afresh, and says so.
         assert!(
-            lease(&mut con, &keys, "k", &lease_of(0, 0, 10), Some(&g1))
+            grant(&mut con, &keys, &lease_of(0, 0, 10), Some(&g1))
                 .await
                 .unwrap()
                 .1
@@ -1288,7 +1353,7 @@ mod tests {
         let g1 = terms("g1");
         // The budget refuses 101: no rate is charged.
         assert_eq!(
-            lease(&mut con, &keys, "k", &lease_of(4, 400, 101), Some(&g1))
+            grant(&mut con, &keys, &lease_of(4, 400, 101), Some(&g1))
                 .await
                 .unwrap()
                 .0,
@@ -1299,7 +1364,7 @@ mod tests {
         );
         // The requests rate refuses 11: nothing is held.
         assert!(matches!(
-            lease(&mut con, &keys, "k", &lease_of(11, 0, 10), Some(&g1)).await.unwrap().0,
+            grant(&mut con, &keys, &lease_of(11, 0, 10), Some(&g1)).await.unwrap().0,
             Verdict::Requests(wait) if wait > Duration::ZERO
         ));
         assert_eq!(figures(&mut con, &keys, "k").await.unwrap(), Some((0, 0)));
@@ -1308,7 +1373,7 @@ mod tests {
         let mut spent = g1;
         spent.stored_spent = 100;
         assert!(matches!(
-            lease(&mut con, &keys, "k", &lease_of(0, 0, 0), Some(&spent))
+            grant(&mut con, &keys, &lease_of(0, 0, 0), Some(&spent))
                 .await
                 .unwrap()
                 .0,
@@ -1317,12 +1382,74 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_grant_whose_answer_was_lost_is_revoked_whether_it_ran_or_not() {
+        let (mut con, keys) = redis().await;
+        let g1 = terms("g1");
+        grant(&mut con, &keys, &lease_of(2, 200, 40), Some(&g1))
+            .await
+            .unwrap();
+        // A renewal that ran, though its caller timed out: Redis holds 10
+        // more than the gateway knows of, and charged 2 more requests.
+        let ran = lease_of(2, 200, 10);
+        assert!(lease(&mut con, &keys, "k", "ran", &ran, Some(&g1))
+            .await
+            .unwrap()
+            .is_some());
+        assert_eq!(figures(&mut con, &keys, "k").await.unwrap(), Some((0, 50)));
+        // Revoked: all of it comes back, once however often it is sent.
+        let revoke = GiveBack::Revoke("ran".into());
+        for _ in 0..2 {
+            unlease(&mut con, &keys, "k", &ran, "g1", &revoke)
+                .await
+                .unwrap();
+            assert_eq!(figures(&mut con, &keys, "k").await.unwrap(), Some((0, 40)));
+        }
+        // So the give-back of what the gateway knows of empties the hold.
+        let rest = lease_of(2, 200, 40);
+        let once = GiveBack::Rest("g1:1".into());
+        unlease(&mut con, &keys, "k", &rest, "g1", &once)
+            .await
+            .unwrap();
+        assert_eq!(figures(&mut con, &keys, "k").await.unwrap(), Some((0, 0)));
+        let fields: i64 = redis::cmd("HLEN")
+            .arg(keys.holds("k"))
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert_eq!(fields, 0);
+        // A grant revoked before it ran (still queued in a stalled Redis)
+        // gives back nothing, and no longer runs when it arrives.
+        let late = lease_of(2, 200, 10);
+        unlease(
+            &mut con,
+            &keys,
+            "k",
+            &late,
+            "g1",
+            &GiveBack::Revoke("late".into()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(figures(&mut con, &keys, "k").await.unwrap(), Some((0, 0)));
+        assert_eq!(
+            lease(&mut con, &keys, "k", "late", &late, Some(&g1))
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(figures(&mut con, &keys, "k").await.unwrap(), Some((0, 0)));
+        // Every request charged was given back, and the late grant charged
+        // none.
+        assert_eq!(requests_left(&mut con, &keys).await, 10);
+    }
+
+    #[tokio::test]
     async fn a_dead_gateways_lease_is_released_by_the_reconciler() {
         let (mut con, keys) = redis().await;
         let mut dying = terms("dead");
         dying.gateway_ttl_ms = 1;
         assert!(matches!(
-            lease(&mut con, &keys, "k", &lease_of(0, 0, 70), Some(&dying))
+            grant(&mut con, &keys, &lease_of(0, 0, 70), Some(&dying))
                 .await
                 .unwrap()
                 .0,

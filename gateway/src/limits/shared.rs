@@ -46,7 +46,7 @@ use tokio_util::task::TaskTracker;
 
 use super::lease::{Leases, Need, Terms};
 use super::local::worst_nusd;
-use super::scripts::{self, Admit, BudgetTerms, Hold, Keys, RateSlice, Slices, Verdict};
+use super::scripts::{self, Admit, BudgetTerms, GiveBack, Hold, Keys, RateSlice, Slices, Verdict};
 use super::{
     budget_nusd, ceil_secs, to_nusd, Admission, Book, BudgetAsk, BudgetHold, InProcessLimiter,
     KeyLimits, LimitExceeded, Limiter, Settle, Settlement,
@@ -138,10 +138,11 @@ struct Inner {
     pending: Mutex<VecDeque<Settlement>>,
     /// This gateway's leases of each key's limits.
     leases: Leases,
-    /// Ended leases whose unused budget Redis did not take back yet, each
-    /// with the id that makes its give-back count once; sent again at
-    /// every beat.
-    unreturned: Mutex<VecDeque<(String, String, Slices)>>,
+    /// What goes back to Redis at the next beat, per key: the grants whose
+    /// answer was lost (revoked: they may have run), and ended leases'
+    /// unused budget that Redis did not take back yet, each named so that
+    /// it counts once; sent again at every beat until Redis takes it.
+    unreturned: Mutex<VecDeque<(String, GiveBack, Slices)>>,
     /// Numbers this gateway's give-backs and merged settlements.
     seq: AtomicU64,
     settlements: mpsc::UnboundedSender<Settlement>,
@@ -419,14 +420,24 @@ impl Inner {
     ) {
         let ask = self.leases.lacking(key_id, lease_terms, &size);
         let keys = &self.keys;
+        let grant = self.next_id();
         let started = Instant::now();
         let verdict = self
-            .call("lease", |mut con| async move {
-                scripts::lease(&mut con, keys, key_id, &ask, terms.as_ref()).await
+            .call("lease", |mut con| {
+                let grant = &grant;
+                async move { scripts::lease(&mut con, keys, key_id, grant, &ask, terms.as_ref()).await }
             })
             .await;
         metrics::histogram!("gateway_limits_lease_seconds").record(started.elapsed().as_secs_f64());
         let now = Instant::now();
+        let Some(verdict) = verdict else {
+            // The call failed or timed out, but may have run (or still
+            // run): revoked at the next beat, so that a slice this gateway
+            // never learnt of is not held for as long as it lives.
+            self.leases.refused(key_id, lease_terms, now);
+            self.owe(key_id.to_owned(), GiveBack::Revoke(grant), ask);
+            return;
+        };
         match verdict {
             Some((Verdict::Admitted { spent, reserved }, lost)) => {
                 if terms.is_some() {
@@ -442,6 +453,8 @@ impl Inner {
                 self.seen(key_id, spent, reserved);
                 self.leases.refused(key_id, lease_terms, now);
             }
+            // A rate refused (a grant is only revoked once its answer was
+            // lost, as above).
             _ => self.leases.refused(key_id, lease_terms, now),
         }
     }
@@ -454,45 +467,54 @@ impl Inner {
         } else {
             self.leases.expired(Instant::now())
         };
-        let mut todo: Vec<(String, String, Slices)> = self
+        let mut todo: Vec<(String, GiveBack, Slices)> = self
             .unreturned
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .drain(..)
             .collect();
         for (key_id, rest) in ended {
-            todo.push((key_id, self.next_id(), rest));
+            todo.push((key_id, GiveBack::Rest(self.next_id()), rest));
         }
         let keys = &self.keys;
         let gateway_id = self.gateway_id.as_str();
-        for (key_id, id, rest) in todo {
+        for (key_id, what, slices) in todo {
             let sent = self
                 .call("unlease", |mut con| {
-                    let (key_id, id) = (&key_id, &id);
-                    async move { scripts::unlease(&mut con, keys, key_id, &rest, gateway_id, id).await }
+                    let (key_id, what) = (&key_id, &what);
+                    async move {
+                        scripts::unlease(&mut con, keys, key_id, &slices, gateway_id, what).await
+                    }
                 })
                 .await;
-            // Not taken: the budget's part is sent again at the next beat
-            // (until then it stays held, which only withholds room); the
-            // rates' part, at most a second of each rate, is not: the
-            // buckets recover it by themselves as time passes.
-            if sent.is_none() && rest.budget.is_some_and(|b| b > 0) {
-                let budget_only = Slices {
-                    budget: rest.budget,
-                    ..Slices::default()
-                };
-                let mut unreturned = self
-                    .unreturned
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                if unreturned.len() >= MAX_PENDING {
-                    if let Some((key_id, ..)) = unreturned.pop_front() {
-                        tracing::warn!(%key_id, "lease give-back queue full; the oldest stays held");
-                    }
-                }
-                unreturned.push_back((key_id, id, budget_only));
+            if sent.is_none() {
+                self.owe(key_id, what, slices);
             }
         }
+    }
+
+    /// Queues a give-back Redis did not take for the next beat. Only the
+    /// budget's part is kept (until Redis takes it, it stays held, which
+    /// only withholds room); the rates' part, at most a second of each
+    /// rate, is not: the buckets recover it by themselves as time passes.
+    fn owe(&self, key_id: String, what: GiveBack, slices: Slices) {
+        if slices.budget.is_none_or(|b| b <= 0) {
+            return;
+        }
+        let budget_only = Slices {
+            budget: slices.budget,
+            ..Slices::default()
+        };
+        let mut unreturned = self
+            .unreturned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if unreturned.len() >= MAX_PENDING {
+            if let Some((key_id, ..)) = unreturned.pop_front() {
+                tracing::warn!(%key_id, "lease give-back queue full; the oldest stays held");
+            }
+        }
+        unreturned.push_back((key_id, what, budget_only));
     }
 
     /// What is left of `ask`'s budget as Redis last reported it (spend
@@ -622,7 +644,24 @@ impl Limiter for SharedLimiter {
             }
         };
         match verdict {
-            None => self.admit_locally(a),
+            None => {
+                let local = self.admit_locally(a);
+                if let (Err(_), Some(b)) = (&local, a.budget) {
+                    // The admission may have run in Redis all the same (or
+                    // still run, once a stalled Redis resumes), holding in
+                    // this request's name with no one to settle it: settled
+                    // with nothing, which releases such a hold and keeps a
+                    // late run from making one. (One admitted locally is
+                    // settled in Redis when it ends, like any other.)
+                    RedisSettle(Arc::clone(inner)).settle(Settlement {
+                        key_id: b.key_id.to_owned(),
+                        request_id: b.request_id.to_owned(),
+                        actual_nusd: 0,
+                        drawn: None,
+                    });
+                }
+                local
+            }
             Some(Verdict::Requests(wait)) => Err(LimitExceeded::Requests {
                 retry_after_s: ceil_secs(wait),
             }),
@@ -998,9 +1037,12 @@ mod tests {
         let kept: Vec<_> = inner.unreturned.lock().unwrap().iter().cloned().collect();
         // Kept once, under one id, without the rates' part.
         assert_eq!(kept.len(), 1, "{kept:?}");
-        let (key_id, id, slices) = &kept[0];
+        let (key_id, what, slices) = &kept[0];
         assert_eq!(key_id, "k");
-        assert!(id.starts_with(&inner.gateway_id), "{id}");
+        assert!(
+            matches!(what, GiveBack::Rest(id) if id.starts_with(&inner.gateway_id)),
+            "{what:?}"
+        );
         assert_eq!(
             *slices,
             Slices {
@@ -1110,6 +1152,22 @@ mod tests {
             }
         }
         assert_eq!(holds.len(), 4);
+        // The refused one may have run in Redis all the same: it is settled
+        // there with nothing once Redis answers.
+        let refused = Settlement {
+            key_id: "k".into(),
+            request_id: "r4".into(),
+            actual_nusd: 0,
+            drawn: None,
+        };
+        let queued = || limiter.inner.pending.lock().unwrap().contains(&refused);
+        for _ in 0..200 {
+            if queued() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(queued(), "{:?}", limiter.inner.pending.lock().unwrap());
         holds.pop().unwrap().settle(0.05);
         assert_eq!(
             limiter.inner.fallback_book.figures("k"),
