@@ -89,6 +89,10 @@ pub struct Config {
     /// Requests handled at once; beyond it a request gets 503
     /// `service_unavailable` at once instead of queueing.
     pub max_in_flight: usize,
+    /// Requests of one key handled at once, so that one client cannot take
+    /// every slot of `max_in_flight`; beyond it the key's request gets 429
+    /// `rate_limit_exceeded` at once.
+    pub max_in_flight_per_key: usize,
     /// Threads that serve client connections, each with a single-threaded
     /// runtime of its own (0: one per CPU). A connection stays on the
     /// thread it was given, with its upstream connections, so a request
@@ -190,6 +194,7 @@ impl Default for Config {
             body_read_timeout_ms: 30_000,
             max_connections: 10_000,
             max_in_flight: 4_096,
+            max_in_flight_per_key: 512,
             serve_threads: 0,
             unhealthy_cooldown_ms: 5_000,
             max_ejection_percent: 50,
@@ -238,6 +243,7 @@ pub const FIELDS: &[&str] = &[
     "body_read_timeout_ms",
     "max_connections",
     "max_in_flight",
+    "max_in_flight_per_key",
     "serve_threads",
     "unhealthy_cooldown_ms",
     "max_ejection_percent",
@@ -363,6 +369,7 @@ impl Config {
             ("ledger_batch", self.ledger_batch),
             ("max_connections", self.max_connections),
             ("max_in_flight", self.max_in_flight),
+            ("max_in_flight_per_key", self.max_in_flight_per_key),
             ("max_upstream_error_bytes", self.max_upstream_error_bytes),
             ("max_sse_event_bytes", self.max_sse_event_bytes),
         ];

@@ -114,10 +114,16 @@ pub async fn serve_on(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(Config::ms(config.header_read_timeout_ms));
+    // An HTTP/2 connection whose peer stops answering pings (gone, or a
+    // socket that sent the preface and nothing else) is closed, giving its
+    // slot back; HTTP/1's idle connections end at the header read timeout.
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(H2_PING_INTERVAL))
+        .keep_alive_timeout(H2_PING_INTERVAL);
+    let first_bytes_within = Config::ms(config.header_read_timeout_ms);
     let threads = ServeThreads::start(&state)?;
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let graceful = GracefulShutdown::new();
@@ -164,6 +170,10 @@ pub async fn serve_on(
             if let Err(e) = stream.set_nodelay(true) {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY");
             }
+            if !protocol_known(&stream, first_bytes_within).await {
+                drop((slot, open));
+                return;
+            }
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(error = %e, "connection ended with an error");
@@ -188,6 +198,35 @@ pub async fn serve_on(
     connections.shutdown().await;
     state.keep_until_shutdown(threads.into_runtimes());
     Ok(())
+}
+
+/// How often an HTTP/2 connection is pinged, and how long the answer may
+/// take before the connection is closed.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
+
+/// What an HTTP/2 client sends first (RFC 9113, 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether `stream` sent, within `limit`, enough to tell HTTP/1 from
+/// HTTP/2: a byte that does not begin the HTTP/2 preface, or the whole
+/// preface. hyper's version detection waits for that without a timer, so
+/// a connection that sends nothing (or a preface cut short) would hold its
+/// slot forever; it is closed instead. Peeks, so hyper reads the same
+/// bytes afterwards.
+async fn protocol_known(stream: &TcpStream, limit: Duration) -> bool {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    let known = async {
+        loop {
+            match stream.peek(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) if n == buf.len() || buf[..n] != H2_PREFACE[..n] => return true,
+                // A preface in part: peek answers at once while those bytes
+                // wait unread, so look again shortly.
+                Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    };
+    tokio::time::timeout(limit, known).await.unwrap_or(false)
 }
 
 type Service = TowerToHyperService<axum::Router>;

@@ -64,6 +64,8 @@ pub struct Inner {
     /// One permit per request being handled (`max_in_flight`); a request
     /// that finds none gets 503 at once.
     pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// Each key's requests in flight (`max_in_flight_per_key`).
+    pub key_in_flight: Arc<crate::limits::KeyInFlight>,
     /// The serving threads' runtimes (see `server`), ended last at
     /// shutdown: a database or Redis connection opened during a request is
     /// driven by the runtime that opened it, and the ledger's last rows may
@@ -166,6 +168,7 @@ impl AppState {
                 stop,
                 streams_end: CancellationToken::new(),
                 in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
+                key_in_flight: crate::limits::KeyInFlight::new(config.max_in_flight_per_key),
                 serve_threads: std::sync::Mutex::default(),
                 retries: RetryBudget::new(config.retry_budget_ratio, config.retry_budget_min_per_s),
                 store,

@@ -149,16 +149,25 @@ pub fn request(headers: &HeaderMap) -> Span {
     span
 }
 
-/// The request as parsed: what the client asked for (no content).
-pub fn parsed(request: &Span, model: &str, stream: bool, max_tokens: Option<u32>, tenant: &str) {
+/// The request as parsed: what the client asked for (no content; not even
+/// the model it named, which may be any text until routing finds it in the
+/// catalog: see [`model`]).
+pub fn parsed(request: &Span, stream: bool, max_tokens: Option<u32>, tenant: &str) {
     if request.is_disabled() {
         return;
     }
-    request.set_attribute("gen_ai.request.model", model.to_owned());
     request.set_attribute("gateway.stream", stream);
     request.set_attribute("gateway.tenant", tenant.to_owned());
     if let Some(n) = max_tokens {
         request.set_attribute("gen_ai.request.max_tokens", i64::from(n));
+    }
+}
+
+/// The model the request named, once routing found it in the catalog (a
+/// model or an alias): a name the operator chose, not client text.
+pub fn model(request: &Span, model: &str) {
+    if !request.is_disabled() {
+        request.set_attribute("gen_ai.request.model", model.to_owned());
     }
 }
 

@@ -138,6 +138,9 @@ async fn zone_labels_are_checked(store: &Store) {
         "backend add --name e3 --kind edge --url http://8.8.8.8:8080 --model m",
         "backend add --name e4 --kind edge --url http://2130706433:8080 --model m",
         "backend add --name e5 --kind edge --url http://user@203.0.113.9/v1 --model m",
+        // The HTTP client reads a backslash as the end of the host: it would
+        // connect to cloud.example.com, not 10.0.0.5.
+        r"backend add --name e6 --kind edge --url http://cloud.example.com\@10.0.0.5:8080 --model m",
     ];
     for args in refused {
         let err = admin(store, args).await.unwrap_err();

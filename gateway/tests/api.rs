@@ -326,5 +326,16 @@ async fn request_ids_health_and_metrics() {
     assert!(!text.contains(&key[3..]), "a key leaked into metrics");
     let (status, _) = error_of(gw.client.get(gw.url("/v1/nothing")).send().await.unwrap()).await;
     assert_eq!(status, 404);
+    // A known endpoint with the wrong method: 405, in OpenAI's shape.
+    let (status, body) = error_of(
+        gw.client
+            .get(gw.url("/v1/chat/completions"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 405);
+    assert_eq!(body["error"]["code"], "method_not_allowed");
     gw.shutdown().await;
 }

@@ -78,6 +78,11 @@ async fn a_stalled_edge_is_hedged_to_the_cloud() {
     assert_eq!(hedge["started"], true, "{hedge}");
     assert_eq!(hedge["winner"], "cloud", "{hedge}");
     assert!(hedge["after_ms"].as_f64().unwrap() >= 300.0, "{hedge}");
+    // The cancelled edge attempt's energy is the row's too: the cloud's own
+    // is 0 joules a token here, so the row's energy is the loser's alone.
+    let loser_joules = hedge["loser_joules"].as_f64().unwrap();
+    assert!(loser_joules > 0.0, "{hedge}");
+    assert!((row.joules.unwrap() - loser_joules).abs() < 1e-9, "{row:?}");
     gw.shutdown().await;
 }
 
@@ -154,6 +159,11 @@ async fn a_low_confidence_edge_answer_is_escalated_to_the_cloud() {
         cascade["edge_usage"]["completion_tokens"].as_u64().unwrap() > 0,
         "{cascade}"
     );
+    // The edge's answer, not shown, was spent all the same: its energy is
+    // the row's (the cloud's own is 0 joules a token here).
+    let edge_joules = cascade["edge_joules"].as_f64().unwrap();
+    assert!(edge_joules > 0.0, "{cascade}");
+    assert!((row.joules.unwrap() - edge_joules).abs() < 1e-9, "{row:?}");
     gw.shutdown().await;
 }
 

@@ -75,6 +75,19 @@ async fn slow_and_unauthenticated_clients_cost_nothing() {
     assert!(read.is_ok(), "a slowloris connection stayed open");
     assert!(started.elapsed() < Duration::from_secs(5));
 
+    // Connections that send nothing, or an HTTP/2 preface cut short, are
+    // closed after the header read timeout too, giving their slots back.
+    for first in [&b""[..], b"PRI * HTTP/2.0\r\n"] {
+        let mut idle = tokio::net::TcpStream::connect(addr(&gw)).await.unwrap();
+        idle.write_all(first).await.unwrap();
+        let started = Instant::now();
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), idle.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "a connection that sent {first:?} stayed open");
+        assert!(buf.is_empty());
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
     // A body announced but never sent, with a bad key: refused at once,
     // before the gateway waits for any of it.
     let mut conn = tokio::net::TcpStream::connect(addr(&gw)).await.unwrap();
@@ -140,6 +153,43 @@ async fn beyond_max_in_flight_requests_get_503_at_once() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(served, "the slot was never released");
+    gw.shutdown().await;
+}
+
+/// One key holds at most `max_in_flight_per_key` requests at once; past it
+/// its requests get 429 at once (before their body is read), while another
+/// key is served as usual.
+#[tokio::test]
+async fn one_key_cannot_take_every_slot() {
+    let config = Config {
+        max_in_flight_per_key: 1,
+        ..quick()
+    };
+    let (gw, up, key) = one_cloud(config, Mode::StallAfterFirst).await;
+    let first = gw.chat(&key, &body(true)).await;
+    assert_eq!(first.status(), 200);
+    let second = gw.chat(&key, &body(false)).await;
+    assert_eq!(second.headers()["retry-after"], "1");
+    let (status, err) = error_of(second).await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (429, Some("rate_limit_exceeded"))
+    );
+    // Another key of the same gateway is not held back.
+    let (_, other) = tenant_and_key(gw.store(), |_| {}).await;
+    up.set(Mode::Answer);
+    assert_eq!(gw.chat(&other, &body(false)).await.status(), 200);
+    // The key's slot comes back when its stream's body is dropped.
+    drop(first);
+    let mut served = false;
+    for _ in 0..50 {
+        if gw.chat(&key, &body(false)).await.status() == 200 {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served, "the key's slot was never released");
     gw.shutdown().await;
 }
 

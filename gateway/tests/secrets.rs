@@ -76,8 +76,14 @@ async fn no_secret_appears_in_logs_errors_metrics_or_the_ledger() {
     );
     cloud.set(Mode::Status(401, quoting.clone()));
     seen += &send(plain.clone(), key.clone()).await;
-    cloud.set(Mode::Status(400, quoting));
+    cloud.set(Mode::Status(400, quoting.clone()));
     seen += &send(plain.clone(), key.clone()).await;
+    // The same quoted mid-stream, after the first token.
+    cloud.set(Mode::ErrorAfterFirst(quoting));
+    let mid = send(stream.clone(), key.clone()).await;
+    assert!(mid.contains("The upstream failed mid-answer."), "{mid}");
+    assert!(mid.contains("invalid_api_key"), "{mid}");
+    seen += &mid;
     edge.set(Mode::DieAfterFirst);
     seen += &send(stream.clone(), key.clone()).await;
     seen += &send(plain.clone(), WRONG_KEY.to_owned()).await;

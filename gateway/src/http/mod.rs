@@ -60,6 +60,7 @@ pub fn app(state: AppState) -> Router {
         .route("/openapi.json", get(openapi::document))
         .route("/fleet/workers", post(fleet::heartbeat))
         .merge(admin::router(&state))
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(
             ServiceBuilder::new()
@@ -109,6 +110,19 @@ async fn plain_request_id(mut request: Request) -> Request {
         request.headers_mut().remove(&REQUEST_ID);
     }
     request
+}
+
+async fn method_not_allowed() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        axum::Json(wire::ErrorBody::new(
+            "Method not allowed for this endpoint.",
+            "invalid_request_error",
+            None,
+            "method_not_allowed",
+        )),
+    )
+        .into_response()
 }
 
 async fn not_found() -> Response {

@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use super::Sink;
-use crate::limits::BudgetHold;
+use crate::limits::{BudgetHold, KeyPermit};
 use crate::privacy::{Class, Classification};
 use crate::routing::{CloudRates, Decision, NoRoute, Scored, Zone};
 use crate::store::{DecisionJson, LedgerEntry, LedgerStatus};
@@ -61,6 +61,12 @@ pub struct Record {
     /// The all-cloud counterfactual's backend figures, to price the
     /// request's actual tokens there when it is done.
     all_cloud: Option<CloudRates>,
+    /// The key's slot among its requests in flight, given back when the
+    /// request ends.
+    key_slot: Option<KeyPermit>,
+    /// USD and joules spent by the request's other attempts (a hedge's
+    /// loser, a cascade's first answer), added to the row's own.
+    others: (f64, f64),
 }
 
 impl Record {
@@ -85,6 +91,8 @@ impl Record {
             finished: false,
             hold: None,
             all_cloud: None,
+            others: (0.0, 0.0),
+            key_slot: None,
         }
     }
 
@@ -141,6 +149,12 @@ impl Record {
         self.entry.decision = DecisionJson::new(r);
     }
 
+    /// Gives the row the key's slot among its requests in flight, to give
+    /// back when the request ends.
+    pub fn hold_key_slot(&mut self, slot: KeyPermit) {
+        self.key_slot = Some(slot);
+    }
+
     /// Gives the row the request's budget hold, to settle when it is done.
     pub fn hold_budget(&mut self, hold: BudgetHold) {
         self.hold = Some(hold);
@@ -180,6 +194,27 @@ impl Record {
         self.energy_reported = energy_j.filter(|j| j.is_finite() && *j >= 0.0);
     }
 
+    /// Adds what another attempt of the request spent (a hedge's loser, a
+    /// cascade's first answer) to the row's cost and energy, and so to
+    /// what its budget is charged: `prompt` and `completion` tokens at
+    /// `pricing`, or the energy the backend reported. Returns the USD and
+    /// joules added.
+    pub fn add_other_attempt(
+        &mut self,
+        pricing: Pricing,
+        prompt: u32,
+        completion: u32,
+        energy_j: Option<f64>,
+    ) -> (f64, f64) {
+        let (usd, joules) = pricing.price(prompt, completion);
+        let joules = energy_j
+            .filter(|j| j.is_finite() && *j >= 0.0)
+            .unwrap_or(joules);
+        self.others.0 += usd;
+        self.others.1 += joules;
+        (usd, joules)
+    }
+
     /// Records the outcome; the row is sent when the guard drops.
     pub fn finish(mut self, status: LedgerStatus, http_status: u16, error_code: Option<&str>) {
         self.entry.status = status;
@@ -189,6 +224,17 @@ impl Record {
     }
 
     fn complete_numbers(&mut self) {
+        self.complete_own_numbers();
+        let (usd, joules) = self.others;
+        if usd > 0.0 || joules > 0.0 {
+            let e = &mut self.entry;
+            e.usd = Some(e.usd.unwrap_or(0.0) + usd);
+            e.joules = Some(e.joules.unwrap_or(0.0) + joules);
+        }
+    }
+
+    /// The serving attempt's figures.
+    fn complete_own_numbers(&mut self) {
         let e = &mut self.entry;
         e.latency_ms = Some(self.started.elapsed().as_secs_f64() * 1000.0);
         let Some(p) = self.pricing else {
@@ -208,12 +254,21 @@ impl Record {
             e.placement.allcloud_joules = Some(joules);
             e.placement.allcloud_usd = Some(usd);
         }
+        let (usd, joules) = p.price(prompt, completion);
+        e.usd = Some(usd);
+        e.joules = Some(self.energy_reported.unwrap_or(joules));
+    }
+}
+
+impl Pricing {
+    /// USD and joules of `prompt` and `completion` tokens.
+    #[must_use]
+    pub fn price(&self, prompt: u32, completion: u32) -> (f64, f64) {
         let (prompt, completion) = (f64::from(prompt), f64::from(completion));
-        e.usd =
-            Some(prompt / 1000.0 * p.price_in_per_1k + completion / 1000.0 * p.price_out_per_1k);
-        e.joules = Some(self.energy_reported.unwrap_or(
-            prompt * p.joules_per_prompt_token + completion * p.joules_per_output_token,
-        ));
+        (
+            prompt / 1000.0 * self.price_in_per_1k + completion / 1000.0 * self.price_out_per_1k,
+            prompt * self.joules_per_prompt_token + completion * self.joules_per_output_token,
+        )
     }
 }
 

@@ -25,6 +25,7 @@
 //! in integer nano-USD so that holds and releases cancel exactly.
 
 mod book;
+mod in_flight;
 mod lease;
 mod local;
 pub mod scripts;
@@ -33,6 +34,7 @@ mod shared;
 use std::sync::Arc;
 
 pub use book::Book;
+pub use in_flight::{KeyInFlight, KeyPermit};
 pub use local::InProcessLimiter;
 pub use shared::{SharedLimiter, SharedLimiterError};
 
@@ -66,6 +68,9 @@ pub enum LimitExceeded {
          the context; set max_tokens"
     )]
     BudgetUnbounded,
+    /// The key has `max_in_flight_per_key` requests in flight already.
+    #[error("too many requests of this key in flight; retry after 1s")]
+    Concurrent,
 }
 
 impl LimitExceeded {
@@ -76,6 +81,7 @@ impl LimitExceeded {
             LimitExceeded::Requests { retry_after_s } | LimitExceeded::Tokens { retry_after_s } => {
                 Some(retry_after_s)
             }
+            LimitExceeded::Concurrent => Some(1),
             LimitExceeded::TokensOverLimit
             | LimitExceeded::Budget
             | LimitExceeded::BudgetUnbounded => None,

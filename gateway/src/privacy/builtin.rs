@@ -46,7 +46,15 @@ pub(super) struct Builtin {
 }
 
 /// Every builtin detector name, for validating operator rule rows.
-pub const BUILTIN_NAMES: &[&str] = &["card", "email", "iban", "ip_address", "phone", "secret"];
+pub const BUILTIN_NAMES: &[&str] = &[
+    "card",
+    "email",
+    "iban",
+    "ip_address",
+    "media",
+    "phone",
+    "secret",
+];
 
 const IPV4: &str = r"(?-u:\b)(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?-u:\b)";
 
@@ -120,6 +128,16 @@ pub(super) const BUILTINS: &[Builtin] = &[
         name: "secret",
         pattern: r"[A-Za-z0-9+/_=-]{32,}",
         validate: Some(high_entropy),
+        class: Class::Confidential,
+    },
+    Builtin {
+        // Content no detector can read (an image, audio or file part, a
+        // remote image, a `data:` URL), which the extractor stands in for
+        // with U+FFFC ([`super::extract::OPAQUE`]): unscanned, so it stays
+        // on the premises unless the tenant lowers this detector.
+        name: "media",
+        pattern: "\u{fffc}",
+        validate: None,
         class: Class::Confidential,
     },
 ];
@@ -343,6 +361,8 @@ mod tests {
             ("4111 1111 1111 1111", "card"),
             ("GB82WEST12345698765432", "iban"),
             ("AKIAIOSFODNN7EXAMPLE", "secret"),
+            // What the extractor puts for a part no detector can read.
+            ("\u{fffc}", "media"),
         ];
         for (text, name) in cases {
             let got = classify([text], Class::Public, None, &rules);

@@ -1,37 +1,95 @@
 //! Which texts of a request the detectors see.
 //!
 //! The rule is "nothing reaches an upstream that the classifier did not
-//! see": every string value *and every object key* anywhere in the body the
-//! upstream would receive, whatever the field (messages, tools and their
-//! JSON schemas, `response_format`, `prediction`, `metadata`, `user`,
-//! `stop`, fields the gateway does not know). No client header is
-//! forwarded, so none needs scanning.
+//! see": every string value, every number (as the decimal text it is
+//! forwarded as) *and every object key* anywhere in the body the upstream
+//! would receive, whatever the field (messages, tools and their JSON
+//! schemas, `response_format`, `prediction`, `metadata`, `user`, `stop`,
+//! fields the gateway does not know). No client header is forwarded, so
+//! none needs scanning.
 //!
-//! Text split over several strings of one item is scanned joined as well:
-//! a card number spread over two content parts of one message, a secret
-//! spread over two stop sequences. An item is one element of a top-level
-//! array (a message, a tool) or one other top-level field; its strings are
-//! joined per field name (all `text` parts of a message, all `arguments`
-//! of its tool calls), in document order, so the labels between them
-//! (`"type":"text"`) do not break a number apart.
+//! Text split over several strings is scanned joined as well:
+//! - within one item (one element of a top-level array, a message or a
+//!   tool, or one other top-level field), its strings and numbers joined
+//!   per field name (all `text` parts of a message, all `arguments` of its
+//!   tool calls, all values of an `enum`), in document order, so the labels
+//!   between them (`"type":"text"`) do not break a number apart;
+//! - across the items of one array, the strings of each field joined per
+//!   `role`, one line per item: a card number whose second half comes in
+//!   the user's next message.
+//!
+//! Text the model reads decoded is scanned decoded too:
+//! - a string that is itself JSON (a tool call's `arguments`, a tool's
+//!   answer), which serialisers write with `\uXXXX` escapes: its strings,
+//!   numbers and keys as they decode, to [`MAX_NESTING`] levels;
+//! - a string with percent-escapes (`%20`, a URL's query), decoded.
+//!
+//! Content the detectors cannot read (an image, audio or file part, a
+//! remote image URL, a `data:` URL) is not text at all: each such part
+//! adds [`OPAQUE`], which the builtin `media` detector finds, so that what
+//! nobody scanned stays on the premises unless the tenant lowers that
+//! detector.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 use serde_json::{Map, Value};
+
+/// Stands for one part of a request whose content the detectors cannot
+/// read: U+FFFC, the object replacement character.
+pub const OPAQUE: &str = "\u{fffc}";
+
+/// How deep JSON inside strings is decoded (a string of JSON whose strings
+/// hold JSON...).
+const MAX_NESTING: usize = 3;
+
+/// Content part types that are text; any other type (`image_url`,
+/// `input_audio`, `file`, and types not known yet) is opaque.
+const TEXT_PARTS: &[&str] = &["text", "refusal", "input_text", "output_text"];
+
+/// The fields of a message that hold what it says.
+const MESSAGE_TEXTS: &[&str] = &["content", "text", "refusal"];
+
+/// Keys whose value is content other than text wherever they appear.
+const MEDIA_KEYS: &[&str] = &[
+    "image_url",
+    "input_audio",
+    "file",
+    "file_data",
+    "file_id",
+    "file_url",
+    "image",
+    "audio_url",
+    "video_url",
+    "input_image",
+    "input_file",
+];
 
 /// The texts to classify for `body`.
 #[must_use]
 pub fn request_texts(body: &Map<String, Value>) -> Vec<Cow<'_, str>> {
     let mut out: Vec<Cow<'_, str>> = Vec::new();
-    let mut item: Vec<(&str, &str)> = Vec::new();
+    let mut item: Vec<(&str, Cow<'_, str>)> = Vec::new();
     for (key, value) in body {
         out.push(Cow::Borrowed(key));
         match value {
             Value::Array(items) => {
+                // The texts of messages, per role, a line per message.
+                let mut by_role: HashMap<&str, String> = HashMap::new();
                 for element in items {
-                    collect(key, element, &mut item, &mut out);
+                    collect(key, element, &mut item, &mut out, 0);
+                    let role = element.get("role").and_then(Value::as_str).unwrap_or("");
+                    let texts = item
+                        .iter()
+                        .filter(|(field, _)| MESSAGE_TEXTS.contains(field));
+                    for (_, text) in texts {
+                        let joined = by_role.entry(role).or_default();
+                        joined.push_str(text);
+                        joined.push('\n');
+                    }
                     join(&mut item, &mut out);
                 }
+                out.extend(by_role.into_values().map(Cow::Owned));
                 // A list of plain strings (`stop`) is scanned joined too.
                 let strings: Vec<&str> = items.iter().filter_map(Value::as_str).collect();
                 if strings.len() > 1 {
@@ -39,7 +97,7 @@ pub fn request_texts(body: &Map<String, Value>) -> Vec<Cow<'_, str>> {
                 }
             }
             other => {
-                collect(key, other, &mut item, &mut out);
+                collect(key, other, &mut item, &mut out, 0);
                 join(&mut item, &mut out);
             }
         }
@@ -49,7 +107,7 @@ pub fn request_texts(body: &Map<String, Value>) -> Vec<Cow<'_, str>> {
 
 /// Adds one item's strings joined per field name, for every field with
 /// several strings, and clears the item.
-fn join<'a>(item: &mut Vec<(&'a str, &'a str)>, out: &mut Vec<Cow<'a, str>>) {
+fn join<'a>(item: &mut Vec<(&'a str, Cow<'a, str>)>, out: &mut Vec<Cow<'a, str>>) {
     if item.len() > 1 {
         // A stable sort keeps each field's strings in document order;
         // grouping after it keeps the work at n log n however many
@@ -58,35 +116,97 @@ fn join<'a>(item: &mut Vec<(&'a str, &'a str)>, out: &mut Vec<Cow<'a, str>>) {
         item.sort_by_key(|(field, _)| *field);
         for group in item.chunk_by(|a, b| a.0 == b.0) {
             if group.len() > 1 {
-                out.push(Cow::Owned(group.iter().map(|(_, s)| *s).collect()));
+                out.push(Cow::Owned(group.iter().map(|(_, s)| s.as_ref()).collect()));
             }
         }
     }
     item.clear();
 }
 
-/// Every string (with the name of the field holding it) and every object
-/// key in `v`, depth first, in document order. Keys go to `out` directly;
-/// strings go to both.
+/// Every string and number (with the name of the field holding it) and
+/// every object key in `v`, depth first, in document order. Keys go to
+/// `out` directly; strings and numbers go to both, and what they decode to
+/// (see the module's documentation) to `out`. `depth` counts the JSON
+/// strings `v` lies inside.
 fn collect<'a>(
     field: &'a str,
     v: &'a Value,
-    item: &mut Vec<(&'a str, &'a str)>,
+    item: &mut Vec<(&'a str, Cow<'a, str>)>,
     out: &mut Vec<Cow<'a, str>>,
+    depth: usize,
 ) {
     match v {
         Value::String(s) => {
+            decoded(s, out, depth);
             out.push(Cow::Borrowed(s));
-            item.push((field, s));
+            item.push((field, Cow::Borrowed(s)));
         }
-        Value::Array(items) => items.iter().for_each(|i| collect(field, i, item, out)),
+        Value::Number(n) => {
+            let text = n.to_string();
+            out.push(Cow::Owned(text.clone()));
+            item.push((field, Cow::Owned(text)));
+        }
+        Value::Array(items) => {
+            for i in items {
+                if field == "content" && is_opaque_part(i) {
+                    out.push(Cow::Borrowed(OPAQUE));
+                }
+                collect(field, i, item, out, depth);
+            }
+        }
         Value::Object(map) => {
             for (k, v) in map {
                 out.push(Cow::Borrowed(k));
-                collect(k, v, item, out);
+                if MEDIA_KEYS.contains(&k.as_str()) && !v.is_null() {
+                    out.push(Cow::Borrowed(OPAQUE));
+                }
+                collect(k, v, item, out, depth);
             }
         }
-        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+        Value::Null | Value::Bool(_) => {}
+    }
+}
+
+/// A content part that is not text: of another type, or of none.
+fn is_opaque_part(part: &Value) -> bool {
+    match part {
+        Value::Object(map) => !map
+            .get("type")
+            .and_then(Value::as_str)
+            .is_some_and(|t| TEXT_PARTS.contains(&t)),
+        _ => false,
+    }
+}
+
+/// What `s` decodes to, as the model would read it: a `data:` URL is
+/// opaque; JSON's strings, numbers and keys; percent-escapes decoded.
+fn decoded(s: &str, out: &mut Vec<Cow<'_, str>>, depth: usize) {
+    let trimmed = s.trim_start();
+    if trimmed
+        .get(..5)
+        .is_some_and(|p| p.eq_ignore_ascii_case("data:"))
+    {
+        out.push(Cow::Borrowed(OPAQUE));
+    }
+    if trimmed.starts_with('{') || trimmed.starts_with('[') {
+        if let Ok(inner) = serde_json::from_str::<Value>(s) {
+            if depth >= MAX_NESTING {
+                // Nested deeper than it is decoded: not read, so opaque.
+                out.push(Cow::Borrowed(OPAQUE));
+                return;
+            }
+            let mut item = Vec::new();
+            let mut texts = Vec::new();
+            collect("", &inner, &mut item, &mut texts, depth + 1);
+            join(&mut item, &mut texts);
+            out.extend(texts.into_iter().map(|t| Cow::Owned(t.into_owned())));
+        }
+    }
+    if s.contains('%') {
+        let unescaped = percent_encoding::percent_decode_str(s).decode_utf8_lossy();
+        if let Cow::Owned(text) = unescaped {
+            out.push(Cow::Owned(text));
+        }
     }
 }
 #[cfg(test)]
@@ -170,5 +290,133 @@ mod tests {
             "no joined titles"
         );
         assert!(got.iter().any(|t| *t == "p04999"), "a key was not seen");
+    }
+
+    /// The class the builtin detectors give `body`.
+    fn class_of(body: &str) -> (super::super::Class, Vec<String>) {
+        let Value::Object(map) = serde_json::from_str(body).unwrap() else {
+            unreachable!("test bodies are objects")
+        };
+        let rules = super::super::RuleSet::builtins().unwrap();
+        let c = super::super::classify(
+            request_texts(&map),
+            super::super::Class::Public,
+            None,
+            rules,
+        );
+        (c.class, c.fired)
+    }
+
+    /// Every way of carrying content past the detectors that a client
+    /// could use by accident or on purpose is scanned: numbers, JSON inside
+    /// strings (escaped as serialisers write it), percent-escapes, text
+    /// split over one role's messages.
+    #[test]
+    fn content_in_every_form_is_seen() {
+        use super::super::Class::{Confidential, Public};
+        let cases = [
+            // A card as a number, in a schema's enum and in an unknown field.
+            (
+                r#"{"response_format":{"json_schema":{"schema":{"enum":[4111111111111111]}}}}"#,
+                "card",
+            ),
+            (r#"{"x_crm":{"acct":5555555555554444}}"#, "card"),
+            // Split over the numbers of one field.
+            (r#"{"metadata":{"parts":[4111,1111,1111,1111]}}"#, "card"),
+            // JSON in a tool call's arguments and in a tool's answer, with
+            // \u00a0 escapes between the digit groups.
+            (
+                r#"{"messages":[{"role":"assistant","tool_calls":[{"function":{"name":"charge","arguments":"{\"card\": \"4111\\u00a01111\\u00a01111\\u00a01111\"}"}}]}]}"#,
+                "card",
+            ),
+            (
+                r#"{"messages":[{"role":"tool","content":"{\"mail\": \"bob\\u0040example.com\"}"}]}"#,
+                "email",
+            ),
+            // JSON in JSON.
+            (
+                r#"{"x":"{\"y\":\"{\\\"z\\\":\\\"bob\\\\u0040example.com\\\"}\"}"}"#,
+                "email",
+            ),
+            // Percent-escapes, in a URL's query.
+            (
+                r#"{"messages":[{"role":"user","content":"see https://x.example/?c=4111%201111%201111%201111"}]}"#,
+                "card",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"bob%40example.com"}]}"#,
+                "email",
+            ),
+            // Split over the user's messages, an answer between.
+            (
+                r#"{"messages":[{"role":"user","content":"my card is 4111 1111"},{"role":"assistant","content":"and the rest?"},{"role":"user","content":"1111 1111"}]}"#,
+                "card",
+            ),
+            // Split over a message's content parts.
+            (
+                r#"{"messages":[{"role":"user","content":[{"type":"text","text":"4111 1111"},{"type":"text","text":"1111 1111"}]}]}"#,
+                "card",
+            ),
+        ];
+        for (body, detector) in cases {
+            let (class, fired) = class_of(body);
+            assert_eq!(class, Confidential, "{body}");
+            assert!(fired.iter().any(|f| f == detector), "{body}: {fired:?}");
+        }
+        // What carries nothing stays public: plain numbers, plain JSON,
+        // ordinary text parts.
+        for body in [
+            r#"{"model":"m","max_tokens":256,"temperature":0.7,"n":1,"logit_bias":{"50256":-100}}"#,
+            r#"{"messages":[{"role":"assistant","tool_calls":[{"function":{"name":"f","arguments":"{\"city\":\"Paris\",\"days\":3}"}}]}]}"#,
+            r#"{"messages":[{"role":"user","content":[{"type":"text","text":"100% sure"}]}]}"#,
+        ] {
+            assert_eq!(class_of(body), (Public, vec![]), "{body}");
+        }
+    }
+
+    /// A part no detector can read (an image, audio, a file, a part of an
+    /// unknown type, a remote image URL or a `data:` URL anywhere) fires
+    /// `media`; text parts do not.
+    #[test]
+    fn what_no_detector_can_read_fires_media() {
+        for body in [
+            r#"{"messages":[{"role":"user","content":[{"type":"text","text":"what is this?"},{"type":"image_url","image_url":{"url":"https://files.example.com/passport.png"}}]}]}"#,
+            r#"{"messages":[{"role":"user","content":[{"type":"input_audio","input_audio":{"data":"AAAA","format":"wav"}}]}]}"#,
+            r#"{"messages":[{"role":"user","content":[{"type":"file","file":{"file_id":"file-1"}}]}]}"#,
+            r#"{"messages":[{"role":"user","content":[{"type":"video","video":"v"}]}]}"#,
+            r#"{"messages":[{"role":"user","content":[{"image_url":"https://x.example/a.png"}]}]}"#,
+            r#"{"attachment":"data:application/pdf;base64,AAAA"}"#,
+            r#"{"x":{"image":{"b":1}}}"#,
+        ] {
+            let (class, fired) = class_of(body);
+            assert_eq!(class, super::super::Class::Confidential, "{body}");
+            assert!(fired.iter().any(|f| f == "media"), "{body}: {fired:?}");
+        }
+        let (_, fired) = class_of(
+            r#"{"messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}],
+                "response_format":{"type":"json_schema"},"tools":[{"type":"function"}]}"#,
+        );
+        assert!(!fired.iter().any(|f| f == "media"), "{fired:?}");
+    }
+
+    /// JSON inside strings is decoded [`MAX_NESTING`] levels deep; deeper
+    /// still, it is opaque.
+    #[test]
+    fn json_in_strings_is_decoded_to_a_bounded_depth_and_opaque_beyond() {
+        // The e-mail address only shows once every level is decoded: its
+        // `@` is escaped in the innermost JSON.
+        let nested = |levels: usize| {
+            let mut s = r#"{"mail":"bob\u0040example.com"}"#.to_owned();
+            for _ in 1..levels {
+                s = serde_json::json!({ "v": s }).to_string();
+            }
+            serde_json::json!({ "x": s }).to_string()
+        };
+        let (class, fired) = class_of(&nested(MAX_NESTING));
+        assert_eq!(class, super::super::Class::Confidential);
+        assert_eq!(fired, vec!["email".to_owned()]);
+        let (class, fired) = class_of(&nested(MAX_NESTING + 1));
+        assert_eq!(class, super::super::Class::Confidential);
+        assert_eq!(fired, vec!["media".to_owned()]);
     }
 }

@@ -10,31 +10,56 @@
 //! 2. the rest is brought to NFKC, which folds compatibility forms
 //!    (fullwidth letters and digits, ligatures, `＠`, mathematical digits)
 //!    onto their plain forms;
-//! 3. decimal digits of every script become ASCII digits, so the digit-based
+//! 3. what is still invisible is removed: format characters, combining
+//!    marks NFKC did not compose into a letter (the combining grapheme
+//!    joiner, variation selectors, a keycap around a digit), control
+//!    characters other than tab and line breaks, and the fillers that
+//!    render blank (Hangul fillers, the blank Braille pattern). Each would
+//!    otherwise sit between two digits or before an `@` and break a match
+//!    while the model reads straight through it;
+//! 4. decimal digits of every script become ASCII digits, so the digit-based
 //!    validators (Luhn, mod-97) see them.
 //!
-//! ASCII text is already in that form and is returned borrowed: the common
-//! case costs one scan for non-ASCII bytes.
+//! Printable ASCII text (with tabs and line breaks) is already in that form
+//! and is returned borrowed: the common case costs one scan of its bytes.
 
 use std::borrow::Cow;
 
 use unicode_normalization::UnicodeNormalization;
 use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
-/// `text` with format characters removed, in NFKC, with ASCII digits.
+/// `text` in NFKC, without invisible characters, with ASCII digits.
 #[must_use]
 pub fn normalize(text: &str) -> Cow<'_, str> {
-    if text.is_ascii() {
+    if text
+        .bytes()
+        .all(|b| (0x20..0x7f).contains(&b) || matches!(b, b'\t' | b'\n' | b'\r'))
+    {
         return Cow::Borrowed(text);
     }
     Cow::Owned(
         text.chars()
             .filter(|c| c.general_category() != GeneralCategory::Format)
             .nfkc()
-            .filter(|c| c.general_category() != GeneralCategory::Format)
+            .filter(|c| !invisible(*c))
             .map(ascii_digit)
             .collect(),
     )
+}
+
+/// A character that renders as nothing (or as blank space that is not
+/// white space) where it stands: see step 3 of the module's documentation.
+fn invisible(c: char) -> bool {
+    match c.general_category() {
+        GeneralCategory::Format
+        | GeneralCategory::NonspacingMark
+        | GeneralCategory::EnclosingMark => true,
+        GeneralCategory::Control => !matches!(c, '\t' | '\n' | '\r'),
+        _ => matches!(
+            c,
+            '\u{115f}' | '\u{1160}' | '\u{3164}' | '\u{ffa0}' | '\u{2800}'
+        ),
+    }
 }
 
 /// A decimal digit of any script as its ASCII digit; other characters as
@@ -80,6 +105,18 @@ mod tests {
             ("\u{1d7d2}\u{1d7cf}", "41"),
             // Ligature and fullwidth Latin letters.
             ("\u{fb01}le ＡＫＩＡ", "file AKIA"),
+            // Combining grapheme joiner, variation selectors (basic and
+            // supplementary), a keycap, a Mongolian free variation selector.
+            (
+                "41\u{34f}11\u{fe0f}1\u{e0100}1\u{20e3}1\u{180b}1",
+                "41111111",
+            ),
+            // Control characters, ASCII and C1; tab and line breaks stay.
+            ("41\u{0}1\u{1b}1\u{7f}1\u{85}1\t\n\r", "411111\t\n\r"),
+            // Blank fillers: Hangul (three forms) and the Braille blank.
+            ("4\u{115f}1\u{1160}1\u{3164}1\u{ffa0}1\u{2800}1", "411111"),
+            // Composed letters keep their accents.
+            ("e\u{301}t\u{e9}", "\u{e9}t\u{e9}"),
         ];
         for (input, want) in cases {
             assert_eq!(normalize(input), want, "{input:?}");

@@ -291,7 +291,10 @@ fn exclusion(
             b.zone == Zone::Cloud && !policy.allow_cloud,
             Exclusion::CloudDisallowed,
         ),
-        (!supports(obs, req.needs), Exclusion::Unsupported),
+        (
+            !supports(obs, req.needs) || (req.choices > 1 && b.kind == BackendKind::Edge),
+            Exclusion::Unsupported,
+        ),
         (!b.enabled, Exclusion::Disabled),
         (!obs.healthy, Exclusion::Unhealthy),
         (obs.load.is_some_and(|l| !l.ready), Exclusion::NotReady),

@@ -50,6 +50,7 @@ fn request(class: Class) -> RequestView {
         prompt_tokens: 100,
         max_output_tokens: Some(64),
         needs: Capabilities::default(),
+        choices: 1,
         prefix: None,
         seed: Some(0),
     }
@@ -362,7 +363,7 @@ proptest! {
         let observed: Vec<Observed<'_>> = backends.iter().zip(&states)
             .map(|(b, (healthy, l, in_flight))| Observed { backend: b, healthy: *healthy, load: l.as_ref(), in_flight: *in_flight, queue: None, prefix_cached: false })
             .collect();
-        let req = RequestView { model: "m".into(), class, prompt_tokens: prompt, max_output_tokens: max_out, needs: Capabilities::default(), prefix: None, seed: Some(seed) };
+        let req = RequestView { model: "m".into(), class, prompt_tokens: prompt, max_output_tokens: max_out, needs: Capabilities::default(), choices: 1, prefix: None, seed: Some(seed) };
         match rank(&req, &target(), &policy, &observed) {
             Ok(d) if class == Class::Confidential || !policy.allow_cloud => {
                 prop_assert!(d.candidates().all(|c| c.zone == Zone::OnPrem));
@@ -420,6 +421,22 @@ fn a_needed_capability_restricts_candidates_and_otherwise_is_a_400() {
     };
     let d = rank(&req, &target(), &Policy::default(), &observed).unwrap();
     assert_eq!(d.chosen.backend, "edge");
+    // Several choices (`n`): an edge worker answers one, so the cloud
+    // serves, and a confidential request is refused as unsupported.
+    let observed = [obs(&edge, Some(&plain)), obs(&cloud, None)];
+    let req = RequestView {
+        choices: 2,
+        ..request(Class::Public)
+    };
+    let d = rank(&req, &target(), &Policy::default(), &observed).unwrap();
+    assert_eq!(d.chosen.backend, "cloud");
+    assert!(d.fallbacks.is_empty());
+    let req = RequestView {
+        choices: 2,
+        ..request(Class::Confidential)
+    };
+    let e = rank(&req, &target(), &Policy::default(), &observed).unwrap_err();
+    assert_eq!(e.code, NoRouteCode::UnsupportedCapability);
 }
 
 fn queue(in_system: u32, sent_since: u32) -> QueueModel {

@@ -143,7 +143,7 @@ fn host_is_local(url: &str) -> bool {
         host_port.split(':').next().unwrap_or("")
     };
     let host = host.trim_end_matches('.').to_ascii_lowercase();
-    if host.is_empty() {
+    if host.is_empty() || !client_connects_to(url, &host) {
         return false;
     }
     if let Ok(ip) = host.parse::<std::net::IpAddr>() {
@@ -168,6 +168,23 @@ fn host_is_local(url: &str) -> bool {
         return false;
     }
     host == "localhost" || !host.contains('.') || LOCAL_SUFFIXES.iter().any(|s| host.ends_with(s))
+}
+
+/// Whether the HTTP client, which parses URLs by the WHATWG rules (the
+/// `url` crate's, as reqwest does), finds `host` in `url`. Where the two
+/// readings differ (`http://cloud.example\@10.0.0.5/`: a backslash ends an
+/// http URL's host, so the client connects to `cloud.example`) the URL is
+/// not judged local.
+fn client_connects_to(url: &str, host: &str) -> bool {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return false;
+    };
+    match parsed.host() {
+        Some(url::Host::Domain(d)) => d.trim_end_matches('.') == host,
+        Some(url::Host::Ipv4(a)) => host.parse() == Ok(a),
+        Some(url::Host::Ipv6(a)) => host.parse() == Ok(a),
+        None => false,
+    }
 }
 
 /// A tenant's routing policy: weights and normalisation references of the
@@ -334,6 +351,9 @@ pub struct RequestView {
     /// Features the request needs from a backend (tools, a JSON response
     /// format); a backend without them is not a candidate.
     pub needs: Capabilities,
+    /// How many choices the request asks for (`n`): an edge worker answers
+    /// one, so a request for several is not a candidate for one.
+    pub choices: u32,
     /// The request's leading prompt, for prefix affinity; `None` when it is
     /// too short to be worth caching.
     pub prefix: Option<PrefixKey>,

@@ -39,6 +39,9 @@ pub enum Mode {
     Slow(Duration),
     /// Streams: one event with several `data:` lines, then `[DONE]`.
     MultiLineEvent,
+    /// Streams: one token, then this error body as an event. Otherwise
+    /// answers.
+    ErrorAfterFirst(String),
     /// Streams: one token, then an event of this many bytes.
     HugeEvent(usize),
 }
@@ -239,7 +242,7 @@ async fn chat(State(up): State<StandIn>, headers: HeaderMap, body: Bytes) -> Res
             }
         }
         (Mode::Answer, true) => stream_answer(),
-        (Mode::Answer, false) => answer(),
+        (Mode::Answer | Mode::ErrorAfterFirst(_), false) => answer(),
         (Mode::ErrorFirst, true) => sse(futures::stream::iter(vec![
             Ok(role()),
             Ok(event(
@@ -274,6 +277,11 @@ async fn chat(State(up): State<StandIn>, headers: HeaderMap, body: Bytes) -> Res
             ),
             Ok(usage()),
             Ok("data: [DONE]\n\n".to_owned()),
+        ])),
+        (Mode::ErrorAfterFirst(body), true) => sse(futures::stream::iter(vec![
+            Ok(role()),
+            Ok(chunk("ok")),
+            Ok(format!("data: {body}\n\n")),
         ])),
         (Mode::HugeEvent(n), _) => sse(futures::stream::iter(vec![
             Ok(chunk("ok")),

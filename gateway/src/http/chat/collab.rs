@@ -4,8 +4,11 @@
 //! premises and a cloud candidate follows it; never for a confidential
 //! request (routing gives those no cloud candidate, and [`partner`] checks
 //! the class again). Every attempt is in the request's one ledger row: the
-//! row describes the answer the client got, and the decision column says
-//! what the hedge or cascade did (`hedge`, `cascade`).
+//! row describes the answer the client got, the decision column says what
+//! the hedge or cascade did (`hedge`, `cascade`), and the row's cost and
+//! energy (so what the key's budget is charged) add those of the attempt
+//! the client did not get: a hedge's cancelled loser (its prompt, as
+//! estimated), a cascade's edge answer (its usage).
 //!
 //! - **Hedging.** When the edge worker has not started answering by its
 //!   predicted first byte (for a stream: queue wait, round trip and
@@ -29,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::relay::{context_length, Answer, Answered, Attempt, Failed, Target};
+use super::relay::{context_length, pricing, Answer, Answered, Attempt, Failed, Target};
 use super::request::ChatRequest;
 use crate::catalog::Snapshot;
 use crate::ledger::Record;
@@ -143,6 +146,18 @@ impl<'a> First<'a, '_> {
             },
         };
         metrics::counter!("gateway_hedges_total", "outcome" => winner).increment(1);
+        // The loser was cancelled once the winner answered; what it had
+        // taken in by then (its prompt, as estimated: what it produced is
+        // unknown) is charged to the request too.
+        let loser = match winner {
+            "edge" => Some(backend),
+            "cloud" => Some(edge),
+            _ => None,
+        };
+        let (loser_usd, loser_joules) = loser.map_or((0.0, 0.0), |b| {
+            self.record
+                .add_other_attempt(pricing(app, b), req.prompt_estimate, 0, None)
+        });
         self.record.note_in_decision(
             "hedge",
             json!({
@@ -151,6 +166,8 @@ impl<'a> First<'a, '_> {
                 "started": true,
                 "winner": winner,
                 "decided_after_hedge_ms": started.elapsed().as_secs_f64() * 1000.0,
+                "loser_usd": loser_usd,
+                "loser_joules": loser_joules,
             }),
         );
         result
@@ -168,10 +185,12 @@ impl<'a> First<'a, '_> {
         }
         let mut edge = primary.run(self.app, self.req).await.map_err(|f| vec![f])?;
         let (confidence, edge_usage) = match &edge.answer {
-            Answer::Json { body, usage } => (mean_logprob(body), usage.as_ref().map(|u| {
-                json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-                       "energy_joules": u.energy_joules})
-            })),
+            Answer::Json { body, usage } => (
+                mean_logprob(body),
+                usage
+                    .as_ref()
+                    .map(|u| (u.prompt_tokens, u.completion_tokens, u.energy_joules)),
+            ),
             Answer::Stream(_) => (None, None),
         };
         let low = confidence.is_some_and(|c| c < threshold);
@@ -193,11 +212,22 @@ impl<'a> First<'a, '_> {
                 *self.attempts,
             );
             note["escalated"] = json!(true);
-            note["edge_usage"] = edge_usage.unwrap_or(Value::Null);
+            note["edge_usage"] = edge_usage.map_or(
+                Value::Null,
+                |(p, c, j)| json!({"prompt_tokens": p, "completion_tokens": c, "energy_joules": j}),
+            );
             match cloud.run(self.app, self.req).await {
                 Ok(answer) => {
                     metrics::counter!("gateway_cascades_total", "outcome" => "escalated")
                         .increment(1);
+                    // The client gets the cloud's answer; the edge's, not
+                    // shown, was spent all the same (its prompt, as
+                    // estimated, if it reported no usage).
+                    let (p, c, j) = edge_usage.unwrap_or((self.req.prompt_estimate, 0, None));
+                    let edge_pricing = pricing(self.app, edge.target.0);
+                    let (usd, joules) = self.record.add_other_attempt(edge_pricing, p, c, j);
+                    note["edge_usd"] = json!(usd);
+                    note["edge_joules"] = json!(joules);
                     self.record.note_in_decision("cascade", note);
                     return Ok(answer);
                 }

@@ -65,6 +65,11 @@ async fn handle(app: AppState, headers: &HeaderMap, body: Body, span: &Span) -> 
     }
     traces::auth_outcome(&auth, "ok");
     drop(auth);
+    // Held by the row until the request ends (a stream's last event).
+    let Some(key_slot) = app.key_in_flight.acquire(&key.id) else {
+        metrics::counter!("gateway_rejected_total", "code" => "key_in_flight").increment(1);
+        return reject(ApiError::Limited(LimitExceeded::Concurrent));
+    };
     // Once the ledger's backlog is full (memory and spill file, while the
     // store is slow or down), new requests are refused before their body is
     // read: otherwise their rows would pile up without bound.
@@ -92,10 +97,14 @@ async fn handle(app: AppState, headers: &HeaderMap, body: Body, span: &Span) -> 
         app.ledger.sink(),
     );
     record.set_trace(RequestTrace::new(span.clone()));
-    traces::parsed(span, &req.model, req.stream, req.max_tokens, &key.tenant_id);
+    record.hold_key_slot(key_slot);
+    traces::parsed(span, req.stream, req.max_tokens, &key.tenant_id);
     let routed = admit_and_route(&app, &key, &mut req, &mut record).await;
     match routed {
-        Ok((decision, snapshot)) => relay::execute(&app, req, &decision, &snapshot, record).await,
+        Ok((decision, snapshot)) => {
+            traces::model(span, &req.model);
+            relay::execute(&app, req, &decision, &snapshot, record).await
+        }
         Err(e) => {
             let status = match e {
                 ApiError::Limited(_) | ApiError::NoRoute(_) => LedgerStatus::Rejected,
@@ -223,6 +232,7 @@ async fn admit_and_route(
         prompt_tokens: req.prompt_estimate,
         max_output_tokens: req.max_tokens,
         needs: req.needs,
+        choices: req.choices,
         prefix,
         seed: predicted.then(rand::random),
     };
@@ -250,7 +260,9 @@ async fn admit_and_route(
         .unwrap_or(tenant.policy.expected_output_tokens);
     let admission = Admission {
         limits: &limits,
-        tokens: req.prompt_estimate.saturating_add(expected_out),
+        tokens: req
+            .prompt_estimate
+            .saturating_add(expected_out.saturating_mul(req.choices)),
         budget: key
             .budget_usd
             .map(|budget_usd| budget_ask(app, key, req, record, &decision, &snapshot, budget_usd)),
@@ -299,7 +311,12 @@ fn budget_ask<'a>(
         request_id: record.id(),
         budget_usd,
         stored_spent_usd: key.spent_usd,
-        worst_usd: worst_case_usd(req.prompt_estimate, worst_out, prices),
+        // Each choice may run to the worst length.
+        worst_usd: worst_case_usd(
+            req.prompt_estimate,
+            worst_out.saturating_mul(req.choices),
+            prices,
+        ),
     }
 }
 

@@ -515,7 +515,7 @@ fn note_failure(app: &AppState, backend: &Backend, cand: &Scored, e: &AttemptErr
 
 /// Prices and energy rates: the edge's live joules per token when it
 /// reported them, the backend's configured ones otherwise.
-fn pricing(app: &AppState, b: &Backend) -> Pricing {
+pub(super) fn pricing(app: &AppState, b: &Backend) -> Pricing {
     let live = app.live.get(&b.id).load;
     Pricing {
         price_in_per_1k: b.price_in_per_1k,
@@ -539,23 +539,18 @@ fn pass_through(e: AttemptError, record: Record, route: &RouteHeaders) -> Respon
         record.finish(LedgerStatus::Error, 502, Some("upstream_error"));
         return with_gateway_headers(ApiError::Upstream.into_response(), route);
     };
-    let upstream = serde_json::from_slice::<ErrorBody>(&body).ok();
-    let code = upstream
-        .as_ref()
-        .and_then(|b| b.error.code.clone())
-        .filter(|c| c.len() <= 64 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
-        .unwrap_or_else(|| "upstream_rejected".to_owned());
-    let message = upstream
-        .as_ref()
-        .map(|b| b.error.message.as_str())
-        .filter(|m| safe_to_echo(m))
-        .unwrap_or("The upstream rejected the request.");
-    let param = upstream
-        .as_ref()
-        .and_then(|b| b.error.param.as_deref())
-        .filter(|p| p.len() <= 64 && safe_to_echo(p));
-    let rendered = ErrorBody::new(message, "invalid_request_error", param, &code);
-    record.finish(LedgerStatus::Error, status, Some(&code));
+    let rendered = echoable(
+        &body,
+        "invalid_request_error",
+        "upstream_rejected",
+        "The upstream rejected the request.",
+    );
+    let code = rendered
+        .error
+        .code
+        .as_deref()
+        .unwrap_or("upstream_rejected");
+    record.finish(LedgerStatus::Error, status, Some(code));
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
     let response = (
         status,
@@ -564,6 +559,28 @@ fn pass_through(e: AttemptError, record: Record, route: &RouteHeaders) -> Respon
     )
         .into_response();
     with_gateway_headers(response, route)
+}
+
+/// An upstream's error body as the client may see it, typed `kind`: its
+/// code if a plain identifier (else `code`), its message and parameter if
+/// [`safe_to_echo`] (else `message` and none).
+pub(super) fn echoable(body: &[u8], kind: &str, code: &str, message: &str) -> ErrorBody {
+    let upstream = serde_json::from_slice::<ErrorBody>(body).ok();
+    let code = upstream
+        .as_ref()
+        .and_then(|b| b.error.code.as_deref())
+        .filter(|c| c.len() <= 64 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        .unwrap_or(code);
+    let message = upstream
+        .as_ref()
+        .map(|b| b.error.message.as_str())
+        .filter(|m| safe_to_echo(m))
+        .unwrap_or(message);
+    let param = upstream
+        .as_ref()
+        .and_then(|b| b.error.param.as_deref())
+        .filter(|p| p.len() <= 64 && safe_to_echo(p));
+    ErrorBody::new(message, kind, param, code)
 }
 
 /// Whether upstream text may be shown to the client: short, and neither

@@ -20,11 +20,15 @@ pub const PRIVACY_HEADER: &str = "x-privacy-class";
 /// Tokens charged per message for role and framing, on top of its text.
 const TOKENS_PER_MESSAGE: u32 = 4;
 
+/// Most choices (`n`) one request may ask for: OpenAI's own limit.
+pub const MAX_CHOICES: u32 = 128;
+
 /// Longest `model` accepted, in characters.
 pub const MAX_MODEL_CHARS: usize = 256;
 
-/// Body fields never forwarded: in OpenAI-compatible proxies (LiteLLM and
-/// others) they choose the upstream URL, its credentials or extra headers.
+/// Body fields never forwarded: in OpenAI-compatible proxies (LiteLLM,
+/// OpenRouter and others) they choose the upstream URL, its credentials,
+/// extra headers, or other providers or models to send the request to.
 const ROUTING_FIELDS: &[&str] = &[
     "api_base",
     "api_key",
@@ -32,15 +36,23 @@ const ROUTING_FIELDS: &[&str] = &[
     "api_version",
     "azure_ad_token",
     "base_url",
+    "context_window_fallbacks",
     "custom_llm_provider",
     "deployment_id",
     "extra_body",
     "extra_headers",
     "extra_query",
+    "fallbacks",
     "headers",
+    "model_list",
+    "models",
     "organization",
+    "provider",
     "proxy",
     "proxies",
+    "route",
+    "router_settings",
+    "user_config",
 ];
 
 /// Prefixes of provider credential and routing fields (`aws_secret_access_key`,
@@ -75,6 +87,10 @@ pub struct ChatRequest {
     pub tag: Option<Class>,
     /// What a backend must support to answer it faithfully.
     pub needs: Capabilities,
+    /// How many choices it asks for (`n`): each may run to `max_tokens`,
+    /// so its worst case, and what it is charged against tokens/min, is
+    /// that many answers.
+    pub choices: u32,
     /// The answer's expected length in tokens, without `max_tokens`: the
     /// tenant policy's, once applied.
     pub expected_output_tokens: u32,
@@ -153,6 +169,19 @@ impl ChatRequest {
             }
         };
         let max_tokens = max_tokens(&body)?;
+        let choices = match body.get("n") {
+            None | Some(Value::Null) => 1,
+            Some(v) => match v.as_u64().and_then(|n| u32::try_from(n).ok()) {
+                Some(n @ 1..=MAX_CHOICES) => n,
+                _ => {
+                    return Err(bad(
+                        format!("`n` must be an integer from 1 to {MAX_CHOICES}."),
+                        "invalid_value",
+                        "n",
+                    ))
+                }
+            },
+        };
         let prompt_estimate = estimate(&body);
         let tag = tag(&body, headers)?;
         let needs = needs(&body);
@@ -165,6 +194,7 @@ impl ChatRequest {
             prompt_estimate,
             tag,
             needs,
+            choices,
             expected_output_tokens: Policy::default().expected_output_tokens,
         })
     }
@@ -293,15 +323,18 @@ fn tag(body: &Map<String, Value>, headers: &HeaderMap) -> Result<Option<Class>, 
             Some(param),
         )
     };
-    let from_header = match headers.get(PRIVACY_HEADER) {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|s| s.parse::<Class>().ok())
-                .ok_or_else(|| invalid(PRIVACY_HEADER))?,
-        ),
-    };
+    // Every value of every copy of the header counts (a proxy may append
+    // a stricter class to the client's), the strictest winning.
+    let mut from_header = None;
+    for value in headers.get_all(PRIVACY_HEADER) {
+        let value = value.to_str().map_err(|_| invalid(PRIVACY_HEADER))?;
+        for class in value.split(',') {
+            let class = class
+                .parse::<Class>()
+                .map_err(|_| invalid(PRIVACY_HEADER))?;
+            from_header = from_header.max(Some(class));
+        }
+    }
     let from_body = match body.get("metadata").and_then(|m| m.get("privacy_class")) {
         None | Some(Value::Null) => None,
         Some(v) => Some(
@@ -421,7 +454,9 @@ mod tests {
             r#"{"model":"m","messages":[{"content":"hi"}],"api_base":"http://169.254.169.254",
                 "Base_URL":"http://evil","api_key":"sk-x","api_version":"1","extra_headers":{"a":"b"},
                 "organization":"o","aws_secret_access_key":"k","vertex_credentials":"c",
-                "litellm_params":{},"custom_llm_provider":"openai","store":true,"user":"u"}"#,
+                "litellm_params":{},"custom_llm_provider":"openai","store":true,"user":"u",
+                "user_config":{"model_list":[{"litellm_params":{"api_base":"https://evil"}}]},
+                "provider":{"order":["x"]},"models":["a","b"],"fallbacks":["c"]}"#,
         )
         .unwrap();
         req.apply_policy(&Policy::default());
@@ -466,6 +501,47 @@ mod tests {
         assert_eq!(req.tag, Some(Class::Internal));
         // "m" and "abcdefgh": 9 letters, three tokens.
         assert_eq!(req.prompt_estimate, 3 + TOKENS_PER_MESSAGE);
+    }
+
+    #[test]
+    fn n_is_counted_and_checked() {
+        let with = |n: &str| parse(&format!(r#"{{"model":"m","messages":[{{}}],"n":{n}}}"#));
+        assert_eq!(
+            parse(r#"{"model":"m","messages":[{}]}"#).unwrap().choices,
+            1
+        );
+        assert_eq!(with("null").unwrap().choices, 1);
+        assert_eq!(with("3").unwrap().choices, 3);
+        assert_eq!(with("128").unwrap().choices, 128);
+        for bad in ["0", "-1", "129", "1.5", "\"2\"", "true", "4294967297"] {
+            let e = with(bad).unwrap_err();
+            assert_eq!(e.code(), "invalid_value", "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_copy_and_value_of_the_privacy_header_counts() {
+        let body = br#"{"model":"m","messages":[{"content":"a"}]}"#;
+        let mut h = HeaderMap::new();
+        h.append(PRIVACY_HEADER, HeaderValue::from_static("public"));
+        h.append(PRIVACY_HEADER, HeaderValue::from_static("confidential"));
+        assert_eq!(
+            ChatRequest::parse(body, &h).unwrap().tag,
+            Some(Class::Confidential)
+        );
+        let mut h = HeaderMap::new();
+        h.insert(PRIVACY_HEADER, HeaderValue::from_static("public, internal"));
+        assert_eq!(
+            ChatRequest::parse(body, &h).unwrap().tag,
+            Some(Class::Internal)
+        );
+        // One bad value among good ones is refused, not skipped.
+        for bad in [&b"public, secret"[..], b"public,", b"\xff"] {
+            let mut h = HeaderMap::new();
+            h.append(PRIVACY_HEADER, HeaderValue::from_static("public"));
+            h.append(PRIVACY_HEADER, HeaderValue::from_bytes(bad).unwrap());
+            assert!(ChatRequest::parse(body, &h).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -300,10 +300,17 @@ impl Relay {
             return Some(framed);
         };
         if peek.error.is_some() {
-            // The upstream reported its own failure mid-stream: pass it on
-            // as the stream's last event.
+            // The upstream reported its own failure mid-stream: passed on
+            // as the stream's last event, with only what may be echoed of
+            // it (as for an error before the stream).
             self.finish(LedgerStatus::Partial, Some("upstream_error"));
-            return Some(framed);
+            let shown = super::relay::echoable(
+                data.as_bytes(),
+                "upstream_error",
+                "upstream_error",
+                "The upstream failed mid-answer.",
+            );
+            return Some(Bytes::from(shown.sse_event()));
         }
         let record = self.record.as_mut()?;
         if peek.has_content() {
