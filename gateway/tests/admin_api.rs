@@ -661,6 +661,16 @@ async fn round_trip(db: TestDb) {
     admin
         .refused("GET", "/admin/api/ledger/rows/none", None, 404, "not_found")
         .await;
+    // A path segment that is not UTF-8 once decoded: 400 in the API's shape.
+    admin
+        .refused(
+            "POST",
+            "/admin/api/keys/%FF/revoke",
+            None,
+            400,
+            "invalid_path",
+        )
+        .await;
 
     // Revocation: refused from the next request on.
     admin

@@ -440,6 +440,55 @@ mod tests {
         tasks.wait().await;
     }
 
+    /// A row dropped unfinished says what the client saw: `cancelled` and
+    /// 499 when the client went away, an error and 500 when the handler
+    /// panicked (the panic layer's answer).
+    #[tokio::test]
+    async fn an_unfinished_row_tells_a_panic_from_a_client_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = store(&dir.path().join("gateway.db")).await;
+        let tasks = TaskTracker::new();
+        let ledger = Ledger::start(db.clone(), options(&dir.path().join("spill")), &tasks).unwrap();
+        let record = |id: &str| {
+            super::Record::new(
+                super::RecordInit {
+                    id: id.to_owned(),
+                    tenant_id: "t".into(),
+                    key_id: "k".into(),
+                    requested_model: "m".into(),
+                    stream: false,
+                    created_at: 1,
+                },
+                ledger.sink(),
+            )
+        };
+        drop(record("gone"));
+        let panicked = record("panicked");
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _row = panicked;
+            panic!("a handler's bug");
+        }));
+        assert!(caught.is_err());
+        ledger.flush().await;
+        let gone = db.ledger_entry("gone").await.unwrap().unwrap();
+        assert_eq!(
+            (gone.status, gone.http_status),
+            (LedgerStatus::Cancelled, Some(499))
+        );
+        let panicked = db.ledger_entry("panicked").await.unwrap().unwrap();
+        assert_eq!(
+            (
+                panicked.status,
+                panicked.http_status,
+                panicked.error_code.as_deref()
+            ),
+            (LedgerStatus::Error, Some(500), Some("internal_error"))
+        );
+        ledger.close();
+        tasks.close();
+        tasks.wait().await;
+    }
+
     /// Client text can hold NUL, which Postgres refuses: the sink scrubs
     /// every row it is handed, so the writer stores them as they come.
     #[tokio::test]

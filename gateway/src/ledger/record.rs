@@ -274,7 +274,12 @@ impl Pricing {
 
 impl Drop for Record {
     fn drop(&mut self) {
-        if !self.finished {
+        if !self.finished && std::thread::panicking() {
+            // The handler panicked: the client gets the panic layer's 500.
+            self.entry.http_status = Some(500);
+            self.entry.status = LedgerStatus::Error;
+            self.entry.error_code = Some("internal_error".to_owned());
+        } else if !self.finished {
             // Nginx's "client closed request": the client never saw a status.
             self.entry.http_status = Some(499);
             self.entry.status = LedgerStatus::Cancelled;

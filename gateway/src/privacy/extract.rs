@@ -74,22 +74,33 @@ pub fn request_texts(body: &Map<String, Value>) -> Vec<Cow<'_, str>> {
         out.push(Cow::Borrowed(key));
         match value {
             Value::Array(items) => {
-                // The texts of messages, per role, a line per message.
-                let mut by_role: HashMap<&str, String> = HashMap::new();
+                // The texts of messages, per role, a line per text, and
+                // how many messages they came from.
+                let mut by_role: HashMap<&str, (String, usize)> = HashMap::new();
                 for element in items {
                     collect(key, element, &mut item, &mut out, 0);
                     let role = element.get("role").and_then(Value::as_str).unwrap_or("");
-                    let texts = item
+                    let mut texts = item
                         .iter()
-                        .filter(|(field, _)| MESSAGE_TEXTS.contains(field));
-                    for (_, text) in texts {
-                        let joined = by_role.entry(role).or_default();
-                        joined.push_str(text);
-                        joined.push('\n');
+                        .filter(|(field, _)| MESSAGE_TEXTS.contains(field))
+                        .peekable();
+                    if texts.peek().is_some() {
+                        let (joined, messages) = by_role.entry(role).or_default();
+                        *messages += 1;
+                        for (_, text) in texts {
+                            joined.push_str(text);
+                            joined.push('\n');
+                        }
                     }
                     join(&mut item, &mut out);
                 }
-                out.extend(by_role.into_values().map(Cow::Owned));
+                // One message's texts are scanned joined already.
+                out.extend(
+                    by_role
+                        .into_values()
+                        .filter(|(_, messages)| *messages > 1)
+                        .map(|(joined, _)| Cow::Owned(joined)),
+                );
                 // A list of plain strings (`stop`) is scanned joined too.
                 let strings: Vec<&str> = items.iter().filter_map(Value::as_str).collect();
                 if strings.len() > 1 {

@@ -7,7 +7,8 @@
 //! names the environment variable that holds its key, never the key).
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -49,13 +50,39 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(ledger_row))
 }
 
+/// One path segment, percent-decoded. One that does not decode to UTF-8
+/// (`%FF`) is a 400 in the API's shape, not axum's plain text.
+struct Param(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Param {
+    type Rejection = AdminApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|p| Param(p.0))
+            .map_err(|e| AdminApiError::BadRequest {
+                message: format!("Invalid path: {}.", e.body_text()),
+                code: "invalid_path",
+            })
+    }
+}
+
 /// Reads and parses a JSON body of at most [`MAX_ADMIN_BODY`] bytes.
 async fn body<T: DeserializeOwned>(app: &AppState, body: Body) -> Result<T, AdminApiError> {
     let read = axum::body::to_bytes(body, MAX_ADMIN_BODY);
     let bytes = tokio::time::timeout(app.config.body_read_timeout(), read)
         .await
         .map_err(|_| AdminApiError::bad_body("The request body was not received in time."))?
-        .map_err(|_| AdminApiError::TooLarge(MAX_ADMIN_BODY))?;
+        .map_err(|e| {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                AdminApiError::TooLarge(MAX_ADMIN_BODY)
+            } else {
+                AdminApiError::bad_body("The request body could not be read.")
+            }
+        })?;
     serde_json::from_slice(&bytes)
         .map_err(|e| AdminApiError::bad_body(format!("Invalid JSON body: {e}.")))
 }
@@ -240,7 +267,7 @@ async fn create_key(
 async fn update_key(
     State(app): State<AppState>,
     Extension(token): Extension<AdminToken>,
-    Path(id): Path<String>,
+    Param(id): Param,
     raw: Body,
 ) -> ApiResult {
     let mut args: KeyUpdateArgs = body(&app, raw).await?;
@@ -259,7 +286,7 @@ async fn update_key(
 async fn revoke_key(
     State(app): State<AppState>,
     Extension(token): Extension<AdminToken>,
-    Path(id): Path<String>,
+    Param(id): Param,
 ) -> ApiResult {
     app.store.revoke_key(&id).await?;
     audit(&token, "key.revoke", &id);
@@ -301,7 +328,7 @@ async fn add_backend(
 async fn remove_backend(
     State(app): State<AppState>,
     Extension(token): Extension<AdminToken>,
-    Path(name): Path<String>,
+    Param(name): Param,
 ) -> ApiResult {
     app.store.remove_backend(&name).await?;
     audit(&token, "backend.remove", &name);
@@ -317,7 +344,7 @@ async fn remove_backend(
 async fn enable_backend(
     State(app): State<AppState>,
     Extension(token): Extension<AdminToken>,
-    Path(name): Path<String>,
+    Param(name): Param,
 ) -> ApiResult {
     app.store.set_backend_enabled(&name, true).await?;
     audit(&token, "backend.enable", &name);
@@ -333,7 +360,7 @@ async fn enable_backend(
 async fn disable_backend(
     State(app): State<AppState>,
     Extension(token): Extension<AdminToken>,
-    Path(name): Path<String>,
+    Param(name): Param,
 ) -> ApiResult {
     app.store.set_backend_enabled(&name, false).await?;
     audit(&token, "backend.disable", &name);
@@ -356,7 +383,7 @@ async fn list_aliases(State(app): State<AppState>) -> ApiResult {
 async fn set_alias(
     State(app): State<AppState>,
     Extension(token): Extension<AdminToken>,
-    Path(name): Path<String>,
+    Param(name): Param,
     raw: Body,
 ) -> ApiResult {
     let b: AliasSet = body(&app, raw).await?;
@@ -374,7 +401,7 @@ async fn set_alias(
 async fn remove_alias(
     State(app): State<AppState>,
     Extension(token): Extension<AdminToken>,
-    Path(name): Path<String>,
+    Param(name): Param,
 ) -> ApiResult {
     app.store.remove_alias(&name).await?;
     audit(&token, "alias.remove", &name);
@@ -387,7 +414,7 @@ async fn remove_alias(
     params(("tenant" = String, Path, description = "Tenant name or id")),
     responses((status = 200, body = Object), (status = 401, body = crate::http::openapi::Error),
         (status = 404, body = crate::http::openapi::Error)))]
-async fn get_policy(State(app): State<AppState>, Path(tenant): Path<String>) -> ApiResult {
+async fn get_policy(State(app): State<AppState>, Param(tenant): Param) -> ApiResult {
     let (t, policy) = ops::get_policy(&app.store, &tenant).await?;
     Ok(Json(json!({"tenant": t.name, "policy": policy})).into_response())
 }
@@ -400,7 +427,7 @@ async fn get_policy(State(app): State<AppState>, Path(tenant): Path<String>) -> 
 async fn set_policy(
     State(app): State<AppState>,
     Extension(token): Extension<AdminToken>,
-    Path(tenant): Path<String>,
+    Param(tenant): Param,
     raw: Body,
 ) -> ApiResult {
     let mut args: PolicySetArgs = body(&app, raw).await?;
@@ -444,7 +471,7 @@ async fn add_rule(
 async fn remove_rule(
     State(app): State<AppState>,
     Extension(token): Extension<AdminToken>,
-    Path(id): Path<String>,
+    Param(id): Param,
 ) -> ApiResult {
     app.store.remove_privacy_rule(&id).await?;
     audit(&token, "privacy_rule.remove", &id);
@@ -499,7 +526,7 @@ async fn ledger_series(State(app): State<AppState>, uri: Uri) -> ApiResult {
     params(("id" = String, Path)),
     responses((status = 200, body = Object), (status = 401, body = crate::http::openapi::Error),
         (status = 404, body = crate::http::openapi::Error)))]
-async fn ledger_row(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult {
+async fn ledger_row(State(app): State<AppState>, Param(id): Param) -> ApiResult {
     let row = app
         .store
         .ledger_entry(&id)
