@@ -41,11 +41,28 @@ struct Cli {
     /// Serving threads (0: one per CPU).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// The upstream client: `reqwest` (the gateway's) or `hyper`
+    /// (hyper-util's pooled client alone, the layer reqwest is built on).
+    #[arg(long, default_value = "reqwest")]
+    client: Client,
 }
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Client {
+    Reqwest,
+    Hyper,
+}
+
+type HyperClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<Bytes>,
+>;
 
 struct Proxy {
     client: reqwest::Client,
+    hyper: Option<HyperClient>,
     url: String,
+    uri: axum::http::Uri,
 }
 
 fn listener(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
@@ -60,6 +77,9 @@ fn listener(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
 }
 
 async fn forward(State(proxy): State<Arc<Proxy>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(client) = &proxy.hyper {
+        return forward_hyper(client, &proxy.uri, &headers, body).await;
+    }
     let mut request = proxy
         .client
         .post(&proxy.url)
@@ -82,8 +102,36 @@ async fn forward(State(proxy): State<Arc<Proxy>>, headers: HeaderMap, body: Byte
     }
 }
 
+async fn forward_hyper(
+    client: &HyperClient,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut request =
+        axum::http::Request::post(uri.clone()).header(CONTENT_TYPE, "application/json");
+    if let Some(auth) = headers.get(AUTHORIZATION) {
+        request = request.header(AUTHORIZATION, auth);
+    }
+    let Ok(request) = request.body(http_body_util::Full::new(body)) else {
+        return StatusCode::BAD_GATEWAY.into_response();
+    };
+    match client.request(request).await {
+        Ok(answer) => {
+            let mut response = Response::builder().status(answer.status());
+            if let Some(kind) = answer.headers().get(CONTENT_TYPE) {
+                response = response.header(CONTENT_TYPE, kind);
+            }
+            response
+                .body(Body::new(answer.into_body()))
+                .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+        }
+        Err(_) => StatusCode::BAD_GATEWAY.into_response(),
+    }
+}
+
 /// Serves on `listener` until the process ends.
-fn serve(listener: std::net::TcpListener, url: String) -> std::io::Result<()> {
+fn serve(listener: std::net::TcpListener, url: String, kind: Client) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -93,9 +141,21 @@ fn serve(listener: std::net::TcpListener, url: String) -> std::io::Result<()> {
             .tcp_nodelay(true)
             .build()
             .map_err(std::io::Error::other)?;
+        let hyper = matches!(kind, Client::Hyper).then(|| {
+            let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            connector.set_nodelay(true);
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(connector)
+        });
+        let uri = url.parse().map_err(std::io::Error::other)?;
         let app = Router::new()
             .route("/v1/chat/completions", post(forward))
-            .with_state(Arc::new(Proxy { client, url }));
+            .with_state(Arc::new(Proxy {
+                client,
+                hyper,
+                url,
+                uri,
+            }));
         let listener = tokio::net::TcpListener::from_std(listener)?.tap_io(|stream| {
             let _ = stream.set_nodelay(true);
         });
@@ -139,7 +199,8 @@ fn main() -> ExitCode {
         .into_iter()
         .map(|l| {
             let url = url.clone();
-            std::thread::spawn(move || serve(l, url))
+            let kind = cli.client;
+            std::thread::spawn(move || serve(l, url, kind))
         })
         .collect();
     for handle in handles {

@@ -76,7 +76,7 @@ async fn body<T: DeserializeOwned>(app: &AppState, body: Body) -> Result<T, Admi
         .map_err(|_| AdminApiError::bad_body("The request body was not received in time."))?
         .map_err(|e| {
             let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+                .is_some_and(<dyn std::error::Error>::is::<http_body_util::LengthLimitError>);
             if too_large {
                 AdminApiError::TooLarge(MAX_ADMIN_BODY)
             } else {
