@@ -156,6 +156,28 @@ async fn beyond_max_in_flight_requests_get_503_at_once() {
     gw.shutdown().await;
 }
 
+/// An answer that never stops (a token every 50 ms, so never idle) ends
+/// at the upstream's total timeout with an error event.
+#[tokio::test]
+async fn an_endless_stream_ends_at_the_total_timeout() {
+    let config = Config {
+        upstream_total_timeout_ms: 1_000,
+        ..quick()
+    };
+    let (gw, _up, key) = one_cloud(config, Mode::Trickle(Duration::from_millis(50))).await;
+    let started = Instant::now();
+    let r = gw.chat(&key, &body(true)).await;
+    assert_eq!(r.status(), 200);
+    let events = tokio::time::timeout(Duration::from_secs(10), sse_data(r))
+        .await
+        .expect("the stream outlived its total timeout");
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(900), "{elapsed:?}");
+    let last = events.last().unwrap();
+    assert!(last.contains("upstream_error"), "{last}");
+    gw.shutdown().await;
+}
+
 /// One key holds at most `max_in_flight_per_key` requests at once; past it
 /// its requests get 429 at once (before their body is read), while another
 /// key is served as usual.

@@ -42,6 +42,8 @@ pub enum Mode {
     /// Streams: one token, then this error body as an event. Otherwise
     /// answers.
     ErrorAfterFirst(String),
+    /// Streams: a token at every tick, without end.
+    Trickle(Duration),
     /// Streams: one token, then an event of this many bytes.
     HugeEvent(usize),
 }
@@ -283,6 +285,11 @@ async fn chat(State(up): State<StandIn>, headers: HeaderMap, body: Bytes) -> Res
             Ok(chunk("ok")),
             Ok(format!("data: {body}\n\n")),
         ])),
+        (Mode::Trickle(tick), _) => sse(futures::stream::unfold(0u64, move |n| async move {
+            tokio::time::sleep(tick).await;
+            let event = if n == 0 { role() } else { chunk("x") };
+            Some((Ok(event), n + 1))
+        })),
         (Mode::HugeEvent(n), _) => sse(futures::stream::iter(vec![
             Ok(chunk("ok")),
             Ok(format!("data: {}\n\n", "x".repeat(n))),

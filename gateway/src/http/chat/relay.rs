@@ -52,7 +52,7 @@ use crate::routing::{
 use crate::state::AppState;
 use crate::store::LedgerStatus;
 use crate::traces;
-use crate::upstream::{AttemptError, Upstreams};
+use crate::upstream::{AttemptError, UpstreamResponse, Upstreams};
 
 /// Usage as upstreams report it; `energy_joules` is the edge worker's
 /// extension.
@@ -427,7 +427,7 @@ fn note_sent(app: &AppState, backend: &Backend, req: &ChatRequest) {
 }
 
 /// The wait for a running slot an edge worker reports with its answer.
-fn queue_ms(resp: &reqwest::Response) -> Option<f64> {
+fn queue_ms(resp: &UpstreamResponse) -> Option<f64> {
     resp.headers()
         .get("x-queue-ms")?
         .to_str()
@@ -611,7 +611,7 @@ fn safe_to_echo(text: &str) -> bool {
 /// page from a proxy in between) is not an answer.
 async fn read_json(
     upstreams: &Upstreams,
-    mut resp: reqwest::Response,
+    mut resp: UpstreamResponse,
 ) -> Result<Answer, AttemptError> {
     let mut buf: Vec<u8> = Vec::new();
     loop {

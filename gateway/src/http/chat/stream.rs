@@ -21,14 +21,13 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::pin::Pin;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use wire::ErrorBody;
@@ -39,9 +38,7 @@ use crate::http::ApiError;
 use crate::ledger::Record;
 use crate::live::InFlight;
 use crate::store::LedgerStatus;
-use crate::upstream::{AttemptError, Upstreams};
-
-type Chunks = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+use crate::upstream::{AttemptError, BodyStream, UpstreamResponse, Upstreams};
 
 /// Most events held back before the first token; an upstream that sends
 /// more without a token is relayed anyway.
@@ -108,7 +105,7 @@ impl Peek {
 
 /// Reads upstream chunks into events.
 struct Events {
-    chunks: Chunks,
+    chunks: BodyStream,
     reader: SseReader,
     ready: VecDeque<String>,
 }
@@ -177,10 +174,10 @@ pub(super) struct Primed {
 /// (hedged requests race two).
 pub(super) async fn prime(
     attempt: StreamAttempt<'_>,
-    resp: reqwest::Response,
+    resp: UpstreamResponse,
 ) -> Result<Primed, AttemptError> {
     let mut events = Events {
-        chunks: Box::pin(resp.bytes_stream()),
+        chunks: resp.into_body(),
         reader: SseReader::new(attempt.upstreams.max_event_bytes),
         ready: VecDeque::new(),
     };
