@@ -316,8 +316,8 @@ impl Upstreams {
     ///
     /// An on-prem backend gets the attempt's trace context (`traceparent`)
     /// so its spans join the request's trace; a cloud backend gets none:
-    /// every trace context and baggage header is removed from the request
-    /// as built, right before it is sent.
+    /// every trace context and baggage header is removed from the headers
+    /// sent (neither client adds one of its own).
     pub async fn send_chat(
         &self,
         backend: &Backend,
@@ -327,11 +327,21 @@ impl Upstreams {
         trace: &Span,
     ) -> Result<UpstreamResponse, AttemptError> {
         let url = format!("{}/chat/completions", api_base(&backend.base_url));
+        let mut headers = HeaderMap::with_capacity(4);
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let request_id = HeaderValue::from_str(request_id).map_err(|_| AttemptError::Connect)?;
+        headers.insert("x-request-id", request_id);
+        if let Some(credential) = self.credential(backend)? {
+            headers.insert(AUTHORIZATION, credential);
+        }
+        match backend.zone {
+            Zone::OnPrem => otel::inject(trace, &mut headers),
+            Zone::Cloud => otel::strip(&mut headers),
+        }
         let response = if self.direct(backend) {
-            self.send_direct(backend, url, body, request_id, first_byte, trace)
-                .await?
+            self.send_direct(url, headers, body, first_byte).await?
         } else {
-            self.send_reqwest(backend, url, body, request_id, first_byte, trace)
+            self.send_reqwest(backend, url, headers, body, first_byte)
                 .await?
         };
         if response.status().is_success() {
@@ -348,26 +358,16 @@ impl Upstreams {
     /// [`Upstreams::send_chat`] through the direct client.
     async fn send_direct(
         &self,
-        backend: &Backend,
         url: String,
+        headers: HeaderMap,
         body: Vec<u8>,
-        request_id: &str,
         first_byte: Duration,
-        trace: &Span,
     ) -> Result<UpstreamResponse, AttemptError> {
         let deadline = tokio::time::Instant::now() + self.timeouts.total;
         let mut req = http::Request::post(url)
-            .header(CONTENT_TYPE, "application/json")
-            .header("x-request-id", request_id)
             .body(Full::new(Bytes::from(body)))
             .map_err(|_| AttemptError::Connect)?;
-        if let Some(credential) = self.credential(backend)? {
-            req.headers_mut().insert(AUTHORIZATION, credential);
-        }
-        match backend.zone {
-            Zone::OnPrem => otel::inject(trace, req.headers_mut()),
-            Zone::Cloud => otel::strip(req.headers_mut()),
-        }
+        *req.headers_mut() = headers;
         let response = tokio::time::timeout(first_byte, self.direct.request(req))
             .await
             .map_err(|_| AttemptError::Timeout)?
@@ -390,27 +390,17 @@ impl Upstreams {
         &self,
         backend: &Backend,
         url: String,
+        headers: HeaderMap,
         body: Vec<u8>,
-        request_id: &str,
         first_byte: Duration,
-        trace: &Span,
     ) -> Result<UpstreamResponse, AttemptError> {
-        let mut req = self
+        let send = self
             .client(backend)
             .post(url)
             .timeout(self.timeouts.total)
-            .header(CONTENT_TYPE, "application/json")
-            .header("x-request-id", request_id)
-            .body(body);
-        if let Some(credential) = self.credential(backend)? {
-            req = req.header(AUTHORIZATION, credential);
-        }
-        let mut req = req.build().map_err(|_| AttemptError::Connect)?;
-        match backend.zone {
-            Zone::OnPrem => otel::inject(trace, req.headers_mut()),
-            Zone::Cloud => otel::strip(req.headers_mut()),
-        }
-        let send = self.client(backend).execute(req);
+            .headers(headers)
+            .body(body)
+            .send();
         let mut response = tokio::time::timeout(first_byte, send)
             .await
             .map_err(|_| AttemptError::Timeout)?

@@ -125,6 +125,18 @@ async fn slow_and_unauthenticated_clients_cost_nothing() {
     gw.shutdown().await;
 }
 
+/// Whether `key` is served again within a few seconds (a slot taken by a
+/// dropped stream comes back when its body is dropped).
+async fn served_again(gw: &Gateway, key: &str) -> bool {
+    for _ in 0..50 {
+        if gw.chat(key, &body(false)).await.status() == 200 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
 #[tokio::test]
 async fn beyond_max_in_flight_requests_get_503_at_once() {
     let config = Config {
@@ -144,15 +156,7 @@ async fn beyond_max_in_flight_requests_get_503_at_once() {
     drop(first);
     // The slot comes back when the stream's body is dropped.
     up.set(Mode::Answer);
-    let mut served = false;
-    for _ in 0..50 {
-        if gw.chat(&key, &body(false)).await.status() == 200 {
-            served = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(served, "the slot was never released");
+    assert!(served_again(&gw, &key).await, "the slot was never released");
     gw.shutdown().await;
 }
 
@@ -203,15 +207,10 @@ async fn one_key_cannot_take_every_slot() {
     assert_eq!(gw.chat(&other, &body(false)).await.status(), 200);
     // The key's slot comes back when its stream's body is dropped.
     drop(first);
-    let mut served = false;
-    for _ in 0..50 {
-        if gw.chat(&key, &body(false)).await.status() == 200 {
-            served = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(served, "the key's slot was never released");
+    assert!(
+        served_again(&gw, &key).await,
+        "the key's slot was never released"
+    );
     gw.shutdown().await;
 }
 
