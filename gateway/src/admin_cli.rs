@@ -409,7 +409,7 @@ pub enum RuleCommand {
 #[serde(deny_unknown_fields)]
 pub struct RuleAddArgs {
     /// Rule name; with `--builtin`, the detector (email, phone, card, iban,
-    /// `ip_address`, secret).
+    /// `ip_address`, secret, media).
     #[arg(long)]
     pub name: String,
     /// Regex for an operator rule.

@@ -14,9 +14,9 @@
 //!   per field name (all `text` parts of a message, all `arguments` of its
 //!   tool calls, all values of an `enum`), in document order, so the labels
 //!   between them (`"type":"text"`) do not break a number apart;
-//! - across the items of one array, the strings of each field joined per
-//!   `role`, one line per item: a card number whose second half comes in
-//!   the user's next message.
+//! - across the messages of one array, what they say (`content`, `text`,
+//!   `refusal`) joined per `role`, a line per text: a card number whose
+//!   second half comes in the user's next message.
 //!
 //! Text the model reads decoded is scanned decoded too:
 //! - a string that is itself JSON (a tool call's `arguments`, a tool's

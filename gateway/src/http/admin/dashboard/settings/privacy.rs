@@ -55,7 +55,7 @@ async fn privacy_body(
     Ok(html! {
         (shown(&notice_))
         p.muted {
-            "Every builtin detector (email, phone, card, iban, ip_address, secret) makes a request confidential "
+            "Every builtin detector (email, phone, card, iban, ip_address, secret, media) makes a request confidential "
             "unless a rule lowers it. Operator patterns raise a request to their class. A tenant's rule wins over a global one."
         }
         table.rules {
