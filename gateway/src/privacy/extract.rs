@@ -178,14 +178,16 @@ fn collect<'a>(
     }
 }
 
-/// A content part that is not text: of another type, or of none.
-fn is_opaque_part(part: &Value) -> bool {
-    match part {
-        Value::Object(map) => !map
-            .get("type")
-            .and_then(Value::as_str)
-            .is_some_and(|t| TEXT_PARTS.contains(&t)),
-        _ => false,
+/// A content part that is not text: of another type, or of none and not
+/// plain `{"text": ...}`.
+#[must_use]
+pub fn is_opaque_part(part: &Value) -> bool {
+    let Value::Object(map) = part else {
+        return false;
+    };
+    match map.get("type") {
+        Some(t) => !t.as_str().is_some_and(|t| TEXT_PARTS.contains(&t)),
+        None => !(map.len() == 1 && map.get("text").is_some_and(Value::is_string)),
     }
 }
 
@@ -396,6 +398,8 @@ mod tests {
             r#"{"messages":[{"role":"user","content":[{"type":"file","file":{"file_id":"file-1"}}]}]}"#,
             r#"{"messages":[{"role":"user","content":[{"type":"video","video":"v"}]}]}"#,
             r#"{"messages":[{"role":"user","content":[{"image_url":"https://x.example/a.png"}]}]}"#,
+            r#"{"messages":[{"role":"user","content":[{"text":"hi","data":"AAAA"}]}]}"#,
+            r#"{"messages":[{"role":"user","content":[{"type":7,"text":"hi"}]}]}"#,
             r#"{"attachment":"data:application/pdf;base64,AAAA"}"#,
             r#"{"x":{"image":{"b":1}}}"#,
         ] {
@@ -404,7 +408,7 @@ mod tests {
             assert!(fired.iter().any(|f| f == "media"), "{body}: {fired:?}");
         }
         let (_, fired) = class_of(
-            r#"{"messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}],
+            r#"{"messages":[{"role":"user","content":[{"type":"text","text":"hi"},{"text":"ho"}]}],
                 "response_format":{"type":"json_schema"},"tools":[{"type":"function"}]}"#,
         );
         assert!(!fired.iter().any(|f| f == "media"), "{fired:?}");

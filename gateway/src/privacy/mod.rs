@@ -29,7 +29,7 @@ mod rules;
 use serde::{Deserialize, Serialize};
 
 pub use builtin::BUILTIN_NAMES;
-pub use extract::request_texts;
+pub use extract::{is_opaque_part, request_texts};
 pub use normalize::normalize;
 pub use rules::{PrivacyRule, RuleError, RuleSet, RuleSpec};
 

@@ -11,7 +11,7 @@ use axum::http::HeaderMap;
 use serde_json::{Map, Value};
 
 use super::ApiError;
-use crate::privacy::Class;
+use crate::privacy::{is_opaque_part, Class};
 use crate::routing::{Capabilities, Policy};
 
 /// Header with which a client tags a request's privacy class.
@@ -19,6 +19,13 @@ pub const PRIVACY_HEADER: &str = "x-privacy-class";
 
 /// Tokens charged per message for role and framing, on top of its text.
 const TOKENS_PER_MESSAGE: u32 = 4;
+
+/// Tokens counted for a content part that is not text: about the most a
+/// high-detail image costs at OpenAI (85 + 170 per 512-pixel tile of an
+/// image scaled to 768 × 2048 is 1,445; patch-priced models reach about
+/// 2,500). Audio and files can cost more; their backends' own context check
+/// is the last word.
+const MEDIA_PART_TOKENS: u32 = 2_500;
 
 /// Most choices (`n`) one request may ask for: OpenAI's own limit.
 pub const MAX_CHOICES: u32 = 128;
@@ -260,10 +267,14 @@ fn max_tokens(body: &Map<String, Value>) -> Result<Option<u32>, ApiError> {
 /// token, ASCII punctuation two, and every byte of a non-ASCII character
 /// one (byte-level BPE never needs more tokens than bytes). Tools and
 /// schemas are prompt text too, so every string of the body counts, plus
-/// framing per message.
+/// framing per message. A content part that is not text (an image, audio,
+/// a file) counts [`MEDIA_PART_TOKENS`], not the characters of its URL or
+/// base64 data, which would count a picture as a long book.
 fn estimate(body: &Map<String, Value>) -> u32 {
     let mut texts = Vec::new();
-    body.values().for_each(|v| collect_strings(v, &mut texts));
+    let mut media = 0usize;
+    body.values()
+        .for_each(|v| collect_strings(v, false, &mut texts, &mut media));
     let (mut words, mut punct, mut other) = (0usize, 0usize, 0usize);
     for text in texts {
         for b in text.bytes() {
@@ -274,7 +285,10 @@ fn estimate(body: &Map<String, Value>) -> u32 {
             }
         }
     }
-    let tokens = words.div_ceil(4) + punct.div_ceil(2) + other;
+    let tokens = words.div_ceil(4)
+        + punct.div_ceil(2)
+        + other
+        + media.saturating_mul(MEDIA_PART_TOKENS as usize);
     let messages = body
         .get("messages")
         .and_then(Value::as_array)
@@ -286,11 +300,25 @@ fn estimate(body: &Map<String, Value>) -> u32 {
     )
 }
 
-fn collect_strings<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+/// The strings of `v`; the parts of a `content` array (`in_content`) that
+/// are not text are counted in `media` instead.
+fn collect_strings<'a>(v: &'a Value, in_content: bool, out: &mut Vec<&'a str>, media: &mut usize) {
     match v {
         Value::String(s) => out.push(s),
-        Value::Array(items) => items.iter().for_each(|i| collect_strings(i, out)),
-        Value::Object(map) => map.values().for_each(|i| collect_strings(i, out)),
+        Value::Array(items) => {
+            for i in items {
+                if in_content && is_opaque_part(i) {
+                    *media += 1;
+                } else {
+                    collect_strings(i, false, out, media);
+                }
+            }
+        }
+        Value::Object(map) => {
+            for (k, i) in map {
+                collect_strings(i, k == "content", out, media);
+            }
+        }
         _ => {}
     }
 }
@@ -542,6 +570,34 @@ mod tests {
             h.append(PRIVACY_HEADER, HeaderValue::from_bytes(bad).unwrap());
             assert!(ChatRequest::parse(body, &h).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_media_part_counts_a_fixed_allowance_not_its_data() {
+        let data = "A".repeat(400_000);
+        let with_image = parse(&format!(
+            r#"{{"model":"m","messages":[{{"content":[{{"type":"text","text":"what is this"}},
+                {{"type":"image_url","image_url":{{"url":"data:image/png;base64,{data}"}}}}]}}]}}"#
+        ))
+        .unwrap();
+        let text_only = parse(
+            r#"{"model":"m","messages":[{"content":[{"type":"text","text":"what is this"}]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            with_image.prompt_estimate,
+            text_only.prompt_estimate + MEDIA_PART_TOKENS
+        );
+        // The same characters as text do count.
+        let as_text = parse(&format!(
+            r#"{{"model":"m","messages":[{{"content":[{{"type":"text","text":"{data}"}}]}}]}}"#
+        ))
+        .unwrap();
+        assert!(
+            as_text.prompt_estimate >= 100_000,
+            "{}",
+            as_text.prompt_estimate
+        );
     }
 
     #[test]
