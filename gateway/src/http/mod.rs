@@ -113,26 +113,26 @@ async fn plain_request_id(mut request: Request) -> Request {
 }
 
 async fn method_not_allowed() -> Response {
-    (
+    plain_error(
         StatusCode::METHOD_NOT_ALLOWED,
-        axum::Json(wire::ErrorBody::new(
-            "Method not allowed for this endpoint.",
-            "invalid_request_error",
-            None,
-            "method_not_allowed",
-        )),
+        "Method not allowed for this endpoint.",
+        "method_not_allowed",
     )
-        .into_response()
 }
 
 async fn not_found() -> Response {
+    plain_error(StatusCode::NOT_FOUND, "Unknown endpoint.", "unknown_url")
+}
+
+/// An OpenAI-shaped `invalid_request_error` about the request's route.
+fn plain_error(status: StatusCode, message: &str, code: &str) -> Response {
     (
-        StatusCode::NOT_FOUND,
+        status,
         axum::Json(wire::ErrorBody::new(
-            "Unknown endpoint.",
+            message,
             "invalid_request_error",
             None,
-            "unknown_url",
+            code,
         )),
     )
         .into_response()

@@ -89,15 +89,11 @@ async fn forward(State(proxy): State<Arc<Proxy>>, headers: HeaderMap, body: Byte
         request = request.header(AUTHORIZATION, auth);
     }
     match request.send().await {
-        Ok(answer) => {
-            let mut response = Response::builder().status(answer.status());
-            if let Some(kind) = answer.headers().get(CONTENT_TYPE) {
-                response = response.header(CONTENT_TYPE, kind);
-            }
-            response
-                .body(Body::from_stream(answer.bytes_stream()))
-                .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
-        }
+        Ok(answer) => relayed(
+            answer.status(),
+            answer.headers().get(CONTENT_TYPE).cloned(),
+            Body::from_stream(answer.bytes_stream()),
+        ),
         Err(_) => StatusCode::BAD_GATEWAY.into_response(),
     }
 }
@@ -117,17 +113,24 @@ async fn forward_hyper(
         return StatusCode::BAD_GATEWAY.into_response();
     };
     match client.request(request).await {
-        Ok(answer) => {
-            let mut response = Response::builder().status(answer.status());
-            if let Some(kind) = answer.headers().get(CONTENT_TYPE) {
-                response = response.header(CONTENT_TYPE, kind);
-            }
-            response
-                .body(Body::new(answer.into_body()))
-                .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
-        }
+        Ok(answer) => relayed(
+            answer.status(),
+            answer.headers().get(CONTENT_TYPE).cloned(),
+            Body::new(answer.into_body()),
+        ),
         Err(_) => StatusCode::BAD_GATEWAY.into_response(),
     }
+}
+
+/// The upstream's answer as relayed: its status, content type and body.
+fn relayed(status: StatusCode, kind: Option<axum::http::HeaderValue>, body: Body) -> Response {
+    let mut response = Response::builder().status(status);
+    if let Some(kind) = kind {
+        response = response.header(CONTENT_TYPE, kind);
+    }
+    response
+        .body(body)
+        .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
 }
 
 /// Serves on `listener` until the process ends.
