@@ -282,13 +282,52 @@ async fn models_list_ids_and_aliases_the_key_may_use() {
             ids
         }
     };
-    assert_eq!(list(public).await, vec!["auto", "cloud-only"]);
+    assert_eq!(list(public.clone()).await, vec!["auto", "cloud-only"]);
     assert!(
-        list(confidential).await.is_empty(),
+        list(confidential.clone()).await.is_empty(),
         "a confidential key may not use the cloud"
     );
     let r = gw.client.get(gw.url("/v1/models")).send().await.unwrap();
     assert_eq!(r.status(), 401);
+
+    // One model (`models.retrieve`): what the list holds, nothing more.
+    let retrieve = |key: Option<&str>, path: &str| {
+        let mut r = gw.client.get(gw.url(&format!("/v1/models/{path}")));
+        if let Some(key) = key {
+            r = r.bearer_auth(key);
+        }
+        async move {
+            let r = r.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, model) = retrieve(Some(&public), "cloud-only").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (model["id"].as_str(), model["object"].as_str()),
+        (Some("cloud-only"), Some("model"))
+    );
+    assert_eq!(retrieve(Some(&public), "auto").await.0, 200);
+    let not_found = [
+        (Some(confidential.as_str()), "cloud-only"),
+        (Some(public.as_str()), "no-such-model"),
+        (Some(public.as_str()), "org/cloud-only"),
+    ];
+    for (key, path) in not_found {
+        let (status, err) = retrieve(key, path).await;
+        assert_eq!(
+            (status, err["error"]["code"].as_str()),
+            (404, Some("model_not_found")),
+            "{path}"
+        );
+    }
+    let (status, err) = retrieve(Some(&public), "%FF").await;
+    assert_eq!((status, err["error"]["code"].as_str()), (400, Some("invalid_path")));
+    let (status, err) = retrieve(None, "cloud-only").await;
+    assert_eq!((status, err["error"]["code"].as_str()), (401, Some("invalid_api_key")));
+    let (status, _) = retrieve(None, "%FF").await;
+    assert_eq!(status, 401, "the key is checked before the path");
     gw.shutdown().await;
 }
 

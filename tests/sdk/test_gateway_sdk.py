@@ -79,6 +79,14 @@ def test_models_lists_ids_and_aliases(gateway):
     assert {EDGE_MODEL_ID, "cloud-only", "auto"} <= ids
 
 
+def test_models_retrieve(gateway):
+    client = _client(gateway)
+    assert client.models.retrieve(EDGE_MODEL_ID).id == EDGE_MODEL_ID
+    with pytest.raises(openai.NotFoundError) as e:
+        client.models.retrieve("no-such-model")
+    assert e.value.code == "model_not_found"
+
+
 def test_bad_key_is_authentication_error(gateway):
     client = openai.OpenAI(base_url=gateway.base, api_key="gw-" + "0" * 64, max_retries=0)
     with pytest.raises(openai.AuthenticationError) as e:

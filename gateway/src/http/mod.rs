@@ -51,6 +51,7 @@ pub fn app(state: AppState) -> Router {
     let api = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/models", get(models::list))
+        .route("/v1/models/{*model}", get(models::retrieve))
         .route_layer(middleware::from_fn_with_state(state.clone(), admit));
     Router::new()
         .merge(api)

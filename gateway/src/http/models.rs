@@ -1,4 +1,8 @@
-//! `GET /v1/models`: the model ids and aliases this key may use.
+//! `GET /v1/models`: the model ids and aliases this key may use, and
+//! `GET /v1/models/{model}`: one of them (the SDKs' `models.retrieve`).
+//! A model the key may not use is answered like one that does not exist,
+//! 404 `model_not_found`, so a key cannot probe the catalog beyond its
+//! reach.
 //!
 //! "May use" follows the same rules as routing, minus live health: enabled
 //! backends, and cloud-zone ones only when the tenant's policy allows the
@@ -7,7 +11,8 @@
 
 use std::collections::BTreeSet;
 
-use axum::extract::State;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -16,20 +21,48 @@ use serde_json::json;
 use super::ApiError;
 use crate::auth::require_scope;
 use crate::privacy::Class;
-use crate::routing::{AliasTarget, Zone};
+use crate::routing::{AliasTarget, NoRoute, NoRouteCode, Zone};
 use crate::state::AppState;
 
 pub async fn list(State(app): State<AppState>, headers: HeaderMap) -> Response {
     match models(&app, &headers).await {
         Ok(ids) => {
-            let data: Vec<_> = ids
-                .iter()
-                .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "gateway"}))
-                .collect();
+            let data: Vec<_> = ids.iter().map(|id| model_object(id)).collect();
             Json(json!({"object": "list", "data": data})).into_response()
         }
         Err(e) => e.into_response(),
     }
+}
+
+/// The id is the rest of the path (model ids may hold `/`), decoded; the
+/// key is checked before the path is looked at.
+pub async fn retrieve(
+    State(app): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let ids = match models(&app, &headers).await {
+        Ok(ids) => ids,
+        Err(e) => return e.into_response(),
+    };
+    match id {
+        Ok(Path(id)) if ids.contains(&id) => Json(model_object(&id)).into_response(),
+        Ok(_) => ApiError::NoRoute(NoRoute {
+            code: NoRouteCode::ModelNotFound,
+            excluded: Vec::new(),
+        })
+        .into_response(),
+        Err(e) => ApiError::BadRequest {
+            message: format!("Invalid path: {}.", e.body_text()),
+            code: "invalid_path",
+            param: None,
+        }
+        .into_response(),
+    }
+}
+
+fn model_object(id: &str) -> serde_json::Value {
+    json!({"id": id, "object": "model", "created": 0, "owned_by": "gateway"})
 }
 
 async fn models(app: &AppState, headers: &HeaderMap) -> Result<BTreeSet<String>, ApiError> {

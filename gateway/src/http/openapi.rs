@@ -20,7 +20,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
                        edge workers and a cloud by a cost model over latency, energy, money and \
                        privacy. Confidential requests never leave the premises."
     ),
-    paths(chat_completions, models, healthz, readyz, metrics),
+    paths(chat_completions, models, model, healthz, readyz, metrics),
     modifiers(&BearerKey),
 )]
 pub struct ApiDoc;
@@ -177,6 +177,24 @@ fn chat_completions() {}
 )]
 fn models() {}
 
+/// One model id or alias the key may use; any other is 404
+/// `model_not_found`, whether it exists or not.
+#[utoipa::path(
+    get,
+    path = "/v1/models/{model}",
+    params(("model" = String, Path, description = "A model id or alias; it may contain `/`.")),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, body = Model),
+        (status = 400, body = Error),
+        (status = 401, body = Error),
+        (status = 403, body = Error),
+        (status = 404, body = Error),
+        (status = 503, body = Error),
+    )
+)]
+fn model() {}
+
 /// The process is up.
 #[utoipa::path(get, path = "/healthz", responses((status = 200, body = String, content_type = "text/plain")))]
 fn healthz() {}
@@ -209,6 +227,7 @@ mod tests {
         for path in [
             "/v1/chat/completions",
             "/v1/models",
+            "/v1/models/{model}",
             "/healthz",
             "/readyz",
             "/metrics",
