@@ -323,9 +323,15 @@ async fn models_list_ids_and_aliases_the_key_may_use() {
         );
     }
     let (status, err) = retrieve(Some(&public), "%FF").await;
-    assert_eq!((status, err["error"]["code"].as_str()), (400, Some("invalid_path")));
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (400, Some("invalid_path"))
+    );
     let (status, err) = retrieve(None, "cloud-only").await;
-    assert_eq!((status, err["error"]["code"].as_str()), (401, Some("invalid_api_key")));
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (401, Some("invalid_api_key"))
+    );
     let (status, _) = retrieve(None, "%FF").await;
     assert_eq!(status, 401, "the key is checked before the path");
     gw.shutdown().await;

@@ -31,11 +31,11 @@ impl ChangeFeed {
     pub async fn connect(url: &str) -> Result<ChangeFeed, StoreError> {
         let mut listener = PgListener::connect(url)
             .await
-            .map_err(StoreError::Unavailable)?;
+            .map_err(StoreError::unavailable)?;
         listener
             .listen(CHANNEL)
             .await
-            .map_err(StoreError::Unavailable)?;
+            .map_err(StoreError::unavailable)?;
         Ok(ChangeFeed { listener })
     }
 
@@ -45,7 +45,7 @@ impl ChangeFeed {
         match self.listener.try_recv().await {
             Ok(Some(n)) => Ok(Change::Table(n.payload().to_owned())),
             Ok(None) => Ok(Change::Reconnected),
-            Err(e) => Err(StoreError::Unavailable(e)),
+            Err(e) => Err(StoreError::unavailable(e)),
         }
     }
 }

@@ -1,5 +1,9 @@
 //! The store's error type.
 
+/// A driver's error (sqlx's, or rusqlite's for the ledger's inserts on
+/// SQLite), kept for logs only.
+pub type DriverError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Errors from the store. The `Display` of every variant is a fixed phrase:
 /// driver messages can contain SQL, constraint names or a DSN with a
 /// password, so they are only reachable through `source()` (for logs).
@@ -7,10 +11,10 @@
 pub enum StoreError {
     /// The database cannot be reached (connect, pool timeout, I/O): 503.
     #[error("database unavailable")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(#[source] DriverError),
     /// Any other driver error: 500.
     #[error("database error")]
-    Database(#[source] sqlx::Error),
+    Database(#[source] DriverError),
     /// Applying migrations failed.
     #[error("database migration failed")]
     Migrate(#[source] sqlx::migrate::MigrateError),
@@ -30,6 +34,11 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// `Unavailable`, from a driver error.
+    pub(crate) fn unavailable(err: impl Into<DriverError>) -> StoreError {
+        StoreError::Unavailable(err.into())
+    }
+
     /// Classifies a driver error; `entity` names what a unique violation
     /// collided with.
     pub(crate) fn from_sqlx(err: sqlx::Error, entity: &'static str) -> StoreError {
@@ -39,15 +48,15 @@ impl StoreError {
                 StoreError::NotFound("referenced tenant")
             }
             sqlx::Error::Database(db) if db.code().is_some_and(|c| is_unreachable_state(&c)) => {
-                StoreError::Unavailable(err)
+                StoreError::Unavailable(err.into())
             }
             sqlx::Error::RowNotFound => StoreError::NotFound(entity),
             sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(err),
-            _ => StoreError::Database(err),
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(err.into()),
+            _ => StoreError::Database(err.into()),
         }
     }
 }

@@ -7,7 +7,7 @@ use serde_json::value::RawValue;
 use sqlx::any::AnyRow;
 
 use super::rows::{flag, get, get_class, get_flag, get_json, get_opt_u32, AnyQuery, BindExt};
-use super::{Dialect, Store, StoreError};
+use super::{Store, StoreError};
 use crate::privacy::Class;
 
 /// How a request ended.
@@ -328,14 +328,10 @@ pub(super) const LEDGER_COLUMNS: &str = "id, tenant_id, key_id, requested_model,
 /// (32,766) and Postgres's (65,535) limits on bound parameters.
 const ROWS_PER_INSERT: usize = 32;
 
-/// `INSERT … VALUES (…), (…)` for `rows` rows, skipping ids already stored
-/// and returning what the spend update needs from the rows inserted. Both
-/// dialects share this syntax (SQLite since 3.35) but for the parameters:
-/// `$1…` on Postgres, anonymous `?` in the same order on SQLite, where
-/// binding a numbered parameter looks its name up in a list as long as the
-/// statement's parameters (quadratic in a batch: 2% of the gateway's CPU
-/// under load).
-fn insert_sql(rows: usize, dialect: Dialect) -> String {
+/// `INSERT … VALUES (…), (…)` for `rows` rows (Postgres), skipping ids
+/// already stored and returning what the spend update needs from the rows
+/// inserted.
+fn insert_sql(rows: usize) -> String {
     use std::fmt::Write as _;
     let columns = LEDGER_COLUMNS.split(',').count();
     let mut sql = format!("INSERT INTO request_ledger ({LEDGER_COLUMNS}) VALUES ");
@@ -343,10 +339,7 @@ fn insert_sql(rows: usize, dialect: Dialect) -> String {
         sql.push_str(if row == 0 { "(" } else { ", (" });
         for column in 0..columns {
             let sep = if column == 0 { "" } else { ", " };
-            let _ = match dialect {
-                Dialect::Postgres => write!(sql, "{sep}${}", row * columns + column + 1),
-                Dialect::Sqlite => write!(sql, "{sep}?"),
-            };
+            let _ = write!(sql, "{sep}${}", row * columns + column + 1);
         }
         sql.push(')');
     }
@@ -459,21 +452,26 @@ impl Store {
     /// because spend is summed only over the rows the `INSERT` returned. A
     /// batch may therefore be retried whenever its outcome is unknown.
     ///
-    /// One multi-row `INSERT` per [`ROWS_PER_INSERT`] rows: on SQLite every
-    /// statement is a round trip to the connection's thread and every
-    /// commit a WAL write, so a busy ledger is cheap only in batches. Keys
-    /// are updated in a fixed (sorted) order, so two gateways writing
-    /// batches for the same keys cannot deadlock.
+    /// On Postgres, one multi-row `INSERT` per [`ROWS_PER_INSERT`] rows:
+    /// every statement is a round trip and every commit a WAL flush, so a
+    /// busy ledger is cheap only in batches. Keys are updated in a fixed
+    /// (sorted) order, so two gateways writing batches for the same keys
+    /// cannot deadlock. On SQLite, the same through a connection of the
+    /// ledger's own, on the calling thread (`sqlite_ledger`): this then
+    /// blocks for the batch's time.
     pub async fn insert_ledger_batch(&self, rows: &[LedgerEntry]) -> Result<Appended, StoreError> {
         if rows.is_empty() {
             return Ok(Appended::default());
+        }
+        if let Some(sqlite) = &self.sqlite_ledger {
+            return sqlite.insert(rows);
         }
         let err = |e| StoreError::from_sqlx(e, "ledger row");
         let mut tx = self.pool.begin().await.map_err(err)?;
         let mut spend: BTreeMap<String, f64> = BTreeMap::new();
         let mut inserted = 0;
         for chunk in rows.chunks(ROWS_PER_INSERT) {
-            for (key_id, usd) in insert_rows(&mut *tx, self.dialect, chunk).await? {
+            for (key_id, usd) in insert_rows(&mut *tx, chunk).await? {
                 inserted += 1;
                 if let Some(usd) = usd.filter(|u| u.is_finite() && *u > 0.0) {
                     *spend.entry(key_id).or_default() += usd;
@@ -550,13 +548,12 @@ impl Store {
 /// stored).
 async fn insert_rows<'c, E>(
     executor: E,
-    dialect: Dialect,
     rows: &[LedgerEntry],
 ) -> Result<Vec<(String, Option<f64>)>, StoreError>
 where
     E: sqlx::Executor<'c, Database = sqlx::Any>,
 {
-    let sql = insert_sql(rows.len(), dialect);
+    let sql = insert_sql(rows.len());
     let query = rows.iter().fold(sqlx::query(&sql), |q, e| bind_entry(q, e));
     let returned = query
         .fetch_all(executor)

@@ -28,10 +28,12 @@ mod ledger_query;
 mod rows;
 mod savings;
 mod settings;
+mod sqlite_ledger;
 mod tenants;
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{install_default_drivers, AnyPoolOptions};
@@ -39,7 +41,7 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{AnyPool, ConnectOptions, Executor};
 
 pub use admin::{AdminSession, AdminToken, CreatedAdminToken, CreatedSession, KeyLimitsUpdate};
-pub use error::StoreError;
+pub use error::{DriverError, StoreError};
 pub use ledger::{Appended, DecisionJson, LedgerEntry, LedgerStatus, Placement};
 pub use ledger_query::{
     LedgerFilter, LedgerTotals, SeriesPoint, Totals, MAX_LEDGER_ROWS, MAX_WINDOW_ROWS,
@@ -62,6 +64,8 @@ pub enum Dialect {
 pub struct Store {
     pool: AnyPool,
     dialect: Dialect,
+    /// On SQLite, the ledger's inserts' own connection (`sqlite_ledger`).
+    sqlite_ledger: Option<Arc<sqlite_ledger::SqliteLedger>>,
 }
 
 impl Store {
@@ -91,15 +95,18 @@ impl Store {
                 })
                 .connect(&url)
                 .await
-                .map_err(StoreError::Unavailable)?;
+                .map_err(StoreError::unavailable)?;
             // journal_mode is persistent in the file, so setting it once
             // through any connection covers the whole pool.
             pool.execute("PRAGMA journal_mode=WAL")
                 .await
-                .map_err(StoreError::Unavailable)?;
+                .map_err(StoreError::unavailable)?;
             return Ok(Store {
                 pool,
                 dialect: Dialect::Sqlite,
+                sqlite_ledger: Some(Arc::new(sqlite_ledger::SqliteLedger::new(
+                    sqlite_path.to_owned(),
+                ))),
             });
         };
         let dialect = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -111,18 +118,33 @@ impl Store {
                 "database url must be postgres:// or sqlite:",
             ));
         };
-        if dialect == Dialect::Sqlite {
+        let sqlite_ledger = if dialect == Dialect::Sqlite {
             // Validate the URL with the SQLite parser so a typo fails here
             // rather than at first query.
-            SqliteConnectOptions::from_str(url).map_err(StoreError::Unavailable)?;
-        }
+            let options = SqliteConnectOptions::from_str(url).map_err(StoreError::unavailable)?;
+            // The ledger's inserts open the file again (`sqlite_ledger`);
+            // an in-memory database is another one per connection.
+            if url.contains(":memory:") || url.contains("mode=memory") {
+                return Err(StoreError::Invalid(
+                    "the ledger needs a SQLite file, not an in-memory database",
+                ));
+            }
+            let path = options.get_filename().to_owned();
+            Some(Arc::new(sqlite_ledger::SqliteLedger::new(path)))
+        } else {
+            None
+        };
         let pool = AnyPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(5))
             .connect(url)
             .await
-            .map_err(StoreError::Unavailable)?;
-        Ok(Store { pool, dialect })
+            .map_err(StoreError::unavailable)?;
+        Ok(Store {
+            pool,
+            dialect,
+            sqlite_ledger,
+        })
     }
 
     /// Applies pending migrations of this store's dialect.
@@ -139,8 +161,12 @@ impl Store {
         self.dialect
     }
 
-    /// Closes the pool, waiting for connections to be returned.
+    /// Closes the pool, waiting for connections to be returned, and the
+    /// ledger's own connection on SQLite.
     pub async fn close(&self) {
+        if let Some(sqlite) = &self.sqlite_ledger {
+            sqlite.close();
+        }
         self.pool.close().await;
     }
 }
