@@ -1,6 +1,7 @@
 //! Bearer-key authentication with a bounded cache.
 //!
-//! The presented key is hashed (SHA-256) and looked up by hash; the
+//! A presented key not of the generated shape (`keys::well_formed`) is
+//! refused at once. Any other is hashed (SHA-256) and looked up by hash; the
 //! plaintext is never stored, logged or kept past the hash. Found keys are
 //! cached for `key_cache_ms` in a size-bounded cache (`moka`, TinyLFU), so
 //! revocation takes effect within that time. A key in use past that time is
@@ -120,7 +121,9 @@ impl KeyCache {
 
     /// The active key behind the request's `Authorization: Bearer` header.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<ApiKey>, AuthError> {
-        let presented = bearer(headers).ok_or(AuthError::InvalidKey)?;
+        let presented = bearer(headers)
+            .filter(|k| keys::well_formed(k, keys::KEY_PREFIX))
+            .ok_or(AuthError::InvalidKey)?;
         let hash = keys::hash(presented);
         let key = self.lookup(hash).await?.ok_or(AuthError::InvalidKey)?;
         if !key.is_active(now_ms()) {
@@ -230,6 +233,7 @@ pub fn require_scope(key: &ApiKey, scope: &'static str) -> Result<(), AuthError>
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use http::HeaderValue;
 
@@ -250,5 +254,42 @@ mod tests {
             assert_eq!(bearer(&h), want, "{value:?}");
         }
         assert_eq!(bearer(&HeaderMap::new()), None);
+    }
+
+    /// With the store gone, a key of the generated shape cannot be checked
+    /// (503), but one of any other shape is refused without asking it.
+    #[tokio::test]
+    async fn a_key_not_of_the_generated_shape_is_refused_without_a_store_query() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(None, &dir.path().join("gateway.db"))
+            .await
+            .unwrap();
+        store.close().await;
+        let cache = KeyCache::new(store, Duration::from_secs(60));
+        let with = |key: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::AUTHORIZATION,
+                HeaderValue::from_str(&format!("Bearer {key}")).unwrap(),
+            );
+            h
+        };
+        let shaped = format!("gw-{}", "ab".repeat(32));
+        assert_eq!(
+            cache.authenticate(&with(&shaped)).await.err(),
+            Some(AuthError::StoreUnavailable)
+        );
+        for junk in [
+            "gw-abc",
+            &format!("{shaped}0"),
+            &shaped.to_uppercase(),
+            "sk-proj-123",
+        ] {
+            assert_eq!(
+                cache.authenticate(&with(junk)).await.err(),
+                Some(AuthError::InvalidKey),
+                "{junk}"
+            );
+        }
     }
 }

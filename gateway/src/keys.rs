@@ -55,6 +55,17 @@ fn generate_with_prefix(prefix: &str) -> NewKey {
     }
 }
 
+/// Whether `presented` has the shape of a credential generated with
+/// `prefix`: the prefix, then 64 lowercase hex digits. Nothing else can
+/// match a stored hash, so anything else is refused without a store query
+/// (a flood of junk credentials costs no database work).
+#[must_use]
+pub fn well_formed(presented: &str, prefix: &str) -> bool {
+    presented.strip_prefix(prefix).is_some_and(|rest| {
+        rest.len() == 64 && rest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
+}
+
 /// The stored form of a presented key: lowercase hex SHA-256.
 #[must_use]
 pub fn hash(plaintext: &str) -> String {
@@ -79,6 +90,37 @@ mod tests {
         assert_eq!(a.hash, hash(plain));
         assert_eq!(a.hash.len(), 64);
         assert!(plain.starts_with(&a.display_prefix));
+    }
+
+    #[test]
+    fn only_the_generated_shape_is_well_formed() {
+        let key = generate();
+        let token = generate_admin_token();
+        assert!(well_formed(key.plaintext.expose_secret(), KEY_PREFIX));
+        assert!(well_formed(
+            token.plaintext.expose_secret(),
+            ADMIN_TOKEN_PREFIX
+        ));
+        assert!(!well_formed(
+            key.plaintext.expose_secret(),
+            ADMIN_TOKEN_PREFIX
+        ));
+        assert!(!well_formed(token.plaintext.expose_secret(), KEY_PREFIX));
+        let hex = "0123456789abcdef".repeat(4);
+        assert!(well_formed(&format!("gw-{hex}"), KEY_PREFIX));
+        for bad in [
+            String::new(),
+            "gw-".to_owned(),
+            hex.clone(),
+            format!("gw-{}", &hex[1..]),
+            format!("gw-{hex}0"),
+            format!("gw-{}", hex.to_uppercase()),
+            format!("gw-{}g", &hex[1..]),
+            format!("gw-{}é", &hex[2..]),
+            format!("GW-{hex}"),
+        ] {
+            assert!(!well_formed(&bad, KEY_PREFIX), "{bad:?}");
+        }
     }
 
     #[test]
