@@ -40,12 +40,27 @@ async fn eight_concurrent_requests_all_complete() {
     assert_eq!(load["waiting_sequences"], 0);
 }
 
-/// Requests that run in one batch answer exactly as they do alone. The
-/// scheduler batches sequences of equal length, so prompts of different
-/// lengths run apart at first and together once the shorter ones caught up;
-/// greedy answers show any mixing between them.
+/// Requests that run in one batch answer as they do alone. The scheduler
+/// batches sequences of equal length, so prompts of different lengths run
+/// apart at first and together once the shorter ones caught up; greedy
+/// answers show any mixing between them.
+///
+/// "As alone" means token for token, each with the same log-probability to
+/// within `NOISE`, up to a point where the alone answer's two most likely
+/// tokens were tied to within `NOISE`. Most runs are bit-identical, but
+/// not all: which sequences share a step depends on timing, and in about
+/// one run in five (on an idle Xeon) the last tokens of one answer came out
+/// the same with log-probabilities 0.02 to 0.1 nats apart, enough to break
+/// a near-tie the other way (that failed a loaded run once, 20 tokens in).
+/// The cause is not found; the activations' int8 quantization turns any
+/// rounding difference into a whole quantization step. Mixing between
+/// sequences (as when every sequence of a decode step once got the last
+/// one's attention output) changes answers outright, from the first token
+/// it touches.
 #[tokio::test]
 async fn batched_requests_answer_as_they_do_alone() {
+    /// Nats.
+    const NOISE: f64 = 0.5;
     let w = Worker::start(&[]).await;
     let prompts = [
         "Invent a name for a cat and say why.",
@@ -53,15 +68,77 @@ async fn batched_requests_answer_as_they_do_alone() {
         "What is two plus two?",
         "Say hello in French.",
     ];
-    let bodies = prompts.map(|p| greedy(p, 24));
+    let bodies = prompts.map(|p| {
+        let mut body = greedy(p, 24);
+        body["logprobs"] = json!(true);
+        body["top_logprobs"] = json!(2);
+        body
+    });
     let mut alone = Vec::new();
     for body in &bodies {
-        alone.push(w.content(body).await);
+        alone.push(tokens(&w, body).await);
     }
-    let together = futures::future::join_all(bodies.iter().map(|b| w.content(b))).await;
+    let together = futures::future::join_all(bodies.iter().map(|b| tokens(&w, b))).await;
     for ((prompt, alone), together) in prompts.iter().zip(&alone).zip(&together) {
-        assert_eq!(together, alone, "{prompt}");
+        let same = alone
+            .iter()
+            .zip(together)
+            .take_while(|(a, t)| a.text == t.text)
+            .count();
+        for (i, (a, t)) in alone.iter().zip(together).take(same).enumerate() {
+            assert!(
+                (a.logprob - t.logprob).abs() < NOISE,
+                "{prompt}: token {i} {:?}: logprob {} alone, {} batched",
+                a.text,
+                a.logprob,
+                t.logprob
+            );
+        }
+        if same == alone.len() && same == together.len() {
+            continue;
+        }
+        let (Some(a), Some(t)) = (alone.get(same), together.get(same)) else {
+            panic!("{prompt}: one answer is a prefix of the other: {alone:?} / {together:?}");
+        };
+        assert!(
+            a.logprob - a.runner_up < NOISE && t.text == a.runner_up_text,
+            "{prompt}: token {same} is {:?} alone (runner-up {:?} {} nats behind), {:?} batched",
+            a.text,
+            a.runner_up_text,
+            a.logprob - a.runner_up,
+            t.text
+        );
     }
+}
+
+/// One generated token, its log-probability and the runner-up's.
+#[derive(Debug)]
+struct Token {
+    text: String,
+    logprob: f64,
+    runner_up_text: String,
+    runner_up: f64,
+}
+
+/// A greedy answer's tokens (the body asks for two `top_logprobs`).
+async fn tokens(w: &Worker, body: &Value) -> Vec<Token> {
+    let response = w.chat(body).await;
+    assert_eq!(response.status(), 200);
+    let v: Value = response.json().await.unwrap();
+    v["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no logprobs: {v}"))
+        .iter()
+        .map(|entry| {
+            let top = &entry["top_logprobs"];
+            Token {
+                text: entry["token"].as_str().unwrap().to_owned(),
+                logprob: entry["logprob"].as_f64().unwrap(),
+                runner_up_text: top[1]["token"].as_str().unwrap().to_owned(),
+                runner_up: top[1]["logprob"].as_f64().unwrap(),
+            }
+        })
+        .collect()
 }
 
 #[tokio::test]
