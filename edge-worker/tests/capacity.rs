@@ -48,12 +48,14 @@ async fn eight_concurrent_requests_all_complete() {
 /// "As alone" means token for token, each with the same log-probability to
 /// within `NOISE`, up to a point where the alone answer's two most likely
 /// tokens were tied to within `NOISE`. Most runs are bit-identical, but
-/// not all: which sequences share a step depends on timing, and in about
-/// one run in five (on an idle Xeon) the last tokens of one answer came out
-/// the same with log-probabilities 0.02 to 0.1 nats apart, enough to break
-/// a near-tie the other way (that failed a loaded run once, 20 tokens in).
-/// The cause is not found; the activations' int8 quantization turns any
-/// rounding difference into a whole quantization step. Mixing between
+/// not all: which sequences share a step depends on timing, and in about a
+/// quarter of the runs (13 of 42 on an idle Xeon; 5 of 20 with the prefix
+/// cache off) the last two tokens of the three shorter answers came out
+/// the same with log-probabilities 0.002 to 0.1 nats from their values
+/// alone, enough to break a near-tie the other way (that failed a loaded
+/// run once, 20 tokens in); alone answers never vary. The cause is not
+/// found; the activations' int8 quantization turns any rounding
+/// difference into a whole quantization step. Mixing between
 /// sequences (as when every sequence of a decode step once got the last
 /// one's attention output) changes answers outright, from the first token
 /// it touches.
