@@ -53,9 +53,13 @@ async fn eight_concurrent_requests_all_complete() {
 /// cache off) the last two tokens of the three shorter answers came out
 /// the same with log-probabilities 0.002 to 0.1 nats from their values
 /// alone, enough to break a near-tie the other way (that failed a loaded
-/// run once, 20 tokens in); alone answers never vary. The cause is not
-/// found; the activations' int8 quantization turns any rounding
-/// difference into a whole quantization step. Mixing between
+/// run once, 20 tokens in); alone answers never vary. In the runs traced,
+/// those were the ones in which the scheduler never formed one batch of
+/// all four but ran them in turn, one sequence a step (each step copying
+/// its cache into a batch of one); the runs that batched them in lockstep
+/// matched alone bit for bit. The cause is not found; the activations'
+/// int8 quantization turns any rounding difference into a whole
+/// quantization step. Mixing between
 /// sequences (as when every sequence of a decode step once got the last
 /// one's attention output) changes answers outright, from the first token
 /// it touches.

@@ -11,7 +11,9 @@
 //! are two migration folders (`migrations/postgres`, `migrations/sqlite`)
 //! that must describe the same schema. The price is no compile-time checked
 //! `query!` macros, which would need a live database at build time anyway;
-//! the store tests run every query against both databases instead.
+//! the store tests run every query against both databases instead. The one
+//! exception is the ledger's inserts on SQLite, which run once per request
+//! and go through `rusqlite` for their cost (`sqlite_ledger`).
 //!
 //! # Errors
 //!
