@@ -57,9 +57,9 @@ async fn eight_concurrent_requests_all_complete() {
 /// those were the ones in which the scheduler never formed one batch of
 /// all four but ran them in turn, one sequence a step (each step copying
 /// its cache into a batch of one); the runs that batched them in lockstep
-/// matched alone bit for bit. The cause is not found; the activations'
-/// int8 quantization turns any rounding difference into a whole
-/// quantization step. Mixing between
+/// matched alone bit for bit (`scripts/batch-invariance.py` reproduces
+/// it). The cause is not found; the activations' int8 quantization turns
+/// any rounding difference into a whole quantization step. Mixing between
 /// sequences (as when every sequence of a decode step once got the last
 /// one's attention output) changes answers outright, from the first token
 /// it touches.
