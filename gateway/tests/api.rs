@@ -322,6 +322,15 @@ async fn models_list_ids_and_aliases_the_key_may_use() {
             "{path}"
         );
     }
+    let (status, err) = retrieve(Some(&public), "").await;
+    assert_eq!(status, 404, "{err}");
+    assert!(err["error"]["code"].is_string(), "{err}");
+    let long = "m".repeat(8 << 10);
+    let (status, err) = retrieve(Some(&public), &long).await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (404, Some("model_not_found"))
+    );
     let (status, err) = retrieve(Some(&public), "%FF").await;
     assert_eq!(
         (status, err["error"]["code"].as_str()),
