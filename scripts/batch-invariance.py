@@ -12,9 +12,10 @@ be the same in every trial.
     .venv/bin/python scripts/batch-invariance.py --trials 20 --delay-first 0.3 -- --prefix-cache-sequences 0
 
 Arguments after `--` go to the edge worker. `--delay-first` sends the first
-(longest) question that many seconds after the others. The edge worker's
-`capacity::batched_requests_answer_as_they_do_alone` test explains what has
-been seen.
+(longest) question that many seconds after the others. It found the
+scheduler restarting sequences set aside in mid-generation from their
+prompt (vendor/README.md, mistralrs-core): before that fix about a quarter
+of the trials deviated, after it none did.
 """
 
 import argparse

@@ -223,18 +223,33 @@ impl<Backer: FcfsBacker> DefaultScheduler<Backer> {
                 };
             }
             (_, 0) => {
+                // Only new sequences start with their prompt. One that the
+                // bucketing waitlisted in mid-generation (its state left as
+                // it was) goes on from its cache: upstream set every waiting
+                // sequence to prompt here, so whenever the running set
+                // emptied, each such sequence was prefilled again from its
+                // first token (its whole context recomputed, and its next
+                // tokens computed by the prefill's kernels rather than the
+                // decode's, so that they differed from an uninterrupted
+                // run's).
                 for seq in waiting.into_iter() {
-                    seq.set_state(SequenceState::RunningPrompt);
-                    self.running.push(seq);
+                    if seq.is_waiting() {
+                        seq.set_state(SequenceState::RunningPrompt);
+                    }
+                    if seq.is_running() || seq.is_prompt() {
+                        self.running.push(seq);
+                    }
                 }
                 self.waiting = Backer::new();
                 let running = std::mem::take(&mut self.running);
                 self.running = self.bucket_and_waitlist_seqs(running);
                 logger.set_num_running(self.running.len());
                 logger.set_num_waiting(self.waiting.len());
+                let (completion, prompt): (Vec<_>, Vec<_>) =
+                    self.running.iter_mut().partition(|seq| seq.is_completion());
                 return DefaultSchedulerOutput {
-                    prompt: self.running.iter_mut().collect::<Vec<_>>().into(),
-                    completion: vec![].into(),
+                    prompt: prompt.into(),
+                    completion: completion.into(),
                 };
             }
             (0, _) => {
