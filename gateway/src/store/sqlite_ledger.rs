@@ -19,7 +19,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -38,11 +37,16 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 pub(super) struct SqliteLedger {
     path: PathBuf,
     busy_timeout: Duration,
-    /// `None` until the first insert, and after [`SqliteLedger::close`].
-    conn: Mutex<Option<Connection>>,
-    /// Set by [`SqliteLedger::close`], as the pool's closing: later inserts
-    /// find the store unavailable.
-    closed: AtomicBool,
+    conn: Mutex<Conn>,
+}
+
+/// The connection's life: opened at the first insert, opened again after
+/// a failure at the file, and never again once closed (as the pool's
+/// closing: later inserts find the store unavailable).
+enum Conn {
+    Unopened,
+    Open(Connection),
+    Closed,
 }
 
 impl std::fmt::Debug for SqliteLedger {
@@ -58,15 +62,13 @@ impl SqliteLedger {
         SqliteLedger {
             path,
             busy_timeout: BUSY_TIMEOUT,
-            conn: Mutex::new(None),
-            closed: AtomicBool::new(false),
+            conn: Mutex::new(Conn::Unopened),
         }
     }
 
     /// Closes the connection (with the pool, at `Store::close`).
     pub(super) fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-        *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = Conn::Closed;
     }
 
     /// Appends `rows` in one transaction (see `Store::insert_ledger_batch`).
@@ -74,19 +76,18 @@ impl SqliteLedger {
     /// for fifty rows: the ledger writer calls it from a thread of its own.
     pub(super) fn insert(&self, rows: &[LedgerEntry]) -> Result<Appended, StoreError> {
         let mut guard = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
-        if self.closed.load(Ordering::Acquire) {
-            return Err(StoreError::unavailable("the store is closed"));
+        if let Conn::Unopened = *guard {
+            *guard = Conn::Open(self.open().map_err(classify)?);
         }
-        let conn = match &mut *guard {
-            Some(conn) => conn,
-            empty => empty.insert(self.open().map_err(classify)?),
+        let Conn::Open(conn) = &mut *guard else {
+            return Err(StoreError::unavailable("the store is closed"));
         };
         insert_rows(conn, rows).map_err(|e| {
             let e = classify(e);
             if matches!(e, StoreError::Unavailable(_)) {
                 // A connection that failed at the file (I/O, a replaced
                 // file) is opened afresh next time rather than trusted.
-                *guard = None;
+                *guard = Conn::Unopened;
             }
             e
         })
