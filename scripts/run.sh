@@ -18,7 +18,12 @@ mkdir -p "$state"
 # A C toolchain, the model and the SDK for the snippet below, if missing.
 "$root/scripts/setup.sh" --quickstart
 model=$("$root/scripts/fetch-model.sh")
-cargo build --release --bins
+# Only the binaries started below (the mock cloud only when asked for); the
+# dependencies get the same features as in the whole workspace's build, so a
+# later test.sh reuses them.
+bins=(--bin edge-worker --bin gateway)
+[[ "${MOCK_CLOUD:-0}" == 1 ]] && bins+=(--bin mock-cloud)
+cargo build --release "${bins[@]}"
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait; }

@@ -27,6 +27,7 @@ pub mod changes;
 mod error;
 mod ledger;
 mod ledger_query;
+mod migrations;
 mod rows;
 mod savings;
 mod settings;
@@ -50,9 +51,6 @@ pub use ledger_query::{
 };
 pub use savings::SavingsBucket;
 pub use tenants::{ApiKey, CreatedKey, NewKeySpec, Tenant};
-
-static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
-static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
 /// Which database a [`Store`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,10 +149,9 @@ impl Store {
 
     /// Applies pending migrations of this store's dialect.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        let migrator = match self.dialect {
-            Dialect::Postgres => &POSTGRES_MIGRATIONS,
-            Dialect::Sqlite => &SQLITE_MIGRATIONS,
-        };
+        let migrator = migrations::migrator(self.dialect)
+            .await
+            .map_err(StoreError::Migrate)?;
         migrator.run(&self.pool).await.map_err(StoreError::Migrate)
     }
 

@@ -36,6 +36,17 @@ impl Engine {
                 let has_tooling =
                     !self.tool_callbacks.is_empty() || !self.tool_callbacks_with_tools.is_empty();
                 let has_search = request.web_search_options.is_some();
+                #[cfg(not(feature = "web-search"))]
+                if has_search {
+                    request
+                        .response
+                        .send(Response::ValidationError(
+                            crate::search::WEB_SEARCH_NOT_BUILT.into(),
+                        ))
+                        .await
+                        .unwrap_or_else(|_| warn!("Receiver disconnected"));
+                    return;
+                }
 
                 if is_chat && (has_search || has_tooling) {
                     search_request::search_request(self.clone(), *request).await;

@@ -1,5 +1,6 @@
 use std::{borrow::Cow, sync::Arc, time::Instant};
 
+#[cfg(feature = "web-search")]
 use bm25::{Embedder, EmbedderBuilder, Language, ScoredDocument, Scorer};
 use either::Either;
 use indexmap::IndexMap;
@@ -32,6 +33,48 @@ fn build_tool_calls_field(tc: &ToolCallResponse) -> MessageContent {
     function_map.insert("arguments".to_string(), args_value);
     tc_map.insert("function".to_string(), Value::Object(function_map));
     Either::Right(vec![tc_map])
+}
+
+/// The results' indices, most relevant to `query` first, by BM25.
+#[cfg(feature = "web-search")]
+fn bm25_order(results: &[SearchResult], query: &str) -> Vec<usize> {
+    let docs: Vec<String> = results.iter().map(|res| res.content.clone()).collect();
+    let doc_refs: Vec<&str> = docs.iter().map(|s| s.as_str()).collect();
+
+    let embedder: Embedder =
+        EmbedderBuilder::with_fit_to_corpus(Language::English, &doc_refs).build();
+
+    let mut scorer = Scorer::<usize>::new();
+    for (i, doc_text) in docs.iter().enumerate() {
+        let doc_embedding = embedder.embed(doc_text);
+        scorer.upsert(&i, doc_embedding);
+    }
+
+    let query_embedding = embedder.embed(query);
+
+    let mut scored_docs: Vec<ScoredDocument<usize>> = docs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, _)| {
+            scorer
+                .score(&i, &query_embedding)
+                .map(|score| ScoredDocument { id: i, score })
+        })
+        .collect();
+
+    scored_docs.sort_by(|a, b| {
+        b.score
+            .partial_cmp(&a.score)
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    scored_docs.into_iter().map(|doc| doc.id).collect()
+}
+
+/// Without the `web-search` feature only a search callback produces results;
+/// they come most relevant first already (`SearchCallback`).
+#[cfg(not(feature = "web-search"))]
+fn bm25_order(results: &[SearchResult], _query: &str) -> Vec<usize> {
+    (0..results.len()).collect()
 }
 
 async fn do_search(
@@ -161,38 +204,7 @@ async fn do_search(
                 "No embedding model loaded; falling back to BM25 ranking for web search results."
             );
 
-            let docs: Vec<String> = results.iter().map(|res| res.content.clone()).collect();
-            let doc_refs: Vec<&str> = docs.iter().map(|s| s.as_str()).collect();
-
-            let embedder: Embedder =
-                EmbedderBuilder::with_fit_to_corpus(Language::English, &doc_refs).build();
-
-            let mut scorer = Scorer::<usize>::new();
-            for (i, doc_text) in docs.iter().enumerate() {
-                let doc_embedding = embedder.embed(doc_text);
-                scorer.upsert(&i, doc_embedding);
-            }
-
-            let query_embedding = embedder.embed(&tool_call_params.query);
-
-            let mut scored_docs: Vec<ScoredDocument<usize>> = docs
-                .iter()
-                .enumerate()
-                .filter_map(|(i, _)| {
-                    scorer
-                        .score(&i, &query_embedding)
-                        .map(|score| ScoredDocument { id: i, score })
-                })
-                .collect();
-
-            scored_docs.sort_by(|a, b| {
-                b.score
-                    .partial_cmp(&a.score)
-                    .unwrap_or(std::cmp::Ordering::Equal)
-            });
-
-            for doc in scored_docs {
-                let idx = doc.id;
+            for idx in bm25_order(&results, &tool_call_params.query) {
                 let len = result_token_lens[idx];
                 if used_len + len > max_results_budget_toks {
                     break;

@@ -4,11 +4,15 @@ use std::sync::Arc;
 pub mod rag;
 
 use anyhow::Result;
+#[cfg(feature = "web-search")]
 use html2text::{config, render::PlainDecorator};
+#[cfg(feature = "web-search")]
 use rayon::prelude::*;
+#[cfg(feature = "web-search")]
 use scraper::{Html, Selector};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+#[cfg(feature = "web-search")]
 use std::env::consts::{ARCH, FAMILY, OS};
 use tokenizers::Tokenizer;
 
@@ -26,6 +30,7 @@ pub(crate) fn search_tool_called(name: &str) -> bool {
 pub(crate) const SEARCH_TOOL_NAME: &str = "search_the_web";
 pub(crate) const EXTRACT_TOOL_NAME: &str = "website_content_extractor";
 
+#[cfg(feature = "web-search")]
 const APP_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub(crate) const SEARCH_DESCRIPTION: &str = r#"This tool is used to search the web given a query.
 If the user wants up-to-date information or you want to retrieve new information, call this tool.
@@ -188,6 +193,7 @@ pub fn get_search_tools(web_search_options: &WebSearchOptions) -> Result<Vec<Too
     Ok(vec![search_tool, extract_tool])
 }
 
+#[cfg(feature = "web-search")]
 pub fn run_search_tool(params: &SearchFunctionParameters) -> Result<Vec<SearchResult>> {
     let client = reqwest::blocking::Client::new();
     let user_agent = format!("mistralrs/{APP_VERSION} ({OS}; {ARCH}; {FAMILY})");
@@ -289,6 +295,7 @@ pub fn run_search_tool(params: &SearchFunctionParameters) -> Result<Vec<SearchRe
     Ok(results)
 }
 
+#[cfg(feature = "web-search")]
 pub fn run_extract_tool(params: &ExtractFunctionParameters) -> Result<ExtractResult> {
     let client = reqwest::blocking::Client::new();
 
@@ -312,3 +319,20 @@ pub fn run_extract_tool(params: &ExtractFunctionParameters) -> Result<ExtractRes
         content: content.unwrap_or("ERROR: failed to extract content".to_string()),
     })
 }
+
+/// Built without the `web-search` feature: the engine refuses requests with
+/// web search options (`engine::add_request`), and nothing reaches the
+/// network from here.
+#[cfg(not(feature = "web-search"))]
+pub fn run_search_tool(_params: &SearchFunctionParameters) -> Result<Vec<SearchResult>> {
+    anyhow::bail!("{WEB_SEARCH_NOT_BUILT}")
+}
+
+#[cfg(not(feature = "web-search"))]
+pub fn run_extract_tool(_params: &ExtractFunctionParameters) -> Result<ExtractResult> {
+    anyhow::bail!("{WEB_SEARCH_NOT_BUILT}")
+}
+
+#[cfg(not(feature = "web-search"))]
+pub(crate) const WEB_SEARCH_NOT_BUILT: &str =
+    "web search is not available: mistralrs-core was built without its `web-search` feature";
