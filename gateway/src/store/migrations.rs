@@ -3,12 +3,12 @@
 //! sqlx's `migrate!` macro does the same at compile time, but it pulls in
 //! sqlx's proc-macro crate, which builds a second sqlx (SQLite's C library
 //! included) for the compiler's host: about half a minute of every cold
-//! build, for a list of files. Here the files are named once below and
-//! parsed the way the macro parses them (`<version>_<description>.sql`,
+//! build, for a list of files. Here the files are named once below (the same
+//! names in both dialects' folders) and parsed the way the macro parses them (`<version>_<description>.sql`,
 //! underscores in the description read as spaces, `-- no-transaction` on the
 //! first line), so the checksums sqlx records are the same as before and
 //! databases migrated by an earlier build stay valid. A test checks that the
-//! lists name every file in the folders.
+//! list names every file of both folders.
 
 use std::borrow::Cow;
 
@@ -18,24 +18,19 @@ use sqlx::migrate::{MigrateError, Migration, MigrationSource, MigrationType, Mig
 
 use super::Dialect;
 
-/// `(file name, contents)` of each file in a migrations folder, in order.
-macro_rules! folder {
-    ($dir:literal: $($file:literal),+ $(,)?) => {
-        &[$(($file, include_str!(concat!("../../../migrations/", $dir, "/", $file)))),+]
+/// `POSTGRES` and `SQLITE`: `(file name, contents)` of each file of the
+/// two folders, in order. The folders describe the same schema in two
+/// dialects, so they hold the same file names.
+macro_rules! folders {
+    ($($file:literal),+ $(,)?) => {
+        const POSTGRES: &[(&str, &str)] =
+            &[$(($file, include_str!(concat!("../../../migrations/postgres/", $file)))),+];
+        const SQLITE: &[(&str, &str)] =
+            &[$(($file, include_str!(concat!("../../../migrations/sqlite/", $file)))),+];
     };
 }
 
-const POSTGRES: &[(&str, &str)] = folder!("postgres":
-    "20240601000001_init.sql",
-    "20261202000001_fail_closed.sql",
-    "20261202053000_change_notify.sql",
-    "20261202100001_admin.sql",
-    "20261202100002_placement.sql",
-    "20261202100003_usage_estimated.sql",
-    "20261202110001_hedge_cascade.sql",
-);
-
-const SQLITE: &[(&str, &str)] = folder!("sqlite":
+folders!(
     "20240601000001_init.sql",
     "20261202000001_fail_closed.sql",
     "20261202053000_change_notify.sql",
@@ -102,7 +97,7 @@ mod tests {
     }
 
     #[test]
-    fn the_lists_name_every_file_in_order() {
+    fn the_list_names_every_file_of_both_folders_in_order() {
         for (dir, files) in [("postgres", POSTGRES), ("sqlite", SQLITE)] {
             let listed: Vec<String> = files.iter().map(|(n, _)| n.to_string()).collect();
             assert_eq!(listed, on_disk(dir), "migrations/{dir}");
@@ -112,7 +107,7 @@ mod tests {
     #[test]
     fn files_parse_as_sqlx_parses_them() {
         let m = migration("20261202000001_fail_closed.sql", "CREATE TABLE t (x INT);").unwrap();
-        assert_eq!(m.version, 20261202000001);
+        assert_eq!(m.version.to_string(), "20261202000001");
         assert_eq!(m.description, "fail closed");
         assert_eq!(m.migration_type, MigrationType::Simple);
         assert!(!m.no_tx);
