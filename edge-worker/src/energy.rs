@@ -14,11 +14,15 @@
 //! energy since the previous reading is split equally among the requests that
 //! were running in between. Batched requests therefore share the batch's
 //! energy, and energy spent while nothing runs is not charged to anyone.
+//! Each request also learns how many requests ran beside it on average
+//! (weighted by time), so that joules per token can be told apart by the
+//! load they were measured at.
 
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::Instant;
 
 /// How the joules were measured; published in responses and the load report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,8 +165,26 @@ pub struct Accountant {
 struct Ledger {
     meter: Meter,
     last_j: f64,
-    /// Joules attributed so far to each running request.
-    running: HashMap<u64, f64>,
+    last_at: Instant,
+    /// What each running request has been charged so far.
+    running: HashMap<u64, Charge>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Charge {
+    joules: f64,
+    /// Σ (requests running × seconds) and Σ seconds over its intervals.
+    running_seconds: f64,
+    seconds: f64,
+}
+
+/// What one request was charged when it ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Share {
+    pub joules: f64,
+    /// Requests running while it ran (itself included), averaged over its
+    /// time; 1.0 for a request too short to time.
+    pub mean_running: f64,
 }
 
 impl Accountant {
@@ -173,6 +195,7 @@ impl Accountant {
             inner: Mutex::new(Ledger {
                 meter,
                 last_j,
+                last_at: Instant::now(),
                 running: HashMap::new(),
             }),
         }
@@ -186,14 +209,22 @@ impl Accountant {
     pub fn begin(&self, id: u64) {
         let mut ledger = self.lock();
         ledger.settle();
-        ledger.running.insert(id, 0.0);
+        ledger.running.insert(id, Charge::default());
     }
 
-    /// Stops charging request `id` and returns its joules.
-    pub fn end(&self, id: u64) -> f64 {
+    /// Stops charging request `id` and returns what it was charged.
+    pub fn end(&self, id: u64) -> Share {
         let mut ledger = self.lock();
         ledger.settle();
-        ledger.running.remove(&id).unwrap_or(0.0)
+        let c = ledger.running.remove(&id).unwrap_or_default();
+        Share {
+            joules: c.joules,
+            mean_running: if c.seconds > 0.0 {
+                c.running_seconds / c.seconds
+            } else {
+                1.0
+            },
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Ledger> {
@@ -210,12 +241,17 @@ impl Ledger {
         let now = self.meter.read_joules();
         let delta = (now - self.last_j).max(0.0);
         self.last_j = now;
+        let at = Instant::now();
+        let seconds = at.duration_since(self.last_at).as_secs_f64();
+        self.last_at = at;
         if self.running.is_empty() {
             return;
         }
-        let share = delta / self.running.len() as f64;
-        for joules in self.running.values_mut() {
-            *joules += share;
+        let n = self.running.len() as f64;
+        for c in self.running.values_mut() {
+            c.joules += delta / n;
+            c.running_seconds += n * seconds;
+            c.seconds += seconds;
         }
     }
 }
@@ -339,14 +375,39 @@ mod tests {
         write(dir.path(), "intel-rapl:0", 2_000_000, u64::MAX); // 2 J, request 1 alone
         acc.begin(2);
         write(dir.path(), "intel-rapl:0", 6_000_000, u64::MAX); // 4 J shared by 1 and 2
-        let one = acc.end(1);
+        let one = acc.end(1).joules;
         write(dir.path(), "intel-rapl:0", 7_000_000, u64::MAX); // 1 J, request 2 alone
-        let two = acc.end(2);
+        let two = acc.end(2).joules;
         assert!((one - 4.0).abs() < 1e-9, "{one}");
         assert!((two - 3.0).abs() < 1e-9, "{two}");
         // Idle energy is charged to no one.
         write(dir.path(), "intel-rapl:0", 9_000_000, u64::MAX);
         acc.begin(3);
-        assert!(acc.end(3).abs() < 1e-9);
+        assert!(acc.end(3).joules.abs() < 1e-9);
+    }
+
+    #[test]
+    fn each_request_learns_how_many_ran_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "intel-rapl:0", 0, u64::MAX);
+        let acc = Accountant::new(Meter::detect(dir.path(), 0.0));
+        let pause = || std::thread::sleep(std::time::Duration::from_millis(40));
+        acc.begin(1);
+        pause(); // 1 alone
+        acc.begin(2);
+        acc.begin(3);
+        pause(); // three running
+        let three = acc.end(3).mean_running;
+        let two = acc.end(2).mean_running;
+        pause(); // 1 alone again
+        let one = acc.end(1).mean_running;
+        // 3 and 2 ran only while three ran (2 also for the instant between
+        // the two ends); 1 ran alone, with three, then alone: (1 + 3 + 1) / 3.
+        assert!((three - 3.0).abs() < 0.05, "{three}");
+        assert!((two - 3.0).abs() < 0.1, "{two}");
+        assert!(one > 1.4 && one < 1.9, "{one}");
+        // A request that ends as it starts ran with itself alone.
+        acc.begin(4);
+        assert!(acc.end(4).mean_running >= 1.0);
     }
 }

@@ -178,8 +178,9 @@ impl Generation {
 
     fn finish(&mut self, done: &Done) -> Finish {
         self.recorded = true;
-        let joules = self.reporters.energy.end(self.energy_id);
-        self.reporters.stats.observe(&Observation::of(done, joules));
+        let share = self.reporters.energy.end(self.energy_id);
+        self.reporters.stats.observe(&Observation::of(done, share));
+        let joules = share.joules;
         metrics::counter!("edge_prompt_tokens_total").increment(done.prompt_tokens as u64);
         metrics::counter!("edge_completion_tokens_total").increment(done.completion_tokens as u64);
         // Counters are integers: millijoules keep small requests from rounding

@@ -134,6 +134,7 @@ pub fn load_report(state: &AppState) -> LoadReport {
         decode_tokens_per_s: rates.decode_tokens_per_s,
         joules_per_prompt_token: rates.joules_per_prompt_token,
         joules_per_output_token: rates.joules_per_output_token,
+        joules_at_running: rates.joules_at_running,
         energy_method: Some(state.reporters.energy.method().as_str().to_string()),
         // Whether mistralrs's engine thread computes as a rayon worker (see
         // `pool`); false means the slow path, e.g. with one compute thread.
@@ -161,6 +162,16 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     ] {
         if let Some(v) = value {
             metrics::gauge!(name).set(v);
+        }
+    }
+    for (i, j) in rates.joules_at_running.iter().enumerate() {
+        let running = (i + 1).to_string();
+        if let Some(v) = j.prompt {
+            metrics::gauge!("edge_joules_per_prompt_token_at_running", "running" => running.clone())
+                .set(v);
+        }
+        if let Some(v) = j.output {
+            metrics::gauge!("edge_joules_per_output_token_at_running", "running" => running).set(v);
         }
     }
     (

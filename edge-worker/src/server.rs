@@ -61,7 +61,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let meter = Meter::detect(&config.powercap_dir, config.watts_per_core);
     let reporters = Reporters {
         energy: Arc::new(Accountant::new(meter)),
-        stats: Arc::new(LiveStats::default()),
+        stats: Arc::new(LiveStats::new(config.max_running)),
     };
     let listener = TcpListener::bind(config.listen)
         .await

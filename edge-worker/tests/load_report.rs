@@ -84,4 +84,23 @@ async fn the_load_report_parses_as_the_wire_type_while_loading_and_after() {
         ready.decode_tokens_per_s.is_some_and(|v| v > 0.0),
         "{ready:?}"
     );
+    // Joules per token per load: one entry per running slot, the warm-up
+    // (which ran alone) measured at one running, the other loads not yet.
+    for r in &loading {
+        assert!(
+            r.joules_at_running.iter().all(|j| j.output.is_none()),
+            "{r:?}"
+        );
+    }
+    assert_eq!(ready.joules_at_running.len(), 3, "{ready:?}");
+    let alone = ready.joules_at_running[0];
+    assert!(alone.output.is_some(), "{ready:?}");
+    assert_eq!(alone.output, ready.joules_per_output_token);
+    assert_eq!(alone.prompt, ready.joules_per_prompt_token);
+    assert!(
+        ready.joules_at_running[1..]
+            .iter()
+            .all(|j| j.prompt.is_none() && j.output.is_none()),
+        "{ready:?}"
+    );
 }

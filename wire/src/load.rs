@@ -36,6 +36,13 @@ pub struct LoadReport {
     /// Measured joules per token; `None` until measured.
     pub joules_per_prompt_token: Option<f64>,
     pub joules_per_output_token: Option<f64>,
+    /// The same measured at each load: entry `i` from requests that ran
+    /// with `i + 1` requests running on average, one entry per running
+    /// slot, `None` inside where no such request has finished yet. On a CPU
+    /// a request's share of the energy depends on how many run beside it.
+    /// Empty from a worker that does not keep them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub joules_at_running: Vec<JoulesPerToken>,
     /// `rapl` or `cpu_time`: how the joules were measured.
     #[serde(default)]
     pub energy_method: Option<String>,
@@ -53,6 +60,13 @@ pub struct LoadReport {
     pub ready: bool,
     /// The worker is shutting down and takes no new work.
     pub draining: bool,
+}
+
+/// Measured joules per prompt and per output token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct JoulesPerToken {
+    pub prompt: Option<f64>,
+    pub output: Option<f64>,
 }
 
 /// Request features a backend can honour. A request that needs one goes
@@ -78,6 +92,23 @@ pub struct PrefixCache {
 }
 
 impl LoadReport {
+    /// Joules per prompt and per output token for a request that would run
+    /// with `running` requests running (itself included): the figures
+    /// measured at that load where there are some, the averages over every
+    /// load otherwise.
+    #[must_use]
+    pub fn joules_at(&self, running: u32) -> JoulesPerToken {
+        let at = usize::try_from(running.max(1) - 1)
+            .ok()
+            .and_then(|i| self.joules_at_running.get(i))
+            .copied()
+            .unwrap_or_default();
+        JoulesPerToken {
+            prompt: at.prompt.or(self.joules_per_prompt_token),
+            output: at.output.or(self.joules_per_output_token),
+        }
+    }
+
     /// Every running slot and every queue place is taken: the worker would
     /// reject another request.
     #[must_use]
@@ -105,5 +136,36 @@ mod tests {
         assert_eq!(r.capabilities, Capabilities::default());
         assert_eq!(r.prefix_cache, None);
         assert!(!r.saturated());
+        assert!(r.joules_at_running.is_empty());
+        assert_eq!(r.joules_at(1), JoulesPerToken::default());
+    }
+
+    #[test]
+    fn joules_at_a_load_fall_back_to_the_averages() {
+        let text = r#"{"model":"m","context_length":2048,
+            "active_sequences":1,"waiting_sequences":0,"max_running_sequences":3,
+            "max_waiting_sequences":8,"prefill_tokens_per_s":100.0,"decode_tokens_per_s":20.0,
+            "joules_per_prompt_token":0.02,"joules_per_output_token":0.2,
+            "joules_at_running":[{"prompt":0.01,"output":0.1},{"prompt":null,"output":0.3},
+                {"prompt":null,"output":null}],
+            "ready":true,"draining":false}"#;
+        let r: LoadReport = serde_json::from_str(text).unwrap();
+        let j = |prompt, output| JoulesPerToken { prompt, output };
+        assert_eq!(r.joules_at(1), j(Some(0.01), Some(0.1)));
+        assert_eq!(r.joules_at(2), j(Some(0.02), Some(0.3)));
+        assert_eq!(r.joules_at(3), j(Some(0.02), Some(0.2)));
+        // Beyond the slots a worker reported (or zero): the averages.
+        assert_eq!(r.joules_at(7), j(Some(0.02), Some(0.2)));
+        assert_eq!(r.joules_at(0), r.joules_at(1));
+        // The field round-trips, and an empty one is left out.
+        let back: LoadReport = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+        let none = LoadReport {
+            joules_at_running: Vec::new(),
+            ..r
+        };
+        assert!(!serde_json::to_string(&none)
+            .unwrap()
+            .contains("joules_at_running"));
     }
 }

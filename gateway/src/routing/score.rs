@@ -52,23 +52,16 @@ pub(super) struct Tokens {
 /// queued ahead of it plus one slot. With a [`QueueModel`](super::QueueModel)
 /// the counts are extrapolated to now (`queue.rs`). A worker that recently
 /// served the request's leading prompt prefills that part from its cache.
+/// Its energy is predicted from the joules per token the worker measured
+/// at the number of requests it would run beside.
 pub(super) fn predict(obs: &Observed<'_>, tokens: Tokens) -> Prediction {
     let b: &Backend = obs.backend;
-    let (prefill, decode, j_prompt, j_output) = match obs.load {
+    let (prefill, decode) = match obs.load {
         Some(l) => (
             positive_or(l.prefill_tokens_per_s, b.prefill_tps),
             positive_or(l.decode_tokens_per_s, b.decode_tps),
-            l.joules_per_prompt_token
-                .unwrap_or(b.joules_per_prompt_token),
-            l.joules_per_output_token
-                .unwrap_or(b.joules_per_output_token),
         ),
-        None => (
-            b.prefill_tps,
-            b.decode_tps,
-            b.joules_per_prompt_token,
-            b.joules_per_output_token,
-        ),
+        None => (b.prefill_tps, b.decode_tps),
     };
     let (prefill, decode) = (prefill.max(MIN_RATE), decode.max(MIN_RATE));
     let prompt = f64::from(tokens.prompt);
@@ -98,6 +91,22 @@ pub(super) fn predict(obs: &Observed<'_>, tokens: Tokens) -> Prediction {
             (ms, None)
         }
         (_, None) => (0.0, None),
+    };
+    // Energy at the load the request would run at: beside those running,
+    // or, once it has waited for a slot, with every slot taken.
+    let (j_prompt, j_output) = match obs.load {
+        Some(l) => {
+            let slots = l.max_running_sequences.max(1);
+            let ahead = ahead.unwrap_or(f64::from(l.active_sequences + l.waiting_sequences));
+            // `as` saturates; `ahead` is a non-negative count.
+            let running = (ahead.round() as u32).saturating_add(1).min(slots);
+            let j = l.joules_at(running);
+            (
+                j.prompt.unwrap_or(b.joules_per_prompt_token),
+                j.output.unwrap_or(b.joules_per_output_token),
+            )
+        }
+        None => (b.joules_per_prompt_token, b.joules_per_output_token),
     };
     Prediction {
         latency_ms: b.rtt_ms.max(0.0) + queue_ms + service_ms,

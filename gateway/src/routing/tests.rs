@@ -4,6 +4,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::privacy::Class;
+use wire::load::JoulesPerToken;
 
 fn backend(name: &str, kind: BackendKind) -> Backend {
     let edge = kind == BackendKind::Edge;
@@ -301,6 +302,51 @@ fn predicted_latency_grows_with_queue() {
     // 100 prompt tokens at 900/s plus 64 output tokens at 60/s, plus RTT.
     let expected = 2.0 + 100.0 / 900.0 * 1000.0 + 64.0 / 60.0 * 1000.0;
     assert!((a.chosen.prediction.latency_ms - expected).abs() < 1e-6);
+}
+
+#[test]
+fn predicted_energy_is_the_one_measured_at_the_load_the_request_would_run_at() {
+    let edge = backend("edge", BackendKind::Edge);
+    // Measured per load: 0.1 J per output token alone, 0.2 with two
+    // running, nothing yet with three; 0.15 on average over all loads.
+    let at = |active: u32, waiting: u32, queue: Option<QueueModel>| {
+        let mut l = load(active, waiting);
+        l.joules_per_output_token = Some(0.15);
+        l.joules_at_running = vec![
+            JoulesPerToken {
+                prompt: Some(0.001),
+                output: Some(0.1),
+            },
+            JoulesPerToken {
+                prompt: None,
+                output: Some(0.2),
+            },
+            JoulesPerToken::default(),
+            JoulesPerToken::default(),
+        ];
+        let o = Observed {
+            queue,
+            ..obs(&edge, Some(&l))
+        };
+        let d = rank(&request(Class::Public), &target(), &Policy::default(), &[o]).unwrap();
+        d.chosen.prediction.energy_j
+    };
+    // 100 prompt and 64 output tokens.
+    let expect = |prompt: f64, output: f64| 100.0 * prompt + 64.0 * output;
+    assert!((at(0, 0, None) - expect(0.001, 0.1)).abs() < 1e-9);
+    assert!((at(1, 0, None) - expect(0.004, 0.2)).abs() < 1e-9);
+    // With three running, or queued behind a full worker (4 slots): the
+    // averages, since no request has finished at those loads yet.
+    assert!((at(2, 0, None) - expect(0.004, 0.15)).abs() < 1e-9);
+    assert!((at(4, 6, None) - expect(0.004, 0.15)).abs() < 1e-9);
+    // The queue model's count of those ahead (extrapolated to now) wins
+    // over the report's: one running per the report, none by now.
+    let drained = QueueModel {
+        in_system: 0,
+        slots: 4,
+        ..queue(0, 0)
+    };
+    assert!((at(1, 0, Some(drained)) - expect(0.001, 0.1)).abs() < 1e-9);
 }
 
 fn arb_class() -> impl Strategy<Value = Class> {
