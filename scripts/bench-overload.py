@@ -20,6 +20,9 @@ alike:
               to ENERGY_WEIGHT: requests stay on the backend with fewer
               joules per token (here the edge) as long as it keeps the SLO.
               Not in the default set: --policies predicted,energy.
+- <policy>-base: that policy served by the gateway binary BASELINE_GATEWAY
+              names (an earlier build), against the same edge worker, for
+              a before/after comparison in one run.
 
 First the edge worker's capacity is measured (closed loop, as many clients
 as it has running slots, requests of the benchmark's shape, straight to the
@@ -27,8 +30,11 @@ worker). Then each policy gets open-loop Poisson traffic at 0.5x, 1x and 2x
 that capacity, with a privacy mix (50% public, 30% internal, 20%
 confidential, tagged with x-privacy-class). Reported per policy and load:
 p50/p95/p99 TTFT and end-to-end latency, errors, edge share, joules and USD
-per request (from the ledger), and confidential requests served in the cloud
-(must be 0). Writes results.json, a Markdown table and SVG plots to --out.
+per request (from the ledger), confidential requests served in the cloud
+(must be 0), and how well the edge's energy was predicted: the joules per
+token the gateway chose times the request's real token counts, against the
+joules the worker measured, for the requests it served (a gateway that
+records no rates in its decisions shows none). Writes results.json, a Markdown table and SVG plots to --out.
 
 Usage: python3 scripts/bench-overload.py [--duration 30] [--out docs/overload]
 Needs the release binaries (cargo build --release --workspace --all-targets)
@@ -185,9 +191,14 @@ def gateway_for(policy, load, edge, cloud, slo_ms, workdir):
     db = pathlib.Path(workdir) / f"{policy}-{load}.db"
     env = {"GATEWAY_SQLITE_PATH": str(db), "GATEWAY_WORKER_TOKEN": TOKEN,
            "GATEWAY_POLL_INTERVAL_MS": "200", "CLOUD_KEY": "mock-key"}
+    # `<policy>-base`: the same policy served by the gateway binary named in
+    # BASELINE_GATEWAY (an earlier build), against the same edge worker.
+    gw = str(BIN / "gateway")
+    if policy.endswith("-base"):
+        gw = os.environ.get("BASELINE_GATEWAY") or sys.exit(f"{policy} needs BASELINE_GATEWAY")
+        policy = policy.removesuffix("-base")
     if policy == "naive":
         env["GATEWAY_PREDICTED_PLACEMENT"] = "false"
-    gw = str(BIN / "gateway")
 
     def admin(*a):
         r = subprocess.run([gw, *a], env={**os.environ, **env}, capture_output=True, text=True)
@@ -262,9 +273,19 @@ def pct(values, p):
 def summarise(results, db):
     rows = {}
     con = sqlite3.connect(db)
-    for rid, backend, klass, joules, usd, status in con.execute(
-            "SELECT id, backend, privacy_class, joules, usd, status FROM request_ledger"):
-        rows[rid] = (backend, klass, joules, usd, status)
+    for rid, backend, klass, joules, usd, status, decision, prompt, completion in con.execute(
+            "SELECT id, backend, privacy_class, joules, usd, status, decision, prompt_tokens, "
+            "completion_tokens FROM request_ledger"):
+        # The energy the gateway would have predicted had it known the token
+        # counts: the joules per token it chose (at the load it expected)
+        # times the tokens the request really had. Separates the energy
+        # rates' error from the output length's (it assumes max_tokens).
+        p = (json.loads(decision or "{}").get("chosen") or {}).get("prediction") or {}
+        predicted_j = None
+        if "joules_per_output_token" in p and prompt is not None and completion is not None:
+            predicted_j = (prompt * p["joules_per_prompt_token"]
+                           + completion * p["joules_per_output_token"])
+        rows[rid] = (backend, klass, joules, usd, status, predicted_j)
     con.close()
     ok = [r for r in results if r["error"] is None and r["status"] == 200]
     refused_conf = [r for r in results if r["class"] == "confidential" and r["status"] == 503]
@@ -274,6 +295,9 @@ def summarise(results, db):
     conf_cloud = sum(1 for s in rows.values() if s[1] == "confidential" and s[0] == "cloud")
     j = [s[2] for s in served if s[2] is not None]
     usd = [s[3] for s in served if s[3] is not None]
+    # How well the edge's energy was predicted (at the real token counts)
+    # against the joules the worker measured, per request.
+    edge_j = [(s[5], s[2]) for s in served if s[0] == "edge" and s[2] and s[5] is not None]
     ttft = [r["ttft"] for r in ok]
     e2e = [r["e2e"] for r in ok]
     return {
@@ -285,6 +309,10 @@ def summarise(results, db):
         "j_per_req": sum(j) / len(j) if j else 0.0,
         "usd_per_req": sum(usd) / len(usd) if usd else 0.0,
         "confidential_in_cloud": conf_cloud,
+        "edge_j_predicted": sum(p for p, _ in edge_j) / len(edge_j) if edge_j else 0.0,
+        "edge_j_measured": sum(m for _, m in edge_j) / len(edge_j) if edge_j else 0.0,
+        "edge_j_abs_error": (sum(abs(p - m) / m for p, m in edge_j) / len(edge_j)
+                             if edge_j else 0.0),
     }
 
 
@@ -412,7 +440,9 @@ def main():
                           f"{s['ttft_p95']:.0f}/{s['ttft_p99']:.0f} ms  e2e p50/p95/p99 = "
                           f"{s['e2e_p50']:.0f}/{s['e2e_p95']:.0f}/{s['e2e_p99']:.0f} ms  "
                           f"J/req={s['j_per_req']:.2f} USD/req={s['usd_per_req']:.6f} "
-                          f"conf-in-cloud={s['confidential_in_cloud']}", flush=True)
+                          f"conf-in-cloud={s['confidential_in_cloud']} edge J predicted/"
+                          f"measured={s['edge_j_predicted']:.2f}/{s['edge_j_measured']:.2f} "
+                          f"(mean |error| {s['edge_j_abs_error']:.0%})", flush=True)
     finally:
         for p in procs:
             p.terminate()
@@ -424,7 +454,8 @@ def main():
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     table = ["| policy | load | requests | errors | confidential refused | edge share | "
              "TTFT p50 / p95 / p99 (ms) | e2e p50 / p95 / p99 (ms) | J / req | USD / req | "
-             "confidential in cloud |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "confidential in cloud | edge J predicted / measured (mean abs. error) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for load in loads:
         for policy in policies:
             s = results[f"{policy}@{load}"]
@@ -433,7 +464,9 @@ def main():
                 f"{s['confidential_refused']} | {s['edge_share']:.0%} | {s['ttft_p50']:.0f} / "
                 f"{s['ttft_p95']:.0f} / {s['ttft_p99']:.0f} | {s['e2e_p50']:.0f} / "
                 f"{s['e2e_p95']:.0f} / {s['e2e_p99']:.0f} | {s['j_per_req']:.2f} | "
-                f"{s['usd_per_req']:.6f} | {s['confidential_in_cloud']} |")
+                f"{s['usd_per_req']:.6f} | {s['confidential_in_cloud']} | "
+                f"{s['edge_j_predicted']:.2f} / {s['edge_j_measured']:.2f} "
+                f"({s['edge_j_abs_error']:.0%}) |")
     (out / "table.md").write_text("\n".join(table) + "\n")
     print("\n".join(table))
 

@@ -21,6 +21,17 @@ pub struct Prediction {
     /// Rates used: live ones when a load report exists, nominal otherwise.
     pub prefill_tps: f64,
     pub decode_tps: f64,
+    /// Joules per token used: measured at `running` when the worker has
+    /// figures for that load, its averages or the nominal ones otherwise.
+    #[serde(default)]
+    pub joules_per_prompt_token: f64,
+    #[serde(default)]
+    pub joules_per_output_token: f64,
+    /// Requests the worker would run with this one among them (itself
+    /// included), as the energy figures were chosen; `None` without a
+    /// live report.
+    #[serde(default)]
+    pub running: Option<u32>,
     /// Sequences running and waiting on the backend; `None` without a live
     /// report.
     pub active: Option<u32>,
@@ -94,7 +105,7 @@ pub(super) fn predict(obs: &Observed<'_>, tokens: Tokens) -> Prediction {
     };
     // Energy at the load the request would run at: beside those running,
     // or, once it has waited for a slot, with every slot taken.
-    let (j_prompt, j_output) = match obs.load {
+    let (j_prompt, j_output, running) = match obs.load {
         Some(l) => {
             let slots = l.max_running_sequences.max(1);
             let ahead = ahead.unwrap_or(f64::from(l.active_sequences + l.waiting_sequences));
@@ -104,9 +115,10 @@ pub(super) fn predict(obs: &Observed<'_>, tokens: Tokens) -> Prediction {
             (
                 j.prompt.unwrap_or(b.joules_per_prompt_token),
                 j.output.unwrap_or(b.joules_per_output_token),
+                Some(running),
             )
         }
-        None => (b.joules_per_prompt_token, b.joules_per_output_token),
+        None => (b.joules_per_prompt_token, b.joules_per_output_token, None),
     };
     Prediction {
         latency_ms: b.rtt_ms.max(0.0) + queue_ms + service_ms,
@@ -115,6 +127,9 @@ pub(super) fn predict(obs: &Observed<'_>, tokens: Tokens) -> Prediction {
         cost_usd: prompt / 1000.0 * b.price_in_per_1k + output / 1000.0 * b.price_out_per_1k,
         prefill_tps: prefill,
         decode_tps: decode,
+        joules_per_prompt_token: j_prompt,
+        joules_per_output_token: j_output,
+        running,
         active: obs.load.map(|l| l.active_sequences),
         waiting: obs.load.map(|l| l.waiting_sequences),
         ahead,

@@ -329,7 +329,15 @@ fn predicted_energy_is_the_one_measured_at_the_load_the_request_would_run_at() {
             ..obs(&edge, Some(&l))
         };
         let d = rank(&request(Class::Public), &target(), &Policy::default(), &[o]).unwrap();
-        d.chosen.prediction.energy_j
+        let p = d.chosen.prediction;
+        // The ledger's decision shows the rates the prediction used.
+        assert!(
+            (p.energy_j - 100.0 * p.joules_per_prompt_token - 64.0 * p.joules_per_output_token)
+                .abs()
+                < 1e-9
+        );
+        assert!(p.running.is_some_and(|r| (1..=4).contains(&r)), "{p:?}");
+        p.energy_j
     };
     // 100 prompt and 64 output tokens.
     let expect = |prompt: f64, output: f64| 100.0 * prompt + 64.0 * output;
