@@ -273,9 +273,13 @@ def pct(values, p):
 def summarise(results, db):
     rows = {}
     con = sqlite3.connect(db)
-    for rid, backend, klass, joules, usd, status, decision, prompt, completion in con.execute(
+    waits = []
+    for rid, backend, klass, joules, usd, status, decision, prompt, completion, wait_p, wait_a \
+            in con.execute(
             "SELECT id, backend, privacy_class, joules, usd, status, decision, prompt_tokens, "
-            "completion_tokens FROM request_ledger"):
+            "completion_tokens, predicted_wait_ms, actual_wait_ms FROM request_ledger"):
+        if backend == "edge" and wait_p is not None and wait_a is not None:
+            waits.append((wait_p, wait_a))
         # The energy the gateway would have predicted had it known the token
         # counts: the joules per token it chose (at the load it expected)
         # times the tokens the request really had. Separates the energy
@@ -313,6 +317,11 @@ def summarise(results, db):
         "edge_j_measured": sum(m for _, m in edge_j) / len(edge_j) if edge_j else 0.0,
         "edge_j_abs_error": (sum(abs(p - m) / m for p, m in edge_j) / len(edge_j)
                              if edge_j else 0.0),
+        # The edge's queue wait as predicted at routing and as the worker
+        # measured it (mean, and the mean of predicted minus measured).
+        "edge_wait_predicted": sum(p for p, _ in waits) / len(waits) if waits else 0.0,
+        "edge_wait_measured": sum(a for _, a in waits) / len(waits) if waits else 0.0,
+        "edge_wait_abs_error": sum(abs(p - a) for p, a in waits) / len(waits) if waits else 0.0,
     }
 
 
@@ -442,7 +451,9 @@ def main():
                           f"J/req={s['j_per_req']:.2f} USD/req={s['usd_per_req']:.6f} "
                           f"conf-in-cloud={s['confidential_in_cloud']} edge J predicted/"
                           f"measured={s['edge_j_predicted']:.2f}/{s['edge_j_measured']:.2f} "
-                          f"(mean |error| {s['edge_j_abs_error']:.0%})", flush=True)
+                          f"(mean |error| {s['edge_j_abs_error']:.0%}) edge wait predicted/"
+                          f"measured={s['edge_wait_predicted']:.0f}/{s['edge_wait_measured']:.0f}"
+                          f" ms (mean |error| {s['edge_wait_abs_error']:.0f} ms)", flush=True)
     finally:
         for p in procs:
             p.terminate()
