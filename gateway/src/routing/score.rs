@@ -58,9 +58,9 @@ pub(super) struct Tokens {
 ///
 /// The worker's reported rates are taken as what a new sequence would get
 /// now; the worker measures them under its current load. Queue wait only
-/// starts once every running slot is busy: with `c` slots, one frees up
-/// every `service / c` on average, and the request waits for everyone
-/// queued ahead of it plus one slot. With a [`QueueModel`](super::QueueModel)
+/// starts once every running slot is busy: the request waits for the first
+/// running one to finish and for everyone queued ahead of it
+/// ([`wait_for_slot`](super::queue::wait_for_slot)). With a [`QueueModel`](super::QueueModel)
 /// the counts are extrapolated to now (`queue.rs`). A worker that recently
 /// served the request's leading prompt prefills that part from its cache.
 /// Its energy is predicted from the joules per token the worker measured
@@ -92,14 +92,9 @@ pub(super) fn predict(obs: &Observed<'_>, tokens: Tokens) -> Prediction {
             (w.ms, Some(w.ahead))
         }
         (None, Some(l)) => {
-            let slots = l.max_running_sequences.max(1);
-            let ahead = l.active_sequences + l.waiting_sequences;
-            let ms = if ahead < slots {
-                0.0
-            } else {
-                f64::from(ahead - slots + 1) * service_ms / f64::from(slots)
-            };
-            (ms, None)
+            let ahead = f64::from(l.active_sequences + l.waiting_sequences);
+            let slots = f64::from(l.max_running_sequences);
+            (super::queue::wait_for_slot(ahead, slots, service_ms), None)
         }
         (_, None) => (0.0, None),
     };

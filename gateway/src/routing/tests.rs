@@ -527,11 +527,14 @@ fn wait_of(q: QueueModel) -> f64 {
 
 #[test]
 fn predicted_wait_extrapolates_the_report_to_now() {
-    // Two slots, one second per request: a slot frees every 500 ms.
+    // Two slots, one second per request: with both busy the first frees
+    // up after a third of a second on average (the lesser of two uniform
+    // remainders), then one every 500 ms.
+    let first = 1_000.0 / 3.0;
     assert!(wait_of(queue(1, 0)).abs() < 1e-9, "a free slot: no wait");
-    assert!((wait_of(queue(2, 0)) - 500.0).abs() < 1e-6);
+    assert!((wait_of(queue(2, 0)) - first).abs() < 1e-6);
     // Requests this gateway sent since the report count as queued.
-    assert!((wait_of(queue(2, 2)) - 1_500.0).abs() < 1e-6);
+    assert!((wait_of(queue(2, 2)) - (first + 1_000.0)).abs() < 1e-6);
     // Other gateways' arrivals since the report: 4/s in all, 0 of them
     // ours, over half a second = 2 more ahead.
     let others = QueueModel {
@@ -540,7 +543,7 @@ fn predicted_wait_extrapolates_the_report_to_now() {
         ..queue(0, 0)
     };
     assert!(
-        (wait_of(others) - 500.0).abs() < 1e-6,
+        (wait_of(others) - first).abs() < 1e-6,
         "{}",
         wait_of(others)
     );
@@ -556,14 +559,40 @@ fn predicted_wait_extrapolates_the_report_to_now() {
         age_ms: 1_000.0,
         ..queue(4, 0)
     };
-    assert!((wait_of(drained) - 500.0).abs() < 1e-6);
+    assert!((wait_of(drained) - first).abs() < 1e-6);
     // Unmeasured service time: the request's own predicted service time.
     let unmeasured = QueueModel {
         service_ms: None,
         ..queue(2, 0)
     };
     let own = 100.0 / 900.0 * 1000.0 + 64.0 / 60.0 * 1000.0;
-    assert!((wait_of(unmeasured) - own / 2.0).abs() < 1e-6);
+    assert!((wait_of(unmeasured) - own / 3.0).abs() < 1e-6);
+    // An extrapolated count between the two moves the wait smoothly: one
+    // in the system, one more from others (4/s over 250 ms), a quarter of
+    // the running one's service done since: 1.75 ahead.
+    let between = QueueModel {
+        age_ms: 250.0,
+        arrival_rate: Some(4.0),
+        ..queue(1, 0)
+    };
+    let w = wait_of(between);
+    assert!((w - 0.75 * first).abs() < 1e-6, "{w}");
+}
+
+#[test]
+fn the_wait_for_a_slot_is_the_least_remainder_then_one_departure_per_queued() {
+    use super::queue::wait_for_slot;
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+    // One slot: half a service time left on average, then a whole one each.
+    assert!(close(wait_for_slot(0.0, 1.0, 600.0), 0.0));
+    assert!(close(wait_for_slot(1.0, 1.0, 600.0), 300.0));
+    assert!(close(wait_for_slot(3.0, 1.0, 600.0), 1_500.0));
+    // Four slots: a fifth, then a quarter for each queued.
+    assert!(close(wait_for_slot(3.0, 4.0, 1_000.0), 0.0));
+    assert!(close(wait_for_slot(4.0, 4.0, 1_000.0), 200.0));
+    assert!(close(wait_for_slot(6.0, 4.0, 1_000.0), 700.0));
+    // No slots reported counts as one.
+    assert!(close(wait_for_slot(1.0, 0.0, 600.0), 300.0));
 }
 
 #[test]
