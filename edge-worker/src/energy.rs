@@ -401,10 +401,13 @@ mod tests {
         let two = acc.end(2).mean_running;
         pause(); // 1 alone again
         let one = acc.end(1).mean_running;
-        // 3 and 2 ran only while three ran (2 also for the instant between
-        // the two ends); 1 ran alone, with three, then alone: (1 + 3 + 1) / 3.
-        assert!((three - 3.0).abs() < 0.05, "{three}");
-        assert!((two - 3.0).abs() < 0.1, "{two}");
+        // 3 ran only while three ran (one interval), 2 also for the instants
+        // between the begins and between the ends; 1 ran alone, with three,
+        // then alone: about (1 + 3 + 1) / 3.
+        assert!((three - 3.0).abs() < 1e-9, "{three}");
+        // A pause of the test between the calls (a loaded machine) weighs
+        // two's instants with one other running more: below 3, not below 2.5.
+        assert!((2.5..=3.0).contains(&two), "{two}");
         assert!(one > 1.4 && one < 1.9, "{one}");
         // A request that ends as it starts ran with itself alone.
         acc.begin(4);

@@ -185,7 +185,8 @@ mod tests {
             mean_running: 1.7,
             ..alone
         });
-        // More running than slots (a report from before a resize) counts as full.
+        // More running than slots (the admission bounds it; clamped all
+        // the same) counts as every slot taken.
         s.observe(&Observation {
             joules: 3.0,
             mean_running: 5.0,

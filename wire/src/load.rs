@@ -95,17 +95,19 @@ impl LoadReport {
     /// Joules per prompt and per output token for a request that would run
     /// with `running` requests running (itself included): the figures
     /// measured at that load where there are some, the averages over every
-    /// load otherwise.
+    /// load otherwise. A negative figure is no measurement (it would make
+    /// a worker look cheaper than free) and counts as absent.
     #[must_use]
     pub fn joules_at(&self, running: u32) -> JoulesPerToken {
+        let valid = |j: Option<f64>| j.filter(|v| v.is_finite() && *v >= 0.0);
         let at = usize::try_from(running.max(1) - 1)
             .ok()
             .and_then(|i| self.joules_at_running.get(i))
             .copied()
             .unwrap_or_default();
         JoulesPerToken {
-            prompt: at.prompt.or(self.joules_per_prompt_token),
-            output: at.output.or(self.joules_per_output_token),
+            prompt: valid(at.prompt).or(valid(self.joules_per_prompt_token)),
+            output: valid(at.output).or(valid(self.joules_per_output_token)),
         }
     }
 
@@ -157,6 +159,12 @@ mod tests {
         // Beyond the slots a worker reported (or zero): the averages.
         assert_eq!(r.joules_at(7), j(Some(0.02), Some(0.2)));
         assert_eq!(r.joules_at(0), r.joules_at(1));
+        // A negative figure is no figure: the average, then nothing.
+        let mut odd = r.clone();
+        odd.joules_at_running[0].output = Some(-1.0);
+        assert_eq!(odd.joules_at(1), j(Some(0.01), Some(0.2)));
+        odd.joules_per_output_token = Some(-0.5);
+        assert_eq!(odd.joules_at(1), j(Some(0.01), None));
         // The field round-trips, and an empty one is left out.
         let back: LoadReport = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(back, r);
