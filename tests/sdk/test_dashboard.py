@@ -11,6 +11,7 @@ made visible by the dashboard's own change, not by a cache expiring.
 """
 
 import os
+import re
 import shutil
 
 import httpx
@@ -194,6 +195,8 @@ def test_the_fleet_page_shows_the_live_worker_and_refreshes(dash):
     card = page.locator("article.worker[data-backend=edge]")
     assert "healthy" in card.inner_text()
     assert "tok/s" in card.inner_text()
+    # The warm-up ran alone: the worker's energy at one running is measured.
+    assert re.search(r"energy by load\s*1: \d+\.\d{3}", card.inner_text()), card.inner_text()
     # The live section is fetched again in place without an error.
     with page.expect_response(lambda r: r.url.endswith("/admin/fleet") and r.status == 200):
         pass

@@ -80,6 +80,9 @@ fn card(app: &AppState, b: &Backend) -> Markup {
                     span { "decode" } strong { (format::opt(l.decode_tokens_per_s, |v| format!("{v:.1} tok/s"))) }
                     span { "prefill" } strong { (format::opt(l.prefill_tokens_per_s, |v| format!("{v:.0} tok/s"))) }
                     span { "energy" } strong { (format::opt(l.joules_per_output_token, |v| format!("{v:.3} J/tok"))) }
+                    @if l.joules_at_running.iter().any(|j| j.output.is_some()) {
+                        span { "energy by load" } strong title="J per output token, by requests running" { (by_load(&l.joules_at_running)) }
+                    }
                     span { "model" } strong { (l.model.as_deref().unwrap_or("—")) }
                 } @else {
                     span { "in flight" } strong { (in_flight) }
@@ -184,4 +187,40 @@ async fn body(app: &AppState) -> Result<Markup, AdminApiError> {
             ))
         }
     })
+}
+
+/// Joules per output token at each number of requests running, as
+/// `1: 0.096 · 2: 0.121` (a dash where none was measured yet).
+fn by_load(at: &[wire::load::JoulesPerToken]) -> String {
+    at.iter()
+        .enumerate()
+        .map(|(i, j)| {
+            let v = j
+                .output
+                .map_or_else(|| "—".to_owned(), |v| format!("{v:.3}"));
+            format!("{}: {v}", i + 1)
+        })
+        .collect::<Vec<_>>()
+        .join(" · ")
+}
+
+#[cfg(test)]
+mod tests {
+    use wire::load::JoulesPerToken;
+
+    #[test]
+    fn energy_by_load_lists_every_slot() {
+        let at = [
+            JoulesPerToken {
+                prompt: Some(0.01),
+                output: Some(0.0961),
+            },
+            JoulesPerToken::default(),
+            JoulesPerToken {
+                prompt: None,
+                output: Some(0.121),
+            },
+        ];
+        assert_eq!(super::by_load(&at), "1: 0.096 · 2: — · 3: 0.121");
+    }
 }
