@@ -34,7 +34,9 @@ per request (from the ledger), confidential requests served in the cloud
 (must be 0), and how well the edge's energy was predicted: the joules per
 token the gateway chose times the request's real token counts, against the
 joules the worker measured, for the requests it served (a gateway that
-records no rates in its decisions shows none). Writes results.json, a Markdown table and SVG plots to --out.
+records no rates in its decisions shows none), and the edge's queue wait as
+predicted against as measured. Writes results.json, a Markdown table and
+SVG plots to --out.
 
 Usage: python3 scripts/bench-overload.py [--duration 30] [--out docs/overload]
 Needs the release binaries (cargo build --release --workspace --all-targets)
@@ -270,6 +272,10 @@ def pct(values, p):
     return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
 
 
+def mean(values):
+    return sum(values) / len(values) if values else 0.0
+
+
 def summarise(results, db):
     rows = {}
     con = sqlite3.connect(db)
@@ -310,18 +316,17 @@ def summarise(results, db):
         "edge_share": edge / len(served) if served else 0.0,
         "ttft_p50": pct(ttft, 50), "ttft_p95": pct(ttft, 95), "ttft_p99": pct(ttft, 99),
         "e2e_p50": pct(e2e, 50), "e2e_p95": pct(e2e, 95), "e2e_p99": pct(e2e, 99),
-        "j_per_req": sum(j) / len(j) if j else 0.0,
-        "usd_per_req": sum(usd) / len(usd) if usd else 0.0,
+        "j_per_req": mean(j),
+        "usd_per_req": mean(usd),
         "confidential_in_cloud": conf_cloud,
-        "edge_j_predicted": sum(p for p, _ in edge_j) / len(edge_j) if edge_j else 0.0,
-        "edge_j_measured": sum(m for _, m in edge_j) / len(edge_j) if edge_j else 0.0,
-        "edge_j_abs_error": (sum(abs(p - m) / m for p, m in edge_j) / len(edge_j)
-                             if edge_j else 0.0),
+        "edge_j_predicted": mean([p for p, _ in edge_j]),
+        "edge_j_measured": mean([m for _, m in edge_j]),
+        "edge_j_abs_error": mean([abs(p - m) / m for p, m in edge_j]),
         # The edge's queue wait as predicted at routing and as the worker
-        # measured it (mean, and the mean of predicted minus measured).
-        "edge_wait_predicted": sum(p for p, _ in waits) / len(waits) if waits else 0.0,
-        "edge_wait_measured": sum(a for _, a in waits) / len(waits) if waits else 0.0,
-        "edge_wait_abs_error": sum(abs(p - a) for p, a in waits) / len(waits) if waits else 0.0,
+        # measured it: the means, and the mean absolute difference.
+        "edge_wait_predicted": mean([p for p, _ in waits]),
+        "edge_wait_measured": mean([a for _, a in waits]),
+        "edge_wait_abs_error": mean([abs(p - a) for p, a in waits]),
     }
 
 

@@ -101,20 +101,20 @@ impl LiveStats {
         if total > 0.0 && o.joules > 0.0 {
             let prefill_j = o.joules * o.prefill_seconds / total;
             let decode_j = o.joules - prefill_j;
-            let slots = r.joules_at_running.len();
             // `as` saturates (NaN to 0); the clamp keeps it within the slots.
-            let at = (o.mean_running.round() as usize).clamp(1, slots.max(1)) - 1;
+            let slots = r.joules_at_running.len().max(1);
+            let at = (o.mean_running.round() as usize).clamp(1, slots) - 1;
+            let mut load = r.joules_at_running.get(at).copied().unwrap_or_default();
             if prompt > 0.0 {
                 r.joules_per_prompt_token = ewma(r.joules_per_prompt_token, prefill_j / prompt);
-                if let Some(j) = r.joules_at_running.get_mut(at) {
-                    j.prompt = ewma(j.prompt, prefill_j / prompt);
-                }
+                load.prompt = ewma(load.prompt, prefill_j / prompt);
             }
             if output > 0.0 {
                 r.joules_per_output_token = ewma(r.joules_per_output_token, decode_j / output);
-                if let Some(j) = r.joules_at_running.get_mut(at) {
-                    j.output = ewma(j.output, decode_j / output);
-                }
+                load.output = ewma(load.output, decode_j / output);
+            }
+            if let Some(j) = r.joules_at_running.get_mut(at) {
+                *j = load;
             }
         }
     }

@@ -4,9 +4,10 @@
 //! sqlx's proc-macro crate, which builds a second sqlx (SQLite's C library
 //! included) for the compiler's host: about half a minute of every cold
 //! build, for a list of files. Here the files are named once below (the same
-//! names in both dialects' folders) and parsed the way the macro parses them (`<version>_<description>.sql`,
-//! underscores in the description read as spaces, `-- no-transaction` on the
-//! first line), so the checksums sqlx records are the same as before and
+//! names in both dialects' folders) and parsed the way the macro parses them
+//! (`<version>_<description>.sql`, underscores in the description read as
+//! spaces, `-- no-transaction` on the first line), so the checksums sqlx
+//! records are the same as before and
 //! databases migrated by an earlier build stay valid. A test checks that the
 //! list names every file of both folders.
 
