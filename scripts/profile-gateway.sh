@@ -61,6 +61,18 @@ if [[ "${SCHED:-0}" == 1 ]]; then
   exit 0
 fi
 
+if [[ "${SYSCALLS:-0}" == 1 ]]; then
+  perf trace -s -p "$gateway_pid" -o "$out/syscalls.txt" -- sleep "$((duration + 1))" 2>"$out/perf-trace.log" &
+  perf_pid=$!
+  sleep 0.5
+  LOADGEN_API_KEY="$key" "$bin/loadgen" --url "$gateway/v1" --model mock-model --rate "$rate" --duration "$duration" "${flags[@]}" | tee "$out/loadgen.txt"
+  wait "$perf_pid" || true
+  echo "== system calls per request, all threads ($((rate * duration)) requests)"
+  python3 "$root/scripts/lib/syscalls.py" --requests "$((rate * duration))" <"$out/syscalls.txt" | tee "$out/syscalls-per-request.txt"
+  echo "reports in $out"
+  exit 0
+fi
+
 t0=$(ticks)
 perf record -q -F 999 --call-graph dwarf,16384 -p "$gateway_pid" -o "$out/perf.data" -- sleep "$((duration + 1))" 2>"$out/perf-record.log" &
 perf_pid=$!

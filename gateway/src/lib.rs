@@ -12,6 +12,7 @@
 //!   async [`limits::Limiter`] trait: in process, or shared by a fleet
 //!   through Redis Lua scripts with per-gateway shares as the fallback.
 //! - [`keys`]: API key generation and hashing; only hashes are stored.
+//! - [`ids`]: random ids (requests, ledger rows) without a system call each.
 //! - [`store`]: the repository over Postgres or an embedded SQLite file
 //!   (tenants, keys, backends, aliases, policies, privacy rules, ledger).
 //! - [`admin_cli`]: the `migrate` and administration subcommands, executed
@@ -78,6 +79,7 @@ pub mod fleet;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod ids;
 pub mod keys;
 pub mod ledger;
 pub mod limits;

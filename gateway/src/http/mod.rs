@@ -28,7 +28,7 @@ use axum::Router;
 use http_body_util::BodyExt;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 pub use error::ApiError;
@@ -67,7 +67,10 @@ pub fn app(state: AppState) -> Router {
             ServiceBuilder::new()
                 .layer(CatchPanicLayer::custom(panic_response))
                 .layer(middleware::map_request(plain_request_id))
-                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+                .layer(SetRequestIdLayer::new(
+                    REQUEST_ID,
+                    crate::ids::MakeRandomRequestId,
+                ))
                 // Handlers log failures with context; a 503 for "no private
                 // route" is an answer, not a gateway fault worth an error line.
                 .layer(

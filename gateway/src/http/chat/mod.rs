@@ -322,13 +322,12 @@ fn budget_ask<'a>(
 
 /// A new ledger row's id: a UUIDv7, ordered by time, so the ledger's
 /// primary key takes each row at the end of its index rather than on a
-/// random page (fewer pages written per batch). Its 74 random bits are a
-/// v4's, through uuid's builder: the crate's `v7` feature would change its
-/// features for everything that depends on it for this one constructor.
+/// random page (fewer pages written per batch). Its random bits come from
+/// the thread's generator ([`crate::ids`]), through uuid's builder: the
+/// crate's `v7` feature would change its features for everything that
+/// depends on it for this one constructor.
 fn ledger_id() -> String {
-    let random = uuid::Uuid::new_v4();
-    let mut bits = [0u8; 10];
-    bits.copy_from_slice(&random.as_bytes()[6..]);
+    let bits: [u8; 10] = rand::random();
     let ms = u64::try_from(now_ms()).unwrap_or(0);
     uuid::Builder::from_unix_timestamp_millis(ms, &bits)
         .into_uuid()
