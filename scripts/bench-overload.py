@@ -34,8 +34,9 @@ per request (from the ledger), confidential requests served in the cloud
 (must be 0), and how well the edge's energy was predicted: the joules per
 token the gateway chose times the request's real token counts, against the
 joules the worker measured, for the requests it served (a gateway that
-records no rates in its decisions shows none), and the edge's queue wait as
-predicted against as measured. Writes results.json, a Markdown table and
+records no rates in its decisions shows none); the joules as predicted at
+routing (for the answer length the gateway expected); and the edge's queue
+wait as predicted against as measured. Writes results.json, a Markdown table and
 SVG plots to --out.
 
 Usage: python3 scripts/bench-overload.py [--duration 30] [--out docs/overload]
@@ -280,10 +281,11 @@ def summarise(results, db):
     rows = {}
     con = sqlite3.connect(db)
     waits = []
-    for rid, backend, klass, joules, usd, status, decision, prompt, completion, wait_p, wait_a \
-            in con.execute(
+    for rid, backend, klass, joules, usd, status, decision, prompt, completion, wait_p, wait_a, \
+            routed_j in con.execute(
             "SELECT id, backend, privacy_class, joules, usd, status, decision, prompt_tokens, "
-            "completion_tokens, predicted_wait_ms, actual_wait_ms FROM request_ledger"):
+            "completion_tokens, predicted_wait_ms, actual_wait_ms, predicted_energy_j "
+            "FROM request_ledger"):
         if backend == "edge" and wait_p is not None and wait_a is not None:
             waits.append((wait_p, wait_a))
         # The energy the gateway would have predicted had it known the token
@@ -295,7 +297,7 @@ def summarise(results, db):
         if "joules_per_output_token" in p and prompt is not None and completion is not None:
             predicted_j = (prompt * p["joules_per_prompt_token"]
                            + completion * p["joules_per_output_token"])
-        rows[rid] = (backend, klass, joules, usd, status, predicted_j)
+        rows[rid] = (backend, klass, joules, usd, status, predicted_j, routed_j)
     con.close()
     ok = [r for r in results if r["error"] is None and r["status"] == 200]
     refused_conf = [r for r in results if r["class"] == "confidential" and r["status"] == 503]
@@ -308,6 +310,8 @@ def summarise(results, db):
     # How well the edge's energy was predicted (at the real token counts)
     # against the joules the worker measured, per request.
     edge_j = [(s[5], s[2]) for s in served if s[0] == "edge" and s[2] and s[5] is not None]
+    # The same, as predicted at routing, before the answer's length was known.
+    routed_j = [(s[6], s[2]) for s in served if s[0] == "edge" and s[2] and s[6] is not None]
     ttft = [r["ttft"] for r in ok]
     e2e = [r["e2e"] for r in ok]
     return {
@@ -322,6 +326,8 @@ def summarise(results, db):
         "edge_j_predicted": mean([p for p, _ in edge_j]),
         "edge_j_measured": mean([m for _, m in edge_j]),
         "edge_j_abs_error": mean([abs(p - m) / m for p, m in edge_j]),
+        "edge_j_routed": mean([p for p, _ in routed_j]),
+        "edge_j_routed_abs_error": mean([abs(p - m) / m for p, m in routed_j]),
         # The edge's queue wait as predicted at routing and as the worker
         # measured it: the means, and the mean absolute difference.
         "edge_wait_predicted": mean([p for p, _ in waits]),
@@ -456,7 +462,9 @@ def main():
                           f"J/req={s['j_per_req']:.2f} USD/req={s['usd_per_req']:.6f} "
                           f"conf-in-cloud={s['confidential_in_cloud']} edge J predicted/"
                           f"measured={s['edge_j_predicted']:.2f}/{s['edge_j_measured']:.2f} "
-                          f"(mean |error| {s['edge_j_abs_error']:.0%}) edge wait predicted/"
+                          f"(mean |error| {s['edge_j_abs_error']:.0%}) as routed "
+                          f"{s['edge_j_routed']:.2f} (mean |error| "
+                          f"{s['edge_j_routed_abs_error']:.0%}) edge wait predicted/"
                           f"measured={s['edge_wait_predicted']:.0f}/{s['edge_wait_measured']:.0f}"
                           f" ms (mean |error| {s['edge_wait_abs_error']:.0f} ms)", flush=True)
     finally:
@@ -470,8 +478,9 @@ def main():
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     table = ["| policy | load | requests | errors | confidential refused | edge share | "
              "TTFT p50 / p95 / p99 (ms) | e2e p50 / p95 / p99 (ms) | J / req | USD / req | "
-             "confidential in cloud | edge J predicted / measured (mean abs. error) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "confidential in cloud | edge J predicted / measured (mean abs. error) | "
+             "edge J as routed (mean abs. error) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for load in loads:
         for policy in policies:
             s = results[f"{policy}@{load}"]
@@ -482,7 +491,8 @@ def main():
                 f"{s['e2e_p95']:.0f} / {s['e2e_p99']:.0f} | {s['j_per_req']:.2f} | "
                 f"{s['usd_per_req']:.6f} | {s['confidential_in_cloud']} | "
                 f"{s['edge_j_predicted']:.2f} / {s['edge_j_measured']:.2f} "
-                f"({s['edge_j_abs_error']:.0%}) |")
+                f"({s['edge_j_abs_error']:.0%}) | {s['edge_j_routed']:.2f} "
+                f"({s['edge_j_routed_abs_error']:.0%}) |")
     (out / "table.md").write_text("\n".join(table) + "\n")
     print("\n".join(table))
 

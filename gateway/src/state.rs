@@ -44,6 +44,8 @@ pub struct Inner {
     pub load: Arc<LoadTracker>,
     /// Which edge worker recently served which leading prompt.
     pub affinity: Arc<crate::live::affinity::Affinity>,
+    /// How long each tenant's answers from each model run, on average.
+    pub answers: Arc<crate::live::answers::AnswerLengths>,
     /// Failover attempts this gateway may still make (see `live::retry`).
     pub retries: RetryBudget,
     /// Edge workers that registered themselves (shared through Redis when
@@ -156,6 +158,7 @@ impl AppState {
                 live,
                 load,
                 affinity: Arc::new(crate::live::affinity::Affinity::new()),
+                answers: Arc::new(crate::live::answers::AnswerLengths::new()),
                 registry,
                 limiter,
                 ledger,

@@ -243,6 +243,9 @@ pub fn decided(span: &Span, decision: Result<&Decision, &NoRoute>) {
     span.set_attribute("gateway.route.class", d.class.as_str());
     span.set_attribute("gateway.route.prompt_tokens", i64::from(d.prompt_tokens));
     span.set_attribute("gateway.route.output_tokens", i64::from(d.output_tokens));
+    if let Some(a) = d.answer_tokens {
+        span.set_attribute("gateway.route.answer_tokens", i64::from(a));
+    }
     span.set_attribute(
         "gateway.route.excluded",
         otel::strings(d.excluded.iter().map(|e| {

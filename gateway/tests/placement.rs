@@ -105,6 +105,58 @@ async fn raising_the_energy_weight_moves_traffic_to_the_lower_joules_backend_wit
     gw.shutdown().await;
 }
 
+/// Energy and money are predicted for the tenant's mean answer so far
+/// (the mock answers 16 tokens whatever the bound), within `max_tokens`;
+/// latency for `max_tokens`. Another tenant starts from the bound.
+#[tokio::test]
+async fn energy_and_money_are_predicted_for_the_mean_answer_so_far() {
+    let mock = mock_cloud().await;
+    let db = common::sqlite().await;
+    let cloud = Backend {
+        price_out_per_1k: 0.002,
+        ..priced("cloud", &mock.base_url(), 0.5, 100.0)
+    };
+    db.store.add_backend(&cloud).await.unwrap();
+    let gw = Gateway::start(db, test_config()).await;
+    let row_of = |key: String| {
+        let gw = &gw;
+        async move {
+            let r = gw.chat(&key, &chat_body("Say hi.", 64)).await;
+            assert_eq!(r.status(), 200);
+            gw.row(header(&r, "x-gateway-ledger-id")).await
+        }
+    };
+    let assumed = |row: &LedgerEntry| {
+        let d = row.decision.as_ref().unwrap().value().unwrap();
+        (d["output_tokens"].as_u64(), d["answer_tokens"].as_u64())
+    };
+    let (_, key) = tenant_and_key(gw.store(), |_| {}).await;
+    // No answer seen yet: the bound, 64 tokens at 0.5 J and USD 0.002 per
+    // thousand.
+    let first = row_of(key.clone()).await;
+    assert_eq!(first.completion_tokens, Some(16));
+    assert_eq!(assumed(&first), (Some(64), Some(64)));
+    assert!(
+        (first.predicted_energy_j.unwrap() - 32.0).abs() < 1e-9,
+        "{first:?}"
+    );
+    assert!((first.predicted_cost_usd.unwrap() - 0.000_128).abs() < 1e-12);
+    // After an answer of 16: 16 tokens, 8 J and USD 0.000032; the same
+    // latency.
+    let second = row_of(key.clone()).await;
+    assert_eq!(assumed(&second), (Some(64), Some(16)));
+    assert!(
+        (second.predicted_energy_j.unwrap() - 8.0).abs() < 1e-9,
+        "{second:?}"
+    );
+    assert!((second.predicted_cost_usd.unwrap() - 0.000_032).abs() < 1e-12);
+    assert_eq!(second.predicted_latency_ms, first.predicted_latency_ms);
+    // Another tenant's requests have a mean of their own.
+    let (_, other) = tenant_and_key(gw.store(), |_| {}).await;
+    assert_eq!(assumed(&row_of(other).await), (Some(64), Some(64)));
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_burst_is_spread_over_near_equal_edge_workers() {
     let (a, b) = (StandIn::start().await, StandIn::start().await);

@@ -7,10 +7,12 @@
 //! recorded as `cancelled` with what was known by then. Either way `Drop`
 //! sends the row exactly once and records the request's metrics.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::Sink;
 use crate::limits::{BudgetHold, KeyPermit};
+use crate::live::answers::AnswerLengths;
 use crate::privacy::{Class, Classification};
 use crate::routing::{CloudRates, Decision, NoRoute, Scored, Zone};
 use crate::store::{DecisionJson, LedgerEntry, LedgerStatus};
@@ -67,6 +69,9 @@ pub struct Record {
     /// USD and joules spent by the request's other attempts (a hedge's
     /// loser, a cascade's first answer), added to the row's own.
     others: (f64, f64),
+    /// Where an answer's length goes when the row is done, for the
+    /// predictions of the tenant's next requests.
+    answers: Option<Arc<AnswerLengths>>,
 }
 
 impl Record {
@@ -93,7 +98,14 @@ impl Record {
             all_cloud: None,
             others: (0.0, 0.0),
             key_slot: None,
+            answers: None,
         }
+    }
+
+    /// Has the answer's length, when the request succeeds, count towards
+    /// the mean answer of its tenant and requested model.
+    pub fn learn_answer_length(&mut self, answers: Arc<AnswerLengths>) {
+        self.answers = Some(answers);
     }
 
     #[must_use]
@@ -285,6 +297,14 @@ impl Drop for Record {
             self.entry.status = LedgerStatus::Cancelled;
         }
         self.complete_numbers();
+        if let (Some(answers), LedgerStatus::Ok, Some(tokens)) = (
+            self.answers.take(),
+            self.entry.status,
+            self.entry.completion_tokens,
+        ) {
+            let e = &self.entry;
+            answers.observe(&e.tenant_id, &e.requested_model, tokens, Instant::now());
+        }
         if let Some(hold) = self.hold.take() {
             hold.settle(self.entry.usd.unwrap_or(0.0));
         }

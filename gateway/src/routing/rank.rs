@@ -98,8 +98,12 @@ pub struct Decision {
     pub requested_model: String,
     pub class: Class,
     pub prompt_tokens: u32,
-    /// Output tokens the predictions assumed.
+    /// Output tokens the latency predictions assumed.
     pub output_tokens: u32,
+    /// Output tokens the energy and money predictions assumed: the mean
+    /// answer so far, within `output_tokens`.
+    #[serde(default)]
+    pub answer_tokens: Option<u32>,
     pub policy: Policy,
     pub chosen: Scored,
     /// Remaining candidates, best first. Callers must still only fail over
@@ -192,11 +196,17 @@ pub fn rank(
         .max_output_tokens
         .unwrap_or(policy.expected_output_tokens);
     // A request's max_tokens bounds the context check, but most answers end
-    // well before it, so predictions use the smaller of it and the policy's
-    // expectation.
+    // well before it, so latency is predicted for the smaller of it and the
+    // policy's expectation, and energy and money for the answers seen so
+    // far, within that.
+    let output = max_out.min(policy.expected_output_tokens);
     let tokens = Tokens {
         prompt: req.prompt_tokens,
-        output: max_out.min(policy.expected_output_tokens),
+        output,
+        answer: req.mean_answer_tokens.map_or(output, |mean| {
+            // `as` saturates; a mean of counts is not negative.
+            (mean.round() as u32).clamp(1, output)
+        }),
         prefix: req.prefix.map_or(0, |p| p.tokens),
     };
     let mut serving = 0usize;
@@ -250,6 +260,7 @@ pub fn rank(
         class: req.class,
         prompt_tokens: tokens.prompt,
         output_tokens: tokens.output,
+        answer_tokens: Some(tokens.answer),
         policy: policy.clone(),
         chosen,
         fallbacks,

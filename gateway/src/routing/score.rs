@@ -49,7 +49,12 @@ pub struct Prediction {
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Tokens {
     pub prompt: u32,
+    /// The answer's length that latency is predicted for: its bound, so
+    /// that the SLO holds for an answer that runs long.
     pub output: u32,
+    /// The answer's expected length, at most `output`: what energy and
+    /// money are predicted for.
+    pub answer: u32,
     /// Leading prompt tokens a worker that recently saw them has cached.
     pub prefix: u32,
 }
@@ -64,7 +69,8 @@ pub(super) struct Tokens {
 /// the counts are extrapolated to now (`queue.rs`). A worker that recently
 /// served the request's leading prompt prefills that part from its cache.
 /// Its energy is predicted from the joules per token the worker measured
-/// at the number of requests it would run beside.
+/// at the number of requests it would run beside. Latency is predicted for
+/// the answer's bound, energy and money for its expected length.
 pub(super) fn predict(obs: &Observed<'_>, tokens: Tokens) -> Prediction {
     let b: &Backend = obs.backend;
     let (prefill, decode) = match obs.load {
@@ -77,6 +83,7 @@ pub(super) fn predict(obs: &Observed<'_>, tokens: Tokens) -> Prediction {
     let (prefill, decode) = (prefill.max(MIN_RATE), decode.max(MIN_RATE));
     let prompt = f64::from(tokens.prompt);
     let output = f64::from(tokens.output);
+    let answer = f64::from(tokens.answer.min(tokens.output));
     let cached = if obs.prefix_cached && obs.load.is_some() {
         tokens.prefix.min(tokens.prompt)
     } else {
@@ -118,8 +125,8 @@ pub(super) fn predict(obs: &Observed<'_>, tokens: Tokens) -> Prediction {
     Prediction {
         latency_ms: b.rtt_ms.max(0.0) + queue_ms + service_ms,
         queue_ms,
-        energy_j: prompt * j_prompt + output * j_output,
-        cost_usd: prompt / 1000.0 * b.price_in_per_1k + output / 1000.0 * b.price_out_per_1k,
+        energy_j: prompt * j_prompt + answer * j_output,
+        cost_usd: prompt / 1000.0 * b.price_in_per_1k + answer / 1000.0 * b.price_out_per_1k,
         prefill_tps: prefill,
         decode_tps: decode,
         joules_per_prompt_token: j_prompt,

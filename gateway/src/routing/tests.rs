@@ -54,6 +54,7 @@ fn request(class: Class) -> RequestView {
         choices: 1,
         prefix: None,
         seed: Some(0),
+        mean_answer_tokens: None,
     }
 }
 
@@ -357,6 +358,49 @@ fn predicted_energy_is_the_one_measured_at_the_load_the_request_would_run_at() {
     assert!((at(1, 0, Some(drained)) - expect(0.001, 0.1)).abs() < 1e-9);
 }
 
+#[test]
+fn energy_and_money_are_predicted_for_the_mean_answer_and_latency_for_the_bound() {
+    let edge = backend("edge", BackendKind::Edge);
+    let cloud = backend("cloud", BackendKind::Cloud);
+    let l = load(0, 0);
+    let observed = [obs(&edge, Some(&l)), obs(&cloud, None)];
+    let ranked = |mean: Option<f64>| {
+        let req = RequestView {
+            mean_answer_tokens: mean,
+            ..request(Class::Public)
+        };
+        rank(&req, &target(), &Policy::default(), &observed).unwrap()
+    };
+    let of = |d: &Decision, name: &str| {
+        d.candidates()
+            .find(|c| c.backend == name)
+            .unwrap()
+            .prediction
+            .clone()
+    };
+    // 100 prompt tokens, max_tokens 64; no answer seen yet: the bound.
+    let bound = ranked(None);
+    assert_eq!((bound.output_tokens, bound.answer_tokens), (64, Some(64)));
+    let (edge_bound, cloud_bound) = (of(&bound, "edge"), of(&bound, "cloud"));
+    assert!((edge_bound.energy_j - (100.0 * 0.004 + 64.0 * 0.12)).abs() < 1e-9);
+    // Answers of 16 tokens on average: energy and money for 16 tokens,
+    // latency still for 64.
+    let mean = ranked(Some(16.4));
+    assert_eq!((mean.output_tokens, mean.answer_tokens), (64, Some(16)));
+    let (edge_mean, cloud_mean) = (of(&mean, "edge"), of(&mean, "cloud"));
+    assert!((edge_mean.energy_j - (100.0 * 0.004 + 16.0 * 0.12)).abs() < 1e-9);
+    assert!((cloud_mean.energy_j - (100.0 * 0.01 + 16.0 * 0.3)).abs() < 1e-9);
+    assert!((cloud_mean.cost_usd - (0.1 * 0.0005 + 0.016 * 0.0015)).abs() < 1e-12);
+    assert!(cloud_mean.cost_usd < cloud_bound.cost_usd);
+    assert!((edge_mean.latency_ms - edge_bound.latency_ms).abs() < 1e-9);
+    assert!((cloud_mean.latency_ms - cloud_bound.latency_ms).abs() < 1e-9);
+    let all_cloud = mean.all_cloud.as_ref().unwrap();
+    assert!((all_cloud.prediction.energy_j - cloud_mean.energy_j).abs() < 1e-9);
+    // The mean never goes past the request's bound, nor below one token.
+    assert_eq!(ranked(Some(500.0)).answer_tokens, Some(64));
+    assert_eq!(ranked(Some(0.2)).answer_tokens, Some(1));
+}
+
 fn arb_class() -> impl Strategy<Value = Class> {
     prop_oneof![
         Just(Class::Public),
@@ -417,7 +461,7 @@ proptest! {
         let observed: Vec<Observed<'_>> = backends.iter().zip(&states)
             .map(|(b, (healthy, l, in_flight))| Observed { backend: b, healthy: *healthy, load: l.as_ref(), in_flight: *in_flight, queue: None, prefix_cached: false })
             .collect();
-        let req = RequestView { model: "m".into(), class, prompt_tokens: prompt, max_output_tokens: max_out, needs: Capabilities::default(), choices: 1, prefix: None, seed: Some(seed) };
+        let req = RequestView { model: "m".into(), class, prompt_tokens: prompt, max_output_tokens: max_out, needs: Capabilities::default(), choices: 1, prefix: None, seed: Some(seed), mean_answer_tokens: None };
         match rank(&req, &target(), &policy, &observed) {
             Ok(d) if class == Class::Confidential || !policy.allow_cloud => {
                 prop_assert!(d.candidates().all(|c| c.zone == Zone::OnPrem));

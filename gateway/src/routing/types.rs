@@ -340,7 +340,7 @@ pub struct PrefixKey {
 }
 
 /// The request as routing sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RequestView {
     /// The model id or alias the client asked for.
     pub model: String,
@@ -361,6 +361,10 @@ pub struct RequestView {
     /// workers, drawn by the caller so ranking stays a pure function;
     /// `None` leaves the ranking by score alone.
     pub seed: Option<u64>,
+    /// How long this tenant's answers from this model have run, on
+    /// average (`live::answers`); `None` before the first. Energy and
+    /// money are predicted for it, capped by the request's bound.
+    pub mean_answer_tokens: Option<f64>,
 }
 
 /// Which public model ids a requested name can resolve to.

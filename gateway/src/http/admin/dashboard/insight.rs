@@ -177,7 +177,11 @@ fn decision_row(e: &LedgerEntry, names: &HashMap<String, String>) -> Markup {
             div.detail {
                 @if let Some(d) = &d {
                     p.muted {
-                        (d.prompt_tokens) " prompt tokens, " (d.output_tokens) " output tokens assumed. Weights: latency "
+                        (d.prompt_tokens) " prompt tokens, " (d.output_tokens) " output tokens assumed"
+                        @if let Some(a) = d.answer_tokens.filter(|&a| a != d.output_tokens) {
+                            " for latency, " (a) " for energy and cost (the mean answer so far)"
+                        }
+                        ". Weights: latency "
                         (d.policy.w_latency) ", energy " (d.policy.w_energy) ", cost " (d.policy.w_cost)
                         "; SLO " (format::ms(d.policy.latency_slo_ms)) "."
                     }
