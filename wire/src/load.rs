@@ -99,15 +99,25 @@ impl LoadReport {
     /// a worker look cheaper than free) and counts as absent.
     #[must_use]
     pub fn joules_at(&self, running: u32) -> JoulesPerToken {
-        let valid = |j: Option<f64>| j.filter(|v| v.is_finite() && *v >= 0.0);
         let at = usize::try_from(running.max(1) - 1)
             .ok()
             .and_then(|i| self.joules_at_running.get(i))
             .copied()
             .unwrap_or_default();
+        let average = self.average_joules();
         JoulesPerToken {
-            prompt: valid(at.prompt).or(valid(self.joules_per_prompt_token)),
-            output: valid(at.output).or(valid(self.joules_per_output_token)),
+            prompt: valid_joules(at.prompt).or(average.prompt),
+            output: valid_joules(at.output).or(average.output),
+        }
+    }
+
+    /// The averages of joules per prompt and per output token over every
+    /// load, each absent where it is negative or not finite.
+    #[must_use]
+    pub fn average_joules(&self) -> JoulesPerToken {
+        JoulesPerToken {
+            prompt: valid_joules(self.joules_per_prompt_token),
+            output: valid_joules(self.joules_per_output_token),
         }
     }
 
@@ -118,6 +128,11 @@ impl LoadReport {
         self.active_sequences >= self.max_running_sequences
             && self.waiting_sequences >= self.max_waiting_sequences
     }
+}
+
+/// A joules-per-token figure, or `None` where it is no measurement.
+fn valid_joules(j: Option<f64>) -> Option<f64> {
+    j.filter(|v| v.is_finite() && *v >= 0.0)
 }
 
 #[cfg(test)]
@@ -165,6 +180,12 @@ mod tests {
         assert_eq!(odd.joules_at(1), j(Some(0.01), Some(0.2)));
         odd.joules_per_output_token = Some(-0.5);
         assert_eq!(odd.joules_at(1), j(Some(0.01), None));
+        // The averages alone (what a served request is charged with when
+        // its answer carried no energy) are filtered the same way.
+        assert_eq!(r.average_joules(), j(Some(0.02), Some(0.2)));
+        assert_eq!(odd.average_joules(), j(Some(0.02), None));
+        odd.joules_per_prompt_token = Some(f64::NAN);
+        assert_eq!(odd.average_joules(), j(None, None));
         // The field round-trips, and an empty one is left out.
         let back: LoadReport = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(back, r);

@@ -516,17 +516,15 @@ fn note_failure(app: &AppState, backend: &Backend, cand: &Scored, e: &AttemptErr
 /// Prices and energy rates: the edge's live joules per token when it
 /// reported them, the backend's configured ones otherwise.
 pub(super) fn pricing(app: &AppState, b: &Backend) -> Pricing {
-    let live = app.live.get(&b.id).load;
+    let live = app.live.get(&b.id).load.map(|l| l.average_joules());
     Pricing {
         price_in_per_1k: b.price_in_per_1k,
         price_out_per_1k: b.price_out_per_1k,
         joules_per_prompt_token: live
-            .as_ref()
-            .and_then(|l| l.joules_per_prompt_token)
+            .and_then(|j| j.prompt)
             .unwrap_or(b.joules_per_prompt_token),
         joules_per_output_token: live
-            .as_ref()
-            .and_then(|l| l.joules_per_output_token)
+            .and_then(|j| j.output)
             .unwrap_or(b.joules_per_output_token),
     }
 }
