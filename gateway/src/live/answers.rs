@@ -3,7 +3,8 @@
 //!
 //! A request's `max_tokens` bounds its answer, but most answers end before
 //! it: predicting every answer at its bound over-predicted the edge's
-//! joules by about a quarter in the overload benchmark (docs/energy.md).
+//! joules by a fifth to a quarter in the overload benchmark
+//! (docs/benchmarks.md, "The answer's expected length").
 //! Each finished answer's completion tokens feed a running mean (the plain
 //! mean over the first [`WINDOW`] answers, then an exponentially weighted
 //! one over about that many), which routing caps by the request's own

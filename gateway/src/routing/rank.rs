@@ -204,8 +204,10 @@ pub fn rank(
         prompt: req.prompt_tokens,
         output,
         answer: req.mean_answer_tokens.map_or(output, |mean| {
-            // `as` saturates; a mean of counts is not negative.
-            (mean.round() as u32).clamp(1, output)
+            // `as` saturates; a mean of counts is not negative. No `clamp`:
+            // it panics on a bound of 0, which validation keeps out but a
+            // request path must not rely on.
+            (mean.round() as u32).max(1).min(output)
         }),
         prefix: req.prefix.map_or(0, |p| p.tokens),
     };
