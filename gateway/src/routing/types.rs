@@ -201,7 +201,9 @@ pub struct Policy {
     pub default_class: Class,
     /// When false, cloud-zone backends are never candidates for this tenant.
     pub allow_cloud: bool,
-    /// Output tokens assumed when a request sets no `max_tokens`.
+    /// Output tokens assumed when a request sets no `max_tokens`, and the
+    /// most latency is predicted for when it sets more; energy and money
+    /// are predicted for the mean answer so far, within the same bound.
     pub expected_output_tokens: u32,
     /// When false (the default), a request's `store: true` is not forwarded:
     /// the upstream must not keep the exchange.
