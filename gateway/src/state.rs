@@ -44,8 +44,9 @@ pub struct Inner {
     pub load: Arc<LoadTracker>,
     /// Which edge worker recently served which leading prompt.
     pub affinity: Arc<crate::live::affinity::Affinity>,
-    /// How long each tenant's answers from each model run, on average.
-    pub answers: Arc<crate::live::answers::AnswerLengths>,
+    /// How long each tenant's answers and prompts for each model turn out,
+    /// on average.
+    pub lengths: Arc<crate::live::lengths::Lengths>,
     /// Failover attempts this gateway may still make (see `live::retry`).
     pub retries: RetryBudget,
     /// Edge workers that registered themselves (shared through Redis when
@@ -158,7 +159,7 @@ impl AppState {
                 live,
                 load,
                 affinity: Arc::new(crate::live::affinity::Affinity::new()),
-                answers: Arc::new(crate::live::answers::AnswerLengths::new()),
+                lengths: Arc::new(crate::live::lengths::Lengths::new()),
                 registry,
                 limiter,
                 ledger,

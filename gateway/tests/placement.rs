@@ -107,13 +107,17 @@ async fn raising_the_energy_weight_moves_traffic_to_the_lower_joules_backend_wit
 
 /// Energy and money are predicted for the tenant's mean answer so far
 /// (the mock answers 16 tokens whatever the bound), within `max_tokens`;
-/// latency for `max_tokens`. Another tenant starts from the bound.
+/// latency for `max_tokens`. Every prediction takes the prompt as the
+/// backend counted the tenant's earlier ones. Another tenant starts from
+/// the bound and the estimate.
 #[tokio::test]
-async fn energy_and_money_are_predicted_for_the_mean_answer_so_far() {
+async fn predictions_follow_the_tenants_answers_and_prompts_so_far() {
     let mock = mock_cloud().await;
     let db = common::sqlite().await;
     let cloud = Backend {
+        price_in_per_1k: 0.001,
         price_out_per_1k: 0.002,
+        prefill_tps: 1000.0,
         ..priced("cloud", &mock.base_url(), 0.5, 100.0)
     };
     db.store.add_backend(&cloud).await.unwrap();
@@ -128,32 +132,45 @@ async fn energy_and_money_are_predicted_for_the_mean_answer_so_far() {
     };
     let assumed = |row: &LedgerEntry| {
         let d = row.decision.as_ref().unwrap().value().unwrap();
-        (d["output_tokens"].as_u64(), d["answer_tokens"].as_u64())
+        let n = |k: &str| d[k].as_u64().unwrap();
+        (n("prompt_tokens"), n("output_tokens"), n("answer_tokens"))
     };
     let (_, key) = tenant_and_key(gw.store(), |_| {}).await;
-    // No answer seen yet: the bound, 64 tokens at 0.5 J and USD 0.002 per
-    // thousand.
+    // Nothing seen yet: the prompt's estimate and the bound, 64 tokens at
+    // 0.5 J and USD 0.002 per thousand.
     let first = row_of(key.clone()).await;
+    let (estimate, output, answer) = assumed(&first);
+    assert_eq!((output, answer), (64, 64));
     assert_eq!(first.completion_tokens, Some(16));
-    assert_eq!(assumed(&first), (Some(64), Some(64)));
+    let reported = u64::from(first.prompt_tokens.unwrap());
+    assert_ne!(
+        reported, estimate,
+        "the test needs the mock to count otherwise"
+    );
     assert!(
         (first.predicted_energy_j.unwrap() - 32.0).abs() < 1e-9,
         "{first:?}"
     );
-    assert!((first.predicted_cost_usd.unwrap() - 0.000_128).abs() < 1e-12);
-    // After an answer of 16: 16 tokens, 8 J and USD 0.000032; the same
-    // latency.
+    let usd = |prompt: u64, answer: u64| (prompt as f64 * 0.001 + answer as f64 * 0.002) / 1000.0;
+    assert!((first.predicted_cost_usd.unwrap() - usd(estimate, 64)).abs() < 1e-12);
+    // After one request: its 16-token answer and the prompt as the mock
+    // counted it; the latency still for 64 tokens, with that prompt.
     let second = row_of(key.clone()).await;
-    assert_eq!(assumed(&second), (Some(64), Some(16)));
+    assert_eq!(assumed(&second), (reported, 64, 16));
     assert!(
         (second.predicted_energy_j.unwrap() - 8.0).abs() < 1e-9,
         "{second:?}"
     );
-    assert!((second.predicted_cost_usd.unwrap() - 0.000_032).abs() < 1e-12);
-    assert_eq!(second.predicted_latency_ms, first.predicted_latency_ms);
-    // Another tenant's requests have a mean of their own.
+    assert!((second.predicted_cost_usd.unwrap() - usd(reported, 16)).abs() < 1e-12);
+    let prefill_ms = (reported as f64 - estimate as f64) / 1000.0 * 1000.0;
+    let latency = second.predicted_latency_ms.unwrap() - first.predicted_latency_ms.unwrap();
+    assert!(
+        (latency - prefill_ms).abs() < 1e-9,
+        "{latency} against {prefill_ms}"
+    );
+    // Another tenant's requests have means of their own.
     let (_, other) = tenant_and_key(gw.store(), |_| {}).await;
-    assert_eq!(assumed(&row_of(other).await), (Some(64), Some(64)));
+    assert_eq!(assumed(&row_of(other).await), (estimate, 64, 64));
     gw.shutdown().await;
 }
 

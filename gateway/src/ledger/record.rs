@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use super::Sink;
 use crate::limits::{BudgetHold, KeyPermit};
-use crate::live::answers::AnswerLengths;
+use crate::live::lengths::{Lengths, Seen};
 use crate::privacy::{Class, Classification};
 use crate::routing::{CloudRates, Decision, NoRoute, Scored, Zone};
 use crate::store::{DecisionJson, LedgerEntry, LedgerStatus};
@@ -69,9 +69,9 @@ pub struct Record {
     /// USD and joules spent by the request's other attempts (a hedge's
     /// loser, a cascade's first answer), added to the row's own.
     others: (f64, f64),
-    /// Where an answer's length goes when the row is done, for the
-    /// predictions of the tenant's next requests.
-    answers: Option<Arc<AnswerLengths>>,
+    /// Where the answer's length and the prompt's overhead go when the row
+    /// is done, for the predictions of the tenant's next requests.
+    lengths: Option<Arc<Lengths>>,
 }
 
 impl Record {
@@ -98,14 +98,14 @@ impl Record {
             all_cloud: None,
             others: (0.0, 0.0),
             key_slot: None,
-            answers: None,
+            lengths: None,
         }
     }
 
-    /// Has the answer's length, when the request succeeds, count towards
-    /// the mean answer of its tenant and requested model.
-    pub fn learn_answer_length(&mut self, answers: Arc<AnswerLengths>) {
-        self.answers = Some(answers);
+    /// Has the answer's length and the prompt's overhead, when the request
+    /// succeeds, count towards the means of its tenant and requested model.
+    pub fn learn_lengths(&mut self, lengths: Arc<Lengths>) {
+        self.lengths = Some(lengths);
     }
 
     #[must_use]
@@ -297,13 +297,24 @@ impl Drop for Record {
             self.entry.status = LedgerStatus::Cancelled;
         }
         self.complete_numbers();
-        if let (Some(answers), LedgerStatus::Ok, Some(tokens)) = (
-            self.answers.take(),
+        if let (Some(lengths), LedgerStatus::Ok, Some(completion_tokens)) = (
+            self.lengths.take(),
             self.entry.status,
             self.entry.completion_tokens,
         ) {
             let e = &self.entry;
-            answers.observe(&e.tenant_id, &e.requested_model, tokens, Instant::now());
+            // Estimated usage is the estimate itself: no overhead to learn.
+            let prompt_overhead = match (e.usage_estimated, e.prompt_tokens, self.prompt_estimate) {
+                (false, Some(reported), Some(estimate)) => {
+                    Some(f64::from(reported) - f64::from(estimate))
+                }
+                _ => None,
+            };
+            let seen = Seen {
+                completion_tokens,
+                prompt_overhead,
+            };
+            lengths.observe(&e.tenant_id, &e.requested_model, seen, Instant::now());
         }
         if let Some(hold) = self.hold.take() {
             hold.settle(self.entry.usd.unwrap_or(0.0));

@@ -10,8 +10,8 @@
 //!
 //! [`load::LoadTracker`] keeps each edge worker's arrival and service
 //! rates from the same reports, for the predicted queue wait;
-//! [`answers::AnswerLengths`] the mean answer per tenant and model, for the
-//! predicted energy and money.
+//! [`lengths::Lengths`] the mean answer and prompt overhead per tenant and
+//! model, for the predicted energy and money.
 //!
 //! Recovery: after `unhealthy_after` consecutive failures a backend rests
 //! for a cool-down that doubles with each further failure (up to 32 times
@@ -21,7 +21,7 @@
 //! backends, which are not polled, recover this way too.
 
 pub mod affinity;
-pub mod answers;
+pub mod lengths;
 pub mod load;
 pub mod poller;
 pub mod retry;

@@ -42,7 +42,7 @@ pub use rank::{
 };
 pub use score::Prediction;
 pub use types::{
-    Alias, AliasTarget, Backend, BackendKind, Capabilities, InvalidPolicy, ModelMapping, Observed,
-    Policy, PrefixKey, QueueModel, RequestView, WorkerLoad, Zone, ZoneMismatch,
+    Alias, AliasTarget, Backend, BackendKind, Capabilities, Expected, InvalidPolicy, ModelMapping,
+    Observed, Policy, PrefixKey, QueueModel, RequestView, WorkerLoad, Zone, ZoneMismatch,
 };
 pub use whatif::{rechoose, Rechosen};

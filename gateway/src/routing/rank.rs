@@ -97,6 +97,8 @@ pub struct Scored {
 pub struct Decision {
     pub requested_model: String,
     pub class: Class,
+    /// Prompt tokens the predictions assumed: the gateway's estimate plus
+    /// the tenant's mean overhead for the model.
     pub prompt_tokens: u32,
     /// Output tokens the latency predictions assumed.
     pub output_tokens: u32,
@@ -198,12 +200,17 @@ pub fn rank(
     // A request's max_tokens bounds the context check, but most answers end
     // well before it, so latency is predicted for the smaller of it and the
     // policy's expectation, and energy and money for the answers seen so
-    // far, within that.
+    // far, within that. The prompt is predicted as the backends counted the
+    // tenant's earlier ones; the context check keeps the estimate.
     let output = max_out.min(policy.expected_output_tokens);
+    let prompt = req.expected.prompt_overhead.map_or(req.prompt_tokens, |o| {
+        // `as` saturates; the sum is finite and at least 1 here.
+        (f64::from(req.prompt_tokens) + o).round().max(1.0) as u32
+    });
     let tokens = Tokens {
-        prompt: req.prompt_tokens,
+        prompt,
         output,
-        answer: req.mean_answer_tokens.map_or(output, |mean| {
+        answer: req.expected.answer_tokens.map_or(output, |mean| {
             // `as` saturates; a mean of counts is not negative. No `clamp`:
             // it panics on a bound of 0, which validation keeps out but a
             // request path must not rely on.

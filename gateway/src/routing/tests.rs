@@ -54,7 +54,7 @@ fn request(class: Class) -> RequestView {
         choices: 1,
         prefix: None,
         seed: Some(0),
-        mean_answer_tokens: None,
+        expected: Expected::default(),
     }
 }
 
@@ -364,13 +364,17 @@ fn energy_and_money_are_predicted_for_the_mean_answer_and_latency_for_the_bound(
     let cloud = backend("cloud", BackendKind::Cloud);
     let l = load(0, 0);
     let observed = [obs(&edge, Some(&l)), obs(&cloud, None)];
-    let ranked = |mean: Option<f64>| {
+    let ranked_with = |answer_tokens: Option<f64>, prompt_overhead: Option<f64>| {
         let req = RequestView {
-            mean_answer_tokens: mean,
+            expected: Expected {
+                answer_tokens,
+                prompt_overhead,
+            },
             ..request(Class::Public)
         };
         rank(&req, &target(), &Policy::default(), &observed).unwrap()
     };
+    let ranked = |mean: Option<f64>| ranked_with(mean, None);
     let of = |d: &Decision, name: &str| {
         d.candidates()
             .find(|c| c.backend == name)
@@ -399,6 +403,16 @@ fn energy_and_money_are_predicted_for_the_mean_answer_and_latency_for_the_bound(
     // The mean never goes past the request's bound, nor below one token.
     assert_eq!(ranked(Some(500.0)).answer_tokens, Some(64));
     assert_eq!(ranked(Some(0.2)).answer_tokens, Some(1));
+    // Prompts that came to 20.4 tokens more than estimated: 120 prompt
+    // tokens, for energy, money and the prefill's time alike.
+    let longer = ranked_with(Some(16.0), Some(20.4));
+    assert_eq!(longer.prompt_tokens, 120);
+    let edge_longer = of(&longer, "edge");
+    assert!((edge_longer.energy_j - (120.0 * 0.004 + 16.0 * 0.12)).abs() < 1e-9);
+    let prefill_ms = 20.0 / 900.0 * 1000.0;
+    assert!((edge_longer.latency_ms - edge_mean.latency_ms - prefill_ms).abs() < 1e-9);
+    // An overhead below minus the estimate leaves one token, not a wrap.
+    assert_eq!(ranked_with(None, Some(-150.0)).prompt_tokens, 1);
 }
 
 fn arb_class() -> impl Strategy<Value = Class> {
@@ -461,7 +475,7 @@ proptest! {
         let observed: Vec<Observed<'_>> = backends.iter().zip(&states)
             .map(|(b, (healthy, l, in_flight))| Observed { backend: b, healthy: *healthy, load: l.as_ref(), in_flight: *in_flight, queue: None, prefix_cached: false })
             .collect();
-        let req = RequestView { model: "m".into(), class, prompt_tokens: prompt, max_output_tokens: max_out, needs: Capabilities::default(), choices: 1, prefix: None, seed: Some(seed), mean_answer_tokens: None };
+        let req = RequestView { model: "m".into(), class, prompt_tokens: prompt, max_output_tokens: max_out, needs: Capabilities::default(), choices: 1, prefix: None, seed: Some(seed), expected: Expected::default() };
         match rank(&req, &target(), &policy, &observed) {
             Ok(d) if class == Class::Confidential || !policy.allow_cloud => {
                 prop_assert!(d.candidates().all(|c| c.zone == Zone::OnPrem));

@@ -363,10 +363,23 @@ pub struct RequestView {
     /// workers, drawn by the caller so ranking stays a pure function;
     /// `None` leaves the ranking by score alone.
     pub seed: Option<u64>,
-    /// How long this tenant's answers from this model have run, on
-    /// average (`live::answers`); `None` before the first. Energy and
-    /// money are predicted for it, capped by the request's bound.
-    pub mean_answer_tokens: Option<f64>,
+    /// How long this tenant's answers from this model have run and how
+    /// many tokens its prompts had beyond the gateway's estimate, on
+    /// average (`live::lengths`). Energy and money are predicted for the
+    /// answer, capped by the request's bound, and every prediction for the
+    /// prompt with its overhead; the context check keeps the estimate.
+    pub expected: Expected,
+}
+
+/// What a tenant's requests for a model so far lead to expect
+/// (`live::lengths`); each `None` before the first.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Expected {
+    /// The mean answer, in completion tokens.
+    pub answer_tokens: Option<f64>,
+    /// The mean of the prompt tokens a backend reported less the gateway's
+    /// estimate of them (a chat template's system prompt, for one).
+    pub prompt_overhead: Option<f64>,
 }
 
 /// Which public model ids a requested name can resolve to.

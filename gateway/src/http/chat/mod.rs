@@ -98,7 +98,7 @@ async fn handle(app: AppState, headers: &HeaderMap, body: Body, span: &Span) -> 
     );
     record.set_trace(RequestTrace::new(span.clone()));
     record.hold_key_slot(key_slot);
-    record.learn_answer_length(Arc::clone(&app.answers));
+    record.learn_lengths(Arc::clone(&app.lengths));
     traces::parsed(span, req.stream, req.max_tokens, &key.tenant_id);
     let routed = admit_and_route(&app, &key, &mut req, &mut record).await;
     match routed {
@@ -236,7 +236,7 @@ async fn admit_and_route(
         choices: req.choices,
         prefix,
         seed: predicted.then(rand::random),
-        mean_answer_tokens: app.answers.mean(&key.tenant_id, &req.model),
+        expected: app.lengths.expected(&key.tenant_id, &req.model),
     };
     let target = resolve_alias(&req.model, &snapshot.aliases);
     let rest_ends: Vec<_> = lives.iter().map(|l| l.retry_at).collect();
