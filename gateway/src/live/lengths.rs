@@ -37,6 +37,12 @@ const TENANTS: usize = 4_096;
 const MODELS: usize = 64;
 const FORGET_AFTER: Duration = Duration::from_secs(3_600);
 
+/// A prompt overhead beyond this many tokens either way is taken for a
+/// backend's miscount and not learned: one absurd report would otherwise
+/// weigh on the tenant's predictions for hundreds of requests. Chat
+/// templates add tens of tokens, a long system prompt a few thousand.
+pub const MAX_PROMPT_OVERHEAD: f64 = 16_384.0;
+
 /// What a finished request showed.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Seen {
@@ -117,7 +123,10 @@ impl Lengths {
         });
         m.touched = now;
         m.answer.add(f64::from(seen.completion_tokens));
-        if let Some(overhead) = seen.prompt_overhead.filter(|o| o.is_finite()) {
+        if let Some(overhead) = seen
+            .prompt_overhead
+            .filter(|o| o.is_finite() && o.abs() <= MAX_PROMPT_OVERHEAD)
+        {
             m.prompt_overhead.add(overhead);
         }
     }
@@ -177,6 +186,12 @@ mod tests {
             "{e:?}"
         );
         assert_eq!(e.prompt_overhead, Some(8.0));
+        // A miscount of the prompt is not learned either.
+        l.observe("t", "m", seen(21, Some(4e9)), now);
+        l.observe("t", "m", seen(21, Some(-MAX_PROMPT_OVERHEAD - 1.0)), now);
+        assert_eq!(l.expected("t", "m").prompt_overhead, Some(8.0));
+        l.observe("t", "m", seen(21, Some(MAX_PROMPT_OVERHEAD)), now);
+        assert!(l.expected("t", "m").prompt_overhead > Some(8.0));
     }
 
     #[test]
