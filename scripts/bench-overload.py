@@ -35,7 +35,7 @@ per request (from the ledger), confidential requests served in the cloud
 token the gateway chose times the request's real token counts, against the
 joules the worker measured, for the requests it served (a gateway that
 records no rates in its decisions shows none); the joules as predicted at
-routing (for the answer length the gateway expected); and the edge's queue
+routing (for the answer and prompt lengths the gateway expected); and the edge's queue
 wait as predicted against as measured. Writes results.json, a Markdown table and
 SVG plots to --out.
 
