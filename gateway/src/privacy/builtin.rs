@@ -51,7 +51,9 @@ pub const BUILTIN_NAMES: &[&str] = &[
     "email",
     "iban",
     "ip_address",
+    "marker",
     "media",
+    "national_id",
     "phone",
     "secret",
 ];
@@ -68,30 +70,52 @@ pub(super) const BUILTINS: &[Builtin] = &[
     Builtin {
         name: "phone",
         // International form (+ then 7-15 digits in groups), North American
-        // forms, and three groups of 3-3-4 digits, with any separators.
+        // forms, three groups of 3-3-4 digits, with any separators, and
+        // national forms behind a trunk 0.
         pattern: concat!(
-            r"\+[\s!-/:-@\[-`{-~\u{2010}-\u{2015}\u{b7}\u{2022}]{0,2}[0-9]",
-            r"(?:[\s!-/:-@\[-`{-~\u{2010}-\u{2015}\u{b7}\u{2022}]{0,3}[0-9]){6,14}",
-            r"|\([0-9]{3}\)[\s!-/:-@\[-`{-~\u{2010}-\u{2015}\u{b7}\u{2022}]{0,3}[0-9]{3}",
-            r"[\s!-/:-@\[-`{-~\u{2010}-\u{2015}\u{b7}\u{2022}]{0,3}[0-9]{4}",
-            r"|[0-9]{3}[\s!-/:-@\[-`{-~\u{2010}-\u{2015}\u{b7}\u{2022}]{1,3}[0-9]{3}",
-            r"[\s!-/:-@\[-`{-~\u{2010}-\u{2015}\u{b7}\u{2022}]{1,3}[0-9]{4}",
+            r"\+[\s!-/:-@\[-`{-~\u{2010}-\u{2015}\u{b7}\u{2022}\u{2212}\u{30fc}\u{3001}\u{ff64}]{0,2}[0-9]",
+            r"(?:[\s!-/:-@\[-`{-~\u{2010}-\u{2015}\u{b7}\u{2022}\u{2212}\u{30fc}\u{3001}\u{ff64}]{0,3}[0-9]){6,14}",
+            r"|\([0-9]{3}\)[\s!-/:-@\[-`{-~\u{2010}-\u{2015}\u{b7}\u{2022}\u{2212}\u{30fc}\u{3001}\u{ff64}]{0,3}[0-9]{3}",
+            r"[\s!-/:-@\[-`{-~\u{2010}-\u{2015}\u{b7}\u{2022}\u{2212}\u{30fc}\u{3001}\u{ff64}]{0,3}[0-9]{4}",
+            r"|[0-9]{3}[\s!-/:-@\[-`{-~\u{2010}-\u{2015}\u{b7}\u{2022}\u{2212}\u{30fc}\u{3001}\u{ff64}]{1,3}[0-9]{3}",
+            r"[\s!-/:-@\[-`{-~\u{2010}-\u{2015}\u{b7}\u{2022}\u{2212}\u{30fc}\u{3001}\u{ff64}]{1,3}[0-9]{4}",
+            // National forms behind a trunk 0, in groups (020 7946 0958,
+            // 07700 900123, 01 23 45 67 89); the validator wants 10 or 11
+            // digits.
+            r"|(?-u:\b)0[0-9]{1,4}(?:[\s.\-\u{2010}-\u{2015}]{1,2}[0-9]{2,6}){1,4}(?-u:\b)",
         ),
         validate: Some(phone_digits),
         class: Class::Confidential,
     },
     Builtin {
         name: "card",
-        // A run of 13 or more digits with up to three separator characters
-        // between any two; the validator tries every card-length window.
-        pattern: r"[0-9](?:[\s!-/:-@\[-`{-~\u{2010}-\u{2015}\u{b7}\u{2022}]{0,3}[0-9]){12,}",
+        // A run of 13 or more digits with up to six separator characters
+        // between any two (a line break and an indent, the cells of a
+        // table); the validator tries every card-length window.
+        pattern: r"[0-9](?:[\s!-/:-@\[-`{-~\u{2010}-\u{2015}\u{b7}\u{2022}\u{2212}\u{30fc}\u{3001}\u{ff64}]{0,6}[0-9]){12,}",
         validate: Some(card),
         class: Class::Confidential,
     },
     Builtin {
         name: "iban",
-        pattern: r"(?i)[A-Z]{2}[0-9]{2}(?:[\s!-/:-@\[-`{-~\u{2010}-\u{2015}\u{b7}\u{2022}]{0,2}[A-Z0-9]){11,32}",
+        pattern: r"(?i)[A-Z]{2}[0-9]{2}(?:[\s!-/:-@\[-`{-~\u{2010}-\u{2015}\u{b7}\u{2022}\u{2212}\u{30fc}\u{3001}\u{ff64}]{0,2}[A-Z0-9]){11,32}",
         validate: Some(iban),
+        class: Class::Confidential,
+    },
+    Builtin {
+        // A US social security number in its written form (3-2-4 digits,
+        // separated); the validator drops numbers never issued.
+        name: "national_id",
+        pattern: r"(?-u:\b)[0-9]{3}[\s\-\u{2010}-\u{2015}.][0-9]{2}[\s\-\u{2010}-\u{2015}.][0-9]{4}(?-u:\b)",
+        validate: Some(ssn),
+        class: Class::Confidential,
+    },
+    Builtin {
+        // A document's classification banner, in capitals as banners are
+        // written; "confidential" in lower case is prose.
+        name: "marker",
+        pattern: r"(?-u:\b)(?:(?:STRICTLY |HIGHLY )?CONFIDENTIAL|INTERNAL USE ONLY|DO NOT (?:DISTRIBUTE|FORWARD|SHARE)|NOT FOR (?:DISTRIBUTION|EXTERNAL USE)|PRIVILEGED (?:AND|&) CONFIDENTIAL)(?-u:\b)",
+        validate: None,
         class: Class::Confidential,
     },
     Builtin {
@@ -115,6 +139,14 @@ pub(super) const BUILTINS: &[Builtin] = &[
     Builtin {
         name: "secret",
         pattern: r"(?i)(?-u:\b)(?:sk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{36,}|xox[abprs]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35}|gw-[0-9a-f]{64})(?-u:\b)",
+        validate: None,
+        class: Class::Confidential,
+    },
+    Builtin {
+        // A credential written as an assignment (`password: hunter2`,
+        // `api_key=...`), whatever its shape.
+        name: "secret",
+        pattern: r"(?i)(?-u:\b)(?:password|passwd|passphrase|pwd|secret|api[_-]?key|access[_-]?key|auth[_-]?token|client[_-]?secret)[\s\x22']*[:=][\s\x22']*[^\s\x22',;]{4,}",
         validate: None,
         class: Class::Confidential,
     },
@@ -146,8 +178,23 @@ fn digits(s: &str) -> Vec<u32> {
     s.chars().filter_map(|c| c.to_digit(10)).collect()
 }
 
+/// 7 to 15 digits; 10 or 11 behind a trunk 0, the length of national
+/// numbers, which a date (`01.12.2024`) is not.
 fn phone_digits(text: &str, start: usize, end: usize) -> bool {
-    (7..=15).contains(&digits(&text[start..end]).len())
+    let n = digits(&text[start..end]).len();
+    if text[start..].starts_with('0') {
+        (10..=11).contains(&n)
+    } else {
+        (7..=15).contains(&n)
+    }
+}
+
+/// An SSN as issued: no area 000, 666 or 900-999, no group 00, no serial
+/// 0000.
+fn ssn(text: &str, start: usize, end: usize) -> bool {
+    let d = digits(&text[start..end]);
+    let area = d[0] * 100 + d[1] * 10 + d[2];
+    area != 0 && area != 666 && area < 900 && d[3..5] != [0, 0] && d[5..] != [0, 0, 0, 0]
 }
 
 /// Some window of 13 to 19 consecutive digits passes Luhn. A window of one
@@ -176,24 +223,31 @@ fn luhn(d: &[u32]) -> bool {
 
 /// ISO 13616 mod-97 on the letters and digits of the hit. The regex may
 /// swallow characters after the IBAN's end, so every prefix of a valid
-/// IBAN length is tried.
+/// IBAN length is tried; and it may start before it (at `AB12` in
+/// `AB12, IBAN GB40…`, a leftmost match that then covers the IBAN), so
+/// every start of the hit's shape (two letters, two digits) is tried too.
 fn iban(text: &str, start: usize, end: usize) -> bool {
-    let compact: String = text[start..end]
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
+    let compact: Vec<u8> = text[start..end]
+        .bytes()
+        .filter(u8::is_ascii_alphanumeric)
         .map(|c| c.to_ascii_uppercase())
         .collect();
-    (15..=compact.len().min(34)).any(|n| iban_checksum(&compact[..n]))
+    (0..compact.len().saturating_sub(14)).any(|from| {
+        let rest = &compact[from..];
+        rest[..2].iter().all(u8::is_ascii_alphabetic)
+            && rest[2..4].iter().all(u8::is_ascii_digit)
+            && (15..=rest.len().min(34)).any(|n| iban_checksum(&rest[..n]))
+    })
 }
 
-fn iban_checksum(compact: &str) -> bool {
-    if !(15..=34).contains(&compact.len()) || !compact.is_ascii() {
+fn iban_checksum(compact: &[u8]) -> bool {
+    if !(15..=34).contains(&compact.len()) {
         return false;
     }
     let (head, tail) = compact.split_at(4);
     let mut rem: u32 = 0;
-    for c in tail.chars().chain(head.chars()) {
-        let Some(v) = c.to_digit(36) else {
+    for &c in tail.iter().chain(head) {
+        let Some(v) = char::from(c).to_digit(36) else {
             return false;
         };
         rem = if v < 10 {
@@ -223,14 +277,23 @@ fn not_in_dotted_run(text: &str, start: usize, end: usize) -> bool {
 /// The regex only finds runs of hex digits and colons; the standard parser
 /// decides. Identifier-adjacent runs (`std::fmt`) and two-group shapes such
 /// as `d::f` are rejected so Rust or C++ paths in prose do not fire.
+///
+/// A hit glued to a word on its left is read as a label and its colon
+/// (`IPv6:2001:db8::1`, `ip:fe80::1`): what follows the hit's first colon
+/// is the candidate.
 fn ipv6(text: &str, start: usize, end: usize) -> bool {
     let is_ident = |c: char| c.is_alphanumeric() || c == '_';
-    if text[..start].chars().next_back().is_some_and(is_ident)
-        || text[end..].chars().next().is_some_and(is_ident)
-    {
+    if text[end..].chars().next().is_some_and(is_ident) {
         return false;
     }
-    let candidate = text[start..end].trim_end_matches(['.', ':']);
+    let mut candidate = &text[start..end];
+    if text[..start].chars().next_back().is_some_and(is_ident) {
+        let Some((_, after)) = candidate.split_once(':') else {
+            return false;
+        };
+        candidate = after;
+    }
+    let candidate = candidate.trim_end_matches(['.', ':']);
     if candidate.parse::<Ipv6Addr>().is_err() {
         return false;
     }
@@ -288,6 +351,20 @@ mod tests {
             ("call 415/555/0132", &["phone"]),
             ("call +44 (20) 7946-0958", &["phone"]),
             ("call +33.1.23.45.67.89", &["phone"]),
+            ("call 020 7946 0958", &["phone"]),
+            ("call 07700 900123", &["phone"]),
+            ("appelez le 01 23 45 67 89", &["phone"]),
+            ("due 01.12.2024 at noon", &[]),
+            ("ssn 078-05-1120 on file", &["national_id"]),
+            ("ssn 078 05 1120 on file", &["national_id"]),
+            ("never issued 666-05-1120 or 078-00-1120", &[]),
+            ("CONFIDENTIAL: board minutes", &["marker"]),
+            ("Privileged & Confidential", &[]),
+            ("PRIVILEGED AND CONFIDENTIAL", &["marker"]),
+            ("this is confidential between us", &[]),
+            ("password: hunter2!Secret", &["secret"]),
+            ("set API_KEY=\"abcd1234\" first", &["secret"]),
+            ("the password field is required", &[]),
             ("write to jöhn.müller@beispiel.de", &["email"]),
             ("write to O'Brien@corp.example", &["email"]),
             ("pay with 4111 1111 1111 1111", &["card"]),
@@ -302,6 +379,12 @@ mod tests {
             ("pay 4111_1111_1111_1111", &["card"]),
             ("pay 4111 - 1111 - 1111 - 1111", &["card"]),
             ("pay 4111\n1111\n1111\n1111", &["card"]),
+            ("card:\n    4111\n    1111\n    1111\n    1111", &["card"]),
+            ("pay 4111    1111    1111    1111", &["card"]),
+            ("| 4111  | 1111  | 1111  | 1111  |", &["card"]),
+            ("pay 4111\u{2212}1111\u{2212}1111\u{2212}1111", &["card"]),
+            ("pay 4111\u{30fc}1111\u{30fc}1111\u{30fc}1111", &["card"]),
+            ("pay 4111\u{3001}1111\u{3001}1111\u{3001}1111", &["card"]),
             ("pay 99 4111 1111 1111 1111 88 77", &["card"]),
             ("zeros 0000 0000 0000 0000", &[]),
             // An IBAN's digits are also a long digit run, and some
@@ -312,12 +395,19 @@ mod tests {
             ("iban de89 3704 0044 0532 0130 00", &["card", "iban"]),
             ("iban DE89.3704.0044.0532.0130.00", &["card", "iban"]),
             ("myibanDE89370400440532013000xyz", &["card", "iban"]),
+            // A code of the same shape first: the match starts there and
+            // covers the IBAN, which is still found.
+            ("Invoice AB12, IBAN GB40 WEST 5260 1815 9083 01", &["iban"]),
+            ("FY24 payment to GB40 WEST 5260 1815 9083 01", &["iban"]),
             ("iban DE88 3704 0044 0532 0130 00", &["card"]),
             ("host 192.168.10.4 is down", &["ip_address"]),
             ("version 1.2.3.4.5 released", &[]),
             ("octets 300.1.1.1 are invalid", &[]),
             ("v6 2001:db8::8a2e:370:7334 up", &["ip_address"]),
             ("link fe80::1 up", &["ip_address"]),
+            ("IPv6:2001:db8::8a2e:370:7334", &["ip_address"]),
+            ("ip:fe80::1", &["ip_address"]),
+            ("let v = Vec::new(); crate::ab::f", &[]),
             ("use std::fmt::Display and a::b", &[]),
             ("at 10:30:45 sharp", &[]),
             ("mac 00:1a:2b:3c:4d:5e", &[]),
@@ -360,6 +450,8 @@ mod tests {
             ("fe80::1", "ip_address"),
             ("4111 1111 1111 1111", "card"),
             ("GB82WEST12345698765432", "iban"),
+            ("078-05-1120", "national_id"),
+            ("STRICTLY CONFIDENTIAL", "marker"),
             ("AKIAIOSFODNN7EXAMPLE", "secret"),
             // What the extractor puts for a part no detector can read.
             ("\u{fffc}", "media"),

@@ -47,6 +47,9 @@ const MAX_NESTING: usize = 3;
 /// `input_audio`, `file`, and types not known yet) is opaque.
 const TEXT_PARTS: &[&str] = &["text", "refusal", "input_text", "output_text"];
 
+/// Fields whose values label what is around them rather than say anything.
+const LABELS: &[&str] = &["role", "type"];
+
 /// The fields of a message that hold what it says.
 const MESSAGE_TEXTS: &[&str] = &["content", "text", "refusal"];
 
@@ -113,7 +116,43 @@ pub fn request_texts(body: &Map<String, Value>) -> Vec<Cow<'_, str>> {
             }
         }
     }
+    // Every string and number of the body, a line each, in document order:
+    // what is split over fields, roles or tools (a card number's halves in
+    // a message's `name` and its `content`, an address's in two `metadata`
+    // values) is adjacent here.
+    let mut all = String::new();
+    let mut strings = 0;
+    for value in body.values() {
+        all_strings(value, &mut all, &mut strings);
+    }
+    if strings > 1 {
+        out.push(Cow::Owned(all));
+    }
     out
+}
+
+/// Appends every string and number in `v` to `all`, a line each.
+fn all_strings(v: &Value, all: &mut String, strings: &mut usize) {
+    match v {
+        Value::String(s) => {
+            all.push_str(s);
+            all.push('\n');
+            *strings += 1;
+        }
+        Value::Number(n) => {
+            all.push_str(&n.to_string());
+            all.push('\n');
+            *strings += 1;
+        }
+        Value::Array(items) => items.iter().for_each(|i| all_strings(i, all, strings)),
+        // Labels (`"role":"user"`, `"type":"text"`) would stand between
+        // two messages' halves; they are scanned on their own.
+        Value::Object(map) => map
+            .iter()
+            .filter(|(k, _)| !LABELS.contains(&k.as_str()))
+            .for_each(|(_, i)| all_strings(i, all, strings)),
+        Value::Null | Value::Bool(_) => {}
+    }
 }
 
 /// Adds one item's strings joined per field name, for every field with
@@ -191,18 +230,21 @@ pub fn is_opaque_part(part: &Value) -> bool {
     }
 }
 
-/// What `s` decodes to, as the model would read it: a `data:` URL is
-/// opaque; JSON's strings, numbers and keys; percent-escapes decoded.
+/// What `s` decodes to, as the model would read it: a `data:` URL (at the
+/// start or inside the text) is opaque; JSON's strings, numbers and keys;
+/// escapes (`\u0040`, `\x40`, `&#64;`) and percent-escapes (to three
+/// levels: `%2540`) decoded.
 fn decoded(s: &str, out: &mut Vec<Cow<'_, str>>, depth: usize) {
-    let trimmed = s.trim_start();
+    let trimmed = s.trim_start_matches(|c: char| c.is_whitespace() || c == '\u{feff}');
     if trimmed
         .get(..5)
         .is_some_and(|p| p.eq_ignore_ascii_case("data:"))
+        || s.contains(";base64,")
     {
         out.push(Cow::Borrowed(OPAQUE));
     }
     if trimmed.starts_with('{') || trimmed.starts_with('[') {
-        if let Ok(inner) = serde_json::from_str::<Value>(s) {
+        if let Ok(inner) = serde_json::from_str::<Value>(trimmed) {
             if depth >= MAX_NESTING {
                 // Nested deeper than it is decoded: not read, so opaque.
                 out.push(Cow::Borrowed(OPAQUE));
@@ -215,12 +257,78 @@ fn decoded(s: &str, out: &mut Vec<Cow<'_, str>>, depth: usize) {
             out.extend(texts.into_iter().map(|t| Cow::Owned(t.into_owned())));
         }
     }
-    if s.contains('%') {
-        let unescaped = percent_encoding::percent_decode_str(s).decode_utf8_lossy();
-        if let Cow::Owned(text) = unescaped {
-            out.push(Cow::Owned(text));
-        }
+    if let Some(text) = unescape(s) {
+        out.push(Cow::Owned(text));
     }
+    let mut text = Cow::Borrowed(s);
+    for _ in 0..3 {
+        if !text.contains('%') {
+            break;
+        }
+        let Cow::Owned(next) = percent_encoding::percent_decode_str(&text).decode_utf8_lossy()
+        else {
+            break;
+        };
+        out.push(Cow::Owned(next.clone()));
+        text = Cow::Owned(next);
+    }
+}
+
+/// `s` with its character escapes decoded, if it has any: JSON's and
+/// JavaScript's `\uXXXX` (surrogate pairs joined), Python's `\xXX` and
+/// `\UXXXXXXXX`, and HTML's numeric `&#NN;` and `&#xHH;`. Escapes appear in
+/// text that is JSON cut short (a tool call's arguments truncated by
+/// `max_tokens`), in a language's string literals and in markup, where no
+/// parser decodes them but a model reads through them.
+fn unescape(s: &str) -> Option<String> {
+    if !s.contains('\\') && !s.contains("&#") {
+        return None;
+    }
+    let hex = |t: &str| u32::from_str_radix(t, 16).ok();
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    let mut changed = false;
+    while let Some(at) = rest.find(['\\', '&']) {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        let backslash = rest.starts_with('\\');
+        let (code, len) = match rest.as_bytes().get(1) {
+            Some(b'u') if backslash => (rest.get(2..6).and_then(hex), 6),
+            Some(b'U') if backslash => (rest.get(2..10).and_then(hex), 10),
+            Some(b'x') if backslash => (rest.get(2..4).and_then(hex), 4),
+            Some(b'#') if !backslash => {
+                let body = &rest[2..];
+                let end = body.find(';').filter(|&e| e <= 8);
+                match end {
+                    Some(e) if body.starts_with(['x', 'X']) => (hex(&body[1..e]), e + 3),
+                    Some(e) => (body[..e].parse().ok(), e + 3),
+                    None => (None, 0),
+                }
+            }
+            _ => (None, 0),
+        };
+        let Some(mut code) = code else {
+            out.push_str(&rest[..1]);
+            rest = &rest[1..];
+            continue;
+        };
+        rest = &rest[len..];
+        // A high surrogate followed by a low one is one character.
+        if (0xd800..0xdc00).contains(&code) && rest.starts_with("\\u") {
+            if let Some(low) = rest
+                .get(2..6)
+                .and_then(hex)
+                .filter(|l| (0xdc00..0xe000).contains(l))
+            {
+                code = 0x10000 + ((code - 0xd800) << 10) + (low - 0xdc00);
+                rest = &rest[6..];
+            }
+        }
+        out.push(char::from_u32(code).unwrap_or(char::REPLACEMENT_CHARACTER));
+        changed = true;
+    }
+    out.push_str(rest);
+    changed.then_some(out)
 }
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
@@ -370,6 +478,45 @@ mod tests {
                 r#"{"messages":[{"role":"user","content":[{"type":"text","text":"4111 1111"},{"type":"text","text":"1111 1111"}]}]}"#,
                 "card",
             ),
+            // Split over fields and roles: a message's name and content,
+            // two metadata values, the system's and the user's messages.
+            (
+                r#"{"messages":[{"role":"user","name":"4111-1111","content":"1111-1111"}]}"#,
+                "card",
+            ),
+            (r#"{"metadata":{"a":"4111 1111","b":"1111 1111"}}"#, "card"),
+            (
+                r#"{"messages":[{"role":"system","content":"4111 1111"},{"role":"user","content":"1111 1111"}]}"#,
+                "card",
+            ),
+            // JSON cut short (arguments truncated by max_tokens), so no
+            // parser decodes its escapes.
+            (
+                r#"{"messages":[{"role":"assistant","tool_calls":[{"function":{"name":"f","arguments":"{\"card\": \"4111\\u00a01111\\u00a01111\\u00a01111\", \"note\": "}}]}]}"#,
+                "card",
+            ),
+            // Escapes in plain text: JSON's, Python's, HTML's.
+            (
+                r#"{"messages":[{"role":"user","content":"alice.smith\\u0040example.com"}]}"#,
+                "email",
+            ),
+            (
+                r#"{"messages":[{"role":"tool","content":"{'mail': 'alice\\x40example.com'}"}]}"#,
+                "email",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"alice&#64;example.com and bob&#x40;example.org"}]}"#,
+                "email",
+            ),
+            // A byte-order mark before JSON; percent-escapes twice over.
+            (
+                "{\"messages\":[{\"role\":\"tool\",\"content\":\"\u{feff}{\\\"m\\\": \\\"bob\\\\u0040example.com\\\"}\"}]}",
+                "email",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"bob%2540example.com"}]}"#,
+                "email",
+            ),
         ];
         for (body, detector) in cases {
             let (class, fired) = class_of(body);
@@ -401,6 +548,8 @@ mod tests {
             r#"{"messages":[{"role":"user","content":[{"text":"hi","data":"AAAA"}]}]}"#,
             r#"{"messages":[{"role":"user","content":[{"type":7,"text":"hi"}]}]}"#,
             r#"{"attachment":"data:application/pdf;base64,AAAA"}"#,
+            "{\"attachment\":\"\u{feff}data:image/bmp;base64,Qk0\"}",
+            r#"{"messages":[{"role":"user","content":"look: data:image/png;base64,iVBORw0KGgo="}]}"#,
             r#"{"x":{"image":{"b":1}}}"#,
         ] {
             let (class, fired) = class_of(body);

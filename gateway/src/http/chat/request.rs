@@ -363,15 +363,32 @@ fn tag(body: &Map<String, Value>, headers: &HeaderMap) -> Result<Option<Class>, 
             from_header = from_header.max(Some(class));
         }
     }
-    let from_body = match body.get("metadata").and_then(|m| m.get("privacy_class")) {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(
-            v.as_str()
+    // `metadata.privacy_class` in any case, and with a hyphen, as the
+    // header is: a tag spelt `Privacy_Class` is a tag, not a stray field.
+    let mut from_body = None;
+    if let Some(Value::Object(metadata)) = body.get("metadata") {
+        let tag = metadata
+            .iter()
+            .filter(|(k, _)| is_privacy_key(k))
+            .map(|(_, v)| v);
+        for v in tag.filter(|v| !v.is_null()) {
+            let class = v
+                .as_str()
                 .and_then(|s| s.parse::<Class>().ok())
-                .ok_or_else(|| invalid("metadata.privacy_class"))?,
-        ),
-    };
+                .ok_or_else(|| invalid("metadata.privacy_class"))?;
+            from_body = from_body.max(Some(class));
+        }
+    }
     Ok(from_header.max(from_body))
+}
+
+/// `privacy_class`, ignoring case, with `-` for `_` allowed.
+fn is_privacy_key(key: &str) -> bool {
+    key.len() == "privacy_class".len()
+        && key
+            .bytes()
+            .zip(b"privacy_class".iter())
+            .all(|(a, &b)| a.to_ascii_lowercase() == b || (a == b'-' && b == b'_'))
 }
 
 #[cfg(test)]
@@ -527,6 +544,17 @@ mod tests {
         let req = ChatRequest::parse(br#"{"model":"m","messages":[{"content":"abcdefgh"}]}"#, &h)
             .unwrap();
         assert_eq!(req.tag, Some(Class::Internal));
+        // The metadata key in another case or with a hyphen is the tag.
+        for key in ["Privacy_Class", "PRIVACY-CLASS", "privacy-class"] {
+            let body = format!(
+                r#"{{"model":"m","messages":[{{"content":"a"}}],"metadata":{{"{key}":"confidential"}}}}"#
+            );
+            let tagged = ChatRequest::parse(body.as_bytes(), &HeaderMap::new()).unwrap();
+            assert_eq!(tagged.tag, Some(Class::Confidential), "{key}");
+        }
+        let body = r#"{"model":"m","messages":[{"content":"a"}],"metadata":{"privacy_klass":"confidential"}}"#;
+        let other = ChatRequest::parse(body.as_bytes(), &HeaderMap::new()).unwrap();
+        assert_eq!(other.tag, None);
         // "m" and "abcdefgh": 9 letters, three tokens.
         assert_eq!(req.prompt_estimate, 3 + TOKENS_PER_MESSAGE);
     }
