@@ -290,19 +290,23 @@ impl Upstreams {
         }
     }
 
-    /// The `Authorization` value for `backend`: the worker token for an
-    /// edge worker, the key from the named variable for others.
+    /// The `Authorization` value for `backend`: the key from the named
+    /// variable if it has one, else the worker token for an edge worker on
+    /// the premises. An edge worker in the cloud zone never gets the token:
+    /// whoever runs it could present it to `/fleet/workers`, register an
+    /// address of their own as an on-prem worker and be sent confidential
+    /// requests.
     fn credential(&self, backend: &Backend) -> Result<Option<HeaderValue>, AttemptError> {
-        let secret = match (&backend.api_key_env, backend.kind) {
-            (Some(var), _) => std::env::var(var).map_err(|_| {
+        let secret = match (&backend.api_key_env, backend.kind, backend.zone) {
+            (Some(var), _, _) => std::env::var(var).map_err(|_| {
                 tracing::error!(backend = %backend.name, env = %var, "upstream key variable is not set");
                 AttemptError::NoKey
             })?,
-            (None, BackendKind::Edge) => match &self.worker_token {
+            (None, BackendKind::Edge, Zone::OnPrem) => match &self.worker_token {
                 Some(token) => token.expose_secret().to_owned(),
                 None => return Ok(None),
             },
-            (None, BackendKind::Cloud) => return Ok(None),
+            (None, _, _) => return Ok(None),
         };
         let mut value =
             HeaderValue::from_str(&format!("Bearer {secret}")).map_err(|_| AttemptError::NoKey)?;
@@ -456,6 +460,29 @@ impl Upstreams {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_worker_token_goes_only_to_edge_workers_on_the_premises() {
+        let config = Config {
+            worker_token: Some(SecretString::from("fleet-token".to_owned())),
+            ..Config::default()
+        };
+        let upstreams = Upstreams::new(&config).unwrap();
+        let sent = |kind, zone| {
+            let mut b = crate::routing::tests::backend("w", kind);
+            b.zone = zone;
+            upstreams
+                .credential(&b)
+                .unwrap()
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        assert_eq!(
+            sent(BackendKind::Edge, Zone::OnPrem).as_deref(),
+            Some("Bearer fleet-token")
+        );
+        assert_eq!(sent(BackendKind::Edge, Zone::Cloud), None);
+        assert_eq!(sent(BackendKind::Cloud, Zone::Cloud), None);
+    }
 
     #[test]
     fn api_base_adds_v1_only_without_a_path() {

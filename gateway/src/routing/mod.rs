@@ -30,7 +30,7 @@ mod queue;
 mod rank;
 mod score;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod types;
 mod whatif;
 

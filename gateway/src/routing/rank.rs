@@ -357,19 +357,23 @@ fn no_route_code(serving: usize, excluded: &[Excluded], class: Class) -> NoRoute
         return NoRouteCode::ModelNotFound;
     }
     // Among the backends the request may use at all, every one lacks a
-    // feature it needs: that is the request's problem, not the fleet's.
-    let mut allowed = excluded
-        .iter()
-        .filter(|e| !matches!(e.why, Exclusion::PrivacyZone | Exclusion::CloudDisallowed))
-        .peekable();
-    if allowed.peek().is_some() && allowed.all(|e| e.why == Exclusion::Unsupported) {
-        return NoRouteCode::UnsupportedCapability;
+    // feature it needs, or every one's context is too small for it: that is
+    // the request's problem, not the fleet's, and no retry will fix it.
+    let allowed = || {
+        excluded
+            .iter()
+            .filter(|e| !matches!(e.why, Exclusion::PrivacyZone | Exclusion::CloudDisallowed))
+    };
+    if allowed().next().is_some() {
+        if allowed().all(|e| e.why == Exclusion::Unsupported) {
+            return NoRouteCode::UnsupportedCapability;
+        }
+        if allowed().all(|e| e.why == Exclusion::ContextTooSmall) {
+            return NoRouteCode::ContextLengthExceeded;
+        }
     }
     if class >= Class::Confidential {
         return NoRouteCode::PrivacyRouteUnavailable;
-    }
-    if excluded.iter().all(|e| e.why == Exclusion::ContextTooSmall) {
-        return NoRouteCode::ContextLengthExceeded;
     }
     NoRouteCode::NoBackendAvailable
 }

@@ -6,7 +6,7 @@ use super::*;
 use crate::privacy::Class;
 use wire::load::JoulesPerToken;
 
-fn backend(name: &str, kind: BackendKind) -> Backend {
+pub(crate) fn backend(name: &str, kind: BackendKind) -> Backend {
     let edge = kind == BackendKind::Edge;
     Backend {
         id: format!("id-{name}"),
@@ -225,6 +225,15 @@ fn no_route_codes() {
             "context",
             vec![obs(&small, None)],
             Class::Public,
+            &t,
+            NoRouteCode::ContextLengthExceeded,
+        ),
+        // The cloud is out for privacy and the edge's context too small:
+        // the request can never fit, a 400 the client should not retry.
+        (
+            "confidential, context",
+            vec![obs(&small, None), obs(&cloud, None)],
+            Class::Confidential,
             &t,
             NoRouteCode::ContextLengthExceeded,
         ),
@@ -480,8 +489,13 @@ proptest! {
             Ok(d) if class == Class::Confidential || !policy.allow_cloud => {
                 prop_assert!(d.candidates().all(|c| c.zone == Zone::OnPrem));
             }
+            // Refused for privacy, or because no backend it may use has
+            // the context for it (a 400 the client should not retry).
             Err(e) if class == Class::Confidential && !backends.is_empty() => {
-                prop_assert_eq!(e.code, NoRouteCode::PrivacyRouteUnavailable);
+                prop_assert!(matches!(
+                    e.code,
+                    NoRouteCode::PrivacyRouteUnavailable | NoRouteCode::ContextLengthExceeded
+                ), "{:?}", e.code);
             }
             Ok(_) | Err(_) => {}
         }
