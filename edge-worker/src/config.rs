@@ -93,6 +93,19 @@ pub struct Config {
     #[arg(long, env = "EDGE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Longest a connection may take to send a request's headers; an idle
+    /// keep-alive connection is closed after it too.
+    #[arg(long, env = "EDGE_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+
+    /// Longest a request's body may take to arrive (longer gets 408).
+    #[arg(long, env = "EDGE_BODY_READ_TIMEOUT_MS", default_value_t = 30_000)]
+    pub body_read_timeout_ms: u64,
+
+    /// Connections open at once; more wait in the listen backlog.
+    #[arg(long, env = "EDGE_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+
     /// Output tokens generated when a request names no `max_tokens`.
     #[arg(long, env = "EDGE_DEFAULT_MAX_TOKENS", default_value_t = 256)]
     pub default_max_tokens: usize,

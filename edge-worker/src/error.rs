@@ -12,8 +12,8 @@ use wire::ErrorBody;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// 400: the body is not valid JSON.
-    #[error("could not parse the request body as JSON: {0}")]
+    /// 400: the body is not valid JSON (axum's message says so).
+    #[error("{0}")]
     InvalidJson(String),
     /// 400: valid JSON of the wrong shape (a missing field, a wrong type).
     #[error("invalid request body: {0}")]
@@ -40,6 +40,9 @@ pub enum ApiError {
     /// 405: the route exists with another method.
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// 408: the body did not arrive within the time allowed.
+    #[error("the request body was not received in time")]
+    BodyTimeout,
     /// 413: the body is larger than the configured limit.
     #[error("request body exceeds the limit of {0} bytes")]
     TooLarge(usize),
@@ -71,6 +74,7 @@ impl ApiError {
             | Self::InvalidParam { .. }
             | Self::ContextLength(_) => StatusCode::BAD_REQUEST,
             Self::InvalidWorkerToken => StatusCode::UNAUTHORIZED,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::ModelNotFound(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -93,6 +97,7 @@ impl ApiError {
             Self::ModelNotFound(_) => "model_not_found",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::BodyTimeout => "request_timeout",
             Self::TooLarge(_) => "request_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::Busy(_) => "worker_busy",
@@ -108,6 +113,8 @@ impl ApiError {
         let status = self.status();
         if status == StatusCode::TOO_MANY_REQUESTS {
             "rate_limit_error"
+        } else if status == StatusCode::UNAUTHORIZED {
+            "authentication_error"
         } else if status.is_server_error() {
             "server_error"
         } else {
@@ -203,8 +210,13 @@ mod tests {
             (ApiError::Busy(1), "rate_limit_error", "worker_busy"),
             (
                 ApiError::InvalidWorkerToken,
-                "invalid_request_error",
+                "authentication_error",
                 "invalid_worker_token",
+            ),
+            (
+                ApiError::BodyTimeout,
+                "invalid_request_error",
+                "request_timeout",
             ),
             (
                 ApiError::ModelNotFound("x".into()),

@@ -1,12 +1,16 @@
 //! The router and the small read-only endpoints.
 
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{Request, StatusCode};
+use axum::http::{header, Request, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use std::sync::atomic::Ordering;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
@@ -39,6 +43,12 @@ pub fn app(state: AppState) -> Router {
             ApiError::NotFound(req.uri().path().to_string())
         })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        // Inside the token check: a caller without the token is refused
+        // before its body is read.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            read_body_within,
+        ))
         // Inside the counter, so refused requests are counted too.
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -56,6 +66,38 @@ pub fn app(state: AppState) -> Router {
         )
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
+}
+
+/// Reads the request's body within `body_read_timeout_ms` and the body
+/// limit before the handler runs: a client that sends its body a byte at a
+/// time gets 408 instead of holding a connection and a task forever, and a
+/// declared length over the limit gets 413 before anything is read.
+async fn read_body_within(
+    State(state): State<AppState>,
+    req: Request<Body>,
+    next: Next,
+) -> Response {
+    let limit = state.config.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return ApiError::TooLarge(limit).into_response();
+    }
+    let (parts, body) = req.into_parts();
+    let within = Duration::from_millis(state.config.body_read_timeout_ms);
+    let bytes = match tokio::time::timeout(within, Limited::new(body, limit).collect()).await {
+        Err(_) => return ApiError::BodyTimeout.into_response(),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => {
+            return ApiError::TooLarge(limit).into_response()
+        }
+        Ok(Err(e)) => return ApiError::InvalidBody(e.to_string()).into_response(),
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }
 
 /// Counts every request by route and status, errors included.

@@ -4,13 +4,16 @@
 //! Ctrl-C) drains: readiness fails, new work gets 503, in-flight requests
 //! run up to the drain timeout, and the process exits 0.
 
-use std::future::IntoFuture;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::serve::ListenerExt;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{self, TokenError};
@@ -107,9 +110,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     ));
     let heartbeats = registrar.map(|r| tokio::spawn(r.run(state.clone())));
 
-    let serve = axum::serve(listener.tap_io(no_delay), crate::app(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .into_future();
+    let limits = (
+        Duration::from_millis(state.config.header_read_timeout_ms),
+        state.config.max_connections.max(1),
+    );
+    let serve = serve(listener, crate::app(state), limits, shutdown.clone());
     let drain_deadline = async {
         draining.cancelled().await;
         tokio::time::sleep(drain_timeout).await;
@@ -339,10 +344,59 @@ pub fn configure_threads(threads: usize) {
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
 }
 
-/// SSE sends many small writes; with Nagle's algorithm on, each waits for
-/// the client's delayed ACK (about 40 ms on Linux).
-fn no_delay(stream: &mut tokio::net::TcpStream) {
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+/// Serves `app` on `listener` until `shutdown`, then waits for the open
+/// connections' requests to finish (the caller bounds that wait). Unlike
+/// `axum::serve`, a connection that sends no headers, or a byte at a time,
+/// is closed after `header_read_timeout`, and at most `max_connections`
+/// are open at once, so whoever can reach the port cannot hold the
+/// worker's sockets and descriptors before the token is even checked.
+/// HTTP/1 only: the gateway speaks nothing else to a worker.
+async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    (header_read_timeout, max_connections): (Duration, usize),
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let graceful = GracefulShutdown::new();
+    loop {
+        let slot = tokio::select! {
+            () = shutdown.cancelled() => break,
+            slot = Arc::clone(&slots).acquire_owned() => slot,
+        };
+        let Ok(slot) = slot else { break };
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off
+                    // briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // SSE sends many small writes; with Nagle's algorithm on, each
+        // waits for the client's delayed ACK (about 40 ms on Linux).
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        let service = TowerToHyperService::new(app.clone());
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(slot);
+        });
     }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }

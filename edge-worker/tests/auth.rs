@@ -18,7 +18,7 @@ async fn expect_401(response: reqwest::Response) {
     let body: Value = response.json().await.unwrap();
     let error = &body["error"];
     assert_eq!(error["code"], "invalid_worker_token", "{body}");
-    assert_eq!(error["type"], "invalid_request_error", "{body}");
+    assert_eq!(error["type"], "authentication_error", "{body}");
     assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()));
     assert!(error.as_object().unwrap().contains_key("param"));
     assert!(!body.to_string().contains(TOKEN));

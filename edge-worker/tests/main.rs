@@ -17,3 +17,4 @@ mod load_report;
 mod logprobs;
 mod requantize;
 mod response_format;
+mod slow_clients;
