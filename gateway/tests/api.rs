@@ -188,6 +188,33 @@ async fn malformed_and_oversized_bodies() {
             (want_status, Some(want_code))
         );
     }
+    // A declared length over the limit, nothing sent after the headers:
+    // refused at once (and `Expect: 100-continue` not answered first).
+    let addr = gw
+        .url("")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let mut raw = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: 10485760\r\n\r\n"
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut raw, head.as_bytes())
+        .await
+        .unwrap();
+    // The connection closes after the answer: the body was never read.
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut raw, &mut answer),
+    )
+    .await
+    .expect("not answered and closed within 5 s")
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("request_too_large"), "{answer}");
     let r = gw
         .chat_with(
             &key,

@@ -75,7 +75,7 @@ fn no_route_message(code: NoRouteCode) -> &'static str {
         }
         NoRouteCode::NoBackendAvailable => "No backend can serve this model right now.",
         NoRouteCode::UnsupportedCapability => {
-            "No backend this request may use supports its tools or response_format."
+            "No backend this request may use supports what it asks for (tools, response_format, or n above 1)."
         }
     }
 }

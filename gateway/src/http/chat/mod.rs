@@ -77,7 +77,7 @@ async fn handle(app: AppState, headers: &HeaderMap, body: Body, span: &Span) -> 
         metrics::counter!("gateway_rejected_total", "code" => "ledger_backlog").increment(1);
         return reject(ApiError::Unavailable);
     }
-    let bytes = match read_body(&app, body).await {
+    let bytes = match read_body(&app, headers, body).await {
         Ok(b) => b,
         Err(e) => return reject(e),
     };
@@ -128,9 +128,18 @@ async fn handle(app: AppState, headers: &HeaderMap, body: Body, span: &Span) -> 
 }
 
 /// The whole body, bounded in size and in time (a client that trickles its
-/// body gets 408 instead of holding a connection and a buffer forever).
-async fn read_body(app: &AppState, body: Body) -> Result<Bytes, ApiError> {
+/// body gets 408 instead of holding a connection and a buffer forever). A
+/// declared length over the limit is refused before anything is read (and
+/// before `Expect: 100-continue` is answered).
+async fn read_body(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
     let limit = app.config.max_body_bytes;
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::TooLarge(limit));
+    }
     let read = axum::body::to_bytes(body, limit);
     match tokio::time::timeout(app.config.body_read_timeout(), read).await {
         Err(_) => Err(ApiError::BodyTimeout),

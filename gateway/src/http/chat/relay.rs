@@ -505,7 +505,13 @@ fn note_success(app: &AppState, backend: &Backend, trace: &Span) {
 
 fn note_failure(app: &AppState, backend: &Backend, cand: &Scored, e: &AttemptError, trace: &Span) {
     traces::attempt_failed(trace, e);
-    tracing::warn!(backend = %backend.name, model = %cand.upstream_model, error = %e, "upstream attempt failed");
+    // A final 4xx (400, 413, 422) is about the request, not the backend:
+    // logged at WARN, any key holder could fill the log with them.
+    if matches!(e, AttemptError::Status { .. }) && !e.retryable() {
+        tracing::debug!(backend = %backend.name, model = %cand.upstream_model, error = %e, "upstream refused the request");
+    } else {
+        tracing::warn!(backend = %backend.name, model = %cand.upstream_model, error = %e, "upstream attempt failed");
+    }
     metrics::counter!("gateway_upstream_errors_total", "backend" => backend.name.clone(), "kind" => e.label())
         .increment(1);
     if e.backend_down() {

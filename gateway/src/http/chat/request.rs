@@ -246,7 +246,7 @@ fn max_tokens(body: &Map<String, Value>) -> Result<Option<u32>, ApiError> {
                 return match v.as_u64().and_then(|n| u32::try_from(n).ok()) {
                     Some(n) if n >= 1 => Ok(Some(n)),
                     _ => Err(ApiError::bad_request(
-                        format!("`{field}` must be a positive integer."),
+                        format!("`{field}` must be an integer from 1 to {}.", u32::MAX),
                         "invalid_max_tokens",
                         Some(if field == "max_tokens" {
                             "max_tokens"
