@@ -55,6 +55,7 @@ const MESSAGE_TEXTS: &[&str] = &["content", "text", "refusal"];
 
 /// Keys whose value is content other than text wherever they appear.
 const MEDIA_KEYS: &[&str] = &[
+    "images",
     "image_url",
     "input_audio",
     "file",
@@ -205,6 +206,10 @@ fn collect<'a>(
             }
         }
         Value::Object(map) => {
+            // Content as one part rather than a list of them.
+            if field == "content" && is_opaque_part(v) {
+                out.push(Cow::Borrowed(OPAQUE));
+            }
             for (k, v) in map {
                 out.push(Cow::Borrowed(k));
                 if MEDIA_KEYS.contains(&k.as_str()) && !v.is_null() {
@@ -551,6 +556,8 @@ mod tests {
             "{\"attachment\":\"\u{feff}data:image/bmp;base64,Qk0\"}",
             r#"{"messages":[{"role":"user","content":"look: data:image/png;base64,iVBORw0KGgo="}]}"#,
             r#"{"x":{"image":{"b":1}}}"#,
+            r#"{"messages":[{"role":"user","content":"hi","images":["Qk0AAAAAAAAAAAAA"]}]}"#,
+            r#"{"messages":[{"role":"user","content":{"type":"image","source":{"data":"Qk0AAAA"}}}]}"#,
         ] {
             let (class, fired) = class_of(body);
             assert_eq!(class, super::super::Class::Confidential, "{body}");

@@ -73,7 +73,7 @@ async fn body<T: DeserializeOwned>(app: &AppState, body: Body) -> Result<T, Admi
     let read = axum::body::to_bytes(body, MAX_ADMIN_BODY);
     let bytes = tokio::time::timeout(app.config.body_read_timeout(), read)
         .await
-        .map_err(|_| AdminApiError::bad_body("The request body was not received in time."))?
+        .map_err(|_| AdminApiError::BodyTimeout)?
         .map_err(|e| {
             let too_large = std::error::Error::source(&e)
                 .is_some_and(<dyn std::error::Error>::is::<http_body_util::LengthLimitError>);

@@ -24,6 +24,9 @@ pub enum AdminApiError {
     /// 409 `conflict`: the name is taken.
     #[error("{0}")]
     Conflict(String),
+    /// 408 `request_timeout`: the body did not arrive in time.
+    #[error("The request body was not received in time.")]
+    BodyTimeout,
     /// 413 `request_too_large`.
     #[error("Request body is larger than {0} bytes.")]
     TooLarge(usize),
@@ -66,6 +69,11 @@ impl AdminApiError {
             AdminApiError::Conflict(_) => {
                 (StatusCode::CONFLICT, "invalid_request_error", "conflict")
             }
+            AdminApiError::BodyTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                "request_timeout",
+            ),
             AdminApiError::TooLarge(_) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "invalid_request_error",
@@ -131,6 +139,25 @@ impl From<AdminError> for AdminApiError {
                 AdminApiError::bad_body(e.to_string())
             }
             AdminError::Io(_) => AdminApiError::Internal,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_and_codes() {
+        for (error, status, code) in [
+            (AdminApiError::Unauthorized, 401, "invalid_admin_token"),
+            (AdminApiError::bad_body("x"), 400, "invalid_request_body"),
+            (AdminApiError::BodyTimeout, 408, "request_timeout"),
+            (AdminApiError::TooLarge(1), 413, "request_too_large"),
+            (AdminApiError::Unavailable, 503, "service_unavailable"),
+        ] {
+            let (got_status, _, got_code) = error.parts();
+            assert_eq!((got_status.as_u16(), got_code), (status, code), "{error:?}");
         }
     }
 }
