@@ -120,7 +120,9 @@ pub fn request_texts(body: &Map<String, Value>) -> Vec<Cow<'_, str>> {
     // Every string and number of the body, a line each, in document order:
     // what is split over fields, roles or tools (a card number's halves in
     // a message's `name` and its `content`, an address's in two `metadata`
-    // values) is adjacent here.
+    // values) is adjacent here. Only a long string's ends can join a
+    // neighbour's, so its middle is left out (it is scanned on its own):
+    // this costs a few hundred bytes a string, not a second scan of the body.
     let mut all = String::new();
     let mut strings = 0;
     for value in body.values() {
@@ -132,11 +134,29 @@ pub fn request_texts(body: &Map<String, Value>) -> Vec<Cow<'_, str>> {
     out
 }
 
-/// Appends every string and number in `v` to `all`, a line each.
+/// How much of each end of a string the joined text keeps: more than the
+/// longest builtin finding split over two strings could take on one side
+/// (a card number with separators, about 130 characters; an e-mail
+/// address, at most 254).
+const JOINED_EDGE: usize = 256;
+
+/// Stands for a long string's middle in the joined text: eight line
+/// breaks, more separators than any builtin detector allows in a row.
+/// ASCII, so the joined text stays on the scan's fast path.
+const ELIDED: &str = "\n\n\n\n\n\n\n\n";
+
+/// Appends every string and number in `v` to `all`, a line each; of a
+/// string longer than twice [`JOINED_EDGE`], its ends.
 fn all_strings(v: &Value, all: &mut String, strings: &mut usize) {
     match v {
         Value::String(s) => {
-            all.push_str(s);
+            if s.len() > 2 * JOINED_EDGE {
+                all.push_str(&s[..s.floor_char_boundary(JOINED_EDGE)]);
+                all.push_str(ELIDED);
+                all.push_str(&s[s.ceil_char_boundary(s.len() - JOINED_EDGE)..]);
+            } else {
+                all.push_str(s);
+            }
             all.push('\n');
             *strings += 1;
         }
@@ -490,6 +510,15 @@ mod tests {
                 "card",
             ),
             (r#"{"metadata":{"a":"4111 1111","b":"1111 1111"}}"#, "card"),
+            // The same at the ends of long strings.
+            (
+                &format!(
+                    r#"{{"metadata":{{"a":"{} 4111 1111","b":"1111 1111 {}"}}}}"#,
+                    "x ".repeat(2000),
+                    "y ".repeat(2000)
+                ),
+                "card",
+            ),
             (
                 r#"{"messages":[{"role":"system","content":"4111 1111"},{"role":"user","content":"1111 1111"}]}"#,
                 "card",
