@@ -151,9 +151,18 @@ fn all_strings(v: &Value, all: &mut String, strings: &mut usize) {
     match v {
         Value::String(s) => {
             if s.len() > 2 * JOINED_EDGE {
-                all.push_str(&s[..s.floor_char_boundary(JOINED_EDGE)]);
+                // Cut at character boundaries, at most three bytes away.
+                let mut head = JOINED_EDGE;
+                while !s.is_char_boundary(head) {
+                    head -= 1;
+                }
+                let mut tail = s.len() - JOINED_EDGE;
+                while !s.is_char_boundary(tail) {
+                    tail += 1;
+                }
+                all.push_str(&s[..head]);
                 all.push_str(ELIDED);
-                all.push_str(&s[s.ceil_char_boundary(s.len() - JOINED_EDGE)..]);
+                all.push_str(&s[tail..]);
             } else {
                 all.push_str(s);
             }
