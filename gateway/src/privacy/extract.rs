@@ -418,6 +418,24 @@ mod tests {
     }
 
     #[test]
+    fn long_strings_are_cut_at_character_boundaries() {
+        // Two- and three-byte characters at every offset around the cuts.
+        for pad in 0..3 {
+            let text = format!("{}{}", "a".repeat(pad), "é€".repeat(400));
+            let body = serde_json::json!({"a": text, "b": text});
+            let Value::Object(map) = body else {
+                unreachable!("the body is an object")
+            };
+            let joined = request_texts(&map).pop().unwrap();
+            assert!(joined.contains(ELIDED), "{pad}");
+            assert!(
+                joined.len() < 2 * (2 * JOINED_EDGE + ELIDED.len() + 8),
+                "{pad}"
+            );
+        }
+    }
+
+    #[test]
     fn one_field_is_joined_in_document_order_among_many_fields() {
         // Thousands of distinct keys in one tool schema: every string of
         // one field name is joined in the order it came, whatever fields
