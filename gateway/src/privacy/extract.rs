@@ -16,13 +16,20 @@
 //!   between them (`"type":"text"`) do not break a number apart;
 //! - across the messages of one array, what they say (`content`, `text`,
 //!   `refusal`) joined per `role`, a line per text: a card number whose
-//!   second half comes in the user's next message.
+//!   second half comes in the user's next message;
+//! - across the whole body, every string and number a line each, labels
+//!   (`role`, `type`) left out and of a long string only its ends: halves
+//!   in a message's `name` and `content`, in two `metadata` values, in the
+//!   system's and the user's messages.
 //!
 //! Text the model reads decoded is scanned decoded too:
 //! - a string that is itself JSON (a tool call's `arguments`, a tool's
 //!   answer), which serialisers write with `\uXXXX` escapes: its strings,
 //!   numbers and keys as they decode, to [`MAX_NESTING`] levels;
-//! - a string with percent-escapes (`%20`, a URL's query), decoded.
+//! - a string with escapes no parser would decode (JSON cut short, `\x40`
+//!   in a language's literal, `&#64;` in markup), decoded;
+//! - a string with percent-escapes (`%20`, a URL's query), decoded, to
+//!   three levels.
 //!
 //! Content the detectors cannot read (an image, audio or file part, a
 //! remote image URL, a `data:` URL) is not text at all: each such part
