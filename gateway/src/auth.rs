@@ -216,9 +216,17 @@ impl KeyCache {
     }
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
+/// The bearer credential of `headers`: one `Authorization` header, scheme
+/// `Bearer` in any case, a token after it. Two `Authorization` headers are
+/// no credential at all: a proxy in front may read the other one, so
+/// which caller this is would depend on who is asked.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let (scheme, token) = value.to_str().ok()?.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
@@ -254,6 +262,11 @@ mod tests {
             assert_eq!(bearer(&h), want, "{value:?}");
         }
         assert_eq!(bearer(&HeaderMap::new()), None);
+        // Two headers, whichever comes first: refused.
+        let mut two = HeaderMap::new();
+        two.append(header::AUTHORIZATION, HeaderValue::from_static("Bearer a"));
+        two.append(header::AUTHORIZATION, HeaderValue::from_static("Bearer b"));
+        assert_eq!(bearer(&two), None);
     }
 
     /// With the store gone, a key of the generated shape cannot be checked

@@ -11,7 +11,7 @@
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use secrecy::ExposeSecret;
@@ -101,13 +101,7 @@ async fn accept(
         .worker_token
         .as_ref()
         .ok_or(FleetError::Disabled)?;
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim())
-        .ok_or(FleetError::Token)?;
+    let presented = crate::auth::bearer(headers).ok_or(FleetError::Token)?;
     if !same_secret(presented, token.expose_secret()) {
         tracing::debug!("heartbeat refused: no valid worker token");
         return Err(FleetError::Token);

@@ -20,7 +20,7 @@ pub mod dashboard;
 mod error;
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap};
+use axum::http::HeaderMap;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -61,14 +61,7 @@ pub(super) async fn admin_token(
     app: &AppState,
     headers: &HeaderMap,
 ) -> Result<AdminToken, AdminApiError> {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim())
-        .filter(|t| !t.is_empty())
-        .ok_or(AdminApiError::Unauthorized)?;
+    let presented = crate::auth::bearer(headers).ok_or(AdminApiError::Unauthorized)?;
     check_token(app, presented).await
 }
 
