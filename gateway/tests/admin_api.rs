@@ -917,3 +917,99 @@ async fn every_dashboard_route_needs_a_session_and_forms_need_its_csrf_token() {
         .unwrap();
     assert_eq!(r.status(), 303);
 }
+
+/// Every route that reads a body (the admin API, the dashboard's forms and
+/// sign-in, worker heartbeats) refuses a declared length over its limit
+/// with 413 before reading any of it, and before answering
+/// `Expect: 100-continue`; a body that does not arrive gets 408.
+#[tokio::test]
+async fn every_body_is_bounded_in_size_and_time_before_it_is_read() {
+    use gateway::http::admin::dashboard::COOKIE;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const WORKER_TOKEN: &str = "worker-token-for-body-limits";
+    let gw = Gateway::start(
+        common::sqlite().await,
+        Config {
+            worker_token: Some(secrecy::SecretString::from(WORKER_TOKEN)),
+            body_read_timeout_ms: 300,
+            ..long_caches()
+        },
+    )
+    .await;
+    let token = admin_token(&gw).await;
+    let admin = gw
+        .store()
+        .active_admin_token(&keys::hash(&token))
+        .await
+        .unwrap()
+        .unwrap();
+    let session = gw
+        .store()
+        .create_admin_session(&admin.id, 60_000)
+        .await
+        .unwrap();
+    let cookie = format!("{COOKIE}={}", session.cookie.expose_secret());
+    let addr = gw
+        .url("")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let routes: [(&str, String, &str); 4] = [
+        (
+            "/admin/api/tenants",
+            format!("Authorization: Bearer {token}\r\n"),
+            "application/json",
+        ),
+        (
+            "/admin/tenants",
+            format!("Cookie: {cookie}\r\n"),
+            "application/x-www-form-urlencoded",
+        ),
+        (
+            "/admin/login",
+            String::new(),
+            "application/x-www-form-urlencoded",
+        ),
+        (
+            "/fleet/workers",
+            format!("Authorization: Bearer {WORKER_TOKEN}\r\n"),
+            "application/json",
+        ),
+    ];
+    for (path, credential, content_type) in &routes {
+        // Headers only, the body never sent: the answer comes at once and
+        // the connection closes.
+        let mut raw = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{credential}Content-Type: {content_type}\r\n\
+             Expect: 100-continue\r\nContent-Length: 10485760\r\n\r\n"
+        );
+        raw.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut answer))
+            .await
+            .unwrap_or_else(|_| panic!("{path}: not answered and closed within 5 s"))
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{path}: {answer}");
+        assert!(!answer.contains("100 Continue"), "{path}: {answer}");
+        assert!(answer.contains("request_too_large"), "{path}: {answer}");
+
+        // A short body declared, a part of it sent, then nothing: 408.
+        let mut raw = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{credential}Content-Type: {content_type}\r\n\
+             Content-Length: 100\r\n\r\n{{\"na"
+        );
+        raw.write_all(head.as_bytes()).await.unwrap();
+        let mut status = [0u8; 12];
+        tokio::time::timeout(Duration::from_secs(5), raw.read_exact(&mut status))
+            .await
+            .unwrap_or_else(|_| panic!("{path}: a stalled body not answered within 5 s"))
+            .unwrap();
+        assert_eq!(&status, b"HTTP/1.1 408", "{path}");
+    }
+    gw.shutdown().await;
+}

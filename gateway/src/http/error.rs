@@ -80,6 +80,19 @@ fn no_route_message(code: NoRouteCode) -> &'static str {
     }
 }
 
+impl From<super::body::BodyError> for ApiError {
+    fn from(e: super::body::BodyError) -> ApiError {
+        use super::body::BodyError;
+        match e {
+            BodyError::TooLarge(limit) => ApiError::TooLarge(limit),
+            BodyError::Timeout => ApiError::BodyTimeout,
+            BodyError::Unreadable => {
+                ApiError::bad_request(e.to_string(), "invalid_request_body", None)
+            }
+        }
+    }
+}
+
 impl ApiError {
     /// A 400 with `code` and optional `param`.
     pub fn bad_request(

@@ -18,6 +18,7 @@ use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use wire::{ErrorBody, Heartbeat, HeartbeatAck};
 
+use super::body::BodyError;
 use crate::fleet::registry::{listing, Refused};
 use crate::state::AppState;
 
@@ -33,7 +34,10 @@ enum FleetError {
     /// 401 `invalid_worker_token`.
     #[error("A valid worker token is required.")]
     Token,
-    /// 400 `invalid_heartbeat`: unreadable, too large or not a heartbeat.
+    /// 413, 408 or 400: the body could not be read.
+    #[error(transparent)]
+    Read(BodyError),
+    /// 400 `invalid_heartbeat`: not a heartbeat.
     #[error("The body is not a worker heartbeat.")]
     Body,
     /// 403 `registration_refused`: a URL or model the fleet will not list.
@@ -47,6 +51,11 @@ enum FleetError {
 impl IntoResponse for FleetError {
     fn into_response(self) -> Response {
         let (status, kind, code) = match &self {
+            FleetError::Read(e) => (
+                e.status(),
+                "invalid_request_error",
+                e.code().unwrap_or("invalid_heartbeat"),
+            ),
             FleetError::Disabled => (
                 StatusCode::NOT_FOUND,
                 "invalid_request_error",
@@ -106,11 +115,9 @@ async fn accept(
         tracing::debug!("heartbeat refused: no valid worker token");
         return Err(FleetError::Token);
     }
-    let read = axum::body::to_bytes(body, MAX_BODY);
-    let bytes = tokio::time::timeout(app.config.body_read_timeout(), read)
+    let bytes = super::body::read(body, MAX_BODY, app.config.body_read_timeout())
         .await
-        .map_err(|_| FleetError::Body)?
-        .map_err(|_| FleetError::Body)?;
+        .map_err(FleetError::Read)?;
     let beat: Heartbeat = serde_json::from_slice(&bytes).map_err(|_| FleetError::Body)?;
     let registered = listing(&beat).map_err(|e| {
         tracing::warn!(problem = %e, "worker registration refused");

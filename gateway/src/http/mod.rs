@@ -10,6 +10,7 @@
 //! authentication, bounded in size and time.
 
 pub mod admin;
+mod body;
 pub mod chat;
 mod error;
 mod fleet;

@@ -70,19 +70,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Param {
 
 /// Reads and parses a JSON body of at most [`MAX_ADMIN_BODY`] bytes.
 async fn body<T: DeserializeOwned>(app: &AppState, body: Body) -> Result<T, AdminApiError> {
-    let read = axum::body::to_bytes(body, MAX_ADMIN_BODY);
-    let bytes = tokio::time::timeout(app.config.body_read_timeout(), read)
-        .await
-        .map_err(|_| AdminApiError::BodyTimeout)?
-        .map_err(|e| {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(<dyn std::error::Error>::is::<http_body_util::LengthLimitError>);
-            if too_large {
-                AdminApiError::TooLarge(MAX_ADMIN_BODY)
-            } else {
-                AdminApiError::bad_body("The request body could not be read.")
-            }
-        })?;
+    let bytes =
+        crate::http::body::read(body, MAX_ADMIN_BODY, app.config.body_read_timeout()).await?;
     serde_json::from_slice(&bytes)
         .map_err(|e| AdminApiError::bad_body(format!("Invalid JSON body: {e}.")))
 }

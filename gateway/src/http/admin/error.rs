@@ -38,6 +38,17 @@ pub enum AdminApiError {
     Internal,
 }
 
+impl From<crate::http::body::BodyError> for AdminApiError {
+    fn from(e: crate::http::body::BodyError) -> AdminApiError {
+        use crate::http::body::BodyError;
+        match e {
+            BodyError::TooLarge(limit) => AdminApiError::TooLarge(limit),
+            BodyError::Timeout => AdminApiError::BodyTimeout,
+            BodyError::Unreadable => AdminApiError::bad_body(e.to_string()),
+        }
+    }
+}
+
 impl AdminApiError {
     pub fn bad_body(message: impl Into<String>) -> AdminApiError {
         AdminApiError::BadRequest {

@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -77,9 +77,10 @@ async fn handle(app: AppState, headers: &HeaderMap, body: Body, span: &Span) -> 
         metrics::counter!("gateway_rejected_total", "code" => "ledger_backlog").increment(1);
         return reject(ApiError::Unavailable);
     }
-    let bytes = match read_body(&app, headers, body).await {
+    let limit = app.config.max_body_bytes;
+    let bytes = match super::body::read(body, limit, app.config.body_read_timeout()).await {
         Ok(b) => b,
-        Err(e) => return reject(e),
+        Err(e) => return reject(e.into()),
     };
     let mut req = match ChatRequest::parse(&bytes, headers) {
         Ok(r) => r,
@@ -125,43 +126,6 @@ async fn handle(app: AppState, headers: &HeaderMap, body: Body, span: &Span) -> 
             with_gateway_headers(e.into_response(), &route)
         }
     }
-}
-
-/// The whole body, bounded in size and in time (a client that trickles its
-/// body gets 408 instead of holding a connection and a buffer forever). A
-/// declared length over the limit is refused before anything is read (and
-/// before `Expect: 100-continue` is answered).
-async fn read_body(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
-    let limit = app.config.max_body_bytes;
-    let declared = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(ApiError::TooLarge(limit));
-    }
-    let read = axum::body::to_bytes(body, limit);
-    match tokio::time::timeout(app.config.body_read_timeout(), read).await {
-        Err(_) => Err(ApiError::BodyTimeout),
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(e)) if is_length_limit(&e) => Err(ApiError::TooLarge(limit)),
-        Ok(Err(_)) => Err(ApiError::bad_request(
-            "The request body could not be read.",
-            "invalid_request_body",
-            None,
-        )),
-    }
-}
-
-fn is_length_limit(e: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if err.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        source = err.source();
-    }
-    false
 }
 
 fn reject_auth(span: &Span, e: ApiError) -> Response {

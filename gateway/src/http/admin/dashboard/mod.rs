@@ -27,7 +27,7 @@ mod insight;
 mod layout;
 mod settings;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
@@ -353,6 +353,11 @@ fn json_value(key: &str, value: &str) -> serde_json::Value {
     }
 }
 
+/// A form's raw bytes, at most [`MAX_FORM`] of them.
+async fn read_form(app: &AppState, body: Body) -> Result<Bytes, AdminApiError> {
+    Ok(crate::http::body::read(body, MAX_FORM, app.config.body_read_timeout()).await?)
+}
+
 /// Reads a URL-encoded form, checks its `csrf` field against the session,
 /// and parses the rest into `T`. Empty fields count as absent.
 async fn form<T: DeserializeOwned>(
@@ -360,10 +365,9 @@ async fn form<T: DeserializeOwned>(
     session: &Session,
     body: Body,
 ) -> Result<T, Response> {
-    let read = axum::body::to_bytes(body, MAX_FORM);
-    let Ok(Ok(bytes)) = tokio::time::timeout(app.config.body_read_timeout(), read).await else {
-        return Err(AdminApiError::bad_body("The form could not be read.").into_response());
-    };
+    let bytes = read_form(app, body)
+        .await
+        .map_err(IntoResponse::into_response)?;
     let Ok(pairs) = serde_urlencoded::from_bytes::<Vec<(String, String)>>(&bytes) else {
         return Err(AdminApiError::bad_body("The form could not be read.").into_response());
     };
@@ -422,9 +426,9 @@ async fn login(State(app): State<AppState>, headers: HeaderMap, body: Body) -> R
     if !same_origin(&headers) {
         return Refusal::Forgery.into_response(&Method::POST);
     }
-    let read = axum::body::to_bytes(body, MAX_FORM);
-    let Ok(Ok(bytes)) = tokio::time::timeout(app.config.body_read_timeout(), read).await else {
-        return AdminApiError::bad_body("The form could not be read.").into_response();
+    let bytes = match read_form(&app, body).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
     };
     let Ok(Login { token }) = serde_urlencoded::from_bytes::<Login>(&bytes) else {
         return refused_login();
