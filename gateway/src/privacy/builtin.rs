@@ -62,8 +62,28 @@ const IPV4: &str = r"(?-u:\b)(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0
 
 pub(super) const BUILTINS: &[Builtin] = &[
     Builtin {
+        // An address as written, or written to get past a filter: the at
+        // sign spaced or spelt in brackets (`bob @ example.com`, `bob (at)
+        // example [dot] com`), dots spaced or spelt, in any case.
         name: "email",
-        pattern: r"(?i)[\p{L}\p{N}._%+'-]+@[\p{L}\p{N}-]+(?:\.[\p{L}\p{N}-]+)*\.\p{L}{2,}",
+        pattern: concat!(
+            r"(?i)[\p{L}\p{N}._%+'-]+(?:\s*@\s*|\s*[(\[{<]\s*(?:at|@)\s*[)\]}>]\s*)",
+            r"[\p{L}\p{N}-]+(?:(?:\s*\.\s*|\s*[(\[{<]\s*(?:dot|\.)\s*[)\]}>]\s*|\s+dot\s+)[\p{L}\p{N}-]+)*",
+            r"(?:\s*\.\s*|\s*[(\[{<]\s*(?:dot|\.)\s*[)\]}>]\s*|\s+dot\s+)\p{L}{2,}",
+        ),
+        validate: None,
+        class: Class::Confidential,
+    },
+    Builtin {
+        // The at sign spelt as a bare word (`bob at example dot com`): the
+        // last dot must be spelt too, or "look at example.com" would be an
+        // address.
+        name: "email",
+        pattern: concat!(
+            r"(?i)[\p{L}\p{N}._%+'-]+\s+at\s+",
+            r"[\p{L}\p{N}-]+(?:(?:\s*\.\s*|\s*[(\[{<]\s*(?:dot|\.)\s*[)\]}>]\s*|\s+dot\s+)[\p{L}\p{N}-]+)*",
+            r"(?:\s*[(\[{<]\s*(?:dot|\.)\s*[)\]}>]\s*|\s+dot\s+)\p{L}{2,}",
+        ),
         validate: None,
         class: Class::Confidential,
     },
@@ -340,10 +360,26 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::too_many_lines)]
     fn detectors_table() {
         let cases: &[(&str, &[&str])] = &[
             ("write to jane.doe@corp.example.com today", &["email"]),
             ("not an email: user@localhost", &[]),
+            ("write to bob @ example.com", &["email"]),
+            ("write to bob@example . com", &["email"]),
+            ("write to bob (at) example (dot) com", &["email"]),
+            ("write to bob[at]example[dot]co[dot]uk", &["email"]),
+            ("write to bob {AT} example {DOT} com", &["email"]),
+            ("write to bob <at> example.com", &["email"]),
+            ("write to bob [@] example [.] com", &["email"]),
+            ("write to bob@example(dot)com", &["email"]),
+            ("write to bob at example dot com", &["email"]),
+            ("write to bob AT example DOT org", &["email"]),
+            ("write to bob at mail.example (dot) com", &["email"]),
+            ("look at example.com for the docs", &[]),
+            ("the file is at src.main and the other at lib", &[]),
+            ("meet at noon, then dinner at eight", &[]),
+            ("see @mention and @team in the thread", &[]),
             ("call +1 415 555 0132", &["phone"]),
             ("call (415) 555-0132", &["phone"]),
             ("call 415-555-0132", &["phone"]),
