@@ -94,7 +94,8 @@ pub struct Config {
     pub max_body_bytes: usize,
 
     /// Longest a connection may take to send a request's headers; an idle
-    /// keep-alive connection is closed after it too.
+    /// keep-alive connection is closed after it too (keep it above the
+    /// gateway's 4 s pool idle time, or the two race to close).
     #[arg(long, env = "EDGE_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
     pub header_read_timeout_ms: u64,
 

@@ -236,6 +236,11 @@ pub fn error_code(body: &[u8]) -> Option<String> {
     serde_json::from_slice::<Outer>(body).ok()?.error.code
 }
 
+/// How long a plain-HTTP connection (an edge worker's) may sit idle in the
+/// pool: under the edge worker's default header read timeout (10 s), which
+/// is also how long it keeps an idle connection open.
+const DIRECT_POOL_IDLE: Duration = Duration::from_secs(4);
+
 impl Upstreams {
     pub fn new(config: &Config) -> Result<Upstreams, reqwest::Error> {
         let builder = || {
@@ -248,8 +253,12 @@ impl Upstreams {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Config::ms(config.upstream_connect_timeout_ms)));
+        // An edge worker closes a connection left idle for its header read
+        // timeout; a request written onto it as it closes fails, and is not
+        // retried (the worker may have read it). The pool lets idle
+        // connections go first.
         let direct = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(DIRECT_POOL_IDLE)
             .build(connector);
         // reqwest's cloud client sends plain HTTP through the proxy these
         // name; without any, it connects directly, as the direct client does.
