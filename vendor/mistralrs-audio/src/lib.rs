@@ -4,7 +4,9 @@
 //! functionality such as reading audio data, resampling and computing
 //! mel spectrogram features.
 
+#[cfg(feature = "decode")]
 use anyhow::Result;
+#[cfg(feature = "decode")]
 use symphonia::core::{
     audio::SampleBuffer, codecs::DecoderOptions, formats::FormatOptions, io::MediaSourceStream,
     meta::MetadataOptions, probe::Hint,
@@ -20,6 +22,7 @@ pub struct AudioInput {
 
 impl AudioInput {
     /// Read a wav file from disk.
+    #[cfg(feature = "decode")]
     pub fn read_wav(wav_path: &str) -> Result<Self> {
         let mut reader = hound::WavReader::open(wav_path)?;
         let spec = reader.spec();
@@ -42,6 +45,7 @@ impl AudioInput {
     }
 
     /// Decode audio bytes using `symphonia`.
+    #[cfg(feature = "decode")]
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let cursor = std::io::Cursor::new(bytes.to_vec());
         let mss = MediaSourceStream::new(Box::new(cursor), Default::default());
@@ -145,7 +149,7 @@ impl AudioInput {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "decode"))]
 mod tests {
     use super::AudioInput;
     use hound::{SampleFormat, WavSpec, WavWriter};
