@@ -13,7 +13,11 @@
 //! letters, so that every text is normalised (NFKC); many short messages;
 //! one message of thousands of content parts; one tool whose JSON schema
 //! has thousands of distinct keys (the shape that was quadratic); digits
-//! everywhere, so the card and IBAN validators run on every candidate.
+//! everywhere, so the card and IBAN validators run on every candidate;
+//! and two shapes an attacker would send to make the scan slow: escapes
+//! everywhere (`\u0040`, `%2540`, `&#64;`, which the extractor decodes), and
+//! near-misses of every detector (at signs, spelt "at" and "dot", colons,
+//! dotted numbers and separators that start a match and never finish one).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -59,6 +63,23 @@ fn digits(i: usize) -> String {
     }
 }
 
+fn escapes(i: usize) -> String {
+    ["\\u0040x", "%2540y", "&#64;z", "\\x40w", "%40%2E", "&#x2e;"][i % 6].to_owned() + &prose(i)
+}
+
+fn near_misses(i: usize) -> String {
+    match i % 8 {
+        0 => "a @ b".to_owned(),
+        1 => format!("{} at {} dot", prose(i), prose(i + 1)),
+        2 => "x:y::z".to_owned(),
+        3 => format!("{}.{}.{}", i % 256, (i * 3) % 256, (i * 7) % 1000),
+        4 => "+ 1 - 2 ( 3".to_owned(),
+        5 => "(at) [dot]".to_owned(),
+        6 => format!("{:03}-{:02}", i % 1000, i % 100),
+        _ => prose(i),
+    }
+}
+
 fn chat(messages: &[Value]) -> Value {
     json!({"model": "m", "messages": messages, "max_tokens": 16})
 }
@@ -69,6 +90,8 @@ fn body(shape: &str, size: usize) -> Vec<u8> {
         "prose" => chat(&[json!({"role": "user", "content": text(size, prose)})]),
         "non-ascii" => chat(&[json!({"role": "user", "content": text(size, accented)})]),
         "digits" => chat(&[json!({"role": "user", "content": text(size, digits)})]),
+        "escapes" => chat(&[json!({"role": "user", "content": text(size, escapes)})]),
+        "near-misses" => chat(&[json!({"role": "user", "content": text(size, near_misses)})]),
         "messages" => chat(
             &(0..size / 100)
                 .map(|i| json!({"role": "user", "content": text(80, |j| prose(i + j))}))
@@ -134,6 +157,8 @@ fn main() {
         "prose",
         "non-ascii",
         "digits",
+        "escapes",
+        "near-misses",
         "messages",
         "parts",
         "schema-keys",
