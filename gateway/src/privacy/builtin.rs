@@ -58,7 +58,14 @@ pub const BUILTIN_NAMES: &[&str] = &[
     "secret",
 ];
 
-const IPV4: &str = r"(?-u:\b)(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?-u:\b)";
+/// A dotted IPv4 address: octets with up to two leading zeros, dots
+/// written as they are or defanged (`[.]`, `(.)`, `[dot]`). No word
+/// boundaries: the validator looks at the neighbours, so an address glued
+/// to a label (`ip_10.0.0.1`, `10.0.0.1a`) is still one.
+const IPV4: &str = concat!(
+    r"(?i)(?:0{0,2}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\.|\[\.\]|\(\.\)|\[dot\]|\(dot\))){3}",
+    r"0{0,2}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])",
+);
 
 pub(super) const BUILTINS: &[Builtin] = &[
     Builtin {
@@ -91,7 +98,7 @@ pub(super) const BUILTINS: &[Builtin] = &[
         name: "phone",
         // International form (+ then 7-15 digits in groups), North American
         // forms, three groups of 3-3-4 digits, with any separators, and
-        // national forms behind a trunk 0.
+        // national forms behind a trunk 0 (or the international 00).
         pattern: concat!(
             r"\+[\s!-/:-@\[-`{-~\u{2010}-\u{2015}\u{b7}\u{2022}\u{2212}\u{30fc}\u{3001}\u{ff64}]{0,2}[0-9]",
             r"(?:[\s!-/:-@\[-`{-~\u{2010}-\u{2015}\u{b7}\u{2022}\u{2212}\u{30fc}\u{3001}\u{ff64}]{0,3}[0-9]){6,14}",
@@ -100,9 +107,11 @@ pub(super) const BUILTINS: &[Builtin] = &[
             r"|[0-9]{3}[\s!-/:-@\[-`{-~\u{2010}-\u{2015}\u{b7}\u{2022}\u{2212}\u{30fc}\u{3001}\u{ff64}]{1,3}[0-9]{3}",
             r"[\s!-/:-@\[-`{-~\u{2010}-\u{2015}\u{b7}\u{2022}\u{2212}\u{30fc}\u{3001}\u{ff64}]{1,3}[0-9]{4}",
             // National forms behind a trunk 0, in groups (020 7946 0958,
-            // 07700 900123, 01 23 45 67 89); the validator wants 10 or 11
+            // 07700 900123, 01 23 45 67 89); the validator wants 10 to 12
             // digits.
-            r"|(?-u:\b)0[0-9]{1,4}(?:[\s.\-\u{2010}-\u{2015}]{1,2}[0-9]{2,6}){1,4}(?-u:\b)",
+            r"|(?-u:\b)0[0-9]{1,4}(?:[\s.\-\u{2010}-\u{2015}]{1,2}[0-9]{2,8}){1,4}(?-u:\b)",
+            // A national number written without separators (07700900123).
+            r"|(?-u:\b)0[1-9][0-9]{8,9}(?-u:\b)",
         ),
         validate: Some(phone_digits),
         class: Class::Confidential,
@@ -124,24 +133,40 @@ pub(super) const BUILTINS: &[Builtin] = &[
     },
     Builtin {
         // A US social security number in its written form (3-2-4 digits,
-        // separated); the validator drops numbers never issued.
         name: "national_id",
-        pattern: r"(?-u:\b)[0-9]{3}[\s\-\u{2010}-\u{2015}.][0-9]{2}[\s\-\u{2010}-\u{2015}.][0-9]{4}(?-u:\b)",
+        // separated); the validator drops numbers never issued and digits
+        // that continue a longer run (`SSN123-45-6789` is one).
+        pattern: r"[0-9]{3}[\s\-\u{2010}-\u{2015}./_]{1,3}[0-9]{2}[\s\-\u{2010}-\u{2015}./_]{1,3}[0-9]{4}",
         validate: Some(ssn),
         class: Class::Confidential,
     },
     Builtin {
         // A document's classification banner, in capitals as banners are
-        // written; "confidential" in lower case is prose.
+        // written (words joined by spaces, `_` or `-`, glued to digits or
+        // `_`), or a few title-case ones; "confidential" in lower case is
+        // prose.
         name: "marker",
-        pattern: r"(?-u:\b)(?:(?:STRICTLY |HIGHLY )?CONFIDENTIAL|INTERNAL USE ONLY|DO NOT (?:DISTRIBUTE|FORWARD|SHARE)|NOT FOR (?:DISTRIBUTION|EXTERNAL USE)|PRIVILEGED (?:AND|&) CONFIDENTIAL)(?-u:\b)",
-        validate: None,
+        pattern: concat!(
+            r"(?:(?:STRICTLY|HIGHLY|COMPANY|BUSINESS|STRENG)[ _-])?(?:CONFIDENTIAL|VERTRAULICH|CONFIDENTIEL|CONFIDENCIAL|RISERVATO)",
+            r"|C O N F I D E N T I A L|INTERNAL(?:[ _-]USE)?[ _-]ONLY|DO[ _-]NOT[ _-](?:DISTRIBUTE|FORWARD|SHARE|COPY)",
+            r"|NOT[ _-]FOR[ _-](?:DISTRIBUTION|EXTERNAL[ _-]USE|PUBLIC[ _-]RELEASE)|TOP[ _-]SECRET|SECRET//|NOFORN",
+            r"|PROPRIETARY|RESTRICTED|(?i:(?:strictly|highly|company|privileged (?:and|&)) confidential)",
+            r"|(?i:classification\s*:\s*(?:confidential|secret|restricted|internal))",
+        ),
+        validate: Some(not_glued_to_letters),
         class: Class::Confidential,
     },
     Builtin {
         name: "ip_address",
         pattern: IPV4,
         validate: Some(not_in_dotted_run),
+        class: Class::Confidential,
+    },
+    Builtin {
+        // An address in a cloud host name (`ip-10-0-0-1.ec2.internal`).
+        name: "ip_address",
+        pattern: r"(?i)(?-u:\b)ip-(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])-){3}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?-u:\b)",
+        validate: None,
         class: Class::Confidential,
     },
     Builtin {
@@ -158,16 +183,52 @@ pub(super) const BUILTINS: &[Builtin] = &[
     },
     Builtin {
         name: "secret",
-        pattern: r"(?i)(?-u:\b)(?:sk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{36,}|xox[abprs]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35}|gw-[0-9a-f]{64})(?-u:\b)",
+        pattern: concat!(
+            r"(?i)(?-u:\b)(?:sk-(?:proj-|ant-)?[A-Za-z0-9_-]{16,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{36,}",
+            r"|github_pat_[A-Za-z0-9_]{22,}|glpat-[A-Za-z0-9_-]{20,}|[sr]k_(?:live|test)_[A-Za-z0-9]{10,}",
+            r"|hf_[A-Za-z0-9]{30,}|npm_[A-Za-z0-9]{36}|pypi-[A-Za-z0-9_-]{50,}|xapp-[A-Za-z0-9-]{10,}",
+            r"|xox[abprs]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35}|gw-[0-9a-f]{64})(?-u:\b)",
+        ),
         validate: None,
         class: Class::Confidential,
     },
     Builtin {
-        // A credential written as an assignment (`password: hunter2`,
-        // `api_key=...`), whatever its shape.
+        // A credential written as an assignment, whatever its shape: a
+        // key word at the end of a name (`password: hunter2`,
+        // `DB_PASSWORD=…`, `"dbPassword": "…"`, `<password>…`,
+        // `--password=…`), or a short one on its own (`pw: …`, `PIN: …`).
         name: "secret",
-        pattern: r"(?i)(?-u:\b)(?:password|passwd|passphrase|pwd|secret|api[_-]?key|access[_-]?key|auth[_-]?token|client[_-]?secret)[\s\x22']*[:=][\s\x22']*[^\s\x22',;]{4,}",
+        pattern: concat!(
+            r"(?i)(?:(?:password|passwd|passphrase|passwort|kennwort|contrase(?:ñ|n)a|senha|secret|token|credential",
+            r"|api[_-]?key|access[_-]?key|private[_-]?key|auth[_-]?token|authorization)s?",
+            r"|(?-u:\b)(?:pass|pw|pwd|pin|mot de passe|mdp))",
+            r"[\s\x22'>]*[:=>][\s\x22']*[^\s\x22',;<]{4,}",
+        ),
         validate: None,
+        class: Class::Confidential,
+    },
+    Builtin {
+        // The same in prose or on a command line (`my password is
+        // hunter2`, `--password hunter2`); the validator wants a value
+        // with a digit or a symbol ("the password is required" is prose).
+        name: "secret",
+        pattern: concat!(
+            r"(?i)(?:password|passwort|passcode|pin)(?-u:\b)[^.\n]{0,40}?\s(?:is|was|lautet|est|es)\s+[\x22']?[^\s\x22',;]{4,}",
+            r"|--(?:password|passwd|pass|token|api-key|secret|auth-token)\s+[^\s\x22'-][^\s\x22']{3,}",
+        ),
+        validate: Some(value_with_symbol),
+        class: Class::Confidential,
+    },
+    Builtin {
+        // Credentials on a command line or in a header: `mysql -phunter2`,
+        // `curl -u admin:hunter2`, `Authorization: Bearer …`/`Basic …`.
+        name: "secret",
+        pattern: concat!(
+            r"(?i)(?-u:\b)(?:mysql|mysqldump|mysqladmin|mariadb)(?-u:\b)[^\n]{0,80}?\s-p[^\s]{3,}",
+            r"|(?-u:\b)(?:curl|wget|http)(?-u:\b)[^\n]{0,120}?\s(?:-u|--user)\s*[^\s:]+:[^\s]{3,}",
+            r"|(?-u:\b)(?:bearer|basic)\s+[A-Za-z0-9+/=._~-]{8,}",
+        ),
+        validate: Some(value_with_symbol),
         class: Class::Confidential,
     },
     Builtin {
@@ -198,30 +259,89 @@ fn digits(s: &str) -> Vec<u32> {
     s.chars().filter_map(|c| c.to_digit(10)).collect()
 }
 
-/// 7 to 15 digits; 10 or 11 behind a trunk 0, the length of national
-/// numbers, which a date (`01.12.2024`) is not.
+/// 7 to 15 digits; behind the international prefix 00, a country code
+/// and 7 to 15 digits in all.
+/// Behind a trunk 0, 10 to 12, the length of national numbers, which a
+/// date (`01.12.2024`) is not: counted group by group, so that a number
+/// followed by another (`07700 900123 45 mins`) is still found. The digits
+/// `0123456789` in a row are an alphabet, not a number.
 fn phone_digits(text: &str, start: usize, end: usize) -> bool {
-    let n = digits(&text[start..end]).len();
-    if text[start..].starts_with('0') {
-        (10..=11).contains(&n)
-    } else {
-        (7..=15).contains(&n)
+    let hit = &text[start..end];
+    let d = digits(hit);
+    if hit.starts_with("00") {
+        // No country code starts with 0.
+        return d.get(2).is_some_and(|&c| c != 0) && (9..=17).contains(&d.len());
     }
+    let n = d.len();
+    if !hit.starts_with('0') {
+        return (7..=15).contains(&n);
+    }
+    if hit.starts_with("0123456789") {
+        return false;
+    }
+    let mut n = 0;
+    hit.split(|c: char| !c.is_ascii_digit())
+        .filter(|g| !g.is_empty())
+        .any(|group| {
+            n += group.len();
+            (10..=12).contains(&n)
+        })
 }
 
 /// An SSN as issued: no area 000, 666 or 900-999, no group 00, no serial
-/// 0000.
+/// 0000; not the middle of a longer run of digits.
 fn ssn(text: &str, start: usize, end: usize) -> bool {
+    if !apart_from_digits(text, start, end) {
+        return false;
+    }
     let d = digits(&text[start..end]);
     let area = d[0] * 100 + d[1] * 10 + d[2];
     area != 0 && area != 666 && area < 900 && d[3..5] != [0, 0] && d[5..] != [0, 0, 0, 0]
 }
 
-/// Some window of 13 to 19 consecutive digits passes Luhn. A window of one
-/// repeated digit is a placeholder, not a card.
+/// No digit right before `start` or right after `end`.
+fn apart_from_digits(text: &str, start: usize, end: usize) -> bool {
+    let before = text[..start].chars().next_back();
+    let after = text[end..].chars().next();
+    !before.is_some_and(|c| c.is_ascii_digit()) && !after.is_some_and(|c| c.is_ascii_digit())
+}
+
+/// No ASCII letter right before `start` or right after `end`: a banner, not
+/// a part of a word (`NONCONFIDENTIAL`).
+fn not_glued_to_letters(text: &str, start: usize, end: usize) -> bool {
+    let before = text[..start].chars().next_back();
+    let after = text[end..].chars().next();
+    !before.is_some_and(|c| c.is_ascii_alphabetic())
+        && !after.is_some_and(|c| c.is_ascii_alphabetic())
+}
+
+/// The value after a key word has a digit or a symbol in it (`hunter2`,
+/// not `required`); a command-line flag's value is taken whatever it is.
+fn value_with_symbol(text: &str, start: usize, end: usize) -> bool {
+    let hit = &text[start..end];
+    if hit.starts_with("--") {
+        return true;
+    }
+    let value = hit.rsplit(char::is_whitespace).next().unwrap_or(hit);
+    let value = value.trim_matches(|c| c == '"' || c == '\'');
+    value.len() >= 4 && value.chars().any(|c| !c.is_alphabetic())
+}
+
+/// Some window of 13 to 19 consecutive digits starts as issuers' numbers
+/// do (3 to 6: American Express, Visa, Mastercard, Discover and others;
+/// 22-27: Mastercard, Mir; 81-82: UnionPay, RuPay) and passes Luhn. A
+/// window of one repeated digit is a placeholder, not a card. The prefix
+/// keeps timestamps and other digit runs (`2024-01-15 10:30:00`) from
+/// passing for a card one time in ten.
 fn card(text: &str, start: usize, end: usize) -> bool {
+    let issuer = |w: &[u32]| match w[0] {
+        3..=6 => true,
+        2 => (2..=7).contains(&w[1]),
+        8 => matches!(w[1], 1 | 2),
+        _ => false,
+    };
     let d = digits(&text[start..end]);
-    (13..=19.min(d.len())).any(|len| d.windows(len).any(luhn))
+    (13..=19.min(d.len())).any(|len| d.windows(len).any(|w| issuer(w) && luhn(w)))
 }
 
 fn luhn(d: &[u32]) -> bool {
@@ -241,11 +361,14 @@ fn luhn(d: &[u32]) -> bool {
     sum.is_multiple_of(10)
 }
 
-/// ISO 13616 mod-97 on the letters and digits of the hit. The regex may
-/// swallow characters after the IBAN's end, so every prefix of a valid
-/// IBAN length is tried; and it may start before it (at `AB12` in
-/// `AB12, IBAN GB40…`, a leftmost match that then covers the IBAN), so
-/// every start of the hit's shape (two letters, two digits) is tried too.
+/// ISO 13616 mod-97 on the letters and digits of the hit, at the length
+/// of the country its first two letters name. The regex may swallow
+/// characters after the IBAN's end, so only the country's length is
+/// checked; and it may start before it (at `AB12` in `AB12, IBAN GB40…`, a
+/// leftmost match that then covers the IBAN), so every start of the hit's
+/// shape (a country, two digits) is tried. The country's length keeps hex
+/// digests and codes (`AB12`, a SHA-256) from passing mod-97 one time in
+/// 97 for each prefix.
 fn iban(text: &str, start: usize, end: usize) -> bool {
     let compact: Vec<u8> = text[start..end]
         .bytes()
@@ -254,11 +377,145 @@ fn iban(text: &str, start: usize, end: usize) -> bool {
         .collect();
     (0..compact.len().saturating_sub(14)).any(|from| {
         let rest = &compact[from..];
-        rest[..2].iter().all(u8::is_ascii_alphabetic)
-            && rest[2..4].iter().all(u8::is_ascii_digit)
-            && (15..=rest.len().min(34)).any(|n| iban_checksum(&rest[..n]))
+        let Some(&(_, len)) = IBAN_LENGTHS
+            .iter()
+            .find(|(c, _)| c.as_bytes() == &rest[..2])
+        else {
+            return false;
+        };
+        rest[2..4].iter().all(u8::is_ascii_digit)
+            && rest.len() >= len
+            && iban_checksum(&rest[..len])
     })
 }
+
+/// The countries that issue IBANs and their IBANs' lengths (the SWIFT IBAN
+/// registry, with the countries that use IBANs outside it).
+const IBAN_LENGTHS: &[(&str, usize)] = &[
+    ("AD", 24),
+    ("AE", 23),
+    ("AL", 28),
+    ("AO", 25),
+    ("AT", 20),
+    ("AZ", 28),
+    ("BA", 20),
+    ("BE", 16),
+    ("BF", 28),
+    ("BG", 22),
+    ("BH", 22),
+    ("BI", 27),
+    ("BJ", 28),
+    ("BL", 27),
+    ("BR", 29),
+    ("BY", 28),
+    ("CF", 27),
+    ("CG", 27),
+    ("CH", 21),
+    ("CI", 28),
+    ("CM", 27),
+    ("CR", 22),
+    ("CV", 25),
+    ("CY", 28),
+    ("CZ", 24),
+    ("DE", 22),
+    ("DJ", 27),
+    ("DK", 18),
+    ("DO", 28),
+    ("DZ", 26),
+    ("EE", 20),
+    ("EG", 29),
+    ("ES", 24),
+    ("FI", 18),
+    ("FK", 18),
+    ("FO", 18),
+    ("FR", 27),
+    ("GA", 27),
+    ("GB", 22),
+    ("GE", 22),
+    ("GF", 27),
+    ("GI", 23),
+    ("GL", 18),
+    ("GP", 27),
+    ("GQ", 27),
+    ("GR", 27),
+    ("GT", 28),
+    ("GW", 25),
+    ("HN", 28),
+    ("HR", 21),
+    ("HU", 28),
+    ("IE", 22),
+    ("IL", 23),
+    ("IQ", 23),
+    ("IR", 26),
+    ("IS", 26),
+    ("IT", 27),
+    ("JO", 30),
+    ("KM", 27),
+    ("KW", 30),
+    ("KZ", 20),
+    ("LB", 28),
+    ("LC", 32),
+    ("LI", 21),
+    ("LT", 20),
+    ("LU", 20),
+    ("LV", 21),
+    ("LY", 25),
+    ("MA", 28),
+    ("MC", 27),
+    ("MD", 24),
+    ("ME", 22),
+    ("MF", 27),
+    ("MG", 27),
+    ("MK", 19),
+    ("ML", 28),
+    ("MN", 20),
+    ("MQ", 27),
+    ("MR", 27),
+    ("MT", 31),
+    ("MU", 30),
+    ("MZ", 25),
+    ("NC", 27),
+    ("NE", 28),
+    ("NI", 28),
+    ("NL", 18),
+    ("NO", 15),
+    ("OM", 23),
+    ("PF", 27),
+    ("PK", 24),
+    ("PL", 28),
+    ("PM", 27),
+    ("PS", 29),
+    ("PT", 25),
+    ("QA", 29),
+    ("RE", 27),
+    ("RO", 24),
+    ("RS", 22),
+    ("RU", 33),
+    ("SA", 24),
+    ("SC", 31),
+    ("SD", 18),
+    ("SE", 24),
+    ("SI", 19),
+    ("SK", 24),
+    ("SM", 27),
+    ("SN", 28),
+    ("SO", 23),
+    ("ST", 25),
+    ("SV", 28),
+    ("TD", 27),
+    ("TF", 27),
+    ("TG", 28),
+    ("TL", 23),
+    ("TN", 24),
+    ("TR", 26),
+    ("UA", 29),
+    ("VA", 22),
+    ("VG", 24),
+    ("WF", 27),
+    ("XK", 20),
+    ("YE", 30),
+    ("YT", 27),
+];
 
 fn iban_checksum(compact: &[u8]) -> bool {
     if !(15..=34).contains(&compact.len()) {
@@ -280,8 +537,12 @@ fn iban_checksum(compact: &[u8]) -> bool {
 }
 
 /// Rejects `1.2.3.4` inside `1.2.3.4.5` (version strings, OIDs): an address
-/// is not preceded or followed by a dot that continues the dotted run.
+/// is not preceded or followed by a dot that continues the dotted run, nor
+/// by a digit.
 fn not_in_dotted_run(text: &str, start: usize, end: usize) -> bool {
+    if !apart_from_digits(text, start, end) {
+        return false;
+    }
     let before = text[..start].chars().next_back();
     let mut after = text[end..].chars();
     let dotted_before = before == Some('.')
@@ -325,8 +586,25 @@ fn ipv6(text: &str, start: usize, end: usize) -> bool {
 /// The 4.2 bits/char threshold sits above pure hex (at most 4 bits), so
 /// commit hashes and checksums in prose do not fire; hex-encoded secrets are
 /// caught by the prefixed shapes above instead.
+///
+/// A long run is also tried in windows of [`ENTROPY_WINDOW`] characters: a
+/// secret glued to padding (`-----…wJalrXUtnFEMI…`) is diluted as a whole.
 fn high_entropy(text: &str, start: usize, end: usize) -> bool {
     let token = &text[start..end];
+    if entropic(token) {
+        return true;
+    }
+    token.len() > ENTROPY_WINDOW + 8
+        && (0..=token.len() - ENTROPY_WINDOW)
+            .step_by(8)
+            .chain([token.len() - ENTROPY_WINDOW])
+            .any(|i| entropic(&token[i..i + ENTROPY_WINDOW]))
+}
+
+/// How long a window of a long token [`high_entropy`] scores on its own.
+const ENTROPY_WINDOW: usize = 40;
+
+fn entropic(token: &str) -> bool {
     let has_digit = token.bytes().any(|b| b.is_ascii_digit());
     let has_upper = token.bytes().any(|b| b.is_ascii_uppercase());
     let has_lower = token.bytes().any(|b| b.is_ascii_lowercase());
@@ -391,24 +669,64 @@ mod tests {
             ("call 07700 900123", &["phone"]),
             ("appelez le 01 23 45 67 89", &["phone"]),
             ("due 01.12.2024 at noon", &[]),
+            ("call 0044 20 7946 0958", &["phone"]),
+            ("call 00 44 20 7946 0958", &["phone"]),
+            ("call 0151 23456789", &["phone"]),
+            ("call 07700900123", &["phone"]),
+            ("Phone: 07700 900123 45 mins", &["phone"]),
+            ("digits 0123456789 in a row", &[]),
+            ("ssn 123 - 45 - 6789", &["national_id"]),
+            ("SSN123-45-6789", &["national_id"]),
+            ("ssn 123/45/6789", &["national_id"]),
+            ("part 1123-45-6789", &[]),
             ("ssn 078-05-1120 on file", &["national_id"]),
             ("ssn 078 05 1120 on file", &["national_id"]),
             ("never issued 666-05-1120 or 078-00-1120", &[]),
             ("CONFIDENTIAL: board minutes", &["marker"]),
-            ("Privileged & Confidential", &[]),
+            ("Privileged & Confidential", &["marker"]),
+            ("TOP SECRET//NOFORN", &["marker"]),
+            ("CONFIDENTIAL_REPORT_2024.pdf", &["marker"]),
+            ("DO_NOT_DISTRIBUTE", &["marker"]),
+            ("Classification: Internal", &["marker"]),
+            ("Strictly Confidential", &["marker"]),
+            ("VERTRAULICH", &["marker"]),
+            ("NONCONFIDENTIAL", &[]),
             ("PRIVILEGED AND CONFIDENTIAL", &["marker"]),
             ("this is confidential between us", &[]),
             ("password: hunter2!Secret", &["secret"]),
             ("set API_KEY=\"abcd1234\" first", &["secret"]),
             ("the password field is required", &[]),
+            ("the password is required", &[]),
+            ("DB_PASSWORD=hunter2", &["secret"]),
+            ("PGPASSWORD=Tr0ub4dor&3", &["secret"]),
+            (r#"{"dbPassword": "hunter2"}"#, &["secret"]),
+            ("refreshToken: abcdefgh", &["secret"]),
+            ("<password>hunter2</password>", &["secret"]),
+            ("pw: letmein", &["secret"]),
+            ("PIN: 4821", &["secret"]),
+            ("Passwort: geheim123", &["secret"]),
+            ("my password is hunter2", &["secret"]),
+            ("The wifi password for the office is Summer2024!", &["secret"]),
+            ("run it with --password letmein", &["secret"]),
+            ("mysql -u root -phunter2 db", &["secret"]),
+            ("curl -u admin:hunter2 https://x.example", &["secret"]),
+            ("Authorization: Basic YWRtaW46aHVudGVyMg==", &["secret"]),
+            ("Bearer abcd1234efgh5678", &["secret"]),
+            ("a basic understanding of tokens", &[]),
+            ("max_tokens: 32", &[]),
+            ("glpat-abcdefghij0123456789", &["secret"]),
+            ("stripe sk_live_abcdef123456", &["secret"]),
             ("write to jöhn.müller@beispiel.de", &["email"]),
             ("write to O'Brien@corp.example", &["email"]),
             ("pay with 4111 1111 1111 1111", &["card"]),
             ("pay with 5500-0000-0000-0004", &["card"]),
             ("pay with 378282246310005", &["card"]),
             // Every card-length window of a digit run is tried: this
-            // 16-digit run fails Luhn, its last 13 digits pass.
-            ("order 4111111111111112 shipped", &["card"]),
+            // 17-digit run fails Luhn, its last 16 digits pass.
+            ("order 94111111111111111 shipped", &["card"]),
+            // A window that passes Luhn but starts as no issuer's does.
+            ("order 4111111111111112 shipped", &[]),
+            ("at 2024-01-15 10:30:00 UTC", &[]),
             ("ref 20240315120001 shipped", &[]),
             ("pay 4111.1111.1111.1111", &["card"]),
             ("pay 4111/1111/1111/1111", &["card"]),
@@ -423,22 +741,33 @@ mod tests {
             ("pay 4111\u{3001}1111\u{3001}1111\u{3001}1111", &["card"]),
             ("pay 99 4111 1111 1111 1111 88 77", &["card"]),
             ("zeros 0000 0000 0000 0000", &[]),
-            // An IBAN's digits are also a long digit run, and some
-            // card-length window of it passes Luhn: the card detector fires
-            // too (both are confidential). A wrong checksum leaves only that.
-            ("iban DE89 3704 0044 0532 0130 00 please", &["card", "iban"]),
+            // An IBAN's digits are also a long digit run, in which other
+            // detectors may find a card (a window with an issuer's prefix
+            // that passes Luhn) or an international phone number (`0044
+            // …`); all are confidential. A wrong checksum leaves only those.
+            ("iban DE89 3704 0044 0532 0130 00 please", &["iban", "phone"]),
             ("iban GB82WEST12345698765432", &["card", "iban"]),
-            ("iban de89 3704 0044 0532 0130 00", &["card", "iban"]),
-            ("iban DE89.3704.0044.0532.0130.00", &["card", "iban"]),
-            ("myibanDE89370400440532013000xyz", &["card", "iban"]),
+            ("iban de89 3704 0044 0532 0130 00", &["iban", "phone"]),
+            ("iban DE89.3704.0044.0532.0130.00", &["iban", "phone"]),
+            ("myibanDE89370400440532013000xyz", &["iban"]),
             // A code of the same shape first: the match starts there and
             // covers the IBAN, which is still found.
             ("Invoice AB12, IBAN GB40 WEST 5260 1815 9083 01", &["iban"]),
             ("FY24 payment to GB40 WEST 5260 1815 9083 01", &["iban"]),
-            ("iban DE88 3704 0044 0532 0130 00", &["card"]),
+            ("iban DE88 3704 0044 0532 0130 00", &["phone"]),
+            ("AB12 is a form code, see form XY34 as well", &[]),
+            (
+                "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+                &[],
+            ),
             ("host 192.168.10.4 is down", &["ip_address"]),
             ("version 1.2.3.4.5 released", &[]),
             ("octets 300.1.1.1 are invalid", &[]),
+            ("host 192[.]168[.]1[.]10 is bad", &["ip_address"]),
+            ("host 192.168.001.010", &["ip_address"]),
+            ("ip_192.168.1.10", &["ip_address"]),
+            ("host ip-10-0-0-1.ec2.internal", &["ip_address"]),
+            ("part 1192.168.1.10", &[]),
             ("v6 2001:db8::8a2e:370:7334 up", &["ip_address"]),
             ("link fe80::1 up", &["ip_address"]),
             ("IPv6:2001:db8::8a2e:370:7334", &["ip_address"]),
@@ -454,6 +783,11 @@ mod tests {
             ("-----begin private key-----", &["secret"]),
             ("key SK-PROJ-ABCDEFGHIJKLMNOPQRSTUVWX", &["secret"]),
             ("token Zx9Qp2LmN7vB4tR8wK1sY6hJ3gF5dC0aE", &["secret"]),
+            // A secret glued to padding that dilutes it as a whole.
+            (
+                "k ------------------------------------------wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+                &["secret"],
+            ),
             (
                 "sha 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
                 &[],

@@ -18,18 +18,23 @@
 //!   `refusal`) joined per `role`, a line per text: a card number whose
 //!   second half comes in the user's next message;
 //! - across the whole body, every string and number a line each, labels
-//!   (`role`, `type`) left out and of a long string only its ends: halves
-//!   in a message's `name` and `content`, in two `metadata` values, in the
-//!   system's and the user's messages.
+//!   (`role`, `type`) left out and of a long string only its ends, in both
+//!   orders (keys come sorted, so two fields' halves may be reversed):
+//!   halves in a message's `name` and `content`, in two `metadata` values,
+//!   in the system's and the user's messages; the same with each value
+//!   behind its key (a number whose first half is a key); and the keys
+//!   alone (halves in `logit_bias` keys, in a schema's property names).
 //!
 //! Text the model reads decoded is scanned decoded too:
 //! - a string that is itself JSON (a tool call's `arguments`, a tool's
 //!   answer), which serialisers write with `\uXXXX` escapes: its strings,
 //!   numbers and keys as they decode, to [`MAX_NESTING`] levels;
 //! - a string with escapes no parser would decode (JSON cut short, `\x40`
-//!   in a language's literal, `&#64;` in markup), decoded;
-//! - a string with percent-escapes (`%20`, a URL's query), decoded, to
-//!   three levels.
+//!   in a language's literal, `&#64;` or `&commat;` in markup, `\.` in
+//!   Markdown), with percent-escapes (`%20`, a URL's query), or with markup
+//!   (`bob<span>@</span>…`, `**`), decoded, and decoded again on what that
+//!   gives (an escape of a percent-escape of an entity), to [`MAX_DECODE`]
+//!   rounds.
 //!
 //! Content the detectors cannot read (an image, audio or file part, a
 //! remote image URL, a `data:` URL) is not text at all: each such part
@@ -60,21 +65,38 @@ const LABELS: &[&str] = &["role", "type"];
 /// The fields of a message that hold what it says.
 const MESSAGE_TEXTS: &[&str] = &["content", "text", "refusal"];
 
-/// Keys whose value is content other than text wherever they appear.
+/// Keys whose value is content other than text wherever they appear, in
+/// lower case without `_` or `-` (so `image_url`, `imageUrl` and
+/// `Image-URL` are all one).
 const MEDIA_KEYS: &[&str] = &[
     "images",
-    "image_url",
-    "input_audio",
+    "imageurl",
+    "inputaudio",
     "file",
-    "file_data",
-    "file_id",
-    "file_url",
+    "filedata",
+    "fileid",
+    "fileurl",
     "image",
-    "audio_url",
-    "video_url",
-    "input_image",
-    "input_file",
+    "audiourl",
+    "video",
+    "videourl",
+    "inputimage",
+    "inputfile",
 ];
+
+/// Whether `key` names media, in any case and spelling (see [`MEDIA_KEYS`]).
+fn is_media_key(key: &str) -> bool {
+    let mut folded = [0u8; 16];
+    let mut n = 0;
+    for b in key.bytes().filter(|b| !matches!(b, b'_' | b'-')) {
+        let Some(slot) = folded.get_mut(n) else {
+            return false;
+        };
+        *slot = b.to_ascii_lowercase();
+        n += 1;
+    }
+    MEDIA_KEYS.iter().any(|m| m.as_bytes() == &folded[..n])
+}
 
 /// The texts to classify for `body`.
 #[must_use]
@@ -130,14 +152,32 @@ pub fn request_texts(body: &Map<String, Value>) -> Vec<Cow<'_, str>> {
     // values) is adjacent here. Only a long string's ends can join a
     // neighbour's, so its middle is left out (it is scanned on its own):
     // this costs a few hundred bytes a string, not a second scan of the body.
-    let mut all = String::new();
-    let mut strings = 0;
+    // The same again with each value behind its key (a number whose first
+    // half is a `metadata` key and the rest its value), and the keys alone
+    // (halves in `logit_bias` keys or a schema's property names).
+    // Object keys come sorted, not in the order the client wrote them (nor
+    // the one an upstream renders them in), so the values are joined in
+    // both orders: halves in two fields are adjacent in one of them.
+    let mut joined = Joined::default();
     for value in body.values() {
-        all_strings(value, &mut all, &mut strings);
+        joined.add(value);
     }
-    if strings > 1 {
-        out.push(Cow::Owned(all));
+    if joined.values.len() > 1 {
+        let mut forward = String::new();
+        let mut backward = String::new();
+        for piece in &joined.values {
+            forward.push_str(piece);
+            forward.push('\n');
+        }
+        for piece in joined.values.iter().rev() {
+            backward.push_str(piece);
+            backward.push('\n');
+        }
+        out.push(Cow::Owned(forward));
+        out.push(Cow::Owned(backward));
     }
+    out.push(Cow::Owned(joined.keyed));
+    out.push(Cow::Owned(joined.keys));
     out
 }
 
@@ -152,44 +192,67 @@ const JOINED_EDGE: usize = 256;
 /// ASCII, so the joined text stays on the scan's fast path.
 const ELIDED: &str = "\n\n\n\n\n\n\n\n";
 
-/// Appends every string and number in `v` to `all`, a line each; of a
-/// string longer than twice [`JOINED_EDGE`], its ends.
-fn all_strings(v: &Value, all: &mut String, strings: &mut usize) {
-    match v {
-        Value::String(s) => {
-            if s.len() > 2 * JOINED_EDGE {
-                // Cut at character boundaries, at most three bytes away.
-                let mut head = JOINED_EDGE;
-                while !s.is_char_boundary(head) {
-                    head -= 1;
-                }
-                let mut tail = s.len() - JOINED_EDGE;
-                while !s.is_char_boundary(tail) {
-                    tail += 1;
-                }
-                all.push_str(&s[..head]);
-                all.push_str(ELIDED);
-                all.push_str(&s[tail..]);
-            } else {
-                all.push_str(s);
+/// The body's strings and numbers (of a long string, its ends), to be
+/// joined a line each; the same each behind its key, and the keys alone.
+#[derive(Default)]
+struct Joined<'a> {
+    values: Vec<Cow<'a, str>>,
+    keyed: String,
+    keys: String,
+}
+
+impl<'a> Joined<'a> {
+    /// Adds every string and number in `v`; of a string longer than twice
+    /// [`JOINED_EDGE`], its ends.
+    fn add(&mut self, v: &'a Value) {
+        match v {
+            Value::String(s) => {
+                push_ends(s, &mut self.keyed);
+                self.values.push(ends(s));
             }
-            all.push('\n');
-            *strings += 1;
+            Value::Number(n) => {
+                let n = n.to_string();
+                push_ends(&n, &mut self.keyed);
+                self.values.push(Cow::Owned(n));
+            }
+            Value::Array(items) => items.iter().for_each(|i| self.add(i)),
+            // Labels (`"role":"user"`, `"type":"text"`) would stand between
+            // two messages' halves; they are scanned on their own.
+            Value::Object(map) => {
+                for (k, v) in map {
+                    push_ends(k, &mut self.keys);
+                    if !LABELS.contains(&k.as_str()) {
+                        push_ends(k, &mut self.keyed);
+                        self.add(v);
+                    }
+                }
+            }
+            Value::Null | Value::Bool(_) => {}
         }
-        Value::Number(n) => {
-            all.push_str(&n.to_string());
-            all.push('\n');
-            *strings += 1;
-        }
-        Value::Array(items) => items.iter().for_each(|i| all_strings(i, all, strings)),
-        // Labels (`"role":"user"`, `"type":"text"`) would stand between
-        // two messages' halves; they are scanned on their own.
-        Value::Object(map) => map
-            .iter()
-            .filter(|(k, _)| !LABELS.contains(&k.as_str()))
-            .for_each(|(_, i)| all_strings(i, all, strings)),
-        Value::Null | Value::Bool(_) => {}
     }
+}
+
+/// Appends `s` (of a long one, its [`ends`]) and a line break to `joined`.
+fn push_ends(s: &str, joined: &mut String) {
+    joined.push_str(&ends(s));
+    joined.push('\n');
+}
+
+/// `s`, or of a string longer than twice [`JOINED_EDGE`], its ends with
+/// [`ELIDED`] between, cut at character boundaries.
+fn ends(s: &str) -> Cow<'_, str> {
+    if s.len() <= 2 * JOINED_EDGE {
+        return Cow::Borrowed(s);
+    }
+    let mut head = JOINED_EDGE;
+    while !s.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = s.len() - JOINED_EDGE;
+    while !s.is_char_boundary(tail) {
+        tail += 1;
+    }
+    Cow::Owned([&s[..head], ELIDED, &s[tail..]].concat())
 }
 
 /// Adds one item's strings joined per field name, for every field with
@@ -248,7 +311,7 @@ fn collect<'a>(
             }
             for (k, v) in map {
                 out.push(Cow::Borrowed(k));
-                if MEDIA_KEYS.contains(&k.as_str()) && !v.is_null() {
+                if is_media_key(k) && !v.is_null() {
                     out.push(Cow::Borrowed(OPAQUE));
                 }
                 collect(k, v, item, out, depth);
@@ -266,22 +329,21 @@ pub fn is_opaque_part(part: &Value) -> bool {
         return false;
     };
     match map.get("type") {
-        Some(t) => !t.as_str().is_some_and(|t| TEXT_PARTS.contains(&t)),
+        Some(t) => !t
+            .as_str()
+            .is_some_and(|t| TEXT_PARTS.iter().any(|p| p.eq_ignore_ascii_case(t))),
         None => !(map.len() == 1 && map.get("text").is_some_and(Value::is_string)),
     }
 }
 
 /// What `s` decodes to, as the model would read it: a `data:` URL (at the
 /// start or inside the text) is opaque; JSON's strings, numbers and keys;
-/// escapes (`\u0040`, `\x40`, `&#64;`) and percent-escapes (to three
-/// levels: `%2540`) decoded.
+/// escapes, percent-escapes and markup decoded in turn, again on what that
+/// gives, until nothing changes (an escape of a percent-escape of an
+/// entity), to [`MAX_DECODE`] rounds.
 fn decoded(s: &str, out: &mut Vec<Cow<'_, str>>, depth: usize) {
     let trimmed = s.trim_start_matches(|c: char| c.is_whitespace() || c == '\u{feff}');
-    if trimmed
-        .get(..5)
-        .is_some_and(|p| p.eq_ignore_ascii_case("data:"))
-        || s.contains(";base64,")
-    {
+    if has_data_url(s) {
         out.push(Cow::Borrowed(OPAQUE));
     }
     if trimmed.starts_with('{') || trimmed.starts_with('[') {
@@ -298,56 +360,170 @@ fn decoded(s: &str, out: &mut Vec<Cow<'_, str>>, depth: usize) {
             out.extend(texts.into_iter().map(|t| Cow::Owned(t.into_owned())));
         }
     }
-    if let Some(text) = unescape(s) {
+    let Some(mut text) = decode_once(s) else {
+        return;
+    };
+    for _ in 1..MAX_DECODE {
+        let next = decode_once(&text);
         out.push(Cow::Owned(text));
-    }
-    let mut text = Cow::Borrowed(s);
-    for _ in 0..3 {
-        if !text.contains('%') {
-            break;
+        match next {
+            Some(next) => text = next,
+            None => return,
         }
-        let Cow::Owned(next) = percent_encoding::percent_decode_str(&text).decode_utf8_lossy()
-        else {
-            break;
-        };
-        out.push(Cow::Owned(next.clone()));
-        text = Cow::Owned(next);
+    }
+    out.push(Cow::Owned(text));
+}
+
+/// How many rounds of decoding [`decoded`] applies.
+const MAX_DECODE: usize = 6;
+
+/// `s` with one round of decoding applied, if it changes anything:
+/// character escapes, then percent-escapes, then markup.
+fn decode_once(s: &str) -> Option<String> {
+    let mut text = Cow::Borrowed(s);
+    if let Some(t) = unescape(&text) {
+        text = Cow::Owned(t);
+    }
+    if text.contains('%') {
+        if let Cow::Owned(t) = percent_encoding::percent_decode_str(&text).decode_utf8_lossy() {
+            text = Cow::Owned(t);
+        }
+    }
+    if let Some(t) = strip_markup(&text) {
+        text = Cow::Owned(t);
+    }
+    match text {
+        Cow::Owned(t) => Some(t),
+        Cow::Borrowed(_) => None,
     }
 }
 
+/// Whether `s` holds a `data:` URL: `data:` and a media type
+/// (`data:image/svg+xml,…`, `data:image/png;base64,…`), in any case,
+/// anywhere.
+fn has_data_url(s: &str) -> bool {
+    s.match_indices(':').any(|(at, _)| {
+        let scheme = at
+            .checked_sub(4)
+            .and_then(|start| s.get(start..at))
+            .is_some_and(|w| w.eq_ignore_ascii_case("data"));
+        scheme && is_media_type(&s[at + 1..])
+    })
+}
+
+/// Whether `rest` starts with a media type and the `,` or `;` after it.
+fn is_media_type(rest: &str) -> bool {
+    let token = |c: u8| c.is_ascii_alphanumeric() || b".+-_".contains(&c);
+    let bytes = rest.as_bytes();
+    let kind = bytes
+        .iter()
+        .take_while(|&&c| c.is_ascii_alphabetic())
+        .count();
+    if kind == 0 || bytes.get(kind) != Some(&b'/') {
+        return false;
+    }
+    let sub = bytes[kind + 1..].iter().take_while(|&&c| token(c)).count();
+    sub > 0 && matches!(bytes.get(kind + 1 + sub), Some(b',' | b';'))
+}
+
+/// `s` without the markup a model reads through, if it has any: HTML tags
+/// (`bob<span>@</span>example.com`) and Markdown's emphasis markers
+/// (`bob@**example**.com`).
+fn strip_markup(s: &str) -> Option<String> {
+    let tags = s.contains('<') && s.contains('>');
+    let emphasis = ["**", "__", "~~", "`"].iter().any(|m| s.contains(m));
+    if !tags && !emphasis {
+        return None;
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = rest.find(['<', '*', '_', '~', '`']) {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        let skip = match rest.as_bytes() {
+            [b'<', next, ..] if next.is_ascii_alphabetic() || b"/!".contains(next) => rest
+                .bytes()
+                .take(MAX_TAG)
+                .skip(1)
+                .position(|c| c == b'>' || c == b'<')
+                .filter(|&end| rest.as_bytes()[end + 1] == b'>')
+                .map_or(0, |end| end + 2),
+            [b'*', b'*', ..] | [b'_', b'_', ..] | [b'~', b'~', ..] => 2,
+            [b'`', ..] => 1,
+            _ => 0,
+        };
+        if skip == 0 {
+            out.push_str(&rest[..1]);
+            rest = &rest[1..];
+        } else {
+            rest = &rest[skip..];
+        }
+    }
+    out.push_str(rest);
+    (out != s).then_some(out)
+}
+
+/// The longest HTML tag [`strip_markup`] takes out.
+const MAX_TAG: usize = 64;
+
+/// HTML's named character references that stand for ASCII punctuation or
+/// space (the ones a separator or an address is written with).
+const ENTITIES: &[(&str, char)] = &[
+    ("nbsp", ' '),
+    ("ensp", ' '),
+    ("emsp", ' '),
+    ("thinsp", ' '),
+    ("amp", '&'),
+    ("lt", '<'),
+    ("gt", '>'),
+    ("quot", '"'),
+    ("apos", '\''),
+    ("commat", '@'),
+    ("period", '.'),
+    ("comma", ','),
+    ("colon", ':'),
+    ("semi", ';'),
+    ("sol", '/'),
+    ("bsol", '\\'),
+    ("hyphen", '-'),
+    ("dash", '-'),
+    ("ndash", '-'),
+    ("mdash", '-'),
+    ("minus", '-'),
+    ("plus", '+'),
+    ("equals", '='),
+    ("num", '#'),
+    ("percnt", '%'),
+    ("lowbar", '_'),
+    ("lpar", '('),
+    ("rpar", ')'),
+    ("lsqb", '['),
+    ("rsqb", ']'),
+    ("middot", '.'),
+    ("bull", '.'),
+];
+
 /// `s` with its character escapes decoded, if it has any: JSON's and
-/// JavaScript's `\uXXXX` (surrogate pairs joined), Python's `\xXX` and
-/// `\UXXXXXXXX`, and HTML's numeric `&#NN;` and `&#xHH;`. Escapes appear in
-/// text that is JSON cut short (a tool call's arguments truncated by
-/// `max_tokens`), in a language's string literals and in markup, where no
-/// parser decodes them but a model reads through them.
+/// JavaScript's `\uXXXX` (surrogate pairs joined) and `\u{X…}`, Python's
+/// `\xXX` and `\UXXXXXXXX`, octal `\NNN`, a backslash before punctuation
+/// (`\.`, `\@`: Markdown's and regular expressions'), IIS's `%uXXXX`, and
+/// HTML's numeric (`&#64;`, `&#x40;`, with or without the semicolon) and
+/// named (`&nbsp;`, `&commat;`) references. Escapes appear in text that is
+/// JSON cut short (a tool call's arguments truncated by `max_tokens`), in
+/// a language's string literals and in markup, where no parser decodes
+/// them but a model reads through them.
 fn unescape(s: &str) -> Option<String> {
-    if !s.contains('\\') && !s.contains("&#") {
+    if !s.contains(['\\', '&']) && !s.contains("%u") && !s.contains("%U") {
         return None;
     }
     let hex = |t: &str| u32::from_str_radix(t, 16).ok();
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     let mut changed = false;
-    while let Some(at) = rest.find(['\\', '&']) {
+    while let Some(at) = rest.find(['\\', '&', '%']) {
         out.push_str(&rest[..at]);
         rest = &rest[at..];
-        let backslash = rest.starts_with('\\');
-        let (code, len) = match rest.as_bytes().get(1) {
-            Some(b'u') if backslash => (rest.get(2..6).and_then(hex), 6),
-            Some(b'U') if backslash => (rest.get(2..10).and_then(hex), 10),
-            Some(b'x') if backslash => (rest.get(2..4).and_then(hex), 4),
-            Some(b'#') if !backslash => {
-                let body = &rest[2..];
-                let end = body.find(';').filter(|&e| e <= 8);
-                match end {
-                    Some(e) if body.starts_with(['x', 'X']) => (hex(&body[1..e]), e + 3),
-                    Some(e) => (body[..e].parse().ok(), e + 3),
-                    None => (None, 0),
-                }
-            }
-            _ => (None, 0),
-        };
+        let (code, len) = escape(rest, hex);
         let Some(mut code) = code else {
             out.push_str(&rest[..1]);
             rest = &rest[1..];
@@ -371,6 +547,60 @@ fn unescape(s: &str) -> Option<String> {
     out.push_str(rest);
     changed.then_some(out)
 }
+
+/// The character an escape at the start of `rest` stands for, and the
+/// escape's length; `None` if `rest` does not start with one.
+fn escape(rest: &str, hex: impl Fn(&str) -> Option<u32>) -> (Option<u32>, usize) {
+    let bytes = rest.as_bytes();
+    let braced = |from: usize| {
+        let end = rest[from..].find('}').filter(|&e| (1..=6).contains(&e))?;
+        Some((hex(&rest[from..from + end])?, from + end + 1))
+    };
+    match bytes {
+        [b'\\', b'u' | b'x', b'{', ..] => {
+            braced(3).map_or((None, 0), |(c, l)| (Some(c), l))
+        }
+        [b'\\', b'u', ..] | [b'%', b'u' | b'U', ..] => (rest.get(2..6).and_then(&hex), 6),
+        [b'\\', b'U', ..] => (rest.get(2..10).and_then(&hex), 10),
+        [b'\\', b'x', ..] => (rest.get(2..4).and_then(&hex), 4),
+        [b'\\', a @ b'0'..=b'3', b @ b'0'..=b'7', c @ b'0'..=b'7', ..] => (
+            Some(u32::from(a - b'0') * 64 + u32::from(b - b'0') * 8 + u32::from(c - b'0')),
+            4,
+        ),
+        [b'\\', p, ..] if p.is_ascii_punctuation() => (Some(u32::from(*p)), 2),
+        [b'&', b'#', b'x' | b'X', ..] => {
+            let digits = bytes[3..]
+                .iter()
+                .take_while(|c| c.is_ascii_hexdigit())
+                .count();
+            let semi = usize::from(bytes.get(3 + digits) == Some(&b';'));
+            match digits {
+                1..=10 => (hex(&rest[3..3 + digits]), 3 + digits + semi),
+                _ => (None, 0),
+            }
+        }
+        [b'&', b'#', ..] => {
+            let digits = bytes[2..].iter().take_while(|c| c.is_ascii_digit()).count();
+            let semi = usize::from(bytes.get(2 + digits) == Some(&b';'));
+            match digits {
+                1..=10 => (rest[2..2 + digits].parse().ok(), 2 + digits + semi),
+                _ => (None, 0),
+            }
+        }
+        [b'&', ..] => {
+            let name = bytes[1..]
+                .iter()
+                .take_while(|c| c.is_ascii_alphabetic())
+                .count();
+            let entity = (bytes.get(1 + name) == Some(&b';'))
+                .then(|| &rest[1..=name])
+                .and_then(|n| ENTITIES.iter().find(|(e, _)| e.eq_ignore_ascii_case(n)));
+            entity.map_or((None, 0), |(_, c)| (Some(u32::from(*c)), name + 2))
+        }
+        _ => (None, 0),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -433,7 +663,8 @@ mod tests {
             let Value::Object(map) = body else {
                 unreachable!("the body is an object")
             };
-            let joined = request_texts(&map).pop().unwrap();
+            let texts = request_texts(&map);
+            let joined = texts.iter().find(|t| t.contains(ELIDED)).unwrap();
             assert!(joined.contains(ELIDED), "{pad}");
             assert!(
                 joined.len() < 2 * (2 * JOINED_EDGE + ELIDED.len() + 8),
@@ -492,6 +723,7 @@ mod tests {
     /// strings (escaped as serialisers write it), percent-escapes, text
     /// split over one role's messages.
     #[test]
+    #[allow(clippy::too_many_lines)]
     fn content_in_every_form_is_seen() {
         use super::super::Class::{Confidential, Public};
         let cases = [
@@ -585,6 +817,34 @@ mod tests {
                 r#"{"messages":[{"role":"user","content":"bob%2540example.com"}]}"#,
                 "email",
             ),
+            // Named references, markup and escaped punctuation.
+            (
+                r#"{"messages":[{"role":"user","content":"4539&nbsp;1488&nbsp;0343&nbsp;6467"}]}"#,
+                "card",
+            ),
+            (r#"{"messages":[{"role":"user","content":"bob&commat;example&period;com"}]}"#, "email"),
+            (r#"{"messages":[{"role":"user","content":"bob<span>@</span>example.com"}]}"#, "email"),
+            (r#"{"messages":[{"role":"user","content":"bob@**example**.com"}]}"#, "email"),
+            (r#"{"messages":[{"role":"user","content":"bob\\@example\\.com"}]}"#, "email"),
+            (r#"{"messages":[{"role":"user","content":"bob&#64example.com"}]}"#, "email"),
+            (r#"{"messages":[{"role":"user","content":"bob\\u{40}example.com"}]}"#, "email"),
+            (r#"{"messages":[{"role":"user","content":"bob%u0040example.com"}]}"#, "email"),
+            // Encodings layered over each other, and four levels of
+            // percent-escapes.
+            (r#"{"messages":[{"role":"user","content":"bob\\u002540example.com"}]}"#, "email"),
+            (r#"{"messages":[{"role":"user","content":"bob&#37;40example.com"}]}"#, "email"),
+            (r#"{"messages":[{"role":"user","content":"bob%26%2364%3Bexample.com"}]}"#, "email"),
+            (r#"{"messages":[{"role":"user","content":"bob&amp;#64;example.com"}]}"#, "email"),
+            (r#"{"messages":[{"role":"user","content":"bob%25252540example.com"}]}"#, "email"),
+            // Halves in a key and its value, in keys alone, and in two
+            // fields whose sorted order reverses them.
+            (r#"{"metadata":{"4539 1488":"0343 6467"}}"#, "card"),
+            (r#"{"logit_bias":{"4539":1,"1488":1,"0343":1,"6467":1}}"#, "card"),
+            (r#"{"metadata":{"b":"4539 1488","a":"0343 6467"}}"#, "card"),
+            (
+                r#"{"messages":[{"role":"user","name":"1111-1111","content":"4111-1111"}]}"#,
+                "card",
+            ),
         ];
         for (body, detector) in cases {
             let (class, fired) = class_of(body);
@@ -621,13 +881,18 @@ mod tests {
             r#"{"x":{"image":{"b":1}}}"#,
             r#"{"messages":[{"role":"user","content":"hi","images":["Qk0AAAAAAAAAAAAA"]}]}"#,
             r#"{"messages":[{"role":"user","content":{"type":"image","source":{"data":"Qk0AAAA"}}}]}"#,
+            // A data: URL inside text without base64, media keys in other
+            // spellings.
+            r#"{"messages":[{"role":"user","content":"look: data:image/svg+xml,%3Csvg%3E"}]}"#,
+            r#"{"messages":[{"role":"user","content":"hi","imageUrl":"https://x.example/a.png"}]}"#,
+            r#"{"messages":[{"role":"user","content":"hi","Image-URL":"https://x.example/a.png"}]}"#,
         ] {
             let (class, fired) = class_of(body);
             assert_eq!(class, super::super::Class::Confidential, "{body}");
             assert!(fired.iter().any(|f| f == "media"), "{body}: {fired:?}");
         }
         let (_, fired) = class_of(
-            r#"{"messages":[{"role":"user","content":[{"type":"text","text":"hi"},{"text":"ho"}]}],
+            r#"{"messages":[{"role":"user","content":[{"type":"text","text":"hi"},{"text":"ho"},{"type":"TEXT","text":"he"}]}],
                 "response_format":{"type":"json_schema"},"tools":[{"type":"function"}]}"#,
         );
         assert!(!fired.iter().any(|f| f == "media"), "{fired:?}");
@@ -649,8 +914,10 @@ mod tests {
         let (class, fired) = class_of(&nested(MAX_NESTING));
         assert_eq!(class, super::super::Class::Confidential);
         assert_eq!(fired, vec!["email".to_owned()]);
+        // One level deeper the JSON is not parsed but opaque; the escapes
+        // decoded as plain text show the address too.
         let (class, fired) = class_of(&nested(MAX_NESTING + 1));
         assert_eq!(class, super::super::Class::Confidential);
-        assert_eq!(fired, vec!["media".to_owned()]);
+        assert!(fired.contains(&"media".to_owned()), "{fired:?}");
     }
 }

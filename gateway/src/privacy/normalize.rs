@@ -18,7 +18,14 @@
 //!    otherwise sit between two digits or before an `@` and break a match
 //!    while the model reads straight through it;
 //! 4. decimal digits of every script become ASCII digits, so the digit-based
-//!    validators (Luhn, mod-97) see them.
+//!    validators (Luhn, mod-97) see them, and so do the digits NFKC leaves
+//!    alone: the dingbat and double-circled digits (`❹`, `➍`, `⓸`) and the
+//!    CJK numerals (`四五三九`);
+//! 5. punctuation and symbols outside ASCII become `.`, which every
+//!    detector takes as a separator and the e-mail detector as a dot: a
+//!    table's box-drawing bar or an arrow between digit groups, a CJK full
+//!    stop (`。`, which IDNA reads as a dot) in an address. (Not U+FFFC,
+//!    which stands for what no detector could read.)
 //!
 //! Printable ASCII text (with tabs and line breaks) is already in that form
 //! and is returned borrowed: the common case costs one scan of its bytes.
@@ -43,6 +50,7 @@ pub fn normalize(text: &str) -> Cow<'_, str> {
             .nfkc()
             .filter(|c| !invisible(*c))
             .map(ascii_digit)
+            .map(ascii_punctuation)
             .collect(),
     )
 }
@@ -62,6 +70,51 @@ fn invisible(c: char) -> bool {
     }
 }
 
+/// Punctuation or a symbol outside ASCII as `.`; other characters as they
+/// are.
+fn ascii_punctuation(c: char) -> char {
+    // U+FFFC stands for content no detector can read (the extractor's
+    // `OPAQUE`): it stays what it is.
+    if c.is_ascii() || c == '\u{fffc}' {
+        return c;
+    }
+    match c.general_category() {
+        GeneralCategory::ConnectorPunctuation
+        | GeneralCategory::DashPunctuation
+        | GeneralCategory::OpenPunctuation
+        | GeneralCategory::ClosePunctuation
+        | GeneralCategory::InitialPunctuation
+        | GeneralCategory::FinalPunctuation
+        | GeneralCategory::OtherPunctuation
+        | GeneralCategory::MathSymbol
+        | GeneralCategory::CurrencySymbol
+        | GeneralCategory::ModifierSymbol
+        | GeneralCategory::OtherSymbol => '.',
+        _ => c,
+    }
+}
+
+/// A digit NFKC leaves as it is and that is not a decimal digit (`Nd`):
+/// the dingbat digits in circles (three styles, one to ten), the
+/// double-circled ones, the negative-circled zeros and the CJK numerals.
+fn other_digit(c: char) -> Option<u32> {
+    let code = u32::from(c);
+    let ten = |first: u32| {
+        (first..first + 10)
+            .contains(&code)
+            .then(|| (code - first + 1) % 10)
+    };
+    match code {
+        0x24ff | 0x1f10c | 0x3007 | 0x96f6 => Some(0),
+        0x2776..=0x2793 => Some(((code - 0x2776) % 10 + 1) % 10),
+        0x24f5..=0x24fe => ten(0x24f5),
+        _ => "一二三四五六七八九"
+            .chars()
+            .position(|n| n == c)
+            .map(|i| i as u32 + 1),
+    }
+}
+
 /// A decimal digit of any script as its ASCII digit; other characters as
 /// they are.
 ///
@@ -70,8 +123,13 @@ fn invisible(c: char) -> bool {
 /// points precede it in its run, modulo ten (adjacent runs, as in the
 /// mathematical digits, are each ten long).
 fn ascii_digit(c: char) -> char {
-    if c.is_ascii() || c.general_category() != GeneralCategory::DecimalNumber {
+    if c.is_ascii() {
         return c;
+    }
+    if c.general_category() != GeneralCategory::DecimalNumber {
+        return other_digit(c)
+            .and_then(|d| char::from_digit(d, 10))
+            .unwrap_or(c);
     }
     let mut value = 0u32;
     let mut code = u32::from(c);
@@ -117,6 +175,25 @@ mod tests {
             ("4\u{115f}1\u{1160}1\u{3164}1\u{ffa0}1\u{2800}1", "411111"),
             // Composed letters keep their accents.
             ("e\u{301}t\u{e9}", "\u{e9}t\u{e9}"),
+            // Digits NFKC leaves alone: dingbats (three styles), double
+            // circles, negative-circled zero, CJK numerals.
+            ("\u{2779}\u{277a}\u{2778}\u{277e}\u{277f}", "45390"),
+            ("\u{278d}\u{278e}\u{278c}\u{2792}\u{2793}", "45390"),
+            ("\u{2783}\u{24f8}\u{24fe}\u{24ff}", "4400"),
+            ("四五三九 一四八八 〇三四三", "4539 1488 0343"),
+            // Punctuation and symbols outside ASCII: a box-drawing bar, an
+            // arrow, a multiplication sign, a CJK full stop (and its
+            // halfwidth form, which NFKC folds onto it), a middle dot.
+            (
+                "4539\u{2502}1488\u{2192}0343\u{d7}6467",
+                "4539.1488.0343.6467",
+            ),
+            (
+                "bob@example\u{3002}com bob@example\u{ff61}co\u{b7}uk",
+                "bob@example.com bob@example.co.uk",
+            ),
+            // Letters outside ASCII stay letters.
+            ("straße ℃", "straße .C"),
         ];
         for (input, want) in cases {
             assert_eq!(normalize(input), want, "{input:?}");

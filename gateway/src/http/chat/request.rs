@@ -352,9 +352,14 @@ fn tag(body: &Map<String, Value>, headers: &HeaderMap) -> Result<Option<Class>, 
         )
     };
     // Every value of every copy of the header counts (a proxy may append
-    // a stricter class to the client's), the strictest winning.
+    // a stricter class to the client's), the strictest winning; so does
+    // the header spelt with underscores (`x_privacy_class`).
     let mut from_header = None;
-    for value in headers.get_all(PRIVACY_HEADER) {
+    let copies = headers
+        .iter()
+        .filter(|(name, _)| is_privacy_key(name.as_str(), "xprivacyclass"))
+        .map(|(_, v)| v);
+    for value in copies {
         let value = value.to_str().map_err(|_| invalid(PRIVACY_HEADER))?;
         for class in value.split(',') {
             let class = class
@@ -363,32 +368,38 @@ fn tag(body: &Map<String, Value>, headers: &HeaderMap) -> Result<Option<Class>, 
             from_header = from_header.max(Some(class));
         }
     }
-    // `metadata.privacy_class` in any case, and with a hyphen, as the
-    // header is: a tag spelt `Privacy_Class` is a tag, not a stray field.
+    // `metadata.privacy_class` in any spelling (`Privacy_Class`,
+    // `privacyClass`, `privacy class`, a zero-width space inside), or the
+    // same key beside `metadata`: a tag spelt otherwise is still a tag,
+    // not a stray field.
     let mut from_body = None;
-    if let Some(Value::Object(metadata)) = body.get("metadata") {
-        let tag = metadata
-            .iter()
-            .filter(|(k, _)| is_privacy_key(k))
-            .map(|(_, v)| v);
-        for v in tag.filter(|v| !v.is_null()) {
-            let class = v
-                .as_str()
-                .and_then(|s| s.parse::<Class>().ok())
-                .ok_or_else(|| invalid("metadata.privacy_class"))?;
-            from_body = from_body.max(Some(class));
-        }
+    let metadata = match body.get("metadata") {
+        Some(Value::Object(metadata)) => Some(metadata.iter()),
+        _ => None,
+    };
+    let tag = body
+        .iter()
+        .chain(metadata.into_iter().flatten())
+        .filter(|(k, _)| is_privacy_key(k, "privacyclass"))
+        .map(|(_, v)| v);
+    for v in tag.filter(|v| !v.is_null()) {
+        let class = v
+            .as_str()
+            .and_then(|s| s.parse::<Class>().ok())
+            .ok_or_else(|| invalid("metadata.privacy_class"))?;
+        from_body = from_body.max(Some(class));
     }
     Ok(from_header.max(from_body))
 }
 
-/// `privacy_class`, ignoring case, with `-` for `_` allowed.
-fn is_privacy_key(key: &str) -> bool {
-    key.len() == "privacy_class".len()
-        && key
-            .bytes()
-            .zip(b"privacy_class".iter())
-            .all(|(a, &b)| a.to_ascii_lowercase() == b || (a == b'-' && b == b'_'))
+/// Whether `key`'s letters and digits, in lower case, spell `folded`
+/// (whatever separators, case or invisible characters it has).
+fn is_privacy_key(key: &str, folded: &str) -> bool {
+    let mut letters = key
+        .chars()
+        .filter(|c| c.is_alphanumeric())
+        .flat_map(char::to_lowercase);
+    folded.chars().all(|c| letters.next() == Some(c)) && letters.next().is_none()
 }
 
 #[cfg(test)]
@@ -545,13 +556,29 @@ mod tests {
             .unwrap();
         assert_eq!(req.tag, Some(Class::Internal));
         // The metadata key in another case or with a hyphen is the tag.
-        for key in ["Privacy_Class", "PRIVACY-CLASS", "privacy-class"] {
+        for key in [
+            "Privacy_Class",
+            "PRIVACY-CLASS",
+            "privacy-class",
+            "privacyClass",
+            "privacy class",
+            "privacy_class\\u200b",
+        ] {
             let body = format!(
                 r#"{{"model":"m","messages":[{{"content":"a"}}],"metadata":{{"{key}":"confidential"}}}}"#
             );
             let tagged = ChatRequest::parse(body.as_bytes(), &HeaderMap::new()).unwrap();
             assert_eq!(tagged.tag, Some(Class::Confidential), "{key}");
         }
+        // Beside `metadata`, and the header spelt with underscores.
+        let body = r#"{"model":"m","messages":[{"content":"a"}],"privacy_class":"confidential"}"#;
+        let tagged = ChatRequest::parse(body.as_bytes(), &HeaderMap::new()).unwrap();
+        assert_eq!(tagged.tag, Some(Class::Confidential));
+        let mut underscored = HeaderMap::new();
+        underscored.insert("x_privacy_class", HeaderValue::from_static("confidential"));
+        let body = r#"{"model":"m","messages":[{"content":"a"}]}"#;
+        let tagged = ChatRequest::parse(body.as_bytes(), &underscored).unwrap();
+        assert_eq!(tagged.tag, Some(Class::Confidential));
         let body = r#"{"model":"m","messages":[{"content":"a"}],"metadata":{"privacy_klass":"confidential"}}"#;
         let other = ChatRequest::parse(body.as_bytes(), &HeaderMap::new()).unwrap();
         assert_eq!(other.tag, None);
