@@ -193,7 +193,7 @@ def calibrate(edge, slots, seconds):
 def gateway_for(policy, load, edge, cloud, slo_ms, workdir):
     db = pathlib.Path(workdir) / f"{policy}-{load}.db"
     env = {"GATEWAY_SQLITE_PATH": str(db), "GATEWAY_WORKER_TOKEN": TOKEN,
-           "GATEWAY_POLL_INTERVAL_MS": "200", "CLOUD_KEY": "mock-key"}
+           "GATEWAY_POLL_INTERVAL_MS": "200", "CLOUD_API_KEY": "mock-key"}
     # `<policy>-base`: the same policy served by the gateway binary named in
     # BASELINE_GATEWAY (an earlier build), against the same edge worker.
     gw = str(BIN / "gateway")
@@ -217,7 +217,7 @@ def gateway_for(policy, load, edge, cloud, slo_ms, workdir):
     # The cloud is registered in every policy, all-edge included, so every
     # row has its all-cloud counterfactual; all-edge forbids its use.
     admin("backend", "add", "--name", "cloud", "--kind", "cloud", "--url", cloud,
-          "--model", f"{MODEL}=cloud-model", "--api-key-env", "CLOUD_KEY",
+          "--model", f"{MODEL}=cloud-model", "--api-key-env", "CLOUD_API_KEY",
           "--price-in", str(CLOUD["price_in"]), "--price-out", str(CLOUD["price_out"]),
           "--j-prompt", str(CLOUD["j_prompt"]), "--j-output", str(CLOUD["j_output"]),
           "--rtt-ms", str(CLOUD["rtt_ms"] + CLOUD["ttft_ms"]), "--prefill-tps", "5000",

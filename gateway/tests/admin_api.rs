@@ -234,6 +234,22 @@ async fn round_trip(db: TestDb) {
             "invalid_request_body",
         )
         .await;
+    // A name shaped like a tenant id would stand for another tenant.
+    let acme_id = admin.ok("GET", "/admin/api/tenants", None).await["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for name in [json!(acme_id), json!("a\u{0}b"), json!("x".repeat(129))] {
+        admin
+            .refused(
+                "POST",
+                "/admin/api/tenants",
+                Some(json!({ "name": name })),
+                400,
+                "invalid_request_body",
+            )
+            .await;
+    }
     let (status, v) = {
         let r = gw
             .client
@@ -280,6 +296,40 @@ async fn round_trip(db: TestDb) {
             "invalid_request_body",
         )
         .await;
+    // Whatever an admin token may store: only variables named as cloud
+    // keys (not PATH, a database password or the worker token, which would
+    // go out as a bearer key to a URL of the holder's choosing), URLs
+    // without credentials, queries, line breaks or other schemes, finite
+    // figures, names without control characters.
+    let long_name = "n".repeat(200);
+    for (field, value) in [
+        ("api_key_env", json!("PATH")),
+        ("api_key_env", json!("EDGE_WORKER_TOKEN")),
+        ("api_key_env", json!("AWS_SECRET_ACCESS_KEY")),
+        ("url", json!("file:///etc/passwd")),
+        ("url", json!("gopher://127.0.0.1:6379/_FLUSHALL")),
+        ("url", json!("https://user:pass@api.example.com/v1")),
+        ("url", json!("https://api.example.com/v1?api_key=SECRET123")),
+        ("url", json!("https://api.example.com/v1#x")),
+        ("url", json!("https://api.example.com/v1\r\nX-Evil: 1")),
+        ("price_in", json!(1e308)),
+        ("rtt_ms", json!(2e9)),
+        ("name", json!("nul\u{0}name")),
+        ("name", json!("bidi\u{202e}name")),
+        ("name", json!(long_name)),
+    ] {
+        let mut bad = cloud_backend.clone();
+        bad[field] = value;
+        admin
+            .refused(
+                "POST",
+                "/admin/api/backends",
+                Some(bad),
+                400,
+                "invalid_request_body",
+            )
+            .await;
+    }
     let mut bad = cloud_backend.clone();
     bad["zone"] = json!("on-prem");
     let v = admin
@@ -363,15 +413,22 @@ async fn round_trip(db: TestDb) {
             Some(json!({"models": ["m"]})),
         )
         .await;
-    admin
-        .refused(
-            "PUT",
-            "/admin/api/aliases/auto",
-            Some(json!({"models": []})),
-            400,
-            "invalid_request_body",
-        )
-        .await;
+    // Empty, pointing at itself, or hiding a model a backend serves.
+    for (alias, models) in [
+        ("auto", json!([])),
+        ("loop", json!(["loop"])),
+        ("m", json!(["cloud-model"])),
+    ] {
+        admin
+            .refused(
+                "PUT",
+                &format!("/admin/api/aliases/{alias}"),
+                Some(json!({ "models": models })),
+                400,
+                "invalid_request_body",
+            )
+            .await;
+    }
 
     // Keys: the secret is in the creation's answer only.
     let made = admin
@@ -411,6 +468,22 @@ async fn round_trip(db: TestDb) {
             "invalid_request_body",
         )
         .await;
+    // A limit of 0 would read as none; scopes are the endpoints' own.
+    for body in [
+        json!({"tenant": "acme", "rpm": 0}),
+        json!({"tenant": "acme", "tpm": 0}),
+        json!({"tenant": "acme", "scopes": ["admin"]}),
+    ] {
+        admin
+            .refused(
+                "POST",
+                "/admin/api/keys",
+                Some(body),
+                400,
+                "invalid_request_body",
+            )
+            .await;
+    }
     let chat =
         json!({"model": "auto", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4});
     let r = gw.chat(&secret, &chat).await;
@@ -473,15 +546,22 @@ async fn round_trip(db: TestDb) {
         .await;
 
     // Policies and privacy rules: validated as by the CLI.
-    admin
-        .refused(
-            "PATCH",
-            "/admin/api/policies/acme",
-            Some(json!({"w_cost": -1.0})),
-            400,
-            "invalid_request_body",
-        )
-        .await;
+    // Negative, or so large that every score would be infinite.
+    for body in [
+        json!({"w_cost": -1.0}),
+        json!({"w_latency": 1e308}),
+        json!({"latency_slo_ms": 1e300}),
+    ] {
+        admin
+            .refused(
+                "PATCH",
+                "/admin/api/policies/acme",
+                Some(body),
+                400,
+                "invalid_request_body",
+            )
+            .await;
+    }
     admin
         .refused(
             "PATCH",

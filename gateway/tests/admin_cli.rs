@@ -72,7 +72,7 @@ async fn admin_cli_round_trip(store: &Store) {
     admin(store, "backend add --name edge-1 --kind edge --url http://127.0.0.1:9 --model smollm2=smollm2-135m-instruct --model tiny")
         .await
         .unwrap();
-    admin(store, "backend add --name cloud --kind cloud --url https://cloud.invalid --model smollm2=gpt-x --api-key-env CLOUD_KEY --price-in 0.001")
+    admin(store, "backend add --name cloud --kind cloud --url https://cloud.invalid --model smollm2=gpt-x --api-key-env CLOUD_API_KEY --price-in 0.001")
         .await
         .unwrap();
     admin(store, "backend disable edge-1").await.unwrap();

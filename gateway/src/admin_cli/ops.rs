@@ -94,13 +94,6 @@ pub async fn add_backend(store: &Store, args: BackendAddArgs) -> Result<Backend,
             "backend names starting with `worker:` are kept for self-registered workers",
         ));
     }
-    if let Some(var) = &spec.api_key_env {
-        if var.starts_with("GATEWAY_") {
-            return Err(AdminError::Usage(
-                "--api-key-env cannot name one of the gateway's own GATEWAY_* variables",
-            ));
-        }
-    }
     if let Err(e) = spec.check_zone() {
         if !force {
             return Err(AdminError::Zone(e));
@@ -161,6 +154,16 @@ pub async fn set_alias(
     } else {
         AliasTarget::Models(models)
     };
+    // A served model's name as an alias would hide the model behind it.
+    let backends = store.list_backends().await?;
+    if backends
+        .iter()
+        .any(|b| b.models.iter().any(|m| m.public == name))
+    {
+        return Err(AdminError::Usage(
+            "a backend serves a model of that name; an alias of the same name would hide it",
+        ));
+    }
     let alias = Alias { name, target };
     store.set_alias(&alias).await?;
     Ok(alias)

@@ -557,9 +557,7 @@ fn escape(rest: &str, hex: impl Fn(&str) -> Option<u32>) -> (Option<u32>, usize)
         Some((hex(&rest[from..from + end])?, from + end + 1))
     };
     match bytes {
-        [b'\\', b'u' | b'x', b'{', ..] => {
-            braced(3).map_or((None, 0), |(c, l)| (Some(c), l))
-        }
+        [b'\\', b'u' | b'x', b'{', ..] => braced(3).map_or((None, 0), |(c, l)| (Some(c), l)),
         [b'\\', b'u', ..] | [b'%', b'u' | b'U', ..] => (rest.get(2..6).and_then(&hex), 6),
         [b'\\', b'U', ..] => (rest.get(2..10).and_then(&hex), 10),
         [b'\\', b'x', ..] => (rest.get(2..4).and_then(&hex), 4),

@@ -248,16 +248,19 @@ impl Default for Policy {
 pub struct InvalidPolicy(pub &'static str);
 
 impl Policy {
-    /// Weights must be finite and non-negative, references strictly positive:
-    /// a zero reference would divide by zero in every score.
+    /// Weights must be between 0 and 1e6, references strictly positive and
+    /// at most 1e12: a zero reference would divide by zero in every score,
+    /// and a weight near `f64::MAX` would make every score infinite.
     pub fn validate(&self) -> Result<(), InvalidPolicy> {
         let weights = [self.w_latency, self.w_energy, self.w_cost];
-        if weights.iter().any(|w| !w.is_finite() || *w < 0.0) {
-            return Err(InvalidPolicy("weights must be finite and >= 0"));
+        if weights.iter().any(|w| !(0.0..=1e6).contains(w)) {
+            return Err(InvalidPolicy("weights must be between 0 and 1e6"));
         }
         let refs = [self.latency_slo_ms, self.energy_ref_j, self.cost_ref_usd];
-        if refs.iter().any(|r| !r.is_finite() || *r <= 0.0) {
-            return Err(InvalidPolicy("SLO and references must be finite and > 0"));
+        if refs.iter().any(|r| !(*r > 0.0 && *r <= 1e12)) {
+            return Err(InvalidPolicy(
+                "SLO and references must be > 0 and at most 1e12",
+            ));
         }
         if self.expected_output_tokens == 0 {
             return Err(InvalidPolicy("expected_output_tokens must be > 0"));

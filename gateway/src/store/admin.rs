@@ -232,6 +232,10 @@ impl Store {
                 return Err(StoreError::Invalid("budget must be a non-negative number"));
             }
         }
+        super::tenants::check_limits(
+            update.requests_per_min.flatten(),
+            update.tokens_per_min.flatten(),
+        )?;
         let mut key = self
             .key_by_id(id)
             .await?

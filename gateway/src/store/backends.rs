@@ -39,13 +39,38 @@ fn backend_from_row(row: &AnyRow) -> Result<Backend, StoreError> {
     })
 }
 
+/// The largest price, energy, rate or round trip a backend may declare:
+/// far above any real one, low enough that costs and scores stay finite.
+const MAX_FIGURE: f64 = 1e9;
+
+/// The longest backend name, in characters.
+const MAX_NAME: usize = 128;
+
 fn validate(b: &Backend) -> Result<(), StoreError> {
     if b.name.trim().is_empty() {
         return Err(StoreError::Invalid("backend name is empty"));
     }
+    if !is_plain_name(&b.name) {
+        return Err(StoreError::Invalid(
+            "backend names are at most 128 characters, without control or invisible characters",
+        ));
+    }
     if b.models.is_empty() {
         return Err(StoreError::Invalid(
             "a backend must serve at least one model",
+        ));
+    }
+    if b.models
+        .iter()
+        .any(|m| !is_plain_name(&m.public) || !is_plain_name(&m.upstream) || m.public.is_empty())
+    {
+        return Err(StoreError::Invalid(
+            "model names are at most 128 characters, without control or invisible characters",
+        ));
+    }
+    if !is_upstream_url(&b.base_url) {
+        return Err(StoreError::Invalid(
+            "a backend URL is http(s)://host[:port][/path], without credentials, query or fragment",
         ));
     }
     let numbers = [
@@ -57,23 +82,54 @@ fn validate(b: &Backend) -> Result<(), StoreError> {
         b.prefill_tps,
         b.decode_tps,
     ];
-    if numbers.iter().any(|n| !n.is_finite() || *n < 0.0) {
+    if numbers.iter().any(|n| !(0.0..=MAX_FIGURE).contains(n)) {
         return Err(StoreError::Invalid(
-            "prices, energies, rates and RTT must be >= 0",
+            "prices, energies, rates and RTT must be between 0 and 1e9",
         ));
     }
-    // An env var *name*, never a key: refuse anything that could be a secret.
-    if b.api_key_env.as_deref().is_some_and(|v| {
-        v.is_empty()
-            || !v
+    // An env var *name*, never a key, and only one that names a cloud key:
+    // whoever holds an admin token must not get the gateway to send any
+    // other variable (PATH, a database password, the worker token) to a
+    // URL of their choosing as a bearer key.
+    if let Some(var) = b.api_key_env.as_deref() {
+        let shaped = !var.is_empty()
+            && var
                 .bytes()
-                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'_')
-    }) {
-        return Err(StoreError::Invalid(
-            "api_key_env must be an environment variable name like OPENAI_API_KEY",
-        ));
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'_');
+        let named = var.ends_with("_API_KEY") || var.ends_with("_CLOUD_KEY");
+        if !shaped || !named || var.starts_with("GATEWAY_") {
+            return Err(StoreError::Invalid(
+                "api_key_env must name a variable ending in _API_KEY or _CLOUD_KEY, such as \
+                 OPENAI_API_KEY, and not one of the gateway's own GATEWAY_* variables",
+            ));
+        }
     }
     Ok(())
+}
+
+/// At most [`MAX_NAME`] characters, none of them control or invisible
+/// (format) characters.
+pub(super) fn is_plain_name(name: &str) -> bool {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+    name.chars().count() <= MAX_NAME
+        && !name
+            .chars()
+            .any(|c| c.is_control() || c.general_category() == GeneralCategory::Format)
+}
+
+/// An http(s) URL with a host and nothing that could carry a credential or
+/// change between requests: no user or password, query or fragment.
+fn is_upstream_url(url: &str) -> bool {
+    // The parser drops tabs and line breaks; the stored text would keep them.
+    !url.chars().any(char::is_control)
+        && url::Url::parse(url).is_ok_and(|u| {
+            matches!(u.scheme(), "http" | "https")
+                && u.host_str().is_some_and(|h| !h.is_empty())
+                && u.username().is_empty()
+                && u.password().is_none()
+                && u.query().is_none()
+                && u.fragment().is_none()
+        })
 }
 
 impl Store {

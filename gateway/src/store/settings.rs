@@ -8,7 +8,7 @@ use super::rows::{
 };
 use super::{new_id, now_ms, Store, StoreError};
 use crate::privacy::{Class, PrivacyRule, RuleSpec};
-use crate::routing::{Alias, Policy};
+use crate::routing::{Alias, AliasTarget, Policy};
 
 fn rule_from_row(row: &AnyRow) -> Result<PrivacyRule, StoreError> {
     let class: Option<String> = get(row, "class")?;
@@ -41,6 +41,16 @@ impl Store {
     pub async fn set_alias(&self, alias: &Alias) -> Result<(), StoreError> {
         if alias.name.trim().is_empty() {
             return Err(StoreError::Invalid("alias name is empty"));
+        }
+        if !super::backends::is_plain_name(&alias.name) {
+            return Err(StoreError::Invalid(
+                "alias names are at most 128 characters, without control or invisible characters",
+            ));
+        }
+        if let AliasTarget::Models(models) = &alias.target {
+            if models.contains(&alias.name) {
+                return Err(StoreError::Invalid("an alias cannot point at itself"));
+            }
         }
         sqlx::query(
             "INSERT INTO model_aliases (name, target, updated_at) VALUES ($1, $2, $3) \

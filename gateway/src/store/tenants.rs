@@ -102,10 +102,36 @@ fn tenant_from_row(row: &AnyRow) -> Result<Tenant, StoreError> {
     })
 }
 
+/// The scopes a key may hold: the endpoints that check one.
+const SCOPES: &[&str] = &["chat", "models"];
+
+/// A requests or tokens per minute limit of 0 would read as "none" to the
+/// limiter (unlimited), the opposite of what setting it means: refused.
+pub(super) fn check_limits(rpm: Option<u32>, tpm: Option<u32>) -> Result<(), StoreError> {
+    if rpm == Some(0) || tpm == Some(0) {
+        return Err(StoreError::Invalid(
+            "rpm and tpm must be at least 1; leave them out for no limit",
+        ));
+    }
+    Ok(())
+}
+
 impl Store {
     pub async fn create_tenant(&self, name: &str) -> Result<Tenant, StoreError> {
         if name.trim().is_empty() {
             return Err(StoreError::Invalid("tenant name is empty"));
+        }
+        if !super::backends::is_plain_name(name) {
+            return Err(StoreError::Invalid(
+                "tenant names are at most 128 characters, without control or invisible characters",
+            ));
+        }
+        // Tenants are looked up by name or id: a name shaped like an id
+        // could stand for another tenant.
+        if uuid::Uuid::try_parse(name).is_ok() {
+            return Err(StoreError::Invalid(
+                "a tenant name cannot be shaped like a tenant id",
+            ));
         }
         let tenant = Tenant {
             id: new_id(),
@@ -130,21 +156,28 @@ impl Store {
         rows.iter().map(tenant_from_row).collect()
     }
 
-    /// Looks a tenant up by name or id.
+    /// Looks a tenant up by id, else by name (a name stored before names
+    /// shaped like ids were refused cannot shadow an id).
     pub async fn find_tenant(&self, name_or_id: &str) -> Result<Option<Tenant>, StoreError> {
-        let row =
-            sqlx::query("SELECT id, name, created_at FROM tenants WHERE name = $1 OR id = $1")
-                .bind(name_or_id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(|e| StoreError::from_sqlx(e, "tenant"))?;
-        row.as_ref().map(tenant_from_row).transpose()
+        let rows = sqlx::query(
+            "SELECT id, name, created_at FROM tenants WHERE id = $1 OR name = $1 \
+             ORDER BY CASE WHEN id = $1 THEN 0 ELSE 1 END LIMIT 1",
+        )
+        .bind(name_or_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| StoreError::from_sqlx(e, "tenant"))?;
+        rows.as_ref().map(tenant_from_row).transpose()
     }
 
     /// Creates a key and returns its plaintext once; only the hash is stored.
     pub async fn create_key(&self, spec: &NewKeySpec) -> Result<CreatedKey, StoreError> {
         if spec.budget_usd.is_some_and(|b| !b.is_finite() || b < 0.0) {
             return Err(StoreError::Invalid("budget must be a non-negative number"));
+        }
+        check_limits(spec.requests_per_min, spec.tokens_per_min)?;
+        if spec.scopes.iter().any(|s| !SCOPES.contains(&s.as_str())) {
+            return Err(StoreError::Invalid("a key's scopes are chat and models"));
         }
         let generated = keys::generate();
         let key = ApiKey {
