@@ -98,14 +98,17 @@ impl InProcessLimiter {
     }
 }
 
-/// The checks in turn; one refused stops the others, but those already
-/// passed stay counted.
+/// The checks in turn, the budget first: its hold is released if a later
+/// check refuses, so a request refused for its budget uses none of the
+/// key's requests or tokens per minute. Of those two, one refused stops
+/// the other, but requests/min stays counted when tokens/min refuses.
 #[async_trait::async_trait]
 impl Limiter for InProcessLimiter {
     async fn admit(&self, a: Admission<'_>) -> Result<Option<BudgetHold>, LimitExceeded> {
+        let hold = a.budget.map(|ask| self.reserve(&ask)).transpose()?;
         self.request(a.limits)?;
         self.tokens(a.limits, a.tokens)?;
-        a.budget.map(|ask| self.reserve(&ask)).transpose()
+        Ok(hold)
     }
 }
 
@@ -232,6 +235,58 @@ mod tests {
             l.admit(second).await,
             Err(LimitExceeded::Requests { .. })
         ));
+        // A request refused for its budget uses none of requests/min; one
+        // refused for requests/min leaves no hold.
+        let k = key("c", Some(1), None);
+        let broke = BudgetAsk {
+            key_id: "c",
+            request_id: "r2",
+            budget_usd: 0.1,
+            stored_spent_usd: 0.0,
+            worst_usd: 0.5,
+        };
+        let refused = l
+            .admit(Admission {
+                limits: &k,
+                tokens: 10,
+                budget: Some(broke),
+            })
+            .await;
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.code() == "insufficient_quota"),
+            "{refused:?}"
+        );
+        let ask = BudgetAsk {
+            key_id: "c",
+            request_id: "r3",
+            budget_usd: 1.0,
+            stored_spent_usd: 0.0,
+            worst_usd: 0.5,
+        };
+        let admitted = Admission {
+            limits: &k,
+            tokens: 10,
+            budget: Some(ask),
+        };
+        drop(l.admit(admitted).await.unwrap());
+        let over = BudgetAsk {
+            key_id: "c",
+            request_id: "r4",
+            budget_usd: 1.0,
+            stored_spent_usd: 0.0,
+            worst_usd: 0.5,
+        };
+        let refused = l
+            .admit(Admission {
+                limits: &k,
+                tokens: 10,
+                budget: Some(over),
+            })
+            .await;
+        assert!(matches!(refused, Err(LimitExceeded::Requests { .. })));
+        assert_eq!(l.book.figures("c"), Some((0, 0)), "no hold left behind");
         let unlimited = key("b", None, None);
         let free = Admission {
             limits: &unlimited,
