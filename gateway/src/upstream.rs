@@ -161,11 +161,16 @@ impl AttemptError {
     /// timeouts, 5xx, 429 and answers that are about *our* configuration
     /// (401, 403, 404, 407: a bad key, a wrong model mapping) are the
     /// upstream's problem; 400, 413, 415 and 422 are about the request and
-    /// would fail everywhere.
+    /// would fail everywhere, unless their code is about our credential or
+    /// account (`invalid_api_key`, `insufficient_quota`): then the client
+    /// is not at fault, another backend may serve, and if none does the
+    /// client gets 502, not a code that says its own key is bad.
     #[must_use]
     pub fn retryable(&self) -> bool {
         match self {
-            AttemptError::Status { status, .. } => !matches!(status, 400 | 413 | 415 | 422),
+            AttemptError::Status { status, body } => {
+                !matches!(status, 400 | 413 | 415 | 422) || about_our_account(body)
+            }
             _ => true,
         }
     }
@@ -219,6 +224,25 @@ pub fn api_base(base_url: &str) -> String {
     } else {
         format!("{trimmed}/v1")
     }
+}
+
+/// Whether an upstream's error body names a problem with the gateway's own
+/// credential or account rather than with the request.
+fn about_our_account(body: &[u8]) -> bool {
+    error_code(body).is_some_and(|code| {
+        let code = code.to_ascii_lowercase();
+        [
+            "key",
+            "auth",
+            "permission",
+            "quota",
+            "billing",
+            "account",
+            "organization",
+        ]
+        .iter()
+        .any(|w| code.contains(w))
+    })
 }
 
 /// The `error.code` of an OpenAI error body, if it is one.
@@ -530,6 +554,18 @@ mod tests {
         }
         for final_ in [status(400), status(413), status(422)] {
             assert!(!final_.retryable(), "{final_:?}");
+        }
+        // A 400 about our own key or account is not the request's fault.
+        for code in [
+            "invalid_api_key",
+            "insufficient_quota",
+            "account_deactivated",
+        ] {
+            let ours = AttemptError::Status {
+                status: 400,
+                body: Bytes::from(format!(r#"{{"error":{{"code":"{code}","message":"m"}}}}"#)),
+            };
+            assert!(ours.retryable(), "{code}");
         }
         assert!(status(502).backend_down());
         assert!(AttemptError::Timeout.backend_down());
