@@ -639,3 +639,67 @@ async fn failover_retries_stay_within_the_retry_budget() {
     // Every request still gets an answer, and the same error.
     assert!(statuses.iter().all(|s| *s == 502), "{statuses:?}");
 }
+
+/// `gateway_backend_up` names the current edge backends only: 1 while one
+/// answers its load polls, 0 while it does not, and no series at all once
+/// it is removed (a stale 0 would keep its alert firing for good).
+#[tokio::test]
+async fn backend_up_follows_the_current_edge_backends() {
+    let up = StandIn::start().await;
+    let db = common::sqlite().await;
+    db.store
+        .add_backend(&backend(
+            "edge-up",
+            &up.url_for(&Mode::Answer),
+            Zone::OnPrem,
+            0.0,
+        ))
+        .await
+        .unwrap();
+    db.store
+        .add_backend(&backend(
+            "edge-down",
+            &common::stand_in::closed_port(),
+            Zone::OnPrem,
+            0.0,
+        ))
+        .await
+        .unwrap();
+    let gw = Gateway::start(db, quick()).await;
+    let metrics = || async {
+        gw.client
+            .get(gw.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = metrics().await;
+        if text.contains("gateway_backend_up{backend=\"edge-up\"} 1")
+            && text.contains("gateway_backend_up{backend=\"edge-down\"} 0")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gw.store().remove_backend("edge-down").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = metrics().await;
+        if !text.contains("gateway_backend_up{backend=\"edge-down\"") {
+            assert!(
+                text.contains("gateway_backend_up{backend=\"edge-up\"} 1"),
+                "{text}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gw.shutdown().await;
+}

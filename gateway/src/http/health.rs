@@ -48,12 +48,46 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
 pub async fn metrics(State(app): State<AppState>) -> Response {
     metrics::gauge!("gateway_ledger_queue_depth").set(app.ledger.depth() as f64);
     backlog_gauges(&app.ledger.backlog());
-    let body = app
+    let mut body = app
         .metrics
         .as_ref()
         .map(metrics_exporter_prometheus::PrometheusHandle::render)
         .unwrap_or_default();
+    backends_up(&app, &mut body).await;
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+/// `gateway_backend_up`, one series for each enabled edge backend of the
+/// current snapshot (stored or self-registered), 1 while its polls and
+/// connections succeed. Rendered here rather than kept as a gauge: a gauge
+/// of a backend removed, disabled or gone (a worker that left, a pod's
+/// address that changed) would stay at its last value for good, its alert
+/// firing and the series growing with every address the fleet ever had.
+async fn backends_up(app: &AppState, out: &mut String) {
+    use std::fmt::Write as _;
+    let Ok(snapshot) = app.catalog.snapshot().await else {
+        return;
+    };
+    let edges = snapshot
+        .backends
+        .iter()
+        .filter(|b| b.enabled && b.kind == crate::routing::BackendKind::Edge);
+    let mut lines = String::new();
+    for b in edges {
+        let live = app.live.get(&b.id);
+        let up = u8::from(live.failures == 0 && live.load.is_some());
+        let name = b
+            .name
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n");
+        let _ = writeln!(lines, "gateway_backend_up{{backend=\"{name}\"}} {up}");
+    }
+    if !lines.is_empty() {
+        out.push_str("# HELP gateway_backend_up Whether an edge backend's load polls and connections succeed (1) or fail (0).\n");
+        out.push_str("# TYPE gateway_backend_up gauge\n");
+        out.push_str(&lines);
+    }
 }
 
 fn backlog_gauges(b: &Backlog) {

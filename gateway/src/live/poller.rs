@@ -62,12 +62,10 @@ impl Poller {
 
     async fn poll(&self, backend: &Backend) {
         if let Some(load) = self.upstreams.load_report(backend, self.timeout).await {
-            metrics::gauge!("gateway_backend_up", "backend" => backend.name.clone()).set(1.0);
             self.tracker
                 .observe(&backend.id, &load, std::time::Instant::now());
             self.live.report(&backend.id, load);
         } else {
-            metrics::gauge!("gateway_backend_up", "backend" => backend.name.clone()).set(0.0);
             metrics::counter!("gateway_load_poll_failures_total", "backend" => backend.name.clone())
                     .increment(1);
             self.live.failure(&backend.id);
