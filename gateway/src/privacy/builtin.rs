@@ -110,8 +110,9 @@ pub(super) const BUILTINS: &[Builtin] = &[
             // 07700 900123, 01 23 45 67 89); the validator wants 10 to 12
             // digits.
             r"|(?-u:\b)0[0-9]{1,4}(?:[\s.\-\u{2010}-\u{2015}]{1,2}[0-9]{2,8}){1,4}(?-u:\b)",
-            // A national number written without separators (07700900123).
-            r"|(?-u:\b)0[1-9][0-9]{8,9}(?-u:\b)",
+            // A national number written without separators (07700900123),
+            // a Chinese mobile number (13800138000).
+            r"|(?-u:\b)0[1-9][0-9]{8,9}(?-u:\b)|(?-u:\b)1[3-9][0-9]{9}(?-u:\b)",
         ),
         validate: Some(phone_digits),
         class: Class::Confidential,
@@ -159,7 +160,7 @@ pub(super) const BUILTINS: &[Builtin] = &[
     Builtin {
         name: "ip_address",
         pattern: IPV4,
-        validate: Some(not_in_dotted_run),
+        validate: Some(ipv4),
         class: Class::Confidential,
     },
     Builtin {
@@ -193,18 +194,31 @@ pub(super) const BUILTINS: &[Builtin] = &[
         class: Class::Confidential,
     },
     Builtin {
-        // A credential written as an assignment, whatever its shape: a
-        // key word at the end of a name (`password: hunter2`,
-        // `DB_PASSWORD=…`, `"dbPassword": "…"`, `<password>…`,
-        // `--password=…`), or a short one on its own (`pw: …`, `PIN: …`).
+        // A password written as an assignment: a key word at the end of a
+        // name (`password: hunter2`, `DB_PASSWORD=…`, `"dbPassword": …`,
+        // `<password>…`, `password -> …`), or a short one on its own
+        // (`pw: …`, `PIN: …`, `CVV: …`); the validator drops placeholders
+        // and words (`password: ********`, `password: required`).
         name: "secret",
         pattern: concat!(
-            r"(?i)(?:(?:password|passwd|passphrase|passwort|kennwort|contrase(?:ñ|n)a|senha|secret|token|credential",
-            r"|api[_-]?key|access[_-]?key|private[_-]?key|auth[_-]?token|authorization)s?",
-            r"|(?-u:\b)(?:pass|pw|pwd|pin|mot de passe|mdp))",
-            r"[\s\x22'>]*[:=>][\s\x22']*[^\s\x22',;<]{4,}",
+            r"(?i)(?:(?:password|passwd|passphrase|passwort|kennwort|contrase(?:ñ|n)a|senha|пароль|密码|パスワード)",
+            r"|(?-u:\b)(?:pass|pw|pwd|pin|pin code|cvv|cvc|otp|mot de passe|mdp))",
+            r"[\s\x22'>]*(?:[:=>]|->|=>)[\s\x22']*[^\s\x22',;<]{3,}",
         ),
-        validate: None,
+        validate: Some(password_value),
+        class: Class::Confidential,
+    },
+    Builtin {
+        // A token or key written as an assignment (`api_key=…`,
+        // `"accessToken": "…"`, `SECRET_KEY = '…'`, `Cookie: sid=…`); the
+        // validator wants a value with a digit among letters, as keys
+        // have and code (`token = None`, `max_tokens: 4096`) has not.
+        name: "secret",
+        pattern: concat!(
+            r"(?i)(?:secret|token|credential|api[_-]?key|access[_-]?key|private[_-]?key|auth[_-]?token|authorization|cookie|session[_-]?id)",
+            r"[\s\x22'>]*(?:[:=>]|->|=>)[\s\x22']*[^\s\x22',;<]{6,}",
+        ),
+        validate: Some(key_value),
         class: Class::Confidential,
     },
     Builtin {
@@ -322,17 +336,78 @@ fn value_with_symbol(text: &str, start: usize, end: usize) -> bool {
     if hit.starts_with("--") {
         return true;
     }
-    let value = hit.rsplit(char::is_whitespace).next().unwrap_or(hit);
-    let value = value.trim_matches(|c| c == '"' || c == '\'');
+    let value = last_value(hit);
     value.len() >= 4 && value.chars().any(|c| !c.is_alphabetic())
+}
+
+/// The value a hit ends with: its last word, quotes and the separator
+/// (`=`, `:`, `>`) trimmed.
+fn last_value(hit: &str) -> &str {
+    let value = hit
+        .rsplit(|c: char| c.is_whitespace() || matches!(c, ':' | '=' | '>'))
+        .find(|w| !w.is_empty())
+        .unwrap_or(hit);
+    value.trim_matches(|c| c == '"' || c == '\'')
+}
+
+/// A placeholder rather than a value: `********`, `${DB_PASSWORD}`,
+/// `{{ secret }}`, `<password>`, `YOUR_API_KEY`, `your-key-here`, `None`.
+fn placeholder(value: &str) -> bool {
+    let lower = value.to_ascii_lowercase();
+    value
+        .chars()
+        .all(|c| matches!(c, '*' | 'x' | 'X' | '.' | '•'))
+        || ["${", "{{", "<", "%(", "$"]
+            .iter()
+            .any(|p| value.starts_with(p))
+        || [
+            "your",
+            "my_",
+            "my-",
+            "xxx",
+            "none",
+            "null",
+            "nil",
+            "undefined",
+            "changeme",
+            "example",
+        ]
+        .iter()
+        .any(|p| lower.starts_with(p))
+}
+
+/// A password's value: at least four characters, not a placeholder, and
+/// with a digit or a symbol, or eight letters or more (`hunter2`,
+/// `letmeinnow`; not `required`, `weak` or `must`). A card code or a PIN is
+/// all digits.
+fn password_value(text: &str, start: usize, end: usize) -> bool {
+    let value = last_value(&text[start..end]);
+    let digits = value.bytes().filter(u8::is_ascii_digit).count();
+    (digits >= 3 && digits == value.len())
+        || (value.chars().count() >= 4
+            && !placeholder(value)
+            && (value.chars().any(|c| !c.is_alphabetic()) || value.chars().count() >= 8))
+}
+
+/// A key's value: at least six characters, not a placeholder, with a
+/// digit and a letter (keys and tokens mix them; identifiers, numbers and
+/// expressions in code do not).
+fn key_value(text: &str, start: usize, end: usize) -> bool {
+    let value = last_value(&text[start..end]);
+    value.len() >= 6
+        && !placeholder(value)
+        && value.bytes().any(|b| b.is_ascii_digit())
+        && value.bytes().any(|b| b.is_ascii_alphabetic())
 }
 
 /// Some window of 13 to 19 consecutive digits starts as issuers' numbers
 /// do (3 to 6: American Express, Visa, Mastercard, Discover and others;
-/// 22-27: Mastercard, Mir; 81-82: UnionPay, RuPay) and passes Luhn. A
-/// window of one repeated digit is a placeholder, not a card. The prefix
-/// keeps timestamps and other digit runs (`2024-01-15 10:30:00`) from
-/// passing for a card one time in ten.
+/// 22-27: Mastercard, Mir; 81-82: UnionPay, RuPay), is written in groups
+/// of two digits or more (a group cut by the window's ends may be
+/// shorter), and passes Luhn. A window of one repeated digit is a
+/// placeholder, not a card. The prefix and the groups keep timestamps,
+/// tables of small numbers and other digit runs (`2024-01-15 10:30:00`,
+/// `1,2\n2,4\n3,6…`) from passing for a card one time in ten.
 fn card(text: &str, start: usize, end: usize) -> bool {
     let issuer = |w: &[u32]| match w[0] {
         3..=6 => true,
@@ -340,8 +415,34 @@ fn card(text: &str, start: usize, end: usize) -> bool {
         8 => matches!(w[1], 1 | 2),
         _ => false,
     };
-    let d = digits(&text[start..end]);
-    (13..=19.min(d.len())).any(|len| d.windows(len).any(|w| issuer(w) && luhn(w)))
+    // Each digit, and the index of the group it belongs to.
+    let mut d = Vec::new();
+    let mut group = Vec::new();
+    for (g, run) in text[start..end]
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|r| !r.is_empty())
+        .enumerate()
+    {
+        for c in run.chars() {
+            d.push(c.to_digit(10).unwrap_or(0));
+            group.push(g);
+        }
+    }
+    let grouped = |from: usize, len: usize| {
+        let groups = &group[from..from + len];
+        groups
+            .chunk_by(|a, b| a == b)
+            .skip(1)
+            .collect::<Vec<_>>()
+            .split_last()
+            .is_none_or(|(_, inner)| inner.iter().all(|g| g.len() >= 2))
+    };
+    (13..=19.min(d.len())).any(|len| {
+        (0..=d.len() - len).any(|i| {
+            let w = &d[i..i + len];
+            issuer(w) && luhn(w) && grouped(i, len)
+        })
+    })
 }
 
 fn luhn(d: &[u32]) -> bool {
@@ -536,6 +637,22 @@ fn iban_checksum(compact: &[u8]) -> bool {
     rem == 1
 }
 
+/// An IPv4 address that says something about a host: not the loopback
+/// (`127.0.0.1`), unspecified (`0.0.0.0`) or broadcast address, which
+/// every configuration and tutorial names; not inside a dotted run.
+fn ipv4(text: &str, start: usize, end: usize) -> bool {
+    let octets: Vec<u32> = text[start..end]
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|g| !g.is_empty())
+        .filter_map(|g| g.parse().ok())
+        .collect();
+    let generic = matches!(
+        octets.as_slice(),
+        [127, ..] | [0, 0, 0, 0] | [255, 255, 255, 255]
+    );
+    !generic && not_in_dotted_run(text, start, end)
+}
+
 /// Rejects `1.2.3.4` inside `1.2.3.4.5` (version strings, OIDs): an address
 /// is not preceded or followed by a dot that continues the dotted run, nor
 /// by a digit.
@@ -673,6 +790,7 @@ mod tests {
             ("call 00 44 20 7946 0958", &["phone"]),
             ("call 0151 23456789", &["phone"]),
             ("call 07700900123", &["phone"]),
+            ("call 13800138000", &["phone"]),
             ("Phone: 07700 900123 45 mins", &["phone"]),
             ("digits 0123456789 in a row", &[]),
             ("ssn 123 - 45 - 6789", &["national_id"]),
@@ -700,9 +818,20 @@ mod tests {
             ("DB_PASSWORD=hunter2", &["secret"]),
             ("PGPASSWORD=Tr0ub4dor&3", &["secret"]),
             (r#"{"dbPassword": "hunter2"}"#, &["secret"]),
-            ("refreshToken: abcdefgh", &["secret"]),
+            ("refreshToken: abcd1234", &["secret"]),
             ("<password>hunter2</password>", &["secret"]),
-            ("pw: letmein", &["secret"]),
+            ("pw: letmein1", &["secret"]),
+            ("password: must be 8 characters", &[]),
+            ("Password: ********", &[]),
+            ("password: ${DB_PASSWORD}", &[]),
+            ("max_tokens: 4096", &[]),
+            ("maxTokens: 1024", &[]),
+            ("token = None", &[]),
+            ("const token = localStorage.getItem('token');", &[]),
+            ("API_KEY=your-key-here", &[]),
+            ("cvc: 123", &["secret"]),
+            ("password -> hunter2", &["secret"]),
+            ("Cookie: sessionid=8f7d6e5c4b3a2918", &["secret"]),
             ("PIN: 4821", &["secret"]),
             ("Passwort: geheim123", &["secret"]),
             ("my password is hunter2", &["secret"]),
@@ -727,6 +856,8 @@ mod tests {
             // A window that passes Luhn but starts as no issuer's does.
             ("order 4111111111111112 shipped", &[]),
             ("at 2024-01-15 10:30:00 UTC", &[]),
+            ("x,y\n1,2\n2,4\n3,6\n4,8\n5,10\n6,12\n7,14\n8,16", &[]),
+            ("month,sales\n1,204,1\n2,680,20\n3,649,13\n4,472,79\n5,126,10", &[]),
             ("ref 20240315120001 shipped", &[]),
             ("pay 4111.1111.1111.1111", &["card"]),
             ("pay 4111/1111/1111/1111", &["card"]),
@@ -768,6 +899,7 @@ mod tests {
             ("ip_192.168.1.10", &["ip_address"]),
             ("host ip-10-0-0-1.ec2.internal", &["ip_address"]),
             ("part 1192.168.1.10", &[]),
+            ("listen on 0.0.0.0:8080 or 127.0.0.1", &[]),
             ("v6 2001:db8::8a2e:370:7334 up", &["ip_address"]),
             ("link fe80::1 up", &["ip_address"]),
             ("IPv6:2001:db8::8a2e:370:7334", &["ip_address"]),

@@ -360,16 +360,28 @@ fn decoded(s: &str, out: &mut Vec<Cow<'_, str>>, depth: usize) {
             out.extend(texts.into_iter().map(|t| Cow::Owned(t.into_owned())));
         }
     }
+    // Markup is stripped from each round's text as a view of its own: a
+    // tag's attribute (`<a href='mailto:bob&#64;…'>`) is text the model
+    // reads once its escapes are decoded, and must not go with the tag.
+    if let Some(stripped) = strip_markup(s) {
+        out.push(Cow::Owned(stripped));
+    }
     let Some(mut text) = decode_once(s) else {
         return;
     };
     for _ in 1..MAX_DECODE {
         let next = decode_once(&text);
+        if let Some(stripped) = strip_markup(&text) {
+            out.push(Cow::Owned(stripped));
+        }
         out.push(Cow::Owned(text));
         match next {
             Some(next) => text = next,
             None => return,
         }
+    }
+    if let Some(stripped) = strip_markup(&text) {
+        out.push(Cow::Owned(stripped));
     }
     out.push(Cow::Owned(text));
 }
@@ -378,7 +390,7 @@ fn decoded(s: &str, out: &mut Vec<Cow<'_, str>>, depth: usize) {
 const MAX_DECODE: usize = 6;
 
 /// `s` with one round of decoding applied, if it changes anything:
-/// character escapes, then percent-escapes, then markup.
+/// character escapes, then percent-escapes.
 fn decode_once(s: &str) -> Option<String> {
     let mut text = Cow::Borrowed(s);
     if let Some(t) = unescape(&text) {
@@ -388,9 +400,6 @@ fn decode_once(s: &str) -> Option<String> {
         if let Cow::Owned(t) = percent_encoding::percent_decode_str(&text).decode_utf8_lossy() {
             text = Cow::Owned(t);
         }
-    }
-    if let Some(t) = strip_markup(&text) {
-        text = Cow::Owned(t);
     }
     match text {
         Cow::Owned(t) => Some(t),
@@ -834,6 +843,10 @@ mod tests {
             (r#"{"messages":[{"role":"user","content":"bob%26%2364%3Bexample.com"}]}"#, "email"),
             (r#"{"messages":[{"role":"user","content":"bob&amp;#64;example.com"}]}"#, "email"),
             (r#"{"messages":[{"role":"user","content":"bob%25252540example.com"}]}"#, "email"),
+            // Escapes inside a tag's attributes and in escaped markup.
+            (r#"{"messages":[{"role":"user","content":"<a href='mailto:bob&#64;example.com'>mail</a>"}]}"#, "email"),
+            (r#"{"messages":[{"role":"user","content":"card: <i 4539&nbsp;1488&nbsp;0343&nbsp;6467>"}]}"#, "card"),
+            (r#"{"messages":[{"role":"user","content":"&lt;bob&#64;example.com&gt;"}]}"#, "email"),
             // Halves in a key and its value, in keys alone, and in two
             // fields whose sorted order reverses them.
             (r#"{"metadata":{"4539 1488":"0343 6467"}}"#, "card"),

@@ -6,7 +6,9 @@
 //! every text is normalised first:
 //!
 //! 1. format characters (Unicode category `Cf`: zero-width spaces and
-//!    joiners, soft hyphens, bidi controls, tag characters, ...) are removed;
+//!    joiners, soft hyphens, bidi controls, ...) are removed, except the
+//!    tag characters (U+E0020 to U+E007E), which become the ASCII they
+//!    shadow: invisible, yet a model reads text written in them;
 //! 2. the rest is brought to NFKC, which folds compatibility forms
 //!    (fullwidth letters and digits, ligatures, `＠`, mathematical digits)
 //!    onto their plain forms;
@@ -46,6 +48,7 @@ pub fn normalize(text: &str) -> Cow<'_, str> {
     }
     Cow::Owned(
         text.chars()
+            .map(untag)
             .filter(|c| c.general_category() != GeneralCategory::Format)
             .nfkc()
             .filter(|c| !invisible(*c))
@@ -53,6 +56,15 @@ pub fn normalize(text: &str) -> Cow<'_, str> {
             .map(ascii_punctuation)
             .collect(),
     )
+}
+
+/// A Unicode tag character (U+E0020 to U+E007E) as the ASCII character it
+/// shadows: invisible, but a model reads `bob@…` written in them.
+fn untag(c: char) -> char {
+    match u32::from(c) {
+        code @ 0xe0020..=0xe007e => char::from_u32(code - 0xe0000).unwrap_or(c),
+        _ => c,
+    }
 }
 
 /// A character that renders as nothing (or as blank space that is not
@@ -105,13 +117,17 @@ fn other_digit(c: char) -> Option<u32> {
             .then(|| (code - first + 1) % 10)
     };
     match code {
-        0x24ff | 0x1f10c | 0x3007 | 0x96f6 => Some(0),
+        0x24ff | 0x1f10b | 0x1f10c | 0x3007 | 0x96f6 => Some(0),
         0x2776..=0x2793 => Some(((code - 0x2776) % 10 + 1) % 10),
         0x24f5..=0x24fe => ten(0x24f5),
+        // The numerals, then their financial forms (simplified and
+        // traditional where they differ).
         _ => "一二三四五六七八九"
             .chars()
+            .chain("壹贰叁肆伍陆柒捌玖".chars())
+            .chain("壹貳參肆伍陸柒捌玖".chars())
             .position(|n| n == c)
-            .map(|i| i as u32 + 1),
+            .map(|i| i as u32 % 9 + 1),
     }
 }
 
@@ -155,8 +171,8 @@ mod tests {
             ("４１１１ bob＠example.com", "4111 bob@example.com"),
             // Zero-width space, zero-width joiner, soft hyphen, BOM, word joiner.
             ("41\u{200b}11\u{200d}1\u{ad}1\u{feff}1\u{2060}1", "41111111"),
-            // Bidi override and a tag character.
-            ("a\u{202e}b\u{e0041}c", "abc"),
+            // A bidi override; a tag character reads as what it shadows.
+            ("a\u{202e}b\u{e0041}c", "abAc"),
             // Arabic-Indic, Devanagari and mathematical bold digits.
             ("\u{664}\u{661}\u{661}\u{661}", "4111"),
             ("\u{96a}\u{967}", "41"),
@@ -181,6 +197,9 @@ mod tests {
             ("\u{278d}\u{278e}\u{278c}\u{2792}\u{2793}", "45390"),
             ("\u{2783}\u{24f8}\u{24fe}\u{24ff}", "4400"),
             ("四五三九 一四八八 〇三四三", "4539 1488 0343"),
+            ("肆伍叁玖 壹肆捌捌 零叁肆叁 陸肆陸柒", "4539 1488 0343 6467"),
+            // Tag characters shadowing ASCII.
+            ("bob\u{e0040}example", "bob@example"),
             // Punctuation and symbols outside ASCII: a box-drawing bar, an
             // arrow, a multiplication sign, a CJK full stop (and its
             // halfwidth form, which NFKC folds onto it), a middle dot.
