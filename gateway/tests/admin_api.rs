@@ -90,6 +90,27 @@ async fn admin_token(gw: &Gateway) -> String {
     created.plaintext.expose_secret().to_owned()
 }
 
+/// A dashboard session for admin `token`, and its cookie header value.
+async fn dashboard_session(gw: &Gateway, token: &str) -> (gateway::store::CreatedSession, String) {
+    let admin = gw
+        .store()
+        .active_admin_token(&keys::hash(token))
+        .await
+        .unwrap()
+        .unwrap();
+    let session = gw
+        .store()
+        .create_admin_session(&admin.id, 60_000)
+        .await
+        .unwrap();
+    let cookie = format!(
+        "{}={}",
+        gateway::http::admin::dashboard::COOKIE,
+        session.cookie.expose_secret()
+    );
+    (session, cookie)
+}
+
 /// Every path and method of the admin API, from `/openapi.json`, with
 /// path parameters filled in.
 async fn admin_routes(gw: &Gateway) -> Vec<(String, String)> {
@@ -912,18 +933,7 @@ async fn every_dashboard_route_needs_a_session_and_forms_need_its_csrf_token() {
     }
 
     // With a session: every page renders; actions need the CSRF token.
-    let admin = gw
-        .store()
-        .active_admin_token(&keys::hash(&token))
-        .await
-        .unwrap()
-        .unwrap();
-    let session = gw
-        .store()
-        .create_admin_session(&admin.id, 60_000)
-        .await
-        .unwrap();
-    let cookie = format!("{COOKIE}={}", session.cookie.expose_secret());
+    let (session, cookie) = dashboard_session(&gw, &token).await;
     for (method, path) in routes
         .iter()
         .filter(|(m, p)| m == reqwest::Method::GET && *p != "/admin")
@@ -988,6 +998,12 @@ async fn every_dashboard_route_needs_a_session_and_forms_need_its_csrf_token() {
     assert!(gw.store().find_tenant("a").await.unwrap().is_some());
 
     // Revoking the token ends its sessions.
+    let admin = gw
+        .store()
+        .active_admin_token(&keys::hash(&token))
+        .await
+        .unwrap()
+        .unwrap();
     gw.store().revoke_admin_token(&admin.id).await.unwrap();
     let r = no_redirects
         .get(gw.url("/admin/keys"))
@@ -1004,7 +1020,6 @@ async fn every_dashboard_route_needs_a_session_and_forms_need_its_csrf_token() {
 /// `Expect: 100-continue`; a body that does not arrive gets 408.
 #[tokio::test]
 async fn every_body_is_bounded_in_size_and_time_before_it_is_read() {
-    use gateway::http::admin::dashboard::COOKIE;
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -1019,18 +1034,7 @@ async fn every_body_is_bounded_in_size_and_time_before_it_is_read() {
     )
     .await;
     let token = admin_token(&gw).await;
-    let admin = gw
-        .store()
-        .active_admin_token(&keys::hash(&token))
-        .await
-        .unwrap()
-        .unwrap();
-    let session = gw
-        .store()
-        .create_admin_session(&admin.id, 60_000)
-        .await
-        .unwrap();
-    let cookie = format!("{COOKIE}={}", session.cookie.expose_secret());
+    let (_, cookie) = dashboard_session(&gw, &token).await;
     let addr = gw
         .url("")
         .trim_start_matches("http://")

@@ -68,6 +68,9 @@ METRIC_CALL = re.compile(
 # pairs (edge-worker/src/routes.rs does this for the reported speeds).
 DYNAMIC_CALL = re.compile(r"\b(?:metrics::)?(counter|gauge|histogram)!\(\s*[a-z_][a-z0-9_]*\s*\)")
 PAIR_NAME = re.compile(r"(?<!!)\(\s*\"((?:edge|gateway)_[a-z0-9_]+)\"\s*,")
+# A series the handler renders itself at each scrape (`gateway_backend_up`,
+# http/health.rs): its `# TYPE` line is a string literal in the source.
+RENDERED = re.compile(r"\"# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) (counter|gauge|histogram)\b")
 
 
 def exported_metrics() -> dict[str, str]:
@@ -81,6 +84,8 @@ def exported_metrics() -> dict[str, str]:
     for path in _rust_files("gateway/src", "edge-worker/src"):
         text = _read(path)
         for kind, name in METRIC_CALL.findall(text):
+            add(name, kind, path)
+        for name, kind in RENDERED.findall(text):
             add(name, kind, path)
         for kind in DYNAMIC_CALL.findall(text):
             for name in PAIR_NAME.findall(text):

@@ -7,7 +7,7 @@
 //! a short, plain one, a UUID otherwise, returned on every answer), a trace
 //! span per request, and on the API routes the in-flight cap (503 beyond
 //! `max_in_flight`). Bodies are read by the handlers themselves, after
-//! authentication, bounded in size and time.
+//! authentication, through [`body::read`], bounded in size and time.
 
 pub mod admin;
 mod body;

@@ -238,53 +238,28 @@ mod tests {
         // A request refused for its budget uses none of requests/min; one
         // refused for requests/min leaves no hold.
         let k = key("c", Some(1), None);
-        let broke = BudgetAsk {
-            key_id: "c",
-            request_id: "r2",
-            budget_usd: 0.1,
-            stored_spent_usd: 0.0,
-            worst_usd: 0.5,
-        };
-        let refused = l
-            .admit(Admission {
+        let admit = |request_id: &'static str, budget_usd: f64| {
+            l.admit(Admission {
                 limits: &k,
                 tokens: 10,
-                budget: Some(broke),
+                budget: Some(BudgetAsk {
+                    key_id: "c",
+                    request_id,
+                    budget_usd,
+                    stored_spent_usd: 0.0,
+                    worst_usd: 0.5,
+                }),
             })
-            .await;
+        };
+        let refused = admit("r2", 0.1).await;
         assert!(
             refused
                 .as_ref()
                 .is_err_and(|e| e.code() == "insufficient_quota"),
             "{refused:?}"
         );
-        let ask = BudgetAsk {
-            key_id: "c",
-            request_id: "r3",
-            budget_usd: 1.0,
-            stored_spent_usd: 0.0,
-            worst_usd: 0.5,
-        };
-        let admitted = Admission {
-            limits: &k,
-            tokens: 10,
-            budget: Some(ask),
-        };
-        drop(l.admit(admitted).await.unwrap());
-        let over = BudgetAsk {
-            key_id: "c",
-            request_id: "r4",
-            budget_usd: 1.0,
-            stored_spent_usd: 0.0,
-            worst_usd: 0.5,
-        };
-        let refused = l
-            .admit(Admission {
-                limits: &k,
-                tokens: 10,
-                budget: Some(over),
-            })
-            .await;
+        drop(admit("r3", 1.0).await.unwrap());
+        let refused = admit("r4", 1.0).await;
         assert!(matches!(refused, Err(LimitExceeded::Requests { .. })));
         assert_eq!(l.book.figures("c"), Some((0, 0)), "no hold left behind");
         let unlimited = key("b", None, None);

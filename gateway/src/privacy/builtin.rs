@@ -351,15 +351,19 @@ fn last_value(hit: &str) -> &str {
 }
 
 /// A placeholder rather than a value: `********`, `${DB_PASSWORD}`,
-/// `{{ secret }}`, `<password>`, `YOUR_API_KEY`, `your-key-here`, `None`.
+/// `$DB_PASSWORD`, `{{ secret }}`, `<password>`, `YOUR_API_KEY`,
+/// `your-key-here`, `None`.
 fn placeholder(value: &str) -> bool {
     let lower = value.to_ascii_lowercase();
     value
         .chars()
         .all(|c| matches!(c, '*' | 'x' | 'X' | '.' | '•'))
-        || ["${", "{{", "<", "%(", "$"]
-            .iter()
-            .any(|p| value.starts_with(p))
+        || ["${", "{{", "<", "%("].iter().any(|p| value.starts_with(p))
+        || value.strip_prefix('$').is_some_and(|v| {
+            !v.is_empty()
+                && v.bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        })
         || [
             "your",
             "my_",
@@ -824,6 +828,8 @@ mod tests {
             ("password: must be 8 characters", &[]),
             ("Password: ********", &[]),
             ("password: ${DB_PASSWORD}", &[]),
+            ("password: $DB_PASSWORD", &[]),
+            ("password: $ecret123", &["secret"]),
             ("max_tokens: 4096", &[]),
             ("maxTokens: 1024", &[]),
             ("token = None", &[]),
