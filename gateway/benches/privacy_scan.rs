@@ -8,6 +8,7 @@
 //!
 //!     cargo bench -p gateway --bench privacy_scan
 //!     cargo build --release --all-targets && target/release/deps/privacy_scan-* --bench
+//!     SHAPES=hex,base64 target/release/deps/privacy_scan-* --bench   # some shapes only
 //!
 //! Shapes: English prose in one message; the same prose with non-ASCII
 //! letters, so that every text is normalised (NFKC); many short messages;
@@ -17,7 +18,12 @@
 //! and two shapes an attacker would send to make the scan slow: escapes
 //! everywhere (`\u0040`, `%2540`, `&#64;`, which the extractor decodes), and
 //! near-misses of every detector (at signs, spelt "at" and "dot", colons,
-//! dotted numbers and separators that start a match and never finish one).
+//! dotted numbers and separators that start a match and never finish one),
+//! and long unbroken runs of random base64, hex, hex with colons and
+//! capitals with digits (secret-, hash-, IPv6- and IBAN-like all the way),
+//! and noise of letters, digits, punctuation and spaces: the shapes on
+//! which all detectors in one automaton reach a new state nearly every
+//! byte.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -80,6 +86,26 @@ fn near_misses(i: usize) -> String {
     }
 }
 
+/// Deterministic noise: the `i`th value of a small linear congruential
+/// generator, enough to make runs no detector's literal prefix can skip.
+fn noise(i: usize) -> u64 {
+    let x = (i as u64 ^ 0x9e37_79b9_7f4a_7c15).wrapping_mul(6_364_136_223_846_793_005);
+    (x ^ (x >> 29)).wrapping_mul(1_442_695_040_888_963_407) >> 17
+}
+
+/// A run of `len` characters drawn from `alphabet` by `noise`.
+fn run_of(alphabet: &[u8], len: usize, seed: usize) -> String {
+    (0..len)
+        .map(|k| alphabet[noise(seed * 131 + k) as usize % alphabet.len()] as char)
+        .collect()
+}
+
+const BASE64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+const HEX: &[u8] = b"0123456789abcdef";
+const HEX_COLON: &[u8] = b"0123456789abcdef:";
+const UPPER_DIGITS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+const NOISE: &[u8] = b"abc .,:;@-_/ 123";
+
 fn chat(messages: &[Value]) -> Value {
     json!({"model": "m", "messages": messages, "max_tokens": 16})
 }
@@ -92,6 +118,14 @@ fn body(shape: &str, size: usize) -> Vec<u8> {
         "digits" => chat(&[json!({"role": "user", "content": text(size, digits)})]),
         "escapes" => chat(&[json!({"role": "user", "content": text(size, escapes)})]),
         "near-misses" => chat(&[json!({"role": "user", "content": text(size, near_misses)})]),
+        // Long unbroken runs that look like secrets, hashes, addresses or
+        // account numbers all the way: the shapes that keep every detector
+        // and the entropy windows busy.
+        "base64" => chat(&[json!({"role": "user", "content": run_of(BASE64, size, 1)})]),
+        "hex" => chat(&[json!({"role": "user", "content": run_of(HEX, size, 2)})]),
+        "ipv6-like" => chat(&[json!({"role": "user", "content": run_of(HEX_COLON, size, 3)})]),
+        "iban-like" => chat(&[json!({"role": "user", "content": run_of(UPPER_DIGITS, size, 4)})]),
+        "noise" => chat(&[json!({"role": "user", "content": run_of(NOISE, size, 5)})]),
         "messages" => chat(
             &(0..size / 100)
                 .map(|i| json!({"role": "user", "content": text(80, |j| prose(i + j))}))
@@ -145,6 +179,8 @@ fn main() {
     // `cargo test --benches` runs this with no `--bench` flag: a quick
     // smoke run only.
     let quick = !std::env::args().any(|a| a == "--bench");
+    // `SHAPES=hex,base64` runs only those.
+    let only = std::env::var("SHAPES").ok();
     let Some(rules) = RuleSet::builtins() else {
         eprintln!("the builtin detectors did not compile");
         std::process::exit(1);
@@ -159,10 +195,21 @@ fn main() {
         "digits",
         "escapes",
         "near-misses",
+        "base64",
+        "hex",
+        "ipv6-like",
+        "iban-like",
+        "noise",
         "messages",
         "parts",
         "schema-keys",
     ] {
+        if only
+            .as_ref()
+            .is_some_and(|o| !o.split(',').any(|s| s == shape))
+        {
+            continue;
+        }
         let mut first_per_byte = None;
         for (size, label) in SIZES {
             if quick && size > 1 << 10 {

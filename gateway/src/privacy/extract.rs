@@ -367,23 +367,41 @@ fn decoded(s: &str, out: &mut Vec<Cow<'_, str>>, depth: usize) {
         out.push(Cow::Owned(stripped));
     }
     let Some(mut text) = decode_once(s) else {
+        binary(s, out, depth);
         return;
     };
-    for _ in 1..MAX_DECODE {
-        let next = decode_once(&text);
+    for round in 1..=MAX_DECODE {
         if let Some(stripped) = strip_markup(&text) {
             out.push(Cow::Owned(stripped));
         }
-        out.push(Cow::Owned(text));
-        match next {
-            Some(next) => text = next,
-            None => return,
+        match (round < MAX_DECODE).then(|| decode_once(&text)).flatten() {
+            Some(next) => out.push(Cow::Owned(std::mem::replace(&mut text, next))),
+            None => break,
         }
     }
-    if let Some(stripped) = strip_markup(&text) {
-        out.push(Cow::Owned(stripped));
-    }
+    binary(&text, out, depth);
     out.push(Cow::Owned(text));
+}
+
+/// The text that base64 and hex runs of `s` encode ([`super::binary`]),
+/// and what that decodes to in turn (base64 of base64, of percent-escapes,
+/// of JSON), as deep as JSON in strings is decoded.
+fn binary(s: &str, out: &mut Vec<Cow<'_, str>>, depth: usize) {
+    if let Some((text, mostly_text)) = super::binary::decode(s) {
+        // Noise (random bytes, encoded) yields a few readable stretches:
+        // scanned as they are, not decoded again, so noise cannot multiply.
+        if mostly_text {
+            if depth >= MAX_NESTING {
+                // Encoded deeper than it is decoded: not read, so opaque.
+                out.push(Cow::Borrowed(OPAQUE));
+                return;
+            }
+            let mut texts = Vec::new();
+            decoded(&text, &mut texts, depth + 1);
+            out.extend(texts.into_iter().map(|t| Cow::Owned(t.into_owned())));
+        }
+        out.push(Cow::Owned(text));
+    }
 }
 
 /// How many rounds of decoding [`decoded`] applies.
@@ -856,6 +874,13 @@ mod tests {
                 r#"{"messages":[{"role":"user","name":"1111-1111","content":"4111-1111"}]}"#,
                 "card",
             ),
+            // Base64 and hex, plain, wrapped, layered, glued to a word.
+            (r#"{"messages":[{"role":"user","content":"decode: Y2FyZCA0NTM5IDE0ODggMDM0MyA2NDY3"}]}"#, "card"),
+            (r#"{"messages":[{"role":"user","content":"dGhlIGFjY291bnQ6IDQ1\nMzkgMTQ4OCAwMzQzIDY0\nNjcsIHRoYW5rcw=="}]}"#, "card"),
+            (r#"{"messages":[{"role":"user","content":"xd3JpdGUgdG8gYm9iQGV4YW1wbGUuY29t"}]}"#, "email"),
+            (r#"{"messages":[{"role":"user","content":"WW05aVFHVjRZVzF3YkdVdVkyOXQ="}]}"#, "email"),
+            (r#"{"messages":[{"role":"user","content":"Ym9iJTQwZXhhbXBsZS5jb20="}]}"#, "email"),
+            (r#"{"metadata":{"blob":"0x626f62406578616d706c652e636f6d"}}"#, "email"),
         ];
         for (body, detector) in cases {
             let (class, fired) = class_of(body);

@@ -12,19 +12,25 @@
 //! builtins off, change the class they raise to, and add their own regexes
 //! (rows in the store's `privacy_rules` table). [`RuleSet::compile`] turns
 //! those rows into precompiled regexes once, so classifying a request costs one
-//! `RegexSet` scan per text field plus validation of the few hits.
+//! pass per text over all detectors at once ([`prefilter`], which on noise
+//! gives up for each detector alone) plus validation of the few hits.
 //!
 //! Every text is normalised before the detectors see it ([`normalize`]),
 //! and [`request_texts`] says which texts of a request there are: all of
-//! them, keys included, since all of them reach the upstream.
+//! them, keys included, since all of them reach the upstream, and what they
+//! decode to (escapes, JSON, base64 and hex: [`binary`]). Digits spelt as
+//! words or look-alike letters are read as digits too ([`spelled`]).
 //!
 //! Only detector *names* leave this module. The matched text is never
 //! returned, so it cannot end up in the ledger, logs or metrics.
 
+mod binary;
 mod builtin;
 mod extract;
 mod normalize;
+mod prefilter;
 mod rules;
+mod spelled;
 
 use serde::{Deserialize, Serialize};
 
@@ -95,7 +101,8 @@ pub struct Classification {
 }
 
 /// Classifies a request from its texts (see [`request_texts`]), each
-/// normalised before scanning.
+/// normalised before scanning, and scanned again with its digits written
+/// as words or look-alike letters read as digits ([`spelled`]).
 ///
 /// `key_default` is the floor; `explicit` is the caller's tag, which can only
 /// raise the class.
@@ -107,9 +114,10 @@ pub fn classify<T: AsRef<str>>(
 ) -> Classification {
     let mut class = key_default.max(explicit.unwrap_or(Class::Public));
     let mut fired: Vec<String> = Vec::new();
+    let mut noisy = false;
     for text in texts {
         let text = normalize(text.as_ref());
-        for (name, raised_to) in rules.scan(&text) {
+        for (name, raised_to) in rules.scan(&text, &mut noisy) {
             class = class.max(raised_to);
             fired.push(name.to_owned());
         }
@@ -206,5 +214,29 @@ mod tests {
         let got = classify([prose], Class::Public, None, &rules);
         assert_eq!(got.fired, Vec::<String>::new());
         assert_eq!(got.class, Class::Public);
+    }
+
+    /// Digits spelt as words or written with look-alike letters are read
+    /// as the number they make; a count in prose is not.
+    #[test]
+    fn digits_in_words_or_look_alikes_are_read() {
+        let rules = defaults();
+        for (text, detector) in [
+            (
+                "my card: four five three nine, one four eight eight, zero three four three, six four six seven",
+                "card",
+            ),
+            ("card 4539 l488 O343 6467", "card"),
+            ("call nine one seven, four two eight, zero one nine eight", "phone"),
+            ("SSN one two three - four five - six seven eight nine", "national_id"),
+        ] {
+            let got = classify([text], Class::Public, None, &rules);
+            assert!(got.fired.iter().any(|f| f == detector), "{text}: {:?}", got.fired);
+        }
+        let prose = "One or two of the three teams shipped four releases; I told Ollie.";
+        assert_eq!(
+            classify([prose], Class::Public, None, &rules).fired,
+            Vec::<String>::new()
+        );
     }
 }

@@ -5,7 +5,11 @@
 //! compiles every pattern once. Later rows win, so a tenant row overrides a
 //! global row for the same builtin.
 
-use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
+use regex::{Regex, RegexBuilder};
+use regex_automata::PatternID;
+
+use super::prefilter::Prefilter;
+use super::spelled;
 use serde::{Deserialize, Serialize};
 
 use super::builtin::{Validator, BUILTINS, BUILTIN_NAMES};
@@ -151,9 +155,10 @@ struct Detector {
 /// Precompiled detectors for one tenant. Cheap to share behind an `Arc`;
 /// rebuild it when the rule rows change.
 pub struct RuleSet {
-    /// Prefilter: one pass over the text says which detectors can match at
-    /// all, so the per-detector regexes only run on texts that need them.
-    set: RegexSet,
+    /// One pass over the text says which detectors can match at all, so
+    /// the per-detector regexes only run on texts that need them (`None`:
+    /// the detectors' automaton could not be built, every detector runs).
+    prefilter: Option<Prefilter>,
     detectors: Vec<Detector>,
 }
 
@@ -217,14 +222,16 @@ impl RuleSet {
                 class,
             });
         }
-        let set = RegexSetBuilder::new(detectors.iter().map(|d| d.regex.as_str()))
-            .size_limit(PATTERN_SIZE_LIMIT * 8)
-            .build()
-            .map_err(|e| RuleError::BadPattern {
-                name: "<set>".to_owned(),
-                reason: e.to_string(),
-            })?;
-        Ok(RuleSet { set, detectors })
+        let prefilter = Prefilter::new(
+            detectors
+                .iter()
+                .map(|d| d.regex.as_str())
+                .chain([spelled::GATE]),
+        );
+        Ok(RuleSet {
+            prefilter,
+            detectors,
+        })
     }
 
     /// The builtin detectors with their default classes, compiled once per
@@ -238,12 +245,49 @@ impl RuleSet {
     }
 
     /// Yields `(detector name, class)` for every detector with at least one
-    /// validated hit in `text`.
-    pub(super) fn scan<'s>(&'s self, text: &str) -> Vec<(&'s str, Class)> {
-        self.set
-            .matches(text)
-            .into_iter()
-            .filter_map(|i| self.detectors.get(i))
+    /// validated hit in `text`, or in `text` with its digits spelt as words
+    /// or look-alikes read as digits ([`super::spelled`]). `noisy` is set
+    /// once the one-pass prefilter gave up on a text (see
+    /// [`super::prefilter`]); from then on, for the rest of the request,
+    /// every detector runs on its own instead of paying for the give-up
+    /// again.
+    pub(super) fn scan<'s>(&'s self, text: &str, noisy: &mut bool) -> Vec<(&'s str, Class)> {
+        let candidates = match &self.prefilter {
+            Some(prefilter) if !*noisy => prefilter.matches(text),
+            _ => None,
+        };
+        *noisy |= candidates.is_none();
+        let matched = |i: usize| {
+            candidates
+                .as_ref()
+                .is_none_or(|set| PatternID::new(i).is_ok_and(|id| set.contains(id)))
+        };
+        // The prefilter's last pattern says whether a run of number-like
+        // tokens is there to be read; alone, it is asked only when needed.
+        let spelled = if candidates.is_some() {
+            matched(self.detectors.len())
+        } else {
+            spelled::gate_matches(text)
+        };
+        let mut found = self.validated(text, matched);
+        if let Some(digits) = spelled.then(|| spelled::digits(text)).flatten() {
+            found.extend(self.validated(&digits, |_| true));
+        }
+        found
+    }
+
+    /// The detectors that `may_match` lets through with a validated hit in
+    /// `text`.
+    fn validated<'s>(
+        &'s self,
+        text: &str,
+        may_match: impl Fn(usize) -> bool,
+    ) -> Vec<(&'s str, Class)> {
+        self.detectors
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| may_match(*i))
+            .map(|(_, d)| d)
             .filter(|d| {
                 d.regex.find_iter(text).any(|m| match d.validate {
                     Some(validate) => validate(text, m.start(), m.end()),

@@ -1,0 +1,312 @@
+//! Base64 and hex in text, read as the text they encode.
+//!
+//! A model decodes `NDUzOSAxNDg4IDAzNDMgNjQ2Nw==` or `626f62406578…` on
+//! request, so a card number or an address sent that way is as readable to
+//! it as in plain text. [`decode`] finds every run of base64 (standard or
+//! URL-safe alphabet, padded or not) or hex digits (packed, or pairs apart:
+//! `62 6f 62`, `62:6f:62`) and decodes it. A run need not start on a
+//! boundary of the encoding (`cardNDUz…`): each alignment is tried and the
+//! one that reads best kept. Lines of a wrapped block (`base64 -w 64`) are
+//! decoded as one run.
+//!
+//! What comes out is mostly not text: ordinary words decode to noise too.
+//! Only stretches of [`MIN_READABLE`] or more readable characters are kept,
+//! the rest become spaces, so that padding (`AAAA…`, NUL bytes) or bytes
+//! between the groups of a number still separate them as a space would.
+//!
+//! Hand-written rather than through a base64 crate: decoding at any
+//! alignment, with either alphabet, without padding and with trailing bits,
+//! is what a strict decoder refuses, and it is a table lookup.
+
+/// A run shorter than this (in encoded characters) is not decoded: it
+/// could hold at most five bytes, less than any finding.
+const MIN_RUN: usize = 8;
+
+/// The shortest stretch of readable characters a decoding keeps.
+const MIN_READABLE: usize = 4;
+
+/// A wrapped block's lines are at least this long; shorter pieces with
+/// spaces between are words, decoded one by one.
+const MIN_LINE: usize = 16;
+
+/// The text encoded by the base64 and hex runs of `s`, a line per run, if
+/// any run decodes to readable text; and whether that text is mostly text
+/// (more readable than not), worth decoding further, rather than noise
+/// with a few readable stretches.
+pub(super) fn decode(s: &str) -> Option<(String, bool)> {
+    let mut out = String::new();
+    let (mut readable, mut decoded) = (0, 0);
+    for run in runs(s) {
+        if let Some(reading) = best_reading(&run) {
+            out.push_str(&reading.text);
+            out.push('\n');
+            readable += reading.score;
+            decoded += reading.text.len();
+        }
+    }
+    (!out.is_empty()).then_some((out, 2 * readable > decoded))
+}
+
+/// Base64's value of each byte (both alphabets), or `NONE`.
+const NONE: u8 = 0xff;
+const BASE64: [u8; 256] = {
+    let mut t = [NONE; 256];
+    let mut i = 0;
+    while i < 26 {
+        t[b'A' as usize + i] = i as u8;
+        t[b'a' as usize + i] = 26 + i as u8;
+        i += 1;
+    }
+    let mut d = 0;
+    while d < 10 {
+        t[b'0' as usize + d] = 52 + d as u8;
+        d += 1;
+    }
+    t[b'+' as usize] = 62;
+    t[b'-' as usize] = 62;
+    t[b'/' as usize] = 63;
+    t[b'_' as usize] = 63;
+    t
+};
+
+/// The encoded characters of each candidate run of `s`: maximal runs of
+/// base64 characters (padding dropped), lines of a wrapped block joined,
+/// and hex pairs written apart joined.
+fn runs(s: &str) -> Vec<Vec<u8>> {
+    let bytes = s.as_bytes();
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    let mut pairs: Vec<u8> = Vec::new();
+    // Whether the last run may go on after the line break that follows it.
+    let mut open = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        let start = i;
+        while i < bytes.len() && BASE64[usize::from(bytes[i])] != NONE {
+            i += 1;
+        }
+        if i == start {
+            // Only white space lies between a wrapped block's lines.
+            open &= bytes[i].is_ascii_whitespace();
+            i += 1;
+            while i < bytes.len() && !s.is_char_boundary(i) {
+                i += 1;
+            }
+            continue;
+        }
+        let run = &bytes[start..i];
+        let padded = bytes[i..].starts_with(b"=");
+        while i < bytes.len() && bytes[i] == b'=' {
+            i += 1;
+        }
+        // Hex pairs apart: `62 6f 62 40`, `62:6f:62`.
+        if run.len() == 2 && run.iter().all(u8::is_ascii_hexdigit) {
+            pairs.extend_from_slice(run);
+            if matches!(bytes.get(i), Some(b' ' | b':' | b',' | b'-'))
+                && bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+            {
+                i += 1;
+                continue;
+            }
+        }
+        if pairs.len() >= MIN_RUN {
+            out.push(std::mem::take(&mut pairs));
+        }
+        pairs.clear();
+        match out.last_mut() {
+            Some(last) if open => last.extend_from_slice(run),
+            _ if run.len() >= MIN_RUN && looks_encoded(run) => out.push(run.to_vec()),
+            _ => {}
+        }
+        // A long line that ends at a line break (unpadded: padding ends a
+        // block) may go on on the next.
+        open = run.len() >= MIN_LINE
+            && !padded
+            && bytes[i..]
+                .iter()
+                .take_while(|b| b.is_ascii_whitespace())
+                .any(|&b| b == b'\n');
+    }
+    if pairs.len() >= MIN_RUN {
+        out.push(pairs);
+    }
+    out
+}
+
+/// Whether a run may be base64 or hex rather than a word: past its first
+/// character, at least two capitals or digits. Base64 of text has capitals
+/// throughout, hex of text digits; a word (capitalised or not) has neither.
+fn looks_encoded(run: &[u8]) -> bool {
+    run[1..]
+        .iter()
+        .filter(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        .nth(1)
+        .is_some()
+}
+
+/// The most readable decoding of `run`: as base64 at each of its four
+/// alignments, and as hex at each of two if it is all hex digits (behind
+/// an optional `0x`).
+fn best_reading(run: &[u8]) -> Option<Reading> {
+    let digits = run
+        .strip_prefix(b"0x")
+        .or_else(|| run.strip_prefix(b"0X"))
+        .unwrap_or(run);
+    let hex = digits.iter().all(u8::is_ascii_hexdigit);
+    let base64 = (0..4).map(|at| base64_at(&run[at.min(run.len())..]));
+    let hexes = (0..2)
+        .filter(|_| hex)
+        .map(|at| hex_at(&digits[at.min(digits.len())..]));
+    base64
+        .chain(hexes)
+        .filter_map(|bytes| readable(&bytes))
+        .max_by_key(|r| r.score)
+}
+
+/// `run` decoded as base64 from its first character, up to its last whole
+/// quantum of bits.
+fn base64_at(run: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(run.len() * 3 / 4);
+    let mut acc: u32 = 0;
+    let mut bits = 0;
+    for &c in run {
+        let v = BASE64[usize::from(c)];
+        if v == NONE {
+            continue;
+        }
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}
+
+/// `run` decoded as hex digit pairs from its first character.
+fn hex_at(run: &[u8]) -> Vec<u8> {
+    let digits: Vec<u8> = run
+        .iter()
+        .filter_map(|c| (*c as char).to_digit(16))
+        .map(|d| d as u8)
+        .collect();
+    digits.chunks_exact(2).map(|p| (p[0] << 4) | p[1]).collect()
+}
+
+/// A decoding: its readable stretches, every other byte a space, and how
+/// many bytes those stretches hold.
+struct Reading {
+    text: String,
+    score: usize,
+}
+
+/// The readable stretches of `bytes` (printable ASCII, tabs, line breaks)
+/// of at least [`MIN_READABLE`] bytes; `None` if there is none. Bytes outside
+/// ASCII are not kept even where they would be UTF-8: noise decodes to
+/// them often, and they would cost the detectors' fast path, while what
+/// the detectors look for is written in ASCII.
+fn readable(bytes: &[u8]) -> Option<Reading> {
+    let is_readable = |b: &u8| (0x20..0x7f).contains(b) || matches!(b, b'\t' | b'\n' | b'\r');
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut score = 0;
+    for (k, stretch) in bytes.split(|b| !is_readable(b)).enumerate() {
+        if k > 0 {
+            out.push(b' ');
+        }
+        if stretch.len() >= MIN_READABLE {
+            out.extend_from_slice(stretch);
+            score += stretch.len();
+        } else {
+            out.resize(out.len() + stretch.len(), b' ');
+        }
+    }
+    let text = String::from_utf8(out).ok()?;
+    (score > 0).then_some(Reading { text, score })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::decode;
+
+    fn b64(s: &str) -> String {
+        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let b = s.as_bytes();
+        let mut out = String::new();
+        for chunk in b.chunks(3) {
+            let n = chunk.iter().fold(0u32, |acc, &x| (acc << 8) | u32::from(x))
+                << (8 * (3 - chunk.len()));
+            for k in 0..=chunk.len() {
+                out.push(A[(n >> (18 - 6 * k)) as usize & 63] as char);
+            }
+        }
+        while !out.len().is_multiple_of(4) {
+            out.push('=');
+        }
+        out
+    }
+
+    fn hex(s: &str) -> String {
+        hex::encode(s)
+    }
+
+    #[test]
+    fn base64_and_hex_decode_in_every_layout() {
+        let secret = "card 4539 1488 0343 6467";
+        let encoded = b64(secret);
+        let url_safe = encoded.replace('+', "-").replace('/', "_");
+        let wrapped: String = b64(&secret.repeat(4))
+            .as_bytes()
+            .chunks(20)
+            .map(|l| std::str::from_utf8(l).unwrap().to_owned() + "\n")
+            .collect();
+        let spaced_hex: Vec<String> = secret.bytes().map(|b| format!("{b:02X}")).collect();
+        for text in [
+            encoded.clone(),
+            encoded.trim_end_matches('=').to_owned(),
+            url_safe,
+            format!("decode this: {encoded} please"),
+            // Glued to a word: every alignment is tried.
+            format!("x{encoded}"),
+            format!("xy{encoded}"),
+            format!("xyz{encoded}"),
+            // Padding before it decodes to NUL bytes.
+            format!("AAAAAAAAAAAA{encoded}"),
+            wrapped,
+            hex(secret),
+            format!("0x{}", hex(secret)),
+            spaced_hex.join(" "),
+            spaced_hex.join(":"),
+        ] {
+            let (got, _) = decode(&text).unwrap_or_default();
+            assert!(got.contains("4539 1488 0343 6467"), "{text:?} → {got:?}");
+        }
+    }
+
+    #[test]
+    fn a_run_of_two_encodings_keeps_both() {
+        // Base64 of base64: the first decoding is itself a run.
+        let twice = b64(&b64("bob@example.com"));
+        let (once, text) = decode(&twice).unwrap();
+        assert!(once.contains(&b64("bob@example.com")) && text, "{once:?}");
+        assert!(decode(&once).unwrap().0.contains("bob@example.com"));
+    }
+
+    #[test]
+    fn words_and_noise_yield_no_text() {
+        for text in [
+            "the gateway routes each request",
+            "short AbCd 1234",
+            "",
+            "   \n\n",
+            "ünïcödé wörds",
+        ] {
+            assert_eq!(decode(text), None, "{text:?}");
+        }
+        // Noise decodes to noise: whatever it yields is short stretches.
+        let noise = "kQ9Zr2xVb7Lp0TwYc4Ns8Hd1Mf6Gj3Ke5";
+        if let Some((got, text)) = decode(noise) {
+            assert!(got.trim().len() < noise.len() && !text, "{got:?}");
+        }
+    }
+}
