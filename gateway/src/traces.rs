@@ -270,8 +270,12 @@ pub fn attempt_failed(span: &Span, e: &AttemptError) {
     }
     span.record("gateway.attempt.outcome", e.label());
     span.record("error.type", e.label());
-    if let AttemptError::Status { status, .. } = e {
-        span.set_attribute("http.response.status_code", i64::from(*status));
+    match e {
+        AttemptError::Status { status, .. } => {
+            span.set_attribute("http.response.status_code", i64::from(*status));
+        }
+        AttemptError::Busy { .. } => span.set_attribute("http.response.status_code", 429_i64),
+        _ => {}
     }
     span.set_status(otel::Status::error(""));
 }

@@ -32,7 +32,7 @@ use http::{HeaderMap, StatusCode};
 use http_body_util::{BodyDataStream, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::redirect;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -138,6 +138,11 @@ pub enum AttemptError {
     /// cut at `max_upstream_error_bytes`.
     #[error("upstream status {status}")]
     Status { status: u16, body: Bytes },
+    /// The upstream is rate-limited or at capacity (429): another backend
+    /// may serve, and if none does the client is told when to come back
+    /// (the upstream's `Retry-After`, in seconds, if it gave one).
+    #[error("upstream busy (429)")]
+    Busy { retry_after_s: Option<u32> },
     /// The upstream said the prompt does not fit its context (a 400 or an
     /// error event): a backend with a larger context may still serve it.
     #[error("context length exceeded upstream")]
@@ -185,9 +190,10 @@ impl AttemptError {
             | AttemptError::Body
             | AttemptError::Failed => true,
             AttemptError::Status { status, .. } => *status >= 500,
-            AttemptError::ContextLength | AttemptError::NoKey | AttemptError::PrivacyBlocked => {
-                false
-            }
+            AttemptError::Busy { .. }
+            | AttemptError::ContextLength
+            | AttemptError::NoKey
+            | AttemptError::PrivacyBlocked => false,
         }
     }
 
@@ -198,7 +204,7 @@ impl AttemptError {
             AttemptError::Connect => "connect",
             AttemptError::Timeout => "timeout",
             AttemptError::Status { status, .. } if *status >= 500 => "5xx",
-            AttemptError::Status { status: 429, .. } => "429",
+            AttemptError::Status { status: 429, .. } | AttemptError::Busy { .. } => "429",
             AttemptError::Status {
                 status: 401 | 403 | 407,
                 ..
@@ -243,6 +249,20 @@ fn about_our_account(body: &[u8]) -> bool {
         .iter()
         .any(|w| code.contains(w))
     })
+}
+
+/// An upstream's `Retry-After` in whole seconds (the HTTP-date form is
+/// not used by model APIs and is ignored).
+fn retry_after(headers: &HeaderMap) -> Option<u32> {
+    headers
+        .get(RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(|s| s.ceil().min(f64::from(u32::MAX)) as u32)
 }
 
 /// The `error.code` of an OpenAI error body, if it is one.
@@ -385,7 +405,11 @@ impl Upstreams {
             return Ok(response);
         }
         let status = response.status().as_u16();
+        let retry_after_s = retry_after(response.headers());
         let body = self.bounded_body(response).await;
+        if status == 429 {
+            return Err(AttemptError::Busy { retry_after_s });
+        }
         if status == 400 && error_code(&body).as_deref() == Some("context_length_exceeded") {
             return Err(AttemptError::ContextLength);
         }
@@ -546,6 +570,9 @@ mod tests {
             AttemptError::ContextLength,
             status(503),
             status(429),
+            AttemptError::Busy {
+                retry_after_s: Some(2),
+            },
             status(401),
             status(403),
             status(404),
@@ -571,6 +598,25 @@ mod tests {
         assert!(AttemptError::Timeout.backend_down());
         assert!(!status(401).backend_down());
         assert!(!AttemptError::ContextLength.backend_down());
+        assert!(!AttemptError::Busy {
+            retry_after_s: None
+        }
+        .backend_down());
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds() {
+        let of = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(RETRY_AFTER, HeaderValue::from_str(v).unwrap());
+            retry_after(&h)
+        };
+        assert_eq!(of("7"), Some(7));
+        assert_eq!(of(" 1.2 "), Some(2));
+        assert_eq!(of("0"), Some(0));
+        assert_eq!(of("-3"), None);
+        assert_eq!(of("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(retry_after(&HeaderMap::new()), None);
     }
 
     #[test]

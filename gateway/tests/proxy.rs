@@ -1,7 +1,8 @@
 //! The proxy against stand-in upstreams (no model needed): the client's
 //! body reaches the upstream untouched but for `model`, the usage chunk
 //! follows the client's `stream_options`, and failover between clouds ends
-//! in a 502 when every candidate fails.
+//! in a 502 when every candidate fails, or a 503 with the upstream's
+//! `Retry-After` when the last was rate-limited.
 
 #![allow(
     clippy::unwrap_used,
@@ -195,6 +196,56 @@ async fn failover_between_clouds_then_502_when_all_fail() {
     let counts = gw.ledger_counts(2).await;
     assert_eq!(counts.get(&LedgerStatus::Ok), Some(&1));
     assert_eq!(counts.get(&LedgerStatus::Error), Some(&1));
+    gw.shutdown().await;
+}
+
+/// A rate-limited cloud (429) is failed over like any busy upstream; when
+/// it was the last candidate, the client gets 503 `upstream_busy` with the
+/// upstream's `Retry-After`, streaming or not, and the row records it.
+#[tokio::test]
+async fn a_rate_limited_upstream_gives_503_with_its_retry_after() {
+    let busy = MockCloud::start(MockConfig {
+        behaviour: Behaviour {
+            fail_status: Some(429),
+            retry_after_s: 7,
+            ..Behaviour::default()
+        },
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    let db = common::sqlite().await;
+    db.store
+        .add_backend(&cloud_backend("busy", &busy.base_url()))
+        .await
+        .unwrap();
+    let gw = Gateway::start(db, test_config()).await;
+    let (tenant, key) = tenant_and_key(gw.store(), |_| {}).await;
+    gw.store()
+        .set_policy(&tenant, &Policy::default())
+        .await
+        .unwrap();
+
+    for stream in [false, true] {
+        let mut body = chat_body("hi", 4);
+        body["stream"] = json!(stream);
+        let r = gw.chat(&key, &body).await;
+        assert_eq!(header(&r, "retry-after"), "7", "stream: {stream}");
+        let (status, err) = error_of(r).await;
+        assert_eq!(
+            (status, err["error"]["code"].as_str()),
+            (503, Some("upstream_busy")),
+            "stream: {stream}"
+        );
+    }
+    assert_eq!(busy.stats().requests_total, 2);
+    let counts = gw.ledger_counts(2).await;
+    assert_eq!(counts.get(&LedgerStatus::Error), Some(&2));
+    // A rate limit says nothing about the backend's health: still up.
+    let r = gw.chat(&key, &chat_body("hi", 4)).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(busy.stats().requests_total, 3);
+    gw.ledger_counts(3).await;
     gw.shutdown().await;
 }
 

@@ -46,6 +46,11 @@ pub enum ApiError {
     /// 502 `upstream_error`: every candidate failed before answering.
     #[error("All upstream backends failed to answer.")]
     Upstream,
+    /// 503 `upstream_busy` with `Retry-After`: the last candidate tried was
+    /// rate-limited or at capacity (its own 429, whose `Retry-After` in
+    /// seconds is passed on, at most [`MAX_UPSTREAM_RETRY_AFTER_S`]).
+    #[error("Every backend that may serve this request is busy; retry after the time Retry-After gives.")]
+    UpstreamBusy(Option<u32>),
     /// 503 `service_unavailable`: the store cannot be reached, or the ledger
     /// writes are a full queue behind.
     #[error("The gateway's database is unavailable; retry shortly.")]
@@ -63,6 +68,10 @@ pub enum ApiError {
     #[error("Internal error.")]
     Internal,
 }
+
+/// The longest wait an upstream's `Retry-After` is passed on as: a client
+/// told to wait longer would rather try again, another backend may be free.
+pub const MAX_UPSTREAM_RETRY_AFTER_S: u32 = 60;
 
 fn no_route_message(code: NoRouteCode) -> &'static str {
     match code {
@@ -126,9 +135,10 @@ impl ApiError {
                 }
             },
             ApiError::Upstream => StatusCode::BAD_GATEWAY,
-            ApiError::Unavailable | ApiError::Overloaded | ApiError::ShuttingDown => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::UpstreamBusy(_)
+            | ApiError::Unavailable
+            | ApiError::Overloaded
+            | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -145,6 +155,7 @@ impl ApiError {
             ApiError::Limited(l) => l.code(),
             ApiError::NoRoute(r) => r.code.as_str(),
             ApiError::Upstream => "upstream_error",
+            ApiError::UpstreamBusy(_) => "upstream_busy",
             ApiError::Unavailable | ApiError::Overloaded => "service_unavailable",
             ApiError::ShuttingDown => "server_shutting_down",
             ApiError::Internal => "internal_error",
@@ -167,7 +178,8 @@ impl ApiError {
             ApiError::Limited(l) if l.code() == "insufficient_quota" => "insufficient_quota",
             ApiError::Limited(_) => "rate_limit_error",
             ApiError::Upstream => "upstream_error",
-            ApiError::Unavailable
+            ApiError::UpstreamBusy(_)
+            | ApiError::Unavailable
             | ApiError::Overloaded
             | ApiError::ShuttingDown
             | ApiError::Internal => "server_error",
@@ -208,6 +220,12 @@ impl IntoResponse for ApiError {
                     h.insert("x-should-retry", HeaderValue::from_static("false"));
                 }
             }
+        }
+        if let ApiError::UpstreamBusy(after) = self {
+            let secs = after.unwrap_or(1).clamp(1, MAX_UPSTREAM_RETRY_AFTER_S);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if matches!(self, ApiError::InvalidKey) {
             response
@@ -268,6 +286,7 @@ mod tests {
                 "privacy_route_unavailable",
             ),
             (ApiError::Upstream, 502, "upstream_error"),
+            (ApiError::UpstreamBusy(Some(3)), 503, "upstream_busy"),
             (ApiError::BodyTimeout, 408, "request_timeout"),
             (ApiError::Overloaded, 503, "service_unavailable"),
         ];
@@ -279,5 +298,15 @@ mod tests {
         let limited =
             ApiError::Limited(LimitExceeded::Requests { retry_after_s: 7 }).into_response();
         assert_eq!(limited.headers()[header::RETRY_AFTER], "7");
+        // An upstream's wait is passed on, within 1 s to a minute.
+        for (given, sent) in [
+            (Some(3), "3"),
+            (None, "1"),
+            (Some(0), "1"),
+            (Some(86_400), "60"),
+        ] {
+            let busy = ApiError::UpstreamBusy(given).into_response();
+            assert_eq!(busy.headers()[header::RETRY_AFTER], sent, "{given:?}");
+        }
     }
 }

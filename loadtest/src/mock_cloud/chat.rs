@@ -124,7 +124,7 @@ async fn answer(
     if let Some(status) = behaviour.fail_status {
         if fails(app.seed, seq, behaviour.fail_probability) {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            return Err(MockError::Injected(status));
+            return Err(MockError::Injected(status, behaviour.retry_after_s));
         }
     }
 

@@ -69,6 +69,10 @@ pub struct Behaviour {
     #[arg(long, env = "MOCK_FAIL_STATUS")]
     pub fail_status: Option<u16>,
 
+    /// The `Retry-After` (seconds) an injected 429 is sent with.
+    #[arg(long, env = "MOCK_RETRY_AFTER_S", default_value_t = 1)]
+    pub retry_after_s: u32,
+
     /// Chance that `fail_status` applies to a request (1 = always), drawn from the seeded generator.
     #[arg(long, env = "MOCK_FAIL_PROBABILITY", default_value_t = 1.0)]
     pub fail_probability: f64,
@@ -97,6 +101,7 @@ impl Default for Behaviour {
             tokens_per_second: 0.0,
             completion_tokens: 16,
             fail_status: None,
+            retry_after_s: 1,
             fail_probability: 1.0,
             drop_after_chunks: None,
             stall_after_chunks: None,

@@ -23,9 +23,10 @@ pub enum MockError {
     /// 404 `model_not_found`: the model is not in the accepted set.
     #[error("The model `{0}` does not exist or you do not have access to it.")]
     ModelNotFound(String),
-    /// An injected failure with the configured status.
+    /// An injected failure with the configured status (and, for a 429, the
+    /// `Retry-After` it is sent with).
     #[error("{}", injected_message(*.0))]
-    Injected(StatusCode),
+    Injected(StatusCode, u32),
     /// 500: the mock could not encode its own answer.
     #[error("The mock cloud could not encode its answer: {0}")]
     Internal(String),
@@ -42,7 +43,7 @@ impl MockError {
             Self::InvalidApiKey => StatusCode::UNAUTHORIZED,
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::ModelNotFound(_) => StatusCode::NOT_FOUND,
-            Self::Injected(status) => *status,
+            Self::Injected(status, _) => *status,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -53,7 +54,7 @@ impl MockError {
             Self::InvalidApiKey => ("invalid_request_error", Some("invalid_api_key")),
             Self::BadRequest { .. } => ("invalid_request_error", None),
             Self::ModelNotFound(_) => ("invalid_request_error", Some("model_not_found")),
-            Self::Injected(status) => injected_kind(*status),
+            Self::Injected(status, _) => injected_kind(*status),
             Self::Internal(_) => ("server_error", None),
             Self::ShuttingDown => ("server_error", Some("service_unavailable")),
         }
@@ -101,10 +102,10 @@ impl IntoResponse for MockError {
             },
         };
         let mut response = (self.status(), axum::Json(body)).into_response();
-        if self.status() == StatusCode::TOO_MANY_REQUESTS {
+        if let Self::Injected(StatusCode::TOO_MANY_REQUESTS, after) = self {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(after));
         }
         response
     }

@@ -20,6 +20,10 @@
 //! plain first-byte timeout would abandon (and redo elsewhere) long answers
 //! the worker is still producing.
 //!
+//! When no candidate answered and the last was busy (its 429: a cloud's
+//! rate limit, a full edge queue), the client gets 503 `upstream_busy` with
+//! the upstream's `Retry-After`, not a 502 it would retry at once.
+//!
 //! An upstream's error text is never shown as is: a 401 or 403 (whose text
 //! can quote a key) becomes the gateway's own 502, and a 400-class answer
 //! about the request is passed on with its code and a message only when
@@ -455,6 +459,10 @@ fn no_answer(decision: &Decision, last_error: Option<&AttemptError>) -> ApiError
         // Every on-premises candidate failed and the cloud may not be used:
         // to the client this is the same as no private route at all.
         return no_route(NoRouteCode::PrivacyRouteUnavailable);
+    }
+    if let Some(AttemptError::Busy { retry_after_s }) = last_error {
+        // Rate-limited or full: the client may come back, and is told when.
+        return ApiError::UpstreamBusy(*retry_after_s);
     }
     ApiError::Upstream
 }
