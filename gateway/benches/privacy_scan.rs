@@ -21,7 +21,8 @@
 //! dotted numbers and separators that start a match and never finish one),
 //! and long unbroken runs of random base64, hex, hex with colons and
 //! capitals with digits (secret-, hash-, IPv6- and IBAN-like all the way),
-//! and noise of letters, digits, punctuation and spaces: the shapes on
+//! noise of letters, digits, punctuation and spaces, of every printable
+//! character, and random bytes percent-escaped: the shapes on
 //! which all detectors in one automaton reach a new state nearly every
 //! byte.
 
@@ -105,6 +106,8 @@ const HEX: &[u8] = b"0123456789abcdef";
 const HEX_COLON: &[u8] = b"0123456789abcdef:";
 const UPPER_DIGITS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
 const NOISE: &[u8] = b"abc .,:;@-_/ 123";
+const PRINTABLE: &[u8] =
+    b" !\"#$%&'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_`abcdefghijklmnopqrstuvwxyz{|}~ ";
 
 fn chat(messages: &[Value]) -> Value {
     json!({"model": "m", "messages": messages, "max_tokens": 16})
@@ -126,6 +129,17 @@ fn body(shape: &str, size: usize) -> Vec<u8> {
         "ipv6-like" => chat(&[json!({"role": "user", "content": run_of(HEX_COLON, size, 3)})]),
         "iban-like" => chat(&[json!({"role": "user", "content": run_of(UPPER_DIGITS, size, 4)})]),
         "noise" => chat(&[json!({"role": "user", "content": run_of(NOISE, size, 5)})]),
+        "printable" => chat(&[json!({"role": "user", "content": run_of(PRINTABLE, size, 6)})]),
+        // Random bytes percent-escaped, as binary in a URL is.
+        "percent-noise" => {
+            let hex = run_of(HEX, size * 2 / 3, 7);
+            let mut escaped = String::with_capacity(hex.len() * 3 / 2);
+            for pair in hex.as_bytes().chunks(2) {
+                escaped.push('%');
+                escaped.push_str(&String::from_utf8_lossy(pair));
+            }
+            chat(&[json!({"role": "user", "content": escaped})])
+        }
         "messages" => chat(
             &(0..size / 100)
                 .map(|i| json!({"role": "user", "content": text(80, |j| prose(i + j))}))
@@ -200,6 +214,8 @@ fn main() {
         "ipv6-like",
         "iban-like",
         "noise",
+        "printable",
+        "percent-noise",
         "messages",
         "parts",
         "schema-keys",

@@ -25,6 +25,9 @@ const MIN_RUN: usize = 8;
 /// The shortest stretch of readable characters a decoding keeps.
 const MIN_READABLE: usize = 4;
 
+/// The shortest stretch kept of a decoding that is mostly noise.
+const MIN_READABLE_IN_NOISE: usize = 12;
+
 /// A wrapped block's lines are at least this long; shorter pieces with
 /// spaces between are words, decoded one by one.
 const MIN_LINE: usize = 16;
@@ -37,11 +40,23 @@ pub(super) fn decode(s: &str) -> Option<(String, bool)> {
     let mut out = String::new();
     let (mut readable, mut decoded) = (0, 0);
     for run in runs(s) {
-        if let Some(reading) = best_reading(&run) {
+        let Some(reading) = best_reading(&run) else {
+            continue;
+        };
+        if 2 * reading.score > reading.text.len() {
             out.push_str(&reading.text);
             out.push('\n');
             readable += reading.score;
             decoded += reading.text.len();
+        } else {
+            // Noise: only its long stretches, which noise seldom has and a
+            // finding between padding does; the rest would only make the
+            // detectors' work dearer.
+            for stretch in &reading.long {
+                out.push_str(stretch);
+                out.push('\n');
+                decoded += stretch.len();
+            }
         }
     }
     (!out.is_empty()).then_some((out, 2 * readable > decoded))
@@ -198,6 +213,8 @@ fn hex_at(run: &[u8]) -> Vec<u8> {
 struct Reading {
     text: String,
     score: usize,
+    /// The stretches of at least [`MIN_READABLE_IN_NOISE`] bytes.
+    long: Vec<String>,
 }
 
 /// The readable stretches of `bytes` (printable ASCII, tabs, line breaks)
@@ -209,6 +226,7 @@ fn readable(bytes: &[u8]) -> Option<Reading> {
     let is_readable = |b: &u8| (0x20..0x7f).contains(b) || matches!(b, b'\t' | b'\n' | b'\r');
     let mut out = Vec::with_capacity(bytes.len());
     let mut score = 0;
+    let mut long = Vec::new();
     for (k, stretch) in bytes.split(|b| !is_readable(b)).enumerate() {
         if k > 0 {
             out.push(b' ');
@@ -219,9 +237,12 @@ fn readable(bytes: &[u8]) -> Option<Reading> {
         } else {
             out.resize(out.len() + stretch.len(), b' ');
         }
+        if stretch.len() >= MIN_READABLE_IN_NOISE {
+            long.push(String::from_utf8_lossy(stretch).into_owned());
+        }
     }
     let text = String::from_utf8(out).ok()?;
-    (score > 0).then_some(Reading { text, score })
+    (score > 0).then_some(Reading { text, score, long })
 }
 
 #[cfg(test)]

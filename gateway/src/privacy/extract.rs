@@ -370,14 +370,22 @@ fn decoded(s: &str, out: &mut Vec<Cow<'_, str>>, depth: usize) {
         binary(s, out, depth);
         return;
     };
-    for round in 1..=MAX_DECODE {
+    // A long text gets fewer rounds: each is a copy of it to scan, and
+    // escaped noise changes at every round. One still changing when its
+    // rounds run out is not read to its end, so it is opaque.
+    let rounds = if s.len() > LONG_TEXT { 2 } else { MAX_DECODE };
+    for round in 1..=rounds {
         if let Some(stripped) = strip_markup(&text) {
             out.push(Cow::Owned(stripped));
         }
-        match (round < MAX_DECODE).then(|| decode_once(&text)).flatten() {
-            Some(next) => out.push(Cow::Owned(std::mem::replace(&mut text, next))),
-            None => break,
+        let Some(next) = decode_once(&text) else {
+            break;
+        };
+        if round == rounds {
+            out.push(Cow::Borrowed(OPAQUE));
+            break;
         }
+        out.push(Cow::Owned(std::mem::replace(&mut text, next)));
     }
     binary(&text, out, depth);
     out.push(Cow::Owned(text));
@@ -407,6 +415,10 @@ fn binary(s: &str, out: &mut Vec<Cow<'_, str>>, depth: usize) {
 /// How many rounds of decoding [`decoded`] applies.
 const MAX_DECODE: usize = 6;
 
+/// A text longer than this gets two rounds of decoding, not
+/// [`MAX_DECODE`].
+const LONG_TEXT: usize = 16 << 10;
+
 /// `s` with one round of decoding applied, if it changes anything:
 /// character escapes, then percent-escapes.
 fn decode_once(s: &str) -> Option<String> {
@@ -415,7 +427,7 @@ fn decode_once(s: &str) -> Option<String> {
         text = Cow::Owned(t);
     }
     if text.contains('%') {
-        if let Cow::Owned(t) = percent_encoding::percent_decode_str(&text).decode_utf8_lossy() {
+        if let Some(t) = percent_decode(&text) {
             text = Cow::Owned(t);
         }
     }
@@ -423,6 +435,52 @@ fn decode_once(s: &str) -> Option<String> {
         Cow::Owned(t) => Some(t),
         Cow::Borrowed(_) => None,
     }
+}
+
+/// `s` with its percent-escapes of text decoded, if it has any: escapes
+/// of printable ASCII, white space and whole UTF-8 characters. Escapes of
+/// other bytes (control characters, broken UTF-8: percent-escaped binary)
+/// are left as they are; decoded, noise would only turn into more noise
+/// for every later round to decode and scan.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let byte_at = |at: usize| -> Option<u8> {
+        match bytes.get(at..at + 3)? {
+            [b'%', hi, lo] => Some(
+                u8::try_from((*hi as char).to_digit(16)? * 16 + (*lo as char).to_digit(16)?)
+                    .ok()?,
+            ),
+            _ => None,
+        }
+    };
+    let mut out: Vec<u8> = Vec::with_capacity(bytes.len());
+    let mut changed = false;
+    let mut at = 0;
+    while at < bytes.len() {
+        let Some(first) = byte_at(at) else {
+            out.push(bytes[at]);
+            at += 1;
+            continue;
+        };
+        // The escaped bytes of one character: its lead byte says how many.
+        let len = match first {
+            0x20..=0x7e | b'\t' | b'\n' | b'\r' => 1,
+            0xc2..=0xdf => 2,
+            0xe0..=0xef => 3,
+            0xf0..=0xf4 => 4,
+            _ => 0,
+        };
+        let char_bytes: Option<Vec<u8>> = (0..len).map(|k| byte_at(at + 3 * k)).collect();
+        if let Some(b) = char_bytes.filter(|b| len > 0 && std::str::from_utf8(b).is_ok()) {
+            out.extend_from_slice(&b);
+            at += 3 * len;
+            changed = true;
+        } else {
+            out.push(bytes[at]);
+            at += 1;
+        }
+    }
+    changed.then(|| String::from_utf8(out).ok()).flatten()
 }
 
 /// Whether `s` holds a `data:` URL: `data:` and a media type
@@ -896,6 +954,23 @@ mod tests {
         ] {
             assert_eq!(class_of(body), (Public, vec![]), "{body}");
         }
+    }
+
+    /// Percent-escapes of text are decoded, whole UTF-8 characters
+    /// included; escapes of other bytes (binary, broken UTF-8) are left.
+    #[test]
+    fn percent_escapes_of_text_only_are_decoded() {
+        assert_eq!(
+            super::percent_decode("bob%40x.com").as_deref(),
+            Some("bob@x.com")
+        );
+        assert_eq!(super::percent_decode("caf%C3%A9").as_deref(), Some("café"));
+        assert_eq!(
+            super::percent_decode("%A7%3F%00%C3").as_deref(),
+            Some("%A7?%00%C3")
+        );
+        assert_eq!(super::percent_decode("100% sure"), None);
+        assert_eq!(super::percent_decode("%ZZ%4"), None);
     }
 
     /// A part no detector can read (an image, audio, a file, a part of an

@@ -114,10 +114,10 @@ pub fn classify<T: AsRef<str>>(
 ) -> Classification {
     let mut class = key_default.max(explicit.unwrap_or(Class::Public));
     let mut fired: Vec<String> = Vec::new();
-    let mut noisy = false;
+    let mut budget = rules::ScanBudget::default();
     for text in texts {
         let text = normalize(text.as_ref());
-        for (name, raised_to) in rules.scan(&text, &mut noisy) {
+        for (name, raised_to) in rules.scan(&text, &mut budget) {
             class = class.max(raised_to);
             fired.push(name.to_owned());
         }
@@ -227,6 +227,8 @@ mod tests {
                 "card",
             ),
             ("card 4539 l488 O343 6467", "card"),
+            ("card: 4 5 3 9 1 4 8 8 0 3 4 3 6 4 6 7", "card"),
+            ("card: Four-Five-Three-Nine-One-Four-Eight-Eight-0343-6467", "card"),
             ("call nine one seven, four two eight, zero one nine eight", "phone"),
             ("SSN one two three - four five - six seven eight nine", "national_id"),
         ] {

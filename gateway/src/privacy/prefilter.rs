@@ -11,8 +11,10 @@
 //!
 //! So the pass runs on a lazy DFA told to give up when its cache stops
 //! paying (cleared three times at under ten bytes a state, the thresholds
-//! `regex` itself uses before its fallback), and a text it gives up on is
-//! run through every detector alone ([`super::rules::RuleSet::scan`]). The
+//! `regex` itself uses before its fallback), window by window, and once it
+//! has given up or cost more than the request's budget allows
+//! ([`super::rules::ScanBudget`]), the rest of the request's texts are run
+//! through every detector alone ([`super::rules::RuleSet::scan`]). The
 //! findings are the same either way; only the cost differs.
 
 use std::panic::{RefUnwindSafe, UnwindSafe};
@@ -41,7 +43,7 @@ impl Prefilter {
         let config = DFA::config()
             .match_kind(MatchKind::All)
             .cache_capacity(CACHE_BYTES)
-            .minimum_cache_clear_count(Some(1))
+            .minimum_cache_clear_count(Some(3))
             .minimum_bytes_per_state(Some(10))
             // A Unicode `\b` (an operator's pattern that could not be made
             // ASCII) quits on non-ASCII text instead of failing the build.

@@ -6,7 +6,8 @@
 //! global row for the same builtin.
 
 use regex::{Regex, RegexBuilder};
-use regex_automata::PatternID;
+use regex_automata::{PatternID, PatternSet};
+use std::time::{Duration, Instant};
 
 use super::prefilter::Prefilter;
 use super::spelled;
@@ -19,6 +20,58 @@ use super::Class;
 /// pattern is rejected at `rule add` time instead of eating memory. The
 /// `regex` crate already guarantees linear-time matching.
 const PATTERN_SIZE_LIMIT: usize = 1 << 20;
+
+/// How much of a text the prefilter reads at once. Windows overlap by
+/// [`PREFILTER_OVERLAP`], more than any builtin finding spans (the longest,
+/// a credential after its label or a card with separators, is a few
+/// hundred bytes; an unbounded run, a long card or secret, matches in any
+/// window it fills), so a match is never lost between two.
+const PREFILTER_WINDOW: usize = 16 << 10;
+const PREFILTER_OVERLAP: usize = 1 << 10;
+
+/// `text` in windows of [`PREFILTER_WINDOW`] bytes overlapping by
+/// [`PREFILTER_OVERLAP`], cut at character boundaries.
+fn windows(text: &str) -> impl Iterator<Item = &str> {
+    let mut start = 0;
+    let mut done = false;
+    std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        let mut end = (start + PREFILTER_WINDOW).min(text.len());
+        while !text.is_char_boundary(end) {
+            end += 1;
+        }
+        let window = &text[start..end];
+        done = end == text.len();
+        if !done {
+            start = end.saturating_sub(PREFILTER_OVERLAP).max(start + 1);
+            while !text.is_char_boundary(start) {
+                start += 1;
+            }
+        }
+        Some(window)
+    })
+}
+
+/// What one request's prefilter passes may cost before the rest of its
+/// texts are run through each detector alone: the pass costs a few
+/// nanoseconds a byte on text, over a microsecond on noise.
+#[derive(Debug, Default)]
+pub(super) struct ScanBudget {
+    spent: Duration,
+    bytes: usize,
+    noisy: bool,
+}
+
+impl ScanBudget {
+    /// 1 ms, and 200 ns a byte read: forty times what text costs, so that
+    /// a busy machine's preemptions (the clock is the wall's) seldom trip
+    /// it, and a seventh of what noise does.
+    fn allowance(&self) -> Duration {
+        Duration::from_millis(1) + Duration::from_nanos(200 * self.bytes as u64)
+    }
+}
 
 /// What a privacy rule row does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,6 +212,8 @@ pub struct RuleSet {
     /// the per-detector regexes only run on texts that need them (`None`:
     /// the detectors' automaton could not be built, every detector runs).
     prefilter: Option<Prefilter>,
+    /// How many of `detectors` are builtins (the operator's come after).
+    builtins: usize,
     detectors: Vec<Detector>,
 }
 
@@ -214,6 +269,7 @@ impl RuleSet {
                 });
             }
         }
+        let builtins = detectors.len();
         for (name, pattern, class) in custom {
             detectors.push(Detector {
                 name: name.to_owned(),
@@ -230,6 +286,7 @@ impl RuleSet {
         );
         Ok(RuleSet {
             prefilter,
+            builtins,
             detectors,
         })
     }
@@ -246,32 +303,55 @@ impl RuleSet {
 
     /// Yields `(detector name, class)` for every detector with at least one
     /// validated hit in `text`, or in `text` with its digits spelt as words
-    /// or look-alikes read as digits ([`super::spelled`]). `noisy` is set
-    /// once the one-pass prefilter gave up on a text (see
-    /// [`super::prefilter`]); from then on, for the rest of the request,
-    /// every detector runs on its own instead of paying for the give-up
-    /// again.
-    pub(super) fn scan<'s>(&'s self, text: &str, noisy: &mut bool) -> Vec<(&'s str, Class)> {
-        let candidates = match &self.prefilter {
-            Some(prefilter) if !*noisy => prefilter.matches(text),
-            _ => None,
-        };
-        *noisy |= candidates.is_none();
+    /// or look-alikes read as digits ([`super::spelled`]). The one-pass
+    /// prefilter ([`super::prefilter`]) says which builtins can match; once
+    /// it has cost more than `budget` allows, or given up, every detector
+    /// runs on its own for the rest of the request.
+    pub(super) fn scan<'s>(&'s self, text: &str, budget: &mut ScanBudget) -> Vec<(&'s str, Class)> {
+        let candidates = self.prefiltered(text, budget);
         let matched = |i: usize| {
-            candidates
-                .as_ref()
-                .is_none_or(|set| PatternID::new(i).is_ok_and(|id| set.contains(id)))
+            // An operator's pattern may need more than the prefilter's
+            // window overlap: it always runs.
+            i >= self.builtins
+                || candidates
+                    .as_ref()
+                    .is_none_or(|set| PatternID::new(i).is_ok_and(|id| set.contains(id)))
         };
         // The prefilter's last pattern says whether a run of number-like
         // tokens is there to be read; alone, it is asked only when needed.
-        let spelled = if candidates.is_some() {
-            matched(self.detectors.len())
-        } else {
-            spelled::gate_matches(text)
+        let spelled = match &candidates {
+            Some(set) => PatternID::new(self.detectors.len()).is_ok_and(|id| set.contains(id)),
+            None => spelled::gate_matches(text),
         };
         let mut found = self.validated(text, matched);
-        if let Some(digits) = spelled.then(|| spelled::digits(text)).flatten() {
-            found.extend(self.validated(&digits, |_| true));
+        if spelled {
+            for digits in spelled::digits(text) {
+                found.extend(self.validated(&digits, |_| true));
+            }
+        }
+        found
+    }
+
+    /// The patterns the prefilter finds in `text`, window by window (see
+    /// [`PREFILTER_WINDOW`]); `None` once `budget` is spent.
+    fn prefiltered(&self, text: &str, budget: &mut ScanBudget) -> Option<PatternSet> {
+        let prefilter = self.prefilter.as_ref().filter(|_| !budget.noisy)?;
+        let started = Instant::now();
+        let mut found: Option<PatternSet> = None;
+        for window in windows(text) {
+            let set = prefilter.matches(window);
+            budget.bytes += window.len();
+            budget.spent += started.elapsed();
+            let Some(set) = set.filter(|_| budget.spent <= budget.allowance()) else {
+                budget.noisy = true;
+                return None;
+            };
+            match &mut found {
+                Some(all) => set.iter().for_each(|id| {
+                    all.insert(id);
+                }),
+                None => found = Some(set),
+            }
         }
         found
     }
@@ -304,6 +384,25 @@ impl RuleSet {
 mod tests {
     use super::super::{classify, Class};
     use super::*;
+
+    /// Windows cover the text, overlap, cut at character boundaries, and
+    /// end (an empty text is one empty window).
+    #[test]
+    fn windows_cover_the_text_and_overlap() {
+        assert_eq!(windows("").collect::<Vec<_>>(), vec![""]);
+        assert_eq!(windows("abc").collect::<Vec<_>>(), vec!["abc"]);
+        let text = "é".repeat(3 * PREFILTER_WINDOW / 2);
+        let got: Vec<&str> = windows(&text).collect();
+        assert_eq!(got.len(), 4, "{}", got.len());
+        assert!(got.iter().all(|w| w.len() <= PREFILTER_WINDOW + 1));
+        assert!(got[0].starts_with('é') && got[3].ends_with('é'));
+        let covered: usize = got.iter().map(|w| w.len()).sum::<usize>() - 3 * PREFILTER_OVERLAP;
+        assert!(
+            covered.abs_diff(text.len()) <= 3 * 2,
+            "{covered} vs {}",
+            text.len()
+        );
+    }
 
     /// An operator's `\b` is an ASCII boundary: a project code glued to an
     /// accented word is still seen (with Unicode boundaries `cléPRJ-1234`

@@ -36,45 +36,59 @@ pub(super) fn gate_matches(text: &str) -> bool {
     GATE_ALONE.as_ref().is_none_or(|gate| gate.is_match(text))
 }
 
-/// A number-like token of the text: its byte range, its digits, and
-/// whether it was a digit word.
+/// A number-like token of the text: its byte range and its digits.
 struct Token {
     from: usize,
     to: usize,
     digits: String,
-    word: bool,
 }
 
 /// `s` with its runs of number-like tokens as digits, if it has any that
-/// needed rewriting. Digit words with only white space between are joined
-/// (`four five` is `45`), as a number spoken digit by digit is.
-pub(super) fn digits(s: &str) -> Option<String> {
+/// needed rewriting. Single digits with only white space between (`4 5 3
+/// 9`, `four five`, one a line) are joined, as a number read out digit by
+/// digit is; other separators between them are kept (`one two three - four
+/// five` is `123 - 45`), and if one was, the same again with every
+/// separator joined too (`4-5-3-9`, `four, five`).
+pub(super) fn digits(s: &str) -> Vec<String> {
+    let mut views = Vec::new();
+    let mut kept_separator = false;
+    if let Some(view) = rewritten(s, false, &mut kept_separator) {
+        views.push(view);
+    }
+    if kept_separator {
+        views.extend(rewritten(s, true, &mut kept_separator));
+    }
+    views
+}
+
+/// One rewriting of `s` (see [`digits`]), separators between single digits
+/// joined or kept; `kept_separator` says whether one was kept.
+fn rewritten(s: &str, join_all: bool, kept_separator: &mut bool) -> Option<String> {
     let mut out = String::new();
     let mut written = 0;
     let mut run: Vec<Token> = Vec::new();
+    let mut write = |run: &mut Vec<Token>, out: &mut String, written: &mut usize| {
+        rewrite(s, run, join_all, kept_separator, out, written);
+        run.clear();
+    };
     for (from, to) in tokens(s) {
-        let Some((digits, word)) = as_digits(&s[from..to]) else {
-            rewrite(s, &run, &mut out, &mut written);
-            run.clear();
+        let Some(digits) = as_digits(&s[from..to]) else {
+            write(&mut run, &mut out, &mut written);
             continue;
         };
-        // A run goes on over at most three characters and no line break.
+        // A run goes on over at most three characters, a line break only
+        // between single digits.
         let joined = run.last().is_none_or(|prev| {
             let gap = &s[prev.to..from];
-            gap.chars().count() <= 3 && !gap.contains('\n')
+            gap.chars().count() <= 3
+                && (!gap.contains('\n') || (prev.digits.len() == 1 && digits.len() == 1))
         });
         if !joined {
-            rewrite(s, &run, &mut out, &mut written);
-            run.clear();
+            write(&mut run, &mut out, &mut written);
         }
-        run.push(Token {
-            from,
-            to,
-            digits,
-            word,
-        });
+        run.push(Token { from, to, digits });
     }
-    rewrite(s, &run, &mut out, &mut written);
+    write(&mut run, &mut out, &mut written);
     if written == 0 {
         return None;
     }
@@ -121,35 +135,56 @@ fn tokens(s: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
 }
 
 /// Writes `s` up to the end of `run` to `out`, the run's tokens as their
-/// digits, if the run is long enough and rewrites anything.
-fn rewrite(s: &str, run: &[Token], out: &mut String, written: &mut usize) {
-    let rewrites = run.iter().any(|t| t.digits != s[t.from..t.to]);
-    if run.len() < MIN_RUN || !rewrites {
+/// digits and single digits joined, if the run is long enough and that
+/// changes anything.
+fn rewrite(
+    s: &str,
+    run: &[Token],
+    join_all: bool,
+    kept_separator: &mut bool,
+    out: &mut String,
+    written: &mut usize,
+) {
+    if run.len() < MIN_RUN {
         return;
     }
-    let mut after_word = false;
+    let joins = |prev: &Token, t: &Token| {
+        prev.digits.len() == 1
+            && t.digits.len() == 1
+            && (join_all || s[prev.to..t.from].trim().is_empty())
+    };
+    let changes = run.iter().any(|t| t.digits != s[t.from..t.to])
+        || run.windows(2).any(|w| joins(&w[0], &w[1]));
+    if !changes {
+        return;
+    }
+    let mut prev: Option<&Token> = None;
     for t in run {
         let gap = &s[*written..t.from];
-        if !(after_word && t.word && gap.trim().is_empty()) {
-            out.push_str(gap);
+        match prev {
+            Some(p) if joins(p, t) => {}
+            Some(p) => {
+                *kept_separator |= p.digits.len() == 1 && t.digits.len() == 1;
+                out.push_str(gap);
+            }
+            None => out.push_str(gap),
         }
         out.push_str(&t.digits);
         *written = t.to;
-        after_word = t.word;
+        prev = Some(t);
     }
 }
 
-/// The digits a token stands for, and whether it is a digit word: a digit
-/// word, or digits and look-alike letters with at least one digit or four
-/// or more look-alikes (`OOOO`).
-fn as_digits(token: &str) -> Option<(String, bool)> {
+/// The digits a token stands for: a digit word's, or digits and look-alike
+/// letters with at least one digit or four or more look-alikes (`OOOO`).
+fn as_digits(token: &str) -> Option<String> {
     if let Some(d) = word_digit(token) {
-        return Some((char::from(b'0' + d).to_string(), true));
+        return Some(char::from(b'0' + d).to_string());
     }
     let digit = |c: char| match c {
         '0'..='9' => Some(c),
         'O' | 'o' => Some('0'),
-        'I' | 'l' | '|' => Some('1'),
+        'I' | 'i' | 'l' | 'L' | '|' => Some('1'),
         _ => None,
     };
     if !token.chars().all(|c| digit(c).is_some()) {
@@ -157,12 +192,25 @@ fn as_digits(token: &str) -> Option<(String, bool)> {
     }
     let real = token.bytes().filter(u8::is_ascii_digit).count();
     // `I` and `lol` are words; `OOOO` in a run of digits is zeros.
-    (real > 0 || token.len() >= 4).then(|| (token.chars().filter_map(digit).collect(), false))
+    (real > 0 || token.len() >= 4).then(|| token.chars().filter_map(digit).collect())
 }
 
 /// The digit a digit word stands for, in any case: English, German,
 /// French, Spanish, Italian, Portuguese.
 fn word_digit(token: &str) -> Option<u8> {
+    if !(2..=7).contains(&token.len()) {
+        return None;
+    }
+    if token.is_ascii() {
+        ascii_word_digit(token)
+    } else {
+        // `FÜNF`, `ZÉRO`: letters outside ASCII lowered by Unicode's rules.
+        ascii_word_digit(&token.to_lowercase())
+    }
+}
+
+/// [`word_digit`] for a token lowered, or to be lowered, in ASCII only.
+fn ascii_word_digit(token: &str) -> Option<u8> {
     if !(2..=7).contains(&token.len()) {
         return None;
     }
@@ -172,8 +220,8 @@ fn word_digit(token: &str) -> Option<u8> {
     }
     Some(match &lower[..token.len()] {
         b"zero" | b"oh" | b"nought" | b"null" | b"z\xc3\xa9ro" | b"cero" => 0,
-        b"one" | b"eins" | b"un" | b"uno" | b"um" => 1,
-        b"two" | b"zwei" | b"deux" | b"dos" | b"due" | b"dois" => 2,
+        b"one" | b"eins" | b"un" | b"une" | b"uno" | b"una" | b"um" | b"uma" => 1,
+        b"two" | b"zwei" | b"zwo" | b"deux" | b"dos" | b"due" | b"dois" | b"duas" => 2,
         b"three" | b"drei" | b"trois" | b"tres" | b"tre" | b"tr\xc3\xaas" => 3,
         b"four" | b"vier" | b"quatre" | b"cuatro" | b"quattro" | b"quatro" => 4,
         b"five" | b"f\xc3\xbcnf" | b"fuenf" | b"cinq" | b"cinco" | b"cinque" => 5,
@@ -195,16 +243,24 @@ mod tests {
         for (text, want) in [
             (
                 "four five three nine one four eight eight zero three four three six four six seven",
-                "4539148803436467",
+                &["4539148803436467"][..],
             ),
-            ("card: Four-Five-Three-Nine 1488", "card: 4-5-3-9 1488"),
-            ("one two three - four five", "123 - 45"),
-            ("4539 l488 O343 6467", "4539 1488 0343 6467"),
-            ("55OO OOOO OOOO OOO4", "5500 0000 0000 0004"),
-            ("vier fünf drei neun, eins", "4539, 1"),
-            ("cuatro cinco tres nueve", "4539"),
+            (
+                "card: Four-Five-Three-Nine 1488",
+                &["card: 4-5-3-9 1488", "card: 4539 1488"],
+            ),
+            ("one two three - four five", &["123 - 45", "12345"]),
+            ("4539 l488 O343 6467", &["4539 1488 0343 6467"]),
+            ("55OO OOOO OOOO OOO4", &["5500 0000 0000 0004"]),
+            ("vier fünf drei neun, eins", &["4539, 1", "45391"]),
+            ("FÜNF VIER ZÉRO TRÊS", &["5403"]),
+            ("cuatro cinco tres nueve", &["4539"]),
+            ("card: 4 5 3 9 1 4 8 8", &["card: 45391488"]),
+            ("4539 1 4 8 8 0343 6467", &["4539 1488 0343 6467"]),
+            ("4\n5\n3\n9", &["4539"]),
+            ("four, five / three_nine", &["4, 5 / 3_9", "4539"]),
         ] {
-            assert_eq!(digits(text).as_deref(), Some(want), "{text}");
+            assert_eq!(digits(text), want, "{text}");
         }
     }
 
@@ -223,7 +279,7 @@ mod tests {
             "tres três tre trois",
             "x |1 2 3 4",
         ] {
-            assert!(digits(text).is_some(), "{text}");
+            assert!(!digits(text).is_empty(), "{text}");
             assert!(gate.is_match(text), "{text}");
         }
         assert!(!gate.is_match("the gateway routes each request"));
@@ -235,10 +291,10 @@ mod tests {
             "one or two of the three",
             "I think Ollie and I will go",
             "4539 1488 0343 6467",
-            "one\ntwo\nthree\nfour",
+            "one apple, two pears, three figs, four",
             "",
         ] {
-            assert_eq!(digits(text), None, "{text}");
+            assert!(digits(text).is_empty(), "{text}");
         }
     }
 }
