@@ -336,9 +336,9 @@ impl RuleSet {
     /// [`PREFILTER_WINDOW`]); `None` once `budget` is spent.
     fn prefiltered(&self, text: &str, budget: &mut ScanBudget) -> Option<PatternSet> {
         let prefilter = self.prefilter.as_ref().filter(|_| !budget.noisy)?;
-        let started = Instant::now();
         let mut found: Option<PatternSet> = None;
         for window in windows(text) {
+            let started = Instant::now();
             let set = prefilter.matches(window);
             budget.bytes += window.len();
             budget.spent += started.elapsed();
