@@ -84,19 +84,34 @@ const BASE64: [u8; 256] = {
     t
 };
 
+/// What may stand between hex pairs written apart: one or two of these
+/// (`62 6f`, `62:6f`, `0x62, 0x6f`, `62;\n6f`). (`-` and `_` are base64
+/// characters: pairs joined by them come as one run, see [`hex_pairs`].)
+const PAIR_GAP: &[u8] = b" \t\r\n:,.;|";
+
+/// What may stand between groups of base64 written apart (`NDUz OSAx`).
+const GROUP_GAP: &[u8] = b" \t\n.";
+
 /// The encoded characters of each candidate run of `s`: maximal runs of
 /// base64 characters (padding dropped), lines of a wrapped block joined,
-/// and hex pairs written apart joined.
+/// groups of base64 written apart joined, and hex pairs (or groups, as
+/// `xxd` writes them) written apart joined.
 fn runs(s: &str) -> Vec<Vec<u8>> {
     let bytes = s.as_bytes();
+    let base64 = |at: usize| {
+        bytes
+            .get(at)
+            .is_some_and(|&b| BASE64[usize::from(b)] != NONE)
+    };
     let mut out: Vec<Vec<u8>> = Vec::new();
     let mut pairs: Vec<u8> = Vec::new();
+    let mut groups: Vec<u8> = Vec::new();
     // Whether the last run may go on after the line break that follows it.
     let mut open = false;
     let mut i = 0;
     while i < bytes.len() {
         let start = i;
-        while i < bytes.len() && BASE64[usize::from(bytes[i])] != NONE {
+        while base64(i) {
             i += 1;
         }
         if i == start {
@@ -113,23 +128,43 @@ fn runs(s: &str) -> Vec<Vec<u8>> {
         while i < bytes.len() && bytes[i] == b'=' {
             i += 1;
         }
-        // Hex pairs apart: `62 6f 62 40`, `62:6f:62`.
-        if run.len() == 2 && run.iter().all(u8::is_ascii_hexdigit) {
-            pairs.extend_from_slice(run);
-            if matches!(bytes.get(i), Some(b' ' | b':' | b',' | b'-'))
-                && bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
-            {
-                i += 1;
-                continue;
+        // Base64 in groups apart (`NDUz OSAx NDg4`): whole quanta of four
+        // characters, one gap character each, joined into one run.
+        let group = !padded && run.len() % 4 == 0 && run.len() < MIN_LINE;
+        if groups.is_empty() || !group {
+            // Hex pairs or groups apart: `62 6f 62 40`, `0x62, 0x6f`,
+            // `626f 6240`, `62-6f-62`.
+            if let Some(digits) = hex_pairs(run) {
+                pairs.extend_from_slice(&digits);
+                let gap = bytes[i..]
+                    .iter()
+                    .take(3)
+                    .take_while(|b| PAIR_GAP.contains(b))
+                    .count();
+                if (1..=2).contains(&gap) && bytes.get(i + gap).is_some_and(u8::is_ascii_hexdigit) {
+                    i += gap;
+                    continue;
+                }
             }
+            if pairs.len() >= MIN_RUN {
+                out.push(std::mem::take(&mut pairs));
+            }
+            pairs.clear();
         }
-        if pairs.len() >= MIN_RUN {
-            out.push(std::mem::take(&mut pairs));
+        if group && bytes.get(i).is_some_and(|b| GROUP_GAP.contains(b)) && base64(i + 1) {
+            groups.extend_from_slice(run);
+            i += 1;
+            continue;
         }
-        pairs.clear();
+        let run = if groups.is_empty() {
+            run.to_vec()
+        } else {
+            groups.extend_from_slice(run);
+            std::mem::take(&mut groups)
+        };
         match out.last_mut() {
-            Some(last) if open => last.extend_from_slice(run),
-            _ if run.len() >= MIN_RUN && looks_encoded(run) => out.push(run.to_vec()),
+            Some(last) if open => last.extend_from_slice(&run),
+            _ if run.len() >= MIN_RUN && looks_encoded(&run) => out.push(run.clone()),
             _ => {}
         }
         // A long line that ends at a line break (unpadded: padding ends a
@@ -145,6 +180,36 @@ fn runs(s: &str) -> Vec<Vec<u8>> {
         out.push(pairs);
     }
     out
+}
+
+/// The hex digits of a run that is hex written apart: one pair or group of
+/// up to four (`62`, `0x62`, `626f` as `xxd` writes them), or pairs joined
+/// by `-` or `_` (`62-6f-62`).
+fn hex_pairs(run: &[u8]) -> Option<Vec<u8>> {
+    let digits = run
+        .strip_prefix(b"0x")
+        .or_else(|| run.strip_prefix(b"0X"))
+        .unwrap_or(run);
+    if digits.is_empty() {
+        return None;
+    }
+    if digits.len() % 2 == 0 && digits.len() <= 8 && digits.iter().all(u8::is_ascii_hexdigit) {
+        return Some(digits.to_vec());
+    }
+    // Pairs joined by one separator, the same throughout.
+    let separator = *digits.get(2)?;
+    if digits.len() % 3 != 2 || !matches!(separator, b'-' | b'_') {
+        return None;
+    }
+    let mut out = Vec::with_capacity(digits.len());
+    for chunk in digits.chunks(3) {
+        let (pair, gap) = chunk.split_at(2);
+        if !pair.iter().all(u8::is_ascii_hexdigit) || gap.iter().any(|&b| b != separator) {
+            return None;
+        }
+        out.extend_from_slice(pair);
+    }
+    Some(out)
 }
 
 /// Whether a run may be base64 or hex rather than a word: past its first
@@ -271,6 +336,16 @@ mod tests {
         hex::encode(s)
     }
 
+    /// `encoded` in groups of four characters with `gap` between.
+    fn grouped(encoded: &str, gap: &str) -> String {
+        encoded
+            .as_bytes()
+            .chunks(4)
+            .map(|g| std::str::from_utf8(g).unwrap())
+            .collect::<Vec<_>>()
+            .join(gap)
+    }
+
     #[test]
     fn base64_and_hex_decode_in_every_layout() {
         let secret = "card 4539 1488 0343 6467";
@@ -298,6 +373,20 @@ mod tests {
             format!("0x{}", hex(secret)),
             spaced_hex.join(" "),
             spaced_hex.join(":"),
+            spaced_hex.join("-"),
+            spaced_hex.join("_"),
+            spaced_hex.join(", "),
+            spaced_hex.join(";\n"),
+            spaced_hex.join("|"),
+            spaced_hex.join("."),
+            spaced_hex.join("\t"),
+            format!("{{0x{}}}", spaced_hex.join(", 0x")),
+            // As `xxd` groups them.
+            grouped(&hex(secret), " "),
+            // Base64 in groups of four, apart.
+            grouped(&encoded, " "),
+            grouped(&encoded, "."),
+            grouped(&encoded, "\n"),
         ] {
             let (got, _) = decode(&text).unwrap_or_default();
             assert!(got.contains("4539 1488 0343 6467"), "{text:?} → {got:?}");
@@ -321,6 +410,7 @@ mod tests {
             "",
             "   \n\n",
             "ünïcödé wörds",
+            "This text goes here with many more words",
         ] {
             assert_eq!(decode(text), None, "{text:?}");
         }

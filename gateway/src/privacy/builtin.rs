@@ -59,11 +59,12 @@ pub const BUILTIN_NAMES: &[&str] = &[
 ];
 
 /// A dotted IPv4 address: octets with up to two leading zeros, dots
-/// written as they are or defanged (`[.]`, `(.)`, `[dot]`). No word
+/// written as they are, spaced, spelt or defanged (`. `, ` dot `, `[.]`,
+/// `(.)`, `[dot]`). No word
 /// boundaries: the validator looks at the neighbours, so an address glued
 /// to a label (`ip_10.0.0.1`, `10.0.0.1a`) is still one.
 const IPV4: &str = concat!(
-    r"(?i)(?:0{0,2}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\.|\[\.\]|\(\.\)|\[dot\]|\(dot\))){3}",
+    r"(?i)(?:0{0,2}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\s?\.\s?|\[\.\]|\(\.\)|\[dot\]|\(dot\)|\s+dot\s+)){3}",
     r"0{0,2}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])",
 );
 
@@ -71,25 +72,35 @@ pub(super) const BUILTINS: &[Builtin] = &[
     Builtin {
         // An address as written, or written to get past a filter: the at
         // sign spaced or spelt in brackets (`bob @ example.com`, `bob (at)
-        // example [dot] com`), dots spaced or spelt, in any case.
+        // example [dot] com`, `[arroba]`, `(chez)`) or between hyphens
+        // (`bob-at-example-dot-com`), dots spaced or spelt (`punto`,
+        // `punkt`), in any case; a comma or a space for the last dot before
+        // a common domain (`bob@example,com`).
         name: "email",
         pattern: concat!(
-            r"(?i)[\p{L}\p{N}._%+'-]+(?:\s*@\s*|\s*[(\[{<]\s*(?:at|@)\s*[)\]}>]\s*)",
-            r"[\p{L}\p{N}-]+(?:(?:\s*\.\s*|\s*[(\[{<]\s*(?:dot|\.)\s*[)\]}>]\s*|\s+dot\s+)[\p{L}\p{N}-]+)*",
-            r"(?:\s*\.\s*|\s*[(\[{<]\s*(?:dot|\.)\s*[)\]}>]\s*|\s+dot\s+)\p{L}{2,}",
+            r"(?i)[\p{L}\p{N}._%+'-]+(?:\s*@\s*|\s*[(\[{<]\s*(?:at|@|arroba|arobase|chez)\s*[)\]}>]\s*",
+            r"|[-_](?:at|arroba)[-_])",
+            r"[\p{L}\p{N}-]+(?:(?:\s*\.\s*|\s*[(\[{<]\s*(?:dot|\.|punto|point|punkt|ponto)\s*[)\]}>]\s*",
+            r"|\s+(?:dot|punto|punkt|ponto)\s+|[-_]dot[-_])[\p{L}\p{N}-]+)*",
+            r"(?:(?:\s*\.\s*|\s*[(\[{<]\s*(?:dot|\.|punto|point|punkt|ponto)\s*[)\]}>]\s*",
+            r"|\s+(?:dot|punto|punkt|ponto)\s+|[-_]dot[-_])\p{L}{2,}",
+            // A comma or a space for the last dot, before a common domain.
+            r"|(?:\s*,\s*|\s+)(?:com|org|net|edu|gov|io|de|uk|fr)(?-u:\b))",
         ),
         validate: None,
         class: Class::Confidential,
     },
     Builtin {
-        // The at sign spelt as a bare word (`bob at example dot com`): the
-        // last dot must be spelt too, or "look at example.com" would be an
-        // address.
+        // The at sign spelt as a bare word (`bob at example dot com`,
+        // `bob arroba example punto com`): the last dot must be spelt too,
+        // or "look at example.com" would be an address.
         name: "email",
         pattern: concat!(
-            r"(?i)[\p{L}\p{N}._%+'-]+\s+at\s+",
-            r"[\p{L}\p{N}-]+(?:(?:\s*\.\s*|\s*[(\[{<]\s*(?:dot|\.)\s*[)\]}>]\s*|\s+dot\s+)[\p{L}\p{N}-]+)*",
-            r"(?:\s*[(\[{<]\s*(?:dot|\.)\s*[)\]}>]\s*|\s+dot\s+)\p{L}{2,}",
+            r"(?i)[\p{L}\p{N}._%+'-]+\s+(?:at|arroba|arobase|chez)\s+",
+            r"[\p{L}\p{N}-]+(?:(?:\s*\.\s*|\s*[(\[{<]\s*(?:dot|\.|punto|point|punkt|ponto)\s*[)\]}>]\s*",
+            r"|\s+(?:dot|punto|punkt|ponto)\s+)[\p{L}\p{N}-]+)*",
+            r"(?:\s*[(\[{<]\s*(?:dot|\.|punto|point|punkt|ponto)\s*[)\]}>]\s*",
+            r"|\s+(?:dot|punto|punkt|ponto)\s+)\p{L}{2,}",
         ),
         validate: None,
         class: Class::Confidential,
@@ -143,14 +154,19 @@ pub(super) const BUILTINS: &[Builtin] = &[
     },
     Builtin {
         // A document's classification banner, in capitals as banners are
-        // written (words joined by spaces, `_` or `-`, glued to digits or
-        // `_`), or a few title-case ones; "confidential" in lower case is
-        // prose.
+        // written (words joined by up to three spaces, `_`, `.` or `-`, or
+        // none, glued to digits or `_`; the usual digits for letters,
+        // `CONF1DENTIAL`, `T0P SECRET`), or a few title-case ones;
+        // "confidential" in lower case is prose. Spaced letters
+        // (`C O N F …`) are joined before the detectors see them.
         name: "marker",
         pattern: concat!(
-            r"(?:(?:STRICTLY|HIGHLY|COMPANY|BUSINESS|STRENG)[ _-])?(?:CONFIDENTIAL|VERTRAULICH|CONFIDENTIEL|CONFIDENCIAL|RISERVATO)",
-            r"|C O N F I D E N T I A L|INTERNAL(?:[ _-]USE)?[ _-]ONLY|DO[ _-]NOT[ _-](?:DISTRIBUTE|FORWARD|SHARE|COPY)",
-            r"|NOT[ _-]FOR[ _-](?:DISTRIBUTION|EXTERNAL[ _-]USE|PUBLIC[ _-]RELEASE)|TOP[ _-]SECRET|SECRET//|NOFORN",
+            r"(?:(?:STRICTLY|HIGHLY|COMPANY|BUSINESS|STRENG)[\s_.\-]{1,3})?",
+            r"(?:C[O0]NF[I1l|!]D[E3]N(?:T[I1l|!][A4@]L|T[I1l|!][E3]L|C[I1l|!][A4@]L)|VERTRAULICH|RISERVATO)",
+            r"|INTERNAL(?:[\s_.\-]{1,3}USE)?[\s_.\-]{0,3}ONLY",
+            r"|DO[\s_.\-]{0,3}NOT[\s_.\-]{0,3}(?:DISTRIBUTE|FORWARD|SHARE|COPY)",
+            r"|NOT[\s_.\-]{0,3}FOR[\s_.\-]{0,3}(?:DISTRIBUTION|EXTERNAL[\s_.\-]{0,3}USE|PUBLIC[\s_.\-]{0,3}RELEASE)",
+            r"|T[O0]P[\s_.\-]{0,3}S[E3]CR[E3][T7]|SECRET//|NOFORN",
             r"|PROPRIETARY|RESTRICTED|(?i:(?:strictly|highly|company|privileged (?:and|&)) confidential)",
             r"|(?i:classification\s*:\s*(?:confidential|secret|restricted|internal))",
         ),
@@ -161,6 +177,14 @@ pub(super) const BUILTINS: &[Builtin] = &[
         name: "ip_address",
         pattern: IPV4,
         validate: Some(ipv4),
+        class: Class::Confidential,
+    },
+    Builtin {
+        // An address written as one number in a URL's host, as browsers
+        // read it (`http://134744072/`, `http://0x8080808`).
+        name: "ip_address",
+        pattern: r"(?i)[a-z][a-z0-9+.-]*://(?:[^/@\s]*@)?(?:0x[0-9a-f]{1,8}|[0-9]{1,10})(?-u:\b)",
+        validate: Some(numeric_host),
         class: Class::Confidential,
     },
     Builtin {
@@ -185,7 +209,7 @@ pub(super) const BUILTINS: &[Builtin] = &[
     Builtin {
         name: "secret",
         pattern: concat!(
-            r"(?i)(?-u:\b)(?:sk-(?:proj-|ant-)?[A-Za-z0-9_-]{16,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{36,}",
+            r"(?i)(?-u:\b)(?:sk-(?:proj-|ant-)?[A-Za-z0-9_-]{16,}|(?-i:AKIA(?:[ \-]?[0-9A-Z]){16})|gh[pousr]_[A-Za-z0-9]{36,}",
             r"|github_pat_[A-Za-z0-9_]{22,}|glpat-[A-Za-z0-9_-]{20,}|[sr]k_(?:live|test)_[A-Za-z0-9]{10,}",
             r"|hf_[A-Za-z0-9]{30,}|npm_[A-Za-z0-9]{36}|pypi-[A-Za-z0-9_-]{50,}|xapp-[A-Za-z0-9-]{10,}",
             r"|xox[abprs]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35}|gw-[0-9a-f]{64})(?-u:\b)",
@@ -657,6 +681,24 @@ fn ipv4(text: &str, start: usize, end: usize) -> bool {
     !generic && not_in_dotted_run(text, start, end)
 }
 
+/// A URL's host that is one number (decimal or `0x` hex) naming an
+/// address other than a loopback, unspecified or broadcast one, and not
+/// the first label of a name (`http://1234567890.example.com`).
+fn numeric_host(text: &str, start: usize, end: usize) -> bool {
+    let hit = &text[start..end];
+    let host = hit.rsplit(['/', '@']).next().unwrap_or(hit);
+    let value = match host.strip_prefix("0x").or_else(|| host.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => host.parse::<u64>().ok(),
+    };
+    let next = text[end..].chars().next();
+    let name_or_port = next.is_some_and(|c| c.is_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    value.is_some_and(|v| {
+        let first = v >> 24;
+        v <= u64::from(u32::MAX) && first != 0 && first != 127 && v != u64::from(u32::MAX)
+    }) && !name_or_port
+}
+
 /// Rejects `1.2.3.4` inside `1.2.3.4.5` (version strings, OIDs): an address
 /// is not preceded or followed by a dot that continues the dotted run, nor
 /// by a digit.
@@ -774,6 +816,15 @@ mod tests {
             ("write to bob@example(dot)com", &["email"]),
             ("write to bob at example dot com", &["email"]),
             ("write to bob AT example DOT org", &["email"]),
+            ("write to bob-at-example-dot-com", &["email"]),
+            ("write to bob_at_example_dot_com", &["email"]),
+            ("escribe a bob arroba example punto com", &["email"]),
+            ("écrire à bob (chez) example (point) fr", &["email"]),
+            ("write to bob[arroba]example.com", &["email"]),
+            ("write to bob@example,com", &["email"]),
+            ("write to bob@example com", &["email"]),
+            ("aim at the target point blank", &[]),
+            ("email me@home, or call", &[]),
             ("write to bob at mail.example (dot) com", &["email"]),
             ("look at example.com for the docs", &[]),
             ("the file is at src.main and the other at lib", &[]),
@@ -814,8 +865,23 @@ mod tests {
             ("VERTRAULICH", &["marker"]),
             ("NONCONFIDENTIAL", &[]),
             ("PRIVILEGED AND CONFIDENTIAL", &["marker"]),
+            ("CONF1DENTIAL: board minutes", &["marker"]),
+            ("C0NF!D3NT14L", &["marker"]),
+            ("TOP  SECRET report", &["marker"]),
+            ("T0P.SECRET", &["marker"]),
+            ("TOPSECRET", &["marker"]),
+            ("DO NOT  DISTRIBUTE", &["marker"]),
+            ("C O N F I D E N T I A L", &["marker"]),
+            ("T O P  S E C R E T", &["marker"]),
+            ("C.O.N.F.I.D.E.N.T.I.A.L", &["marker"]),
+            ("C-O-N-F-I-D-E-N-T-I-A-L", &["marker"]),
+            // Cyrillic С and О, Greek Ι.
+            ("\u{421}\u{41e}NF\u{399}DENTIAL", &["marker"]),
+            ("it is a top secret recipe", &[]),
             ("this is confidential between us", &[]),
             ("password: hunter2!Secret", &["secret"]),
+            ("P A S S W O R D : hunter2!x", &["secret"]),
+            ("p\u{430}ssword: hunter2!x", &["secret"]),
             ("set API_KEY=\"abcd1234\" first", &["secret"]),
             ("the password field is required", &[]),
             ("the password is required", &[]),
@@ -904,6 +970,12 @@ mod tests {
             ("host 192.168.001.010", &["ip_address"]),
             ("ip_192.168.1.10", &["ip_address"]),
             ("host ip-10-0-0-1.ec2.internal", &["ip_address"]),
+            ("GET http://134744072/ now", &["ip_address"]),
+            ("GET https://user@0x0A000001:8443/x", &["ip_address"]),
+            ("see http://1234567890.example.org/ or http://8080/", &[]),
+            ("loopback http://2130706433/", &[]),
+            ("host 10 . 0 . 0 . 1 is down", &["ip_address"]),
+            ("host 8 dot 8 dot 8 dot 8", &["ip_address"]),
             ("part 1192.168.1.10", &[]),
             ("listen on 0.0.0.0:8080 or 127.0.0.1", &[]),
             ("v6 2001:db8::8a2e:370:7334 up", &["ip_address"]),
@@ -916,6 +988,9 @@ mod tests {
             ("mac 00:1a:2b:3c:4d:5e", &[]),
             ("key sk-proj-abcdefghijklmnopqrstuvwx", &["secret"]),
             ("aws AKIAIOSFODNN7EXAMPLE here", &["secret"]),
+            ("aws AKIA IOSF ODNN 7EXA MPLE here", &["secret"]),
+            ("aws AKIA-IOSF-ODNN-7EXA-MPLE here", &["secret"]),
+            ("Akia went to the store today", &[]),
             ("gh ghp_abcdefghijklmnopqrstuvwxyz0123456789", &["secret"]),
             ("-----BEGIN RSA PRIVATE KEY-----\nMIIE", &["secret"]),
             ("-----begin private key-----", &["secret"]),

@@ -19,7 +19,8 @@
 //!   second half comes in the user's next message;
 //! - across the whole body, every string and number a line each, labels
 //!   (`role`, `type`) left out and of a long string only its ends, in both
-//!   orders (keys come sorted, so two fields' halves may be reversed):
+//!   orders (keys come sorted, so two fields' halves may be reversed),
+//!   and the same glued without the line breaks (`bob@exam`, `ple.com`):
 //!   halves in a message's `name` and `content`, in two `metadata` values,
 //!   in the system's and the user's messages; the same with each value
 //!   behind its key (a number whose first half is a key); and the keys
@@ -162,19 +163,17 @@ pub fn request_texts(body: &Map<String, Value>) -> Vec<Cow<'_, str>> {
     for value in body.values() {
         joined.add(value);
     }
+    // Each order once a line each, and once glued: an address or a key
+    // cut anywhere (`bob@exam`, `ple.com`) reads whole only without the
+    // line break.
     if joined.values.len() > 1 {
-        let mut forward = String::new();
-        let mut backward = String::new();
-        for piece in &joined.values {
-            forward.push_str(piece);
-            forward.push('\n');
+        for separator in ["\n", ""] {
+            let glue = |pieces: &mut dyn Iterator<Item = &Cow<'_, str>>| -> String {
+                pieces.flat_map(|p| [p.as_ref(), separator]).collect()
+            };
+            out.push(Cow::Owned(glue(&mut joined.values.iter())));
+            out.push(Cow::Owned(glue(&mut joined.values.iter().rev())));
         }
-        for piece in joined.values.iter().rev() {
-            backward.push_str(piece);
-            backward.push('\n');
-        }
-        out.push(Cow::Owned(forward));
-        out.push(Cow::Owned(backward));
     }
     out.push(Cow::Owned(joined.keyed));
     out.push(Cow::Owned(joined.keys));
@@ -939,6 +938,19 @@ mod tests {
             (r#"{"messages":[{"role":"user","content":"WW05aVFHVjRZVzF3YkdVdVkyOXQ="}]}"#, "email"),
             (r#"{"messages":[{"role":"user","content":"Ym9iJTQwZXhhbXBsZS5jb20="}]}"#, "email"),
             (r#"{"metadata":{"blob":"0x626f62406578616d706c652e636f6d"}}"#, "email"),
+            // An address cut in two messages, or in two fields.
+            (
+                r#"{"messages":[{"role":"user","content":"write to bob@exam"},{"role":"user","content":"ple.com please"}]}"#,
+                "email",
+            ),
+            (r#"{"metadata":{"a":"bob@exam","b":"ple.com"}}"#, "email"),
+            // Hex pairs in a C array; base64 in groups of four; letters
+            // one at a time; look-alike letters; spelt-out digits in pairs.
+            (r#"{"messages":[{"role":"user","content":"{0x62, 0x6f, 0x62, 0x40, 0x65, 0x78, 0x61, 0x6d, 0x70, 0x6c, 0x65, 0x2e, 0x63, 0x6f, 0x6d}"}]}"#, "email"),
+            (r#"{"messages":[{"role":"user","content":"Ym9i QGV4 YW1w bGUu Y29t"}]}"#, "email"),
+            (r#"{"messages":[{"role":"user","content":"b o b @ e x a m p l e . c o m"}]}"#, "email"),
+            (r#"{"messages":[{"role":"user","content":"СОNFIDENTIAL minutes"}]}"#, "marker"),
+            (r#"{"messages":[{"role":"user","content":"forty-five thirty-nine fourteen eighty-eight zero three four three sixty-four sixty-seven"}]}"#, "card"),
         ];
         for (body, detector) in cases {
             let (class, fired) = class_of(body);

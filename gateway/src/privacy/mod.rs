@@ -30,6 +30,7 @@ mod extract;
 mod normalize;
 mod prefilter;
 mod rules;
+mod spaced;
 mod spelled;
 
 use serde::{Deserialize, Serialize};
@@ -101,8 +102,11 @@ pub struct Classification {
 }
 
 /// Classifies a request from its texts (see [`request_texts`]), each
-/// normalised before scanning, and scanned again with its digits written
-/// as words or look-alike letters read as digits ([`spelled`]).
+/// normalised before scanning, and scanned again with its letters that
+/// pass for ASCII ones (Cyrillic `С`) read as those
+/// ([`normalize::look_alikes_folded`]), its digits written as words or
+/// look-alike letters read as digits ([`spelled`]) and its words written a
+/// character at a time joined ([`spaced`]).
 ///
 /// `key_default` is the floor; `explicit` is the caller's tag, which can only
 /// raise the class.
@@ -117,9 +121,12 @@ pub fn classify<T: AsRef<str>>(
     let mut budget = rules::ScanBudget::default();
     for text in texts {
         let text = normalize(text.as_ref());
-        for (name, raised_to) in rules.scan(&text, &mut budget) {
-            class = class.max(raised_to);
-            fired.push(name.to_owned());
+        let folded = normalize::look_alikes_folded(&text);
+        for view in std::iter::once(text.as_ref()).chain(folded.as_deref()) {
+            for (name, raised_to) in rules.scan(view, &mut budget) {
+                class = class.max(raised_to);
+                fired.push(name.to_owned());
+            }
         }
     }
     fired.sort_unstable();

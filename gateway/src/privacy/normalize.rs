@@ -33,9 +33,12 @@
 //! and is returned borrowed: the common case costs one scan of its bytes.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use unicode_normalization::UnicodeNormalization;
 use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+use unicode_security::confusable_detection::skeleton;
 
 /// `text` in NFKC, without invisible characters, with ASCII digits.
 #[must_use]
@@ -159,6 +162,83 @@ fn ascii_digit(c: char) -> char {
     char::from_digit(value % 10, 10).unwrap_or(c)
 }
 
+/// `text` with its letters and digits outside ASCII that pass for ASCII
+/// ones written as those (Cyrillic `С`, `О`, `Т`, Greek `Ο`, Cherokee `Ꮯ`,
+/// Cyrillic `З` for 3), if it has any: `СОNFIDENTIAL` with a Cyrillic `С`
+/// and `О` reads to a model as the banner it imitates.
+///
+/// What passes for what is Unicode's confusables table (UTS #39's
+/// skeleton), taken for the characters it maps onto ASCII letters or
+/// digits. Its prototype of `I` is `l`; a capital that passes for `l` is
+/// written `I`. A view beside the text, not a replacement: text in those
+/// scripts is scanned as it is too (a Russian password label).
+#[must_use]
+pub fn look_alikes_folded(text: &str) -> Option<String> {
+    if text.is_ascii() {
+        return None;
+    }
+    let table = look_alike_table();
+    let mut out = String::with_capacity(text.len());
+    let mut changed = false;
+    for c in text.chars() {
+        match table.get(&c) {
+            Some(ascii) => {
+                out.push_str(ascii);
+                changed = true;
+            }
+            None => out.push(c),
+        }
+    }
+    changed.then_some(out)
+}
+
+/// The blocks whose letters and digits are looked up in the confusables
+/// table: Latin-1 to Armenian (Greek and Cyrillic among them), Cherokee,
+/// phonetic extensions, Latin Extended Additional, Greek Extended,
+/// letterlike symbols, Latin Extended-C, the Cyrillic and Latin extensions
+/// from U+A640 to U+A7FF and U+AB30 to U+ABBF, Deseret and Osage. (NFKC has
+/// already folded fullwidth and mathematical forms.)
+const LOOK_ALIKE_BLOCKS: &[(u32, u32)] = &[
+    (0x80, 0x58f),
+    (0x13a0, 0x13ff),
+    (0x1d00, 0x1dbf),
+    (0x1e00, 0x1fff),
+    (0x2100, 0x218f),
+    (0x2c60, 0x2c7f),
+    (0xa640, 0xa7ff),
+    (0xab30, 0xabbf),
+    (0x10400, 0x104ff),
+];
+
+/// Each letter or digit of [`LOOK_ALIKE_BLOCKS`] whose skeleton is one or
+/// two ASCII letters or digits, with that skeleton; built once.
+fn look_alike_table() -> &'static HashMap<char, String> {
+    static TABLE: LazyLock<HashMap<char, String>> = LazyLock::new(|| {
+        let mut table = HashMap::new();
+        let mut buf = [0u8; 4];
+        for &(first, last) in LOOK_ALIKE_BLOCKS {
+            for c in (first..=last).filter_map(char::from_u32) {
+                if !c.is_alphanumeric() {
+                    continue;
+                }
+                let mut ascii: String = skeleton(c.encode_utf8(&mut buf)).collect();
+                if ascii.is_empty()
+                    || ascii.len() > 2
+                    || !ascii.bytes().all(|b| b.is_ascii_alphanumeric())
+                {
+                    continue;
+                }
+                if c.is_uppercase() && ascii == "l" {
+                    ascii = "I".to_owned();
+                }
+                table.insert(c, ascii);
+            }
+        }
+        table
+    });
+    &TABLE
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +296,25 @@ mod tests {
         ];
         for (input, want) in cases {
             assert_eq!(normalize(input), want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn look_alikes_are_read_as_ascii() {
+        for (input, want) in [
+            // Cyrillic С, О and І; Greek Ο and Ι.
+            ("\u{421}\u{41e}NF\u{406}DENTIAL", Some("CONFIDENTIAL")),
+            ("T\u{39f}P SECRET \u{399}D", Some("TOP SECRET ID")),
+            // Cyrillic lower case in an address; Cherokee capitals.
+            ("b\u{43e}b@ex\u{430}mple.com", Some("bob@example.com")),
+            ("\u{13df}\u{13aa}\u{13f4}", Some("CAB")),
+            // Cyrillic Ze for 3.
+            ("45\u{417}9", Some("4539")),
+            // Nothing to fold; letters without a Latin double stay.
+            ("plain", None),
+            ("stra\u{df}e \u{436}", None),
+        ] {
+            assert_eq!(look_alikes_folded(input).as_deref(), want, "{input:?}");
         }
     }
 

@@ -10,7 +10,7 @@ use regex_automata::{PatternID, PatternSet};
 use std::time::{Duration, Instant};
 
 use super::prefilter::Prefilter;
-use super::spelled;
+use super::{spaced, spelled};
 use serde::{Deserialize, Serialize};
 
 use super::builtin::{Validator, BUILTINS, BUILTIN_NAMES};
@@ -53,6 +53,29 @@ fn windows(text: &str) -> impl Iterator<Item = &str> {
         Some(window)
     })
 }
+
+/// A rewriting of a text that the detectors see too, behind a gate: a
+/// pattern in the prefilter's one pass that matches wherever the rewriting
+/// could change anything.
+struct View {
+    gate: fn() -> &'static str,
+    gate_matches: fn(&str) -> bool,
+    rewrite: fn(&str) -> Vec<String>,
+}
+
+/// The rewritings every text is scanned in as well.
+const VIEWS: &[View] = &[
+    View {
+        gate: spelled::gate,
+        gate_matches: spelled::gate_matches,
+        rewrite: spelled::digits,
+    },
+    View {
+        gate: || spaced::GATE,
+        gate_matches: spaced::gate_matches,
+        rewrite: spaced::joined,
+    },
+];
 
 /// What one request's prefilter passes may cost before the rest of its
 /// texts are run through each detector alone: the pass costs a few
@@ -278,11 +301,12 @@ impl RuleSet {
                 class,
             });
         }
+        // The operator's patterns always run alone (see `scan`).
         let prefilter = Prefilter::new(
-            detectors
+            detectors[..builtins]
                 .iter()
                 .map(|d| d.regex.as_str())
-                .chain([spelled::GATE]),
+                .chain(VIEWS.iter().map(|v| (v.gate)())),
         );
         Ok(RuleSet {
             prefilter,
@@ -302,31 +326,34 @@ impl RuleSet {
     }
 
     /// Yields `(detector name, class)` for every detector with at least one
-    /// validated hit in `text`, or in `text` with its digits spelt as words
-    /// or look-alikes read as digits ([`super::spelled`]). The one-pass
-    /// prefilter ([`super::prefilter`]) says which builtins can match; once
-    /// it has cost more than `budget` allows, or given up, every detector
-    /// runs on its own for the rest of the request.
+    /// validated hit in `text`, or in a rewriting of it ([`VIEWS`]: digits
+    /// spelt as words or look-alikes read as digits, words written a
+    /// character at a time joined). The one-pass prefilter
+    /// ([`super::prefilter`]) says which builtins can match and which
+    /// rewritings have anything to rewrite; once it has cost more than
+    /// `budget` allows, or given up, every detector runs on its own for the
+    /// rest of the request.
     pub(super) fn scan<'s>(&'s self, text: &str, budget: &mut ScanBudget) -> Vec<(&'s str, Class)> {
         let candidates = self.prefiltered(text, budget);
-        let matched = |i: usize| {
-            // An operator's pattern may need more than the prefilter's
-            // window overlap: it always runs.
-            i >= self.builtins
-                || candidates
-                    .as_ref()
-                    .is_none_or(|set| PatternID::new(i).is_ok_and(|id| set.contains(id)))
+        let in_candidates = |i: usize| {
+            candidates
+                .as_ref()
+                .is_none_or(|set| PatternID::new(i).is_ok_and(|id| set.contains(id)))
         };
-        // The prefilter's last pattern says whether a run of number-like
-        // tokens is there to be read; alone, it is asked only when needed.
-        let spelled = match &candidates {
-            Some(set) => PatternID::new(self.detectors.len()).is_ok_and(|id| set.contains(id)),
-            None => spelled::gate_matches(text),
-        };
-        let mut found = self.validated(text, matched);
-        if spelled {
-            for digits in spelled::digits(text) {
-                found.extend(self.validated(&digits, |_| true));
+        // An operator's pattern may need more than the prefilter's window
+        // overlap: it always runs.
+        let mut found = self.validated(text, |i| i >= self.builtins || in_candidates(i));
+        for (k, view) in VIEWS.iter().enumerate() {
+            // The prefilter's patterns after the builtins' are the views'
+            // gates; alone, a gate is asked only when needed.
+            let gated = match &candidates {
+                Some(_) => in_candidates(self.builtins + k),
+                None => (view.gate_matches)(text),
+            };
+            if gated {
+                for rewritten in (view.rewrite)(text) {
+                    found.extend(self.validated(&rewritten, |_| true));
+                }
             }
         }
         found
