@@ -390,6 +390,19 @@ pub enum PrivacyCommand {
     /// Manage privacy rules.
     #[command(subcommand)]
     Rule(RuleCommand),
+    /// Classify a request without sending it: the class the detectors and
+    /// rules give it, and which detectors fired (never what they matched).
+    /// The request is a chat request's JSON body, or plain text taken as one
+    /// user message; read from standard input unless `--text` is given.
+    Check {
+        /// Tenant name or id whose rules apply too; only the global rules
+        /// if absent.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// The text to classify, instead of standard input.
+        #[arg(long)]
+        text: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Subcommand)]

@@ -122,8 +122,43 @@ async fn admin_cli_round_trip(store: &Store) {
         .await
         .is_err());
     assert_eq!(admin(store, "privacy rule list").await.unwrap().len(), 2);
+    privacy_check(store).await;
     assert!(matches!(
         admin(store, "key create --tenant nobody").await,
+        Err(gateway::admin_cli::AdminError::UnknownTenant(_))
+    ));
+}
+
+/// A dry run of the classifier, after the round trip's rules: the tenant's
+/// rule applies with --tenant only; the global switch-off of `email`
+/// applies to all; the matched text is never printed.
+async fn privacy_check(store: &Store) {
+    let check = |args: &'static str| async move {
+        let got = admin(store, args).await.unwrap();
+        (got[0]["class"].clone(), got[0]["detectors"].clone())
+    };
+    assert_eq!(
+        check("privacy check --tenant acme --text project-bluebird").await,
+        (
+            serde_json::json!("confidential"),
+            serde_json::json!(["codename"])
+        )
+    );
+    assert_eq!(
+        check("privacy check --text project-bluebird").await,
+        (serde_json::json!("public"), serde_json::json!([]))
+    );
+    assert_eq!(
+        check("privacy check --text bob@example.com").await,
+        (serde_json::json!("public"), serde_json::json!([]))
+    );
+    let card = admin(store, "privacy check --text card:4539-1488-0343-6467")
+        .await
+        .unwrap();
+    assert_eq!(card[0]["detectors"], serde_json::json!(["card"]));
+    assert!(!card[0].to_string().contains("4539"), "{card:?}");
+    assert!(matches!(
+        admin(store, "privacy check --tenant nobody --text x").await,
         Err(gateway::admin_cli::AdminError::UnknownTenant(_))
     ));
 }

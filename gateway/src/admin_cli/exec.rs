@@ -41,6 +41,17 @@ pub async fn run(
             line(out, &json!({"tenant": t.name, "policy": policy}))
         }
         AdminCommand::Privacy(PrivacyCommand::Rule(cmd)) => rule(store, cmd, out).await,
+        AdminCommand::Privacy(PrivacyCommand::Check { tenant, text }) => {
+            let input = match text {
+                Some(text) => text,
+                None => std::io::read_to_string(std::io::stdin())?,
+            };
+            let checked = ops::check_privacy(store, tenant.as_deref(), &input).await?;
+            line(
+                out,
+                &json!({"class": checked.class, "detectors": checked.fired}),
+            )
+        }
     }
 }
 

@@ -5,7 +5,9 @@
 use crate::admin_cli::{
     BackendAddArgs, KeyCreateArgs, KeyUpdateArgs, Limit, PolicySetArgs, RuleAddArgs,
 };
-use crate::privacy::{PrivacyRule, RuleSpec};
+use crate::privacy::{
+    classify, request_texts, Class, Classification, PrivacyRule, RuleSet, RuleSpec,
+};
 use crate::routing::{
     Alias, AliasTarget, Backend, BackendKind, Capabilities, ModelMapping, Policy, Zone,
 };
@@ -216,6 +218,39 @@ pub async fn set_policy(store: &Store, a: &PolicySetArgs) -> Result<(Tenant, Pol
 }
 
 /// Checks and stores a privacy rule.
+/// What the builtin detectors and the rules in force (global, and the
+/// tenant's) find in `input`: a chat request's JSON body, or plain text
+/// taken as one user message. Only the detectors, so the floor is public
+/// and no tag counts.
+pub async fn check_privacy(
+    store: &Store,
+    tenant: Option<&str>,
+    input: &str,
+) -> Result<Classification, AdminError> {
+    let tenant_id = match tenant {
+        Some(t) => Some(tenant_of(store, t).await?.id),
+        None => None,
+    };
+    let specs: Vec<RuleSpec> = store
+        .privacy_rules_for(tenant_id.as_deref())
+        .await?
+        .into_iter()
+        .map(|r| r.spec)
+        .collect();
+    let rules = RuleSet::compile(&specs).map_err(|e| AdminError::Rule(e.to_string()))?;
+    let body = if let Ok(serde_json::Value::Object(body)) = serde_json::from_str(input) {
+        body
+    } else {
+        let mut body = serde_json::Map::new();
+        body.insert(
+            "messages".to_owned(),
+            serde_json::json!([{"role": "user", "content": input}]),
+        );
+        body
+    };
+    Ok(classify(request_texts(&body), Class::Public, None, &rules))
+}
+
 pub async fn add_rule(store: &Store, a: RuleAddArgs) -> Result<PrivacyRule, AdminError> {
     let tenant_id = match &a.tenant {
         Some(t) => Some(tenant_of(store, t).await?.id),

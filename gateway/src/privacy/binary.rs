@@ -130,7 +130,7 @@ fn runs(s: &str) -> Vec<Vec<u8>> {
         }
         // Base64 in groups apart (`NDUz OSAx NDg4`): whole quanta of four
         // characters, one gap character each, joined into one run.
-        let group = !padded && run.len() % 4 == 0 && run.len() < MIN_LINE;
+        let group = !padded && run.len().is_multiple_of(4) && run.len() < MIN_LINE;
         if groups.is_empty() || !group {
             // Hex pairs or groups apart: `62 6f 62 40`, `0x62, 0x6f`,
             // `626f 6240`, `62-6f-62`.
@@ -193,7 +193,10 @@ fn hex_pairs(run: &[u8]) -> Option<Vec<u8>> {
     if digits.is_empty() {
         return None;
     }
-    if digits.len() % 2 == 0 && digits.len() <= 8 && digits.iter().all(u8::is_ascii_hexdigit) {
+    if digits.len().is_multiple_of(2)
+        && digits.len() <= 8
+        && digits.iter().all(u8::is_ascii_hexdigit)
+    {
         return Some(digits.to_vec());
     }
     // Pairs joined by one separator, the same throughout.

@@ -75,14 +75,16 @@ pub(super) const BUILTINS: &[Builtin] = &[
         // example [dot] com`, `[arroba]`, `(chez)`) or between hyphens
         // (`bob-at-example-dot-com`), dots spaced or spelt (`punto`,
         // `punkt`), in any case; a comma or a space for the last dot before
-        // a common domain (`bob@example,com`).
+        // a common domain (`bob@example,com`). One line break may cut the
+        // local part or a label: an address cut in two messages or fields,
+        // which are scanned joined a line each (`bob@exam` and `ple.com`).
         name: "email",
         pattern: concat!(
-            r"(?i)[\p{L}\p{N}._%+'-]+(?:\s*@\s*|\s*[(\[{<]\s*(?:at|@|arroba|arobase|chez)\s*[)\]}>]\s*",
-            r"|[-_](?:at|arroba)[-_])",
-            r"[\p{L}\p{N}-]+(?:(?:\s*\.\s*|\s*[(\[{<]\s*(?:dot|\.|punto|point|punkt|ponto)\s*[)\]}>]\s*",
-            r"|\s+(?:dot|punto|punkt|ponto)\s+|[-_]dot[-_])[\p{L}\p{N}-]+)*",
-            r"(?:(?:\s*\.\s*|\s*[(\[{<]\s*(?:dot|\.|punto|point|punkt|ponto)\s*[)\]}>]\s*",
+            r"(?i)[\p{L}\p{N}._%+'-]+(?:\n[\p{L}\p{N}._%+'-]+)?",
+            r"(?:\s*@+\s*|\s*[(\[{</]\s*(?:at|a|@|arroba|arobase|chez)\s*[)\]}>/]\s*|[-_](?:at|arroba)[-_])",
+            r"[\p{L}\p{N}-]+(?:\n[\p{L}\p{N}-]+)?(?:(?:\s*\.\s*|\s*[(\[{</]\s*(?:dot|\.|punto|point|punkt|ponto)\s*[)\]}>/]\s*",
+            r"|\s+(?:dot|punto|punkt|ponto)\s+|[-_]dot[-_])[\p{L}\p{N}-]+(?:\n[\p{L}\p{N}-]+)?)*",
+            r"(?:(?:\s*\.\s*|\s*[(\[{</]\s*(?:dot|\.|punto|point|punkt|ponto)\s*[)\]}>/]\s*",
             r"|\s+(?:dot|punto|punkt|ponto)\s+|[-_]dot[-_])\p{L}{2,}",
             // A comma or a space for the last dot, before a common domain.
             r"|(?:\s*,\s*|\s+)(?:com|org|net|edu|gov|io|de|uk|fr)(?-u:\b))",
@@ -97,7 +99,7 @@ pub(super) const BUILTINS: &[Builtin] = &[
         name: "email",
         pattern: concat!(
             r"(?i)[\p{L}\p{N}._%+'-]+\s+(?:at|arroba|arobase|chez)\s+",
-            r"[\p{L}\p{N}-]+(?:(?:\s*\.\s*|\s*[(\[{<]\s*(?:dot|\.|punto|point|punkt|ponto)\s*[)\]}>]\s*",
+            r"[\p{L}\p{N}-]+(?:(?:\s*\.\s*|\s*[(\[{</]\s*(?:dot|\.|punto|point|punkt|ponto)\s*[)\]}>/]\s*",
             r"|\s+(?:dot|punto|punkt|ponto)\s+)[\p{L}\p{N}-]+)*",
             r"(?:\s*[(\[{<]\s*(?:dot|\.|punto|point|punkt|ponto)\s*[)\]}>]\s*",
             r"|\s+(?:dot|punto|punkt|ponto)\s+)\p{L}{2,}",
@@ -169,8 +171,18 @@ pub(super) const BUILTINS: &[Builtin] = &[
             r"|T[O0]P[\s_.\-]{0,3}S[E3]CR[E3][T7]|SECRET//|NOFORN",
             r"|PROPRIETARY|RESTRICTED|(?i:(?:strictly|highly|company|privileged (?:and|&)) confidential)",
             r"|(?i:classification\s*:\s*(?:confidential|secret|restricted|internal))",
+            // A banner word in any case as a label (`Confidential: …`).
+            r"|(?i:confidential|top[\s_.\-]{0,3}secret)[ \t]*:",
         ),
         validate: Some(not_glued_to_letters),
+        class: Class::Confidential,
+    },
+    Builtin {
+        // An SSN written without separators behind its label
+        // (`SSN 219099999`); nine digits alone are any number.
+        name: "national_id",
+        pattern: r"(?i)(?-u:\b)(?:ssn|social security(?: number| no\.?)?)[\s:#=\x22'.-]{0,4}[0-9]{9}(?-u:\b)",
+        validate: Some(ssn_after_label),
         class: Class::Confidential,
     },
     Builtin {
@@ -209,7 +221,7 @@ pub(super) const BUILTINS: &[Builtin] = &[
     Builtin {
         name: "secret",
         pattern: concat!(
-            r"(?i)(?-u:\b)(?:sk-(?:proj-|ant-)?[A-Za-z0-9_-]{16,}|(?-i:AKIA(?:[ \-]?[0-9A-Z]){16})|gh[pousr]_[A-Za-z0-9]{36,}",
+            r"(?i)(?-u:\b)(?:sk-(?:proj-|ant-)?[A-Za-z0-9_-]{16,}|AKIA[0-9A-Z]{16}|(?-i:AKIA(?:[ \-]?[0-9A-Z]){16})|gh[pousr]_[A-Za-z0-9]{36,}",
             r"|github_pat_[A-Za-z0-9_]{22,}|glpat-[A-Za-z0-9_-]{20,}|[sr]k_(?:live|test)_[A-Za-z0-9]{10,}",
             r"|hf_[A-Za-z0-9]{30,}|npm_[A-Za-z0-9]{36}|pypi-[A-Za-z0-9_-]{50,}|xapp-[A-Za-z0-9-]{10,}",
             r"|xox[abprs]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35}|gw-[0-9a-f]{64})(?-u:\b)",
@@ -225,8 +237,10 @@ pub(super) const BUILTINS: &[Builtin] = &[
         // and words (`password: ********`, `password: required`).
         name: "secret",
         pattern: concat!(
-            r"(?i)(?:(?:password|passwd|passphrase|passwort|kennwort|contrase(?:ñ|n)a|senha|пароль|密码|パスワード)",
-            r"|(?-u:\b)(?:pass|pw|pwd|pin|pin code|cvv|cvc|otp|mot de passe|mdp))",
+            r"(?i)(?:(?:p[a@4][s$5]{2}[ _-]?w[o0]rd|passwd|pass[ _-]?phrase|passwort|kennwort|contrase(?:ñ|n)a|senha|пароль|密码|パスワード",
+            r"|wachtwoord|l(?:ö|o)senord|has(?:ł|l)o|salasana|(?:ş|s)ifre|parola|adgangskode|passord|heslo|jelsz(?:ó|o)",
+            r"|κωδικός|συνθηματικό|סיסמה|סיסמא|كلمة المرور|كلمة السر|비밀번호|암호|mật khẩu|รหัสผ่าน|पासवर्ड|kata sandi)",
+            r"|(?-u:\b)(?:pass|pw|pwd|pin|pin code|cvv|cvc|otp|mot[ _-]de[ _-]passe|mdp))",
             r"[\s\x22'>]*(?:[:=>]|->|=>)[\s\x22']*[^\s\x22',;<]{3,}",
         ),
         validate: Some(password_value),
@@ -251,7 +265,13 @@ pub(super) const BUILTINS: &[Builtin] = &[
         // with a digit or a symbol ("the password is required" is prose).
         name: "secret",
         pattern: concat!(
-            r"(?i)(?:password|passwort|passcode|pin)(?-u:\b)[^.\n]{0,40}?\s(?:is|was|lautet|est|es)\s+[\x22']?[^\s\x22',;]{4,}",
+            r"(?i)(?:password|passwort|passcode|pin)(?-u:\b)[^.\n]{0,40}?\s(?:is|was|lautet|est|es)\s*:?\s+[\x22']?[^\s\x22',;]{4,}",
+            // A password word and its value with only a space between:
+            // the value must hold a digit or a symbol.
+            r"|(?-u:\b)(?:p[a@4][s$5]{2}[ _-]?w[o0]rd|passwd|pwd|pass[ _-]?phrase)(?:\s+|\s\.\s)",
+            r"[^\s\x22',;]*[0-9!#$%^&*@][^\s\x22',;]*",
+            // `login admin:hunter2`.
+            r"|(?-u:\b)(?:login|logon|creds|credentials)\s*[:=]?\s*[^\s:]+:[^\s]{3,}",
             r"|--(?:password|passwd|pass|token|api-key|secret|auth-token)\s+[^\s\x22'-][^\s\x22']{3,}",
         ),
         validate: Some(value_with_symbol),
@@ -335,6 +355,11 @@ fn ssn(text: &str, start: usize, end: usize) -> bool {
     let d = digits(&text[start..end]);
     let area = d[0] * 100 + d[1] * 10 + d[2];
     area != 0 && area != 666 && area < 900 && d[3..5] != [0, 0] && d[5..] != [0, 0, 0, 0]
+}
+
+/// The nine digits at the end of a labelled SSN are one as issued.
+fn ssn_after_label(text: &str, start: usize, end: usize) -> bool {
+    end >= start + 9 && ssn(text, end - 9, end)
 }
 
 /// No digit right before `start` or right after `end`.
@@ -693,10 +718,8 @@ fn numeric_host(text: &str, start: usize, end: usize) -> bool {
     };
     let next = text[end..].chars().next();
     let name_or_port = next.is_some_and(|c| c.is_alphanumeric() || matches!(c, '.' | '-' | '_'));
-    value.is_some_and(|v| {
-        let first = v >> 24;
-        v <= u64::from(u32::MAX) && first != 0 && first != 127 && v != u64::from(u32::MAX)
-    }) && !name_or_port
+    let address = value.and_then(|v| u32::try_from(v).ok());
+    address.is_some_and(|v| !matches!(v >> 24, 0 | 127) && v != u32::MAX) && !name_or_port
 }
 
 /// Rejects `1.2.3.4` inside `1.2.3.4.5` (version strings, OIDs): an address
@@ -823,6 +846,9 @@ mod tests {
             ("write to bob[arroba]example.com", &["email"]),
             ("write to bob@example,com", &["email"]),
             ("write to bob@example com", &["email"]),
+            ("mail john.doe(a)example.com", &["email"]),
+            ("mail john.doe /at/ example /dot/ com", &["email"]),
+            ("mail john.doe@@example.com", &["email"]),
             ("aim at the target point blank", &[]),
             ("email me@home, or call", &[]),
             ("write to bob at mail.example (dot) com", &["email"]),
@@ -855,6 +881,10 @@ mod tests {
             ("ssn 078-05-1120 on file", &["national_id"]),
             ("ssn 078 05 1120 on file", &["national_id"]),
             ("never issued 666-05-1120 or 078-00-1120", &[]),
+            ("SSN 078051120 on file", &["national_id"]),
+            ("SSN: 2 1 9 0 9 9 9 9 9", &["national_id"]),
+            ("SSN 666051120", &[]),
+            ("order 078051120 shipped", &[]),
             ("CONFIDENTIAL: board minutes", &["marker"]),
             ("Privileged & Confidential", &["marker"]),
             ("TOP SECRET//NOFORN", &["marker"]),
@@ -881,6 +911,21 @@ mod tests {
             ("this is confidential between us", &[]),
             ("password: hunter2!Secret", &["secret"]),
             ("P A S S W O R D : hunter2!x", &["secret"]),
+            ("p@ssword: hunter2!x", &["secret"]),
+            ("pass word: hunter2!x", &["secret"]),
+            ("PASSW0RD=hunter2!x", &["secret"]),
+            ("password hunter2!x", &["secret"]),
+            ("the password is: hunter2!x", &["secret"]),
+            ("login admin:hunter2!x", &["secret"]),
+            ("wachtwoord: hunter2!x", &["secret"]),
+            ("비밀번호: hunter2!x", &["secret"]),
+            ("password reset link, password manager", &[]),
+            ("pass phrase = hunter2!x", &["secret"]),
+            ("mot-de-passe: hunter2!x", &["secret"]),
+            ("password\n\nhunter2!x", &["secret"]),
+            ("PASSWORD \u{21d2} hunter2!x", &["secret"]),
+            ("Confidential: merger plan", &["marker"]),
+            ("top secret: launch", &["marker"]),
             ("p\u{430}ssword: hunter2!x", &["secret"]),
             ("set API_KEY=\"abcd1234\" first", &["secret"]),
             ("the password field is required", &[]),
@@ -991,6 +1036,7 @@ mod tests {
             ("aws AKIA IOSF ODNN 7EXA MPLE here", &["secret"]),
             ("aws AKIA-IOSF-ODNN-7EXA-MPLE here", &["secret"]),
             ("Akia went to the store today", &[]),
+            ("aws akiaiosfodnn7example here", &["secret"]),
             ("gh ghp_abcdefghijklmnopqrstuvwxyz0123456789", &["secret"]),
             ("-----BEGIN RSA PRIVATE KEY-----\nMIIE", &["secret"]),
             ("-----begin private key-----", &["secret"]),

@@ -19,8 +19,7 @@
 //!   second half comes in the user's next message;
 //! - across the whole body, every string and number a line each, labels
 //!   (`role`, `type`) left out and of a long string only its ends, in both
-//!   orders (keys come sorted, so two fields' halves may be reversed),
-//!   and the same glued without the line breaks (`bob@exam`, `ple.com`):
+//!   orders (keys come sorted, so two fields' halves may be reversed):
 //!   halves in a message's `name` and `content`, in two `metadata` values,
 //!   in the system's and the user's messages; the same with each value
 //!   behind its key (a number whose first half is a key); and the keys
@@ -159,20 +158,24 @@ pub fn request_texts(body: &Map<String, Value>) -> Vec<Cow<'_, str>> {
     // Object keys come sorted, not in the order the client wrote them (nor
     // the one an upstream renders them in), so the values are joined in
     // both orders: halves in two fields are adjacent in one of them.
+    // The strings are glued too, without the line breaks, in both orders:
+    // an address, a key or a word cut mid-way (`bob@exam` and `ple.com`,
+    // `CONFI` and `DENTIAL`) reads whole only so. Not the numbers, whose
+    // digits would run into their neighbours' (the line-joined text has
+    // them), nor the model's name, which names a model the gateway knows
+    // or the request is refused.
     let mut joined = Joined::default();
-    for value in body.values() {
+    for (key, value) in body {
+        joined.glue = key != "model";
         joined.add(value);
     }
-    // Each order once a line each, and once glued: an address or a key
-    // cut anywhere (`bob@exam`, `ple.com`) reads whole only without the
-    // line break.
-    if joined.values.len() > 1 {
-        for separator in ["\n", ""] {
-            let glue = |pieces: &mut dyn Iterator<Item = &Cow<'_, str>>| -> String {
-                pieces.flat_map(|p| [p.as_ref(), separator]).collect()
+    for (pieces, separator) in [(&joined.values, "\n"), (&joined.glued, "")] {
+        if pieces.len() > 1 {
+            let join = |it: &mut dyn Iterator<Item = &Cow<'_, str>>| -> String {
+                it.flat_map(|p| [p.as_ref(), separator]).collect()
             };
-            out.push(Cow::Owned(glue(&mut joined.values.iter())));
-            out.push(Cow::Owned(glue(&mut joined.values.iter().rev())));
+            out.push(Cow::Owned(join(&mut pieces.iter())));
+            out.push(Cow::Owned(join(&mut pieces.iter().rev())));
         }
     }
     out.push(Cow::Owned(joined.keyed));
@@ -196,6 +199,10 @@ const ELIDED: &str = "\n\n\n\n\n\n\n\n";
 #[derive(Default)]
 struct Joined<'a> {
     values: Vec<Cow<'a, str>>,
+    /// The strings alone (of a long one, its ends), to be glued.
+    glued: Vec<Cow<'a, str>>,
+    /// Whether the strings being added are glued.
+    glue: bool,
     keyed: String,
     keys: String,
 }
@@ -208,6 +215,9 @@ impl<'a> Joined<'a> {
             Value::String(s) => {
                 push_ends(s, &mut self.keyed);
                 self.values.push(ends(s));
+                if self.glue {
+                    self.glued.push(ends(s));
+                }
             }
             Value::Number(n) => {
                 let n = n.to_string();

@@ -221,17 +221,15 @@ fn look_alike_table() -> &'static HashMap<char, String> {
                 if !c.is_alphanumeric() {
                     continue;
                 }
-                let mut ascii: String = skeleton(c.encode_utf8(&mut buf)).collect();
+                let ascii: String = skeleton(c.encode_utf8(&mut buf)).collect();
                 if ascii.is_empty()
                     || ascii.len() > 2
                     || !ascii.bytes().all(|b| b.is_ascii_alphanumeric())
                 {
                     continue;
                 }
-                if c.is_uppercase() && ascii == "l" {
-                    ascii = "I".to_owned();
-                }
-                table.insert(c, ascii);
+                let capital_i = c.is_uppercase() && ascii == "l";
+                table.insert(c, if capital_i { "I".to_owned() } else { ascii });
             }
         }
         table

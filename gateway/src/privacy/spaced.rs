@@ -4,12 +4,13 @@
 //! c o m`: a model reads through the gaps, a pattern does not. [`joined`]
 //! rewrites every run of at least [`MIN_RUN`] single characters, each apart
 //! from the next, as one word:
-//! - apart by white space (one to three spaces or tabs), each a letter, a
-//!   digit or one of `@ . : _ -`: a single space
-//!   goes, a wider gap stays as one space, since it is how such text marks
-//!   a word's end (`T O P  S E C R E T` is `TOP SECRET`);
+//! - apart by white space (one to three spaces, tabs or line breaks),
+//!   each a letter, a digit or one of `@ . : _ -` (the last may have
+//!   punctuation after it: `d:`): the narrowest gap of the run goes, a
+//!   wider one stays as one space, since it is how such text marks a
+//!   word's end (`T O P  S E C R E T` is `TOP SECRET`);
 //! - apart by one punctuation character, the same through the run
-//!   (`C.O.N.F`, `4-5-3-9`, `a_b_c_d`): the separators go.
+//!   (`C.O.N.F`, `4-5-3-9`, `j_o_h_n_._d_o_e`): the separators go.
 //!
 //! White space is joined first, then punctuation on what that gives, so
 //! `C . O . N . F` is `CONF` too.
@@ -26,13 +27,14 @@ fn spelled_out(c: char) -> bool {
     c.is_alphanumeric() || matches!(c, '@' | '.' | ':' | '_' | '-')
 }
 
-/// Matches wherever [`joined`] could find a run to join, and in more
-/// places (a superset: the first and last characters may be ends of longer
-/// words). Run in the detectors' one pass, it spares the rewriting of text
-/// with no such run.
+/// Matches wherever [`joined`] could find a run to join with a letter or a
+/// digit and three more characters in it, and in more places (a superset:
+/// the first and last characters may be ends of longer words). Run in the
+/// detectors' one pass, it spares the rewriting of text with no such run
+/// (a rule of dashes or dots has nothing to join).
 pub(super) const GATE: &str = concat!(
-    r"[\p{L}\p{N}@.:_\-](?:[ \t]{1,3}[\p{L}\p{N}@.:_\-]){3}",
-    r"|[\p{L}\p{N}](?:[.\-_*/|+,:;~'][\p{L}\p{N}]){3}",
+    r"[\p{L}\p{N}](?:\s{1,3}[\p{L}\p{N}@.:_\-]){3}",
+    r"|[\p{L}\p{N}](?:[.\-_*/|+,:;~'][\p{L}\p{N}@.:_\-]){3}",
 );
 
 /// Whether [`GATE`] matches `text`, compiled on its own for text the one
@@ -63,7 +65,7 @@ fn join_spaces(s: &str) -> Option<String> {
     let mut words: Vec<(usize, usize)> = Vec::new();
     let mut start = None;
     for (at, c) in s.char_indices() {
-        let blank = c == ' ' || c == '\t';
+        let blank = matches!(c, ' ' | '\t' | '\n' | '\r');
         match (blank, start) {
             (true, Some(from)) => {
                 words.push((from, at));
@@ -76,9 +78,11 @@ fn join_spaces(s: &str) -> Option<String> {
     if let Some(from) = start {
         words.push((from, s.len()));
     }
+    // One character, or one and the punctuation after it (`d:` in `p a s
+    // s w o r d: …`).
     let single = |(from, to): (usize, usize)| {
         let mut chars = s[from..to].chars();
-        chars.next().is_some_and(spelled_out) && chars.next().is_none()
+        chars.next().is_some_and(spelled_out) && chars.all(|c| !c.is_alphanumeric())
     };
     let mut out = String::new();
     let mut written = 0;
@@ -95,9 +99,13 @@ fn join_spaces(s: &str) -> Option<String> {
             j += 1;
         }
         if single(words[i]) && j + 1 - i >= MIN_RUN {
+            // The narrowest gap of the run is between letters; a wider one
+            // ends a word.
+            let gap = |k: usize| words[k].0 - words[k - 1].1;
+            let narrowest = (i + 1..=j).map(gap).min().unwrap_or(1);
             out.push_str(&s[written..words[i].0]);
             for k in i..=j {
-                if k > i && words[k].0 - words[k - 1].1 > 1 {
+                if k > i && gap(k) > narrowest {
                     out.push(' ');
                 }
                 out.push_str(&s[words[k].0..words[k].1]);
@@ -112,29 +120,31 @@ fn join_spaces(s: &str) -> Option<String> {
     })
 }
 
-/// `s` with its runs of single letters or digits apart by one punctuation
-/// character (the same through the run) joined, if it has any.
+/// `s` with its runs of single characters apart by one punctuation
+/// character (the same through the run) joined, if it has any: letters and
+/// digits, and the other characters of an address other than the
+/// separator (`j_o_h_n_._d_o_e_@_…`).
 fn join_punctuation(s: &str) -> Option<String> {
     let chars: Vec<(usize, char)> = s.char_indices().collect();
-    let alnum = |k: usize| chars.get(k).is_some_and(|(_, c)| c.is_alphanumeric());
+    let at = |k: usize| chars.get(k).map(|&(_, c)| c);
     let mut out = String::new();
     let mut written = 0;
     let mut k = 0;
     while k < chars.len() {
-        // A single character: alphanumeric, its neighbours not.
-        if !alnum(k) || (k > 0 && alnum(k - 1)) || alnum(k + 1) {
+        let Some(separator) = at(k + 1).filter(|c| PUNCTUATION.contains(c)) else {
+            k += 1;
+            continue;
+        };
+        let token = |j: usize| at(j).is_some_and(|c| spelled_out(c) && c != separator);
+        let alphanumeric = |j: usize| at(j).is_some_and(char::is_alphanumeric);
+        // A single character: no letter or digit before it.
+        if !token(k) || (k > 0 && alphanumeric(k - 1)) {
             k += 1;
             continue;
         }
-        let separator = chars.get(k + 1).map(|(_, c)| *c);
         let mut end = k;
-        if let Some(sep) = separator.filter(|c| PUNCTUATION.contains(c)) {
-            while chars.get(end + 1).is_some_and(|(_, c)| *c == sep)
-                && alnum(end + 2)
-                && !alnum(end + 3)
-            {
-                end += 2;
-            }
+        while at(end + 1) == Some(separator) && token(end + 2) && !alphanumeric(end + 3) {
+            end += 2;
         }
         if (end - k) / 2 + 1 >= MIN_RUN {
             out.push_str(&s[written..chars[k].0]);
@@ -170,6 +180,11 @@ mod tests {
             ("A\tK\tI\tA", &["AKIA"]),
             ("4-5-3-9 1488", &["4539 1488"]),
             ("П А Р О Л Ь", &["ПАРОЛЬ"]),
+            ("p a s s w o r d: hunter2!x", &["password: hunter2!x"]),
+            ("p_a_s_s_w_o_r_d: hunter2!x", &["password: hunter2!x"]),
+            ("A  K  I  A  I  O", &["AKIAIO"]),
+            ("C\nO\nN\nF", &["CONF"]),
+            ("j_o_h_n_._d_o_e_@_e_x_._c_o_m", &["john.doe@ex.com"]),
         ] {
             assert_eq!(joined(text), want, "{text}");
         }
@@ -184,7 +199,7 @@ mod tests {
             "x = y + z",
             "A-B-C-DE",
             "one two three four",
-            "4 5\n3 9",
+            "a b\n\n\n\nc d",
             "",
         ] {
             assert!(joined(text).is_empty(), "{text}");
@@ -203,10 +218,14 @@ mod tests {
             "A\tK\tI\tA",
             "П А Р О",
             "x a_b_c_d",
+            "p a s s w o r d: x",
+            "C\nO\nN\nF",
+            "j_o_h_n_._d",
         ] {
             assert!(!joined(text).is_empty(), "{text}");
             assert!(gate.is_match(text), "{text}");
         }
         assert!(!gate.is_match("The gateway routes each request, and a log of it."));
+        assert!(!gate.is_match("-----\n....\n___"));
     }
 }

@@ -178,13 +178,13 @@ fn gate_pattern() -> String {
     // Longest first, so an alternation never stops at a prefix.
     words.sort_by_key(|w| std::cmp::Reverse(w.len()));
     let token = format!(r"(?:{}|(?:[0-9oil|]|(?-i:[SBDZ]))+)", words.join("|"));
-    format!(r"(?i){token}(?:[^\p{{L}}\p{{N}}|\n]{{1,3}}{token}){{3}}")
+    format!(r"(?i){token}(?:[^\p{{L}}\p{{N}}|]{{1,3}}{token}){{3}}")
 }
 
 /// Matches wherever [`digits`] could find a run to rewrite, and in more
 /// places (it is a superset: any case, no token boundaries): [`MIN_RUN`]
 /// number words or runs of digits and look-alikes, one to three other
-/// characters (not a line break) between each and the next. Run in the
+/// characters between each and the next. Run in the
 /// detectors' one pass, it spares the tokenising of text with no such run.
 pub(super) fn gate() -> &'static str {
     static GATE: std::sync::LazyLock<String> = std::sync::LazyLock::new(gate_pattern);
@@ -243,6 +243,10 @@ fn rewritten(s: &str, join_all: bool, kept_separator: &mut bool) -> Option<Strin
     // A repeat word (`double`) waiting for the digit it repeats.
     let mut repeat: Option<(usize, usize, usize)> = None;
     for (from, to) in tokens(s) {
+        // A bar on its own is a separator (`4 | 5 | 3`), not a 1.
+        if s[from..to].bytes().all(|b| b == b'|') {
+            continue;
+        }
         let word = word(&s[from..to]);
         if let Some(Word::Repeat(times)) = word {
             if repeat.is_some() {
@@ -356,6 +360,12 @@ fn rewrite(
     let joins = |prev: &Token, t: &Token| {
         prev.read_out && t.read_out && (join_all || s[prev.to..t.from].trim().is_empty())
     };
+    // Read-out digits apart by more than white space (`4, 5, 3, 9`) ask
+    // for the rewriting that joins every separator, whether or not this
+    // one changes anything.
+    *kept_separator |= run
+        .windows(2)
+        .any(|w| w[0].read_out && w[1].read_out && !s[w[0].to..w[1].from].trim().is_empty());
     let changes = run.iter().any(|t| t.digits != s[t.from..t.to])
         || run.windows(2).any(|w| joins(&w[0], &w[1]));
     if !changes {
@@ -366,11 +376,7 @@ fn rewrite(
         let gap = &s[*written..t.from];
         match prev {
             Some(p) if joins(p, t) => {}
-            Some(p) => {
-                *kept_separator |= p.read_out && t.read_out;
-                out.push_str(gap);
-            }
-            None => out.push_str(gap),
+            _ => out.push_str(gap),
         }
         out.push_str(&t.digits);
         *written = t.to;
@@ -408,20 +414,20 @@ fn number(token: &str, word: Option<Word>, from: usize, to: usize) -> Option<Tok
     if !token.chars().all(|c| digit(c).is_some()) {
         return None;
     }
-    let real = token.bytes().filter(u8::is_ascii_digit).count();
-    let beside_digits = token
+    let digit_count = token.bytes().filter(u8::is_ascii_digit).count();
+    let no_capitals = token
         .bytes()
         .all(|b| !matches!(b, b'S' | b'B' | b'D' | b'Z'));
     // `I` and `lol` are words; `OOOO` in a run of digits is zeros; `SBD`
     // is letters.
-    if !(real > 0 || (token.len() >= 4 && beside_digits)) {
+    if !(digit_count > 0 || (token.len() >= 4 && no_capitals)) {
         return None;
     }
     Some(Token {
         from,
         to,
         digits: token.chars().filter_map(digit).collect(),
-        read_out: real == 1 && token.len() == 1,
+        read_out: digit_count == 1 && token.len() == 1,
         tens: false,
     })
 }
@@ -472,6 +478,8 @@ mod tests {
             ("4539 1 4 8 8 0343 6467", &["4539 1488 0343 6467"]),
             ("4\n5\n3\n9", &["4539"]),
             ("four, five / three_nine", &["4, 5 / 3_9", "4539"]),
+            ("4, 5, 3, 9, 1, 4", &["453914"]),
+            ("4 | 5 | 3 | 9", &["4539"]),
             // Tens, teens and repeats, as a number is read out in pairs.
             ("forty-five thirty-nine fourteen eighty eight", &["45391488"]),
             ("four double eight one triple three", &["4881333"]),
@@ -503,6 +511,8 @@ mod tests {
             "Zéro un deux trois",
             "tres três tre trois",
             "x |1 2 3 4",
+            "4\n5\n3\n9",
+            "4, 5, 3, 9",
             "forty-five thirty-nine fourteen eighty",
             "double eight one two three",
             "45S9 l4B8 O343 6467",
