@@ -108,6 +108,15 @@ pub(super) const BUILTINS: &[Builtin] = &[
         class: Class::Confidential,
     },
     Builtin {
+        // The at sign as a bare word after a local part with a dot or an
+        // underscore in it (`john.doe at example.com`), which "look at
+        // example.com" has not.
+        name: "email",
+        pattern: r"(?i)[\p{L}\p{N}]+[._][\p{L}\p{N}._%+-]*\s+(?:at|ät)\s+[\p{L}\p{N}-]+(?:\.[\p{L}\p{N}-]+)*\.\p{L}{2,}",
+        validate: None,
+        class: Class::Confidential,
+    },
+    Builtin {
         name: "phone",
         // International form (+ then 7-15 digits in groups), North American
         // forms, three groups of 3-3-4 digits, with any separators, and
@@ -150,7 +159,7 @@ pub(super) const BUILTINS: &[Builtin] = &[
         name: "national_id",
         // separated); the validator drops numbers never issued and digits
         // that continue a longer run (`SSN123-45-6789` is one).
-        pattern: r"[0-9]{3}[\s\-\u{2010}-\u{2015}./_]{1,3}[0-9]{2}[\s\-\u{2010}-\u{2015}./_]{1,3}[0-9]{4}",
+        pattern: r"[0-9]{3}[\s\-\u{2010}-\u{2015}./_|:,*]{1,3}[0-9]{2}[\s\-\u{2010}-\u{2015}./_|:,*]{1,3}[0-9]{4}",
         validate: Some(ssn),
         class: Class::Confidential,
     },
@@ -164,7 +173,9 @@ pub(super) const BUILTINS: &[Builtin] = &[
         name: "marker",
         pattern: concat!(
             r"(?:(?:STRICTLY|HIGHLY|COMPANY|BUSINESS|STRENG)[\s_.\-]{1,3})?",
-            r"(?:C[O0]NF[I1l|!]D[E3]N(?:T[I1l|!][A4@]L|T[I1l|!][E3]L|C[I1l|!][A4@]L)|VERTRAULICH|RISERVATO)",
+            r"(?:C[O0]N-?F[I1l|!]-?D[E3]N-?(?:T[I1l|!]-?[A4@]L|T[I1l|!]-?[E3]L|C[I1l|!]-?[A4@]L)|VERTRAULICH|RISERVATO)",
+            r"|(?:STRENG[\s_.\-]{1,3})?GEHEIM|(?:СОВЕРШЕННО[\s_.\-]{1,3})?СЕКРЕТНО|КОНФИДЕНЦИАЛЬНО",
+            r"|机密|機密|绝密|絕密|極秘|社外秘|部外秘|CLASSIFIED|TS//SCI|SECRET[ \t]*:|SENSITIVE BUT UNCLASSIFIED",
             r"|INTERNAL(?:[\s_.\-]{1,3}USE)?[\s_.\-]{0,3}ONLY",
             r"|DO[\s_.\-]{0,3}NOT[\s_.\-]{0,3}(?:DISTRIBUTE|FORWARD|SHARE|COPY)",
             r"|NOT[\s_.\-]{0,3}FOR[\s_.\-]{0,3}(?:DISTRIBUTION|EXTERNAL[\s_.\-]{0,3}USE|PUBLIC[\s_.\-]{0,3}RELEASE)",
@@ -200,6 +211,20 @@ pub(super) const BUILTINS: &[Builtin] = &[
         class: Class::Confidential,
     },
     Builtin {
+        // A private address (10/8, 172.16/12, 192.168/16) with other
+        // separators than dots (`10-0-0-12`, `192:168:1:20`); a space or a
+        // comma only in the two narrower ranges, where four numbers in a
+        // row are seldom anything else.
+        name: "ip_address",
+        pattern: concat!(
+            r"(?-u:\b)(?:10(?:[\-_/:*|]{1,2}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}",
+            r"|(?:192[\-_/:*|, ]{1,2}168|172[\-_/:*|, ]{1,2}(?:1[6-9]|2[0-9]|3[01]))",
+            r"(?:[\-_/:*|, ]{1,2}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){2})(?-u:\b)",
+        ),
+        validate: Some(apart_from_digits),
+        class: Class::Confidential,
+    },
+    Builtin {
         // An address in a cloud host name (`ip-10-0-0-1.ec2.internal`).
         name: "ip_address",
         pattern: r"(?i)(?-u:\b)ip-(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])-){3}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?-u:\b)",
@@ -221,7 +246,7 @@ pub(super) const BUILTINS: &[Builtin] = &[
     Builtin {
         name: "secret",
         pattern: concat!(
-            r"(?i)(?-u:\b)(?:sk-(?:proj-|ant-)?[A-Za-z0-9_-]{16,}|AKIA[0-9A-Z]{16}|(?-i:AKIA(?:[ \-]?[0-9A-Z]){16})|gh[pousr]_[A-Za-z0-9]{36,}",
+            r"(?i)(?-u:\b)(?:sk-(?:proj-|ant-)?[A-Za-z0-9_-]{16,}|AKIA[0-9A-Z]{16}|(?-i:AKIA(?:[ \-_.+]?[0-9A-Z]){16})|gh[pousr]_[A-Za-z0-9]{36,}",
             r"|github_pat_[A-Za-z0-9_]{22,}|glpat-[A-Za-z0-9_-]{20,}|[sr]k_(?:live|test)_[A-Za-z0-9]{10,}",
             r"|hf_[A-Za-z0-9]{30,}|npm_[A-Za-z0-9]{36}|pypi-[A-Za-z0-9_-]{50,}|xapp-[A-Za-z0-9-]{10,}",
             r"|xox[abprs]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35}|gw-[0-9a-f]{64})(?-u:\b)",
@@ -849,6 +874,8 @@ mod tests {
             ("mail john.doe(a)example.com", &["email"]),
             ("mail john.doe /at/ example /dot/ com", &["email"]),
             ("mail john.doe@@example.com", &["email"]),
+            ("mail john.doe at example.com", &["email"]),
+            ("see the docs at example.com", &[]),
             ("aim at the target point blank", &[]),
             ("email me@home, or call", &[]),
             ("write to bob at mail.example (dot) com", &["email"]),
@@ -882,6 +909,7 @@ mod tests {
             ("ssn 078 05 1120 on file", &["national_id"]),
             ("never issued 666-05-1120 or 078-00-1120", &[]),
             ("SSN 078051120 on file", &["national_id"]),
+            ("SSN 078|05|1120 or 078:05:1120 or 078,05,1120", &["national_id"]),
             ("SSN: 2 1 9 0 9 9 9 9 9", &["national_id"]),
             ("SSN 666051120", &[]),
             ("order 078051120 shipped", &[]),
@@ -926,6 +954,13 @@ mod tests {
             ("PASSWORD \u{21d2} hunter2!x", &["secret"]),
             ("Confidential: merger plan", &["marker"]),
             ("top secret: launch", &["marker"]),
+            ("CON-FI-DEN-TIAL", &["marker"]),
+            ("GEHEIM - nur für den Dienstgebrauch", &["marker"]),
+            ("СЕКРЕТНО: план", &["marker"]),
+            ("机密：合并计划", &["marker"]),
+            ("CLASSIFIED - EYES ONLY", &["marker"]),
+            ("SECRET: launch codes", &["marker"]),
+            ("the secret: use butter", &[]),
             ("p\u{430}ssword: hunter2!x", &["secret"]),
             ("set API_KEY=\"abcd1234\" first", &["secret"]),
             ("the password field is required", &[]),
@@ -1021,6 +1056,11 @@ mod tests {
             ("loopback http://2130706433/", &[]),
             ("host 10 . 0 . 0 . 1 is down", &["ip_address"]),
             ("host 8 dot 8 dot 8 dot 8", &["ip_address"]),
+            ("host 10-0-0-12 and 10_0_0_12", &["ip_address"]),
+            ("host 192:168:1:20", &["ip_address"]),
+            ("host 192, 168, 1, 20", &["ip_address"]),
+            ("scores 10 20 30 40 and 10, 0, 0, 12", &[]),
+            ("release 2024-10-12", &[]),
             ("part 1192.168.1.10", &[]),
             ("listen on 0.0.0.0:8080 or 127.0.0.1", &[]),
             ("v6 2001:db8::8a2e:370:7334 up", &["ip_address"]),
@@ -1035,6 +1075,7 @@ mod tests {
             ("aws AKIAIOSFODNN7EXAMPLE here", &["secret"]),
             ("aws AKIA IOSF ODNN 7EXA MPLE here", &["secret"]),
             ("aws AKIA-IOSF-ODNN-7EXA-MPLE here", &["secret"]),
+            ("aws AKIA_IOSF.ODNN+7EXA MPLE here", &["secret"]),
             ("Akia went to the store today", &[]),
             ("aws akiaiosfodnn7example here", &["secret"]),
             ("gh ghp_abcdefghijklmnopqrstuvwxyz0123456789", &["secret"]),

@@ -521,17 +521,19 @@ fn is_media_type(rest: &str) -> bool {
 }
 
 /// `s` without the markup a model reads through, if it has any: HTML tags
-/// (`bob<span>@</span>example.com`) and Markdown's emphasis markers
-/// (`bob@**example**.com`).
+/// (`bob<span>@</span>example.com`), Markdown's emphasis markers
+/// (`bob@**example**.com`, `CONF*IDENTIAL*`) and links' brackets and
+/// targets (`[4539](http://a)`).
 fn strip_markup(s: &str) -> Option<String> {
     let tags = s.contains('<') && s.contains('>');
-    let emphasis = ["**", "__", "~~", "`"].iter().any(|m| s.contains(m));
-    if !tags && !emphasis {
+    let emphasis = ["*", "__", "~~", "`"].iter().any(|m| s.contains(m));
+    let links = s.contains("](");
+    if !tags && !emphasis && !links {
         return None;
     }
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
-    while let Some(at) = rest.find(['<', '*', '_', '~', '`']) {
+    while let Some(at) = rest.find(['<', '*', '_', '~', '`', '[', ']']) {
         out.push_str(&rest[..at]);
         rest = &rest[at..];
         let skip = match rest.as_bytes() {
@@ -543,7 +545,14 @@ fn strip_markup(s: &str) -> Option<String> {
                 .filter(|&end| rest.as_bytes()[end + 1] == b'>')
                 .map_or(0, |end| end + 2),
             [b'*', b'*', ..] | [b'_', b'_', ..] | [b'~', b'~', ..] => 2,
-            [b'`', ..] => 1,
+            [b'`' | b'*' | b'[', ..] => 1,
+            // A link's target: `[4539](http://a)` reads as `4539`.
+            [b']', b'(', ..] => rest
+                .bytes()
+                .take(MAX_TAG)
+                .position(|c| c == b')')
+                .map_or(1, |end| end + 1),
+            [b']', ..] => 1,
             _ => 0,
         };
         if skip == 0 {
@@ -564,6 +573,12 @@ const MAX_TAG: usize = 64;
 /// space (the ones a separator or an address is written with).
 const ENTITIES: &[(&str, char)] = &[
     ("nbsp", ' '),
+    // Invisible ones, which normalisation then removes.
+    ("shy", '\u{ad}'),
+    ("zwj", '\u{200d}'),
+    ("zwnj", '\u{200c}'),
+    ("ZeroWidthSpace", '\u{200b}'),
+    ("NoBreak", '\u{2060}'),
     ("ensp", ' '),
     ("emsp", ' '),
     ("thinsp", ' '),
@@ -917,6 +932,9 @@ mod tests {
             (r#"{"messages":[{"role":"user","content":"bob&commat;example&period;com"}]}"#, "email"),
             (r#"{"messages":[{"role":"user","content":"bob<span>@</span>example.com"}]}"#, "email"),
             (r#"{"messages":[{"role":"user","content":"bob@**example**.com"}]}"#, "email"),
+            (r#"{"messages":[{"role":"user","content":"**CONF**IDEN*TIAL*"}]}"#, "marker"),
+            (r#"{"messages":[{"role":"user","content":"card [4539](http://a) [1488](http://b) [0343](http://c) [6467](http://d)"}]}"#, "card"),
+            (r#"{"messages":[{"role":"user","content":"AKIA&shy;IOSFODNN7EXAMPLE"}]}"#, "secret"),
             (r#"{"messages":[{"role":"user","content":"bob\\@example\\.com"}]}"#, "email"),
             (r#"{"messages":[{"role":"user","content":"bob&#64example.com"}]}"#, "email"),
             (r#"{"messages":[{"role":"user","content":"bob\\u{40}example.com"}]}"#, "email"),

@@ -52,13 +52,51 @@ pub fn normalize(text: &str) -> Cow<'_, str> {
     Cow::Owned(
         text.chars()
             .map(untag)
+            .map(unparenthesise)
             .filter(|c| c.general_category() != GeneralCategory::Format)
             .nfkc()
             .filter(|c| !invisible(*c))
             .map(ascii_digit)
+            .map(ascii_letter)
+            .map(ascii_space)
             .map(ascii_punctuation)
             .collect(),
     )
+}
+
+/// A parenthesised letter or digit (`⒞`, `⑷`) as the letter or digit: NFKC
+/// would write it `(c)`, which breaks the word it spells.
+fn unparenthesise(c: char) -> char {
+    let code = u32::from(c);
+    match code {
+        0x249c..=0x24b5 => char::from_u32(u32::from(b'a') + code - 0x249c).unwrap_or(c),
+        0x2474..=0x247c => char::from_u32(u32::from(b'1') + code - 0x2474).unwrap_or(c),
+        _ => c,
+    }
+}
+
+/// A letter NFKC leaves as a symbol as its capital: regional indicators
+/// (`🇨`, which pair into flags), negative squared and negative circled
+/// letters (`🅲`). Symbols would otherwise read as a dot (step 5).
+fn ascii_letter(c: char) -> char {
+    let code = u32::from(c);
+    let first = match code {
+        0x1f1e6..=0x1f1ff => 0x1f1e6,
+        0x1f170..=0x1f189 => 0x1f170,
+        0x1f150..=0x1f169 => 0x1f150,
+        _ => return c,
+    };
+    char::from_u32(u32::from(b'A') + code - first).unwrap_or(c)
+}
+
+/// Any space (the Ogham space mark, which NFKC leaves) as a space, and the
+/// line and paragraph separators as a line break.
+fn ascii_space(c: char) -> char {
+    match c {
+        '\u{2028}' | '\u{2029}' => '\n',
+        c if !c.is_ascii() && c.general_category() == GeneralCategory::SpaceSeparator => ' ',
+        c => c,
+    }
 }
 
 /// A Unicode tag character (U+E0020 to U+E007E) as the ASCII character it
@@ -210,6 +248,36 @@ const LOOK_ALIKE_BLOCKS: &[(u32, u32)] = &[
     (0x10400, 0x104ff),
 ];
 
+/// The small capitals and the capitals they stand for (there is no
+/// small capital X).
+const SMALL_CAPITALS: &[(char, char)] = &[
+    ('\u{1d00}', 'A'),
+    ('\u{299}', 'B'),
+    ('\u{1d04}', 'C'),
+    ('\u{1d05}', 'D'),
+    ('\u{1d07}', 'E'),
+    ('\u{a730}', 'F'),
+    ('\u{262}', 'G'),
+    ('\u{29c}', 'H'),
+    ('\u{26a}', 'I'),
+    ('\u{1d0a}', 'J'),
+    ('\u{1d0b}', 'K'),
+    ('\u{29f}', 'L'),
+    ('\u{1d0d}', 'M'),
+    ('\u{274}', 'N'),
+    ('\u{1d0f}', 'O'),
+    ('\u{1d18}', 'P'),
+    ('\u{a7af}', 'Q'),
+    ('\u{280}', 'R'),
+    ('\u{a731}', 'S'),
+    ('\u{1d1b}', 'T'),
+    ('\u{1d1c}', 'U'),
+    ('\u{1d20}', 'V'),
+    ('\u{1d21}', 'W'),
+    ('\u{28f}', 'Y'),
+    ('\u{1d22}', 'Z'),
+];
+
 /// Each letter or digit of [`LOOK_ALIKE_BLOCKS`] whose skeleton is one or
 /// two ASCII letters or digits, with that skeleton; built once.
 fn look_alike_table() -> &'static HashMap<char, String> {
@@ -221,7 +289,15 @@ fn look_alike_table() -> &'static HashMap<char, String> {
                 if !c.is_alphanumeric() {
                     continue;
                 }
-                let ascii: String = skeleton(c.encode_utf8(&mut buf)).collect();
+                // Marks on letters outside Latin-1 and Latin Extended-A
+                // (`Ȧ`, `Ḋ`: not how French or Polish is written) are
+                // dropped: a dot above does not hide the letter.
+                let drop_marks = u32::from(c) > 0x17f;
+                let ascii: String = skeleton(c.encode_utf8(&mut buf))
+                    .filter(|m| {
+                        !(drop_marks && m.general_category() == GeneralCategory::NonspacingMark)
+                    })
+                    .collect();
                 if ascii.is_empty()
                     || ascii.len() > 2
                     || !ascii.bytes().all(|b| b.is_ascii_alphanumeric())
@@ -232,6 +308,13 @@ fn look_alike_table() -> &'static HashMap<char, String> {
                 table.insert(c, if capital_i { "I".to_owned() } else { ascii });
             }
         }
+        // Small capitals read as capitals, and Turkish dotted and dotless
+        // i as i.
+        for &(small, capital) in SMALL_CAPITALS {
+            table.insert(small, capital.to_string());
+        }
+        table.insert('\u{130}', "I".to_owned());
+        table.insert('\u{131}', "i".to_owned());
         table
     });
     &TABLE
@@ -291,6 +374,11 @@ mod tests {
             ),
             // Letters outside ASCII stay letters.
             ("straße ℃", "straße .C"),
+            // Parenthesised, negative squared and regional indicator
+            // letters; the Ogham space mark and the line separator.
+            ("\u{249e}\u{24aa}\u{2478}", "co5"),
+            ("\u{1f172}\u{1f17e} \u{1f1e8}\u{1f1f4}", "CO CO"),
+            ("A\u{1680}K\u{2028}I", "A K\nI"),
         ];
         for (input, want) in cases {
             assert_eq!(normalize(input), want, "{input:?}");
@@ -308,11 +396,26 @@ mod tests {
             ("\u{13df}\u{13aa}\u{13f4}", Some("CAB")),
             // Cyrillic Ze for 3.
             ("45\u{417}9", Some("4539")),
+            // Small capitals, letters with a dot above, Turkish I.
+            ("\u{1d04}\u{1d0f}\u{274}\u{a730}", Some("CONF")),
+            ("\u{226}K\u{130}\u{226}", Some("AKIA")),
+            // Armenian.
+            ("\u{555}\u{54f}", Some("OS")),
             // Nothing to fold; letters without a Latin double stay.
             ("plain", None),
             ("stra\u{df}e \u{436}", None),
         ] {
             assert_eq!(look_alikes_folded(input).as_deref(), want, "{input:?}");
+        }
+    }
+
+    /// Only characters outside ASCII are folded, onto ASCII letters and
+    /// digits.
+    #[test]
+    fn the_look_alike_table_maps_non_ascii_onto_ascii() {
+        for (c, ascii) in look_alike_table() {
+            assert!(!c.is_ascii(), "{c:?}");
+            assert!(ascii.bytes().all(|b| b.is_ascii_alphanumeric()), "{c:?}");
         }
     }
 
