@@ -545,14 +545,13 @@ fn strip_markup(s: &str) -> Option<String> {
                 .filter(|&end| rest.as_bytes()[end + 1] == b'>')
                 .map_or(0, |end| end + 2),
             [b'*', b'*', ..] | [b'_', b'_', ..] | [b'~', b'~', ..] => 2,
-            [b'`' | b'*' | b'[', ..] => 1,
             // A link's target: `[4539](http://a)` reads as `4539`.
             [b']', b'(', ..] => rest
                 .bytes()
                 .take(MAX_TAG)
                 .position(|c| c == b')')
                 .map_or(1, |end| end + 1),
-            [b']', ..] => 1,
+            [b'`' | b'*' | b'[' | b']', ..] => 1,
             _ => 0,
         };
         if skip == 0 {
