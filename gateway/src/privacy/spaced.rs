@@ -37,15 +37,6 @@ pub(super) const GATE: &str = concat!(
     r"|[\p{L}\p{N}](?:[.\-_*/|+,:;~'][\p{L}\p{N}@.:_\-]){3}",
 );
 
-/// Whether [`GATE`] matches `text`, compiled on its own for text the one
-/// pass gave up on (if it could not be compiled, as the unit tests rule
-/// out: yes, so the text is rewritten anyway).
-pub(super) fn gate_matches(text: &str) -> bool {
-    static GATE_ALONE: std::sync::LazyLock<Option<regex::Regex>> =
-        std::sync::LazyLock::new(|| regex::Regex::new(GATE).ok());
-    GATE_ALONE.as_ref().is_none_or(|gate| gate.is_match(text))
-}
-
 /// `s` with its runs of single characters joined (see the module's
 /// documentation): the text with white space joined, and that text with
 /// punctuation joined, each if it changed anything.

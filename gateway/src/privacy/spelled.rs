@@ -191,15 +191,6 @@ pub(super) fn gate() -> &'static str {
     &GATE
 }
 
-/// Whether [`gate`] matches `text`, compiled on its own for text the one
-/// pass gave up on (if it could not be compiled, as the unit tests rule
-/// out: yes, so the text is tokenised anyway).
-pub(super) fn gate_matches(text: &str) -> bool {
-    static GATE_ALONE: std::sync::LazyLock<Option<regex::Regex>> =
-        std::sync::LazyLock::new(|| regex::Regex::new(gate()).ok());
-    GATE_ALONE.as_ref().is_none_or(|gate| gate.is_match(text))
-}
-
 /// A number-like token of the text: its byte range, its digits, and
 /// whether it was read out (a single digit, or number words), so that it
 /// joins the read-out tokens next to it.
