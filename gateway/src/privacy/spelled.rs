@@ -177,7 +177,7 @@ fn gate_pattern() -> String {
     let mut words: Vec<&str> = WORDS.iter().map(|(w, _)| *w).collect();
     // Longest first, so an alternation never stops at a prefix.
     words.sort_by_key(|w| std::cmp::Reverse(w.len()));
-    let token = format!(r"(?:{}|(?:[0-9oil|]|(?-i:[SBDZ]))+)", words.join("|"));
+    let token = format!(r"(?:{}|[0-9oil|]+)", words.join("|"));
     format!(r"(?i){token}(?:[^\p{{L}}\p{{N}}|]{{1,3}}{token}){{3}}")
 }
 
@@ -377,8 +377,9 @@ fn rewrite(
 
 /// The number-like token `s[from..to]` (`word` is what it says as a number
 /// word): a number word, or digits and look-alike letters with at least
-/// one digit or four or more look-alikes (`OOOO`). The capitals `S`, `B`,
-/// `D` and `Z` pass for 5, 8, 0 and 2 only beside a digit (`45S9`).
+/// one digit or four or more look-alikes (`OOOO`). (Not `S`, `B`, `D`:
+/// hex would then read as digits everywhere, a view of every hex run for
+/// every detector.)
 fn number(token: &str, word: Option<Word>, from: usize, to: usize) -> Option<Token> {
     let read = |digits: String, tens: bool| Token {
         from,
@@ -395,23 +396,16 @@ fn number(token: &str, word: Option<Word>, from: usize, to: usize) -> Option<Tok
     }
     let digit = |c: char| match c {
         '0'..='9' => Some(c),
-        'O' | 'o' | 'D' => Some('0'),
+        'O' | 'o' => Some('0'),
         'I' | 'i' | 'l' | 'L' | '|' => Some('1'),
-        'Z' => Some('2'),
-        'S' => Some('5'),
-        'B' => Some('8'),
         _ => None,
     };
     if !token.chars().all(|c| digit(c).is_some()) {
         return None;
     }
     let digit_count = token.bytes().filter(u8::is_ascii_digit).count();
-    let no_capitals = token
-        .bytes()
-        .all(|b| !matches!(b, b'S' | b'B' | b'D' | b'Z'));
-    // `I` and `lol` are words; `OOOO` in a run of digits is zeros; `SBD`
-    // is letters.
-    if !(digit_count > 0 || (token.len() >= 4 && no_capitals)) {
+    // `I` and `lol` are words; `OOOO` in a run of digits is zeros.
+    if !(digit_count > 0 || token.len() >= 4) {
         return None;
     }
     Some(Token {
@@ -475,8 +469,6 @@ mod tests {
             ("forty-five thirty-nine fourteen eighty eight", &["45391488"]),
             ("four double eight one triple three", &["4881333"]),
             ("twenty twelve 7 8", &["201278"]),
-            // Look-alike capitals beside digits; on their own, letters.
-            ("45S9 l4B8 O343 6467", &["4559 1488 0343 6467"]),
             // More languages.
             ("vier vijf drie negen", &["4539"]),
             ("fyra fem tre nio", &["4539"]),
@@ -506,7 +498,6 @@ mod tests {
             "4, 5, 3, 9",
             "forty-five thirty-nine fourteen eighty",
             "double eight one two three",
-            "45S9 l4B8 O343 6467",
             "четыре пять три девять",
             "quatro duas zwo dos",
             "dziewięć osiem siedem sześć",
