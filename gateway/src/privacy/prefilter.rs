@@ -10,8 +10,10 @@
 //! stays small and fast on the same text.
 //!
 //! So the pass runs on a lazy DFA told to give up when its cache stops
-//! paying (cleared three times at under ten bytes a state, the thresholds
-//! `regex` itself uses before its fallback), window by window, and once it
+//! paying (filled once at under ten bytes a state: `regex` itself waits
+//! for three fills before its fallback, but each fill of this automaton's
+//! large states costs about a millisecond, and a request that gives up
+//! starts the next one from an empty cache), window by window, and once it
 //! has given up or cost more than the request's budget allows
 //! ([`super::rules::ScanBudget`]), the rest of the request's texts are run
 //! through every detector alone ([`super::rules::RuleSet::scan`]). The
@@ -43,7 +45,7 @@ impl Prefilter {
         let config = DFA::config()
             .match_kind(MatchKind::All)
             .cache_capacity(CACHE_BYTES)
-            .minimum_cache_clear_count(Some(3))
+            .minimum_cache_clear_count(Some(0))
             .minimum_bytes_per_state(Some(10))
             // A Unicode `\b` (an operator's pattern that could not be made
             // ASCII) quits on non-ASCII text instead of failing the build.
