@@ -40,20 +40,20 @@ pub(super) fn decode(s: &str) -> Option<(String, bool)> {
     let mut out = String::new();
     let (mut readable, mut decoded) = (0, 0);
     for run in runs(s) {
-        let Some(reading) = best_reading(&run) else {
+        let Some((bytes, score)) = best_decoding(&run) else {
             continue;
         };
-        if 2 * reading.score > reading.text.len() {
-            out.push_str(&reading.text);
+        if 2 * score > bytes.len() {
+            spaced_out(&bytes, &mut out);
             out.push('\n');
-            readable += reading.score;
-            decoded += reading.text.len();
+            readable += score;
+            decoded += bytes.len();
         } else {
             // Noise: only its long stretches, which noise seldom has and a
             // finding between padding does; the rest would only make the
             // detectors' work dearer.
-            for stretch in &reading.long {
-                out.push_str(stretch);
+            for stretch in stretches(&bytes).filter(|s| s.len() >= MIN_READABLE_IN_NOISE) {
+                out.push_str(&String::from_utf8_lossy(stretch));
                 out.push('\n');
                 decoded += stretch.len();
             }
@@ -226,10 +226,11 @@ fn looks_encoded(run: &[u8]) -> bool {
         .is_some()
 }
 
-/// The most readable decoding of `run`: as base64 at each of its four
-/// alignments, and as hex at each of two if it is all hex digits (behind
-/// an optional `0x`).
-fn best_reading(run: &[u8]) -> Option<Reading> {
+/// The most readable decoding of `run` (see [`score`]), with its score: as
+/// base64 at each of its four alignments, and as hex at each of two if it is
+/// all hex digits (behind an optional `0x`). `None` if none has a readable
+/// stretch.
+fn best_decoding(run: &[u8]) -> Option<(Vec<u8>, usize)> {
     let digits = run
         .strip_prefix(b"0x")
         .or_else(|| run.strip_prefix(b"0X"))
@@ -241,8 +242,12 @@ fn best_reading(run: &[u8]) -> Option<Reading> {
         .map(|at| hex_at(&digits[at.min(digits.len())..]));
     base64
         .chain(hexes)
-        .filter_map(|bytes| readable(&bytes))
-        .max_by_key(|r| r.score)
+        .map(|bytes| {
+            let score = score(&bytes);
+            (bytes, score)
+        })
+        .filter(|(_, score)| *score > 0)
+        .max_by_key(|(_, score)| *score)
 }
 
 /// `run` decoded as base64 from its first character, up to its last whole
@@ -276,41 +281,41 @@ fn hex_at(run: &[u8]) -> Vec<u8> {
     digits.chunks_exact(2).map(|p| (p[0] << 4) | p[1]).collect()
 }
 
-/// A decoding: its readable stretches, every other byte a space, and how
-/// many bytes those stretches hold.
-struct Reading {
-    text: String,
-    score: usize,
-    /// The stretches of at least [`MIN_READABLE_IN_NOISE`] bytes.
-    long: Vec<String>,
+/// A byte a decoding may keep: printable ASCII, a tab or a line break.
+/// Bytes outside ASCII are not kept even where they would be UTF-8: noise
+/// decodes to them often, and they would cost the detectors' fast path,
+/// while what the detectors look for is written in ASCII.
+fn is_readable(b: u8) -> bool {
+    (0x20..0x7f).contains(&b) || matches!(b, b'\t' | b'\n' | b'\r')
 }
 
-/// The readable stretches of `bytes` (printable ASCII, tabs, line breaks)
-/// of at least [`MIN_READABLE`] bytes; `None` if there is none. Bytes outside
-/// ASCII are not kept even where they would be UTF-8: noise decodes to
-/// them often, and they would cost the detectors' fast path, while what
-/// the detectors look for is written in ASCII.
-fn readable(bytes: &[u8]) -> Option<Reading> {
-    let is_readable = |b: &u8| (0x20..0x7f).contains(b) || matches!(b, b'\t' | b'\n' | b'\r');
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut score = 0;
-    let mut long = Vec::new();
-    for (k, stretch) in bytes.split(|b| !is_readable(b)).enumerate() {
+/// The stretches of readable bytes in `bytes`, between the others.
+fn stretches(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    bytes.split(|&b| !is_readable(b))
+}
+
+/// How readable a decoding is: the bytes its stretches of at least
+/// [`MIN_READABLE`] readable bytes hold.
+fn score(bytes: &[u8]) -> usize {
+    stretches(bytes)
+        .map(<[u8]>::len)
+        .filter(|&n| n >= MIN_READABLE)
+        .sum()
+}
+
+/// Appends `bytes` to `out` as its stretches of at least [`MIN_READABLE`]
+/// readable bytes, every other byte a space: as many characters as bytes.
+fn spaced_out(bytes: &[u8], out: &mut String) {
+    for (k, stretch) in stretches(bytes).enumerate() {
         if k > 0 {
-            out.push(b' ');
+            out.push(' ');
         }
         if stretch.len() >= MIN_READABLE {
-            out.extend_from_slice(stretch);
-            score += stretch.len();
+            out.push_str(&String::from_utf8_lossy(stretch));
         } else {
-            out.resize(out.len() + stretch.len(), b' ');
-        }
-        if stretch.len() >= MIN_READABLE_IN_NOISE {
-            long.push(String::from_utf8_lossy(stretch).into_owned());
+            out.extend(std::iter::repeat_n(' ', stretch.len()));
         }
     }
-    let text = String::from_utf8(out).ok()?;
-    (score > 0).then_some(Reading { text, score, long })
 }
 
 #[cfg(test)]
