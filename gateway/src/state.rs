@@ -102,6 +102,7 @@ impl AppState {
     /// poller and the ledger writer.
     pub fn start(config: Config, store: Store) -> Result<AppState, StartError> {
         let upstreams = Upstreams::new(&config).map_err(StartError::Client)?;
+        crate::privacy::warm_up();
         let tasks = TaskTracker::new();
         let stop = CancellationToken::new();
         let redis = Redis::from_config(&config).map_err(StartError::Redis)?;

@@ -118,12 +118,12 @@ pub fn classify<T: AsRef<str>>(
 ) -> Classification {
     let mut class = key_default.max(explicit.unwrap_or(Class::Public));
     let mut fired: Vec<String> = Vec::new();
-    let mut budget = rules::ScanBudget::default();
+    let mut pass = rules::OnePass::default();
     for text in texts {
         let text = normalize(text.as_ref());
         let folded = normalize::look_alikes_folded(&text);
         for view in std::iter::once(text.as_ref()).chain(folded.as_deref()) {
-            for (name, raised_to) in rules.scan(view, &mut budget) {
+            for (name, raised_to) in rules.scan(view, &mut pass) {
                 class = class.max(raised_to);
                 fired.push(name.to_owned());
             }
@@ -132,6 +132,17 @@ pub fn classify<T: AsRef<str>>(
     fired.sort_unstable();
     fired.dedup();
     Classification { class, fired }
+}
+
+/// Builds now what the scan otherwise builds on first use: the builtin
+/// detectors, the views' gates and the table of look-alike letters (a
+/// walk over some thirty thousand characters' skeletons), so that the
+/// first requests after start-up, not only the first one to hold a
+/// Cyrillic letter, are not the ones to pay for it.
+pub fn warm_up() {
+    let _ = RuleSet::builtins();
+    rules::warm_up();
+    let _ = normalize::look_alikes_folded("\u{421}");
 }
 
 #[cfg(test)]

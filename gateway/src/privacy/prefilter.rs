@@ -64,11 +64,13 @@ impl Prefilter {
         })
     }
 
-    /// The patterns that match somewhere in `text`, or `None` if the pass
-    /// gave up (or quit on a byte it cannot handle).
-    pub(super) fn matches(&self, text: &str) -> Option<PatternSet> {
+    /// The patterns that match somewhere in `text`, with the bytes of new
+    /// states the search built into its cache, or `None` if the pass gave
+    /// up (or quit on a byte it cannot handle).
+    pub(super) fn matches(&self, text: &str) -> Option<(PatternSet, usize)> {
         let mut cache = self.caches.get();
         let mut set = PatternSet::new(self.dfa.pattern_len());
+        let (clears, before) = (cache.clear_count(), cache.memory_usage());
         let found = self
             .dfa
             .try_which_overlapping_matches(&mut cache, &Input::new(text), &mut set);
@@ -78,6 +80,9 @@ impl Prefilter {
             cache.reset(&self.dfa);
             return None;
         }
-        Some(set)
+        // Each clear dropped a cache's worth of states built before it.
+        let filled = cache.clear_count().saturating_sub(clears) * CACHE_BYTES;
+        let built = (cache.memory_usage() + filled).saturating_sub(before);
+        Some((set, built))
     }
 }
