@@ -32,6 +32,11 @@ pub struct Config {
     pub sqlite_path: PathBuf,
     /// Largest request body accepted, in bytes; larger bodies get 413.
     pub max_body_bytes: usize,
+    /// Whether the privacy scan's findings for each text of 32 bytes or more
+    /// are remembered across requests (by the text's SHA-256, never the
+    /// text), so that a system prompt or tool schema sent with every
+    /// request is scanned once per rule set.
+    pub privacy_memo: bool,
     /// How long an API key lookup is cached. Revocation takes effect within
     /// this time; shorter means more database reads.
     pub key_cache_ms: u64,
@@ -173,6 +178,7 @@ impl Default for Config {
             database_url: None,
             sqlite_path: PathBuf::from("gateway.db"),
             max_body_bytes: 1 << 20,
+            privacy_memo: true,
             key_cache_ms: 2_000,
             settings_cache_ms: 2_000,
             poll_interval_ms: 500,
@@ -222,6 +228,7 @@ pub const FIELDS: &[&str] = &[
     "database_url",
     "sqlite_path",
     "max_body_bytes",
+    "privacy_memo",
     "key_cache_ms",
     "settings_cache_ms",
     "poll_interval_ms",

@@ -103,6 +103,7 @@ impl AppState {
     pub fn start(config: Config, store: Store) -> Result<AppState, StartError> {
         let upstreams = Upstreams::new(&config).map_err(StartError::Client)?;
         crate::privacy::warm_up();
+        crate::privacy::remember_findings(config.privacy_memo);
         let tasks = TaskTracker::new();
         let stop = CancellationToken::new();
         let redis = Redis::from_config(&config).map_err(StartError::Redis)?;

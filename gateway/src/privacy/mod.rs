@@ -27,6 +27,7 @@
 mod binary;
 mod builtin;
 mod extract;
+mod memo;
 mod normalize;
 mod prefilter;
 mod rules;
@@ -37,6 +38,7 @@ use serde::{Deserialize, Serialize};
 
 pub use builtin::BUILTIN_NAMES;
 pub use extract::{is_opaque_part, request_texts};
+pub use memo::remember_findings;
 pub use normalize::normalize;
 pub use rules::{PrivacyRule, RuleError, RuleSet, RuleSpec};
 
@@ -120,10 +122,8 @@ pub fn classify<T: AsRef<str>>(
     let mut fired: Vec<String> = Vec::new();
     let mut pass = rules::OnePass::default();
     for text in texts {
-        let text = normalize(text.as_ref());
-        let folded = normalize::look_alikes_folded(&text);
-        for view in std::iter::once(text.as_ref()).chain(folded.as_deref()) {
-            for (name, raised_to) in rules.scan(view, &mut pass) {
+        for &i in rules.findings(text.as_ref(), &mut pass).iter() {
+            if let Some((name, raised_to)) = rules.detector(i) {
                 class = class.max(raised_to);
                 fired.push(name.to_owned());
             }

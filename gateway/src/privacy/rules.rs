@@ -7,10 +7,12 @@
 
 use regex::{Regex, RegexBuilder};
 use regex_automata::{PatternID, PatternSet};
-use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 
+use super::normalize::{look_alikes_folded, normalize};
 use super::prefilter::Prefilter;
-use super::{spaced, spelled};
+use super::{memo, spaced, spelled};
 use serde::{Deserialize, Serialize};
 
 use super::builtin::{Validator, BUILTINS, BUILTIN_NAMES};
@@ -266,11 +268,17 @@ const ALONE: &[&str] = &["iban"];
 
 /// Precompiled detectors for one tenant. Cheap to share behind an `Arc`;
 /// rebuild it when the rule rows change.
+/// The number the next rule set compiled gets.
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
 pub struct RuleSet {
     /// One pass over the text says which detectors can match at all, so
     /// the per-detector regexes only run on texts that need them (`None`:
     /// the detectors' automaton could not be built, every detector runs).
     prefilter: Option<Prefilter>,
+    /// This rule set's own number, under which [`memo`] keeps what its
+    /// detectors found.
+    id: u64,
     /// The index of the views' first gate in the one pass.
     gates_from: usize,
     detectors: Vec<Detector>,
@@ -352,6 +360,7 @@ impl RuleSet {
         );
         Ok(RuleSet {
             prefilter,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             gates_from,
             detectors,
         })
@@ -367,15 +376,15 @@ impl RuleSet {
         BUILTINS_ONLY.as_ref()
     }
 
-    /// Yields `(detector name, class)` for every detector with at least one
-    /// validated hit in `text`, or in a rewriting of it ([`VIEWS`]: digits
+    /// The index of every detector with at least one validated hit in
+    /// `text`, or in a rewriting of it ([`VIEWS`]: digits
     /// spelt as words or look-alikes read as digits, words written a
     /// character at a time joined). The one-pass prefilter
     /// ([`super::prefilter`]) says which builtins can match and which
     /// rewritings have anything to rewrite; once it has given up on a text
     /// of the request, or cost more than [`OnePass`] allows, every detector
     /// runs on its own for the rest of the request.
-    pub(super) fn scan<'s>(&'s self, text: &str, pass: &mut OnePass) -> Vec<(&'s str, Class)> {
+    pub(super) fn scan(&self, text: &str, pass: &mut OnePass) -> Vec<usize> {
         let candidates = self.prefiltered(text, pass);
         let in_candidates = |i: usize| {
             candidates
@@ -429,24 +438,54 @@ impl RuleSet {
 
     /// The detectors that `may_match` lets through with a validated hit in
     /// `text`.
-    fn validated<'s>(
-        &'s self,
-        text: &str,
-        may_match: impl Fn(usize) -> bool,
-    ) -> Vec<(&'s str, Class)> {
+    fn validated(&self, text: &str, may_match: impl Fn(usize) -> bool) -> Vec<usize> {
         self.detectors
             .iter()
             .enumerate()
             .filter(|(i, _)| may_match(*i))
-            .map(|(_, d)| d)
-            .filter(|d| {
+            .filter(|(_, d)| {
                 d.regex.find_iter(text).any(|m| match d.validate {
                     Some(validate) => validate(text, m.start(), m.end()),
                     None => true,
                 })
             })
-            .map(|d| (d.name.as_str(), d.class))
+            .map(|(i, _)| i)
             .collect()
+    }
+
+    /// The name of the `i`th detector and the class it raises a request to.
+    pub(super) fn detector(&self, i: usize) -> Option<(&str, Class)> {
+        self.detectors.get(i).map(|d| (d.name.as_str(), d.class))
+    }
+
+    /// The detectors that fire on `raw` ([`RuleSet::scan`] of its
+    /// normalised text and of that text with look-alike letters folded),
+    /// remembered for texts of [`memo::MIN_LEN`] bytes or more (unless
+    /// [`memo::remember_findings`] turned that off): a system
+    /// prompt or a tool's schema sent with every request is scanned once
+    /// per rule set.
+    pub(super) fn findings(&self, raw: &str, pass: &mut OnePass) -> Arc<[usize]> {
+        let scan = |pass: &mut OnePass| {
+            let text = normalize(raw);
+            let folded = look_alikes_folded(&text);
+            let mut found: Vec<usize> = std::iter::once(text.as_ref())
+                .chain(folded.as_deref())
+                .flat_map(|view| self.scan(view, pass))
+                .collect();
+            found.sort_unstable();
+            found.dedup();
+            Arc::from(found)
+        };
+        if raw.len() < memo::MIN_LEN || !memo::on() {
+            return scan(pass);
+        }
+        let key = memo::key(self.id, raw);
+        if let Some(found) = memo::get(&key) {
+            return found;
+        }
+        let found = scan(pass);
+        memo::insert(key, Arc::clone(&found));
+        found
     }
 }
 
@@ -509,7 +548,42 @@ mod tests {
         let mut pass = OnePass::default();
         let found = rules.scan(&format!("{hex} card 4539 1488 0343 6467"), &mut pass);
         assert!(pass.given_up);
-        assert!(found.iter().any(|(name, _)| *name == "card"), "{found:?}");
+        let names: Vec<_> = found.iter().filter_map(|&i| rules.detector(i)).collect();
+        assert!(names.iter().any(|(name, _)| *name == "card"), "{names:?}");
+    }
+
+    /// A long text's findings are remembered per rule set: the same from
+    /// memory as from the scan, and never another rule set's.
+    #[test]
+    fn findings_are_remembered_per_rule_set() {
+        let text = "Please forward the minutes to alice.jones@example.org before Friday.";
+        let fired = |rules: &RuleSet| classify([text], Class::Public, None, rules).fired;
+        let builtins = RuleSet::compile(&[]).unwrap();
+        let key = memo::key(builtins.id, text);
+        assert!(memo::get(&key).is_none());
+        assert_eq!(fired(&builtins), ["email"]);
+        assert!(memo::get(&key).is_some(), "a long text is remembered");
+        assert_eq!(fired(&builtins), ["email"], "the same from memory");
+        let without_email = RuleSet::compile(&[RuleSpec::Builtin {
+            detector: "email".into(),
+            enabled: false,
+            class: None,
+        }])
+        .unwrap();
+        assert!(fired(&without_email).is_empty());
+        let with_rule = RuleSet::compile(&[RuleSpec::Regex {
+            name: "minutes".into(),
+            pattern: "(?i)minutes".into(),
+            class: Class::Internal,
+        }])
+        .unwrap();
+        assert_eq!(fired(&with_rule), ["email", "minutes"]);
+        // A short text is scanned each time, not remembered.
+        let short = "mail bob@example.com";
+        assert!(short.len() < memo::MIN_LEN);
+        let fired_short = classify([short], Class::Public, None, &builtins).fired;
+        assert_eq!(fired_short, ["email"]);
+        assert!(memo::get(&memo::key(builtins.id, short)).is_none());
     }
 
     /// Windows cover the text, overlap, cut at character boundaries, and
