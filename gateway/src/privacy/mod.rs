@@ -108,7 +108,8 @@ pub struct Classification {
 /// pass for ASCII ones (Cyrillic `С`) read as those
 /// ([`normalize::look_alikes_folded`]), its digits written as words or
 /// look-alike letters read as digits ([`spelled`]) and its words written a
-/// character at a time joined ([`spaced`]).
+/// character at a time joined ([`spaced`]). What a text of 32 bytes or more
+/// was found to hold is remembered for the rule set ([`memo`]).
 ///
 /// `key_default` is the floor; `explicit` is the caller's tag, which can only
 /// raise the class.
@@ -136,7 +137,7 @@ pub fn classify<T: AsRef<str>>(
 
 /// Builds now what the scan otherwise builds on first use: the builtin
 /// detectors, the views' gates and the table of look-alike letters (a
-/// walk over some thirty thousand characters' skeletons), so that the
+/// walk over the skeletons of every character of their blocks), so that the
 /// first requests after start-up, not only the first one to hold a
 /// Cyrillic letter, are not the ones to pay for it.
 pub fn warm_up() {

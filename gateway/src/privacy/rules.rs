@@ -266,11 +266,11 @@ struct Detector {
 /// cost 3 ms instead of 0.1), while alone it is small.
 const ALONE: &[&str] = &["iban"];
 
-/// Precompiled detectors for one tenant. Cheap to share behind an `Arc`;
-/// rebuild it when the rule rows change.
 /// The number the next rule set compiled gets.
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
+/// Precompiled detectors for one tenant. Cheap to share behind an `Arc`;
+/// rebuild it when the rule rows change.
 pub struct RuleSet {
     /// One pass over the text says which detectors can match at all, so
     /// the per-detector regexes only run on texts that need them (`None`:
