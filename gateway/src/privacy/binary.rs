@@ -1,10 +1,11 @@
-//! Base64 and hex in text, read as the text they encode.
+//! Base64, base32 and hex in text, read as the text they encode.
 //!
-//! A model decodes `NDUzOSAxNDg4IDAzNDMgNjQ2Nw==` or `626f62406578…` on
-//! request, so a card number or an address sent that way is as readable to
-//! it as in plain text. [`decode`] finds every run of base64 (standard or
-//! URL-safe alphabet, padded or not) or hex digits (packed, or pairs apart:
-//! `62 6f 62`, `62:6f:62`) and decodes it. A run need not start on a
+//! A model decodes `NDUzOSAxNDg4IDAzNDMgNjQ2Nw==`, `MJXWEQDFPBQW24DMMU…` or
+//! `626f62406578…` on request, so a card number or an address sent that way
+//! is as readable to it as in plain text. [`decode`] finds every run of
+//! base64 (standard or URL-safe alphabet, padded or not), base32 (RFC 4648's
+//! alphabet, in either case, padded or not) or hex digits (packed, or pairs
+//! apart: `62 6f 62`, `62:6f:62`) and decodes it. A run need not start on a
 //! boundary of the encoding (`cardNDUz…`): each alignment is tried and the
 //! one that reads best kept. Lines of a wrapped block (`base64 -w 64`) are
 //! decoded as one run.
@@ -32,7 +33,7 @@ const MIN_READABLE_IN_NOISE: usize = 12;
 /// spaces between are words, decoded one by one.
 const MIN_LINE: usize = 16;
 
-/// The text encoded by the base64 and hex runs of `s`, a line per run, if
+/// The text encoded by the base64, base32 and hex runs of `s`, a line per run, if
 /// any run decodes to readable text; and whether that text is mostly text
 /// (more readable than not), worth decoding further, rather than noise
 /// with a few readable stretches.
@@ -81,6 +82,24 @@ const BASE64: [u8; 256] = {
     t[b'-' as usize] = 62;
     t[b'/' as usize] = 63;
     t[b'_' as usize] = 63;
+    t
+};
+
+/// Base32's value of each byte (RFC 4648's alphabet, either case), or
+/// `NONE`. Its characters are base64 ones, so a base32 run is a base64 run.
+const BASE32: [u8; 256] = {
+    let mut t = [NONE; 256];
+    let mut i = 0;
+    while i < 26 {
+        t[b'A' as usize + i] = i as u8;
+        t[b'a' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut d = 0;
+    while d < 6 {
+        t[b'2' as usize + d] = 26 + d as u8;
+        d += 1;
+    }
     t
 };
 
@@ -227,20 +246,25 @@ fn looks_encoded(run: &[u8]) -> bool {
 }
 
 /// The most readable decoding of `run` (see [`score`]), with its score: as
-/// base64 at each of its four alignments, and as hex at each of two if it is
-/// all hex digits (behind an optional `0x`). `None` if none has a readable
-/// stretch.
+/// base64 at each of its four alignments, as base32 at each of eight if it
+/// is all base32 characters, and as hex at each of two if it is all hex
+/// digits (behind an optional `0x`). `None` if none has a readable stretch.
 fn best_decoding(run: &[u8]) -> Option<(Vec<u8>, usize)> {
     let digits = run
         .strip_prefix(b"0x")
         .or_else(|| run.strip_prefix(b"0X"))
         .unwrap_or(run);
     let hex = digits.iter().all(u8::is_ascii_hexdigit);
-    let base64 = (0..4).map(|at| base64_at(&run[at.min(run.len())..]));
+    let base32 = run.iter().all(|&c| BASE32[usize::from(c)] != NONE);
+    let base64s = (0..4).map(|at| bits_at(&run[at.min(run.len())..], &BASE64, 6));
+    let base32s = (0..8)
+        .filter(|_| base32)
+        .map(|at| bits_at(&run[at.min(run.len())..], &BASE32, 5));
     let hexes = (0..2)
         .filter(|_| hex)
         .map(|at| hex_at(&digits[at.min(digits.len())..]));
-    base64
+    base64s
+        .chain(base32s)
         .chain(hexes)
         .map(|bytes| {
             let score = score(&bytes);
@@ -250,19 +274,20 @@ fn best_decoding(run: &[u8]) -> Option<(Vec<u8>, usize)> {
         .max_by_key(|(_, score)| *score)
 }
 
-/// `run` decoded as base64 from its first character, up to its last whole
-/// quantum of bits.
-fn base64_at(run: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(run.len() * 3 / 4);
+/// `run` decoded from its first character by `table`, `width` bits a
+/// character (base64: 6, base32: 5), up to its last whole byte; characters
+/// outside the table are skipped.
+fn bits_at(run: &[u8], table: &[u8; 256], width: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(run.len() * width as usize / 8);
     let mut acc: u32 = 0;
     let mut bits = 0;
     for &c in run {
-        let v = BASE64[usize::from(c)];
+        let v = table[usize::from(c)];
         if v == NONE {
             continue;
         }
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
+        acc = (acc << width) | u32::from(v);
+        bits += width;
         if bits >= 8 {
             bits -= 8;
             out.push((acc >> bits) as u8);
@@ -340,6 +365,25 @@ mod tests {
         out
     }
 
+    /// RFC 4648 base32, padded.
+    fn b32(s: &str) -> String {
+        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+        let mut out = String::new();
+        for chunk in s.as_bytes().chunks(5) {
+            let n = chunk.iter().fold(0u64, |acc, &x| (acc << 8) | u64::from(x))
+                << (8 * (5 - chunk.len()));
+            let chars = (chunk.len() * 8).div_ceil(5);
+            for k in 0..8 {
+                out.push(if k < chars {
+                    A[(n >> (35 - 5 * k)) as usize & 31] as char
+                } else {
+                    '='
+                });
+            }
+        }
+        out
+    }
+
     fn hex(s: &str) -> String {
         hex::encode(s)
     }
@@ -399,6 +443,33 @@ mod tests {
             let (got, _) = decode(&text).unwrap_or_default();
             assert!(got.contains("4539 1488 0343 6467"), "{text:?} → {got:?}");
         }
+    }
+
+    #[test]
+    fn base32_decodes_in_either_case_at_any_alignment() {
+        let secret = "card 4539 1488 0343 6467";
+        let encoded = b32(secret);
+        assert_eq!(b32("bob@example.com"), "MJXWEQDFPBQW24DMMUXGG33N");
+        let wrapped: String = b32(&secret.repeat(4))
+            .as_bytes()
+            .chunks(24)
+            .map(|l| std::str::from_utf8(l).unwrap().to_owned() + "\n")
+            .collect();
+        for text in [
+            encoded.clone(),
+            encoded.trim_end_matches('=').to_owned(),
+            encoded.to_lowercase(),
+            format!("decode this base32: {encoded} thanks"),
+            format!("x{encoded}"),
+            format!("card{}", encoded.to_lowercase()),
+            wrapped,
+            grouped(&encoded, " "),
+        ] {
+            let (got, _) = decode(&text).unwrap_or_default();
+            assert!(got.contains("4539 1488 0343 6467"), "{text:?} → {got:?}");
+        }
+        let (got, _) = decode(&b32("mail bob@example.com now")).unwrap_or_default();
+        assert!(got.contains("bob@example.com"), "{got:?}");
     }
 
     #[test]

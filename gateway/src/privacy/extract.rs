@@ -400,7 +400,8 @@ fn decoded(s: &str, out: &mut Vec<Cow<'_, str>>, depth: usize) {
     out.push(Cow::Owned(text));
 }
 
-/// The text that base64 and hex runs of `s` encode ([`super::binary`]),
+/// The text that base64, base32 and hex runs of `s` encode
+/// ([`super::binary`]),
 /// and what that decodes to in turn (base64 of base64, of percent-escapes,
 /// of JSON), as deep as JSON in strings is decoded.
 fn binary(s: &str, out: &mut Vec<Cow<'_, str>>, depth: usize) {
@@ -965,6 +966,9 @@ mod tests {
             (r#"{"messages":[{"role":"user","content":"WW05aVFHVjRZVzF3YkdVdVkyOXQ="}]}"#, "email"),
             (r#"{"messages":[{"role":"user","content":"Ym9iJTQwZXhhbXBsZS5jb20="}]}"#, "email"),
             (r#"{"metadata":{"blob":"0x626f62406578616d706c652e636f6d"}}"#, "email"),
+            // Base32, in capitals with padding, or in lower case without.
+            (r#"{"messages":[{"role":"user","content":"base32: MNQXEZBAGQ2TGOJAGE2DQOBAGAZTIMZAGY2DMNY="}]}"#, "card"),
+            (r#"{"metadata":{"note":"o5zgs5dfeb2g6idcn5reazlymfwxa3dffzrw63i"}}"#, "email"),
             // An address cut in two messages, or in two fields.
             (
                 r#"{"messages":[{"role":"user","content":"write to bob@exam"},{"role":"user","content":"ple.com please"}]}"#,
