@@ -28,12 +28,14 @@
 //!
 //! The scan's memory of texts seen before (`privacy_memo`) is off for the
 //! shapes, so that each row is what a text costs the first time; the load
-//! generator's body is measured both ways.
+//! generator's body and a chat with a long system prompt are measured both
+//! ways, and again with a question never asked before each time (`new`):
+//! what the memory costs where it does not help.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use gateway::privacy::{classify, remember_findings, request_texts, Class, RuleSet};
+use gateway::privacy::{classify_with, request_texts, Class, Memo, RuleSet};
 use serde_json::{json, Map, Value};
 
 const SIZES: [(usize, &str); 3] = [(1 << 10, "1 KB"), (100 << 10, "100 KB"), (1 << 20, "1 MB")];
@@ -199,8 +201,6 @@ fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
     // `SHAPES=hex,base64` runs only those.
     let only = std::env::var("SHAPES").ok();
-    // Each shape's scan, not the memory of an earlier one.
-    remember_findings(false);
     let Some(rules) = RuleSet::builtins() else {
         eprintln!("the builtin detectors did not compile");
         std::process::exit(1);
@@ -209,40 +209,11 @@ fn main() {
         "{:<12} {:>7} {:>10} {:>10} {:>9} {:>9} {:>11} {:>10}",
         "shape", "size", "parse µs", "scan µs", "parse ns/B", "scan ns/B", "scan/parse", "vs 1 KB"
     );
-    // The load generator's body, at its own size: what every request of
-    // the gateway benchmarks pays; and a chat with a 2 KB system prompt,
-    // as applications send with every request. Each both ways: scanned
-    // afresh, and with its texts' findings remembered, as the gateway does
-    // by default.
     if only
         .as_ref()
         .is_none_or(|o| o.split(',').any(|s| s == "request"))
     {
-        let question = "Say something short about load testing.";
-        let bodies = [
-            ("request", json!([{"role": "user", "content": question}])),
-            (
-                "system",
-                json!([
-                    {"role": "system", "content": text(2 << 10, prose)},
-                    {"role": "user", "content": question},
-                ]),
-            ),
-        ];
-        for (shape, messages) in bodies {
-            let bytes = serde_json::to_vec(&json!({
-                "model": "mock-model",
-                "messages": messages,
-                "max_tokens": 16,
-                "stream": true,
-            }))
-            .unwrap_or_default();
-            let label = format!("{} B", bytes.len());
-            report(shape, &label, &bytes, rules, None);
-            remember_findings(true);
-            report(&format!("{shape}, kept"), &label, &bytes, rules, None);
-            remember_findings(false);
-        }
+        whole_bodies(rules);
     }
     for shape in [
         "prose",
@@ -273,8 +244,80 @@ fn main() {
                 continue;
             }
             let bytes = body(shape, size);
-            report(shape, label, &bytes, rules, Some(&mut first_per_byte));
+            report(shape, label, &bytes, rules, None, Some(&mut first_per_byte));
         }
+    }
+}
+
+/// The load generator's body, at its own size: what every request of the
+/// gateway benchmarks pays; and a chat with a 2 KB system prompt, as
+/// applications send with every request. Each scanned afresh, with its
+/// texts' findings remembered (as the gateway does by default), and with
+/// a new question each time, without and with the memory.
+fn whole_bodies(rules: &RuleSet) {
+    let question = "Say something short about load testing.";
+    let bodies = [
+        ("request", json!([{"role": "user", "content": question}])),
+        (
+            "system",
+            json!([
+                {"role": "system", "content": text(2 << 10, prose)},
+                {"role": "user", "content": question},
+            ]),
+        ),
+    ];
+    let chat = |messages: &Value| {
+        json!({
+            "model": "mock-model",
+            "messages": messages,
+            "max_tokens": 16,
+            "stream": true,
+        })
+    };
+    for (shape, messages) in bodies {
+        let bytes = serde_json::to_vec(&chat(&messages)).unwrap_or_default();
+        let label = format!("{} B", bytes.len());
+        report(shape, &label, &bytes, rules, None, None);
+        let memo = Memo::default();
+        report(
+            &format!("{shape}, kept"),
+            &label,
+            &bytes,
+            rules,
+            Some(&memo),
+            None,
+        );
+        // The same body with a question never asked before: what the
+        // memory costs when what it keeps is not asked for again (the
+        // body is built anew in both rows alike).
+        let unique = |n: u64| {
+            let mut messages = messages.clone();
+            if let Some(last) = messages.as_array_mut().and_then(|m| m.last_mut()) {
+                last["content"] = json!(format!("{question} ({n} times)"));
+            }
+            match chat(&messages) {
+                Value::Object(map) => map,
+                _ => Map::new(),
+            }
+        };
+        let once = |label: &str, memo: Option<&Memo>| {
+            let mut n = 0u64;
+            let t = best(|| {
+                n += 1;
+                let map = unique(n);
+                let texts = request_texts(&map);
+                black_box(classify_with(texts, Class::Public, None, rules, memo));
+            });
+            println!(
+                "{:<12} {:>7} {:>10} {:>10.1}",
+                label,
+                "",
+                "",
+                t.as_secs_f64() * 1e6
+            );
+        };
+        once(&format!("{shape}, new"), None);
+        once(&format!("{shape}, new, kept"), Some(&Memo::default()));
     }
 }
 
@@ -285,6 +328,7 @@ fn report(
     label: &str,
     bytes: &[u8],
     rules: &RuleSet,
+    memo: Option<&Memo>,
     first_per_byte: Option<&mut Option<f64>>,
 ) {
     let map = parse(bytes);
@@ -292,11 +336,12 @@ fn report(
         black_box(parse(black_box(bytes)));
     });
     let scan_t = best(|| {
-        black_box(classify(
+        black_box(classify_with(
             request_texts(black_box(&map)),
             Class::Public,
             None,
             rules,
+            memo,
         ));
     });
     let per_byte = |t: Duration| t.as_nanos() as f64 / bytes.len() as f64;

@@ -32,7 +32,7 @@ pub struct Config {
     pub sqlite_path: PathBuf,
     /// Largest request body accepted, in bytes; larger bodies get 413.
     pub max_body_bytes: usize,
-    /// Whether the privacy scan's findings for each text of 32 bytes or more
+    /// Whether the privacy scan's findings for each text of a kilobyte or more
     /// are remembered across requests (by the text's SHA-256, never the
     /// text), so that a system prompt or tool schema sent with every
     /// request is scanned once per rule set.

@@ -42,6 +42,9 @@ pub struct Inner {
     /// Each edge worker's arrival and service rates (from the poller's
     /// reports) and this gateway's sends, for the predicted queue wait.
     pub load: Arc<LoadTracker>,
+    /// What the privacy detectors found in long texts seen before
+    /// (`privacy_memo`; `None`: every text is scanned each time).
+    pub privacy_memo: Option<crate::privacy::Memo>,
     /// Which edge worker recently served which leading prompt.
     pub affinity: Arc<crate::live::affinity::Affinity>,
     /// How long each tenant's answers and prompts for each model turn out,
@@ -103,7 +106,6 @@ impl AppState {
     pub fn start(config: Config, store: Store) -> Result<AppState, StartError> {
         let upstreams = Upstreams::new(&config).map_err(StartError::Client)?;
         crate::privacy::warm_up();
-        crate::privacy::remember_findings(config.privacy_memo);
         let tasks = TaskTracker::new();
         let stop = CancellationToken::new();
         let redis = Redis::from_config(&config).map_err(StartError::Redis)?;
@@ -160,6 +162,7 @@ impl AppState {
                 catalog,
                 live,
                 load,
+                privacy_memo: config.privacy_memo.then(crate::privacy::Memo::default),
                 affinity: Arc::new(crate::live::affinity::Affinity::new()),
                 lengths: Arc::new(crate::live::lengths::Lengths::new()),
                 registry,

@@ -18,7 +18,7 @@
 //! Every text is normalised before the detectors see it ([`normalize`]),
 //! and [`request_texts`] says which texts of a request there are: all of
 //! them, keys included, since all of them reach the upstream, and what they
-//! decode to (escapes, JSON, base64 and hex: [`binary`]). Digits spelt as
+//! decode to (escapes, JSON, base64, base32 and hex: [`binary`]). Digits spelt as
 //! words or look-alike letters are read as digits too ([`spelled`]).
 //!
 //! Only detector *names* leave this module. The matched text is never
@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 
 pub use builtin::BUILTIN_NAMES;
 pub use extract::{is_opaque_part, request_texts};
-pub use memo::remember_findings;
+pub use memo::Memo;
 pub use normalize::normalize;
 pub use rules::{PrivacyRule, RuleError, RuleSet, RuleSpec};
 
@@ -108,8 +108,7 @@ pub struct Classification {
 /// pass for ASCII ones (Cyrillic `С`) read as those
 /// ([`normalize::look_alikes_folded`]), its digits written as words or
 /// look-alike letters read as digits ([`spelled`]) and its words written a
-/// character at a time joined ([`spaced`]). What a text of 32 bytes or more
-/// was found to hold is remembered for the rule set ([`memo`]).
+/// character at a time joined ([`spaced`]).
 ///
 /// `key_default` is the floor; `explicit` is the caller's tag, which can only
 /// raise the class.
@@ -119,11 +118,23 @@ pub fn classify<T: AsRef<str>>(
     explicit: Option<Class>,
     rules: &RuleSet,
 ) -> Classification {
+    classify_with(texts, key_default, explicit, rules, None)
+}
+
+/// [`classify`], with what a text of a kilobyte or more was found to hold
+/// taken from `memo` or kept there ([`Memo`]).
+pub fn classify_with<T: AsRef<str>>(
+    texts: impl IntoIterator<Item = T>,
+    key_default: Class,
+    explicit: Option<Class>,
+    rules: &RuleSet,
+    memo: Option<&Memo>,
+) -> Classification {
     let mut class = key_default.max(explicit.unwrap_or(Class::Public));
     let mut fired: Vec<String> = Vec::new();
     let mut pass = rules::OnePass::default();
     for text in texts {
-        for &i in rules.findings(text.as_ref(), &mut pass).iter() {
+        for &i in rules.findings(text.as_ref(), &mut pass, memo).iter() {
             if let Some((name, raised_to)) = rules.detector(i) {
                 class = class.max(raised_to);
                 fired.push(name.to_owned());

@@ -10,9 +10,10 @@ use regex_automata::{PatternID, PatternSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 
+use super::memo::Memo;
 use super::normalize::{look_alikes_folded, normalize};
 use super::prefilter::Prefilter;
-use super::{memo, spaced, spelled};
+use super::{spaced, spelled};
 use serde::{Deserialize, Serialize};
 
 use super::builtin::{Validator, BUILTINS, BUILTIN_NAMES};
@@ -276,7 +277,7 @@ pub struct RuleSet {
     /// the per-detector regexes only run on texts that need them (`None`:
     /// the detectors' automaton could not be built, every detector runs).
     prefilter: Option<Prefilter>,
-    /// This rule set's own number, under which [`memo`] keeps what its
+    /// This rule set's own number, under which a [`Memo`] keeps what its
     /// detectors found.
     id: u64,
     /// The index of the views' first gate in the one pass.
@@ -460,12 +461,15 @@ impl RuleSet {
 
     /// The detectors that fire on `raw` ([`RuleSet::scan`] of its
     /// normalised text and of that text with look-alike letters folded),
-    /// remembered for texts of [`memo::MIN_LEN`] bytes or more (unless
-    /// [`memo::remember_findings`] turned that off): a system
-    /// prompt or a tool's schema sent with every request is scanned once
-    /// per rule set.
-    pub(super) fn findings(&self, raw: &str, pass: &mut OnePass) -> Arc<[usize]> {
-        let scan = |pass: &mut OnePass| {
+    /// taken from `memo` or kept there: a system prompt or a tool's schema
+    /// sent with every request is scanned once per rule set.
+    pub(super) fn findings(
+        &self,
+        raw: &str,
+        pass: &mut OnePass,
+        memo: Option<&Memo>,
+    ) -> Arc<[usize]> {
+        let mut scan = || {
             let text = normalize(raw);
             let folded = look_alikes_folded(&text);
             let mut found: Vec<usize> = std::iter::once(text.as_ref())
@@ -476,16 +480,10 @@ impl RuleSet {
             found.dedup();
             Arc::from(found)
         };
-        if raw.len() < memo::MIN_LEN || !memo::on() {
-            return scan(pass);
+        match memo {
+            Some(memo) => memo.found_or(self.id, raw, scan),
+            None => scan(),
         }
-        let key = memo::key(self.id, raw);
-        if let Some(found) = memo::get(&key) {
-            return found;
-        }
-        let found = scan(pass);
-        memo::insert(key, Arc::clone(&found));
-        found
     }
 }
 
@@ -556,34 +554,44 @@ mod tests {
     /// memory as from the scan, and never another rule set's.
     #[test]
     fn findings_are_remembered_per_rule_set() {
-        let text = "Please forward the minutes to alice.jones@example.org before Friday.";
-        let fired = |rules: &RuleSet| classify([text], Class::Public, None, rules).fired;
+        let filler = "The committee met on Tuesday to review the plan. ".repeat(25);
+        let text = &format!("{filler}Please forward the minutes to alice.jones@example.org.");
+        let memo = Memo::default();
+        let fired = |rules: &RuleSet, text: &str| {
+            super::super::classify_with([text], Class::Public, None, rules, Some(&memo)).fired
+        };
         let builtins = RuleSet::compile(&[]).unwrap();
-        let key = memo::key(builtins.id, text);
-        assert!(memo::get(&key).is_none());
-        assert_eq!(fired(&builtins), ["email"]);
-        assert!(memo::get(&key).is_some(), "a long text is remembered");
-        assert_eq!(fired(&builtins), ["email"], "the same from memory");
+        assert!(!memo.holds(builtins.id, text));
+        assert_eq!(fired(&builtins, text), ["email"]);
+        assert!(memo.holds(builtins.id, text), "a long text is remembered");
+        assert_eq!(fired(&builtins, text), ["email"], "the same from memory");
         let without_email = RuleSet::compile(&[RuleSpec::Builtin {
             detector: "email".into(),
             enabled: false,
             class: None,
         }])
         .unwrap();
-        assert!(fired(&without_email).is_empty());
+        assert!(fired(&without_email, text).is_empty());
         let with_rule = RuleSet::compile(&[RuleSpec::Regex {
             name: "minutes".into(),
             pattern: "(?i)minutes".into(),
             class: Class::Internal,
         }])
         .unwrap();
-        assert_eq!(fired(&with_rule), ["email", "minutes"]);
-        // A short text is scanned each time, not remembered.
-        let short = "mail bob@example.com";
-        assert!(short.len() < memo::MIN_LEN);
-        let fired_short = classify([short], Class::Public, None, &builtins).fired;
-        assert_eq!(fired_short, ["email"]);
-        assert!(memo::get(&memo::key(builtins.id, short)).is_none());
+        assert_eq!(fired(&with_rule, text), ["email", "minutes"]);
+        // A shorter text is scanned each time, not remembered.
+        let short = "Please forward the minutes to alice.jones@example.org before Friday.";
+        assert!(text.len() >= super::super::memo::MIN_LEN);
+        assert!(short.len() < super::super::memo::MIN_LEN);
+        assert_eq!(fired(&builtins, short), ["email"]);
+        assert!(!memo.holds(builtins.id, short));
+        // Without a memo nothing is kept.
+        let other = &format!("{filler}Please forward the minutes to bob.jones@example.org.");
+        assert_eq!(
+            classify([other], Class::Public, None, &builtins).fired,
+            ["email"]
+        );
+        assert!(!memo.holds(builtins.id, other));
     }
 
     /// Windows cover the text, overlap, cut at character boundaries, and

@@ -33,7 +33,7 @@ use crate::catalog::{CatalogError, Snapshot};
 use crate::ledger::{Record, RecordInit};
 use crate::limits::{worst_case_usd, Admission, BudgetAsk, LimitExceeded};
 use crate::live::BackendLive;
-use crate::privacy::{classify, request_texts};
+use crate::privacy::{classify_with, request_texts};
 use crate::routing::{
     cap_ejections, rank, resolve_alias, Backend, BackendKind, Decision, Observed, RequestView,
 };
@@ -159,11 +159,12 @@ async fn admit_and_route(
     // Everything that will leave: the body as forwarded, after the policy
     // removed what it does not allow. No client header is forwarded.
     let class = traces::classify(record.trace().request(), || {
-        classify(
+        classify_with(
             request_texts(&req.body),
             key.default_class.max(tenant.policy.default_class),
             req.tag,
             &tenant.rules,
+            app.privacy_memo.as_ref(),
         )
     });
     record.set_class(&class, req.prompt_estimate);
