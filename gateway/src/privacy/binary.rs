@@ -19,6 +19,8 @@
 //! alignment, with either alphabet, without padding and with trailing bits,
 //! is what a strict decoder refuses, and it is a table lookup.
 
+use std::borrow::Cow;
+
 /// A run shorter than this (in encoded characters) is not decoded: it
 /// could hold at most five bytes, less than any finding.
 const MIN_RUN: usize = 8;
@@ -175,15 +177,16 @@ fn runs(s: &str) -> Vec<Vec<u8>> {
             i += 1;
             continue;
         }
-        let run = if groups.is_empty() {
-            run.to_vec()
+        // Copied only when kept: most runs are words.
+        let run: Cow<'_, [u8]> = if groups.is_empty() {
+            Cow::Borrowed(run)
         } else {
             groups.extend_from_slice(run);
-            std::mem::take(&mut groups)
+            Cow::Owned(std::mem::take(&mut groups))
         };
         match out.last_mut() {
             Some(last) if open => last.extend_from_slice(&run),
-            _ if run.len() >= MIN_RUN && looks_encoded(&run) => out.push(run.clone()),
+            _ if run.len() >= MIN_RUN && looks_encoded(&run) => out.push(run.to_vec()),
             _ => {}
         }
         // A long line that ends at a line break (unpadded: padding ends a
