@@ -487,12 +487,6 @@ fn key_value(text: &str, start: usize, end: usize) -> bool {
 /// tables of small numbers and other digit runs (`2024-01-15 10:30:00`,
 /// `1,2\n2,4\n3,6…`) from passing for a card one time in ten.
 fn card(text: &str, start: usize, end: usize) -> bool {
-    let issuer = |w: &[u32]| match w[0] {
-        3..=6 => true,
-        2 => (2..=7).contains(&w[1]),
-        8 => matches!(w[1], 1 | 2),
-        _ => false,
-    };
     // Each digit, and the index of the group it belongs to.
     let mut d = Vec::new();
     let mut group = Vec::new();
@@ -521,6 +515,22 @@ fn card(text: &str, start: usize, end: usize) -> bool {
             issuer(w) && luhn(w) && grouped(i, len)
         })
     })
+}
+
+/// Whether card numbers start with `w`'s first two digits.
+fn issuer(w: &[u32]) -> bool {
+    match w {
+        [3..=6, ..] => true,
+        [2, second, ..] => (2..=7).contains(second),
+        [8, second, ..] => matches!(second, 1 | 2),
+        _ => false,
+    }
+}
+
+/// Whether the digits `d`, all of them, make a card number: 13 to 19 of
+/// them, an issuer's first digits and Luhn's check.
+pub(super) fn card_number(d: &[u32]) -> bool {
+    (13..=19).contains(&d.len()) && issuer(d) && luhn(d)
 }
 
 fn luhn(d: &[u32]) -> bool {

@@ -19,7 +19,9 @@
 //! and [`request_texts`] says which texts of a request there are: all of
 //! them, keys included, since all of them reach the upstream, and what they
 //! decode to (escapes, JSON, base64, base32 and hex: [`binary`]). Digits spelt as
-//! words or look-alike letters are read as digits too ([`spelled`]).
+//! words or look-alike letters are read as digits too ([`spelled`]), and
+//! addresses and card numbers written backwards are read forwards
+//! ([`reversed`]).
 //!
 //! Only detector *names* leave this module. The matched text is never
 //! returned, so it cannot end up in the ledger, logs or metrics.
@@ -30,6 +32,7 @@ mod extract;
 mod memo;
 mod normalize;
 mod prefilter;
+mod reversed;
 mod rules;
 mod spaced;
 mod spelled;
@@ -244,6 +247,34 @@ mod tests {
         let got = classify([prose], Class::Public, None, &rules);
         assert_eq!(got.fired, Vec::<String>::new());
         assert_eq!(got.class, Class::Public);
+    }
+
+    /// An address or a card number written backwards is read forwards;
+    /// other digit runs and words with an at sign are not findings either
+    /// way, and a phone-shaped run turned is not taken for a phone number.
+    #[test]
+    fn backwards_addresses_and_cards_are_read() {
+        let rules = defaults();
+        for (text, detector) in [
+            ("reverse this: moc.elpmaxe@bob", "email"),
+            ("reverse: 7646 3430 8841 9354", "card"),
+            ("7646-3430-8841-9354 backwards", "card"),
+        ] {
+            let got = classify([text], Class::Public, None, &rules);
+            assert_eq!(got.fired, [detector], "{text}");
+        }
+        for text in [
+            "order 9876 5432 1098 7654 shipped",
+            "ask @support or @team-leads",
+            "call 555 123 4567 0 or 0044 20 7946 0958",
+        ] {
+            let got = classify([text], Class::Public, None, &rules);
+            assert!(
+                !got.fired.iter().any(|f| f == "card" || f == "email"),
+                "{text}: {:?}",
+                got.fired
+            );
+        }
     }
 
     /// Digits spelt as words or written with look-alike letters are read

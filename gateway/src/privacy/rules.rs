@@ -13,7 +13,7 @@ use std::sync::{Arc, LazyLock};
 use super::memo::Memo;
 use super::normalize::{look_alikes_folded, normalize};
 use super::prefilter::Prefilter;
-use super::{spaced, spelled};
+use super::{reversed, spaced, spelled};
 use serde::{Deserialize, Serialize};
 
 use super::builtin::{Validator, BUILTINS, BUILTIN_NAMES};
@@ -66,6 +66,8 @@ struct View {
     gate: fn() -> &'static str,
     gate_alone: LazyLock<Option<Regex>>,
     rewrite: fn(&str) -> Vec<String>,
+    /// The detectors that read the rewriting (`None`: every one).
+    only: Option<&'static [&'static str]>,
 }
 
 impl View {
@@ -77,16 +79,24 @@ impl View {
 }
 
 /// The rewritings every text is scanned in as well.
-static VIEWS: [View; 2] = [
+static VIEWS: [View; 3] = [
     View {
         gate: spelled::gate,
         gate_alone: LazyLock::new(|| Regex::new(spelled::gate()).ok()),
         rewrite: spelled::digits,
+        only: None,
     },
     View {
         gate: || spaced::GATE,
         gate_alone: LazyLock::new(|| Regex::new(spaced::GATE).ok()),
         rewrite: spaced::joined,
+        only: None,
+    },
+    View {
+        gate: || reversed::GATE,
+        gate_alone: LazyLock::new(|| Regex::new(reversed::GATE).ok()),
+        rewrite: reversed::turned,
+        only: Some(reversed::DETECTORS),
     },
 ];
 
@@ -403,8 +413,12 @@ impl RuleSet {
                 None => view.gate_matches(text),
             };
             if gated {
+                let reads = |i: usize| {
+                    view.only
+                        .is_none_or(|names| names.contains(&self.detectors[i].name.as_str()))
+                };
                 for rewritten in (view.rewrite)(text) {
-                    found.extend(self.validated(&rewritten, |_| true));
+                    found.extend(self.validated(&rewritten, reads));
                 }
             }
         }
