@@ -35,8 +35,8 @@ const MIN_READABLE_IN_NOISE: usize = 12;
 /// spaces between are words, decoded one by one.
 const MIN_LINE: usize = 16;
 
-/// The text encoded by the base64, base32 and hex runs of `s`, a line per run, if
-/// any run decodes to readable text; and whether that text is mostly text
+/// The text encoded by the base64, base32 and hex runs of `s`, a line per
+/// run, if any run decodes to readable text; and whether that text is mostly text
 /// (more readable than not), worth decoding further, rather than noise
 /// with a few readable stretches.
 pub(super) fn decode(s: &str) -> Option<(String, bool)> {

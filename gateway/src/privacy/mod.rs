@@ -18,10 +18,10 @@
 //! Every text is normalised before the detectors see it ([`normalize`]),
 //! and [`request_texts`] says which texts of a request there are: all of
 //! them, keys included, since all of them reach the upstream, and what they
-//! decode to (escapes, JSON, base64, base32 and hex: [`binary`]). Digits spelt as
-//! words or look-alike letters are read as digits too ([`spelled`]), and
-//! addresses and card numbers written backwards are read forwards
-//! ([`reversed`]).
+//! decode to (escapes, JSON, base64, base32 and hex: [`binary`]). Digits
+//! spelt as words or look-alike letters are read as digits too
+//! ([`spelled`]), and addresses and card numbers written backwards are
+//! read forwards ([`reversed`]).
 //!
 //! Only detector *names* leave this module. The matched text is never
 //! returned, so it cannot end up in the ledger, logs or metrics.
@@ -110,8 +110,9 @@ pub struct Classification {
 /// normalised before scanning, and scanned again with its letters that
 /// pass for ASCII ones (Cyrillic `С`) read as those
 /// ([`normalize::look_alikes_folded`]), its digits written as words or
-/// look-alike letters read as digits ([`spelled`]) and its words written a
-/// character at a time joined ([`spaced`]).
+/// look-alike letters read as digits ([`spelled`]), its words written a
+/// character at a time joined ([`spaced`]) and its addresses and card
+/// numbers written backwards turned ([`reversed`]).
 ///
 /// `key_default` is the floor; `explicit` is the caller's tag, which can only
 /// raise the class.
