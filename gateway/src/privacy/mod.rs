@@ -20,12 +20,14 @@
 //! them, keys included, since all of them reach the upstream, and what they
 //! decode to (escapes, JSON, base64, base32 and hex: [`binary`]). Digits
 //! spelt as words or look-alike letters are read as digits too
-//! ([`spelled`]), and addresses and card numbers written backwards are
-//! read forwards ([`reversed`]).
+//! ([`spelled`]), addresses and card numbers written backwards are read
+//! forwards ([`reversed`]), and a card number's groups with words between
+//! them are read joined ([`apart`]).
 //!
 //! Only detector *names* leave this module. The matched text is never
 //! returned, so it cannot end up in the ledger, logs or metrics.
 
+mod apart;
 mod binary;
 mod builtin;
 mod extract;
@@ -111,8 +113,9 @@ pub struct Classification {
 /// pass for ASCII ones (Cyrillic `С`) read as those
 /// ([`normalize::look_alikes_folded`]), its digits written as words or
 /// look-alike letters read as digits ([`spelled`]), its words written a
-/// character at a time joined ([`spaced`]) and its addresses and card
-/// numbers written backwards turned ([`reversed`]).
+/// character at a time joined ([`spaced`]), its addresses and card
+/// numbers written backwards turned ([`reversed`]) and a card number's
+/// groups with words between them joined ([`apart`]).
 ///
 /// `key_default` is the floor; `explicit` is the caller's tag, which can only
 /// raise the class.
@@ -275,6 +278,28 @@ mod tests {
                 "{text}: {:?}",
                 got.fired
             );
+        }
+    }
+
+    /// A card number's groups with words between them are read joined;
+    /// numbers in prose that make no card number are not.
+    #[test]
+    fn card_groups_with_words_between_are_read() {
+        let rules = defaults();
+        for text in [
+            "first half 4539 1488, second half 0343 6467",
+            "the digits are 4539, then 1488, then 0343, then 6467",
+        ] {
+            let got = classify([text], Class::Public, None, &rules);
+            assert_eq!(got.fired, ["card"], "{text}");
+        }
+        for text in [
+            "Revenue rose from 4512 to 5120 while costs fell from 3340 to 2987.",
+            "Flights LH 4412, LH 4413 and LH 5501 leave at 0715, 0930 and 1245.",
+            "Rooms 301, 302, 415 and 520 are booked from 0900 to 1700.",
+        ] {
+            let got = classify([text], Class::Public, None, &rules);
+            assert!(got.fired.is_empty(), "{text}: {:?}", got.fired);
         }
     }
 

@@ -13,7 +13,7 @@ use std::sync::{Arc, LazyLock};
 use super::memo::Memo;
 use super::normalize::{look_alikes_folded, normalize};
 use super::prefilter::Prefilter;
-use super::{reversed, spaced, spelled};
+use super::{apart, reversed, spaced, spelled};
 use serde::{Deserialize, Serialize};
 
 use super::builtin::{Validator, BUILTINS, BUILTIN_NAMES};
@@ -79,7 +79,7 @@ impl View {
 }
 
 /// The rewritings every text is scanned in as well.
-static VIEWS: [View; 3] = [
+static VIEWS: [View; 4] = [
     View {
         gate: spelled::gate,
         gate_alone: LazyLock::new(|| Regex::new(spelled::gate()).ok()),
@@ -97,6 +97,12 @@ static VIEWS: [View; 3] = [
         gate_alone: LazyLock::new(|| Regex::new(reversed::GATE).ok()),
         rewrite: reversed::turned,
         only: Some(reversed::DETECTORS),
+    },
+    View {
+        gate: || apart::GATE,
+        gate_alone: LazyLock::new(|| Regex::new(apart::GATE).ok()),
+        rewrite: apart::joined,
+        only: Some(apart::DETECTORS),
     },
 ];
 
