@@ -31,12 +31,12 @@ const MAX_GAP: usize = 40;
 /// over the text.
 pub(super) const GATE: &str = r"[0-9]{4}";
 
-/// The card numbers made of groups apart in `s`, their groups apart by a
-/// space, a line each; nothing if it has none.
+/// The first card number made of groups apart in `s`, its groups apart by
+/// a space, if it has one. One is enough: only the card detector reads it,
+/// and it fires once a request; more would only make the scan dearer.
 pub(super) fn joined(s: &str) -> Vec<String> {
     // The groups of the current run.
     let mut groups: Vec<&str> = Vec::new();
-    let mut out = String::new();
     let bytes = s.as_bytes();
     let mut i = 0;
     // Where the last group ended, to measure the gap to the next.
@@ -51,34 +51,34 @@ pub(super) fn joined(s: &str) -> Vec<String> {
             i += 1;
         }
         let near = last_end.is_some_and(|end| start - end <= MAX_GAP);
-        if !near {
-            find_cards(&groups, &mut out);
-            groups.clear();
-        }
-        if GROUP.contains(&(i - start)) {
-            groups.push(&s[start..i]);
-            last_end = Some(i);
-        } else {
-            // A number of another length ends the run.
-            find_cards(&groups, &mut out);
+        let group = GROUP.contains(&(i - start));
+        if !near || !group {
+            // A gap too wide, or a number of another length, ends the run.
+            if let Some(card) = first_card(&groups) {
+                return vec![card];
+            }
             groups.clear();
             last_end = None;
         }
+        if group {
+            groups.push(&s[start..i]);
+            last_end = Some(i);
+            // A long run is checked as it goes, keeping the groups a card
+            // number could still start in (it has at most four).
+            if groups.len() >= 64 {
+                if let Some(card) = first_card(&groups) {
+                    return vec![card];
+                }
+                groups.drain(..groups.len() - 3);
+            }
+        }
     }
-    find_cards(&groups, &mut out);
-    if out.is_empty() {
-        Vec::new()
-    } else {
-        vec![out]
-    }
+    first_card(&groups).into_iter().collect()
 }
 
-/// Appends to `out` each run of `groups` in a row that is a card number
-/// whole, its groups apart by a space, a line each.
-fn find_cards(groups: &[&str], out: &mut String) {
-    if groups.len() < 3 {
-        return;
-    }
+/// The first run of `groups` in a row that is a card number whole, its
+/// groups apart by a space.
+fn first_card(groups: &[&str]) -> Option<String> {
     let mut digits: Vec<u32> = Vec::with_capacity(24);
     for from in 0..groups.len() {
         digits.clear();
@@ -88,11 +88,11 @@ fn find_cards(groups: &[&str], out: &mut String) {
                 break;
             }
             if k >= 2 && card_number(&digits) {
-                out.push_str(&groups[from..=from + k].join(" "));
-                out.push('\n');
+                return Some(groups[from..=from + k].join(" "));
             }
         }
     }
+    None
 }
 
 #[cfg(test)]
@@ -107,7 +107,7 @@ mod tests {
             "4539 is the start; 1488 follows; 0343 and finally 6467",
             "order 12, card 4539 x 1488 y 0343 z 6467",
         ] {
-            assert_eq!(joined(text), ["4539 1488 0343 6467\n"], "{text}");
+            assert_eq!(joined(text), ["4539 1488 0343 6467"], "{text}");
         }
         for text in [
             // Groups too far apart, a number of another length between,
@@ -120,6 +120,13 @@ mod tests {
             "",
         ] {
             assert!(joined(text).is_empty(), "{text}: {:?}", joined(text));
+        }
+        // In a long run, a card number is found wherever it stands.
+        for at in [0, 60, 61, 62, 63, 64, 200] {
+            let mut groups = vec!["1000"; 300];
+            groups.splice(at..at + 4, ["4539", "1488", "0343", "6467"]);
+            let text = groups.join(" and ");
+            assert_eq!(joined(&text), ["4539 1488 0343 6467"], "at {at}");
         }
     }
 }
