@@ -16,10 +16,10 @@
 //! turned (a date, a version, a phone number ending in 0) would pass for
 //! phone numbers or addresses.
 
+use super::builtin::card_number;
+
 /// The detectors that read the turned text.
 pub(super) const DETECTORS: &[&str] = &["card", "email"];
-
-use super::builtin::card_number;
 
 /// What may stand between the digits of a run (one at a time).
 const SEPARATORS: &[char] = &[' ', '-', '.', '/', '_', ','];
@@ -29,9 +29,9 @@ const SEPARATORS: &[char] = &[' ', '-', '.', '/', '_', ','];
 /// Run in the detectors' one pass.
 pub(super) const GATE: &str = r"\.[^\s@]*@|[0-9](?:[ \-./_,]?[0-9]){12}";
 
-/// The words of `s` with a dot before an at sign, and its digit runs that are card
-/// numbers turned, each turned (its characters in reverse order), a line
-/// each; nothing if it has none.
+/// The words of `s` with a dot before an at sign, and its digit runs that
+/// are card numbers turned, each turned (its characters in reverse order),
+/// a line each; nothing if it has none.
 pub(super) fn turned(s: &str) -> Vec<String> {
     let mut out = String::new();
     let mut turn = |span: &str| {
@@ -51,7 +51,7 @@ pub(super) fn turned(s: &str) -> Vec<String> {
     let mut digits: Vec<u32> = Vec::with_capacity(20);
     let mut last_was_digit = false;
     for (at, c) in s.char_indices().chain(std::iter::once((s.len(), '\n'))) {
-        if let Some(d) = c.to_digit(10).filter(|_| c.is_ascii_digit()) {
+        if let Some(d) = c.to_digit(10) {
             run = Some((run.map_or(at, |(start, _)| start), at + 1));
             if digits.len() < 20 {
                 digits.push(d);
