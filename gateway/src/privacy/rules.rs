@@ -396,7 +396,9 @@ impl RuleSet {
     /// The index of every detector with at least one validated hit in
     /// `text`, or in a rewriting of it ([`VIEWS`]: digits
     /// spelt as words or look-alikes read as digits, words written a
-    /// character at a time joined). The one-pass prefilter
+    /// character at a time joined, addresses and card numbers written
+    /// backwards turned, a card number's groups apart joined; the last two
+    /// read by their detectors only). The one-pass prefilter
     /// ([`super::prefilter`]) says which builtins can match and which
     /// rewritings have anything to rewrite; once it has given up on a text
     /// of the request, or cost more than [`OnePass`] allows, every detector
