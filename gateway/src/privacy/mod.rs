@@ -21,8 +21,10 @@
 //! decode to (escapes, JSON, base64, base32 and hex: [`binary`]). Digits
 //! spelt as words or look-alike letters are read as digits too
 //! ([`spelled`]), addresses and card numbers written backwards are read
-//! forwards ([`reversed`]), and a card number's groups with words between
-//! them are read joined ([`apart`]).
+//! forwards ([`reversed`]), a card number's groups with words between
+//! them are read joined ([`apart`]), and text in ROT13 or written
+//! backwards is read undone where it holds a detector's word so disguised
+//! ([`disguise`]).
 //!
 //! Only detector *names* leave this module. The matched text is never
 //! returned, so it cannot end up in the ledger, logs or metrics.
@@ -30,6 +32,7 @@
 mod apart;
 mod binary;
 mod builtin;
+mod disguise;
 mod extract;
 mod memo;
 mod normalize;
@@ -114,8 +117,10 @@ pub struct Classification {
 /// ([`normalize::look_alikes_folded`]), its digits written as words or
 /// look-alike letters read as digits ([`spelled`]), its words written a
 /// character at a time joined ([`spaced`]), its addresses and card
-/// numbers written backwards turned ([`reversed`]) and a card number's
-/// groups with words between them joined ([`apart`]).
+/// numbers written backwards turned ([`reversed`]), a card number's
+/// groups with words between them joined ([`apart`]), and its ROT13 or
+/// backwards writing undone where it holds a detector's word so disguised
+/// ([`disguise`]).
 ///
 /// `key_default` is the floor; `explicit` is the caller's tag, which can only
 /// raise the class.

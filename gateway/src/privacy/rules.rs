@@ -10,6 +10,7 @@ use regex_automata::{PatternID, PatternSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 
+use super::disguise::Disguise;
 use super::memo::Memo;
 use super::normalize::{look_alikes_folded, normalize};
 use super::prefilter::Prefilter;
@@ -106,12 +107,26 @@ static VIEWS: [View; 4] = [
     },
 ];
 
+/// Each disguise's gate ([`Disguise::gate`]) alone, in the order of
+/// [`Disguise::ALL`], for text the one pass gave up on (`None` if one
+/// could not be compiled, as the unit tests rule out: the text is then
+/// undone anyway).
+static DISGUISE_GATES: LazyLock<[Option<Regex>; 2]> =
+    LazyLock::new(|| Disguise::ALL.map(|d| Regex::new(d.gate()).ok()));
+
+fn disguise_gate_alone(k: usize, text: &str) -> bool {
+    DISGUISE_GATES[k]
+        .as_ref()
+        .is_none_or(|gate| gate.is_match(text))
+}
+
 /// Compiles what [`RuleSet::scan`] compiles on first use: the views'
 /// gates alone, asked once the one pass has given up.
 pub(super) fn warm_up() {
     for view in &VIEWS {
         LazyLock::force(&view.gate_alone);
     }
+    LazyLock::force(&DISGUISE_GATES);
 }
 
 /// What the one pass has cost a request so far, in work rather than time:
@@ -358,22 +373,30 @@ impl RuleSet {
             }
         }
         // The operator's patterns always run alone: one may need more than
-        // the one pass's window overlap.
+        // the one pass's window overlap. Each has a twin for each disguise
+        // it does not read the same in, which the builtins' gates know
+        // nothing of ([`super::disguise`]).
         for (name, pattern, class) in custom {
-            detectors.push(Detector {
-                name: name.to_owned(),
-                regex: compile_one(name, pattern)?,
-                validate: None,
-                class,
-                in_pass: None,
-            });
+            let twins = Disguise::ALL.map(|d| d.pattern(pattern));
+            for pattern in
+                std::iter::once(pattern).chain(twins.iter().flatten().map(String::as_str))
+            {
+                detectors.push(Detector {
+                    name: name.to_owned(),
+                    regex: compile_one(name, pattern)?,
+                    validate: None,
+                    class,
+                    in_pass: None,
+                });
+            }
         }
         let prefilter = Prefilter::new(
             detectors
                 .iter()
                 .filter(|d| d.in_pass.is_some())
                 .map(|d| d.regex.as_str())
-                .chain(VIEWS.iter().map(|v| (v.gate)())),
+                .chain(VIEWS.iter().map(|v| (v.gate)()))
+                .chain(Disguise::ALL.map(Disguise::gate)),
         );
         Ok(RuleSet {
             prefilter,
@@ -398,12 +421,22 @@ impl RuleSet {
     /// spelt as words or look-alikes read as digits, words written a
     /// character at a time joined, addresses and card numbers written
     /// backwards turned, a card number's groups apart joined; the last two
-    /// read by their detectors only). The one-pass prefilter
+    /// read by their detectors only), or in it with a disguise taken off
+    /// (ROT13, written backwards) where it holds a detector's word in that
+    /// disguise ([`super::disguise`]). The one-pass prefilter
     /// ([`super::prefilter`]) says which builtins can match and which
     /// rewritings have anything to rewrite; once it has given up on a text
     /// of the request, or cost more than [`OnePass`] allows, every detector
     /// runs on its own for the rest of the request.
     pub(super) fn scan(&self, text: &str, pass: &mut OnePass) -> Vec<usize> {
+        self.scan_undoing(text, pass, true)
+    }
+
+    /// [`RuleSet::scan`], and when `undo` is set, for each disguise whose
+    /// gate finds a detector's word disguised in `text`, the same again of
+    /// `text` with the disguise taken off (and not undone once more: a
+    /// disguise undone twice is the text again).
+    fn scan_undoing(&self, text: &str, pass: &mut OnePass, undo: bool) -> Vec<usize> {
         let candidates = self.prefiltered(text, pass);
         let in_candidates = |i: usize| {
             candidates
@@ -427,6 +460,28 @@ impl RuleSet {
                 };
                 for rewritten in (view.rewrite)(text) {
                     found.extend(self.validated(&rewritten, reads));
+                    // Letters spaced apart in a disguise show their
+                    // words only once joined.
+                    for (k, disguise) in Disguise::ALL.into_iter().enumerate() {
+                        if undo && view.only.is_none() && disguise_gate_alone(k, &rewritten) {
+                            found.extend(self.validated(&disguise.undo(&rewritten), reads));
+                        }
+                    }
+                }
+            }
+        }
+        for (k, disguise) in Disguise::ALL.into_iter().enumerate() {
+            let gated = match &candidates {
+                Some(_) => in_candidates(self.gates_from + VIEWS.len() + k),
+                None => disguise_gate_alone(k, text),
+            };
+            if undo && gated {
+                // Look-alike letters are no letters to ROT13: they are
+                // folded once the disguise is off, not before.
+                let undone = disguise.undo(text);
+                let folded = look_alikes_folded(&undone);
+                for view in std::iter::once(undone.as_str()).chain(folded.as_deref()) {
+                    found.extend(self.scan_undoing(view, pass, false));
                 }
             }
         }
@@ -633,6 +688,53 @@ mod tests {
             "{covered} vs {}",
             text.len()
         );
+    }
+
+    /// An operator's rule reads its words in ROT13 and written backwards
+    /// as well, and the builtins theirs, in full: a disguised banner is
+    /// read with its letters spaced apart (a view of the undone text), a
+    /// rule that reads the same disguised has no twin.
+    #[test]
+    fn rules_and_builtins_read_disguises() {
+        let rules = RuleSet::compile(&[
+            RuleSpec::Regex {
+                name: "project".into(),
+                pattern: r"(?i)\bproject\s+falcon\b".into(),
+                class: Class::Internal,
+            },
+            RuleSpec::Regex {
+                name: "ticket".into(),
+                pattern: r"#[0-9]{6}".into(),
+                class: Class::Internal,
+            },
+        ])
+        .unwrap();
+        let fired = |text: &str| classify([text], Class::Public, None, &rules).fired;
+        assert_eq!(fired("about Cebwrpg Snypba"), ["project"]);
+        assert_eq!(fired("about NOCLAF TCEJORP"), ["project"]);
+        assert_eq!(fired("about project falcon"), ["project"]);
+        assert_eq!(fired("about cebwrpg or tcejorp"), Vec::<String>::new());
+        // `#[0-9]{6}` backwards is `[0-9]{6}#`.
+        assert_eq!(
+            rules
+                .detectors
+                .iter()
+                .filter(|d| d.name == "ticket")
+                .count(),
+            2
+        );
+        for text in [
+            "P B A S V Q R A G V N Y",
+            "L A I T N E D I F N O C",
+            "gur cnffjbeq vf uhagre2",
+            "2retnuh si drowssap eht",
+        ] {
+            let got = fired(text);
+            assert!(
+                got.iter().any(|f| f == "marker" || f == "secret"),
+                "{text}: {got:?}"
+            );
+        }
     }
 
     /// An operator's `\b` is an ASCII boundary: a project code glued to an
