@@ -10,7 +10,7 @@ use regex_automata::{PatternID, PatternSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 
-use super::disguise::Disguise;
+use super::disguise::{suspected, Disguise};
 use super::memo::Memo;
 use super::normalize::{look_alikes_folded, normalize};
 use super::prefilter::Prefilter;
@@ -107,26 +107,13 @@ static VIEWS: [View; 4] = [
     },
 ];
 
-/// Each disguise's gate ([`Disguise::gate`]) alone, in the order of
-/// [`Disguise::ALL`], for text the one pass gave up on (`None` if one
-/// could not be compiled, as the unit tests rule out: the text is then
-/// undone anyway).
-static DISGUISE_GATES: LazyLock<[Option<Regex>; 2]> =
-    LazyLock::new(|| Disguise::ALL.map(|d| Regex::new(d.gate()).ok()));
-
-fn disguise_gate_alone(k: usize, text: &str) -> bool {
-    DISGUISE_GATES[k]
-        .as_ref()
-        .is_none_or(|gate| gate.is_match(text))
-}
-
 /// Compiles what [`RuleSet::scan`] compiles on first use: the views'
 /// gates alone, asked once the one pass has given up.
 pub(super) fn warm_up() {
     for view in &VIEWS {
         LazyLock::force(&view.gate_alone);
     }
-    LazyLock::force(&DISGUISE_GATES);
+    super::disguise::warm_up();
 }
 
 /// What the one pass has cost a request so far, in work rather than time:
@@ -395,8 +382,7 @@ impl RuleSet {
                 .iter()
                 .filter(|d| d.in_pass.is_some())
                 .map(|d| d.regex.as_str())
-                .chain(VIEWS.iter().map(|v| (v.gate)()))
-                .chain(Disguise::ALL.map(Disguise::gate)),
+                .chain(VIEWS.iter().map(|v| (v.gate)())),
         );
         Ok(RuleSet {
             prefilter,
@@ -462,23 +448,29 @@ impl RuleSet {
                     found.extend(self.validated(&rewritten, reads));
                     // Letters spaced apart in a disguise show their
                     // words only once joined.
-                    for (k, disguise) in Disguise::ALL.into_iter().enumerate() {
-                        if undo && view.only.is_none() && disguise_gate_alone(k, &rewritten) {
-                            found.extend(self.validated(&disguise.undo(&rewritten), reads));
+                    if undo && view.only.is_none() {
+                        for (disguise, stretches) in
+                            Disguise::ALL.into_iter().zip(suspected(&rewritten))
+                        {
+                            for stretch in stretches {
+                                let undone = disguise.undo(&rewritten[stretch]);
+                                found.extend(self.validated(&undone, reads));
+                            }
                         }
                     }
                 }
             }
         }
-        for (k, disguise) in Disguise::ALL.into_iter().enumerate() {
-            let gated = match &candidates {
-                Some(_) => in_candidates(self.gates_from + VIEWS.len() + k),
-                None => disguise_gate_alone(k, text),
-            };
-            if undo && gated {
+        let suspected = if undo {
+            suspected(text)
+        } else {
+            Default::default()
+        };
+        for (disguise, stretches) in Disguise::ALL.into_iter().zip(suspected) {
+            for stretch in stretches {
                 // Look-alike letters are no letters to ROT13: they are
                 // folded once the disguise is off, not before.
-                let undone = disguise.undo(text);
+                let undone = disguise.undo(&text[stretch]);
                 let folded = look_alikes_folded(&undone);
                 for view in std::iter::once(undone.as_str()).chain(folded.as_deref()) {
                     found.extend(self.scan_undoing(view, pass, false));
@@ -723,6 +715,10 @@ mod tests {
                 .count(),
             2
         );
+        // Deep in a long text, only the stretch around the words is undone.
+        let filler = "The committee met on Tuesday to review the plan. ".repeat(100);
+        let long = format!("{filler}gur cnffjbeq vf uhagre2 {filler}");
+        assert!(fired(&long).iter().any(|f| f == "secret"));
         for text in [
             "P B A S V Q R A G V N Y",
             "L A I T N E D I F N O C",
