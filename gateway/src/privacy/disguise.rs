@@ -3,19 +3,21 @@
 //!
 //! ROT13 moves each ASCII letter 13 places along the alphabet
 //! (`CONFIDENTIAL` is `PBASVQRAGVNY`, `password: hunter2` is `cnffjbeq:
-//! uhagre2`); text written backwards reads `LAITNEDIFNOC`, `moc.elpmaxe ta
-//! bob`. A model asked to reads either back as easily as base64. What they
-//! hide are the words detectors start from: banners, password and key
-//! labels, key prefixes, an at sign or a dot spelt out, an IBAN's letters
-//! and the order of its digits, an IPv6 address's hex letters. Two things read them:
+//! uhagre2`); text written backwards reads `LAITNEDIFNOC`, `moc tod elpmaxe
+//! ta bob`. A model asked to reads either back as easily as base64. What
+//! they hide are the words detectors start from: banners, password and
+//! key labels, key prefixes, an at sign or a dot spelt out. Three things
+//! read them:
 //!
-//! - [`Disguise::undo`]: a text with the disguise taken off, scanned again
-//!   in full (every detector and every view) when [`Disguise::gate`] finds
-//!   one of those words disguised in it. Undoing every disguise of every
-//!   text would treble every scan.
+//! - [`suspected`] finds those words disguised (one automaton of literal
+//!   words), and [`Disguise::undo`] takes the disguise off the stretch
+//!   around each, which is scanned again in full (every detector and every
+//!   view). Undoing every text in every disguise would treble every scan.
 //! - [`Disguise::pattern`]: an operator's pattern disguised, compiled as a
-//!   twin of the rule, so that a rule the gates know nothing of is read in
+//!   twin of the rule, so that a rule the gate knows nothing of is read in
 //!   each disguise too.
+//! - The IBAN validator reads an IBAN's letters back from ROT13
+//!   ([`rot13_byte`]): its shape and digits are unchanged.
 //!
 //! Each disguise is its own inverse, so one function puts it on or takes
 //! it off. Addresses with an at sign and card numbers, written backwards,
