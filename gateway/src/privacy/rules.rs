@@ -194,7 +194,14 @@ impl RuleSpec {
             RuleSpec::Regex { name, .. } if BUILTIN_NAMES.contains(&name.as_str()) => {
                 Err(RuleError::ReservedName(name.clone()))
             }
-            RuleSpec::Regex { name, pattern, .. } => compile_one(name, pattern).map(|_| ()),
+            // Its disguised twins too, which the rule set compiles with it.
+            RuleSpec::Regex { name, pattern, .. } => {
+                compile_one(name, pattern)?;
+                for twin in Disguise::ALL.iter().filter_map(|d| d.pattern(pattern)) {
+                    compile_one(name, &twin)?;
+                }
+                Ok(())
+            }
         }
     }
 }
