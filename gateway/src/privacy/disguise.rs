@@ -263,7 +263,7 @@ pub(super) fn warm_up() {
 /// How far around a word of the gate its disguise is taken off: more
 /// than any builtin finding spans from its word (a credential after its
 /// label, a key after its prefix are a few hundred bytes at most).
-const REACH: usize = 1 << 10;
+pub(super) const REACH: usize = 1 << 10;
 
 /// Where `text` may hold a detector's words in each disguise, in the order
 /// of [`Disguise::ALL`]: the stretches within [`REACH`] of each word of

@@ -39,6 +39,7 @@ mod normalize;
 mod prefilter;
 mod reversed;
 mod rules;
+mod shifted;
 mod spaced;
 mod spelled;
 

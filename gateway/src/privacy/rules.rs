@@ -7,6 +7,7 @@
 
 use regex::{Regex, RegexBuilder};
 use regex_automata::{PatternID, PatternSet};
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 
@@ -14,6 +15,7 @@ use super::disguise::{suspected, Disguise};
 use super::memo::Memo;
 use super::normalize::{look_alikes_folded, normalize};
 use super::prefilter::Prefilter;
+use super::shifted::{words_of, Shift, ShiftGate};
 use super::{apart, reversed, spaced, spelled};
 use serde::{Deserialize, Serialize};
 
@@ -308,6 +310,9 @@ pub struct RuleSet {
     /// The index of the views' first gate in the one pass.
     gates_from: usize,
     detectors: Vec<Detector>,
+    /// Finds the builtins' and the operator's words in a shift cipher
+    /// (`None`: it could not be built, as the unit tests rule out).
+    shifts: Option<Arc<ShiftGate>>,
 }
 
 impl std::fmt::Debug for RuleSet {
@@ -370,6 +375,7 @@ impl RuleSet {
         // the one pass's window overlap. Each has a twin for each disguise
         // it does not read the same in, which the builtins' gates know
         // nothing of ([`super::disguise`]).
+        let words: Vec<String> = custom.iter().flat_map(|(_, p, _)| words_of(p)).collect();
         for (name, pattern, class) in custom {
             let twins = Disguise::ALL.map(|d| d.pattern(pattern));
             for pattern in
@@ -384,6 +390,13 @@ impl RuleSet {
                 });
             }
         }
+        let shifts = if words.is_empty() {
+            static BUILTIN_WORDS: LazyLock<Option<Arc<ShiftGate>>> =
+                LazyLock::new(|| ShiftGate::new(&[]).map(Arc::new));
+            BUILTIN_WORDS.clone()
+        } else {
+            ShiftGate::new(&words).map(Arc::new)
+        };
         let prefilter = Prefilter::new(
             detectors
                 .iter()
@@ -396,6 +409,7 @@ impl RuleSet {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             gates_from,
             detectors,
+            shifts,
         })
     }
 
@@ -416,7 +430,9 @@ impl RuleSet {
     /// backwards turned, a card number's groups apart joined; the last two
     /// read by their detectors only), or in it with a disguise taken off
     /// (ROT13, written backwards) where it holds a detector's word in that
-    /// disguise ([`super::disguise`]). The one-pass prefilter
+    /// disguise ([`super::disguise`]), or a word of the builtins or the
+    /// operator's rules in a shift cipher (Caesar, Atbash, ROT47;
+    /// [`super::shifted`]). The one-pass prefilter
     /// ([`super::prefilter`]) says which builtins can match and which
     /// rewritings have anything to rewrite; once it has given up on a text
     /// of the request, or cost more than [`OnePass`] allows, every detector
@@ -464,6 +480,9 @@ impl RuleSet {
                                 found.extend(self.validated(&undone, reads));
                             }
                         }
+                        for (shift, stretch) in self.shifted(&rewritten, undo) {
+                            found.extend(self.validated(&shift.undo(&rewritten[stretch]), reads));
+                        }
                     }
                 }
             }
@@ -484,7 +503,19 @@ impl RuleSet {
                 }
             }
         }
+        for (shift, stretch) in self.shifted(text, undo) {
+            found.extend(self.scan_undoing(&shift.undo(&text[stretch]), pass, false));
+        }
         found
+    }
+
+    /// Where `text` may hold a word in a shift cipher ([`super::shifted`]),
+    /// when `undo` is set.
+    fn shifted(&self, text: &str, undo: bool) -> Vec<(Shift, Range<usize>)> {
+        match &self.shifts {
+            Some(gate) if undo => gate.suspected(text),
+            _ => Vec::new(),
+        }
     }
 
     /// The patterns the prefilter finds in `text`, window by window (see
@@ -713,6 +744,16 @@ mod tests {
         assert_eq!(fired("about NOCLAF TCEJORP"), ["project"]);
         assert_eq!(fired("about project falcon"), ["project"]);
         assert_eq!(fired("about cebwrpg or tcejorp"), Vec::<String>::new());
+        // In other shifts, through the words the rule spells out: ROT3,
+        // Atbash, ROT47, ROT5 written backwards.
+        for shifted in [
+            "about Surmhfw Idofrq",
+            "about KILQVXG UZOXLM",
+            "about !C@;64E 72=4@?",
+            "about sthqfk yhjotwu",
+        ] {
+            assert_eq!(fired(shifted), ["project"], "{shifted}");
+        }
         // `#[0-9]{6}` backwards is `[0-9]{6}#`.
         assert_eq!(
             rules
