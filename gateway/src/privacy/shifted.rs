@@ -97,12 +97,14 @@ impl Alphabet {
 
     /// A byte's place in the alphabet (letters in either case alike).
     fn place(self, b: u8) -> Option<u8> {
-        match self {
-            Alphabet::Letters => b
-                .is_ascii_alphabetic()
-                .then(|| b.to_ascii_lowercase() - b'a'),
-            Alphabet::Printable => (b'!'..=b'~').contains(&b).then(|| b - b'!'),
-        }
+        let place = self.table()[usize::from(b)];
+        (place != NONE).then_some(place)
+    }
+
+    /// [`Alphabet::places`], built once.
+    fn table(self) -> &'static [u8; 256] {
+        static PLACES: [[u8; 256]; 2] = [Alphabet::Letters.places(), Alphabet::Printable.places()];
+        &PLACES[usize::from(self == Alphabet::Printable)]
     }
 
     /// The byte the difference `d` between two neighbours is written as in
@@ -124,21 +126,44 @@ impl Alphabet {
         }
     }
 
+    /// Each byte's place in the alphabet, or [`NONE`].
+    const fn places(self) -> [u8; 256] {
+        let mut places = [NONE; 256];
+        let mut b = 0;
+        while b < 256 {
+            let byte = b as u8;
+            places[b] = match self {
+                Alphabet::Letters if byte.is_ascii_alphabetic() => byte.to_ascii_lowercase() - b'a',
+                Alphabet::Printable if byte >= b'!' && byte <= b'~' => byte - b'!',
+                _ => NONE,
+            };
+            b += 1;
+        }
+        places
+    }
+
     /// `text`'s differences between neighbours, a byte for each of its
-    /// bytes (the first of each run a gap).
-    fn steps(self, text: &[u8], out: &mut Vec<u8>) {
-        let n = self.size();
-        let mut before = None;
-        for &b in text {
-            let place = self.place(b);
-            out.push(match (before, place) {
-                (Some(p), Some(c)) => self.step((c + n - p) % n),
-                _ => self.gap(),
-            });
-            before = place;
+    /// bytes (the first of each run a gap), into `out`.
+    fn steps(self, text: &[u8], out: &mut [u8]) {
+        let places = self.table();
+        let (n, gap, zero) = (self.size(), self.gap(), self.step(0));
+        let mut before = NONE;
+        for (o, &b) in out.iter_mut().zip(text) {
+            let c = places[usize::from(b)];
+            *o = if c == NONE || before == NONE {
+                gap
+            } else if c >= before {
+                zero + (c - before)
+            } else {
+                zero + (c + n - before)
+            };
+            before = c;
         }
     }
 }
+
+/// No place in the alphabet.
+const NONE: u8 = 0xFF;
 
 /// One shift cipher: `x ↦ by + x` along the alphabet, or `x ↦ by − x`
 /// when mirrored (Atbash is the letters mirrored by 25), and written
@@ -253,7 +278,7 @@ impl ShiftGate {
                        alphabet: Alphabet,
                        mirrored: bool,
                        backwards: bool| {
-            let mut steps = Vec::with_capacity(chars.len());
+            let mut steps = vec![0; chars.len()];
             if mirrored {
                 let mirror: Vec<u8> = chars.iter().map(|b| b'a' + (b'z' - b)).collect();
                 alphabet.steps(&mirror, &mut steps);
@@ -327,12 +352,16 @@ impl ShiftGate {
     /// loses nothing).
     pub(super) fn suspected(&self, text: &str) -> Vec<(Shift, Range<usize>)> {
         let bytes = text.as_bytes();
-        let mut steps = Vec::with_capacity(2 * bytes.len() + 1);
-        Alphabet::Letters.steps(bytes, &mut steps);
-        steps.push(Alphabet::Letters.gap());
-        let printable_from = steps.len();
-        Alphabet::Printable.steps(bytes, &mut steps);
         let mut found: Vec<(Shift, Range<usize>)> = Vec::new();
+        if bytes.len() < SHORTEST {
+            return found;
+        }
+        // Both read-outs, a gap between them.
+        let mut steps = vec![Alphabet::Letters.gap(); 2 * bytes.len() + 1];
+        let (letters, printable) = steps.split_at_mut(bytes.len() + 1);
+        Alphabet::Letters.steps(bytes, letters);
+        Alphabet::Printable.steps(bytes, printable);
+        let printable_from = bytes.len() + 1;
         for hit in self.steps.find_overlapping_iter(&steps) {
             let form = &self.forms[hit.pattern().as_usize()];
             let start = hit.start() - usize::from(hit.start() >= printable_from) * printable_from;
