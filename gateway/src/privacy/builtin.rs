@@ -68,6 +68,19 @@ const IPV4: &str = concat!(
     r"0{0,2}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])",
 );
 
+/// The words for a password in the languages the detectors know, as one
+/// alternation: the labels (`password: …`) and the prose (`my password
+/// is …`) take the same ones.
+macro_rules! password_words {
+    () => {
+        concat!(
+            r"p[a@4][s$5]{2}[ _-]?w[o0]rd|passwd|pass[ _-]?phrase|passwort|kennwort|contrase(?:ñ|n)a|senha|пароль|密码|パスワード",
+            r"|wachtwoord|l(?:ö|o)senord|has(?:ł|l)o|salasana|(?:ş|s)ifre|parola|adgangskode|passord|heslo|jelsz(?:ó|o)",
+            r"|κωδικός|συνθηματικό|סיסמה|סיסמא|كلمة المرور|كلمة السر|비밀번호|암호|mật khẩu|รหัสผ่าน|पासवर्ड|kata sandi",
+        )
+    };
+}
+
 pub(super) const BUILTINS: &[Builtin] = &[
     Builtin {
         // An address as written, or written to get past a filter: the at
@@ -271,10 +284,9 @@ pub(super) const BUILTINS: &[Builtin] = &[
         // and words (`password: ********`, `password: required`).
         name: "secret",
         pattern: concat!(
-            r"(?i)(?:(?:p[a@4][s$5]{2}[ _-]?w[o0]rd|passwd|pass[ _-]?phrase|passwort|kennwort|contrase(?:ñ|n)a|senha|пароль|密码|パスワード",
-            r"|wachtwoord|l(?:ö|o)senord|has(?:ł|l)o|salasana|(?:ş|s)ifre|parola|adgangskode|passord|heslo|jelsz(?:ó|o)",
-            r"|κωδικός|συνθηματικό|סיסמה|סיסמא|كلمة المرور|كلمة السر|비밀번호|암호|mật khẩu|รหัสผ่าน|पासवर्ड|kata sandi)",
-            r"|(?-u:\b)(?:pass|pw|pwd|pin|pin code|cvv|cvc|otp|mot[ _-]de[ _-]passe|mdp))",
+            r"(?i)(?:(?:",
+            password_words!(),
+            r")|(?-u:\b)(?:pass|pw|pwd|pin|pin code|cvv|cvc|otp|mot[ _-]de[ _-]passe|mdp))",
             r"[\s\x22'>]*(?:[:=>]|->|=>)[\s\x22']*[^\s\x22',;<]{3,}",
         ),
         validate: Some(password_value),
@@ -299,10 +311,17 @@ pub(super) const BUILTINS: &[Builtin] = &[
         // with a digit or a symbol ("the password is required" is prose).
         name: "secret",
         pattern: concat!(
-            r"(?i)(?:password|passwort|passcode|pin)(?-u:\b)[^.\n]{0,40}?\s(?:is|was|lautet|est|es)\s*:?\s+[\x22']?[^\s\x22',;]{4,}",
+            // Every password word of the labels above, a passcode, a PIN
+            // or a key by what it opens, then within a few words a verb
+            // `is` in the languages of those words.
+            r"(?i)(?:",
+            password_words!(),
+            r"|mot[ _-]de[ _-]passe|(?-u:\b)(?:passcode|passkey|pin|(?:wi-?fi|wlan|wpa2?|network|encryption|secret|api|access|private|licen[cs]e|product|recovery)[ _-]?key)(?-u:\b))",
+            r"[^.\n]{0,40}?(?:\s(?:is|was|ist|war|lautet|hei(?:ß|ss)t|est|était|es|era|è|e'|é|luidt|är|var|er|to|jest|brzmi|je|on|adalah|là)|['’]s)",
+            r"\s*:?\s+[\x22']?[^\s\x22',;]{4,}",
             // A password word and its value with only a space between:
             // the value must hold a digit or a symbol.
-            r"|(?-u:\b)(?:p[a@4][s$5]{2}[ _-]?w[o0]rd|passwd|pwd|pass[ _-]?phrase)(?:\s+|\s\.\s)",
+            r"|(?-u:\b)(?:p[a@4][s$5]{2}[ _-]?w[o0]rd|passwd|pwd|pw|pass[ _-]?phrase)(?:\s+|\s\.\s)",
             r"[^\s\x22',;]*[0-9!#$%^&*@][^\s\x22',;]*",
             // `login admin:hunter2`.
             r"|(?-u:\b)(?:login|logon|creds|credentials)\s*[:=]?\s*[^\s:]+:[^\s]{3,}",
@@ -1001,6 +1020,27 @@ mod tests {
         ("it is a top secret recipe", &[]),
         ("this is confidential between us", &[]),
         ("password: hunter2!Secret", &["secret"]),
+        // A password in prose: every word the labels take, in their
+        // languages, and keys by what they open.
+        ("my pass word is hunter2", &["secret"]),
+        ("my p@ssword is hunter2", &["secret"]),
+        ("the pass phrase is correct-horse-battery", &["secret"]),
+        ("mein Passwort ist hunter2!", &["secret"]),
+        ("mi contraseña es hunter2!", &["secret"]),
+        ("la password è hunter2!", &["secret"]),
+        ("a minha senha é hunter2!", &["secret"]),
+        ("mijn wachtwoord is hunter2!", &["secret"]),
+        ("moje hasło to hunter2!", &["secret"]),
+        ("mon mot de passe est hunter2!", &["secret"]),
+        ("my password's hunter2!", &["secret"]),
+        ("the wifi key is Tr0ub4dor&3", &["secret"]),
+        ("the recovery key was 4821-9911-0032", &["secret"]),
+        ("pw hunter2!", &["secret"]),
+        ("the password is required", &[]),
+        ("the password to unlock it is on the card", &[]),
+        ("the recovery key is stored offline", &[]),
+        ("PIN 2 of the connector is grounded", &[]),
+        ("the max token count is 4096", &[]),
         ("P A S S W O R D : hunter2!x", &["secret"]),
         ("p@ssword: hunter2!x", &["secret"]),
         ("pass word: hunter2!x", &["secret"]),

@@ -126,6 +126,9 @@ const WORDS: &[&str] = &[
     "wget",
     "http",
     "begin",
+    // A key by what it opens, in prose (`the wifi key is …`).
+    "key is",
+    "key was",
     // A domain's comma or space for a dot. Not ` org` (` bet` in ROT13),
     // `, net` (`, arg`), ` net` or ` edu` (`ten `, `ude ` backwards).
     ",com",
@@ -145,10 +148,11 @@ const WORDS: &[&str] = &[
 /// prefixes, a social security number's label. Anywhere, `hf_` in ROT13
 /// (`us_`) would be every `status_`.
 const WORD_STARTS: &[&str] = &[
-    "pw:", "pw=", "pw :", "pw =", "pwd", "pin:", "pin=", "pin :", "pin =", "pin\"", "cvv", "cvc:",
-    "cvc=", "cvc :", "cvc =", "otp:", "otp=", "otp :", "otp =", "mdp:", "mdp=", "mdp :", "mdp =",
-    "sk-", "sk_", "rk_", "akia", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github", "glpat", "hf_",
-    "npm_", "pypi", "xapp", "xoxa", "xoxb", "xoxp", "xoxr", "xoxs", "aiza", "gw-", "eyj", "ssn",
+    "pw:", "pw=", "pw :", "pw =", "pw ", "pwd", "pin:", "pin=", "pin :", "pin =", "pin\"", "cvv",
+    "cvc:", "cvc=", "cvc :", "cvc =", "otp:", "otp=", "otp :", "otp =", "mdp:", "mdp=", "mdp :",
+    "mdp =", "sk-", "sk_", "rk_", "akia", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github",
+    "glpat", "hf_", "npm_", "pypi", "xapp", "xoxa", "xoxb", "xoxp", "xoxr", "xoxs", "aiza", "gw-",
+    "eyj", "ssn",
 ];
 
 /// An at sign or a dot spelt out: each word between spaces, `_`, `-`,
