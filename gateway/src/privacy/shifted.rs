@@ -356,19 +356,15 @@ impl ShiftGate {
         if bytes.len() < SHORTEST {
             return found;
         }
-        // Both read-outs, a gap between them.
-        let mut steps = vec![Alphabet::Letters.gap(); 2 * bytes.len() + 1];
-        let (letters, printable) = steps.split_at_mut(bytes.len() + 1);
-        Alphabet::Letters.steps(bytes, letters);
-        Alphabet::Printable.steps(bytes, printable);
-        let printable_from = bytes.len() + 1;
+        let (steps, runs) = read_out(bytes);
         for hit in self.steps.find_overlapping_iter(&steps) {
             let form = &self.forms[hit.pattern().as_usize()];
-            let start = hit.start() - usize::from(hit.start() >= printable_from) * printable_from;
-            // The character before the first step is the word's first.
-            let Some(first_at) = start.checked_sub(1) else {
-                continue;
-            };
+            // The run the hit is in, and where it stands in the text.
+            let run = runs[runs.partition_point(|r| r.at <= hit.start()) - 1];
+            let start = run.from + (hit.start() - run.at);
+            // The character before the first step is the word's first (a
+            // run's first step is a gap, so it is in the run).
+            let first_at = start - 1;
             let alphabet = form.alphabet;
             let (Some(t), Some(x)) = (alphabet.place(bytes[first_at]), alphabet.place(form.first))
             else {
@@ -440,6 +436,51 @@ impl ShiftGate {
         });
         found
     }
+}
+
+/// Where a run of the read-out stands: at `at` in the read-out, from
+/// `from` in the text.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    at: usize,
+    from: usize,
+}
+
+/// The differences between neighbours in the runs of `text` long enough
+/// to hold a word of the gate: runs of at least six letters, and of at
+/// least five printable characters (a printable form leaves a word's
+/// first letter out), each read in its alphabet and followed by a gap.
+/// Short words and spaces, most of ordinary text, are left out, so the
+/// automaton reads about as many bytes as the text holds, not twice as
+/// many.
+fn read_out(bytes: &[u8]) -> (Vec<u8>, Vec<Run>) {
+    let mut steps = Vec::with_capacity(bytes.len() + 64);
+    let mut runs = Vec::new();
+    for (alphabet, shortest) in [
+        (Alphabet::Letters, SHORTEST),
+        (Alphabet::Printable, SHORTEST - 1),
+    ] {
+        let table = alphabet.table();
+        let mut i = 0;
+        while i < bytes.len() {
+            if table[usize::from(bytes[i])] == NONE {
+                i += 1;
+                continue;
+            }
+            let from = i;
+            while i < bytes.len() && table[usize::from(bytes[i])] != NONE {
+                i += 1;
+            }
+            if i - from >= shortest {
+                let at = steps.len();
+                steps.resize(at + i - from, 0);
+                alphabet.steps(&bytes[from..i], &mut steps[at..]);
+                steps.push(alphabet.gap());
+                runs.push(Run { at, from });
+            }
+        }
+    }
+    (steps, runs)
 }
 
 /// The words an operator's pattern spells out: each run of at least six
