@@ -19,6 +19,10 @@
 //! - The IBAN validator reads an IBAN's letters back from ROT13
 //!   ([`rot13_byte`]): its shape and digits are unchanged.
 //!
+//! Other shifts of the alphabet (Caesar, Atbash, ROT47) are read by
+//! [`super::shifted`], from long words only: this gate also knows short
+//! labels and key prefixes, which ROT13, the common one, hides.
+//!
 //! Each disguise is its own inverse, so one function puts it on or takes
 //! it off. Addresses with an at sign and card numbers, written backwards,
 //! are read by the cheaper [`super::reversed`] view; in ROT13 they need no
