@@ -179,22 +179,7 @@ pub(super) struct Shift {
 impl Shift {
     /// `s` with the shift taken off.
     pub(super) fn undo(self, s: &str) -> String {
-        let n = self.alphabet.size();
-        let one = |c: char| {
-            let Some(t) = u8::try_from(c).ok().and_then(|b| self.alphabet.place(b)) else {
-                return c;
-            };
-            let x = if self.mirrored {
-                (self.by + n - t) % n
-            } else {
-                (t + n - self.by) % n
-            };
-            char::from(match self.alphabet {
-                Alphabet::Letters if c.is_ascii_uppercase() => b'A' + x,
-                Alphabet::Letters => b'a' + x,
-                Alphabet::Printable => b'!' + x,
-            })
-        };
+        let one = |c| self.moved(c, false);
         if self.backwards {
             s.chars().rev().map(one).collect()
         } else {
@@ -205,28 +190,31 @@ impl Shift {
     /// `s` with the shift put on (the tests' inverse of [`Shift::undo`]).
     #[cfg(test)]
     pub(super) fn put_on(self, s: &str) -> String {
-        let n = self.alphabet.size();
-        let one = |c: char| {
-            let Some(x) = u8::try_from(c).ok().and_then(|b| self.alphabet.place(b)) else {
-                return c;
-            };
-            let t = if self.mirrored {
-                (self.by + n - x) % n
-            } else {
-                (x + self.by) % n
-            };
-            char::from(match self.alphabet {
-                Alphabet::Letters if c.is_ascii_uppercase() => b'A' + t,
-                Alphabet::Letters => b'a' + t,
-                Alphabet::Printable => b'!' + t,
-            })
-        };
-        let shifted: String = s.chars().map(one).collect();
+        let shifted = s.chars().map(|c| self.moved(c, true));
         if self.backwards {
-            shifted.chars().rev().collect()
+            shifted.rev().collect()
         } else {
-            shifted
+            shifted.collect()
         }
+    }
+
+    /// `c` moved along the alphabet, `on` or off (a mirror is the same
+    /// both ways); a capital stays one, other characters stay.
+    fn moved(self, c: char, on: bool) -> char {
+        let n = self.alphabet.size();
+        let Some(place) = u8::try_from(c).ok().and_then(|b| self.alphabet.place(b)) else {
+            return c;
+        };
+        let to = match (self.mirrored, on) {
+            (true, _) => (self.by + n - place) % n,
+            (false, true) => (place + self.by) % n,
+            (false, false) => (place + n - self.by) % n,
+        };
+        char::from(match self.alphabet {
+            Alphabet::Letters if c.is_ascii_uppercase() => b'A' + to,
+            Alphabet::Letters => b'a' + to,
+            Alphabet::Printable => b'!' + to,
+        })
     }
 }
 
