@@ -294,6 +294,11 @@ struct Detector {
 /// cost 3 ms instead of 0.1), while alone it is small.
 const ALONE: &[&str] = &["iban"];
 
+/// The shift gate of the builtins' words alone, which every rule set
+/// without an operator's words shares.
+static BUILTIN_SHIFTS: LazyLock<Option<Arc<ShiftGate>>> =
+    LazyLock::new(|| ShiftGate::new(&[]).map(Arc::new));
+
 /// The number the next rule set compiled gets.
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
@@ -390,13 +395,12 @@ impl RuleSet {
                 });
             }
         }
-        let shifts = if words.is_empty() {
-            static BUILTIN_WORDS: LazyLock<Option<Arc<ShiftGate>>> =
-                LazyLock::new(|| ShiftGate::new(&[]).map(Arc::new));
-            BUILTIN_WORDS.clone()
-        } else {
-            ShiftGate::new(&words).map(Arc::new)
-        };
+        // The builtins' gate stands in for one with the operator's words
+        // too if that could not be built.
+        let shifts = (!words.is_empty())
+            .then(|| ShiftGate::new(&words).map(Arc::new))
+            .flatten()
+            .or_else(|| BUILTIN_SHIFTS.clone());
         let prefilter = Prefilter::new(
             detectors
                 .iter()
