@@ -224,22 +224,28 @@ async fn drained(gw: &Gateway) {
     );
 }
 
-/// The tenant's ledger ids (checked unique) and the key's spend.
+/// The tenant's ledger ids (checked unique) and the key's spend, read
+/// through a pool of the test's own: the one the gateways shared may hold
+/// connections opened on a stopped gateway's serving runtimes, whose
+/// reactors are gone ("a Tokio 1.x context was found, but it is being
+/// shutdown").
 async fn ledger_of(s: &Setup) -> (HashSet<String>, f64, f64) {
-    let rows = s
-        .store
+    let store = Store::connect(Some(&s.pg.url()), Path::new("unused"))
+        .await
+        .unwrap();
+    let rows = store
         .recent_ledger(Some(&s.tenant), 1_000_000)
         .await
         .unwrap();
     let ids: HashSet<String> = rows.iter().map(|r| r.id.clone()).collect();
     assert_eq!(ids.len(), rows.len(), "a ledger row is duplicated");
     let cost: f64 = rows.iter().filter_map(|r| r.usd).sum();
-    let key = s
-        .store
+    let key = store
         .key_by_hash(&gateway::keys::hash(&s.key))
         .await
         .unwrap()
         .unwrap();
+    store.close().await;
     (ids, cost, key.spent_usd)
 }
 
