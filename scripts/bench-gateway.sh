@@ -72,6 +72,14 @@
 # gateway's stalls: its requests slower than its own p99, grouped, and the time
 # between them (scripts/lib/stalls.py), to tell a periodic cause from others.
 #
+# With NOISE=BYTES (and NOISE_EVERY, seconds, default 0.5), a background
+# client sends each gateway under test (B, and A when it is a gateway) a
+# request of BYTES random printable characters every NOISE_EVERY seconds,
+# one at a time, throughout the comparisons: what a long prompt's privacy
+# scan does to the other requests' latency. With BASELINE_ENV=
+# "GATEWAY_CLASSIFY_INLINE_BYTES=2000000", A scans every body where it is
+# served and B on its classify pool.
+#
 # SKIP_BUILD=1 uses the release binaries as they are instead of running
 # `cargo build` first. JSON reports of the last run are in target/overhead/.
 set -euo pipefail
@@ -219,6 +227,7 @@ limits=()
 key=$("$bin/gateway" key create --tenant bench "${limits[@]}" | sed -n 's/.*"api_key":"\([^"]*\)".*/\1/p')
 
 start_env=() # NAME=value settings for the next start_gateway only
+noise_pids=()
 start_gateway() { # start_gateway <binary> <name>: sets $url and $pid
   env "${start_env[@]}" RUST_LOG=warn "$1" serve --listen 127.0.0.1:0 >"$work/$2.out" 2>"$work/$2.log" &
   pid=$!
@@ -280,6 +289,32 @@ for target in "$gateway/v1" "$nginx_url"; do
     -d '{"model":"mock-model","messages":[{"role":"user","content":"hi"}]}' >/dev/null
 done
 
+noise_targets=()
+if [[ -n "${NOISE:-}" ]]; then
+  python3 - "$NOISE" >"$work/noise.json" <<'PY'
+import json, random, sys
+text = "".join(random.choice([chr(c) for c in range(33, 127)]) for _ in range(int(sys.argv[1])))
+print(json.dumps({"model": "mock-model", "max_tokens": 4, "messages": [{"role": "user", "content": text}]}))
+PY
+  noise_targets=("$gateway/v1")
+  [[ -n "${baseline_pid:-}" ]] && noise_targets+=("$baseline_url")
+  for target in "${noise_targets[@]}"; do
+    (
+      n=0
+      trap 'echo "$n" >"$work/noise-$BASHPID.count"; exit 0' TERM
+      while :; do
+        curl -s -o /dev/null "$target/chat/completions" -H "authorization: Bearer $key" \
+          -H 'content-type: application/json' --data-binary @"$work/noise.json" || true
+        n=$((n + 1))
+        sleep "${NOISE_EVERY:-0.5}"
+      done
+    ) &
+    pids+=("$!")
+    noise_pids+=("$!")
+  done
+  echo "noise: $NOISE bytes of random characters every ${NOISE_EVERY:-0.5} s to ${noise_targets[*]}"
+fi
+
 echo "A $baseline_url, B (gateway) $gateway/v1, nginx $nginx_url ($(nproc) cores, $(uptime | sed 's/.*load/load/'))"
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')$(grep -qw avx512f /proc/cpuinfo && echo ', avx512f' || echo ', no avx512f')"
 cpu_ticks() { # cpu_ticks <pid>…: user + system ticks of the processes and their descendants
@@ -296,6 +331,12 @@ nginx_cpu0=$(cpu_ticks "$nginx_pid")
 [[ -n "${peer_pid:-}" ]] && peer_cpu0=$(cpu_ticks "$peer_pid")
 A_NAME="$a_name" MOCK_URL="$baseline_url" GATEWAY_URL="$gateway/v1" LOADGEN_API_KEY="$key" LOADGEN="$bin/loadgen" \
   MODEL=mock-model OUT="$out" NGINX_URL="$nginx_url" DIRECT_URL="$mock" "$root/loadtest/scripts/overhead.sh"
+
+if ((${#noise_targets[@]})); then
+  kill "${noise_pids[@]}" 2>/dev/null || true
+  wait "${noise_pids[@]}" 2>/dev/null || true
+  echo "noise requests sent: $(cat "$work"/noise-*.count 2>/dev/null | awk '{ n += $1 } END { print n + 0 }') (to ${#noise_targets[@]} gateways; the CPU per request below includes their scans)"
+fi
 
 if [[ "${SERIES:-0}" == 1 ]]; then
   for rate in ${RATES:-500 1000 2000}; do

@@ -37,6 +37,12 @@ pub struct Config {
     /// text), so that a system prompt or tool schema sent with every
     /// request is scanned once per rule set.
     pub privacy_memo: bool,
+    /// Bodies up to this size, in bytes, are classified on the thread that
+    /// serves the connection; larger ones on a pool of one thread per CPU,
+    /// so that a long prompt's scan (up to a second for a megabyte of
+    /// random characters) does not hold up the other connections of that
+    /// thread. 0: every body goes to the pool.
+    pub classify_inline_bytes: usize,
     /// How long an API key lookup is cached. Revocation takes effect within
     /// this time; shorter means more database reads.
     pub key_cache_ms: u64,
@@ -179,6 +185,7 @@ impl Default for Config {
             sqlite_path: PathBuf::from("gateway.db"),
             max_body_bytes: 1 << 20,
             privacy_memo: true,
+            classify_inline_bytes: 16 << 10,
             key_cache_ms: 2_000,
             settings_cache_ms: 2_000,
             poll_interval_ms: 500,
@@ -229,6 +236,7 @@ pub const FIELDS: &[&str] = &[
     "sqlite_path",
     "max_body_bytes",
     "privacy_memo",
+    "classify_inline_bytes",
     "key_cache_ms",
     "settings_cache_ms",
     "poll_interval_ms",

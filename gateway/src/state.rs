@@ -56,6 +56,8 @@ pub struct Inner {
     /// configured); the catalog lists the serving ones.
     pub registry: Registry,
     pub limiter: Arc<dyn Limiter>,
+    /// Keys the limiter refused for requests/min, and until when.
+    pub refusals: crate::limits::Refusals,
     pub ledger: Ledger,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// The poller, the ledger writer, the worker registry's refresh, the
@@ -70,6 +72,10 @@ pub struct Inner {
     /// One permit per request being handled (`max_in_flight`); a request
     /// that finds none gets 503 at once.
     pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// Scans of bodies over `classify_inline_bytes` running at once, one
+    /// per CPU: beyond them a request waits for a slot without holding a
+    /// thread.
+    pub classify_slots: Arc<tokio::sync::Semaphore>,
     /// Each key's requests in flight (`max_in_flight_per_key`).
     pub key_in_flight: Arc<crate::limits::KeyInFlight>,
     /// The serving threads' runtimes (see `server`), ended last at
@@ -167,6 +173,7 @@ impl AppState {
                 lengths: Arc::new(crate::live::lengths::Lengths::new()),
                 registry,
                 limiter,
+                refusals: crate::limits::Refusals::new(),
                 ledger,
                 metrics: {
                     let handle = crate::telemetry::metrics_handle();
@@ -177,6 +184,9 @@ impl AppState {
                 stop,
                 streams_end: CancellationToken::new(),
                 in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
+                classify_slots: Arc::new(tokio::sync::Semaphore::new(
+                    std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+                )),
                 key_in_flight: crate::limits::KeyInFlight::new(config.max_in_flight_per_key),
                 serve_threads: std::sync::Mutex::default(),
                 retries: RetryBudget::new(config.retry_budget_ratio, config.retry_budget_min_per_s),

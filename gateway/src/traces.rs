@@ -186,17 +186,19 @@ pub fn auth_outcome(span: &Span, outcome: &'static str) {
     span.record("gateway.auth.outcome", outcome);
 }
 
-/// Runs the privacy classification in a `classify` span that records the
-/// class and the names of the detectors that fired, never what they
-/// matched.
-pub fn classify(request: &Span, run: impl FnOnce() -> Classification) -> Classification {
-    let span = tracing::info_span!(target: otel::TARGET, parent: request, "classify");
-    let c = run();
+/// The `classify` span, from the wait for a scan slot to the class.
+pub fn classify(request: &Span) -> Span {
+    tracing::info_span!(target: otel::TARGET, parent: request, "classify")
+}
+
+/// The class and the names of the detectors that fired, never what they
+/// matched; `pooled`: the scan ran on the classify pool.
+pub fn classified(span: &Span, c: &Classification, pooled: bool) {
     if !span.is_disabled() {
         span.set_attribute("gateway.privacy.class", c.class.as_str());
         span.set_attribute("gateway.privacy.detectors", otel::strings(c.fired.clone()));
+        span.set_attribute("gateway.privacy.pooled", pooled);
     }
-    c
 }
 
 /// The `route` span: candidates, predictions, the winner and why.

@@ -17,6 +17,8 @@ use common::harness::{
     CLOUD_PRICE_IN, CLOUD_PRICE_OUT,
 };
 use gateway::config::Config;
+use gateway::http::LEDGER_HEADER;
+use gateway::privacy::{Class, RuleSpec};
 use gateway::routing::{Alias, AliasTarget};
 use gateway::store::LedgerStatus;
 use loadtest::mock_cloud::MockCloud;
@@ -239,19 +241,47 @@ async fn malformed_and_oversized_bodies() {
 #[tokio::test]
 async fn rate_limit_and_budget_are_429() {
     let mock = mock_cloud().await;
-    let gw = with_cloud(common::sqlite().await, &mock).await;
+    let db = common::sqlite().await;
+    // A code name that is internal: it may still go to the cloud, so a
+    // request that names it is refused by the limiter, not by routing.
+    let codename = RuleSpec::Regex {
+        name: "codename".into(),
+        pattern: r"(?i)\bproject bluebird\b".into(),
+        class: Class::Internal,
+    };
+    db.store.add_privacy_rule(None, &codename).await.unwrap();
+    let gw = with_cloud(db, &mock).await;
     let (_, limited) = tenant_and_key(gw.store(), |k| k.requests_per_min = Some(2)).await;
     let (_, broke) = tenant_and_key(gw.store(), |k| k.budget_usd = Some(0.0)).await;
     let body = chat_body("hi", 4);
     assert_eq!(gw.chat(&limited, &body).await.status(), 200);
     assert_eq!(gw.chat(&limited, &body).await.status(), 200);
-    let r = gw.chat(&limited, &body).await;
-    let retry: u64 = header(&r, "retry-after").parse().unwrap();
-    assert!((1..=30).contains(&retry), "{retry}");
-    let (status, err) = error_of(r).await;
+    // The third is scanned, routed and refused by the limiter; the fourth
+    // is refused before its body is scanned, since the limiter said when
+    // the key's next request may come. Both name the code name.
+    let named = chat_body("Tell me about Project Bluebird", 4);
+    let mut rows = Vec::new();
+    for _ in 0..2 {
+        let r = gw.chat(&limited, &named).await;
+        let retry: u64 = header(&r, "retry-after").parse().unwrap();
+        assert!((1..=30).contains(&retry), "{retry}");
+        rows.push(header(&r, LEDGER_HEADER).to_owned());
+        let (status, err) = error_of(r).await;
+        assert_eq!(
+            (status, err["error"]["code"].as_str()),
+            (429, Some("rate_limit_exceeded"))
+        );
+    }
+    let scanned = gw.row(&rows[0]).await;
+    assert_eq!(scanned.status, LedgerStatus::Rejected);
+    assert_eq!(scanned.privacy_class, Class::Internal);
+    assert_eq!(scanned.detectors, ["codename"]);
+    let unscanned = gw.row(&rows[1]).await;
+    assert_eq!(unscanned.status, LedgerStatus::Rejected);
     assert_eq!(
-        (status, err["error"]["code"].as_str()),
-        (429, Some("rate_limit_exceeded"))
+        (unscanned.privacy_class, unscanned.detectors.len()),
+        (Class::Public, 0),
+        "the key's default class, no detector run"
     );
 
     let (status, err) = error_of(gw.chat(&broke, &body).await).await;
@@ -260,9 +290,9 @@ async fn rate_limit_and_budget_are_429() {
         (429, Some("insufficient_quota"))
     );
 
-    let counts = gw.ledger_counts(4).await;
+    let counts = gw.ledger_counts(5).await;
     assert_eq!(counts.get(&LedgerStatus::Ok), Some(&2));
-    assert_eq!(counts.get(&LedgerStatus::Rejected), Some(&2));
+    assert_eq!(counts.get(&LedgerStatus::Rejected), Some(&3));
     assert_eq!(mock.stats().requests_total, 2);
     gw.shutdown().await;
 }
@@ -284,7 +314,7 @@ async fn models_list_ids_and_aliases_the_key_may_use() {
     let gw = Gateway::start(db, test_config()).await;
     let (_, public) = tenant_and_key(gw.store(), |_| {}).await;
     let (_, confidential) = tenant_and_key(gw.store(), |k| {
-        k.default_class = gateway::privacy::Class::Confidential;
+        k.default_class = Class::Confidential;
     })
     .await;
     let list = |key: String| {

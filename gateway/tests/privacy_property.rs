@@ -175,6 +175,9 @@ struct Case {
     cloud_modes: Vec<Mode>,
     cloud_cheaper: bool,
     stream: bool,
+    /// A long system message first, which takes the body over
+    /// `classify_inline_bytes`: the scan then runs on the classify pool.
+    padded: bool,
 }
 
 fn cases() -> impl Strategy<Value = Case> {
@@ -188,14 +191,16 @@ fn cases() -> impl Strategy<Value = Case> {
         prop::collection::vec(mode, 1..=2),
         any::<bool>(),
         any::<bool>(),
+        any::<bool>(),
     )
         .prop_map(
-            |(secret, on_prem, cloud_modes, cloud_cheaper, stream)| Case {
+            |(secret, on_prem, cloud_modes, cloud_cheaper, stream, padded)| Case {
                 secret,
                 on_prem,
                 cloud_modes,
                 cloud_cheaper,
                 stream,
+                padded,
             },
         )
 }
@@ -240,6 +245,11 @@ async fn run_case(
         None => plant(0, "weather", 0),
     };
     body["stream"] = json!(case.stream);
+    if case.padded {
+        let long = "The weather is mild today. ".repeat(700);
+        let messages = body["messages"].as_array_mut().unwrap();
+        messages.insert(0, json!({"role": "system", "content": long}));
+    }
     let mut req = gw
         .client
         .post(gw.url("/v1/chat/completions"))

@@ -281,6 +281,11 @@ fn check_edge_trace(spans: &[Exported], trace: &str, stream: bool) {
     let classify = one(&t, "gateway", "classify");
     assert_eq!(classify.str("gateway.privacy.class"), "public");
     assert!(classify.strings("gateway.privacy.detectors").is_empty());
+    assert_eq!(
+        classify.attr("gateway.privacy.pooled"),
+        &Any::BoolValue(false),
+        "a short body is scanned where it is served"
+    );
 
     let route = one(&t, "gateway", "route");
     let candidates = route.strings("gateway.route.candidates");
@@ -419,8 +424,15 @@ async fn traces_follow_a_request_from_the_gateway_into_the_edge_worker_and_never
 
     // 3. The cloud (after the unreachable one failed), with trace context
     //    and baggage from the client.
+    //    Its body is over `classify_inline_bytes`, so it is scanned on the
+    //    classify pool.
     let mut body = chat_body(&prompt, 8);
     body["model"] = json!("m");
+    let long = "The weather is mild today. ".repeat(700);
+    body["messages"]
+        .as_array_mut()
+        .unwrap()
+        .insert(0, json!({"role": "system", "content": long}));
     let r = gw
         .client
         .post(gw.url("/v1/chat/completions"))
@@ -527,6 +539,13 @@ async fn traces_follow_a_request_from_the_gateway_into_the_edge_worker_and_never
     assert_eq!(attempts[1].str("gateway.backend"), "cloud");
     assert_eq!(attempts[1].str("gen_ai.provider.name"), "openai_compatible");
     assert_eq!(attempts[1].str("gateway.attempt.outcome"), "ok");
+    let classify = one(&t3, "gateway", "classify");
+    assert_eq!(classify.str("gateway.privacy.class"), "public");
+    assert_eq!(
+        classify.attr("gateway.privacy.pooled"),
+        &Any::BoolValue(true),
+        "a long body is scanned on the pool"
+    );
     let route = one(&t3, "gateway", "route");
     assert_eq!(
         route.strings("gateway.route.candidates"),

@@ -295,8 +295,10 @@ mod tests {
             assert_eq!(err.code(), code);
             assert_eq!(err.body().error.code.as_deref(), Some(code));
         }
-        let limited =
-            ApiError::Limited(LimitExceeded::Requests { retry_after_s: 7 }).into_response();
+        let limited = ApiError::Limited(LimitExceeded::Requests {
+            wait: std::time::Duration::from_millis(6_200),
+        })
+        .into_response();
         assert_eq!(limited.headers()[header::RETRY_AFTER], "7");
         // An upstream's wait is passed on, within 1 s to a minute.
         for (given, sent) in [

@@ -47,7 +47,7 @@ impl InProcessLimiter {
         bucket(&self.requests, &key.key_id, rpm)
             .check()
             .map_err(|not_until| LimitExceeded::Requests {
-                retry_after_s: ceil_secs(not_until.wait_time_from(DefaultClock::default().now())),
+                wait: not_until.wait_time_from(DefaultClock::default().now()),
             })
     }
 

@@ -28,6 +28,7 @@ mod book;
 mod in_flight;
 mod lease;
 mod local;
+mod refused;
 pub mod scripts;
 mod shared;
 
@@ -36,6 +37,7 @@ use std::sync::Arc;
 pub use book::Book;
 pub use in_flight::{KeyInFlight, KeyPermit};
 pub use local::InProcessLimiter;
+pub use refused::Refusals;
 pub use shared::{SharedLimiter, SharedLimiterError};
 
 /// The limits of one key, as stored.
@@ -51,8 +53,9 @@ pub struct KeyLimits {
 /// error code from [`LimitExceeded::code`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum LimitExceeded {
-    #[error("request rate limit reached; retry after {retry_after_s}s")]
-    Requests { retry_after_s: u64 },
+    /// `wait`: until the key's bucket admits its next request.
+    #[error("request rate limit reached; retry after {}s", ceil_secs(*wait))]
+    Requests { wait: std::time::Duration },
     #[error("token rate limit reached; retry after {retry_after_s}s")]
     Tokens { retry_after_s: u64 },
     /// The request alone needs more tokens than the key may use per minute;
@@ -78,9 +81,8 @@ impl LimitExceeded {
     #[must_use]
     pub fn retry_after_s(self) -> Option<u64> {
         match self {
-            LimitExceeded::Requests { retry_after_s } | LimitExceeded::Tokens { retry_after_s } => {
-                Some(retry_after_s)
-            }
+            LimitExceeded::Requests { wait } => Some(ceil_secs(wait)),
+            LimitExceeded::Tokens { retry_after_s } => Some(retry_after_s),
             LimitExceeded::Concurrent => Some(1),
             LimitExceeded::TokensOverLimit
             | LimitExceeded::Budget

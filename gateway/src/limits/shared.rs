@@ -662,9 +662,7 @@ impl Limiter for SharedLimiter {
                 }
                 local
             }
-            Some(Verdict::Requests(wait)) => Err(LimitExceeded::Requests {
-                retry_after_s: ceil_secs(wait),
-            }),
+            Some(Verdict::Requests(wait)) => Err(LimitExceeded::Requests { wait }),
             Some(Verdict::Tokens(wait)) => Err(LimitExceeded::Tokens {
                 retry_after_s: ceil_secs(wait),
             }),

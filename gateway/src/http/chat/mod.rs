@@ -31,9 +31,9 @@ use super::{with_gateway_headers, ApiError, RouteHeaders};
 use crate::auth::require_scope;
 use crate::catalog::{CatalogError, Snapshot};
 use crate::ledger::{Record, RecordInit};
-use crate::limits::{worst_case_usd, Admission, BudgetAsk, LimitExceeded};
+use crate::limits::{worst_case_usd, Admission, BudgetAsk, KeyLimits, LimitExceeded};
 use crate::live::BackendLive;
-use crate::privacy::{classify_with, request_texts};
+use crate::privacy::{classify_with, request_texts, Class, Classification, RuleSet};
 use crate::routing::{
     cap_ejections, rank, resolve_alias, Backend, BackendKind, Decision, Observed, RequestView,
 };
@@ -101,7 +101,7 @@ async fn handle(app: AppState, headers: &HeaderMap, body: Body, span: &Span) -> 
     record.hold_key_slot(key_slot);
     record.learn_lengths(Arc::clone(&app.lengths));
     traces::parsed(span, req.stream, req.max_tokens, &key.tenant_id);
-    let routed = admit_and_route(&app, &key, &mut req, &mut record).await;
+    let routed = admit_and_route(&app, &key, &mut req, bytes.len(), &mut record).await;
     match routed {
         Ok((decision, snapshot)) => {
             traces::model(span, &req.model);
@@ -152,21 +152,17 @@ async fn admit_and_route(
     app: &AppState,
     key: &ApiKey,
     req: &mut ChatRequest,
+    body_bytes: usize,
     record: &mut Record,
 ) -> Result<(Decision, Arc<Snapshot>), ApiError> {
     let tenant = app.catalog.tenant(&key.tenant_id).await?;
     req.apply_policy(&tenant.policy);
     // Everything that will leave: the body as forwarded, after the policy
     // removed what it does not allow. No client header is forwarded.
-    let class = traces::classify(record.trace().request(), || {
-        classify_with(
-            request_texts(&req.body),
-            key.default_class.max(tenant.policy.default_class),
-            req.tag,
-            &tenant.rules,
-            app.privacy_memo.as_ref(),
-        )
-    });
+    let default = key.default_class.max(tenant.policy.default_class);
+    let limits = key.limits();
+    refused_before_scan(app, &limits, default, req, record)?;
+    let class = classify(app, req, default, &tenant.rules, body_bytes, record.trace()).await?;
     record.set_class(&class, req.prompt_estimate);
 
     let route_span = traces::route(record.trace().request());
@@ -230,7 +226,6 @@ async fn admit_and_route(
     traces::decided(&route_span, decision.as_ref());
     let decision = decision.map_err(ApiError::NoRoute)?;
     drop((observed, route_span));
-    let limits = key.limits();
     let expected_out = req
         .max_tokens
         .unwrap_or(tenant.policy.expected_output_tokens);
@@ -246,12 +241,96 @@ async fn admit_and_route(
     let unbounded = admission.budget.is_some() && req.max_tokens.is_none();
     let hold = app.limiter.admit(admission).await.map_err(|e| match e {
         LimitExceeded::Budget if unbounded => ApiError::Limited(LimitExceeded::BudgetUnbounded),
+        LimitExceeded::Requests { wait } => {
+            app.refusals.note(&limits, wait, std::time::Instant::now());
+            ApiError::Limited(e)
+        }
         e => ApiError::Limited(e),
     })?;
     if let Some(hold) = hold {
         record.hold_budget(hold);
     }
     Ok((decision, snapshot))
+}
+
+/// A key whose requests/min refuses until a known instant is turned away
+/// before its body is scanned: scanning is most of what a request costs
+/// the gateway before it reaches a backend. Its row has the class known
+/// without a scan, the key's and tenant's default.
+fn refused_before_scan(
+    app: &AppState,
+    limits: &KeyLimits,
+    default: Class,
+    req: &ChatRequest,
+    record: &mut Record,
+) -> Result<(), ApiError> {
+    app.refusals
+        .check(limits, std::time::Instant::now())
+        .map_err(|e| {
+            let unscanned = Classification {
+                class: default,
+                fired: Vec::new(),
+            };
+            record.set_class(&unscanned, req.prompt_estimate);
+            ApiError::Limited(e)
+        })
+}
+
+/// The request's privacy class. A body over `classify_inline_bytes` is
+/// scanned on the blocking pool, one scan per CPU at a time, so that the
+/// serving thread goes on with its other connections meanwhile; a request
+/// waiting for a slot holds no thread. Should the scan fail, the request is
+/// refused: nothing is sent anywhere unclassified.
+async fn classify(
+    app: &AppState,
+    req: &mut ChatRequest,
+    default: Class,
+    rules: &Arc<RuleSet>,
+    body_bytes: usize,
+    trace: &RequestTrace,
+) -> Result<Classification, ApiError> {
+    let span = traces::classify(trace.request());
+    let pooled = body_bytes > app.config.classify_inline_bytes;
+    let class = if pooled {
+        let slot = Arc::clone(&app.classify_slots)
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::Unavailable)?;
+        let (app, rules, tag) = (app.clone(), Arc::clone(rules), req.tag);
+        let body = std::mem::take(&mut req.body);
+        let scanned = tokio::task::spawn_blocking(move || {
+            let class = scan(&app, &body, default, tag, &rules);
+            drop(slot);
+            (body, class)
+        })
+        .await;
+        let Ok((body, class)) = scanned else {
+            tracing::error!("the privacy scan of a request failed; it is refused");
+            return Err(ApiError::Internal);
+        };
+        req.body = body;
+        class
+    } else {
+        scan(app, &req.body, default, req.tag, rules)
+    };
+    traces::classified(&span, &class, pooled);
+    Ok(class)
+}
+
+fn scan(
+    app: &AppState,
+    body: &serde_json::Map<String, serde_json::Value>,
+    default: Class,
+    tag: Option<Class>,
+    rules: &RuleSet,
+) -> Classification {
+    classify_with(
+        request_texts(body),
+        default,
+        tag,
+        rules,
+        app.privacy_memo.as_ref(),
+    )
 }
 
 /// What to hold against the key's budget: the request's worst-case cost
