@@ -291,20 +291,24 @@ done
 
 noise_targets=()
 if [[ -n "${NOISE:-}" ]]; then
-  python3 - "$NOISE" >"$work/noise.json" <<'PY'
-import json, random, sys
-text = "".join(random.choice([chr(c) for c in range(33, 127)]) for _ in range(int(sys.argv[1])))
-print(json.dumps({"model": "mock-model", "max_tokens": 4, "messages": [{"role": "user", "content": text}]}))
-PY
+  # Printable ASCII but for the quote and the backslash, so the text goes
+  # into JSON as it is. Each request starts with its own number: the same
+  # text again would be found in the privacy memo and not scanned.
+  noise_text=$(python3 -c 'import random, sys
+chars = [chr(c) for c in range(33, 127) if chr(c) not in "\\\""]
+print("".join(random.choice(chars) for _ in range(int(sys.argv[1]))))' "$NOISE")
   noise_targets=("$gateway/v1")
   [[ -n "${baseline_pid:-}" ]] && noise_targets+=("$baseline_url")
   for target in "${noise_targets[@]}"; do
     (
       n=0
       trap 'echo "$n" >"$work/noise-$BASHPID.count"; exit 0' TERM
+      body="$work/noise-$BASHPID.json"
       while :; do
+        printf '{"model":"mock-model","max_tokens":4,"messages":[{"role":"user","content":"%s %s"}]}' \
+          "$BASHPID-$n" "$noise_text" >"$body"
         curl -s -o /dev/null "$target/chat/completions" -H "authorization: Bearer $key" \
-          -H 'content-type: application/json' --data-binary @"$work/noise.json" || true
+          -H 'content-type: application/json' --data-binary @"$body" || true
         n=$((n + 1))
         sleep "${NOISE_EVERY:-0.5}"
       done
