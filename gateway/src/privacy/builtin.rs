@@ -626,7 +626,7 @@ fn iban(text: &str, start: usize, end: usize) -> bool {
         if !rest[2..4].iter().all(u8::is_ascii_digit) {
             return false;
         }
-        if length(&rest[..2]).is_some_and(|len| rest.len() >= len && iban_checksum(&rest[..len])) {
+        if iban_at_start(rest).is_some() {
             return true;
         }
         // In ROT13 an IBAN keeps its shape and its digits; its letters
@@ -639,6 +639,20 @@ fn iban(text: &str, start: usize, end: usize) -> bool {
                 && iban_checksum(&rest[..len].iter().map(|&c| rot13(c)).collect::<Vec<u8>>())
         })
     })
+}
+
+/// The length of the IBAN that `compact` (letters in capitals, no
+/// separators) starts with, if it does: a country that issues them, and
+/// its length's worth of characters that pass mod-97.
+pub(super) fn iban_at_start(compact: &[u8]) -> Option<usize> {
+    let country = compact.get(..2)?;
+    let &(_, len) = IBAN_LENGTHS.iter().find(|(c, _)| c.as_bytes() == country)?;
+    (compact.len() >= len && iban_checksum(&compact[..len])).then_some(len)
+}
+
+/// The two-letter codes of the countries that issue IBANs.
+pub(super) fn iban_countries() -> impl Iterator<Item = &'static str> {
+    IBAN_LENGTHS.iter().map(|&(country, _)| country)
 }
 
 /// The countries that issue IBANs and their IBANs' lengths (the SWIFT IBAN
@@ -1231,10 +1245,11 @@ mod tests {
     /// what it leaves (digits, at signs) is read as it is. Not an IPv6
     /// address's hex letters: in ROT13 they are not hex, and any letters
     /// between colons would pass for them. Written backwards, every banner,
-    /// password and key is found: the findings that start from words.
-    /// (Digits written backwards are read for card numbers only,
-    /// [`super::super::reversed`]: a phone number or a date turned is as
-    /// often another phone number.)
+    /// password and key is found (the findings that start from words), and
+    /// every address and IBAN ([`super::super::reversed`]). Digits written
+    /// backwards are read for card numbers only where the run is one card
+    /// number: a phone number or a date turned is as often another phone
+    /// number, and a card in a longer run turned is a window of it.
     #[test]
     fn every_finding_is_found_disguised() {
         use super::super::disguise::Disguise;
@@ -1245,7 +1260,9 @@ mod tests {
                 for detector in *expected {
                     let read = match disguise {
                         Disguise::Rot13 => *detector != "ip_address",
-                        Disguise::Backwards => ["marker", "secret"].contains(detector),
+                        Disguise::Backwards => {
+                            ["marker", "secret", "iban", "email"].contains(detector)
+                        }
                     };
                     if read {
                         assert!(
