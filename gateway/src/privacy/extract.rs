@@ -31,7 +31,9 @@
 //!   numbers and keys as they decode, to [`MAX_NESTING`] levels;
 //! - a string with escapes no parser would decode (JSON cut short, `\x40`
 //!   in a language's literal, `&#64;` or `&commat;` in markup, `\.` in
-//!   Markdown), with percent-escapes (`%20`, a URL's query), or with markup
+//!   Markdown), with percent-escapes (`%20`, a URL's query) or
+//!   quoted-printable ones (`=40`, `=\n` for a soft line break, a mail's
+//!   body), or with markup
 //!   (`bob<span>@</span>…`, `**`), decoded, and decoded again on what that
 //!   gives (an escape of a percent-escape of an entity), to [`MAX_DECODE`]
 //!   rounds.
@@ -430,15 +432,17 @@ const MAX_DECODE: usize = 6;
 const LONG_TEXT: usize = 16 << 10;
 
 /// `s` with one round of decoding applied, if it changes anything:
-/// character escapes, then percent-escapes.
+/// character escapes, then percent-escapes, then quoted-printable ones.
 fn decode_once(s: &str) -> Option<String> {
     let mut text = Cow::Borrowed(s);
     if let Some(t) = unescape(&text) {
         text = Cow::Owned(t);
     }
-    if text.contains('%') {
-        if let Some(t) = percent_decode(&text) {
-            text = Cow::Owned(t);
+    for mark in [b'%', b'='] {
+        if text.as_bytes().contains(&mark) {
+            if let Some(t) = hex_decode(&text, mark) {
+                text = Cow::Owned(t);
+            }
         }
     }
     match text {
@@ -447,16 +451,18 @@ fn decode_once(s: &str) -> Option<String> {
     }
 }
 
-/// `s` with its percent-escapes of text decoded, if it has any: escapes
-/// of printable ASCII, white space and whole UTF-8 characters. Escapes of
-/// other bytes (control characters, broken UTF-8: percent-escaped binary)
-/// are left as they are; decoded, noise would only turn into more noise
-/// for every later round to decode and scan.
-fn percent_decode(s: &str) -> Option<String> {
+/// `s` with its escapes of text by `mark` and two hex digits decoded, if
+/// it has any: percent-escapes (`%40`) or quoted-printable ones (`=40`,
+/// whose soft line breaks, `=` at a line's end, are taken out with them).
+/// Escapes of printable ASCII, white space and whole UTF-8 characters are
+/// decoded. Escapes of other bytes (control characters, broken UTF-8:
+/// escaped binary) are left as they are; decoded, noise would only turn
+/// into more noise for every later round to decode and scan.
+fn hex_decode(s: &str, mark: u8) -> Option<String> {
     let bytes = s.as_bytes();
     let byte_at = |at: usize| -> Option<u8> {
         match bytes.get(at..at + 3)? {
-            [b'%', hi, lo] => Some(
+            [m, hi, lo] if *m == mark => Some(
                 u8::try_from((*hi as char).to_digit(16)? * 16 + (*lo as char).to_digit(16)?)
                     .ok()?,
             ),
@@ -467,6 +473,17 @@ fn percent_decode(s: &str) -> Option<String> {
     let mut changed = false;
     let mut at = 0;
     while at < bytes.len() {
+        if mark == b'=' && bytes[at] == b'=' {
+            let soft = [&b"=\r\n"[..], b"=\n"]
+                .into_iter()
+                .find(|brk| bytes[at..].starts_with(brk));
+            // Taken out, but no reason alone to scan the text again: a
+            // line of code may end in `=`.
+            if let Some(brk) = soft {
+                at += brk.len();
+                continue;
+            }
+        }
         let Some(first) = byte_at(at) else {
             out.push(bytes[at]);
             at += 1;
@@ -866,6 +883,20 @@ mod tests {
                 r#"{"messages":[{"role":"user","content":"bob%40example.com"}]}"#,
                 "email",
             ),
+            // Quoted-printable, as in a mail's body, and percent-escapes
+            // of it.
+            (
+                r#"{"messages":[{"role":"user","content":"bob=40example=2Ecom"}]}"#,
+                "email",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"my p=61ss=\nword is hunter2!"}]}"#,
+                "secret",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"bob%3D40example.com"}]}"#,
+                "email",
+            ),
             // Split over the user's messages, an answer between.
             (
                 r#"{"messages":[{"role":"user","content":"my card is 4111 1111"},{"role":"assistant","content":"and the rest?"},{"role":"user","content":"1111 1111"}]}"#,
@@ -1004,16 +1035,32 @@ mod tests {
     #[test]
     fn percent_escapes_of_text_only_are_decoded() {
         assert_eq!(
-            super::percent_decode("bob%40x.com").as_deref(),
+            super::hex_decode("bob%40x.com", b'%').as_deref(),
             Some("bob@x.com")
         );
-        assert_eq!(super::percent_decode("caf%C3%A9").as_deref(), Some("café"));
         assert_eq!(
-            super::percent_decode("%A7%3F%00%C3").as_deref(),
+            super::hex_decode("caf%C3%A9", b'%').as_deref(),
+            Some("café")
+        );
+        assert_eq!(
+            super::hex_decode("%A7%3F%00%C3", b'%').as_deref(),
             Some("%A7?%00%C3")
         );
-        assert_eq!(super::percent_decode("100% sure"), None);
-        assert_eq!(super::percent_decode("%ZZ%4"), None);
+        assert_eq!(super::hex_decode("100% sure", b'%'), None);
+        assert_eq!(super::hex_decode("%ZZ%4", b'%'), None);
+        // Quoted-printable: the same escapes after `=`, and soft line
+        // breaks taken out.
+        assert_eq!(
+            super::hex_decode("bob=40exam=\r\nple=2Ecom", b'=').as_deref(),
+            Some("bob@example.com")
+        );
+        assert_eq!(
+            super::hex_decode("p=61ss=\nword: x", b'=').as_deref(),
+            Some("password: x")
+        );
+        assert_eq!(super::hex_decode("a = b, c=d", b'='), None);
+        assert_eq!(super::hex_decode("let x =\n    5;", b'='), None);
+        assert_eq!(super::hex_decode("x=1F&y=%40", b'='), None);
     }
 
     /// A part no detector can read (an image, audio, a file, a part of an

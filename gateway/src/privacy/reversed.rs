@@ -7,7 +7,9 @@
 //!
 //! - each word (between white space) with a dot before its at sign, as an
 //!   address's domain is turned (`moc.elpmaxe@bob`), white space around
-//!   the at sign taken out first (`moc.elpmaxe @ bob`);
+//!   the at sign taken out first (`moc.elpmaxe @ bob`), when what stands
+//!   before its first dot is a top-level domain turned (so not
+//!   `config.yaml @alice`);
 //! - each run of 13 to 19 digits, apart by at most one separator, that is a
 //!   card number whole once turned ([`super::builtin::card_number`]; the
 //!   card detector tries every card-length window of a longer run, which
@@ -15,7 +17,9 @@
 //!   as forwards);
 //! - each run of letters and digits, apart by at most one separator, that
 //!   ends in two digits and a country's code turned (`98ED`) and is an IBAN
-//!   whole once turned ([`super::builtin::iban_at_start`]).
+//!   whole once turned ([`super::builtin::iban_at_start`]), in a text that
+//!   holds 13 digits in a row somewhere (the gate's), as most IBANs do in
+//!   their account numbers; a Dutch IBAN's ten do not suffice.
 //!
 //! The rest of the text is not turned: a finding that stands backwards
 //! stands whole in one of these, and turning a whole text would double the
@@ -42,34 +46,32 @@ const SEPARATORS: &[char] = &[' ', '-', '.', '/', '_', ','];
 /// The most characters an IBAN has.
 const IBAN_MAX: usize = 34;
 
-/// Matches wherever [`turned`] could turn anything: a dot and an at sign
-/// after it in one word (or white space before the at sign), 13 digits
-/// apart by at most one separator each, or two digits and a country's code
-/// turned. Run in the detectors' one pass.
-pub(super) fn gate() -> &'static str {
-    static GATE: LazyLock<String> = LazyLock::new(|| {
-        format!(
-            r"\.[^\s@]*\s*@|[0-9](?:[ \-./_,]?[0-9]){{12}}|[0-9]{{2}}(?i:{})",
-            countries_turned().join("|")
-        )
-    });
-    &GATE
-}
+/// Matches wherever [`turned`] could turn anything: a letter, a dot and
+/// an at sign after it (white space before the at sign allowed, not after
+/// the dot: `Thanks. @bob` is no address), or 13 digits apart by at most
+/// one separator each, which most IBANs hold too (their account numbers).
+/// Run in the detectors' one pass. (The end of an IBAN written backwards,
+/// two digits and a country's code turned, is not in it: any such pattern
+/// made the one pass half as fast again on escaped text.)
+pub(super) const GATE: &str = r"[A-Za-z]\.[^\s@]+\s*@|[0-9](?:[ \-./_,]?[0-9]){12}";
 
-/// The IBAN countries' codes, each turned (`ED` for `DE`).
-fn countries_turned() -> Vec<String> {
-    iban_countries()
+/// White space around an at sign, and the character before it, when that
+/// is no dot ending a sentence.
+static SPACED_AT: LazyLock<Option<Regex>> =
+    LazyLock::new(|| Regex::new(r"(?P<c>[^\s.])\s+@\s*|@\s+").ok());
+
+/// Two digits and a country's code turned, not followed by a hex digit:
+/// where an IBAN written backwards ends. (In hex, `12ed` is everywhere.)
+static IBAN_END: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    let countries: Vec<String> = iban_countries()
         .map(|c| c.chars().rev().collect())
-        .collect()
-}
-
-/// White space around an at sign.
-static SPACED_AT: LazyLock<Option<Regex>> = LazyLock::new(|| Regex::new(r"\s+@\s*|@\s+").ok());
-
-/// Two digits and a country's code turned: where an IBAN written
-/// backwards ends.
-static IBAN_END: LazyLock<Option<Regex>> =
-    LazyLock::new(|| Regex::new(&format!("[0-9]{{2}}(?i:{})", countries_turned().join("|"))).ok());
+        .collect();
+    Regex::new(&format!(
+        r"[0-9]{{2}}(?i:{})(?:[^0-9A-Fa-f]|\z)",
+        countries.join("|")
+    ))
+    .ok()
+});
 
 /// The words of `s` with a dot before an at sign, its digit runs that are
 /// card numbers turned, and its runs that are IBANs turned, each turned
@@ -80,13 +82,18 @@ pub(super) fn turned(s: &str) -> Vec<String> {
         out.extend(span.chars().rev());
         out.push('\n');
     };
+    // A letter a dot (`m.o.c.e.l.p.m.a.x.e@b.o.b`) has no telling where
+    // the top-level domain ends.
     let domain_first = |w: &&str| {
-        w.split_once('@')
-            .is_some_and(|(head, _)| head.contains('.'))
+        w.split_once('@').is_some_and(|(head, _)| {
+            head.split_once('.').is_some_and(|(tld, _)| {
+                top_level_turned(tld) || head.split('.').all(|part| part.chars().count() <= 1)
+            })
+        })
     };
     let squeezed = SPACED_AT
         .as_ref()
-        .map_or(Cow::Borrowed(s), |at| at.replace_all(s, "@"));
+        .map_or(Cow::Borrowed(s), |at| at.replace_all(s, "${c}@"));
     for word in squeezed.split(char::is_whitespace).filter(domain_first) {
         turn(&mut out, word);
     }
@@ -117,7 +124,8 @@ pub(super) fn turned(s: &str) -> Vec<String> {
         }
     }
     for end in IBAN_END.iter().flat_map(|r| r.find_iter(s)) {
-        if let Some(iban) = iban_before(&s[..end.end()]) {
+        // Where the code ends, not the character after it.
+        if let Some(iban) = iban_before(&s[..end.start() + 4]) {
             out.push_str(&iban);
             out.push('\n');
         }
@@ -127,6 +135,24 @@ pub(super) fn turned(s: &str) -> Vec<String> {
     } else {
         vec![out]
     }
+}
+
+/// Top-level domains beyond the countries', turned.
+const GENERIC_TLDS_TURNED: &[&str] = &[
+    "moc", "gro", "ten", "ude", "vog", "lim", "tni", "ofni", "zib", "eman", "orp", "oi", "ia",
+    "ppa", "ved", "zyx", "enilno", "etis", "hcet", "erots", "duolc", "liame", "liam", "pohs",
+    "golb", "swen", "kroc", "proc", "lacol", "lanretni", "nal", "emoh", "tset", "elpmaxe",
+];
+
+/// Whether `word`, turned, is a top-level domain: a country's (any two
+/// letters) or a common generic one. What stands before a word's first
+/// dot is, turned, an address's top-level domain; `txt` in `file.txt @bob`
+/// is not (`txt.elif@bob` would be an address).
+fn top_level_turned(word: &str) -> bool {
+    (word.len() == 2 && word.bytes().all(|b| b.is_ascii_alphabetic()))
+        || GENERIC_TLDS_TURNED
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(word))
 }
 
 /// The IBAN that `s` ends with written backwards, turned: its letters and
@@ -185,8 +211,24 @@ mod tests {
         ] {
             assert_eq!(turned(text), ["bob@example.com\n"], "{text:?}");
         }
-        // A sentence's dot is no domain's.
-        assert!(turned("ask Mr. Smith @ noon").is_empty());
+        for text in [
+            "mail moc.elpmaxe.liam @ bob",
+            "mail ed.elpmaxe@ bob",
+            "mail lanretni.proc @bob",
+        ] {
+            assert_eq!(turned(text).len(), 1, "{text:?}");
+        }
+        // A sentence's dot is no domain's, and a file's name is not a
+        // domain turned.
+        for text in [
+            "ask Mr. Smith @ noon",
+            "Thanks. @bob",
+            "fixed in config.yaml @alice",
+            "see README.md @team",
+            "file.txt@bob",
+        ] {
+            assert!(turned(text).is_empty(), "{text:?}");
+        }
     }
 
     #[test]
@@ -216,6 +258,8 @@ mod tests {
             "at 10am on the 12th, 90ed",
             "DE89 3704 0044 0532 0130 00",
             "98ED",
+            // In hex, a country's code turned is no end.
+            "00031023504400407398edab",
         ] {
             assert!(turned(text).is_empty(), "{text:?}");
         }

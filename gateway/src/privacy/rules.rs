@@ -96,8 +96,8 @@ static VIEWS: [View; 4] = [
         only: None,
     },
     View {
-        gate: reversed::gate,
-        gate_alone: LazyLock::new(|| Regex::new(reversed::gate()).ok()),
+        gate: || reversed::GATE,
+        gate_alone: LazyLock::new(|| Regex::new(reversed::GATE).ok()),
         rewrite: reversed::turned,
         only: Some(reversed::DETECTORS),
     },
