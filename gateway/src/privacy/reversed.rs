@@ -146,8 +146,9 @@ const GENERIC_TLDS_TURNED: &[&str] = &[
 
 /// Whether `word`, turned, is a top-level domain: a country's (any two
 /// letters) or a common generic one. What stands before a word's first
-/// dot is, turned, an address's top-level domain; `txt` in `file.txt @bob`
-/// is not (`txt.elif@bob` would be an address).
+/// dot is, turned, an address's top-level domain: `moc` in
+/// `moc.elpmaxe@bob`; not `file` in `file.txt @bob`, which turned would
+/// pass for an address (`bob@txt.elif`).
 fn top_level_turned(word: &str) -> bool {
     (word.len() == 2 && word.bytes().all(|b| b.is_ascii_alphabetic()))
         || GENERIC_TLDS_TURNED
