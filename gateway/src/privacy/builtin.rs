@@ -1341,6 +1341,66 @@ mod tests {
         assert!(rows >= 20, "{rows} rows hold a word");
     }
 
+    /// Every row of the table that Morse can write (no `#`, `*`, brackets
+    /// other than round ones, or letters outside ASCII) is found with all
+    /// its findings in Morse, and with `·` and `—` for dot and dash. Morse
+    /// has no case: a finding that the row gives in neither lower nor upper
+    /// case (a token told from a hash by its mixed case) is not expected.
+    #[test]
+    fn every_finding_is_found_in_morse() {
+        use super::super::morse::encode;
+        let mut rows = 0;
+        for (text, expected) in CASES {
+            let Some(morse) = encode(text) else { continue };
+            let mut cased = fired(&text.to_lowercase());
+            cased.extend(fired(&text.to_uppercase()));
+            let expected: Vec<&str> = expected
+                .iter()
+                .copied()
+                .filter(|d| cased.iter().any(|f| f == d))
+                .collect();
+            if expected.is_empty() {
+                continue;
+            }
+            rows += 1;
+            let typeset = morse.replace('.', "·").replace('-', "—");
+            for written in [&morse, &typeset] {
+                let got = fired(written);
+                for detector in &expected {
+                    assert!(
+                        got.iter().any(|f| f == detector),
+                        "{written:?} ({text:?}): {got:?}"
+                    );
+                }
+            }
+        }
+        assert!(rows >= 100, "{rows} rows in Morse");
+    }
+
+    /// Every row of the table that English Braille as read here can write
+    /// is found with all its findings in Braille.
+    #[test]
+    fn every_finding_is_found_in_braille() {
+        let mut rows = 0;
+        for (text, expected) in CASES {
+            let Some(written) = super::super::normalize::braille(text) else {
+                continue;
+            };
+            if expected.is_empty() {
+                continue;
+            }
+            rows += 1;
+            let got = fired(&written);
+            for detector in *expected {
+                assert!(
+                    got.iter().any(|f| f == detector),
+                    "{written:?} ({text:?}): {got:?}"
+                );
+            }
+        }
+        assert!(rows >= 90, "{rows} rows in Braille");
+    }
+
     #[test]
     fn every_builtin_is_confidential_by_default() {
         let rules = RuleSet::compile(&[]).unwrap();

@@ -35,6 +35,7 @@ mod builtin;
 mod disguise;
 mod extract;
 mod memo;
+mod morse;
 mod normalize;
 mod prefilter;
 mod reversed;

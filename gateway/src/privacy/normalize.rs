@@ -27,7 +27,14 @@
 //!    detector takes as a separator and the e-mail detector as a dot: a
 //!    table's box-drawing bar or an arrow between digit groups, a CJK full
 //!    stop (`。`, which IDNA reads as a dot) in an address. (Not U+FFFC,
-//!    which stands for what no detector could read.)
+//!    which stands for what no detector could read.) Dashes and the minus
+//!    sign become `-` instead: a separator as well, and the dash of Morse
+//!    code written with `·` and `—`.
+//!
+//! Before all that, text in Braille cells (U+2801 to U+28FF) is read as
+//! the letters, digits and signs it spells in English Braille, grade 1
+//! ([`unbraille`]): to a pattern it is symbols, to a model `⠃⠕⠃⠈⠁…` is
+//! `bob@…`. A blank cell between cells is a space there.
 //!
 //! Printable ASCII text (with tabs and line breaks) is already in that form
 //! and is returned borrowed: the common case costs one scan of its bytes.
@@ -49,8 +56,9 @@ pub fn normalize(text: &str) -> Cow<'_, str> {
     {
         return Cow::Borrowed(text);
     }
+    let read = unbraille(text);
     Cow::Owned(
-        text.chars()
+        read.chars()
             .map(untag)
             .map(unparenthesise)
             .filter(|c| c.general_category() != GeneralCategory::Format)
@@ -62,6 +70,153 @@ pub fn normalize(text: &str) -> Cow<'_, str> {
             .map(ascii_punctuation)
             .collect(),
     )
+}
+
+/// The letters `a` to `z` in English Braille, as the dots of their cells
+/// (bit `n - 1` for dot `n`); the first ten are the digits `1` to `0`
+/// after the number sign.
+const BRAILLE_LETTERS: [u8; 26] = [
+    0x01, 0x03, 0x09, 0x19, 0x11, 0x0b, 0x1b, 0x13, 0x0a, 0x1a, 0x05, 0x07, 0x0d, 0x1d, 0x15, 0x0f,
+    0x1f, 0x17, 0x0e, 0x1e, 0x25, 0x27, 0x3a, 0x2d, 0x3d, 0x35,
+];
+
+/// English Braille's signs that are not letters: the number sign, the
+/// capital sign, the prefix of `@` (dot 4), and the punctuation that
+/// stands in addresses and numbers.
+const BRAILLE_NUMBER: u8 = 0x3c;
+const BRAILLE_CAPITAL: u8 = 0x20;
+const BRAILLE_AT_PREFIX: u8 = 0x08;
+const BRAILLE_SIGNS: [(u8, char); 6] = [
+    (0x32, '.'),
+    (0x24, '-'),
+    (0x02, ','),
+    (0x12, ':'),
+    (0x2c, '/'),
+    (0x06, ';'),
+];
+
+/// The dots of a Braille cell, if `c` is one (the blank cell included).
+fn braille_dots(c: char) -> Option<u8> {
+    u32::from(c)
+        .checked_sub(0x2800)
+        .and_then(|d| u8::try_from(d).ok())
+}
+
+/// `text` with its Braille read (see the module's documentation); borrowed
+/// when it has no cell but the blank one. Cells that spell nothing here
+/// stay as they are (and become `.` in step 5).
+fn unbraille(text: &str) -> Cow<'_, str> {
+    if !text
+        .chars()
+        .any(|c| braille_dots(c).is_some_and(|d| d != 0))
+    {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    let mut number = false;
+    let mut capitals = 0u8;
+    let mut after_cell = false;
+    while let Some(c) = chars.next() {
+        let Some(dots) = braille_dots(c) else {
+            out.push(c);
+            number = false;
+            capitals = 0;
+            after_cell = false;
+            continue;
+        };
+        let letter = BRAILLE_LETTERS
+            .iter()
+            .position(|&l| l == dots)
+            .and_then(|i| u8::try_from(i).ok());
+        match (dots, letter) {
+            (0, _) => {
+                out.push(if after_cell { ' ' } else { c });
+                number = false;
+                capitals = 0;
+            }
+            (BRAILLE_NUMBER, _) => number = true,
+            (BRAILLE_CAPITAL, _) => capitals = capitals.saturating_add(1),
+            (BRAILLE_AT_PREFIX, _)
+                if chars.peek().copied().and_then(braille_dots) == Some(BRAILLE_LETTERS[0]) =>
+            {
+                chars.next();
+                out.push('@');
+                number = false;
+            }
+            (_, Some(i)) if number && i < 10 => out.push(char::from(b'0' + (i + 1) % 10)),
+            (_, Some(i)) => {
+                number = false;
+                let l = char::from(b'a' + i);
+                out.push(if capitals > 0 {
+                    l.to_ascii_uppercase()
+                } else {
+                    l
+                });
+                if capitals == 1 {
+                    capitals = 0;
+                }
+            }
+            _ => {
+                capitals = 0;
+                if let Some(&(_, sign)) = BRAILLE_SIGNS.iter().find(|(d, _)| *d == dots) {
+                    // A point or comma within a number keeps it a number.
+                    number &= matches!(sign, '.' | ',');
+                    out.push(sign);
+                } else {
+                    number = false;
+                    out.push(c);
+                }
+            }
+        }
+        after_cell = true;
+    }
+    Cow::Owned(out)
+}
+
+/// `text` in English Braille as [`unbraille`] reads it (capital letters
+/// one sign each, digits after the number sign); `None` if it holds a
+/// character not written here.
+#[cfg(test)]
+pub(super) fn braille(text: &str) -> Option<String> {
+    let cell = |dots: u8| char::from_u32(0x2800 + u32::from(dots));
+    let mut out = String::new();
+    let mut number = false;
+    for c in text.chars() {
+        let lower = c.to_ascii_lowercase();
+        if let Some(d) = c.to_digit(10) {
+            if !number {
+                out.extend(cell(BRAILLE_NUMBER));
+                number = true;
+            }
+            out.extend(cell(BRAILLE_LETTERS[(d as usize + 9) % 10]));
+            continue;
+        }
+        if c.is_ascii_alphabetic() {
+            if number && lower <= 'j' {
+                // A letter a to j after digits is read as a digit.
+                return None;
+            }
+            if c.is_ascii_uppercase() {
+                out.extend(cell(BRAILLE_CAPITAL));
+            }
+            out.extend(cell(BRAILLE_LETTERS[usize::from(lower as u8 - b'a')]));
+        } else if c == ' ' {
+            out.extend(cell(0));
+        } else if c == '@' {
+            out.extend(cell(BRAILLE_AT_PREFIX));
+            out.extend(cell(BRAILLE_LETTERS[0]));
+        } else {
+            let dots = BRAILLE_SIGNS.iter().find(|(_, s)| *s == c)?.0;
+            out.extend(cell(dots));
+            if !matches!(c, '.' | ',') {
+                number = false;
+            }
+            continue;
+        }
+        number = false;
+    }
+    Some(out)
 }
 
 /// A parenthesised letter or digit (`⒞`, `⑷`) as the letter or digit: NFKC
@@ -123,17 +278,20 @@ fn invisible(c: char) -> bool {
     }
 }
 
-/// Punctuation or a symbol outside ASCII as `.`; other characters as they
-/// are.
+/// A dash or the minus sign outside ASCII as `-`, other punctuation or a
+/// symbol outside ASCII as `.`; other characters as they are.
 fn ascii_punctuation(c: char) -> char {
     // U+FFFC stands for content no detector can read (the extractor's
     // `OPAQUE`): it stays what it is.
     if c.is_ascii() || c == '\u{fffc}' {
         return c;
     }
+    if c == '\u{2212}' {
+        return '-';
+    }
     match c.general_category() {
+        GeneralCategory::DashPunctuation => '-',
         GeneralCategory::ConnectorPunctuation
-        | GeneralCategory::DashPunctuation
         | GeneralCategory::OpenPunctuation
         | GeneralCategory::ClosePunctuation
         | GeneralCategory::InitialPunctuation
@@ -350,6 +508,14 @@ mod tests {
             ("41\u{0}1\u{1b}1\u{7f}1\u{85}1\t\n\r", "411111\t\n\r"),
             // Blank fillers: Hangul (three forms) and the Braille blank.
             ("4\u{115f}1\u{1160}1\u{3164}1\u{ffa0}1\u{2800}1", "411111"),
+            // Braille: letters, the capital and number signs, `@` and `.`,
+            // a blank cell between cells as a space; a cell that spells
+            // nothing here as a dot.
+            (
+                "⠃⠕⠃⠈⠁⠑⠭⠁⠍⠏⠇⠑⠲⠉⠕⠍ ⠠⠁⠅⠊⠁⠀⠼⠙⠁⠁⠁⠀⠼⠁⠃⠲⠉ ⣿",
+                "bob@example.com Akia 4111 12.3 .",
+            ),
+            ("⠠⠠⠁⠅⠊⠁ ⠼⠁⠃⠁", "AKIA 121"),
             // Composed letters keep their accents.
             ("e\u{301}t\u{e9}", "\u{e9}t\u{e9}"),
             // Digits NFKC leaves alone: dingbats (three styles), double

@@ -16,7 +16,7 @@ use super::memo::Memo;
 use super::normalize::{look_alikes_folded, normalize};
 use super::prefilter::Prefilter;
 use super::shifted::{words_of, Shift, ShiftGate};
-use super::{apart, reversed, spaced, spelled};
+use super::{apart, morse, reversed, spaced, spelled};
 use serde::{Deserialize, Serialize};
 
 use super::builtin::{Validator, BUILTINS, BUILTIN_NAMES};
@@ -82,7 +82,7 @@ impl View {
 }
 
 /// The rewritings every text is scanned in as well.
-static VIEWS: [View; 4] = [
+static VIEWS: [View; 5] = [
     View {
         gate: spelled::gate,
         gate_alone: LazyLock::new(|| Regex::new(spelled::gate()).ok()),
@@ -106,6 +106,12 @@ static VIEWS: [View; 4] = [
         gate_alone: LazyLock::new(|| Regex::new(apart::GATE).ok()),
         rewrite: apart::joined,
         only: Some(apart::DETECTORS),
+    },
+    View {
+        gate: || morse::GATE,
+        gate_alone: LazyLock::new(|| Regex::new(morse::GATE).ok()),
+        rewrite: morse::letters,
+        only: None,
     },
 ];
 
@@ -431,8 +437,9 @@ impl RuleSet {
     /// `text`, or in a rewriting of it ([`VIEWS`]: digits
     /// spelt as words or look-alikes read as digits, words written a
     /// character at a time joined, addresses and card numbers written
-    /// backwards turned, a card number's groups apart joined; the last two
-    /// read by their detectors only), or in it with a disguise taken off
+    /// backwards turned, a card number's groups apart joined, the two of
+    /// them read by their detectors only; Morse code read as letters), or
+    /// in it with a disguise taken off
     /// (ROT13, written backwards) where it holds a detector's word in that
     /// disguise ([`super::disguise`]), or a word of the builtins or the
     /// operator's rules in a shift cipher (Caesar, Atbash, ROT47;
