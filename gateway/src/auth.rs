@@ -17,11 +17,20 @@
 //! driven by `fleet::changes`), so a revocation takes effect on every
 //! gateway at once; the TTL remains the bound when no notification comes.
 //!
+//! A credential that is neither cached nor known costs a store query, so
+//! guessing is counted per peer ([`Guesses`]): a peer (an IPv4 address, an
+//! IPv6 /64) whose lookups came back unknown `auth_guesses_per_minute`
+//! times gets no store query for a credential the caches do not know until
+//! its minute is over ([`AuthError::Guessing`], 429 with `Retry-After`).
+//! Keys already cached still work from it; admin tokens are counted the
+//! same way.
+//!
 //! This module knows no HTTP status: it returns [`AuthError`], which the
 //! HTTP layer renders.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -51,6 +60,81 @@ pub enum AuthError {
     /// The key store failed otherwise (logged where it happened).
     #[error("key store failed")]
     StoreFailed,
+    /// The peer has guessed too often ([`Guesses`]); `wait` is what is
+    /// left of its minute.
+    #[error("too many unknown credentials from this address")]
+    Guessing { wait: Duration },
+}
+
+/// Where a request comes from, as far as guessing goes: its IPv4 address,
+/// or its IPv6 /64 (what one host is usually given). The server sets it
+/// on every request; a request without one (the app driven in process)
+/// counts as one peer of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Peer(IpAddr);
+
+impl Peer {
+    #[must_use]
+    pub fn of(addr: IpAddr) -> Peer {
+        Peer(match addr.to_canonical() {
+            IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+            v4 @ IpAddr::V4(_) => v4,
+        })
+    }
+}
+
+/// How long a peer's guesses are counted together.
+const GUESS_WINDOW: Duration = Duration::from_secs(60);
+
+/// Unknown credentials per peer (see the module's documentation): a count
+/// per peer, kept for [`GUESS_WINDOW`] from the peer's first guess in it.
+/// Bounded like the key caches; a peer evicted early only starts afresh.
+#[derive(Clone)]
+pub struct Guesses {
+    /// 0: not counted.
+    limit: u32,
+    counts: moka::sync::Cache<Option<Peer>, Arc<(AtomicU32, Instant)>>,
+}
+
+impl Guesses {
+    #[must_use]
+    pub fn new(per_minute: u32) -> Guesses {
+        Guesses {
+            limit: per_minute,
+            counts: moka::sync::Cache::builder()
+                .max_capacity(MAX_ENTRIES)
+                .time_to_live(GUESS_WINDOW)
+                .build(),
+        }
+    }
+
+    /// Whether `peer` may have a store lookup now; if not, how long until
+    /// it may.
+    pub fn check(&self, peer: Option<Peer>) -> Result<(), Duration> {
+        if self.limit == 0 {
+            return Ok(());
+        }
+        match self.counts.get(&peer) {
+            Some(count) if count.0.load(Ordering::Relaxed) >= self.limit => {
+                Err(GUESS_WINDOW.saturating_sub(count.1.elapsed()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts a lookup of `peer`'s that found nothing.
+    pub fn missed(&self, peer: Option<Peer>) {
+        if self.limit == 0 {
+            return;
+        }
+        let count = self
+            .counts
+            .get_with(peer, || Arc::new((AtomicU32::new(0), Instant::now())));
+        if count.0.fetch_add(1, Ordering::Relaxed) + 1 == self.limit {
+            metrics::counter!("gateway_auth_guessing_peers_total").increment(1);
+            tracing::warn!("a peer's unknown credentials reached the limit; lookups paused");
+        }
+    }
 }
 
 impl From<&StoreError> for AuthError {
@@ -84,6 +168,8 @@ pub struct KeyCache {
     /// behind the request.
     found: Cache<String, Arc<Found>>,
     unknown: Cache<String, ()>,
+    /// Unknown credentials per peer, admin tokens' too.
+    pub guesses: Guesses,
     /// Hashes a background task is reading again.
     refreshing: Arc<Mutex<HashSet<String>>>,
     /// Bumped by [`KeyCache::invalidate_all`]: a lookup that started
@@ -94,10 +180,11 @@ pub struct KeyCache {
 
 impl KeyCache {
     #[must_use]
-    pub fn new(store: Store, ttl: Duration) -> KeyCache {
+    pub fn new(store: Store, ttl: Duration, guesses_per_minute: u32) -> KeyCache {
         KeyCache {
             store,
             ttl,
+            guesses: Guesses::new(guesses_per_minute),
             found: Cache::builder()
                 .max_capacity(MAX_ENTRIES)
                 .time_to_live(ttl * STALE_FACTOR)
@@ -119,20 +206,32 @@ impl KeyCache {
         self.unknown.invalidate_all();
     }
 
-    /// The active key behind the request's `Authorization: Bearer` header.
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<ApiKey>, AuthError> {
+    /// The active key behind the request's `Authorization: Bearer` header,
+    /// sent from `peer`.
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        peer: Option<Peer>,
+    ) -> Result<Arc<ApiKey>, AuthError> {
         let presented = bearer(headers)
             .filter(|k| keys::well_formed(k, keys::KEY_PREFIX))
             .ok_or(AuthError::InvalidKey)?;
         let hash = keys::hash(presented);
-        let key = self.lookup(hash).await?.ok_or(AuthError::InvalidKey)?;
+        let key = self
+            .lookup(hash, peer)
+            .await?
+            .ok_or(AuthError::InvalidKey)?;
         if !key.is_active(now_ms()) {
             return Err(AuthError::InvalidKey);
         }
         Ok(key)
     }
 
-    async fn lookup(&self, hash: String) -> Result<Option<Arc<ApiKey>>, AuthError> {
+    async fn lookup(
+        &self,
+        hash: String,
+        peer: Option<Peer>,
+    ) -> Result<Option<Arc<ApiKey>>, AuthError> {
         if let Some(found) = self.found.get(&hash).await {
             if found.at.elapsed() >= self.ttl {
                 self.refresh_behind(hash);
@@ -142,6 +241,9 @@ impl KeyCache {
         if self.unknown.contains_key(&hash) {
             return Ok(None);
         }
+        self.guesses
+            .check(peer)
+            .map_err(|wait| AuthError::Guessing { wait })?;
         let generation = self.generation.load(Ordering::Acquire);
         let store = self.store.clone();
         let query_hash = hash.clone();
@@ -168,6 +270,7 @@ impl KeyCache {
             }
             Err(miss) => match *miss {
                 Miss::Unknown => {
+                    self.guesses.missed(peer);
                     if !changed {
                         self.unknown.insert(hash, ()).await;
                     }
@@ -278,7 +381,7 @@ mod tests {
             .await
             .unwrap();
         store.close().await;
-        let cache = KeyCache::new(store, Duration::from_secs(60));
+        let cache = KeyCache::new(store, Duration::from_secs(60), 0);
         let with = |key: &str| {
             let mut h = HeaderMap::new();
             h.insert(
@@ -289,7 +392,7 @@ mod tests {
         };
         let shaped = format!("gw-{}", "ab".repeat(32));
         assert_eq!(
-            cache.authenticate(&with(&shaped)).await.err(),
+            cache.authenticate(&with(&shaped), None).await.err(),
             Some(AuthError::StoreUnavailable)
         );
         for junk in [
@@ -299,7 +402,7 @@ mod tests {
             "sk-proj-123",
         ] {
             assert_eq!(
-                cache.authenticate(&with(junk)).await.err(),
+                cache.authenticate(&with(junk), None).await.err(),
                 Some(AuthError::InvalidKey),
                 "{junk}"
             );

@@ -46,6 +46,11 @@ pub struct Config {
     /// How long an API key lookup is cached. Revocation takes effect within
     /// this time; shorter means more database reads.
     pub key_cache_ms: u64,
+    /// Credentials neither cached nor known that one peer (an IPv4
+    /// address, an IPv6 /64) may present per minute; past that, its
+    /// credentials not in the caches get 429 without a database query
+    /// until its minute is over. 0: not limited.
+    pub auth_guesses_per_minute: u32,
     /// How long backends, aliases, policies and privacy rules are cached
     /// before being read from the store again.
     pub settings_cache_ms: u64,
@@ -187,6 +192,7 @@ impl Default for Config {
             privacy_memo: true,
             classify_inline_bytes: 16 << 10,
             key_cache_ms: 2_000,
+            auth_guesses_per_minute: 60,
             settings_cache_ms: 2_000,
             poll_interval_ms: 500,
             poll_timeout_ms: 400,
@@ -238,6 +244,7 @@ pub const FIELDS: &[&str] = &[
     "privacy_memo",
     "classify_inline_bytes",
     "key_cache_ms",
+    "auth_guesses_per_minute",
     "settings_cache_ms",
     "poll_interval_ms",
     "poll_timeout_ms",

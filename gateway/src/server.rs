@@ -38,7 +38,9 @@ use secrecy::ExposeSecret;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinSet;
+use tower::ServiceExt;
 
+use crate::auth::Peer;
 use crate::config::Config;
 use crate::state::{AppState, StartError};
 use crate::store::{Store, StoreError};
@@ -141,8 +143,10 @@ pub async fn serve_on(
             () = &mut shutdown => break,
             accepted = listener.accept() => accepted,
         };
-        let stream = match accepted.and_then(|(stream, _)| stream.into_std()) {
-            Ok(stream) => stream,
+        let (stream, peer) = match accepted
+            .and_then(|(stream, addr)| Ok((stream.into_std()?, Peer::of(addr.ip()))))
+        {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and the like: back off briefly
                 // instead of spinning.
@@ -153,7 +157,14 @@ pub async fn serve_on(
         };
         let thread = threads.least_busy();
         let open = thread.open_guard();
-        let service = thread.service.clone();
+        // Each request knows its connection's peer (for counting
+        // credential guesses, `auth::Guesses`).
+        let service = TowerToHyperService::new(thread.app.clone().map_request(
+            move |mut request: http::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(peer);
+                request
+            },
+        ));
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let conn = async move {
@@ -229,8 +240,6 @@ async fn protocol_known(stream: &TcpStream, limit: Duration) -> bool {
     tokio::time::timeout(limit, known).await.unwrap_or(false)
 }
 
-type Service = TowerToHyperService<axum::Router>;
-
 /// The serving threads (see the module docs): never empty.
 struct ServeThreads {
     first: ServeThread,
@@ -240,7 +249,7 @@ struct ServeThreads {
 struct ServeThread {
     runtime: tokio::runtime::Handle,
     /// The app over this thread's own upstream clients.
-    service: Service,
+    app: axum::Router,
     /// Connections open on this thread.
     open: Arc<AtomicUsize>,
     thread: RuntimeThread,
@@ -325,7 +334,7 @@ impl ServeThreads {
                 RuntimeThread::start(format!("serve-{index}")).map_err(ServeError::Thread)?;
             Ok(ServeThread {
                 runtime,
-                service: TowerToHyperService::new(crate::http::app(state.with_own_clients()?)),
+                app: crate::http::app(state.with_own_clients()?),
                 open: Arc::new(AtomicUsize::new(0)),
                 thread,
             })

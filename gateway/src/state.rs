@@ -131,7 +131,11 @@ impl AppState {
             }
             None => Arc::new(InProcessLive::new(config.unhealthy_after, cooldown)),
         };
-        let keys = KeyCache::new(store.clone(), Config::ms(config.key_cache_ms));
+        let keys = KeyCache::new(
+            store.clone(),
+            Config::ms(config.key_cache_ms),
+            config.auth_guesses_per_minute,
+        );
         if let (Some(url), crate::store::Dialect::Postgres) =
             (&config.database_url, store.dialect())
         {

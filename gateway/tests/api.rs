@@ -147,6 +147,86 @@ async fn auth_errors_are_401_and_leave_no_row() {
     gw.shutdown().await;
 }
 
+/// An address that presented `auth_guesses_per_minute` unknown keys gets
+/// 429 for any credential not cached, tenant key or admin token, without
+/// a store query; keys cached before still work from it.
+#[tokio::test]
+async fn guessed_credentials_are_429_per_address() {
+    let mock = mock_cloud().await;
+    let db = common::sqlite().await;
+    db.store
+        .add_backend(&cloud_backend("cloud", &mock.base_url()))
+        .await
+        .unwrap();
+    let config = Config {
+        auth_guesses_per_minute: 3,
+        key_cache_ms: 60_000,
+        ..test_config()
+    };
+    let gw = Gateway::start(db, config).await;
+    let (_, cached) = tenant_and_key(gw.store(), |_| {}).await;
+    let (_, not_yet) = tenant_and_key(gw.store(), |_| {}).await;
+    let body = chat_body("hi", 4);
+    assert_eq!(gw.chat(&cached, &body).await.status(), 200);
+
+    let guess = |i: u32| format!("gw-{i:064x}");
+    for i in 0..3 {
+        let (status, err) = error_of(gw.chat(&guess(i), &body).await).await;
+        assert_eq!(
+            (status, err["error"]["code"].as_str()),
+            (401, Some("invalid_api_key")),
+            "guess {i}"
+        );
+    }
+    // The limit reached, neither another guess nor a real key the cache
+    // has not seen is looked up.
+    for key in [guess(3), not_yet.clone()] {
+        let r = gw.chat(&key, &body).await;
+        let wait: u64 = header(&r, "retry-after").parse().unwrap();
+        assert!((1..=60).contains(&wait), "Retry-After {wait}");
+        let (status, err) = error_of(r).await;
+        assert_eq!(
+            (status, err["error"]["code"].as_str()),
+            (429, Some("rate_limit_exceeded")),
+            "{err}"
+        );
+        assert!(!err.to_string().contains(&key), "the key is echoed");
+    }
+    // A guess already known to be wrong costs no query: still 401. A key
+    // cached before is served.
+    assert_eq!(gw.chat(&guess(0), &body).await.status(), 401);
+    assert_eq!(gw.chat(&cached, &body).await.status(), 200);
+
+    // Admin tokens from the same address are counted with the keys.
+    let r = gw
+        .client
+        .get(gw.url("/admin/api/tenants"))
+        .bearer_auth(format!("gwadmin-{:064x}", 7))
+        .send()
+        .await
+        .unwrap();
+    assert!(header(&r, "retry-after").parse::<u64>().is_ok());
+    let (status, err) = error_of(r).await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (429, Some("rate_limit_exceeded"))
+    );
+    let r = gw
+        .client
+        .post(gw.url("/admin/login"))
+        .form(&[("token", format!("gwadmin-{:064x}", 8))])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().get("set-cookie").is_none());
+    assert!(r.text().await.unwrap().contains("Too many unknown tokens"));
+
+    let counts = gw.ledger_counts(2).await;
+    assert_eq!(counts.values().sum::<u64>(), 2, "{counts:?}");
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn malformed_and_oversized_bodies() {
     let mock = mock_cloud().await;

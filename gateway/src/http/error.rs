@@ -244,6 +244,7 @@ impl From<crate::auth::AuthError> for ApiError {
             AuthError::MissingScope(scope) => ApiError::Forbidden(scope),
             AuthError::StoreUnavailable => ApiError::Unavailable,
             AuthError::StoreFailed => ApiError::Internal,
+            AuthError::Guessing { wait } => ApiError::Limited(LimitExceeded::Guesses { wait }),
         }
     }
 }

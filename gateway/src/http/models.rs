@@ -15,17 +15,21 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde_json::json;
 
 use super::ApiError;
-use crate::auth::require_scope;
+use crate::auth::{require_scope, Peer};
 use crate::privacy::Class;
 use crate::routing::{AliasTarget, NoRoute, NoRouteCode, Zone};
 use crate::state::AppState;
 
-pub async fn list(State(app): State<AppState>, headers: HeaderMap) -> Response {
-    match models(&app, &headers).await {
+pub async fn list(
+    State(app): State<AppState>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+) -> Response {
+    match models(&app, peer.map(|p| p.0), &headers).await {
         Ok(ids) => {
             let data: Vec<_> = ids.iter().map(|id| model_object(id)).collect();
             Json(json!({"object": "list", "data": data})).into_response()
@@ -39,9 +43,10 @@ pub async fn list(State(app): State<AppState>, headers: HeaderMap) -> Response {
 pub async fn retrieve(
     State(app): State<AppState>,
     id: Result<Path<String>, PathRejection>,
+    peer: Option<Extension<Peer>>,
     headers: HeaderMap,
 ) -> Response {
-    let ids = match models(&app, &headers).await {
+    let ids = match models(&app, peer.map(|p| p.0), &headers).await {
         Ok(ids) => ids,
         Err(e) => return e.into_response(),
     };
@@ -65,8 +70,12 @@ fn model_object(id: &str) -> serde_json::Value {
     json!({"id": id, "object": "model", "created": 0, "owned_by": "gateway"})
 }
 
-async fn models(app: &AppState, headers: &HeaderMap) -> Result<BTreeSet<String>, ApiError> {
-    let key = app.keys.authenticate(headers).await?;
+async fn models(
+    app: &AppState,
+    peer: Option<Peer>,
+    headers: &HeaderMap,
+) -> Result<BTreeSet<String>, ApiError> {
+    let key = app.keys.authenticate(headers, peer).await?;
     require_scope(&key, "models").or_else(|_| require_scope(&key, "chat"))?;
     let tenant = app.catalog.tenant(&key.tenant_id).await?;
     let snapshot = app.catalog.snapshot().await?;

@@ -74,6 +74,10 @@ pub enum LimitExceeded {
     /// The key has `max_in_flight_per_key` requests in flight already.
     #[error("too many requests of this key in flight; retry after 1s")]
     Concurrent,
+    /// The client's address presented too many unknown credentials
+    /// (`auth_guesses_per_minute`); `wait`: what is left of its minute.
+    #[error("too many unknown API keys from this address; retry after {}s", ceil_secs(*wait))]
+    Guesses { wait: std::time::Duration },
 }
 
 impl LimitExceeded {
@@ -81,7 +85,9 @@ impl LimitExceeded {
     #[must_use]
     pub fn retry_after_s(self) -> Option<u64> {
         match self {
-            LimitExceeded::Requests { wait } => Some(ceil_secs(wait)),
+            LimitExceeded::Requests { wait } | LimitExceeded::Guesses { wait } => {
+                Some(ceil_secs(wait))
+            }
             LimitExceeded::Tokens { retry_after_s } => Some(retry_after_s),
             LimitExceeded::Concurrent => Some(1),
             LimitExceeded::TokensOverLimit

@@ -24,6 +24,10 @@ pub enum AdminApiError {
     /// 409 `conflict`: the name is taken.
     #[error("{0}")]
     Conflict(String),
+    /// 429 `rate_limit_exceeded` with `Retry-After`: this address
+    /// presented too many unknown credentials (`auth_guesses_per_minute`).
+    #[error("Too many unknown admin tokens from this address; retry after {0}s.")]
+    Guessing(u64),
     /// 408 `request_timeout`: the body did not arrive in time.
     #[error("The request body was not received in time.")]
     BodyTimeout,
@@ -80,6 +84,11 @@ impl AdminApiError {
             AdminApiError::Conflict(_) => {
                 (StatusCode::CONFLICT, "invalid_request_error", "conflict")
             }
+            AdminApiError::Guessing(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "rate_limit_exceeded",
+            ),
             AdminApiError::BodyTimeout => (
                 StatusCode::REQUEST_TIMEOUT,
                 "invalid_request_error",
@@ -114,10 +123,18 @@ impl IntoResponse for AdminApiError {
         let (status, kind, code) = self.parts();
         let body = ErrorBody::new(&self.to_string(), kind, None, code);
         let mut response = (status, Json(body)).into_response();
-        if matches!(self, AdminApiError::Unauthorized) {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        match self {
+            AdminApiError::Unauthorized => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            AdminApiError::Guessing(secs) => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            _ => {}
         }
         response
     }

@@ -29,7 +29,9 @@ use utoipa::openapi::OpenApi;
 
 pub use error::AdminApiError;
 
+use crate::auth::Peer;
 use crate::keys;
+use crate::limits::ceil_secs;
 use crate::state::AppState;
 use crate::store::AdminToken;
 
@@ -60,32 +62,41 @@ pub fn api_doc() -> OpenApi {
 pub(super) async fn admin_token(
     app: &AppState,
     headers: &HeaderMap,
+    peer: Option<Peer>,
 ) -> Result<AdminToken, AdminApiError> {
     let presented = crate::auth::bearer(headers).ok_or(AdminApiError::Unauthorized)?;
-    check_token(app, presented).await
+    check_token(app, presented, peer).await
 }
 
 /// Looks a presented admin token up by hash. Tenant keys are never admin
 /// tokens (another prefix, another table), so they fail here like any
 /// unknown string; a string not of a token's shape is refused without a
-/// store query.
+/// store query, and so is any from a peer that has guessed too often
+/// (the same count as tenant keys', [`crate::auth::Guesses`]).
 pub(super) async fn check_token(
     app: &AppState,
     presented: &str,
+    peer: Option<Peer>,
 ) -> Result<AdminToken, AdminApiError> {
     if !keys::well_formed(presented, keys::ADMIN_TOKEN_PREFIX) {
         return Err(AdminApiError::Unauthorized);
     }
-    app.store
-        .active_admin_token(&keys::hash(presented))
-        .await?
-        .ok_or(AdminApiError::Unauthorized)
+    let guesses = &app.keys.guesses;
+    guesses
+        .check(peer)
+        .map_err(|wait| AdminApiError::Guessing(ceil_secs(wait)))?;
+    let found = app.store.active_admin_token(&keys::hash(presented)).await?;
+    if found.is_none() {
+        guesses.missed(peer);
+    }
+    found.ok_or(AdminApiError::Unauthorized)
 }
 
 /// Refuses every request without a valid admin token before its handler
 /// (and so its body or query) is looked at.
 async fn require_token(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
-    match admin_token(&app, request.headers()).await {
+    let peer = request.extensions().get::<Peer>().copied();
+    match admin_token(&app, request.headers(), peer).await {
         Ok(token) => {
             request.extensions_mut().insert(token);
             next.run(request).await

@@ -28,7 +28,7 @@ mod stream;
 use request::ChatRequest;
 
 use super::{with_gateway_headers, ApiError, RouteHeaders};
-use crate::auth::require_scope;
+use crate::auth::{require_scope, Peer};
 use crate::catalog::{CatalogError, Snapshot};
 use crate::ledger::{Record, RecordInit};
 use crate::limits::{worst_case_usd, Admission, BudgetAsk, KeyLimits, LimitExceeded};
@@ -43,20 +43,27 @@ use crate::traces::{self, RequestTrace};
 
 pub async fn chat_completions(
     State(app): State<AppState>,
+    peer: Option<axum::Extension<Peer>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let span = traces::request(&headers);
-    let response = handle(app, &headers, body, &span).await;
+    let response = handle(app, peer.map(|p| p.0), &headers, body, &span).await;
     otel::answered(&span, response.status().as_u16());
     response
 }
 
-async fn handle(app: AppState, headers: &HeaderMap, body: Body, span: &Span) -> Response {
+async fn handle(
+    app: AppState,
+    peer: Option<Peer>,
+    headers: &HeaderMap,
+    body: Body,
+    span: &Span,
+) -> Response {
     // The key is checked before a byte of the body is read, so an
     // unauthenticated client cannot make the gateway buffer a megabyte.
     let auth = traces::auth(span);
-    let key = match app.keys.authenticate(headers).await {
+    let key = match app.keys.authenticate(headers, peer).await {
         Ok(k) => k,
         Err(e) => return reject_auth(&auth, e.into()),
     };

@@ -40,6 +40,7 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use super::{check_token, AdminApiError};
+use crate::auth::Peer;
 use crate::keys;
 use crate::state::AppState;
 
@@ -422,7 +423,12 @@ fn login_form(problem: Option<&str>) -> Markup {
 
 /// Opens a session for a valid admin token. The login form is the one
 /// POST without a session; it must still come from this origin.
-async fn login(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+async fn login(
+    State(app): State<AppState>,
+    peer: Option<axum::Extension<Peer>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     if !same_origin(&headers) {
         return Refusal::Forgery.into_response(&Method::POST);
     }
@@ -433,11 +439,15 @@ async fn login(State(app): State<AppState>, headers: HeaderMap, body: Body) -> R
     let Ok(Login { token }) = serde_urlencoded::from_bytes::<Login>(&bytes) else {
         return refused_login();
     };
-    let admin = match check_token(&app, token.trim()).await {
+    let admin = match check_token(&app, token.trim(), peer.map(|p| p.0)).await {
         Ok(t) => t,
         Err(AdminApiError::Unauthorized) => {
             metrics::counter!("gateway_admin_refused_total").increment(1);
             return refused_login();
+        }
+        Err(AdminApiError::Guessing(secs)) => {
+            metrics::counter!("gateway_admin_refused_total").increment(1);
+            return guessing_login(secs);
         }
         Err(e) => return e.into_response(),
     };
@@ -461,6 +471,17 @@ async fn login(State(app): State<AppState>, headers: HeaderMap, body: Body) -> R
         response.headers_mut().insert(header::SET_COOKIE, v);
     }
     response
+}
+
+/// The sign-in form again, for a peer that has guessed too often.
+fn guessing_login(secs: u64) -> Response {
+    let problem = format!("Too many unknown tokens from this address; try again in {secs} s.");
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, HeaderValue::from(secs))],
+        layout::bare("Sign in", &login_form(Some(&problem))),
+    )
+        .into_response()
 }
 
 fn refused_login() -> Response {
