@@ -20,7 +20,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
                        edge workers and a cloud by a cost model over latency, energy, money and \
                        privacy. Confidential requests never leave the premises."
     ),
-    paths(chat_completions, models, model, healthz, readyz, metrics),
+    paths(chat_completions, models, model, healthz, readyz, metrics, worker_heartbeat),
     modifiers(&BearerKey),
 )]
 pub struct ApiDoc;
@@ -30,10 +30,12 @@ struct BearerKey;
 impl Modify for BearerKey {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "api_key",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
+        for scheme in ["api_key", "worker_token"] {
+            components.add_security_scheme(
+                scheme,
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+        }
     }
 }
 
@@ -156,7 +158,7 @@ pub(crate) struct ErrorObject {
         (status = 413, description = "The body is too large", body = Error),
         (status = 415, description = "The upstream refused the media type", body = Error),
         (status = 422, description = "The upstream refused the request", body = Error),
-        (status = 429, description = "Rate limit or budget", body = Error),
+        (status = 429, description = "Rate limit or budget, or too many unknown keys from this address", body = Error),
         (status = 502, description = "Every candidate backend failed", body = Error),
         (status = 503, description = "No private route, no backend available, or the gateway is at capacity", body = Error),
     )
@@ -172,6 +174,7 @@ fn chat_completions() {}
         (status = 200, body = ModelList),
         (status = 401, body = Error),
         (status = 403, body = Error),
+        (status = 429, description = "Too many unknown keys from this address", body = Error),
         (status = 503, body = Error),
     )
 )]
@@ -190,6 +193,7 @@ fn models() {}
         (status = 401, body = Error),
         (status = 403, body = Error),
         (status = 404, body = Error),
+        (status = 429, description = "Too many unknown keys from this address", body = Error),
         (status = 503, body = Error),
     )
 )]
@@ -216,6 +220,29 @@ fn readyz() {}
 #[utoipa::path(get, path = "/metrics", responses((status = 200, body = String, content_type = "text/plain")))]
 fn metrics() {}
 
+/// An edge worker's heartbeat, by which it registers itself: its URL (an
+/// on-premises host), models and load. Open only with the fleet's worker
+/// token, and only where the gateway has one (404 otherwise); the answer
+/// names the backend it is listed as and how long the listing lasts.
+#[utoipa::path(
+    post,
+    path = "/fleet/workers",
+    tag = "fleet",
+    security(("worker_token" = [])),
+    request_body(content = Object, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Listed: `backend` and `ttl_ms`", body = Object),
+        (status = 400, description = "Not a heartbeat", body = Error),
+        (status = 401, description = "No valid worker token", body = Error),
+        (status = 403, description = "A URL or model the fleet will not list", body = Error),
+        (status = 404, description = "Registration is off (no worker token configured)", body = Error),
+        (status = 408, description = "The body did not arrive in time", body = Error),
+        (status = 413, description = "The body is too large", body = Error),
+        (status = 503, description = "The worker registry cannot be written", body = Error),
+    )
+)]
+fn worker_heartbeat() {}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -231,6 +258,7 @@ mod tests {
             "/healthz",
             "/readyz",
             "/metrics",
+            "/fleet/workers",
         ] {
             assert!(doc["paths"][path].is_object(), "{path} missing");
         }
@@ -261,5 +289,26 @@ mod tests {
             "bearer"
         );
         assert!(doc["components"]["schemas"]["BackendAddArgs"].is_object());
+        // Every admin operation may answer 429 to an address guessing.
+        let mut operations = 0;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            if !path.starts_with("/admin/api") {
+                continue;
+            }
+            for (method, operation) in item.as_object().unwrap() {
+                operations += 1;
+                assert_eq!(
+                    operation["responses"]["429"]["content"]["application/json"]["schema"]["$ref"],
+                    "#/components/schemas/Error",
+                    "{method} {path}"
+                );
+            }
+        }
+        assert!(operations >= 20, "{operations} admin operations");
+        let fleet = &doc["paths"]["/fleet/workers"]["post"];
+        assert_eq!(fleet["security"][0]["worker_token"], serde_json::json!([]));
+        for status in ["200", "401", "403", "404", "413"] {
+            assert!(fleet["responses"][status].is_object(), "{status} missing");
+        }
     }
 }

@@ -26,6 +26,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::OpenApi;
+use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 
 pub use error::AdminApiError;
 
@@ -55,6 +56,31 @@ pub fn api_doc() -> OpenApi {
         "admin_token",
         SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
     );
+    // Any route may answer 429 to an address guessing tokens.
+    let guessing = ResponseBuilder::new()
+        .description("Too many unknown admin tokens from this address")
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Error")))
+                .build(),
+        )
+        .build();
+    for item in doc.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ];
+        for operation in operations.into_iter().flatten() {
+            operation
+                .responses
+                .responses
+                .insert("429".into(), guessing.clone().into());
+        }
+    }
     doc
 }
 
