@@ -81,6 +81,36 @@ macro_rules! password_words {
     };
 }
 
+/// An address's domain after its at sign, however that is written: labels
+/// apart by dots as they are, spaced or spelt (`punto`, `punkt`, `[dot]`),
+/// the last of two letters or more; or a comma or a space for the last dot
+/// before a common domain (`bob@example,com`).
+macro_rules! email_domain {
+    () => {
+        concat!(
+            r"[\p{L}\p{N}-]+(?:\n[\p{L}\p{N}-]+)?(?:(?:\s*\.\s*|\s*[(\[{</]\s*(?:dot|\.|punto|point|punkt|ponto)\s*[)\]}>/]\s*",
+            r"|\s+(?:dot|punto|punkt|ponto)\s+|[-_]dot[-_])[\p{L}\p{N}-]+(?:\n[\p{L}\p{N}-]+)?)*",
+            r"(?:(?:\s*\.\s*|\s*[(\[{</]\s*(?:dot|\.|punto|point|punkt|ponto)\s*[)\]}>/]\s*",
+            r"|\s+(?:dot|punto|punkt|ponto)\s+|[-_]dot[-_])\p{L}{2,}",
+            r"|(?:\s*,\s*|\s+)(?:com|org|net|edu|gov|io|de|uk|fr)(?-u:\b))",
+        )
+    };
+}
+
+/// Whether a match lies outside a URL with its scheme: the run of text
+/// without white space around it holds no `://`, nor `//:` (a URL written
+/// backwards).
+fn outside_a_url(text: &str, start: usize, end: usize) -> bool {
+    let from = text[..start]
+        .rfind(char::is_whitespace)
+        .map_or(0, |at| at + 1);
+    let to = text[end..]
+        .find(char::is_whitespace)
+        .map_or(text.len(), |at| end + at);
+    let run = &text[from..to];
+    !(run.contains("://") || run.contains("//:"))
+}
+
 pub(super) const BUILTINS: &[Builtin] = &[
     Builtin {
         // An address as written, or written to get past a filter: the at
@@ -94,15 +124,24 @@ pub(super) const BUILTINS: &[Builtin] = &[
         name: "email",
         pattern: concat!(
             r"(?i)[\p{L}\p{N}._%+'-]+(?:\n[\p{L}\p{N}._%+'-]+)?",
-            r"(?:\s*@+\s*|\s*[(\[{</]\s*(?:at|a|@|arroba|arobase|chez)\s*[)\]}>/]\s*|[-_](?:at|arroba)[-_])",
-            r"[\p{L}\p{N}-]+(?:\n[\p{L}\p{N}-]+)?(?:(?:\s*\.\s*|\s*[(\[{</]\s*(?:dot|\.|punto|point|punkt|ponto)\s*[)\]}>/]\s*",
-            r"|\s+(?:dot|punto|punkt|ponto)\s+|[-_]dot[-_])[\p{L}\p{N}-]+(?:\n[\p{L}\p{N}-]+)?)*",
-            r"(?:(?:\s*\.\s*|\s*[(\[{</]\s*(?:dot|\.|punto|point|punkt|ponto)\s*[)\]}>/]\s*",
-            r"|\s+(?:dot|punto|punkt|ponto)\s+|[-_]dot[-_])\p{L}{2,}",
-            // A comma or a space for the last dot, before a common domain.
-            r"|(?:\s*,\s*|\s+)(?:com|org|net|edu|gov|io|de|uk|fr)(?-u:\b))",
+            r"(?:\s*@+\s*|\s*[(\[{<]\s*(?:at|a|@|arroba|arobase|chez)\s*[)\]}>/]\s*|[-_](?:at|arroba)[-_])",
+            email_domain!(),
         ),
         validate: None,
+        class: Class::Confidential,
+    },
+    Builtin {
+        // The at sign between slashes (`bob /at/ example.com`,
+        // `john.doe/a/example.com`), but not in a URL with its scheme,
+        // forwards or backwards, where `a` and `at` are path segments
+        // (`https://github.com/a/blob/x.md`, `https://shop.example/at/de`).
+        name: "email",
+        pattern: concat!(
+            r"(?i)[\p{L}\p{N}._%+'-]+(?:\n[\p{L}\p{N}._%+'-]+)?",
+            r"\s*/\s*(?:at|a|@|arroba|arobase|chez)\s*/\s*",
+            email_domain!(),
+        ),
+        validate: Some(outside_a_url),
         class: Class::Confidential,
     },
     Builtin {
@@ -958,6 +997,13 @@ mod tests {
         ("mail john.doe(a)example.com", &["email"]),
         ("mail john.doe /at/ example /dot/ com", &["email"]),
         ("mail john.doe@@example.com", &["email"]),
+        ("mail john.doe/a/example.com", &["email"]),
+        ("see https://github.com/a/blob/main/README.md", &[]),
+        (
+            "see https://www.ikea.com/at/de.html or ftp://h.example/a/b.txt",
+            &[],
+        ),
+        ("see https://x.example/a/b.html bob@example.com", &["email"]),
         ("mail john.doe at example.com", &["email"]),
         ("DATABASE_URL=postgres://app:S3cret@db/app", &["secret"]),
         ("cache at redis://:hunter2@cache:6379/0", &["secret"]),
