@@ -2,9 +2,10 @@
 //!
 //! `-... --- -... .--.-. . -..- .- -- .--. .-.. . .-.-.- -.-. --- --` is
 //! `bob@example.com` to a model, and dots and dashes to a pattern. [`letters`]
-//! rewrites every run of at least [`MIN_RUN`] Morse symbols (ITU letters,
-//! digits and punctuation, `@` included) as what they spell, in place, so a
-//! label in plain text still stands before its value in code.
+//! reads every run of at least [`MIN_RUN`] Morse symbols (ITU letters,
+//! digits and punctuation, `@` included) as what it spells, in place among
+//! the text around it, so a label in plain text still stands before its
+//! value in code.
 //!
 //! - A symbol is one to seven marks: `.` for a dot, `-` or `_` for a dash.
 //!   Normalisation has already made `·`, `•` and `∙` dots, and `–`, `—` and
@@ -172,31 +173,54 @@ fn run(bytes: &[u8], start: usize) -> Option<(String, usize)> {
     Some((out, end))
 }
 
-/// `s` with its runs of Morse read (see the module's documentation), in
-/// lower case and in upper case, if it has any.
+/// Text kept on each side of a run, for a label before it (`password:`)
+/// or a domain after it: more than any finding spans.
+const CONTEXT: usize = 256;
+
+/// The stretches of `s` around its runs of Morse, the runs read (see the
+/// module's documentation), in lower case and in upper case, if it has
+/// any. Stretches apart in `s` stand on lines of their own; the rest of
+/// `s` is left out, so that text which only now and then holds a few
+/// dots and dashes (noise) is not scanned again whole.
 pub(super) fn letters(s: &str) -> Vec<String> {
     let bytes = s.as_bytes();
-    let mut out = String::new();
-    let mut written = 0;
+    let mut runs: Vec<(usize, usize, String)> = Vec::new();
     let mut at = 0;
     while at < bytes.len() {
         let starts = is_mark(bytes[at])
             && (at == 0 || !(bytes[at - 1].is_ascii_alphanumeric() || is_mark(bytes[at - 1])));
         if starts {
             if let Some((spelt, end)) = run(bytes, at) {
-                out.push_str(&s[written..at]);
-                out.push_str(&spelt);
-                written = end;
+                runs.push((at, end, spelt));
                 at = end;
                 continue;
             }
         }
         at += 1;
     }
-    if written == 0 {
+    if runs.is_empty() {
         return Vec::new();
     }
-    out.push_str(&s[written..]);
+    let floor = |mut i: usize| {
+        while !s.is_char_boundary(i) {
+            i -= 1;
+        }
+        i
+    };
+    let mut out = String::new();
+    let mut copied = 0;
+    for (k, (start, end, spelt)) in runs.iter().enumerate() {
+        let before = floor(start.saturating_sub(CONTEXT)).max(copied);
+        if k > 0 && before > copied {
+            out.push('\n');
+        }
+        out.push_str(&s[before..*start]);
+        out.push_str(spelt);
+        let next = runs.get(k + 1).map_or(s.len(), |r| r.0);
+        let after = floor((end + CONTEXT).min(next));
+        out.push_str(&s[*end..after]);
+        copied = after;
+    }
     let upper = out.to_uppercase();
     let joined: Vec<String> = [&out, &upper]
         .into_iter()
@@ -264,6 +288,18 @@ mod tests {
             assert_eq!(got, vec![want.to_owned(), want.to_uppercase()], "{text}");
             assert!(gate.is_match(text), "{text}");
         }
+    }
+
+    /// Far apart, runs are read each with the text around it, on lines of
+    /// their own; the text between is left out.
+    #[test]
+    fn far_runs_are_read_in_stretches() {
+        let filler = "x".repeat(600);
+        let text = format!("a: .- -... -.-. -.. {filler} b: -.. -.-. -... .-");
+        let got = letters(&text);
+        let tail = &filler[..256 - 1];
+        let head = &filler[..256 - 4];
+        assert_eq!(got[0], format!("a: abcd {tail}\n{head} b: dcba"));
     }
 
     #[test]
