@@ -22,8 +22,8 @@
 //! IPv6 /64) whose lookups came back unknown `auth_guesses_per_minute`
 //! times gets no store query for a credential the caches do not know until
 //! its minute is over ([`AuthError::Guessing`], 429 with `Retry-After`).
-//! Keys already cached still work from it; admin tokens are counted the
-//! same way.
+//! Keys already cached still work from it; admin tokens, dashboard session
+//! cookies and the worker token are counted the same way.
 //!
 //! This module knows no HTTP status: it returns [`AuthError`], which the
 //! HTTP layer renders.
@@ -370,6 +370,42 @@ mod tests {
         two.append(header::AUTHORIZATION, HeaderValue::from_static("Bearer a"));
         two.append(header::AUTHORIZATION, HeaderValue::from_static("Bearer b"));
         assert_eq!(bearer(&two), None);
+    }
+
+    /// An IPv6 peer is its /64, an IPv4-mapped one its IPv4 address.
+    #[test]
+    fn peers_are_addresses_and_ipv6_prefixes() {
+        let peer = |s: &str| Peer::of(s.parse().unwrap());
+        assert_eq!(peer("2001:db8::1"), peer("2001:db8::ffff:ffff:ffff:ffff"));
+        assert_ne!(peer("2001:db8::1"), peer("2001:db8:0:1::1"));
+        assert_eq!(peer("::ffff:192.0.2.7"), peer("192.0.2.7"));
+        assert_ne!(peer("192.0.2.7"), peer("192.0.2.8"));
+    }
+
+    #[test]
+    fn a_peer_past_its_guesses_waits_out_its_minute_alone() {
+        let guesses = Guesses::new(2);
+        let (a, b) = (
+            Some(Peer::of([192, 0, 2, 1].into())),
+            Some(Peer::of([192, 0, 2, 2].into())),
+        );
+        assert_eq!(guesses.check(a), Ok(()));
+        guesses.missed(a);
+        assert_eq!(guesses.check(a), Ok(()));
+        guesses.missed(a);
+        let wait = guesses.check(a).unwrap_err();
+        assert!(
+            wait > Duration::from_secs(50) && wait <= GUESS_WINDOW,
+            "{wait:?}"
+        );
+        assert_eq!(guesses.check(b), Ok(()));
+        assert_eq!(guesses.check(None), Ok(()));
+        // 0: not counted.
+        let off = Guesses::new(0);
+        for _ in 0..10 {
+            off.missed(a);
+        }
+        assert_eq!(off.check(a), Ok(()));
     }
 
     /// With the store gone, a key of the generated shape cannot be checked

@@ -46,7 +46,8 @@ pub struct Config {
     /// How long an API key lookup is cached. Revocation takes effect within
     /// this time; shorter means more database reads.
     pub key_cache_ms: u64,
-    /// Credentials neither cached nor known that one peer (an IPv4
+    /// Credentials neither cached nor known (API keys, admin tokens,
+    /// dashboard session cookies, the worker token) that one peer (an IPv4
     /// address, an IPv6 /64) may present per minute; past that, its
     /// credentials not in the caches get 429 without a database query
     /// until its minute is over. 0: not limited.

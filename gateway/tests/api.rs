@@ -221,6 +221,29 @@ async fn guessed_credentials_are_429_per_address() {
     assert_eq!(r.status(), 429);
     assert!(r.headers().get("set-cookie").is_none());
     assert!(r.text().await.unwrap().contains("Too many unknown tokens"));
+    // So are dashboard session cookies and the fleet's worker token.
+    let r = gw
+        .client
+        .get(gw.url("/admin/fleet"))
+        .header("cookie", format!("gw_admin_session={}", guess(9)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let r = gw
+        .client
+        .post(gw.url("/fleet/workers"))
+        .bearer_auth("not-the-worker-token")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert!(header(&r, "retry-after").parse::<u64>().is_ok());
+    let (status, err) = error_of(r).await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (429, Some("rate_limit_exceeded"))
+    );
 
     let counts = gw.ledger_counts(2).await;
     assert_eq!(counts.values().sum::<u64>(), 2, "{counts:?}");

@@ -4,14 +4,15 @@
 //! This is the one route through which a caller names a place the gateway
 //! will connect to, so it is closed unless the gateway has a worker token,
 //! and open only to callers presenting that token (compared by SHA-256
-//! digest in constant time). API keys mean nothing here and the chat API
+//! digest in constant time; wrong ones count as guesses of the caller's
+//! address, `auth::Guesses`). API keys mean nothing here and the chat API
 //! never calls it. The body is read only after the token matched, bounded
 //! in size and time, and checked like an admin's `backend add`: on-prem
 //! only, a loopback, private or LAN host, no credentials or path in the URL.
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use secrecy::ExposeSecret;
@@ -19,6 +20,7 @@ use sha2::{Digest, Sha256};
 use wire::{ErrorBody, Heartbeat, HeartbeatAck};
 
 use super::body::BodyError;
+use crate::auth::Peer;
 use crate::fleet::registry::{listing, Refused};
 use crate::state::AppState;
 
@@ -34,6 +36,10 @@ enum FleetError {
     /// 401 `invalid_worker_token`.
     #[error("A valid worker token is required.")]
     Token,
+    /// 429 `rate_limit_exceeded`: this address presented too many unknown
+    /// credentials ([`crate::auth::Guesses`]); the seconds left.
+    #[error("Too many unknown credentials from this address; retry after {0}s.")]
+    Guessing(u64),
     /// 413, 408 or 400: the body could not be read.
     #[error(transparent)]
     Read(BodyError),
@@ -66,6 +72,11 @@ impl IntoResponse for FleetError {
                 "authentication_error",
                 "invalid_worker_token",
             ),
+            FleetError::Guessing(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "rate_limit_exceeded",
+            ),
             FleetError::Body => (
                 StatusCode::BAD_REQUEST,
                 "invalid_request_error",
@@ -85,13 +96,24 @@ impl IntoResponse for FleetError {
         let outcome = code;
         metrics::counter!("gateway_worker_heartbeats_total", "outcome" => outcome).increment(1);
         let body = ErrorBody::new(&self.to_string(), kind, None, code);
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let FleetError::Guessing(secs) = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
     }
 }
 
 /// Registers or refreshes the calling worker.
-pub async fn heartbeat(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    match accept(&app, &headers, body).await {
+pub async fn heartbeat(
+    State(app): State<AppState>,
+    peer: Option<axum::Extension<Peer>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match accept(&app, peer.map(|p| p.0), &headers, body).await {
         Ok(ack) => {
             metrics::counter!("gateway_worker_heartbeats_total", "outcome" => "ok").increment(1);
             Json(ack).into_response()
@@ -102,6 +124,7 @@ pub async fn heartbeat(State(app): State<AppState>, headers: HeaderMap, body: Bo
 
 async fn accept(
     app: &AppState,
+    peer: Option<Peer>,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<HeartbeatAck, FleetError> {
@@ -111,8 +134,15 @@ async fn accept(
         .as_ref()
         .ok_or(FleetError::Disabled)?;
     let presented = crate::auth::bearer(headers).ok_or(FleetError::Token)?;
+    // A token an operator chose may be short: guessing it is counted with
+    // the keys' and tokens' guesses of the same address.
+    let guesses = &app.keys.guesses;
+    guesses
+        .check(peer)
+        .map_err(|wait| FleetError::Guessing(crate::limits::ceil_secs(wait)))?;
     if !same_secret(presented, token.expose_secret()) {
         tracing::debug!("heartbeat refused: no valid worker token");
+        guesses.missed(peer);
         return Err(FleetError::Token);
     }
     let bytes = super::body::read(body, MAX_BODY, app.config.body_read_timeout())

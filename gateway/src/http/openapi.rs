@@ -238,6 +238,7 @@ fn metrics() {}
         (status = 404, description = "Registration is off (no worker token configured)", body = Error),
         (status = 408, description = "The body did not arrive in time", body = Error),
         (status = 413, description = "The body is too large", body = Error),
+        (status = 429, description = "Too many unknown credentials from this address", body = Error),
         (status = 503, description = "The worker registry cannot be written", body = Error),
     )
 )]

@@ -42,6 +42,7 @@ use sha2::{Digest, Sha256};
 use super::{check_token, AdminApiError};
 use crate::auth::Peer;
 use crate::keys;
+use crate::limits::ceil_secs;
 use crate::state::AppState;
 
 /// The session cookie's name.
@@ -220,7 +221,8 @@ enum Refusal {
     /// A state change without this session's CSRF token or from another
     /// origin: 403.
     Forgery,
-    /// The store failed (503 or 500).
+    /// The store failed (503 or 500), or was not asked: the peer has
+    /// guessed too often (429).
     Store(AdminApiError),
 }
 
@@ -255,7 +257,8 @@ async fn require_session(
     next: Next,
 ) -> Response {
     let method = request.method().clone();
-    match session(&app, request.headers()).await {
+    let peer = request.extensions().get::<Peer>().copied();
+    match session(&app, request.headers(), peer).await {
         Ok(s) => {
             if method == Method::POST && !same_origin(request.headers()) {
                 return Refusal::Forgery.into_response(&method);
@@ -267,14 +270,31 @@ async fn require_session(
     }
 }
 
-async fn session(app: &AppState, headers: &HeaderMap) -> Result<Session, Refusal> {
-    let cookie = cookie_value(headers).ok_or(Refusal::NoSession)?;
+/// The live session of the request's cookie. A cookie not of a session's
+/// shape is none, without a store query; one that is but names no live
+/// session counts as a guess of `peer`'s ([`crate::auth::Guesses`]), and a
+/// peer past its guesses gets no query at all until its minute is over.
+async fn session(
+    app: &AppState,
+    headers: &HeaderMap,
+    peer: Option<Peer>,
+) -> Result<Session, Refusal> {
+    let cookie = cookie_value(headers)
+        .filter(|c| keys::well_formed(c, keys::KEY_PREFIX))
+        .ok_or(Refusal::NoSession)?;
+    let guesses = &app.keys.guesses;
+    guesses
+        .check(peer)
+        .map_err(|wait| Refusal::Store(AdminApiError::Guessing(ceil_secs(wait))))?;
     let found = app
         .store
         .admin_session(&keys::hash(cookie))
         .await
-        .map_err(|e| Refusal::Store(e.into()))?
-        .ok_or(Refusal::NoSession)?;
+        .map_err(|e| Refusal::Store(e.into()))?;
+    let Some(found) = found else {
+        guesses.missed(peer);
+        return Err(Refusal::NoSession);
+    };
     Ok(Session { csrf: found.csrf })
 }
 
@@ -398,8 +418,12 @@ struct Login {
     token: String,
 }
 
-async fn login_page(State(app): State<AppState>, headers: HeaderMap) -> Response {
-    if session(&app, &headers).await.is_ok() {
+async fn login_page(
+    State(app): State<AppState>,
+    peer: Option<axum::Extension<Peer>>,
+    headers: HeaderMap,
+) -> Response {
+    if session(&app, &headers, peer.map(|p| p.0)).await.is_ok() {
         return Redirect::to("/admin/fleet").into_response();
     }
     layout::bare("Sign in", &login_form(None)).into_response()
