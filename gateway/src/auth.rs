@@ -23,7 +23,9 @@
 //! times gets no store query for a credential the caches do not know until
 //! its minute is over ([`AuthError::Guessing`], 429 with `Retry-After`).
 //! Keys already cached still work from it; admin tokens, dashboard session
-//! cookies and the worker token are counted the same way.
+//! cookies and the worker token are counted the same way. Behind reverse
+//! proxies named in `trusted_proxies`, the peer is the client their
+//! `X-Forwarded-For` names ([`Proxies`]).
 //!
 //! This module knows no HTTP status: it returns [`AuthError`], which the
 //! HTTP layer renders.
@@ -80,6 +82,66 @@ impl Peer {
             IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
             v4 @ IpAddr::V4(_) => v4,
         })
+    }
+}
+
+/// The reverse proxies in front of the gateway (`trusted_proxies`): a
+/// request that came through one is the peer its `X-Forwarded-For` names,
+/// read from the right, skipping the proxies' own addresses. What a client
+/// writes there itself stands further left and is never reached, unless
+/// the client is a trusted proxy too. No proxies: the connection's peer,
+/// whatever the header says.
+#[derive(Debug, Clone, Default)]
+pub struct Proxies(Vec<ipnet::IpNet>);
+
+impl Proxies {
+    /// Comma-separated addresses and CIDR ranges (`10.0.0.0/8, ::1`).
+    pub fn parse(list: &str) -> Result<Proxies, String> {
+        list.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<ipnet::IpNet>()
+                    .or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| format!("trusted_proxies: {s:?} is not an address or a range"))
+            })
+            .collect::<Result<_, _>>()
+            .map(Proxies)
+    }
+
+    fn trusts(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The peer of a request that came over a connection from `socket`.
+    #[must_use]
+    pub fn peer(&self, socket: IpAddr, headers: &HeaderMap) -> Peer {
+        if !self.trusts(socket) {
+            return Peer::of(socket);
+        }
+        let mut last = socket;
+        let hops = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .collect::<Vec<_>>();
+        for hop in hops.into_iter().rev() {
+            let hop = hop.trim();
+            let Some(ip) = hop
+                .parse::<IpAddr>()
+                .ok()
+                .or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+            else {
+                break;
+            };
+            last = ip;
+            if !self.trusts(ip) {
+                break;
+            }
+        }
+        Peer::of(last)
     }
 }
 
@@ -370,6 +432,38 @@ mod tests {
         two.append(header::AUTHORIZATION, HeaderValue::from_static("Bearer a"));
         two.append(header::AUTHORIZATION, HeaderValue::from_static("Bearer b"));
         assert_eq!(bearer(&two), None);
+    }
+
+    /// Behind trusted proxies, the client is the last address in
+    /// `X-Forwarded-For` that is not a proxy's; what the client wrote
+    /// itself is never reached.
+    #[test]
+    fn a_trusted_proxys_client_is_read_from_the_right() {
+        let proxies = Proxies::parse(" 10.0.0.0/8, ::1 ,").unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let with = |xff: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in xff {
+                h.append("x-forwarded-for", HeaderValue::from_str(v).unwrap());
+            }
+            h
+        };
+        let peer = |socket: &str, xff: &[&str]| proxies.peer(ip(socket), &with(xff));
+        let client = Peer::of(ip("192.0.2.1"));
+        // A proxy's client, through one proxy or two, over IPv4 or IPv6.
+        assert_eq!(peer("10.0.0.1", &["192.0.2.1"]), client);
+        assert_eq!(peer("10.0.0.1", &["6.6.6.6, 192.0.2.1, 10.9.9.9"]), client);
+        assert_eq!(peer("::1", &["6.6.6.6", "192.0.2.1:5555"]), client);
+        assert_eq!(peer("::ffff:10.0.0.1", &["192.0.2.1"]), client);
+        // Not through a proxy: the header is the client's own word.
+        assert_eq!(peer("192.0.2.1", &["10.0.0.7"]), client);
+        assert_eq!(peer("192.0.2.1", &[]), client);
+        // Only proxies, or nothing readable: the last proxy seen.
+        assert_eq!(peer("10.0.0.1", &["10.0.0.2"]), Peer::of(ip("10.0.0.2")));
+        assert_eq!(peer("10.0.0.1", &["junk"]), Peer::of(ip("10.0.0.1")));
+        assert_eq!(peer("10.0.0.1", &[]), Peer::of(ip("10.0.0.1")));
+        assert!(Proxies::parse("10.0.0.0/8, example.com").is_err());
+        assert!(Proxies::parse("").unwrap().0.is_empty());
     }
 
     /// An IPv6 peer is its /64, an IPv4-mapped one its IPv4 address.

@@ -52,6 +52,12 @@ pub struct Config {
     /// credentials not in the caches get 429 without a database query
     /// until its minute is over. 0: not limited.
     pub auth_guesses_per_minute: u32,
+    /// Reverse proxies in front of the gateway, as comma-separated
+    /// addresses or CIDR ranges (`10.0.0.0/8, ::1`). A request that comes
+    /// through one is counted (for credential guesses) as coming from the
+    /// last address in its `X-Forwarded-For` that is not a trusted proxy.
+    /// Empty: the connection's address, whatever the header says.
+    pub trusted_proxies: String,
     /// How long backends, aliases, policies and privacy rules are cached
     /// before being read from the store again.
     pub settings_cache_ms: u64,
@@ -194,6 +200,7 @@ impl Default for Config {
             classify_inline_bytes: 16 << 10,
             key_cache_ms: 2_000,
             auth_guesses_per_minute: 60,
+            trusted_proxies: String::new(),
             settings_cache_ms: 2_000,
             poll_interval_ms: 500,
             poll_timeout_ms: 400,
@@ -246,6 +253,7 @@ pub const FIELDS: &[&str] = &[
     "classify_inline_bytes",
     "key_cache_ms",
     "auth_guesses_per_minute",
+    "trusted_proxies",
     "settings_cache_ms",
     "poll_interval_ms",
     "poll_timeout_ms",
@@ -385,6 +393,7 @@ impl Config {
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid(format!("{name} must be > 0")));
         }
+        crate::auth::Proxies::parse(&self.trusted_proxies).map_err(ConfigError::Invalid)?;
         let sizes = [
             ("max_body_bytes", self.max_body_bytes),
             ("ledger_queue", self.ledger_queue),

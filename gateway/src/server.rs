@@ -40,7 +40,7 @@ use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 
-use crate::auth::Peer;
+use crate::auth::Proxies;
 use crate::config::Config;
 use crate::state::{AppState, StartError};
 use crate::store::{Store, StoreError};
@@ -127,6 +127,8 @@ pub async fn serve_on(
         .keep_alive_timeout(H2_PING_INTERVAL);
     let first_bytes_within = Config::ms(config.header_read_timeout_ms);
     let threads = ServeThreads::start(&state)?;
+    // Checked when the configuration was loaded.
+    let proxies = Arc::new(Proxies::parse(&config.trusted_proxies).unwrap_or_default());
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
@@ -143,24 +145,26 @@ pub async fn serve_on(
             () = &mut shutdown => break,
             accepted = listener.accept() => accepted,
         };
-        let (stream, peer) = match accepted
-            .and_then(|(stream, addr)| Ok((stream.into_std()?, Peer::of(addr.ip()))))
-        {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Out of file descriptors and the like: back off briefly
-                // instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (stream, peer) =
+            match accepted.and_then(|(stream, addr)| Ok((stream.into_std()?, addr.ip()))) {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly
+                    // instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
         let thread = threads.least_busy();
         let open = thread.open_guard();
-        // Each request knows its connection's peer (for counting
-        // credential guesses, `auth::Guesses`).
+        // Each request knows its peer (for counting credential guesses,
+        // `auth::Guesses`): the connection's, or the client a trusted
+        // proxy names.
+        let proxies = Arc::clone(&proxies);
         let service = TowerToHyperService::new(thread.app.clone().map_request(
             move |mut request: http::Request<hyper::body::Incoming>| {
+                let peer = proxies.peer(peer, request.headers());
                 request.extensions_mut().insert(peer);
                 request
             },

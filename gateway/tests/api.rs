@@ -250,6 +250,39 @@ async fn guessed_credentials_are_429_per_address() {
     gw.shutdown().await;
 }
 
+/// Behind a trusted proxy, guesses are counted per client that the proxy
+/// names in `X-Forwarded-For`, not for the proxy as a whole.
+#[tokio::test]
+async fn behind_a_trusted_proxy_guesses_are_counted_per_client() {
+    let db = common::sqlite().await;
+    let config = Config {
+        auth_guesses_per_minute: 2,
+        trusted_proxies: "127.0.0.0/8".into(),
+        ..test_config()
+    };
+    let gw = Gateway::start(db, config).await;
+    let body = chat_body("hi", 4);
+    let guess = |i: u32, client: &str| {
+        gw.client
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(format!("gw-{i:064x}"))
+            .header("x-forwarded-for", format!("203.0.113.9, {client}"))
+            .json(&body)
+            .send()
+    };
+    for i in 0..2 {
+        assert_eq!(guess(i, "192.0.2.1").await.unwrap().status(), 401);
+    }
+    assert_eq!(guess(2, "192.0.2.1").await.unwrap().status(), 429);
+    // Another client of the same proxy, and the proxy itself, guess on.
+    assert_eq!(guess(3, "192.0.2.2").await.unwrap().status(), 401);
+    assert_eq!(
+        gw.chat(&format!("gw-{:064x}", 4), &body).await.status(),
+        401
+    );
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn malformed_and_oversized_bodies() {
     let mock = mock_cloud().await;
