@@ -998,6 +998,10 @@ mod tests {
         ("mail john.doe /at/ example /dot/ com", &["email"]),
         ("mail john.doe@@example.com", &["email"]),
         ("mail john.doe/a/example.com", &["email"]),
+        (
+            "mail john.doe@example—com or 10—20—30—40",
+            &["email", "ip_address"],
+        ),
         ("see https://github.com/a/blob/main/README.md", &[]),
         (
             "see https://www.ikea.com/at/de.html or ftp://h.example/a/b.txt",

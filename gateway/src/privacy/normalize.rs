@@ -27,9 +27,10 @@
 //!    detector takes as a separator and the e-mail detector as a dot: a
 //!    table's box-drawing bar or an arrow between digit groups, a CJK full
 //!    stop (`。`, which IDNA reads as a dot) in an address. (Not U+FFFC,
-//!    which stands for what no detector could read.) Dashes and the minus
-//!    sign become `-` instead: a separator as well, and the dash of Morse
-//!    code written with `·` and `—`.
+//!    which stands for what no detector could read.) A dash or the minus
+//!    sign beside a dot or a dash of Morse code (`·—·`, `— · —`) becomes
+//!    `-` instead ([`morse_dashes`]); elsewhere it is a dot like the rest
+//!    (`bob@example—com`, `10—0—0—1`).
 //!
 //! Before all that, text in Braille cells (U+2801 to U+28FF) is read as
 //! the letters, digits and signs it spells in English Braille, grade 1
@@ -57,6 +58,7 @@ pub fn normalize(text: &str) -> Cow<'_, str> {
         return Cow::Borrowed(text);
     }
     let read = unbraille(text);
+    let read = morse_dashes(&read);
     Cow::Owned(
         read.chars()
             .map(untag)
@@ -219,6 +221,33 @@ pub(super) fn braille(text: &str) -> Option<String> {
     Some(out)
 }
 
+/// A dash outside ASCII: dash punctuation, or the minus sign.
+fn unicode_dash(c: char) -> bool {
+    c == '\u{2212}' || (!c.is_ascii() && c.general_category() == GeneralCategory::DashPunctuation)
+}
+
+/// `text` with each dash outside ASCII whose nearest neighbour on either
+/// side, past white space and slashes, is a mark of Morse code (a dot,
+/// `·`, `•`, `∙`, a dash, `_`) written `-`, so that Morse typeset with
+/// `·` and `—` keeps its dashes; borrowed if it has no such dash. A dash
+/// between letters or digits is left to become a dot.
+fn morse_dashes(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(unicode_dash) {
+        return Cow::Borrowed(text);
+    }
+    let mark = |c: &char| matches!(c, '.' | '-' | '_' | '·' | '•' | '∙') || unicode_dash(*c);
+    let gap = |c: &&char| matches!(c, ' ' | '\t' | '/');
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    for (i, &c) in chars.iter().enumerate() {
+        let beside_a_mark = unicode_dash(c)
+            && (chars[..i].iter().rev().find(|c| !gap(c)).is_some_and(mark)
+                || chars[i + 1..].iter().find(|c| !gap(c)).is_some_and(mark));
+        out.push(if beside_a_mark { '-' } else { c });
+    }
+    Cow::Owned(out)
+}
+
 /// A parenthesised letter or digit (`⒞`, `⑷`) as the letter or digit: NFKC
 /// would write it `(c)`, which breaks the word it spells.
 fn unparenthesise(c: char) -> char {
@@ -278,20 +307,17 @@ fn invisible(c: char) -> bool {
     }
 }
 
-/// A dash or the minus sign outside ASCII as `-`, other punctuation or a
-/// symbol outside ASCII as `.`; other characters as they are.
+/// Punctuation or a symbol outside ASCII as `.`; other characters as they
+/// are.
 fn ascii_punctuation(c: char) -> char {
     // U+FFFC stands for content no detector can read (the extractor's
     // `OPAQUE`): it stays what it is.
     if c.is_ascii() || c == '\u{fffc}' {
         return c;
     }
-    if c == '\u{2212}' {
-        return '-';
-    }
     match c.general_category() {
-        GeneralCategory::DashPunctuation => '-',
         GeneralCategory::ConnectorPunctuation
+        | GeneralCategory::DashPunctuation
         | GeneralCategory::OpenPunctuation
         | GeneralCategory::ClosePunctuation
         | GeneralCategory::InitialPunctuation
@@ -516,6 +542,12 @@ mod tests {
                 "bob@example.com Akia 4111 12.3 .",
             ),
             ("⠠⠠⠁⠅⠊⠁ ⠼⠁⠃⠁", "AKIA 121"),
+            // Dashes beside Morse marks stay dashes; others are dots.
+            ("·—· —·— / —", ".-. -.- / -"),
+            (
+                "bob@example—com 10−0–0—1 a — b",
+                "bob@example.com 10.0.0.1 a . b",
+            ),
             // Composed letters keep their accents.
             ("e\u{301}t\u{e9}", "\u{e9}t\u{e9}"),
             // Digits NFKC leaves alone: dingbats (three styles), double
